@@ -1,0 +1,227 @@
+"""One frozen config dataclass per pipeline stage.
+
+Each field carries its help text (units and the paper's value) in ``metadata["help"]``; the CLI builds its
+flags from it (``core.cli``) and the app builds its widgets' defaults from it. Values derived from
+others are properties, computed in one place.
+
+Folder layout of a world model (``run_dir`` for training, ``models/`` for the shipped one)::
+
+    <root>/vae/          ConvVAE weights, config.json, meta.json
+    <root>/rnn/          MDN-RNN weights, config.json, meta.json
+    <root>/controller/   controller params, CMA-ES state, history, config.json, meta.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "data/rollouts"
+DEFAULT_RUN_DIR = "runs"
+SHIPPED_MODEL_DIR = "models"
+
+# Track seeds: training and collection draw tracks below EVAL_SEED_BASE; evaluation uses
+# EVAL_SEED_BASE, EVAL_SEED_BASE + 1, ... so evaluation tracks are never seen in training.
+EVAL_SEED_BASE = 1_000_000  # first evaluation track seed
+TRAIN_SEED_LIMIT = EVAL_SEED_BASE  # training track seeds are in [0, TRAIN_SEED_LIMIT)
+
+ENV_CHOICES = ("fast", "stock")
+ON_CORRUPT_CHOICES = ("skip", "stop")
+
+
+def param(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
+          maximum: float | None = None) -> Any:
+    """A dataclass field with its help text and allowed range, read by the CLI and the app."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+    return field(default=default, metadata=meta)
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message names the field and the value."""
+
+
+def validate(config: Any) -> Any:
+    """Check every field of a config against its metadata; return the config or raise ConfigError."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{flag}={value!r} is not one of {', '.join(map(str, meta['choices']))}")
+        if meta.get("min") is not None and value < meta["min"]:
+            raise ConfigError(f"{flag}={value!r} is too small: it must be at least {meta['min']}")
+        if meta.get("max") is not None and value > meta["max"]:
+            raise ConfigError(f"{flag}={value!r} is too large: it must be at most {meta['max']}")
+    if hasattr(config, "check"):
+        config.check()
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Build ``cls`` from a dict, ignoring unknown keys (older or newer artifacts) and validating it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return validate(cls(**{k: v for k, v in data.items() if k in names}))
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Random-policy rollouts of CarRacing, one compressed file per episode."""
+
+    out_dir: str = param(DEFAULT_DATA_DIR, "folder the episodes and manifest.json are written to")
+    episodes: int = param(100, "episodes to have in out_dir when done (paper: 10000)", minimum=1)
+    max_steps: int = param(1000, "env steps per episode at most (CarRacing's own limit: 1000)",
+                           minimum=1, maximum=1000)
+    workers: int = param(default_workers(), "worker processes running episodes in parallel", minimum=1)
+    seed: int = param(0, "track seed of the first episode; episode i drives track seed + i",
+                      minimum=0, maximum=TRAIN_SEED_LIMIT - 1)
+    policy: str = param("brownian", "exploring policy: brownian = smoothed random actions",
+                        choices=("brownian",))
+    env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
+
+    def check(self) -> None:
+        if self.seed + self.episodes > TRAIN_SEED_LIMIT:
+            raise ConfigError(f"--seed + --episodes must stay below {TRAIN_SEED_LIMIT} "
+                              "(higher track seeds are kept for evaluation)")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The ConvVAE (V): 64x64x3 frame -> z."""
+
+    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes")
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder; the VAE goes to <run_dir>/vae")
+    z_size: int = param(32, "latent size z (paper: 32)", minimum=1, maximum=1024)
+    epochs: int = param(10, "passes over the training frames", minimum=1)
+    batch_size: int = param(100, "frames per batch (paper: 100)", minimum=1)
+    learning_rate: float = param(1e-4, "Adam learning rate (paper: 1e-4)", minimum=0.0)
+    kl_tolerance: float = param(0.5, "KL is clamped below kl_tolerance * z_size nats (paper: 0.5)", minimum=0.0)
+    holdout: float = param(0.05, "fraction of episodes held out to measure generalisation", minimum=0.0,
+                           maximum=0.5)
+    max_episodes: int = param(0, "use at most this many episodes (0 = all)", minimum=0)
+    frame_stride: int = param(1, "use every k-th frame of each episode (neighbouring frames are alike)",
+                              minimum=1)
+    shuffle_buffer: int = param(20000, "frames in the streaming shuffle buffer (memory: 12 KiB each)",
+                                minimum=1)
+    checkpoint_every: int = param(500, "batches between checkpoints", minimum=1)
+    seed: int = param(0, "random seed of weights, shuffling and sampling")
+    on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
+                            choices=ON_CORRUPT_CHOICES)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / "vae"
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """The MDN-RNN (M): [z, a] -> mixture over next z, next reward, episode end."""
+
+    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes")
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads <run_dir>/vae, writes <run_dir>/rnn")
+    hidden: int = param(256, "LSTM units h (paper: 256)", minimum=1, maximum=4096)
+    mixtures: int = param(5, "Gaussians per latent dimension (paper: 5)", minimum=1, maximum=64)
+    seq_len: int = param(100, "steps per training sequence (paper: 999; shorter trains faster on a CPU)",
+                         minimum=2, maximum=1000)
+    batch_size: int = param(32, "sequences per batch (paper: 100)", minimum=1)
+    epochs: int = param(20, "passes over the training sequences", minimum=1)
+    learning_rate: float = param(1e-3, "Adam learning rate (paper: 1e-3)", minimum=0.0)
+    grad_clip: float = param(1.0, "gradient norm clip (paper: 1.0)", minimum=0.0)
+    reward_weight: float = param(1.0, "weight of the next-reward MSE in the loss", minimum=0.0)
+    done_weight: float = param(1.0, "weight of the episode-end cross-entropy in the loss", minimum=0.0)
+    holdout: float = param(0.05, "fraction of episodes held out to measure generalisation", minimum=0.0,
+                           maximum=0.5)
+    max_episodes: int = param(0, "use at most this many episodes (0 = all)", minimum=0)
+    checkpoint_every: int = param(200, "batches between checkpoints", minimum=1)
+    seed: int = param(0, "random seed of weights, sequence sampling and z resampling")
+    on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
+                            choices=ON_CORRUPT_CHOICES)
+
+    @property
+    def vae_dir(self) -> Path:
+        return Path(self.run_dir) / "vae"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / "rnn"
+
+    @property
+    def encoded_path(self) -> Path:
+        """Cache of (mu, logvar) for every frame, made once from the VAE."""
+        return Path(self.run_dir) / "rnn" / "encoded.npz"
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    """CMA-ES over the controller's flat parameters, fitness = mean return in the real env."""
+
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads vae/ and rnn/, writes controller/")
+    generations: int = param(100, "CMA-ES generations to reach (paper: ~1800)", minimum=1)
+    popsize: int = param(16, "candidates per generation (paper: 64; 16 keeps a generation short on "
+                              "2 cores)", minimum=2)
+    rollouts: int = param(2, "episodes per candidate, fitness is their mean (paper: 16)", minimum=1)
+    sigma0: float = param(0.1, "initial CMA-ES step size (paper: 0.1)", minimum=1e-6)
+    max_steps: int = param(1000, "env steps per episode at most", minimum=1, maximum=1000)
+    early_stop: bool = param(True, "end a rollout early once it cannot recover (off the track for "
+                                   "early_stop_steps steps)")
+    early_stop_steps: int = param(50, "steps in a row with negative reward after which a rollout ends",
+                                  minimum=1)
+    eval_every: int = param(10, "generations between evaluations of the CMA-ES mean (0 = never)",
+                            minimum=0)
+    eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
+    workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
+    seed: int = param(0, "seed of CMA-ES and of the training tracks")
+    env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / "controller"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """A controller on a fixed list of tracks the training never saw."""
+
+    model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder holding vae/, rnn/ and controller/")
+    episodes: int = param(100, "episodes, on track seeds first_seed, first_seed + 1, ...", minimum=1)
+    first_seed: int = param(EVAL_SEED_BASE, "track seed of the first episode (the documented list "
+                                             "starts at 1000000)", minimum=0)
+    max_steps: int = param(1000, "env steps per episode at most", minimum=1, maximum=1000)
+    workers: int = param(default_workers(), "worker processes running episodes", minimum=1)
+    env: str = param("stock", "CarRacing implementation; stock makes scores comparable with published "
+                              "ones", choices=ENV_CHOICES)
+    out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json)")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """One episode rendered to MP4: the agent driving, or a saved action log replayed on its seed."""
+
+    model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder of the agent (ignored with --actions)")
+    seed: int = param(EVAL_SEED_BASE, "track seed", minimum=0)
+    actions: str = param("", "JSON or .npy action log to replay instead of the agent")
+    out: str = param("episode.mp4", "MP4 file to write")
+    max_steps: int = param(1000, "env steps at most", minimum=1, maximum=1000)
+    scale: int = param(4, "pixel upscale of the 96x96 observation in the video", minimum=1, maximum=10)
+    fps: int = param(50, "frames a second of the video (the env runs at 50)", minimum=1, maximum=120)
+    env: str = param("fast", "CarRacing implementation", choices=ENV_CHOICES)
+
+
+STAGES: dict[str, type] = {
+    "collect": CollectConfig,
+    "train-vae": VAEConfig,
+    "train-rnn": RNNConfig,
+    "evolve": EvolveConfig,
+    "evaluate": EvaluateConfig,
+    "record": RecordConfig,
+}
