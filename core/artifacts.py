@@ -1,0 +1,209 @@
+"""Artifacts: folders of weights + config.json + meta.json, written atomically and validated on load.
+
+Every write goes to a temporary file in the same folder and is renamed over the target, so a crash (even
+``kill -9``) leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FORMAT_VERSION = 1  # bump when an artifact's layout changes incompatibly
+
+
+class ArtifactError(RuntimeError):
+    """A missing, corrupt or incompatible artifact; the message says which file and how to fix it."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_save_npz(path: Path | str, compressed: bool = True, **arrays: np.ndarray) -> None:
+    """Write a .npz atomically (np.savez appends .npz to names without it, so write to a handle)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_keras(model: Any, path: Path | str) -> None:
+    """Save Keras weights (``.weights.h5``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: Path | str, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: {what} is corrupt ({e}); delete it and re-run the stage that makes it")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "tensorflow-cpu", "tensorflow", "keras", "gymnasium", "cma"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def hash_files(paths: Iterable[Path | str]) -> str:
+    """A short hash over file names and sizes: identifies a data set without reading it all."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def write_meta(out_dir: Path | str, kind: str, config: dict, metrics: dict, *, seed: int | None = None,
+               data_hash: str | None = None, extra: dict | None = None) -> dict:
+    """Write ``meta.json`` describing the artifact in ``out_dir``; returns what it wrote."""
+    meta = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "created": now_iso(),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "seed": seed,
+        "data_hash": data_hash,
+        "config": config,
+        "metrics": metrics,
+    }
+    if extra:
+        meta.update(extra)
+    atomic_write_json(Path(out_dir) / "meta.json", meta)
+    return meta
+
+
+def read_meta(out_dir: Path | str, kind: str) -> dict:
+    """Read and check ``meta.json``: it must exist, parse, be of ``kind`` and of a known format version."""
+    path = Path(out_dir) / "meta.json"
+    if not path.exists():
+        raise ArtifactError(f"{out_dir}: no {kind} artifact here (meta.json missing); "
+                            f"train it first (python -m core {_stage_for(kind)})")
+    meta = read_json(path, f"{kind} metadata")
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{path}: holds a {meta.get('kind')!r} artifact, expected {kind!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format version {meta.get('format_version')} but this code reads "
+                            f"{FORMAT_VERSION}; retrain it with python -m core {_stage_for(kind)}")
+    return meta
+
+
+def _stage_for(kind: str) -> str:
+    return {"vae": "train-vae", "rnn": "train-rnn", "controller": "evolve"}.get(kind, kind)
+
+
+class History:
+    """Append-only ``history.jsonl`` of metrics; survives restarts so curves can be redrawn."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, default=_json_default)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        return read_history(self.path)
+
+    def truncate_after(self, key: str, value: float) -> None:
+        """Drop records whose ``key`` is beyond ``value`` (those after the last checkpoint, on resume)."""
+        kept = [r for r in self.read() if r.get(key, -1) <= value]
+        atomic_write_text(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+
+
+def read_history(path: Path | str) -> list[dict]:
+    """Records of a ``history.jsonl``; a torn last line (crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

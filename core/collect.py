@@ -1,0 +1,126 @@
+"""Stage 1, collect: exploring random rollouts of CarRacing saved as episode files.
+
+Uniform ``action_space.sample()`` mostly spins the car in place (about -35 a track), so the data would
+show little of the road. The Brownian policy below keeps each action component on a smoothed random walk
+(an Ornstein-Uhlenbeck process): the car drives along, drifts off, brakes now and then, and the frames
+cover on-road and off-road views alike.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+from core.config import CollectConfig, to_dict, validate
+from core.dataset import Episode, episode_path, list_episodes, read_manifest, save_episode, write_manifest
+from core.env import make_env, preprocess, quiet_workers
+from core.progress import ProgressCallback, keep_going
+
+# Ornstein-Uhlenbeck parameters per action component (steer, gas, brake-drive): pull towards MEAN at
+# rate THETA per step with noise SIGMA per step. Brake is max(0, x), so a negative mean keeps it mostly off.
+OU_MEAN = np.array([0.0, 0.45, -0.4], dtype=np.float32)
+OU_THETA = np.array([0.05, 0.02, 0.02], dtype=np.float32)
+OU_SIGMA = np.array([0.12, 0.06, 0.06], dtype=np.float32)
+
+
+class BrownianPolicy:
+    """Smoothed random actions: float32 (3,) in ``[-1, 0, 0]..[1, 1, 1]``."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.x = OU_MEAN + rng.normal(0.0, 0.3, size=3).astype(np.float32)
+
+    def __call__(self) -> np.ndarray:
+        noise = self.rng.normal(0.0, 1.0, size=3).astype(np.float32)
+        self.x = self.x + OU_THETA * (OU_MEAN - self.x) + OU_SIGMA * noise
+        self.x = np.clip(self.x, [-1.0, 0.0, -1.0], [1.0, 1.0, 1.0]).astype(np.float32)
+        return np.array([self.x[0], self.x[1], max(0.0, self.x[2])], dtype=np.float32)
+
+
+def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | None = None) -> Episode:
+    """One Brownian-policy episode on track ``seed``; pure function of its arguments."""
+    env = make_env(env_kind)
+    policy = BrownianPolicy(np.random.default_rng(seed if policy_seed is None else policy_seed))
+    obs, _ = env.reset(seed=seed)
+    frames = [preprocess(obs)]
+    actions, rewards, terms, truncs = [], [], [], []
+    try:
+        for t in range(max_steps):
+            a = policy()
+            obs, r, terminated, truncated, _ = env.step(a)
+            truncated = truncated or t == max_steps - 1
+            frames.append(preprocess(obs))
+            actions.append(a)
+            rewards.append(r)
+            terms.append(terminated)
+            truncs.append(truncated)
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return Episode(obs=np.stack(frames), action=np.stack(actions).astype(np.float32),
+                   reward=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool),
+                   truncated=np.asarray(truncs, bool), seed=seed)
+
+
+def _collect_one(seed: int, max_steps: int, env_kind: str, out_dir: str) -> dict:
+    ep = run_episode(seed, max_steps, env_kind)
+    path = episode_path(out_dir, seed)
+    save_episode(path, ep)
+    return {"file": path.name, "seed": seed, "steps": ep.steps, "return": round(ep.total_reward, 3)}
+
+
+def collect(config: CollectConfig, on_progress: ProgressCallback = keep_going) -> dict:
+    """Make ``config.episodes`` episodes exist in ``config.out_dir``; resumes where a previous run stopped.
+
+    Episode i drives track ``config.seed + i``. Episodes already on disk are kept, so re-running the same
+    command after a crash only runs the missing ones. Returns the manifest's summary.
+    """
+    validate(config)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out_dir)
+    on_disk = {p.name for p in list_episodes(out_dir)}
+    entries = {e["file"]: e for e in manifest.get("episodes", []) if e["file"] in on_disk}
+    wanted = [config.seed + i for i in range(config.episodes)]
+    todo = [s for s in wanted if episode_path(out_dir, s).name not in entries]
+    total = len(wanted)
+    done = total - len(todo)
+
+    def record(entry: dict) -> bool:
+        nonlocal done
+        entries[entry["file"]] = entry
+        done += 1
+        write_manifest(out_dir, {"config": to_dict(config), "episodes": sorted(entries.values(),
+                                                                               key=lambda e: e["seed"])})
+        return bool(on_progress(done, total, {"episode": entry["seed"], "return": entry["return"],
+                                              "steps": entry["steps"]}))
+
+    if not on_progress(done, total, {}):
+        todo = []
+    if config.workers == 1 or len(todo) <= 1:
+        for seed in todo:
+            if not record(_collect_one(seed, config.max_steps, config.env, str(out_dir))):
+                break
+    elif todo:
+        with ProcessPoolExecutor(min(config.workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                 initializer=quiet_workers) as pool:
+            queue = list(todo)
+            running = set()
+            stop = False
+            while (queue and not stop) or running:
+                while queue and not stop and len(running) < config.workers:
+                    running.add(pool.submit(_collect_one, queue.pop(0), config.max_steps, config.env,
+                                            str(out_dir)))
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    if not record(fut.result()):
+                        stop = True
+    write_manifest(out_dir, {"config": to_dict(config),
+                             "episodes": sorted(entries.values(), key=lambda e: e["seed"])})
+    returns = [e["return"] for e in entries.values()]
+    return {"episodes": len(entries), "frames": int(sum(e["steps"] + 1 for e in entries.values())),
+            "mean_return": float(np.mean(returns)) if returns else float("nan"), "out_dir": str(out_dir)}

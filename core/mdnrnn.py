@@ -1,0 +1,316 @@
+"""M: the MDN-RNN, and stage 3, train-rnn.
+
+An LSTM over ``[z_t, a_t]`` predicts, for every latent dimension, a mixture of ``K`` Gaussians over
+``z_{t+1}`` (``log_pi``, ``mu``, ``log_sigma``: float32 (..., z_size, K)), plus two heads the original
+CarRacing code lacks and dreams need: the next reward and the probability that the episode ends.
+Frames are encoded to (mu, logvar) once; each batch resamples z from N(mu, exp(logvar)).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.training import configure_tensorflow
+
+configure_tensorflow()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from core.artifacts import (ArtifactError, History, atomic_save_npz, atomic_write_json, hash_files,  # noqa: E402
+                            read_json, read_meta, write_meta)
+from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
+from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
+from core.progress import ProgressCallback, keep_going  # noqa: E402
+from core.training import check_config_matches, load_checkpoint, save_checkpoint  # noqa: E402
+
+WEIGHTS = "rnn.weights.h5"
+ACTION_SIZE = 3
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+REWARD_CLIP = 10.0  # rewards are clipped to [-REWARD_CLIP, REWARD_CLIP] for the reward head
+
+
+def mdn_nll(y: tf.Tensor, log_pi: tf.Tensor, mu: tf.Tensor, log_sigma: tf.Tensor) -> tf.Tensor:
+    """Negative log-likelihood of ``y`` under the per-dimension Gaussian mixtures.
+
+    ``y``: float32 (..., z_size); ``log_pi``, ``mu``, ``log_sigma``: float32 (..., z_size, K), ``log_pi``
+    normalised over K. Returns float32 (..., z_size): -log sum_k pi_k N(y; mu_k, sigma_k).
+    """
+    y = tf.expand_dims(y, -1)
+    log_normal = -0.5 * tf.square((y - mu) / tf.exp(log_sigma)) - log_sigma - LOG_SQRT_2PI
+    return -tf.reduce_logsumexp(log_pi + log_normal, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="worldmodels")
+class MDNRNN(keras.Model):
+    """``call([z, a] float32 (B, T, z_size + 3))`` -> dict of ``log_pi``, ``mu``, ``log_sigma``
+    (B, T, z_size, K), ``reward`` (B, T) and ``done_logit`` (B, T)."""
+
+    def __init__(self, z_size: int = 32, hidden: int = 256, mixtures: int = 5, reward_weight: float = 1.0,
+                 done_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.z_size, self.hidden, self.mixtures = z_size, hidden, mixtures
+        self.reward_weight, self.done_weight = reward_weight, done_weight
+        self.lstm = keras.layers.LSTM(hidden, return_sequences=True, return_state=True, name="lstm")
+        self.mdn = keras.layers.Dense(3 * z_size * mixtures, name="mdn")
+        self.reward_head = keras.layers.Dense(1, name="reward")
+        self.done_head = keras.layers.Dense(1, name="done")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "mdn", "reward", "done")}
+        self.build((None, None, z_size + ACTION_SIZE))
+
+    def build(self, input_shape):
+        self.call(keras.KerasTensor(input_shape))
+        self.built = True
+
+    def get_config(self):
+        return {"z_size": self.z_size, "hidden": self.hidden, "mixtures": self.mixtures,
+                "reward_weight": self.reward_weight, "done_weight": self.done_weight, **super().get_config()}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def heads(self, h_seq):
+        shape = keras.ops.shape(h_seq)
+        params = keras.ops.reshape(self.mdn(h_seq), (shape[0], shape[1], self.z_size, self.mixtures, 3))
+        log_pi = keras.ops.log_softmax(params[..., 0], axis=-1)
+        return {"log_pi": log_pi, "mu": params[..., 1], "log_sigma": params[..., 2],
+                "reward": self.reward_head(h_seq)[..., 0], "done_logit": self.done_head(h_seq)[..., 0]}
+
+    def call(self, x, initial_state=None, return_state=False):
+        h_seq, h, c = self.lstm(x, initial_state=initial_state)
+        out = self.heads(h_seq)
+        if return_state:
+            return out, (h, c)
+        return out
+
+    def losses_for(self, x, z_next, reward, done, mask):
+        out = self(x)
+        m = mask
+        n = tf.maximum(tf.reduce_sum(m), 1.0)
+        mdn = tf.reduce_sum(tf.reduce_mean(mdn_nll(z_next, out["log_pi"], out["mu"], out["log_sigma"]),
+                                           axis=-1) * m) / n
+        rew = tf.reduce_sum(tf.square(out["reward"] - reward) * m) / n
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=done, logits=out["done_logit"])
+        dn = tf.reduce_sum(bce * m) / n
+        return mdn, rew, dn
+
+    def train_step(self, data):
+        x, z_next, reward, done, mask = data
+        with tf.GradientTape() as tape:
+            mdn, rew, dn = self.losses_for(x, z_next, reward, done, mask)
+            loss = mdn + self.reward_weight * rew + self.done_weight * dn
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        for name, value in (("loss", loss), ("mdn", mdn), ("reward", rew), ("done", dn)):
+            self.trackers[name].update_state(value)
+        return {name: t.result() for name, t in self.trackers.items()}
+
+
+@dataclass
+class EncodedEpisodes:
+    """Every frame of a set of episodes encoded by V; arrays concatenated, ``starts[i]`` the offsets."""
+
+    mu: np.ndarray  # float32 (frames, z)
+    logvar: np.ndarray  # float32 (frames, z)
+    action: np.ndarray  # float32 (steps, 3), aligned with frames minus one per episode
+    reward: np.ndarray  # float32 (steps,)
+    done: np.ndarray  # float32 (steps,), 1 where the env terminated
+    frame_starts: np.ndarray  # int64 (episodes + 1,)
+    step_starts: np.ndarray  # int64 (episodes + 1,)
+    files: list[str]
+
+
+def encode_episodes(vae, paths: list[Path], on_progress: ProgressCallback = keep_going,
+                    batch: int = 500) -> EncodedEpisodes:
+    """Encode every frame of ``paths`` with V (z = mu, logvar kept for resampling)."""
+    from core.vae import to_float
+    encode = tf.function(lambda x: vae.encode(to_float(x)))
+    mus, logvars, actions, rewards, dones, files = [], [], [], [], [], []
+    for i, p in enumerate(paths):
+        ep = load_episode(p)
+        m, lv = [], []
+        for j in range(0, len(ep.obs), batch):
+            a, b = encode(ep.obs[j:j + batch])
+            m.append(a.numpy())
+            lv.append(b.numpy())
+        mus.append(np.concatenate(m))
+        logvars.append(np.concatenate(lv))
+        actions.append(ep.action)
+        rewards.append(ep.reward)
+        dones.append(ep.terminated.astype(np.float32))
+        files.append(p.name)
+        if not on_progress(i + 1, len(paths), {"encoding": p.name}):
+            raise InterruptedError("stopped while encoding")
+    frame_starts = np.cumsum([0] + [len(m) for m in mus])
+    step_starts = np.cumsum([0] + [len(a) for a in actions])
+    return EncodedEpisodes(np.concatenate(mus), np.concatenate(logvars), np.concatenate(actions),
+                           np.concatenate(rewards), np.concatenate(dones), frame_starts, step_starts, files)
+
+
+def save_encoded(path: Path, enc: EncodedEpisodes, key: str) -> None:
+    atomic_save_npz(path, compressed=False, mu=enc.mu, logvar=enc.logvar, action=enc.action, reward=enc.reward,
+                    done=enc.done, frame_starts=enc.frame_starts, step_starts=enc.step_starts,
+                    files=np.array(enc.files), key=np.array(key))
+
+
+def load_encoded(path: Path, key: str) -> EncodedEpisodes | None:
+    """The cached encoding if it was made from the same VAE and episodes (``key``), else None."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as f:
+            if str(f["key"]) != key:
+                return None
+            return EncodedEpisodes(f["mu"], f["logvar"], f["action"], f["reward"], f["done"], f["frame_starts"],
+                                   f["step_starts"], [str(s) for s in f["files"]])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def make_batch(enc: EncodedEpisodes, episodes: np.ndarray, seq_len: int, rng: np.random.Generator):
+    """One training batch of windows of ``seq_len`` steps from the given episode indices.
+
+    Returns x float32 (B, T, z + 3) with z resampled from (mu, logvar), targets z_next (B, T, z), reward
+    (B, T), done (B, T), and mask (B, T) that is 0 past an episode's end.
+    """
+    z_size = enc.mu.shape[1]
+    b = len(episodes)
+    x = np.zeros((b, seq_len, z_size + ACTION_SIZE), np.float32)
+    z_next = np.zeros((b, seq_len, z_size), np.float32)
+    reward = np.zeros((b, seq_len), np.float32)
+    done = np.zeros((b, seq_len), np.float32)
+    mask = np.zeros((b, seq_len), np.float32)
+    for row, e in enumerate(episodes):
+        steps = enc.step_starts[e + 1] - enc.step_starts[e]
+        start = int(rng.integers(0, max(1, steps - seq_len + 1)))
+        n = int(min(seq_len, steps - start))
+        f0 = enc.frame_starts[e] + start
+        s0 = enc.step_starts[e] + start
+        mu, logvar = enc.mu[f0:f0 + n + 1], enc.logvar[f0:f0 + n + 1]
+        z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
+        x[row, :n, :z_size] = z[:n]
+        x[row, :n, z_size:] = enc.action[s0:s0 + n]
+        z_next[row, :n] = z[1:n + 1]
+        reward[row, :n] = np.clip(enc.reward[s0:s0 + n], -REWARD_CLIP, REWARD_CLIP)
+        done[row, :n] = enc.done[s0:s0 + n]
+        mask[row, :n] = 1.0
+    return x, z_next, reward, done, mask
+
+
+def evaluate_rnn(model: MDNRNN, enc: EncodedEpisodes, episodes: np.ndarray, seq_len: int, seed: int = 0,
+                 batch: int = 32) -> dict:
+    """Held-out MDN, reward and done losses (z resampled with a fixed seed)."""
+    if len(episodes) == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    totals = np.zeros(3)
+    for i in range(0, len(episodes), batch):
+        x, z_next, reward, done, mask = make_batch(enc, episodes[i:i + batch], seq_len, rng)
+        losses = model.losses_for(x, z_next, reward, done, mask)
+        totals += np.array([float(v) for v in losses]) * len(episodes[i:i + batch])
+    totals /= len(episodes)
+    return {"val_mdn": float(totals[0]), "val_reward": float(totals[1]), "val_done": float(totals[2])}
+
+
+def load_rnn(rnn_dir: Path | str, expect_z: int | None = None) -> MDNRNN:
+    """Load a trained MDN-RNN from its artifact folder, checking its z size against V's."""
+    rnn_dir = Path(rnn_dir)
+    if (rnn_dir / "meta.json").exists():
+        read_meta(rnn_dir, "rnn")
+    if not (rnn_dir / WEIGHTS).exists():
+        raise ArtifactError(f"{rnn_dir}: no MDN-RNN weights ({WEIGHTS}); train one first (python -m core "
+                            "train-rnn)")
+    info = read_json(rnn_dir / "config.json", "MDN-RNN config")
+    config = from_dict(RNNConfig, info)
+    z_size = int(info.get("z_size", 0))
+    if expect_z is not None and z_size != expect_z:
+        raise ArtifactError(f"{rnn_dir}: MDN-RNN was trained on z = {z_size} but the VAE has z = {expect_z}; "
+                            "retrain it with python -m core train-rnn on this VAE")
+    model = MDNRNN(z_size, config.hidden, config.mixtures, config.reward_weight, config.done_weight)
+    try:
+        model.load_weights(rnn_dir / WEIGHTS)
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"{rnn_dir / WEIGHTS}: weights do not fit this MDN-RNN ({e})") from None
+    return model
+
+
+def train_rnn(config: RNNConfig, on_progress: ProgressCallback = keep_going) -> dict:
+    """Encode the episodes with V once (cached), then train M; resumes from ``<out_dir>/checkpoint``."""
+    from core.vae import WEIGHTS as VAE_WEIGHTS
+    from core.vae import load_vae
+
+    validate(config)
+    out_dir = config.out_dir
+    vae = load_vae(config.vae_dir)
+    z_size = vae.z_size
+    paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae_file = config.vae_dir / VAE_WEIGHTS
+    key = f"{hash_files(paths)}-{vae_file.stat().st_size}-{vae_file.stat().st_mtime_ns}"
+    enc = load_encoded(config.encoded_path, key)
+    if enc is None:
+        enc = encode_episodes(vae, paths, lambda s, t, m: on_progress(0, 1, {"encoded": s, "of": t}))
+        save_encoded(config.encoded_path, enc, key)
+    del vae
+
+    n_eps = len(enc.files)
+    idx = np.arange(n_eps)
+    train_idx, held_idx = split_holdout(list(idx), config.holdout, config.seed)
+    train_idx, held_idx = np.array(train_idx, dtype=int), np.array(held_idx, dtype=int)
+    train_steps = int(sum(enc.step_starts[e + 1] - enc.step_starts[e] for e in train_idx))
+    batches_per_epoch = max(1, -(-train_steps // (config.batch_size * config.seq_len)))
+    total = batches_per_epoch * config.epochs
+
+    keras.utils.set_random_seed(config.seed)
+    model = MDNRNN(z_size, config.hidden, config.mixtures, config.reward_weight, config.done_weight)
+    optimizer = keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.grad_clip or None)
+    model.compile(optimizer=optimizer)
+    artifact_config = {**to_dict(config), "z_size": z_size}
+    check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
+    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS) or {"step": 0}
+    step = int(state["step"])
+    atomic_write_json(out_dir / "config.json", artifact_config)
+    history = History(out_dir / "history.jsonl")
+    history.truncate_after("step", step)
+    train_fn = tf.function(model.train_step)
+    metrics: dict = {}
+    last_ckpt = step
+    started = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last_ckpt
+        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total}, WEIGHTS)
+        last_ckpt = step
+
+    go_on = bool(on_progress(step, total, {}))
+    while step < total and go_on:
+        rng = np.random.default_rng([config.seed, step])  # batch contents depend only on (seed, step)
+        episodes = rng.choice(train_idx, size=config.batch_size, replace=len(train_idx) < config.batch_size)
+        logs = train_fn(make_batch(enc, episodes, config.seq_len, rng))
+        step += 1
+        metrics = {k: float(v) for k, v in logs.items()}
+        metrics["epoch"] = step / batches_per_epoch
+        if step % batches_per_epoch == 0:
+            for m in model.metrics:
+                m.reset_state()
+            val = evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed)
+            metrics.update(val)
+            history.append({"step": step, **metrics, "time": round(time.monotonic() - started, 2)})
+        elif step % 5 == 0:
+            history.append({"step": step, **metrics, "time": round(time.monotonic() - started, 2)})
+        if step - last_ckpt >= config.checkpoint_every:
+            checkpoint()
+        go_on = bool(on_progress(step, total, metrics))
+    checkpoint()
+    final = dict(metrics)
+    final.update(evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed))
+    final.update({"step": step, "total_steps": total, "complete": step >= total, "train_episodes": len(train_idx),
+                  "heldout_episodes": len(held_idx), "z_size": z_size})
+    write_meta(out_dir, "rnn", artifact_config, final, seed=config.seed, data_hash=key)
+    return final
+
