@@ -1,0 +1,106 @@
+"""``python -m core <stage>``: every pipeline stage from the command line, flags built from its config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+from core.config import STAGES, ConfigError, validate
+
+DESCRIPTIONS = {
+    "collect": "Collect random-policy episodes (resumes: existing episodes are kept).",
+    "train-vae": "Train the ConvVAE (V) on collected frames (resumes from its checkpoint).",
+    "train-rnn": "Encode frames with V, train the MDN-RNN (M) (resumes from its checkpoint).",
+    "evolve": "Evolve the controller (C) with CMA-ES in the real env (resumes each generation).",
+    "evaluate": "Evaluate a world model on the fixed evaluation tracks; writes a JSON report.",
+    "record": "Render an episode (the agent, or an action log) to MP4.",
+}
+
+
+def _stage_function(stage: str) -> Callable:
+    """Import lazily: ``--help`` and flag errors answer without loading TensorFlow."""
+    if stage == "collect":
+        from core.collect import collect
+        return collect
+    if stage == "train-vae":
+        from core.vae import train_vae
+        return train_vae
+    if stage == "train-rnn":
+        from core.mdnrnn import train_rnn
+        return train_rnn
+    if stage == "evolve":
+        from core.evolve import evolve
+        return evolve
+    if stage == "evaluate":
+        from core.evaluate import evaluate
+        return evaluate
+    from core.record import record
+    return record
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field: ``--field-name``, typed, with its help, default and choices."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        help_text = f"{meta.get('help', '')} (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=meta.get("choices"),
+                            help=help_text, metavar=None if meta.get("choices") else kind.__name__.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="World Models for CarRacing-v3: "
+                                     "collect -> train-vae -> train-rnn -> evolve -> evaluate -> record.")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage, cls in STAGES.items():
+        p = sub.add_parser(stage, help=DESCRIPTIONS[stage], description=DESCRIPTIONS[stage])
+        add_config_flags(p, cls)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _summary(stage: str, result: dict) -> str:
+    if stage == "evaluate":
+        return (f"evaluate: {result['mean']:.1f} ± {result['std']:.1f} over {result['episodes']} episodes "
+                f"(min {result['min']:.1f}, max {result['max']:.1f}) -> {result['out']}")
+    shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+    return f"{stage}: " + json.dumps(shown, default=str)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from core.artifacts import ArtifactError
+    from core.progress import TerminalProgress, keep_going
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    cls = STAGES[args.stage]
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    try:
+        config = validate(cls(**values))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    progress = keep_going if args.quiet else TerminalProgress(args.stage)
+    try:
+        result = _stage_function(args.stage)(config, progress)
+    except (ArtifactError, ConfigError) as e:
+        if not args.quiet:
+            progress.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        progress.close()
+    print(_summary(args.stage, result))
+    return 0

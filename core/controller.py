@@ -1,0 +1,87 @@
+"""C: the linear controller, ``action = squash(W [z, h] + b)``, behind a flat parameter vector.
+
+With z = 32 and h = 256 it has 3 * 288 + 3 = 867 parameters. Squashing (the paper's): steer = tanh,
+gas = (tanh + 1) / 2, brake = clip(tanh, 0, 1); so every action lies in ``[-1, 0, 0]..[1, 1, 1]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.artifacts import ArtifactError, atomic_save_npz, read_json, read_meta
+
+PARAMS_FILE = "params.npz"
+ACTION_SIZE = 3
+
+
+def num_params(z_size: int, hidden: int) -> int:
+    return ACTION_SIZE * (z_size + hidden) + ACTION_SIZE
+
+
+def squash(raw: np.ndarray) -> np.ndarray:
+    """float (..., 3) pre-activations -> float32 actions (steer, gas, brake) in the env's ranges."""
+    t = np.tanh(raw)
+    out = np.empty_like(t, dtype=np.float32)
+    out[..., 0] = t[..., 0]
+    out[..., 1] = (t[..., 1] + 1.0) / 2.0
+    out[..., 2] = np.clip(t[..., 2], 0.0, 1.0)
+    return out
+
+
+class Controller:
+    """Linear policy on [z, h]. ``act(z float32 (z_size,), h float32 (hidden,)) -> float32 (3,)``."""
+
+    def __init__(self, z_size: int, hidden: int, params: np.ndarray | None = None):
+        self.z_size, self.hidden = z_size, hidden
+        self.n_params = num_params(z_size, hidden)
+        self.set_params(np.zeros(self.n_params, np.float32) if params is None else params)
+
+    def set_params(self, flat: np.ndarray) -> None:
+        flat = np.asarray(flat, dtype=np.float32).ravel()
+        if flat.size != self.n_params:
+            raise ValueError(f"controller for z = {self.z_size}, h = {self.hidden} takes {self.n_params} "
+                             f"parameters, got {flat.size}")
+        n_in = self.z_size + self.hidden
+        self.weight = flat[:ACTION_SIZE * n_in].reshape(ACTION_SIZE, n_in).copy()
+        self.bias = flat[ACTION_SIZE * n_in:].copy()
+        # Split once so act() needs no concatenation: W [z, h] = Wz z + Wh h.
+        self.w_z = np.ascontiguousarray(self.weight[:, :self.z_size].T)
+        self.w_h = np.ascontiguousarray(self.weight[:, self.z_size:].T)
+
+    def get_params(self) -> np.ndarray:
+        return np.concatenate([self.weight.ravel(), self.bias]).astype(np.float32)
+
+    def act(self, z: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """One action, or a batch: z (..., z_size), h (..., hidden) -> (..., 3)."""
+        return squash(z @ self.w_z + h @ self.w_h + self.bias)
+
+
+def save_params(out_dir: Path | str, params: np.ndarray, z_size: int, hidden: int, **extra: np.ndarray) -> None:
+    atomic_save_npz(Path(out_dir) / PARAMS_FILE, params=np.asarray(params, np.float32), z_size=np.int64(z_size),
+                    hidden=np.int64(hidden), **extra)
+
+
+def load_controller(controller_dir: Path | str, z_size: int | None = None, hidden: int | None = None) -> Controller:
+    """Load the best controller of an evolve run, checking it fits V's z and M's h."""
+    controller_dir = Path(controller_dir)
+    if (controller_dir / "meta.json").exists():
+        read_meta(controller_dir, "controller")
+    path = controller_dir / PARAMS_FILE
+    if not path.exists():
+        raise ArtifactError(f"{controller_dir}: no controller ({PARAMS_FILE}); evolve one first "
+                            "(python -m core evolve)")
+    try:
+        with np.load(path) as f:
+            params, cz, ch = f["params"], int(f["z_size"]), int(f["hidden"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ArtifactError(f"{path}: unreadable controller ({e})") from None
+    if (z_size is not None and cz != z_size) or (hidden is not None and ch != hidden):
+        raise ArtifactError(f"{path}: controller expects z = {cz}, h = {ch} but the world model has z = {z_size}, "
+                            f"h = {hidden}; evolve a controller for this V and M")
+    return Controller(cz, ch, params)
+
+
+def controller_config(controller_dir: Path | str) -> dict:
+    return read_json(Path(controller_dir) / "config.json", "controller config")

@@ -1,0 +1,137 @@
+"""Stage 4, evolve: CMA-ES over C's flat parameters, fitness = mean return in the real env.
+
+Every candidate of a generation drives the same ``rollouts`` tracks (common random numbers: differences in
+fitness come from the controllers, not the tracks). Every ``eval_every`` generations the CMA-ES mean and
+the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks, and the one
+that scores best there becomes the artifact's ``params.npz``: a lucky candidate never gets shipped on the
+strength of two episodes.
+
+Each generation writes a checkpoint (the pickled CMA-ES state, history, best parameters); re-running the
+same command resumes from it, losing at most the generation in progress.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import cma
+import numpy as np
+
+from core.artifacts import (ArtifactError, History, _atomic_write_bytes, atomic_write_json, read_json,
+                            write_meta)
+from core.config import EvolveConfig, to_dict, validate
+from core.controller import PARAMS_FILE, load_controller, num_params, save_params
+from core.progress import ProgressCallback, keep_going
+from core.rollout import RolloutPool, RolloutSettings
+
+CMA_STATE = "cma_state.pkl"
+STATE = "state.json"
+TRAIN_EVAL_SEED_BASE = 900_000  # fixed training tracks for periodic evaluation (below EVAL_SEED_BASE)
+
+
+def _load_world_model(run_dir: Path):
+    from core.agent import load_world_model_weights
+    return load_world_model_weights(run_dir)
+
+
+def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy) -> None:
+    _atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps(es))
+
+
+def _load_es(out_dir: Path) -> cma.CMAEvolutionStrategy:
+    try:
+        return pickle.loads((out_dir / CMA_STATE).read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as e:
+        raise ArtifactError(f"{out_dir / CMA_STATE}: unreadable CMA-ES state ({e}); delete {out_dir} to start "
+                            "over") from None
+
+
+def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> list[float]:
+    """Mean return of each candidate over ``seeds``."""
+    results = list(pool.map([(p, s) for p in candidates for s in seeds]))
+    returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
+    return [float(x) for x in returns.mean(axis=1)]
+
+
+def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> dict:
+    """Run CMA-ES until ``config.generations`` generations are done; resumes from ``<out_dir>``."""
+    validate(config)
+    run_dir = Path(config.run_dir)
+    out_dir = config.out_dir
+    weights = _load_world_model(run_dir)
+    z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
+    n = num_params(z_size, hidden)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = History(out_dir / "history.jsonl")
+
+    state_path = out_dir / STATE
+    if state_path.exists() and (out_dir / CMA_STATE).exists():
+        state = read_json(state_path, "evolution state")
+        if state.get("n_params") != n:
+            raise ArtifactError(f"{out_dir}: holds a controller of {state.get('n_params')} parameters, this world "
+                                f"model needs {n}; pass another --run-dir or delete {out_dir}")
+        es = _load_es(out_dir)
+        history.truncate_after("generation", state["generation"])
+    else:
+        es = cma.CMAEvolutionStrategy(np.zeros(n), config.sigma0,
+                                      {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9})
+        state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
+                 "train_seconds": 0.0}
+    atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
+    if not (out_dir / PARAMS_FILE).exists():
+        save_params(out_dir, es.mean, z_size, hidden)
+
+    settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
+    eval_settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
+    eval_seeds = [TRAIN_EVAL_SEED_BASE + i for i in range(config.eval_episodes)]
+    total = config.generations
+    metrics: dict = {}
+    with RolloutPool(weights, settings, config.workers) as pool:
+        eval_pool = RolloutPool(weights, eval_settings, config.workers) if config.eval_every else None
+        try:
+            go_on = bool(on_progress(state["generation"], total, {}))
+            while state["generation"] < total and go_on:
+                started = time.monotonic()
+                gen = state["generation"] + 1
+                rng = np.random.default_rng([config.seed, gen])
+                seeds = [int(s) for s in rng.integers(0, TRAIN_EVAL_SEED_BASE, size=config.rollouts)]
+                candidates = es.ask()
+                results = list(pool.map([(p, s) for p in candidates for s in seeds]))
+                returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
+                fitness = returns.mean(axis=1)
+                es.tell(candidates, list(-fitness))  # cma minimises
+                best_i = int(np.argmax(fitness))
+                metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),
+                           "worst": float(fitness.min()), "sigma": float(es.sigma),
+                           "early_stopped": float(np.mean([r.early_stopped for r in results])),
+                           "steps": int(sum(r.steps for r in results))}
+                if eval_pool is not None and gen % config.eval_every == 0:
+                    scores = evaluate_params(eval_pool, [es.mean, candidates[best_i]], eval_seeds)
+                    pick = int(np.argmax(scores))
+                    metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1]})
+                    if state["best_eval"] is None or scores[pick] > state["best_eval"]:
+                        state["best_eval"] = scores[pick]
+                        save_params(out_dir, [es.mean, candidates[best_i]][pick], z_size, hidden)
+                    state["episodes"] += 2 * len(eval_seeds)
+                elif state["best_eval"] is None:
+                    save_params(out_dir, es.mean, z_size, hidden)  # nothing evaluated yet: ship the mean
+                state["generation"] = gen
+                state["episodes"] += len(results)
+                state["env_steps"] += metrics["steps"]
+                state["train_seconds"] += time.monotonic() - started
+                metrics["seconds"] = round(time.monotonic() - started, 2)
+                history.append(metrics)
+                _save_es(out_dir, es)
+                atomic_write_json(state_path, state)  # last: the checkpoint is complete
+                go_on = bool(on_progress(gen, total, metrics))
+        finally:
+            if eval_pool is not None:
+                eval_pool.close()
+    final = {**metrics, **{k: state[k] for k in ("generation", "best_eval", "episodes", "env_steps", "train_seconds")},
+             "complete": state["generation"] >= total, "n_params": n}
+    write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
+               seed=config.seed)
+    load_controller(out_dir, z_size, hidden)  # what was written loads
+    return final
