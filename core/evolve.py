@@ -83,6 +83,7 @@ def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> 
     if not (out_dir / PARAMS_FILE).exists():
         save_params(out_dir, es.mean, z_size, hidden)
 
+    resumed_from = state["generation"]
     settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
     eval_settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
     eval_seeds = [TRAIN_EVAL_SEED_BASE + i for i in range(config.eval_episodes)]
@@ -130,7 +131,7 @@ def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> 
             if eval_pool is not None:
                 eval_pool.close()
     final = {**metrics, **{k: state[k] for k in ("generation", "best_eval", "episodes", "env_steps", "train_seconds")},
-             "complete": state["generation"] >= total, "n_params": n}
+             "complete": state["generation"] >= total, "n_params": n, "resumed_from": resumed_from}
     write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
                seed=config.seed)
     load_controller(out_dir, z_size, hidden)  # what was written loads

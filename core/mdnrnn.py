@@ -273,7 +273,7 @@ def train_rnn(config: RNNConfig, on_progress: ProgressCallback = keep_going) -> 
     artifact_config = {**to_dict(config), "z_size": z_size}
     check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
     state = load_checkpoint(out_dir, model, optimizer, WEIGHTS) or {"step": 0}
-    step = int(state["step"])
+    step = resumed_from = int(state["step"])
     atomic_write_json(out_dir / "config.json", artifact_config)
     history = History(out_dir / "history.jsonl")
     history.truncate_after("step", step)
@@ -309,7 +309,7 @@ def train_rnn(config: RNNConfig, on_progress: ProgressCallback = keep_going) -> 
     checkpoint()
     final = dict(metrics)
     final.update(evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed))
-    final.update({"step": step, "total_steps": total, "complete": step >= total, "train_episodes": len(train_idx),
+    final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total, "train_episodes": len(train_idx),
                   "heldout_episodes": len(held_idx), "z_size": z_size})
     write_meta(out_dir, "rnn", artifact_config, final, seed=config.seed, data_hash=key)
     return final

@@ -207,7 +207,7 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
     model.compile(optimizer=optimizer)
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")
     state = load_checkpoint(out_dir, model, optimizer, WEIGHTS) or {"step": 0}
-    step = int(state["step"])
+    step = resumed_from = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_vae_artifact_config(out_dir, config)
     history = History(out_dir / "history.jsonl")
@@ -257,7 +257,7 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
     checkpoint()
     final = {k: v for k, v in metrics.items()}
     final.update(evaluate_vae(model, held))
-    final.update({"step": step, "total_steps": total, "complete": step >= total,
+    final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,
                   "train_frames": frames_per_epoch * config.frame_stride, "train_episodes": len(train_paths),
                   "heldout_episodes": len(held_paths)})
     write_meta(out_dir, "vae", to_dict(config), final, seed=config.seed, data_hash=data_hash)

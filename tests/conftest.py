@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny world model (z = 8, h = 16) trained on two short real CarRacing episodes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _fast_env_available() -> bool:
+    try:
+        import core.fast_car_racing  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+TEST_ENV = "fast" if _fast_env_available() else "stock"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Two Brownian episodes of 40 steps in the real env."""
+    from core.collect import collect
+    from core.config import CollectConfig
+    out = tmp_path_factory.mktemp("data") / "rollouts"
+    collect(CollectConfig(out_dir=str(out), episodes=2, max_steps=40, workers=1, env=TEST_ENV))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world_model(tiny_data, tmp_path_factory) -> Path:
+    """A run folder with vae/, rnn/ and controller/ trained on ``tiny_data`` in seconds."""
+    from core.config import EvolveConfig, RNNConfig, VAEConfig
+    from core.evolve import evolve
+    from core.mdnrnn import train_rnn
+    from core.vae import train_vae
+    run = tmp_path_factory.mktemp("run")
+    train_vae(VAEConfig(data_dir=str(tiny_data), run_dir=str(run), z_size=8, epochs=1, batch_size=32,
+                        holdout=0.0))
+    train_rnn(RNNConfig(data_dir=str(tiny_data), run_dir=str(run), hidden=16, mixtures=3, seq_len=10,
+                        batch_size=4, epochs=1, holdout=0.0))
+    evolve(EvolveConfig(run_dir=str(run), generations=1, popsize=4, rollouts=1, max_steps=20, eval_every=0,
+                        workers=1, env=TEST_ENV))
+    return run

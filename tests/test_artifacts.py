@@ -1,0 +1,88 @@
+"""Artifacts: atomic writes, save -> load -> identical outputs, clear errors for wrong or corrupt files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core.artifacts import ArtifactError, History, atomic_write_json, read_meta
+from core.dataset import EpisodeError, NoDataError, list_episodes, load_episode, usable_episodes
+from core.mdnrnn import load_rnn
+from core.vae import load_vae, to_float
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    atomic_write_json(tmp_path / "a.json", {"x": 2})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "a.json", {"x": object()})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_vae_and_rnn_save_load_give_identical_outputs(tiny_world_model, tiny_data):
+    frames = to_float(load_episode(list_episodes(tiny_data)[0]).obs[:4])
+    a, b = load_vae(tiny_world_model / "vae"), load_vae(tiny_world_model / "vae")
+    np.testing.assert_array_equal(a.encode(frames)[0].numpy(), b.encode(frames)[0].numpy())
+    np.testing.assert_array_equal(a.decode(a.encode(frames)[0]).numpy(), b.decode(b.encode(frames)[0]).numpy())
+    x = np.random.default_rng(0).normal(size=(2, 5, a.z_size + 3)).astype(np.float32)
+    r1, r2 = load_rnn(tiny_world_model / "rnn"), load_rnn(tiny_world_model / "rnn")
+    np.testing.assert_array_equal(r1(x)["mu"].numpy(), r2(x)["mu"].numpy())
+
+
+def test_meta_records_config_versions_and_metrics(tiny_world_model):
+    meta = read_meta(tiny_world_model / "vae", "vae")
+    assert meta["config"]["z_size"] == 8
+    assert "keras" in meta["versions"] and meta["data_hash"]
+    assert meta["metrics"]["complete"] is True
+    with pytest.raises(ArtifactError, match="expected 'rnn'"):
+        read_meta(tiny_world_model / "vae", "rnn")
+
+
+def test_mismatched_z_is_explained(tiny_world_model):
+    with pytest.raises(ArtifactError, match="z = 8 but 32 was expected"):
+        load_vae(tiny_world_model / "vae", expect_z=32)
+    with pytest.raises(ArtifactError, match="trained on z = 8 but the VAE has z = 32"):
+        load_rnn(tiny_world_model / "rnn", expect_z=32)
+
+
+def test_missing_model_says_how_to_make_it(tmp_path):
+    with pytest.raises(ArtifactError, match="train-vae"):
+        load_vae(tmp_path / "vae")
+
+
+def test_corrupt_episode_is_skipped_or_stops(tiny_data, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    good = list_episodes(tiny_data)[0]
+    (data / good.name).write_bytes(good.read_bytes())
+    bad = data / "ep_0009999.npz"
+    bad.write_bytes(good.read_bytes()[:5000])  # truncated mid-file
+    with pytest.raises(EpisodeError, match="ep_0009999.npz"):
+        load_episode(bad)
+    assert usable_episodes(data, on_corrupt="skip") == [data / good.name]
+    with pytest.raises(EpisodeError):
+        usable_episodes(data, on_corrupt="stop")
+
+
+def test_no_data_says_how_to_collect(tmp_path):
+    with pytest.raises(NoDataError, match="python -m core collect"):
+        usable_episodes(tmp_path / "nothing")
+
+
+def test_history_ignores_a_torn_last_line_and_truncates(tmp_path):
+    h = History(tmp_path / "history.jsonl")
+    for step in range(1, 6):
+        h.append({"step": step})
+    with open(h.path, "a") as f:
+        f.write('{"step": 6, "lo')
+    assert [r["step"] for r in h.read()] == [1, 2, 3, 4, 5]
+    h.truncate_after("step", 3)
+    assert [r["step"] for r in h.read()] == [1, 2, 3]

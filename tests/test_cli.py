@@ -1,0 +1,116 @@
+"""The whole pipeline through ``python -m core`` on tiny settings, and resuming after ``kill -9``."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.artifacts import read_history, read_json
+from tests.conftest import ROOT, TEST_ENV
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python -m core {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def summary(proc: subprocess.CompletedProcess) -> dict:
+    line = proc.stdout.strip().splitlines()[-1]
+    return json.loads(line.split(": ", 1)[1])
+
+
+def test_pipeline_end_to_end(tmp_path):
+    data, run = str(tmp_path / "data"), str(tmp_path / "run")
+    out = summary(cli("collect", "--out-dir", data, "--episodes", "2", "--max-steps", "30", "--workers", "2",
+                      "--env", TEST_ENV, "--quiet"))
+    assert out["episodes"] == 2 and out["frames"] == 62
+    vae = summary(cli("train-vae", "--data-dir", data, "--run-dir", run, "--z-size", "8", "--epochs", "1",
+                      "--batch-size", "16", "--holdout", "0.5", "--quiet"))
+    assert vae["complete"] and vae["heldout_episodes"] == 1 and vae["val_r_loss"] > 0
+    rnn = summary(cli("train-rnn", "--data-dir", data, "--run-dir", run, "--hidden", "16", "--seq-len", "10",
+                      "--batch-size", "4", "--epochs", "1", "--quiet"))
+    assert rnn["complete"] and rnn["z_size"] == 8
+    evo = summary(cli("evolve", "--run-dir", run, "--generations", "2", "--popsize", "4", "--rollouts", "1",
+                      "--max-steps", "20", "--eval-every", "2", "--eval-episodes", "1", "--workers", "2",
+                      "--env", TEST_ENV, "--quiet"))
+    assert evo["generation"] == 2 and evo["best_eval"] is not None
+    ev = cli("evaluate", "--model-dir", run, "--episodes", "2", "--max-steps", "25", "--workers", "1", "--quiet")
+    report = read_json(Path(run) / "controller" / "evaluation.json")
+    assert report["seeds"] == [1_000_000, 1_000_001] and len(report["returns"]) == 2
+    assert report["env"] == "stock" and "± " in ev.stdout
+    mp4 = tmp_path / "ep.mp4"
+    rec = summary(cli("record", "--model-dir", run, "--seed", "3", "--max-steps", "20", "--out", str(mp4), "--env", TEST_ENV,
+                      "--quiet"))
+    assert rec["steps"] == 20 and mp4.stat().st_size > 1000
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"finished before it could be interrupted: {proc.stdout.read()}")
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def _state(path: Path, key: str) -> int:
+    try:
+        return int(json.loads(path.read_text())[key])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_train_vae_resumes_after_kill_9(tiny_data, tmp_path):
+    args = ["train-vae", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path), "--z-size", "8",
+            "--epochs", "8", "--batch-size", "4", "--checkpoint-every", "10", "--holdout", "0", "--quiet"]
+    state = tmp_path / "vae" / "checkpoint" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    _kill_when(proc, lambda: _state(state, "step") >= 20)
+    killed_at = _state(state, "step")
+    out = summary(cli(*args))
+    assert out["resumed_from"] == killed_at >= 20
+    assert out["complete"] and out["step"] == out["total_steps"]
+    steps = [r["step"] for r in read_history(tmp_path / "vae" / "history.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps))  # nothing logged twice across the restart
+
+
+def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    for part in ("vae", "rnn"):
+        shutil.copytree(tiny_world_model / part, run / part)
+    args = ["evolve", "--run-dir", str(run), "--generations", "8", "--popsize", "4", "--rollouts", "1",
+            "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env", TEST_ENV, "--quiet"]
+    state = run / "controller" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    _kill_when(proc, lambda: _state(state, "generation") >= 2)
+    killed_at = _state(state, "generation")
+    out = summary(cli(*args))
+    assert out["resumed_from"] == killed_at >= 2 and out["generation"] == 8
+    gens = [r["generation"] for r in read_history(run / "controller" / "history.jsonl")]
+    assert gens == list(range(1, 9))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "--episodes", "-3"], "--episodes=-3 is too small"),
+    (["train-vae", "--data-dir", "/nonexistent/data"], "collect episodes first"),
+    (["evaluate", "--model-dir", "/nonexistent/model"], "train one first"),
+    (["record", "--actions", "/nonexistent.json"], "action log not found"),
+    (["evolve", "--popsize", "1"], "--popsize=1 is too small"),
+])
+def test_bad_input_gets_one_line_error_not_traceback(args, message):
+    proc = cli(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
