@@ -16,7 +16,7 @@ import numpy as np
 
 from core.config import CollectConfig, to_dict, validate
 from core.dataset import Episode, episode_path, list_episodes, read_manifest, save_episode, write_manifest
-from core.env import make_env, preprocess, quiet_workers
+from core.env import make_env, preprocess, worker_setup
 from core.progress import ProgressCallback, keep_going
 
 # Ornstein-Uhlenbeck parameters per action component (steer, gas, brake-drive): pull towards MEAN at
@@ -107,7 +107,7 @@ def collect(config: CollectConfig, on_progress: ProgressCallback = keep_going) -
                 break
     elif todo:
         with ProcessPoolExecutor(min(config.workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                 initializer=quiet_workers) as pool:
+                                 initializer=worker_setup) as pool:
             queue = list(todo)
             running = set()
             stop = False

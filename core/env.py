@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 import cv2
@@ -20,14 +22,36 @@ ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 FPS = 50  # CarRacing's simulation steps a second
 
 
-def quiet_workers() -> None:
-    """Keep each worker process to one BLAS/TF thread so N workers use N cores, not N^2."""
+def worker_setup() -> None:
+    """Set up a worker process: one BLAS/TF thread each (N workers use N cores, not N^2), and exit when
+    the parent dies, so a killed stage never leaves orphans burning CPU."""
+    _exit_with_parent()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                 "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     cv2.setNumThreads(1)
+
+
+def _exit_with_parent() -> None:
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1  # Linux prctl option: signal this process when its parent exits
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() == parent:
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def make_env(kind: str = "fast", **kwargs: Any) -> gym.Env:

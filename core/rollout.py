@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from core.agent import Agent, WorldModelWeights
-from core.env import make_env, quiet_workers
+from core.env import make_env, worker_setup
 
 STEP_PENALTY = 0.1  # CarRacing's reward per frame without a new tile, subtracted for each skipped step
 
@@ -75,7 +75,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(weights: WorldModelWeights, settings: RolloutSettings) -> None:
-    quiet_workers()
+    worker_setup()
     _WORKER["weights"] = weights
     _WORKER["settings"] = settings
     _WORKER["env"] = make_env(settings.env)

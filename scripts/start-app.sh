@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install the app's dependencies and start it on http://localhost:8501 (arguments go to streamlit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --disable-pip-version-check -r requirements.txt
+export SDL_VIDEODRIVER=dummy TF_CPP_MIN_LOG_LEVEL=2
+exec python3 -m streamlit run Home.py "$@"
