@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from core.config import CollectConfig, to_dict, validate
-from core.dataset import Episode, episode_path, list_episodes, read_manifest, save_episode, write_manifest
+from core.dataset import (Episode, EpisodeError, episode_path, list_episodes, load_episode, read_manifest,
+                          save_episode, write_manifest)
 from core.env import make_env, preprocess, worker_setup
 from core.progress import ProgressCallback, keep_going
 
@@ -83,8 +84,15 @@ def collect(config: CollectConfig, on_progress: ProgressCallback = keep_going) -
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
-    on_disk = {p.name for p in list_episodes(out_dir)}
+    on_disk = {p.name: p for p in list_episodes(out_dir)}
     entries = {e["file"]: e for e in manifest.get("episodes", []) if e["file"] in on_disk}
+    for name, path in on_disk.items():  # written by a run that stopped before updating the manifest
+        if name not in entries:
+            try:
+                ep = load_episode(path)
+            except EpisodeError:
+                continue  # redone below
+            entries[name] = {"file": name, "seed": ep.seed, "steps": ep.steps, "return": round(ep.total_reward, 3)}
     wanted = [config.seed + i for i in range(config.episodes)]
     todo = [s for s in wanted if episode_path(out_dir, s).name not in entries]
     total = len(wanted)
