@@ -34,6 +34,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,6 +59,7 @@ def atomic_save_npz(path: Path | str, compressed: bool = True, **arrays: np.ndar
             (np.savez_compressed if compressed else np.savez)(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -65,13 +67,22 @@ def atomic_save_npz(path: Path | str, compressed: bool = True, **arrays: np.ndar
 
 
 def atomic_save_keras(model: Any, path: Path | str) -> None:
-    """Save Keras weights (``.weights.h5``) atomically."""
+    """Save a Keras model's own weights (``.weights.h5``) atomically.
+
+    A compiled model's ``save_weights`` also writes the optimizer's slots (three times the size for Adam);
+    the weights are copied into an uncompiled twin first so the file holds the model alone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "optimizer", None) is not None:
+        twin = model.__class__(**model.get_config())
+        twin.set_weights(model.get_weights())
+        model = twin
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".weights.h5")
     os.close(fd)
     try:
         model.save_weights(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
