@@ -218,3 +218,37 @@ def read_history(path: Path | str) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class RunLock:
+    """An exclusive lock on an output folder, so two runs never write the same artifact.
+
+    ``flock`` on ``<folder>/.lock``: the kernel releases it when the process ends, even by ``kill -9``,
+    so a crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, folder: Path | str, what: str):
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ArtifactError(f"{self.folder}: another {self.what} run (pid {owner}) is writing here; wait for "
+                                "it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None

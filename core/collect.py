@@ -8,16 +8,16 @@ cover on-road and off-road views alike.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 
+from core.artifacts import RunLock
 from core.config import CollectConfig, to_dict, validate
 from core.dataset import (Episode, EpisodeError, episode_path, list_episodes, load_episode, read_manifest,
                           save_episode, write_manifest)
-from core.env import make_env, preprocess, worker_setup
+from core.env import make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
 
 # Ornstein-Uhlenbeck parameters per action component (steer, gas, brake-drive): pull towards MEAN at
@@ -81,6 +81,11 @@ def collect(config: CollectConfig, on_progress: ProgressCallback = keep_going) -
     command after a crash only runs the missing ones. Returns the manifest's summary.
     """
     validate(config)
+    with RunLock(config.out_dir, "collect"):
+        return _collect(config, on_progress)
+
+
+def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
@@ -114,7 +119,7 @@ def collect(config: CollectConfig, on_progress: ProgressCallback = keep_going) -
             if not record(_collect_one(seed, config.max_steps, config.env, str(out_dir))):
                 break
     elif todo:
-        with ProcessPoolExecutor(min(config.workers, len(todo)), mp_context=mp.get_context("spawn"),
+        with ProcessPoolExecutor(min(config.workers, len(todo)), mp_context=spawn_context(),
                                  initializer=worker_setup) as pool:
             queue = list(todo)
             running = set()

@@ -22,13 +22,28 @@ ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 FPS = 50  # CarRacing's simulation steps a second
 
 
+SINGLE_THREAD_ENV = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                           "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+
+
+def spawn_context():
+    """A ``spawn`` multiprocessing context whose children start with one BLAS thread each.
+
+    BLAS sizes its thread pool when NumPy is first imported, which in a spawned child happens while it
+    unpickles its task, before any initializer runs; so the limit must already be in the environment the
+    child inherits. Without it two workers on two cores run four spinning BLAS threads and every small
+    matrix product of the agent gets several times slower.
+    """
+    import multiprocessing as mp
+    for var, value in SINGLE_THREAD_ENV.items():
+        os.environ.setdefault(var, value)
+    return mp.get_context("spawn")
+
+
 def worker_setup() -> None:
-    """Set up a worker process: one BLAS/TF thread each (N workers use N cores, not N^2), and exit when
-    the parent dies, so a killed stage never leaves orphans burning CPU."""
+    """Set up a worker process: exit when the parent dies, so a killed stage never leaves orphans
+    burning CPU; no threads of its own in OpenCV; no SDL window."""
     _exit_with_parent()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                "TF_NUM_INTEROP_THREADS"):
-        os.environ.setdefault(var, "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     cv2.setNumThreads(1)

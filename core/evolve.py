@@ -19,7 +19,7 @@ from pathlib import Path
 import cma
 import numpy as np
 
-from core.artifacts import (ArtifactError, History, _atomic_write_bytes, atomic_write_json, read_json,
+from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_write_json, read_json,
                             write_meta)
 from core.config import EvolveConfig, to_dict, validate
 from core.controller import PARAMS_FILE, load_controller, num_params, save_params
@@ -58,6 +58,11 @@ def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list
 def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Run CMA-ES until ``config.generations`` generations are done; resumes from ``<out_dir>``."""
     validate(config)
+    with RunLock(config.out_dir, "evolve"):
+        return _evolve(config, on_progress)
+
+
+def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     run_dir = Path(config.run_dir)
     out_dir = config.out_dir
     weights = _load_world_model(run_dir)

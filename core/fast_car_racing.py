@@ -1,32 +1,43 @@
 """CarRacing-v3 with the same frames, rewards and physics as Gymnasium's, rendered several times faster.
 
 Gymnasium's ``CarRacing._render`` spends almost all of a step in Python: it rotates, offsets and culls
-about 800 polygons one vertex at a time (about 90 survive), loads a font from disk every frame and draws
-the HUD text anew. ``FastCarRacing`` keeps the physics, the track generation and every pygame drawing
-call of the original, in the same order and with the same float arguments, and changes only how those
-arguments are computed:
+about 800 polygons one vertex at a time (about 90 survive), loads a font from disk every frame, draws a
+1000x800 picture, flips it upside down and scales it to 96x96. ``FastCarRacing`` keeps the physics, the
+track generation and the rasterisers of the original (SDL_gfx through ``pygame.gfxdraw``,
+``pygame.draw``, ``smoothscale``) and feeds them the same numbers; it only stops doing work whose
+result is thrown away:
 
-* the grass patches and track polygons are kept as one float64 array per track; each frame rotates,
-  zooms and translates all of them at once with NumPy, using the very cos/sin pygame's
-  ``Vector2.rotate_rad`` uses, so every coordinate is bit-for-bit the one the stock loop computes;
-* culling is the stock test (any vertex inside the window grown by ``MAX_SHAPE_DIM``), done on the
-  whole array before any drawing;
-* the font and the rendered score text are cached.
+* Geometry. The grass patches and track polygons are one float64 array per track. Each frame rotates,
+  zooms and translates all of them at once with NumPy, with the very cos/sin pygame's
+  ``Vector2.rotate_rad`` uses, so every vertex is bit-for-bit the stock one. A polygon is drawn only if
+  its pixels can reach the part of the window that ends up in the frame (the stock code draws anything
+  within 381 pixels of it). The car's vertices get the same treatment; Box2D's float32 transform is
+  reproduced in float32.
+* Fills. The background polygon is replaced by a plain fill when the window lies well inside it, and
+  the rows that the HUD bar paints over are neither filled nor copied.
+* Scaling. ``smoothscale`` shrinks along x, then along y, row by row and column by column, so shrinking
+  each band separately and stacking them gives the same bytes as shrinking the whole frame. The
+  upside-down flip is therefore applied to the 96-pixel-wide band instead of the 1000-pixel frame, and
+  the HUD is drawn on its own band.
+* Caching. The font, the rendered score text and the window-sized surfaces are made once.
 
-The pixels therefore come from the same rasteriser (SDL_gfx through ``pygame.gfxdraw``) fed the same
-numbers, and ``smoothscale`` down to 96x96 is untouched. ``tests/test_fast_env.py`` checks the claim
-frame for frame against ``gymnasium.make("CarRacing-v3")``.
+Where an assumption behind a shortcut does not hold (the camera zooms out at the start, the window
+reaches past the edge of the field, an indicator grows above the HUD bar) that part falls back to the
+stock way of drawing. ``tests/test_fast_env.py`` checks the frames byte for byte against
+``gymnasium.make("CarRacing-v3")``.
 
 Importing this module registers ``FastCarRacing-v3`` (same wrappers, limits and threshold as stock).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pygame
+from gymnasium.envs.box2d.car_dynamics import SIZE, WHEEL_R, WHEEL_W, WHEEL_WHITE
 from gymnasium.envs.box2d.car_racing import (
     GRASS_DIM,
     MAX_SHAPE_DIM,
@@ -47,10 +58,16 @@ ENV_ID = "FastCarRacing-v3"
 STOCK_ENV_ID = "CarRacing-v3"
 FONT_SIZE = 42  # points, the stock HUD score font
 SCORE_CENTER = (60, WINDOW_H - WINDOW_H * 2.5 / 40.0)  # pixels, where the stock HUD centres the score
-# Window grown by the largest polygon diagonal: the stock culling box, in pixels.
+# The stock culling box: the window grown by the largest polygon diagonal, in pixels.
 CULL_LO = -MAX_SHAPE_DIM
 CULL_HI_X = WINDOW_W + MAX_SHAPE_DIM
 CULL_HI_Y = WINDOW_H + MAX_SHAPE_DIM
+# Pixels a gfxdraw polygon may reach beyond its vertices: one for the antialiased outline, one for the
+# truncation of float vertices to whole pixels.
+REACH = 2.0
+FIELD_MARGIN = 4.0  # pixels the window must clear the field outline by before a plain fill replaces it
+WINDOW_CORNERS = ((0.0, 0.0), (WINDOW_W, 0.0), (0.0, WINDOW_H), (WINDOW_W, WINDOW_H))  # pixels
+HUD_BAR_H = 5 * WINDOW_H / 40.0  # pixels, height of the stock black HUD bar
 
 
 def _grass_polygons() -> np.ndarray:
@@ -71,17 +88,44 @@ def _grass_polygons() -> np.ndarray:
 
 GRASS_POLYS = _grass_polygons()
 FIELD_POLY = [(PLAYFIELD, PLAYFIELD), (PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, PLAYFIELD)]
+HUD_BAR = [(WINDOW_W, WINDOW_H), (WINDOW_W, WINDOW_H - HUD_BAR_H), (0, WINDOW_H - HUD_BAR_H), (0, WINDOW_H)]
+
+
+def _first_row_covered_by_hud(like: pygame.Surface) -> int:
+    """First row from which the stock HUD bar, drawn black over the flipped frame, paints every pixel.
+
+    Measured by drawing it once, so a different rasteriser gives a different (still correct) answer.
+    """
+    probe = pygame.Surface(like.get_size(), 0, like)
+    probe.fill((255, 255, 255))
+    pygame.draw.polygon(probe, color=(0, 0, 0), points=HUD_BAR)
+    row_black = (pygame.surfarray.array2d(probe) == probe.map_rgb((0, 0, 0))).all(axis=0)  # [x, y] -> y
+    top = WINDOW_H
+    while top > 0 and row_black[top - 1]:
+        top -= 1
+    return top
+
+
+def _view(surface: pygame.Surface) -> np.ndarray:
+    """uint32 (H, W) view of a 32-bit surface's pixels. The surface stays locked while it lives."""
+    return np.asarray(surface.get_view("2")).T
 
 
 class FastCarRacing(CarRacing):
-    """Gymnasium's ``CarRacing`` with a vectorised renderer; same constructor, spaces and outputs.
+    """Gymnasium's ``CarRacing`` with a faster renderer; same constructor, spaces and outputs.
 
-    ``render_mode`` "rgb_array" and "state_pixels" use the fast path; "human" uses the stock one.
-    Observations: uint8 (96, 96, 3), bit-identical to ``gymnasium.make("CarRacing-v3")``.
+    ``render_mode`` "rgb_array" and "state_pixels" and every step's observation use the fast path;
+    "human" uses the stock one. Observations: uint8 (96, 96, 3), bit-identical to
+    ``gymnasium.make("CarRacing-v3")`` for the same seed and actions.
     """
 
-    _font: pygame.font.Font | None = None
+    _font: pygame.font.Font | None = None  # shared: loading it from disk is what the stock does per frame
     _score_cache: tuple[str, pygame.Surface, pygame.Rect] | None = None
+    _canvas: dict[str, Any] | None = None
+    _fill_cache: tuple[tuple[float, ...], pygame.Color] | None = None
+    _car_cache: tuple[Any, np.ndarray, list[tuple[int, int, int]]] | None = None
+
+    # ---- track ---------------------------------------------------------------------------------------
 
     def _create_track(self) -> bool:
         ok = super()._create_track()
@@ -93,12 +137,12 @@ class FastCarRacing(CarRacing):
         """Gather this track's polygons into arrays: grass first, then road tiles and kerbs, stock order.
 
         Road tile colours change during an episode: ``FrictionDetector`` writes ``tile.color[:] =
-        road_color`` when the car first touches a tile. Each tile's ``color`` becomes a row view of one
+        road_color`` when the car touches a tile. Each tile's ``color`` becomes a row view of one
         (N, 3) array, so those writes land where the renderer reads them, with the same values.
         """
         n = len(self.road_poly)
         road_xy = np.array([poly for poly, _ in self.road_poly], dtype=np.float64).reshape(n, 4, 2)
-        colors = np.array([np.asarray(color, dtype=np.float64) for _, color in self.road_poly])
+        colors = np.array([np.asarray(color, dtype=np.float64) for _, color in self.road_poly]).reshape(n, 3)
         tiles = {id(t.color): t for t in self.road}
         for k, (poly, color) in enumerate(self.road_poly):
             tile = tiles.get(id(color))
@@ -107,7 +151,12 @@ class FastCarRacing(CarRacing):
                 self.road_poly[k] = (poly, colors[k])
         self._road_colors = colors
         self._polys = np.concatenate([GRASS_POLYS, road_xy])
+        self._centers = self._polys.mean(axis=1)
+        self._radii = np.sqrt(((self._polys - self._centers[:, None, :]) ** 2).sum(axis=2)).max(axis=1)
         self._n_grass = len(GRASS_POLYS)
+        self._canvas = None  # made again on the next frame, as the stock makes its surface every frame
+
+    # ---- frame ---------------------------------------------------------------------------------------
 
     def _render(self, mode: str):
         if mode not in ("state_pixels", "rgb_array"):
@@ -119,7 +168,8 @@ class FastCarRacing(CarRacing):
         if "t" not in self.__dict__:
             return None  # reset() not called yet
 
-        self.surf = pygame.Surface((WINDOW_W, WINDOW_H))
+        canvas = self._canvases()
+        world = canvas["world"]
         assert self.car is not None
         angle = -self.car.hull.angle
         # Animating first second zoom (stock formula, same float operations).
@@ -129,19 +179,146 @@ class FastCarRacing(CarRacing):
         trans = pygame.math.Vector2((scroll_x, scroll_y)).rotate_rad(angle)
         trans = (WINDOW_W / 2 + trans[0], WINDOW_H / 4 + trans[1])
 
-        self._render_road_fast(zoom, trans, angle)
-        self.car.draw(self.surf, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
-        self.surf = pygame.transform.flip(self.surf, False, True)
+        # Only world rows that land above the HUD bar after the flip are ever seen.
+        top = canvas["hud_top"]
+        self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
+        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
+        self.surf = world
+
+        size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
+        hud = canvas["hud"]
+        if self._draw_hud(hud, top):
+            frame = self._shrink_in_bands(canvas, size)
+        else:
+            frame = self._shrink_whole(canvas, size)
+        return np.transpose(np.array(pygame.surfarray.pixels3d(frame)), axes=(1, 0, 2))
+
+    def _canvases(self) -> dict[str, Any]:
+        """Window-sized surfaces kept across frames, made the stock way once per episode."""
+        if self._canvas is None:
+            world = pygame.Surface((WINDOW_W, WINDOW_H))
+            hud = pygame.Surface((WINDOW_W, WINDOW_H))
+            top = _first_row_covered_by_hud(hud)
+            self._canvas = {"world": world, "hud": hud, "hud_top": top}
+        return self._canvas
+
+    def _draw_hud(self, hud: pygame.Surface, top: int) -> bool:
+        """Draw the stock HUD (bar, indicators, score) on ``hud`` in frame coordinates.
+
+        Returns True when all of it lies in rows ``top`` and below, which the bar covers entirely, so
+        the band above can come from the world picture alone. Otherwise draws nothing and returns False.
+        """
+        polygons = self._indicator_polygons()
+        text, rect = self._score_text()
+        if rect.top < top or any(y < top for points, _ in polygons for _, y in points):
+            return False
+        # The bar (first polygon) paints every pixel of rows top and below and nothing else is seen,
+        # so a fill of that band is the same picture.
+        hud.fill((0, 0, 0), (0, top, WINDOW_W, WINDOW_H - top))
+        polygon = pygame.draw.polygon
+        for points, color in polygons[1:]:
+            polygon(hud, color=color, points=points)
+        hud.blit(text, rect)
+        return True
+
+    def _shrink_in_bands(self, canvas: dict[str, Any], size: tuple[int, int]) -> pygame.Surface:
+        """``smoothscale(frame, size)`` where frame = flipped world rows above ``top`` + the HUD rows.
+
+        smoothscale shrinks each row along x first, then each column along y. So: shrink the world band
+        along x, flip that narrow band, stack the x-shrunk HUD band under it, and shrink along y.
+        """
+        top = canvas["hud_top"]
+        width, height = size
+        bands = canvas.get(("bands", width))
+        if bands is None:
+            world_band = canvas["world"].subsurface((0, WINDOW_H - top, WINDOW_W, top))
+            hud_band = canvas["hud"].subsurface((0, top, WINDOW_W, WINDOW_H - top))
+            narrow_world = pygame.Surface((width, top), 0, world_band)
+            narrow_hud = pygame.Surface((width, WINDOW_H - top), 0, hud_band)
+            narrow = pygame.Surface((width, WINDOW_H), 0, canvas["world"])
+            bands = (world_band, hud_band, narrow_world, narrow_hud, narrow)
+            canvas[("bands", width)] = bands
+        world_band, hud_band, narrow_world, narrow_hud, narrow = bands
+        smoothscale = pygame.transform.smoothscale
+        smoothscale(world_band, (width, top), narrow_world)
+        smoothscale(hud_band, (width, WINDOW_H - top), narrow_hud)
+        out = _view(narrow)
+        out[:top] = _view(narrow_world)[::-1]
+        out[top:] = _view(narrow_hud)
+        del out
+        return smoothscale(narrow, size)
+
+    def _shrink_whole(self, canvas: dict[str, Any], size: tuple[int, int]) -> pygame.Surface:
+        """The stock tail: flip the whole world picture, draw the HUD on it, smoothscale the lot."""
+        frame = pygame.transform.flip(canvas["world"], False, True)
+        self.surf = frame
         self._render_indicators(WINDOW_W, WINDOW_H)
         text, rect = self._score_text()
-        self.surf.blit(text, rect)
+        frame.blit(text, rect)
+        return pygame.transform.smoothscale(frame, size)
 
-        if mode == "rgb_array":
-            return self._create_image_array(self.surf, (VIDEO_W, VIDEO_H))
-        return self._create_image_array(self.surf, (STATE_W, STATE_H))
+    # ---- HUD -----------------------------------------------------------------------------------------
+
+    def _indicator_polygons(self) -> list[tuple[list[tuple[float, float]], tuple[int, int, int]]]:
+        """The polygons ``CarRacing._render_indicators`` draws, in order, with the same float arithmetic.
+
+        (``math.sqrt(x*x + y*y)`` is the stock ``np.sqrt(np.square(x) + np.square(y))``, correctly
+        rounded in both.)
+        """
+        W, H = WINDOW_W, WINDOW_H
+        s = W / 40.0
+        h = H / 40.0
+        polygons = [(HUD_BAR, (0, 0, 0))]
+
+        def vertical_ind(place, val, color):
+            if abs(val_of[0]) > 1e-4:
+                polygons.append(
+                    (
+                        [
+                            (place * s, H - (h + h * val)),
+                            ((place + 1) * s, H - (h + h * val)),
+                            ((place + 1) * s, H - h),
+                            ((place + 0) * s, H - h),
+                        ],
+                        color,
+                    )
+                )
+
+        def horiz_ind(place, val, color):
+            if abs(val_of[0]) > 1e-4:
+                polygons.append(
+                    (
+                        [
+                            ((place + 0) * s, H - 4 * h),
+                            ((place + val) * s, H - 4 * h),
+                            ((place + val) * s, H - 2 * h),
+                            ((place + 0) * s, H - 2 * h),
+                        ],
+                        color,
+                    )
+                )
+
+        car = self.car
+        vx, vy = car.hull.linearVelocity
+        true_speed = math.sqrt(vx * vx + vy * vy)
+        val_of = [true_speed]
+        vertical_ind(5, 0.02 * true_speed, (255, 255, 255))
+        wheels = car.wheels
+        for place, wheel, color in ((7, wheels[0], (0, 0, 255)), (8, wheels[1], (0, 0, 255)),
+                                    (9, wheels[2], (51, 0, 255)), (10, wheels[3], (51, 0, 255))):
+            omega = wheel.omega
+            val_of[0] = omega
+            vertical_ind(place, 0.01 * omega, color)
+        joint_angle = wheels[0].joint.angle
+        val_of[0] = joint_angle
+        horiz_ind(20, -10.0 * joint_angle, (0, 255, 0))
+        angular_velocity = car.hull.angularVelocity
+        val_of[0] = angular_velocity
+        horiz_ind(30, -0.8 * angular_velocity, (255, 0, 0))
+        return polygons
 
     def _score_text(self) -> tuple[pygame.Surface, pygame.Rect]:
-        """The HUD score as the stock code renders it, redrawn only when its text changes."""
+        """The HUD score as the stock code renders it, rendered again only when its text changes."""
         label = f"{self.reward:04.0f}"
         cached = self._score_cache
         if cached is not None and cached[0] == label:
@@ -154,28 +331,58 @@ class FastCarRacing(CarRacing):
         self._score_cache = (label, text, rect)
         return text, rect
 
-    def _render_road_fast(self, zoom: float, translation: tuple[float, float], angle: float) -> None:
-        """The stock ``_render_road``: background, grass, road, as the same gfxdraw calls, culled in bulk."""
-        surf = self.surf
+    # ---- world ---------------------------------------------------------------------------------------
+
+    def _render_road_fast(self, surf: pygame.Surface, zoom: float, translation: tuple[float, float],
+                          angle: float, first_row: int) -> None:
+        """The stock ``_render_road`` (background, grass, road) as the same gfxdraw calls, culled in bulk.
+
+        Only rows ``first_row`` and below of ``surf`` must come out right; rows above may keep old pixels.
+        """
         # pygame's own cos/sin for this angle, including its exact 0/90/180/270 degree cases:
         # rotating (1, 0) returns exactly (cos, sin), and c*x - s*y, s*x + c*y is its formula.
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
         tx, ty = translation
 
-        field = [pygame.math.Vector2(c).rotate_rad(angle) for c in FIELD_POLY]
-        field = [(c[0] * zoom + tx, c[1] * zoom + ty) for c in field]
-        gfxdraw.aapolygon(surf, field, self.bg_color)
-        gfxdraw.filled_polygon(surf, field, self.bg_color)
+        if self._window_inside_field(zoom, tx, ty, cos_a, sin_a):
+            # The field polygon would paint every pixel and its outline falls outside the window.
+            surf.fill(self._mapped_bg_color(), (0, first_row, WINDOW_W, WINDOW_H - first_row))
+        else:
+            surf.fill((0, 0, 0))  # what a new stock surface holds where the field does not reach
+            field = [pygame.math.Vector2(c).rotate_rad(angle) for c in FIELD_POLY]
+            field = [(c[0] * zoom + tx, c[1] * zoom + ty) for c in field]
+            gfxdraw.aapolygon(surf, field, self.bg_color)
+            gfxdraw.filled_polygon(surf, field, self.bg_color)
 
-        px = self._polys[..., 0]
-        py = self._polys[..., 1]
+        # Coarse pass over polygon centres (radius + 1 pixel of slack): everything that might reach
+        # the seen rows. Then the stock vertex test (which keeps the stock drawing order and selection)
+        # and an exact reach test on those few, with the stock float arithmetic.
+        cx = (cos_a * self._centers[:, 0] - sin_a * self._centers[:, 1]) * zoom + tx
+        cy = (sin_a * self._centers[:, 0] + cos_a * self._centers[:, 1]) * zoom + ty
+        slack = self._radii * zoom + (REACH + 1.0)
+        near = np.flatnonzero(
+            (cx >= -slack) & (cx <= (WINDOW_W - 1) + slack) & (cy >= first_row - slack) & (cy <= (WINDOW_H - 1) + slack)
+        )
+        if near.size == 0:
+            return
+        px = self._polys[near, :, 0]
+        py = self._polys[near, :, 1]
         sx = (cos_a * px - sin_a * py) * zoom + tx
         sy = (sin_a * px + cos_a * py) * zoom + ty
-        inside = (sx >= CULL_LO) & (sx <= CULL_HI_X) & (sy >= CULL_LO) & (sy <= CULL_HI_Y)
-        visible = np.flatnonzero(inside.any(axis=1))
-        if visible.size == 0:
+        stock = ((sx >= CULL_LO) & (sx <= CULL_HI_X) & (sy >= CULL_LO) & (sy <= CULL_HI_Y)).any(axis=1)
+        reaches = (
+            (sx.min(axis=1) <= WINDOW_W - 1 + REACH)
+            & (sx.max(axis=1) >= -REACH)
+            & (sy.min(axis=1) <= WINDOW_H - 1 + REACH)
+            & (sy.max(axis=1) >= first_row - REACH)
+        )
+        keep = np.flatnonzero(stock & reaches)
+        if keep.size == 0:
             return
-        points = np.stack([sx[visible], sy[visible]], axis=-1).tolist()
+        visible = near[keep]
+        sx = sx[keep]
+        sy = sy[keep]
+        points = np.stack([sx, sy], axis=-1).tolist()
         n_grass = self._n_grass
         grass_color = self.grass_color
         road_colors = self._road_colors[visible[visible >= n_grass] - n_grass].astype(np.int64).tolist()
@@ -191,6 +398,123 @@ class FastCarRacing(CarRacing):
             aapolygon(surf, poly, color)
             filled_polygon(surf, poly, color)
 
+    @staticmethod
+    def _window_inside_field(zoom: float, tx: float, ty: float, cos_a: float, sin_a: float) -> bool:
+        """True when all four window corners lie at least ``FIELD_MARGIN`` pixels inside the field.
+
+        Screen = R(angle) world * zoom + t, so world * zoom = R(-angle) (screen - t). The margin absorbs
+        the truncation of vertices to whole pixels and the one-pixel reach of the outline.
+        """
+        limit = PLAYFIELD * zoom - FIELD_MARGIN
+        for x, y in WINDOW_CORNERS:
+            dx = x - tx
+            dy = y - ty
+            if abs(cos_a * dx + sin_a * dy) >= limit or abs(-sin_a * dx + cos_a * dy) >= limit:
+                return False
+        return True
+
+    def _mapped_bg_color(self) -> pygame.Color:
+        """The pixel gfxdraw writes for ``bg_color`` (it truncates float channels), found by drawing one."""
+        key = tuple(float(c) for c in self.bg_color)
+        if self._fill_cache is None or self._fill_cache[0] != key:
+            probe = pygame.Surface((1, 1))
+            gfxdraw.pixel(probe, 0, 0, self.bg_color)
+            self._fill_cache = (key, probe.get_at((0, 0)))
+        return self._fill_cache[1]
+
+    # ---- car -----------------------------------------------------------------------------------------
+
+    def _car_vertices(self) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """float32 (M, 2) fixture vertices of the car, body after body in ``drawlist`` order, and per
+        fixture (first vertex, vertex count, body index). Fixed for a car's life, so cached per car."""
+        car = self.car
+        if self._car_cache is None or self._car_cache[0] is not car:
+            verts: list[tuple[float, float]] = []
+            spans: list[tuple[int, int, int]] = []
+            for b, obj in enumerate(car.drawlist):
+                for f in obj.fixtures:
+                    v = f.shape.vertices
+                    spans.append((len(verts), len(v), b))
+                    verts.extend(v)
+            self._car_cache = (car, np.array(verts, dtype=np.float32), spans)
+        return self._car_cache[1], self._car_cache[2]
+
+    def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
+                  draw_particles: bool) -> None:
+        """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
+
+        Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
+        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``.
+        """
+        car = self.car
+        if draw_particles:
+            for p in car.particles:
+                poly = [pygame.math.Vector2(c).rotate_rad(angle) for c in p.poly]
+                poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
+                pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False)
+
+        base, spans = self._car_vertices()
+        bodies = car.drawlist
+        frames = []
+        colors = []
+        for obj in bodies:
+            t = obj.transform
+            q = t.q
+            p = t.position
+            frames.append((q.c, q.s, p[0], p[1]))
+            colors.append([int(c * 255) for c in obj.color])
+        # Wheel stripes: the stock formulas in float64, handed to Box2D's float32 like the stock does.
+        stripes: dict[int, int] = {}  # body index -> first stripe vertex
+        extra: list[tuple[float, float]] = []
+        extra_body: list[int] = []
+        for b, obj in enumerate(bodies):
+            if "phase" not in obj.__dict__:
+                continue
+            a1 = obj.phase
+            a2 = obj.phase + 1.2  # radians
+            s1 = math.sin(a1)
+            s2 = math.sin(a2)
+            c1 = math.cos(a1)
+            c2 = math.cos(a2)
+            if s1 > 0 and s2 > 0:
+                continue
+            if s1 > 0:
+                c1 = np.sign(c1)
+            if s2 > 0:
+                c2 = np.sign(c2)
+            stripes[b] = len(base) + len(extra)
+            extra.extend(
+                [
+                    (-WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
+                    (+WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
+                    (+WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
+                    (-WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
+                ]
+            )
+            extra_body.extend((b, b, b, b))
+        body_of = self._car_body_index(spans) + extra_body
+        verts = np.concatenate([base, np.array(extra, dtype=np.float32).reshape(-1, 2)])
+        frame = np.array(frames, dtype=np.float32)[body_of]
+        c32, s32, px32, py32 = frame[:, 0], frame[:, 1], frame[:, 2], frame[:, 3]
+        wx = ((c32 * verts[:, 0] - s32 * verts[:, 1]) + px32).astype(np.float64)
+        wy = ((s32 * verts[:, 0] + c32 * verts[:, 1]) + py32).astype(np.float64)
+        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
+        sx = (cos_a * wx - sin_a * wy) * zoom + translation[0]
+        sy = (sin_a * wx + cos_a * wy) * zoom + translation[1]
+        points = np.stack([sx, sy], axis=-1).tolist()
+
+        polygon = pygame.draw.polygon
+        for start, count, b in spans:
+            polygon(surface, color=colors[b], points=points[start : start + count])
+            if b in stripes:  # wheels have one fixture each; the stripe goes right after it
+                first = stripes[b]
+                polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4])
+
+    @staticmethod
+    def _car_body_index(spans: list[tuple[int, int, int]]) -> list[int]:
+        """Body index of every fixture vertex."""
+        return [b for _, count, b in spans for _ in range(count)]
+
 
 if ENV_ID not in gym.registry:
     gym.register(
@@ -202,5 +526,9 @@ if ENV_ID not in gym.registry:
 
 
 def make_car_racing(fast: bool = True, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make`` of ``FastCarRacing-v3`` (``fast=True``) or the stock ``CarRacing-v3``."""
+    """``gymnasium.make`` of ``FastCarRacing-v3`` (``fast=True``) or the stock ``CarRacing-v3``.
+
+    Keyword arguments (``render_mode``, ``continuous``, ``domain_randomize``, ``lap_complete_percent``,
+    ``max_episode_steps``...) go to ``gymnasium.make`` unchanged.
+    """
     return gym.make(ENV_ID if fast else STOCK_ENV_ID, **kwargs)

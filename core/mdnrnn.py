@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.artifacts import (ArtifactError, History, atomic_save_npz, atomic_write_json, hash_files,  # noqa: E402
+from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json, hash_files,  # noqa: E402
                             read_json, read_meta, write_meta)
 from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
@@ -241,10 +241,15 @@ def load_rnn(rnn_dir: Path | str, expect_z: int | None = None) -> MDNRNN:
 
 def train_rnn(config: RNNConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Encode the episodes with V once (cached), then train M; resumes from ``<out_dir>/checkpoint``."""
+    validate(config)
+    with RunLock(config.out_dir, "train-rnn"):
+        return _train_rnn(config, on_progress)
+
+
+def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     from core.vae import WEIGHTS as VAE_WEIGHTS
     from core.vae import load_vae
 
-    validate(config)
     out_dir = config.out_dir
     vae = load_vae(config.vae_dir)
     z_size = vae.z_size

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections import deque
@@ -744,9 +745,18 @@ def render_leaderboard_runs(board: Leaderboard, run_ids: Sequence[int], out: Pat
     return render_runs_mp4(seeds.pop(), runs, out, on_progress=on_progress)
 
 
+def render_video(run_ids: Sequence[int], board: Leaderboard | None = None,
+                 on_progress: ProgressCallback = keep_going) -> bytes:
+    """MP4 bytes of stored runs (one track) side by side, for a page to show and offer as a download."""
+    board = board or Leaderboard()
+    with tempfile.TemporaryDirectory(prefix="race-video-") as tmp:
+        path = render_leaderboard_runs(board, run_ids, Path(tmp) / "race.mp4", on_progress=on_progress)
+        return path.read_bytes()
+
+
 __all__ = [
     "RaceConfig", "RaceError", "RaceFull", "RaceSession", "RaceRegistry", "Driver", "ReplayResult",
     "MODES", "MODE_LABELS", "KEY_LEFT", "KEY_RIGHT", "KEY_GAS", "KEY_BRAKE", "keys_to_action", "replay_run",
     "score_and_record", "get_registry", "available_models", "load_agent", "check_seed", "random_seed",
-    "render_runs_mp4", "render_leaderboard_runs", "race_frames", "ConfigError",
+    "render_runs_mp4", "render_leaderboard_runs", "render_video", "race_frames", "ConfigError",
 ]

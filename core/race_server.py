@@ -269,6 +269,12 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
         pass
 
 
+def component_data(session: RaceSession) -> dict:
+    """What the race view component (assets/race/race.js) needs to connect to ``session``."""
+    return {"token": session.token, "ws_path": WS_PATH, "mode": session.mode, "seed": session.seed,
+            "labels": [d.label for d in session.drivers], "kinds": [d.kind for d in session.drivers]}
+
+
 def race_routes(registry: RaceRegistry | Callable[[], RaceRegistry] = get_registry) -> list[BaseRoute]:
     """The Starlette routes of the race: one WebSocket at ``WS_PATH`` over ``registry`` (the process-wide
     one by default, which the Race page fills)."""

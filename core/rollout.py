@@ -6,7 +6,6 @@ each task is only a parameter vector and a track seed.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -14,7 +13,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from core.agent import Agent, WorldModelWeights
-from core.env import make_env, worker_setup
+from core.env import make_env, spawn_context, worker_setup
 
 STEP_PENALTY = 0.1  # CarRacing's reward per frame without a new tile, subtracted for each skipped step
 
@@ -93,7 +92,7 @@ class RolloutPool:
         self._pool = None
         self._env = None
         if workers > 1:
-            self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            self._pool = ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=_init_worker,
                                              initargs=(weights, settings))
 
     def map(self, tasks: Iterable[tuple[np.ndarray, int]]) -> Iterator[RolloutResult]:

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.artifacts import (ArtifactError, History, atomic_write_json, hash_files, read_json,  # noqa: E402
+from core.artifacts import (ArtifactError, History, RunLock, atomic_write_json, hash_files, read_json,  # noqa: E402
                             read_meta, write_meta)
 from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
@@ -194,6 +194,11 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
     Returns the final metrics (train loss, reconstruction, KL, held-out reconstruction and KL).
     """
     validate(config)
+    with RunLock(config.out_dir, "train-vae"):
+        return _train_vae(config, on_progress)
+
+
+def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     out_dir = config.out_dir
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
     train_paths, held_paths = split_holdout(paths, config.holdout, config.seed)

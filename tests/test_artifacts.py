@@ -86,3 +86,13 @@ def test_history_ignores_a_torn_last_line_and_truncates(tmp_path):
     assert [r["step"] for r in h.read()] == [1, 2, 3, 4, 5]
     h.truncate_after("step", 3)
     assert [r["step"] for r in h.read()] == [1, 2, 3]
+
+
+def test_run_lock_refuses_a_second_writer_and_frees_on_exit(tmp_path):
+    from core.artifacts import RunLock
+    with RunLock(tmp_path, "evolve"):
+        with pytest.raises(ArtifactError, match=r"another evolve run \(pid \d+\) is writing here"):
+            with RunLock(tmp_path, "evolve"):
+                pass
+    with RunLock(tmp_path, "evolve"):  # released: a new run may start
+        pass
