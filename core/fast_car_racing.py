@@ -516,13 +516,19 @@ class FastCarRacing(CarRacing):
         return [b for _, count, b in spans for _ in range(count)]
 
 
-if ENV_ID not in gym.registry:
+def register() -> None:
+    """Register ``FastCarRacing-v3`` with the stock spec's limits; a no-op when already registered."""
+    if ENV_ID in gym.registry:
+        return
     gym.register(
         id=ENV_ID,
         entry_point="core.fast_car_racing:FastCarRacing",
         max_episode_steps=1000,
         reward_threshold=900,
     )
+
+
+register()
 
 
 def make_car_racing(fast: bool = True, **kwargs: Any) -> gym.Env:
