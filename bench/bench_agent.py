@@ -1,0 +1,166 @@
+"""The agent's step (V encode + M step + C act) four ways, and whole-rollout throughput.
+
+    python -m bench.bench_agent [--quick]
+
+Weights are random at the paper's sizes (z = 32, h = 256, 5 mixtures): timing does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one core per agent, as in a rollout worker
+
+import numpy as np  # noqa: E402
+
+from bench.common import machine_info, median_time  # noqa: E402
+
+
+def _models():
+    import keras
+    from core.mdnrnn import MDNRNN
+    from core.vae import ConvVAE
+    keras.utils.set_random_seed(0)
+    return ConvVAE(32), MDNRNN(32, 256, 5)
+
+
+def agent_step_costs(repeats: int) -> dict[str, float]:
+    """Milliseconds per agent step (encode one frame, one LSTM step, act) for each way of calling it."""
+    import keras
+    import tensorflow as tf
+
+    from core.agent import Agent, extract_weights
+    from core.controller import Controller
+    vae, rnn = _models()
+    controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))
+    frame = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    obs = np.random.default_rng(2).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    x_in = keras.Input((64, 64, 3))
+    encoder = keras.Model(x_in, vae.encode(x_in)[0])
+    cell = rnn.lstm.cell
+    z_in, h_in, c_in = keras.Input((35,)), keras.Input((256,)), keras.Input((256,))
+    step_model = keras.Model([z_in, h_in, c_in], cell(z_in, [h_in, c_in])[1])
+    h = np.zeros((1, 256), np.float32)
+    c = np.zeros((1, 256), np.float32)
+
+    def keras_step(call):
+        z = np.asarray(call(encoder, frame.astype(np.float32) / 255.0))
+        a = controller.act(z, h)
+        call(step_model, [np.concatenate([z, a], 1), h, c])
+
+    enc_fn = tf.function(lambda x: encoder(x))
+    step_fn = tf.function(lambda x, hh, cc: step_model([x, hh, cc]))
+
+    def tf_function_step():
+        z = enc_fn(tf.constant(frame.astype(np.float32) / 255.0)).numpy()
+        a = controller.act(z, h)
+        step_fn(tf.constant(np.concatenate([z, a], 1)), tf.constant(h), tf.constant(c))
+
+    agent = Agent(extract_weights(vae, rnn), controller.get_params())
+    costs = {
+        "Keras `predict`": median_time(lambda: keras_step(lambda m, x: m.predict(x, verbose=0)),
+                                       max(3, repeats // 20)),
+        "Keras eager `model(x)`": median_time(lambda: keras_step(lambda m, x: m(x)), max(5, repeats // 5)),
+        "`tf.function`": median_time(tf_function_step, repeats),
+        "this project (NumPy), incl. crop+resize": median_time(lambda: agent.act(obs), repeats),
+    }
+    return {k: v * 1000 for k, v in costs.items()}
+
+
+def rollout_throughput(steps: int, workers: int) -> dict[str, float]:
+    """Env steps a second of whole rollouts (env + agent), fast env and stock env, 1 and N processes."""
+    from core.agent import extract_weights
+    from core.env import make_env
+    from core.rollout import RolloutPool, RolloutSettings, rollout
+    vae, rnn = _models()
+    weights = extract_weights(vae, rnn)
+    params = np.random.default_rng(0).normal(scale=0.1, size=867).astype(np.float32)
+    out = {}
+    for kind in ("fast", "stock"):
+        env = make_env(kind)
+        settings = RolloutSettings(kind, steps, early_stop=False)
+        rollout(params, 0, RolloutSettings(kind, 5), weights, env=env)  # warm up
+        t = time.perf_counter()
+        r = rollout(params, 1, settings, weights, env=env)
+        out[f"{kind} env + NumPy agent, 1 process"] = r.steps / (time.perf_counter() - t)
+        env.close()
+        env_only = make_env(kind)
+        env_only.reset(seed=1)
+        a = np.array([0.0, 0.3, 0.0], np.float32)
+        t = time.perf_counter()
+        for _ in range(steps):
+            env_only.step(a)
+        out[f"{kind} env alone, 1 process"] = steps / (time.perf_counter() - t)
+        env_only.close()
+    with RolloutPool(weights, RolloutSettings("fast", steps), workers) as pool:
+        list(pool.map([(params, s) for s in range(workers)]))  # start the workers
+        t = time.perf_counter()
+        results = list(pool.map([(params, s) for s in range(2 * workers)]))
+        out[f"fast env + NumPy agent, {workers} processes"] = sum(r.steps for r in results) / (
+            time.perf_counter() - t)
+    return out
+
+
+def tf_function_rollout_rate(steps: int) -> float:
+    """Steps a second of the baseline: stock env + a `tf.function` agent, one process."""
+    import tensorflow as tf
+
+    from core.controller import Controller
+    from core.env import make_env, preprocess
+    vae, rnn = _models()
+    controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))
+    encode = tf.function(lambda x: vae.encode(tf.cast(x, tf.float32) / 255.0)[0])
+    cell = rnn.lstm.cell
+    step = tf.function(lambda x, h, c: cell(x, [h, c])[1])
+    env = make_env("stock")
+    obs, _ = env.reset(seed=1)
+    h = c = tf.zeros((1, 256))
+    t = time.perf_counter()
+    for _ in range(steps):
+        z = encode(preprocess(obs)[None]).numpy()
+        a = controller.act(z, h.numpy())
+        h, c = step(tf.constant(np.concatenate([z, a], 1)), h, c)
+        obs, *_ = env.step(a[0])
+    rate = steps / (time.perf_counter() - t)
+    env.close()
+    return rate
+
+
+def run(quick: bool = False) -> str:
+    repeats = 100 if quick else 400
+    steps = 200 if quick else 1000
+    workers = max(1, os.cpu_count() or 1)
+    costs = agent_step_costs(repeats)
+    rates = rollout_throughput(steps, workers)
+    baseline = tf_function_rollout_rate(steps)
+    fast_env = rates["fast env alone, 1 process"]
+    ours = rates["fast env + NumPy agent, 1 process"]
+    lines = ["## Agent step and rollouts", "", machine_info(), "",
+             "Agent step = crop/resize + V encode + C act + one M (LSTM) step, one env, one core.", "",
+             "| way | ms a step | vs NumPy |", "|---|---:|---:|"]
+    numpy_ms = costs["this project (NumPy), incl. crop+resize"]
+    for name, ms in costs.items():
+        lines.append(f"| {name} | {ms:.3f} | {ms / numpy_ms:.1f}x |")
+    lines += ["", f"Whole rollouts ({steps} steps, random controller, same run):", "",
+              "| what | env steps/s |", "|---|---:|"]
+    for name, rate in rates.items():
+        lines.append(f"| {name} | {rate:.0f} |")
+    lines.append(f"| stock env + `tf.function` agent, 1 process (baseline) | {baseline:.0f} |")
+    eph_ours = rates[f"fast env + NumPy agent, {workers} processes"] / 1000 * 3600
+    eph_base = baseline * workers / 1000 * 3600
+    lines += ["", f"- Rollout step / fast env step alone: **{fast_env / ours:.2f}x** the time "
+                  f"(goal ≤ 1.25x).",
+              f"- Evolution throughput on {workers} cores, 1000-step episodes: **{eph_ours:.0f} episodes/hour** "
+              f"vs {eph_base:.0f} for stock env + `tf.function` agent ({workers} processes, estimated as "
+              f"{workers} x one): **{eph_ours / eph_base:.1f}x** (goal ≥ 5x).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    print(run(parser.parse_args().quick))
