@@ -1,0 +1,43 @@
+"""Run every benchmark and write BENCHMARKS.md.
+
+    python -m bench.run_all [--quick] [--out BENCHMARKS.md]
+
+Each module in SECTIONS exposes ``run(quick) -> str`` (a Markdown section). Run it on a quiet machine:
+the figures are ratios measured within one run, but absolute numbers move with load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+import traceback
+
+from bench.common import machine_info
+
+SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_dream", "bench.bench_race")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, rougher figures")
+    parser.add_argument("--out", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    parts = ["# Benchmarks", "",
+             f"Written by `python -m bench.run_all{' --quick' if args.quick else ''}` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", machine_info(), ""]
+    for name in SECTIONS:
+        started = time.monotonic()
+        print(f"running {name} ...", flush=True)
+        try:
+            section = importlib.import_module(name).run(quick=args.quick)
+        except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others
+            section = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}\n```\n"
+        parts += [section.strip(), "", f"_({name}: {time.monotonic() - started:.0f} s)_", ""]
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
