@@ -447,8 +447,8 @@ class RaceSession:
             self.resume()
         elif name == "toggle_pause":
             self.resume() if self.status == "paused" else self.pause("player")
-        elif name == "restart":
-            self.restart()
+        elif name == "restart" and self.status != "finished":  # a finished race restarts from the page,
+            self.restart()  # which checks the cap on races
         elif name == "end":
             self.end()
 
@@ -637,12 +637,15 @@ class RaceRegistry:
         """Block until scoring queued so far is done (tests, benchmarks)."""
         self._scorer.submit(lambda: None).result(timeout)
 
-    def shutdown(self) -> None:
+    def close_all(self) -> None:
         with self._lock:
             races = list(self._races.values())
             self._races.clear()
         for s in races:
             s.close()
+
+    def shutdown(self) -> None:
+        self.close_all()
         self._scorer.shutdown(wait=True)
 
 

@@ -1,0 +1,108 @@
+"""Race: drive CarRacing with the keyboard, race the AI on the same track, or watch the AI drive.
+
+The frames and the keys travel over the race WebSocket (core/race_server.py), not through reruns; this
+page starts the race, shows the view component and, when the race is over, the scores and the video.
+"""
+
+import secrets
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import race
+from core.leaderboard import NAME_MAX_CHARS, InvalidName
+from core.race_server import component_data
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "race"
+race_view = st.components.v2.component(
+    "world_models_race_view",
+    css=(ASSETS / "race.css").read_text(encoding="utf-8"),
+    js=(ASSETS / "race.js").read_text(encoding="utf-8"),
+)
+
+st.title("Race")
+registry = race.get_registry()
+owner = st.session_state.setdefault("race_owner", secrets.token_hex(8))
+session = registry.for_owner(owner)
+
+
+def start(**race_args) -> None:
+    try:
+        registry.create(owner=owner, **race_args)
+    except race.RaceFull as e:
+        st.warning(f"{e}. Races running now: {registry.active()}.", icon="⏳")
+    except (race.RaceError, InvalidName) as e:
+        st.error(str(e))
+    else:
+        st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def wait_for_scores(token: str) -> None:
+    current = registry.get(token)
+    if current is None or (current.finished and current.results is not None):
+        st.rerun()
+    elif current.finished:
+        st.caption("Scoring: the server replays the runs on the track…")
+
+
+if session is None:
+    st.caption("Drive CarRacing-v3 yourself, on a random track or one you pick, alone or against the world "
+               "model's AI on the same track. Every run goes to the Leaderboard, scored by the server.")
+    models = race.available_models()
+    modes = list(race.MODES) if models else ["solo"]
+    with st.form("race_setup"):
+        mode = st.radio("Mode", modes, format_func=race.MODE_LABELS.get, horizontal=True)
+        name = st.text_input("Your name (for the leaderboard)", max_chars=NAME_MAX_CHARS)
+        track = st.radio("Track", ["Random track", "Pick a track"], horizontal=True)
+        seed = st.number_input("Track number (seed), when you pick one", min_value=0, max_value=race.SEED_MAX,
+                               value=0, step=1)
+        model = st.selectbox("AI model", models) if models else None
+        go = st.form_submit_button("Start race", type="primary")
+    if not models:
+        st.info("No trained world model was found (models/ or runs/ with vae/, rnn/ and controller/), so "
+                "only driving alone is on. Train one on the earlier pages to race the AI.")
+    st.caption(f"Races running now: {registry.active()} of {registry.config.max_races}.")
+    if go:
+        start(player=name, mode=mode, model_dir=model,
+              seed=race.random_seed() if track == "Random track" else int(seed))
+else:
+    status = session.status_dict()
+    st.subheader(f"Track {session.seed} · {race.MODE_LABELS[session.mode]}")
+    race_view(key=f"race_view_{session.id}", data=component_data(session), on_finished_change=lambda: None)
+
+    if not session.finished or status["results"] is None:
+        wait_for_scores(session.token)
+    elif status["submit_error"]:
+        st.error(status["submit_error"])
+    elif not status["results"]:
+        st.info("Nothing to score: the race ended before anyone drove.")
+    else:
+        results = pd.DataFrame(status["results"])
+        st.dataframe(results[["label", "kind", "score", "tiles", "total_tiles", "steps", "outcome", "run_id"]],
+                     hide_index=True, column_config={
+                         "label": "driver", "score": st.column_config.NumberColumn(format="%.1f"),
+                         "total_tiles": "of tiles", "run_id": "leaderboard run"})
+        if set(results["kind"]) == {"human", "ai"}:
+            gap = float(results.loc[results["kind"] == "human", "score"].iloc[0]
+                        - results.loc[results["kind"] == "ai", "score"].iloc[0])
+            if gap > 0:
+                st.success(f"You beat the AI by {gap:.1f} points.")
+            else:
+                st.info(f"The AI wins this one by {-gap:.1f} points.")
+        video_key = f"race_video_{session.race_id}"
+        if st.button("Render the race as a video (MP4)"):
+            with st.spinner("Replaying the race and encoding the video…"):
+                st.session_state[video_key] = race.render_video(results["run_id"].tolist(), registry.board())
+        if video_key in st.session_state:
+            st.video(st.session_state[video_key], format="video/mp4")
+            st.download_button("Download the MP4", st.session_state[video_key],
+                               file_name=f"race-track-{session.seed}.mp4", mime="video/mp4")
+
+    again, new = st.columns(2)
+    if again.button("Race again on this track", disabled=not session.finished):
+        start(player=session.player, mode=session.mode, seed=session.seed, model_dir=session.config.model_dir)
+    if new.button("New race" if session.finished else "Leave this race"):
+        registry.close(session.token)
+        st.rerun()

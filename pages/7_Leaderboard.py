@@ -1,0 +1,52 @@
+"""Leaderboard: every finished race, people and AI, scored by the server's replay of each action log."""
+
+import pandas as pd
+import streamlit as st
+
+from core import race
+from core.leaderboard import Leaderboard, human_vs_ai_figure
+
+st.title("Leaderboard")
+board = Leaderboard()
+tracks = board.tracks()
+if not tracks:
+    st.info("No runs yet. Drive one on the Race page: it shows up here when it ends.")
+    st.stop()
+
+track_col, who_col, view_col = st.columns(3)
+track = track_col.selectbox("Track", [None, *tracks],
+                            format_func=lambda s: "All tracks" if s is None else f"Track {s}")
+who = who_col.radio("Drivers", ["Everyone", "People", "AI"], horizontal=True)
+view = view_col.radio("Show", ["Best per player", "All runs"], horizontal=True)
+kind = {"Everyone": None, "People": "human", "AI": "ai"}[who]
+
+runs = board.best_per_player(track, kind) if view == "Best per player" else board.runs(track, kind)
+columns = {"player": "player", "kind": "driver", "model": "AI model", "seed": "track",
+           "score": st.column_config.NumberColumn("score", format="%.1f"), "tiles": "tiles",
+           "total_tiles": "of tiles", "steps": "steps", "outcome": "outcome",
+           "created_at": st.column_config.DatetimeColumn("date (UTC)", format="YYYY-MM-DD HH:mm"),
+           "id": "run", "runs": "runs"}
+runs = runs.assign(created_at=pd.to_datetime(runs["created_at"], utc=True))
+st.dataframe(runs[[c for c in columns if c in runs.columns]], column_config=columns, hide_index=True)
+
+figure = human_vs_ai_figure(board, track)
+if figure.data and any(len(trace.x) for trace in figure.data):
+    st.plotly_chart(figure)
+else:
+    st.caption("The chart compares people and the AI on tracks both have driven; race the AI to fill it.")
+
+with st.expander("Watch runs of one track as a video"):
+    choices = runs["id"].tolist()
+    labels = {int(r.id): f"run {r.id} · {r.player} · track {r.seed} · {r.score:.1f}" for r in runs.itertuples()}
+    picked = st.multiselect("Runs (up to two, on the same track)", choices, max_selections=2,
+                            format_func=lambda i: labels.get(int(i), str(i)))
+    if st.button("Render video", disabled=not picked):
+        try:
+            with st.spinner("Replaying and encoding…"):
+                st.session_state["leaderboard_video"] = race.render_video([int(i) for i in picked], board)
+        except race.RaceError as e:
+            st.error(str(e))
+    if "leaderboard_video" in st.session_state:
+        st.video(st.session_state["leaderboard_video"], format="video/mp4")
+        st.download_button("Download the MP4", st.session_state["leaderboard_video"], file_name="race.mp4",
+                           mime="video/mp4")

@@ -1,0 +1,308 @@
+"""Race sessions: key mapping, the fixed tick, countdown and pause, the registry's cap, replay scoring and video."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import race
+from core.leaderboard import InvalidName, Leaderboard
+from core.race import (KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceError, RaceFull, RaceRegistry,
+                       RaceSession, keys_to_action, replay_run)
+
+FAST = RaceConfig(max_steps=40, countdown_s=0.1, resume_countdown_s=0.04)  # 5-tick countdown, 2 after a pause
+
+
+class ScriptedAgent:
+    """Stands in for core.agent.Agent: a fixed action, and a check of what it is shown."""
+
+    def __init__(self, action=(0.0, 0.5, 0.0)):
+        self.action = np.array(action, np.float32)
+        self.resets = 0
+        self.seen = 0
+
+    def reset(self):
+        self.resets += 1
+
+    def act(self, obs):
+        assert obs.shape == (96, 96, 3) and obs.dtype == np.uint8
+        self.seen += 1
+        return self.action
+
+
+def run_until_done(session, mask=KEY_GAS, limit=2000):
+    for i in range(limit):
+        if session.finished:
+            return i
+        session.set_keys(mask, i + 1)
+        session.tick()
+    raise AssertionError("race did not finish")
+
+
+@pytest.mark.parametrize("mask, expected", [
+    (0, [0, 0, 0]),
+    (KEY_LEFT, [-1, 0, 0]),
+    (KEY_RIGHT, [1, 0, 0]),
+    (KEY_LEFT | KEY_RIGHT, [0, 0, 0]),
+    (KEY_GAS, [0, 1, 0]),
+    (KEY_BRAKE, [0, 0, 0.8]),
+    (KEY_GAS | KEY_BRAKE | KEY_RIGHT, [1, 1, 0.8]),
+])
+def test_keys_map_to_gymnasium_keyboard_actions(mask, expected):
+    action = keys_to_action(mask)
+    assert action.dtype == np.float32 and action.shape == (3,)
+    np.testing.assert_allclose(action, expected)
+
+
+def test_countdown_then_one_step_per_tick():
+    s = RaceSession(seed=3, mode="solo", player="Ann", config=FAST)
+    assert s.status == "countdown"
+    for _ in range(FAST.countdown_ticks):
+        assert s.tick()
+    assert s.status == "running" and s.steps == 0
+    s.set_keys(KEY_GAS, 7)
+    for i in range(10):
+        s.tick()
+    version, meta, frames = s.view()
+    assert s.steps == 10 and meta["t"] == pytest.approx(10 / 50) and meta["ack"] == 7
+    assert len(frames) == 1 and frames[0].shape == (96, 96, 3)
+    np.testing.assert_array_equal(s.human.action_log(), np.tile([0, 1, 0], (10, 1)))
+    assert meta["drivers"][0]["score"] == pytest.approx(s.human.score, abs=0.05)
+
+
+def test_pause_stops_time_and_a_dropped_connection_pauses():
+    s = RaceSession(seed=3, mode="solo", player="Ann", config=dataclass_replace(FAST, countdown_s=0.0))
+    s.attach()
+    s.tick()
+    s.pause()
+    before = s.view()[0]
+    for _ in range(5):
+        assert not s.tick()
+    assert s.steps == 1 and s.view()[0] == before
+    s.resume()
+    assert s.status == "countdown"
+    for _ in range(FAST.resume_ticks):
+        s.tick()
+    s.tick()
+    assert s.status == "running" and s.steps == 2
+
+    s.detach()
+    assert s.status == "paused" and s.pause_reason == "disconnected" and not s.connected
+    s.tick()
+    s.attach()  # coming back does not start the car by surprise
+    s.tick()
+    assert s.status == "paused" and s.steps == 2
+    s.command("toggle_pause")
+    s.command("no such command")
+    s.tick()
+    assert s.status == "countdown"
+
+
+def dataclass_replace(config, **changes):
+    import dataclasses
+    return dataclasses.replace(config, **changes)
+
+
+def test_run_ends_at_max_steps_and_is_handed_over_once():
+    finished = []
+    s = RaceSession(seed=4, mode="solo", player="Ann", config=FAST, on_finish=finished.append)
+    run_until_done(s)
+    assert s.status == "finished" and s.human.outcome == "time" and s.steps == FAST.max_steps
+    s.tick()
+    s.end()
+    assert len(finished) == 1
+    (summary, actions), = finished[0].runs
+    assert summary["label"] == "Ann" and actions.shape == (FAST.max_steps, 3)
+    s.command("restart")  # a finished race restarts from the page (which checks the cap), not the socket
+    s.tick()
+    assert s.finished and s.attempt == 1
+
+
+def test_restart_starts_the_same_track_over():
+    s = RaceSession(seed=4, mode="solo", player="Ann", config=FAST)
+    first = s.view()[2][0].copy()
+    for _ in range(20):
+        s.set_keys(KEY_GAS | KEY_LEFT)
+        s.tick()
+    v = s.view()[0]
+    s.command("restart")
+    s.tick()
+    assert s.attempt == 2 and s.status == "countdown" and s.steps == 0 and s.view()[0] > v
+    assert len(s.human.actions) == 0
+    np.testing.assert_array_equal(s.view()[2][0], first)
+
+
+def test_race_against_the_ai_steps_both_cars_on_the_same_track():
+    agent = ScriptedAgent()
+    finished = []
+    s = RaceSession(seed=5, mode="vs_ai", player="Ann", config=FAST, agent=agent, on_finish=finished.append)
+    assert [d.kind for d in s.drivers] == ["human", "ai"] and agent.resets == 1
+    np.testing.assert_array_equal(s.drivers[0].obs, s.drivers[1].obs)
+    run_until_done(s, mask=KEY_BRAKE)
+    assert agent.seen == FAST.max_steps
+    assert [d.steps for d in s.drivers] == [FAST.max_steps] * 2
+    runs = finished[0].runs
+    assert [r[0]["kind"] for r in runs] == ["human", "ai"]
+    np.testing.assert_allclose(runs[1][1], np.tile(agent.action, (FAST.max_steps, 1)))
+
+
+def test_ending_early_keeps_the_person_and_drops_the_cut_short_ai():
+    finished = []
+    s = RaceSession(seed=5, mode="vs_ai", player="Ann", config=FAST, agent=ScriptedAgent(),
+                    on_finish=finished.append)
+    for _ in range(FAST.countdown_ticks + 8):
+        s.set_keys(KEY_GAS)
+        s.tick()
+    s.command("end")
+    s.tick()
+    assert s.finished and [d.outcome for d in s.drivers] == ["ended", "ended"]
+    assert [r[0]["kind"] for r in finished[0].runs] == ["human"]
+
+
+def test_watch_mode_needs_an_ai():
+    with pytest.raises(RaceError, match="AI"):
+        RaceSession(seed=1, mode="watch", player="AI", config=FAST)
+    with pytest.raises(RaceError, match="mode"):
+        RaceSession(seed=1, mode="drift", player="AI", config=FAST)
+
+
+def test_replay_scores_the_live_run_exactly():
+    """The server's score is the replay's; it must be the score the player saw, rendered or not."""
+    s = RaceSession(seed=11, mode="solo", player="Ann", config=dataclass_replace(FAST, max_steps=120))
+    pattern = [KEY_GAS] * 30 + [KEY_GAS | KEY_LEFT] * 20 + [KEY_BRAKE | KEY_RIGHT] * 20 + [KEY_GAS] * 60
+    for i in range(FAST.countdown_ticks + 120):
+        s.set_keys(pattern[min(i, len(pattern) - 1)])
+        s.tick()
+    live = s.human
+    assert live.done
+    fast = replay_run(11, live.action_log())
+    rendered = replay_run(11, live.action_log(), render=True)
+    assert fast == rendered
+    assert fast.score == live.score and fast.steps == live.steps == 120
+    assert (fast.tiles, fast.total_tiles) == (live.tiles, live.total_tiles) and fast.tiles > 0
+    assert fast.outcome is None  # the log ran out before the episode ended
+    assert replay_run(12, live.action_log()).score != live.score  # another track scores otherwise
+
+
+def test_check_seed():
+    assert race.check_seed(" 42 ") == 42
+    for bad in ("-1", "abc", "1e5", str(2**40), "<b>"):
+        with pytest.raises(RaceError):
+            race.check_seed(bad)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = RaceRegistry(dataclass_replace(FAST, max_races=2, idle_timeout_s=60.0), board_path=tmp_path / "b.sqlite3",
+                       clock=FakeClock())
+    yield reg
+    reg.shutdown()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_registry_caps_races_and_one_race_per_owner(registry):
+    a = registry.create(owner="a", player="Ann", seed=1, mode="solo")
+    a2 = registry.create(owner="a", player="Ann", seed=2, mode="solo")  # replaces a, not a new slot
+    assert registry.get(a.token) is None and registry.for_owner("a") is a2
+    registry.create(owner="b", player="Bob", seed=1, mode="solo")
+    with pytest.raises(RaceFull, match="wait"):
+        registry.create(owner="c", player="Cy", seed=1, mode="solo")
+    a2.end()  # a finished race frees its slot
+    registry.create(owner="c", player="Cy", seed=1, mode="solo")
+    assert registry.active() == 2
+    assert registry.get("not a token") is None and registry.get(None) is None
+
+
+def test_registry_refuses_bad_input(registry):
+    with pytest.raises(InvalidName):
+        registry.create(owner="a", player="x" * 10_000, seed=1, mode="solo")
+    with pytest.raises(InvalidName):
+        registry.create(owner="a", player="  ", seed=1, mode="solo")
+    with pytest.raises(RaceError, match="track"):
+        registry.create(owner="a", player="Ann", seed="1; DROP TABLE runs", mode="solo")
+    with pytest.raises(RaceError, match="no trained world model"):
+        registry.create(owner="a", player="Ann", seed=1, mode="vs_ai", model_dir="no/such/model")
+    assert registry.active() == 0
+
+
+def test_registry_drops_races_whose_player_is_gone(registry):
+    s = registry.create(owner="a", player="Ann", seed=1, mode="solo")
+    s.attach()
+    registry._clock.now += 3600
+    registry.reap()
+    assert registry.get(s.token) is s  # connected: kept
+    s.detach()
+    registry._clock.now += 30
+    registry.reap()
+    assert registry.get(s.token) is s  # gone for 30 s of 60: kept, paused
+    registry._clock.now += 31
+    registry.reap()
+    assert registry.get(s.token) is None
+
+
+def test_finished_race_is_scored_by_replay_and_stored(registry):
+    s = registry.create(owner="a", player="<b>Ann</b>", seed=8, mode="solo")
+    run_until_done(s)
+    registry.wait_scored()
+    (result,) = s.status_dict()["results"]
+    assert result["score"] == pytest.approx(s.human.score, abs=1e-9) and result["steps"] == FAST.max_steps
+    board = Leaderboard(registry.board_path)
+    row = board.get(result["run_id"])
+    assert row["player"] == "<b>Ann</b>" and row["kind"] == "human" and row["seed"] == 8
+    assert row["outcome"] == "time" and row["race_id"] == s.race_id
+    np.testing.assert_array_equal(row["actions"], s.human.action_log())
+
+
+def test_video_of_two_runs_side_by_side(tmp_path):
+    import imageio.v2 as imageio
+    gas = np.tile(np.array([[0, 1, 0]], np.float32), (12, 1))
+    turn = np.tile(np.array([[-1, 1, 0]], np.float32), (8, 1))
+    out = race.render_runs_mp4(6, [("Ann", gas), ("AI", turn)], tmp_path / "race.mp4", scale=2)
+    assert out.read_bytes()[4:8] == b"ftyp"
+    reader = imageio.get_reader(out)
+    frames = [f for f in reader]
+    reader.close()
+    assert len(frames) == 13  # the reset frame and one per step of the longer run
+    assert frames[0].shape == (96 * 2 + race.LABEL_BAR, 2 * 96 * 2, 3)
+    left, right = frames[-1][:, :192], frames[-1][:, 192:]
+    assert np.abs(left.astype(int) - right.astype(int)).mean() > 1  # the two cars went different ways
+
+
+def test_video_of_stored_runs_refuses_mixed_tracks(tmp_path):
+    from core.leaderboard import Run
+    board = Leaderboard(tmp_path / "b.sqlite3")
+    acts = np.zeros((3, 3), np.float32)
+    a = board.add(Run("Ann", "human", "", 1, 0.0, 3, 0, 1, "ended", acts))
+    b = board.add(Run("Bob", "human", "", 2, 0.0, 3, 0, 1, "ended", acts))
+    with pytest.raises(RaceError, match="different tracks"):
+        race.render_video([a, b], board)
+    with pytest.raises(RaceError, match="no such run"):
+        race.render_video([a, 999], board)
+    assert race.render_video([a], board)[4:8] == b"ftyp"
+
+
+def test_the_trained_agent_races(tiny_world_model, tmp_path):
+    """The real core.agent.Agent, loaded from a world-model folder, drives next to the player."""
+    assert race.is_world_model(tiny_world_model)
+    app = tmp_path / "app"
+    (app / "runs").mkdir(parents=True)
+    (app / "runs" / "mine").symlink_to(tiny_world_model)
+    assert race.available_models(app) == ["runs/mine"]  # models/ (absent) and runs/ (no model) are skipped
+    reg = RaceRegistry(dataclass_replace(FAST, max_steps=25), board_path=tmp_path / "b.sqlite3")
+    try:
+        s = reg.create(owner="a", player="Ann", seed=2, mode="vs_ai", model_dir=str(tiny_world_model))
+        run_until_done(s)
+        reg.wait_scored()
+        results = s.status_dict()["results"]
+        assert [r["kind"] for r in results] == ["human", "ai"]
+        assert results[1]["model"] == str(tiny_world_model) and results[1]["steps"] == 25
+        assert results[1]["score"] == pytest.approx(s.drivers[1].score, abs=1e-9)
+    finally:
+        reg.shutdown()
