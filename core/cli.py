@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 from core.config import STAGES, ConfigError, validate
@@ -18,6 +20,7 @@ DESCRIPTIONS = {
     "evolve": "Evolve the controller (C) with CMA-ES in the real env (resumes each generation).",
     "evaluate": "Evaluate a world model on the fixed evaluation tracks; writes a JSON report.",
     "record": "Render an episode (the agent, or an action log) to MP4.",
+    "export": "Copy a trained world model (weights, configs, metadata, curves) into models/ for the app.",
 }
 
 
@@ -38,6 +41,9 @@ def _stage_function(stage: str) -> Callable:
     if stage == "evaluate":
         from core.evaluate import evaluate
         return evaluate
+    if stage == "export":
+        from core.export import export
+        return export
     from core.record import record
     return record
 
@@ -78,7 +84,7 @@ def _summary(stage: str, result: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from core.artifacts import ArtifactError
-    from core.progress import TerminalProgress, keep_going
+    from core.progress import TerminalProgress
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
@@ -89,18 +95,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    progress = keep_going if args.quiet else TerminalProgress(args.stage)
+    bar = None if args.quiet else TerminalProgress(args.stage)
+    stop = _install_stop_handlers()
+
+    def progress(step: int, total: int, metrics) -> bool:
+        if bar is not None:
+            bar(step, total, metrics)
+        return not stop.is_set()
+
     try:
         result = _stage_function(args.stage)(config, progress)
     except (ArtifactError, ConfigError) as e:
-        if not args.quiet:
-            progress.close()
+        if bar is not None:
+            bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-    if not args.quiet:
-        progress.close()
+    if bar is not None:
+        bar.close()
+    if stop.is_set():
+        print("stopped cleanly after a checkpoint; run the same command again to resume", file=sys.stderr)
     print(_summary(args.stage, result))
     return 0
+
+
+def _install_stop_handlers() -> threading.Event:
+    """First Ctrl-C or SIGTERM: ask the stage to stop at its next checkpoint. Second Ctrl-C: stop now."""
+    stop = threading.Event()
+
+    def handle(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after the current step (Ctrl-C again to stop now)",
+              file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop

@@ -217,6 +217,15 @@ class RecordConfig:
     env: str = param("fast", "CarRacing implementation", choices=ENV_CHOICES)
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Copy a trained world model into the folder the app ships with, lean and atomically."""
+
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder to export (vae/, rnn/, controller/)")
+    out_dir: str = param(SHIPPED_MODEL_DIR, "destination; replaced as a whole, never left half written")
+    training_state: bool = param(True, "include the CMA-ES state so evolution can resume from the export")
+
+
 STAGES: dict[str, type] = {
     "collect": CollectConfig,
     "train-vae": VAEConfig,
@@ -224,4 +233,5 @@ STAGES: dict[str, type] = {
     "evolve": EvolveConfig,
     "evaluate": EvaluateConfig,
     "record": RecordConfig,
+    "export": ExportConfig,
 }

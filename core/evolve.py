@@ -130,7 +130,10 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 metrics["seconds"] = round(time.monotonic() - started, 2)
                 history.append(metrics)
                 _save_es(out_dir, es)
-                atomic_write_json(state_path, state)  # last: the checkpoint is complete
+                atomic_write_json(state_path, state)  # the checkpoint is complete
+                write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},
+                           {**metrics, "generation": gen, "best_eval": state["best_eval"], "complete": False},
+                           seed=config.seed)
                 go_on = bool(on_progress(gen, total, metrics))
         finally:
             if eval_pool is not None:

@@ -111,6 +111,66 @@ def _view(surface: pygame.Surface) -> np.ndarray:
     return np.asarray(surface.get_view("2")).T
 
 
+class _Canvas:
+    """The window-sized surfaces one env draws on, kept across frames.
+
+    ``world``: the track and car as the stock code draws them, before its upside-down flip.
+    ``hud``: the frame's HUD rows (``hud_top`` and below), in frame coordinates.
+    """
+
+    def __init__(self) -> None:
+        # Made exactly like the stock per-frame surface, so they get the same pixel format.
+        self.world = pygame.Surface((WINDOW_W, WINDOW_H))
+        self.hud = pygame.Surface((WINDOW_W, WINDOW_H))
+        self.hud_top = _first_row_covered_by_hud(self.hud)
+        self._bands: dict[tuple[int, int], _Bands] = {}
+
+    def bands(self, size: tuple[int, int]) -> _Bands:
+        if size not in self._bands:
+            self._bands[size] = _Bands(self, size)
+        return self._bands[size]
+
+
+class _Bands:
+    """``smoothscale(frame, size)`` of the stock frame, computed band by band.
+
+    The stock frame is the world picture flipped upside down, with the HUD drawn over rows ``hud_top``
+    and below (which its black bar covers entirely). smoothscale shrinks every row along x, then every
+    column of the result along y (pygame's ``scalesmooth``: ``filter_shrink_X`` into a buffer, then
+    ``filter_shrink_Y``); a one-axis call runs just that filter. Rows do not mix in the first pass, so
+    x-shrinking the world rows and the HUD rows separately, flipping the narrow world band and
+    stacking the two gives the first pass's buffer byte for byte, at a tenth of the width to flip.
+    """
+
+    def __init__(self, canvas: _Canvas, size: tuple[int, int]) -> None:
+        top = canvas.hud_top
+        width, _ = size
+        self.size = size
+        self.top = top
+        self.world_band = canvas.world.subsurface((0, WINDOW_H - top, WINDOW_W, top))
+        self.hud_band = canvas.hud.subsurface((0, top, WINDOW_W, WINDOW_H - top))
+        self.narrow_world = pygame.Surface((width, top), 0, self.world_band)
+        self.narrow_hud = pygame.Surface((width, WINDOW_H - top), 0, self.hud_band)
+        self.narrow = pygame.Surface((width, WINDOW_H), 0, canvas.world)
+        self.out = pygame.Surface(size, 0, self.narrow)
+        # Views lock their surfaces; these are never blitted to, which is all a lock forbids.
+        self._narrow_world_px = _view(self.narrow_world)
+        self._narrow_hud_px = _view(self.narrow_hud)
+        self._narrow_px = _view(self.narrow)
+        self._out_rgb = pygame.surfarray.pixels3d(self.out)
+
+    def shrink(self) -> np.ndarray:
+        """uint8 (height, width, 3): the frame as ``CarRacing._create_image_array`` returns it."""
+        smoothscale = pygame.transform.smoothscale
+        top = self.top
+        smoothscale(self.world_band, (self.size[0], top), self.narrow_world)
+        smoothscale(self.hud_band, (self.size[0], WINDOW_H - top), self.narrow_hud)
+        self._narrow_px[:top] = self._narrow_world_px[::-1]
+        self._narrow_px[top:] = self._narrow_hud_px
+        smoothscale(self.narrow, self.size, self.out)
+        return np.transpose(np.array(self._out_rgb), axes=(1, 0, 2))
+
+
 class FastCarRacing(CarRacing):
     """Gymnasium's ``CarRacing`` with a faster renderer; same constructor, spaces and outputs.
 
@@ -121,9 +181,9 @@ class FastCarRacing(CarRacing):
 
     _font: pygame.font.Font | None = None  # shared: loading it from disk is what the stock does per frame
     _score_cache: tuple[str, pygame.Surface, pygame.Rect] | None = None
-    _canvas: dict[str, Any] | None = None
+    _canvas: _Canvas | None = None
     _fill_cache: tuple[tuple[float, ...], pygame.Color] | None = None
-    _car_cache: tuple[Any, np.ndarray, list[tuple[int, int, int]]] | None = None
+    _car_cache: tuple[Any, np.ndarray, np.ndarray, list[tuple[int, int, int]]] | None = None
 
     # ---- track ---------------------------------------------------------------------------------------
 
@@ -169,7 +229,7 @@ class FastCarRacing(CarRacing):
             return None  # reset() not called yet
 
         canvas = self._canvases()
-        world = canvas["world"]
+        world = canvas.world
         assert self.car is not None
         angle = -self.car.hull.angle
         # Animating first second zoom (stock formula, same float operations).
@@ -180,26 +240,20 @@ class FastCarRacing(CarRacing):
         trans = (WINDOW_W / 2 + trans[0], WINDOW_H / 4 + trans[1])
 
         # Only world rows that land above the HUD bar after the flip are ever seen.
-        top = canvas["hud_top"]
+        top = canvas.hud_top
         self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
         self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
         self.surf = world
 
         size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
-        hud = canvas["hud"]
-        if self._draw_hud(hud, top):
-            frame = self._shrink_in_bands(canvas, size)
-        else:
-            frame = self._shrink_whole(canvas, size)
-        return np.transpose(np.array(pygame.surfarray.pixels3d(frame)), axes=(1, 0, 2))
+        if self._draw_hud(canvas.hud, top):
+            return canvas.bands(size).shrink()
+        return self._shrink_whole(canvas, size)
 
-    def _canvases(self) -> dict[str, Any]:
+    def _canvases(self) -> _Canvas:
         """Window-sized surfaces kept across frames, made the stock way once per episode."""
         if self._canvas is None:
-            world = pygame.Surface((WINDOW_W, WINDOW_H))
-            hud = pygame.Surface((WINDOW_W, WINDOW_H))
-            top = _first_row_covered_by_hud(hud)
-            self._canvas = {"world": world, "hud": hud, "hud_top": top}
+            self._canvas = _Canvas()
         return self._canvas
 
     def _draw_hud(self, hud: pygame.Surface, top: int) -> bool:
@@ -208,114 +262,82 @@ class FastCarRacing(CarRacing):
         Returns True when all of it lies in rows ``top`` and below, which the bar covers entirely, so
         the band above can come from the world picture alone. Otherwise draws nothing and returns False.
         """
-        polygons = self._indicator_polygons()
+        polygons, highest = self._indicator_polygons()
         text, rect = self._score_text()
-        if rect.top < top or any(y < top for points, _ in polygons for _, y in points):
+        if rect.top < top or highest < top:
             return False
-        # The bar (first polygon) paints every pixel of rows top and below and nothing else is seen,
+        # The bar paints every pixel of rows top and below, and no other row of ``hud`` is used,
         # so a fill of that band is the same picture.
         hud.fill((0, 0, 0), (0, top, WINDOW_W, WINDOW_H - top))
         polygon = pygame.draw.polygon
-        for points, color in polygons[1:]:
+        for points, color in polygons:
             polygon(hud, color=color, points=points)
         hud.blit(text, rect)
         return True
 
-    def _shrink_in_bands(self, canvas: dict[str, Any], size: tuple[int, int]) -> pygame.Surface:
-        """``smoothscale(frame, size)`` where frame = flipped world rows above ``top`` + the HUD rows.
-
-        smoothscale shrinks each row along x first, then each column along y. So: shrink the world band
-        along x, flip that narrow band, stack the x-shrunk HUD band under it, and shrink along y.
-        """
-        top = canvas["hud_top"]
-        width, height = size
-        bands = canvas.get(("bands", width))
-        if bands is None:
-            world_band = canvas["world"].subsurface((0, WINDOW_H - top, WINDOW_W, top))
-            hud_band = canvas["hud"].subsurface((0, top, WINDOW_W, WINDOW_H - top))
-            narrow_world = pygame.Surface((width, top), 0, world_band)
-            narrow_hud = pygame.Surface((width, WINDOW_H - top), 0, hud_band)
-            narrow = pygame.Surface((width, WINDOW_H), 0, canvas["world"])
-            bands = (world_band, hud_band, narrow_world, narrow_hud, narrow)
-            canvas[("bands", width)] = bands
-        world_band, hud_band, narrow_world, narrow_hud, narrow = bands
-        smoothscale = pygame.transform.smoothscale
-        smoothscale(world_band, (width, top), narrow_world)
-        smoothscale(hud_band, (width, WINDOW_H - top), narrow_hud)
-        out = _view(narrow)
-        out[:top] = _view(narrow_world)[::-1]
-        out[top:] = _view(narrow_hud)
-        del out
-        return smoothscale(narrow, size)
-
-    def _shrink_whole(self, canvas: dict[str, Any], size: tuple[int, int]) -> pygame.Surface:
+    def _shrink_whole(self, canvas: _Canvas, size: tuple[int, int]) -> np.ndarray:
         """The stock tail: flip the whole world picture, draw the HUD on it, smoothscale the lot."""
-        frame = pygame.transform.flip(canvas["world"], False, True)
+        frame = pygame.transform.flip(canvas.world, False, True)
         self.surf = frame
         self._render_indicators(WINDOW_W, WINDOW_H)
         text, rect = self._score_text()
         frame.blit(text, rect)
-        return pygame.transform.smoothscale(frame, size)
+        return self._create_image_array(frame, size)
 
     # ---- HUD -----------------------------------------------------------------------------------------
 
-    def _indicator_polygons(self) -> list[tuple[list[tuple[float, float]], tuple[int, int, int]]]:
-        """The polygons ``CarRacing._render_indicators`` draws, in order, with the same float arithmetic.
+    def _indicator_polygons(self) -> tuple[list[tuple[list[tuple[float, float]], tuple[int, int, int]]], float]:
+        """The indicator polygons ``CarRacing._render_indicators`` draws over its black bar, in order,
+        with the same float arithmetic, and the smallest y (highest point) among them.
 
-        (``math.sqrt(x*x + y*y)`` is the stock ``np.sqrt(np.square(x) + np.square(y))``, correctly
-        rounded in both.)
+        (``math.sqrt(x*x + y*y)`` is the stock ``np.sqrt(np.square(x) + np.square(y))``: both are
+        correctly rounded.)
         """
         W, H = WINDOW_W, WINDOW_H
         s = W / 40.0
         h = H / 40.0
-        polygons = [(HUD_BAR, (0, 0, 0))]
+        polygons = []
+        highest = H - 4 * h  # the horizontal indicators' top edge
 
         def vertical_ind(place, val, color):
-            if abs(val_of[0]) > 1e-4:
-                polygons.append(
-                    (
-                        [
-                            (place * s, H - (h + h * val)),
-                            ((place + 1) * s, H - (h + h * val)),
-                            ((place + 1) * s, H - h),
-                            ((place + 0) * s, H - h),
-                        ],
-                        color,
-                    )
-                )
+            nonlocal highest
+            y = H - (h + h * val)
+            polygons.append((
+                [(place * s, y), ((place + 1) * s, y), ((place + 1) * s, H - h), ((place + 0) * s, H - h)],
+                color,
+            ))
+            highest = min(highest, y)
 
         def horiz_ind(place, val, color):
-            if abs(val_of[0]) > 1e-4:
-                polygons.append(
-                    (
-                        [
-                            ((place + 0) * s, H - 4 * h),
-                            ((place + val) * s, H - 4 * h),
-                            ((place + val) * s, H - 2 * h),
-                            ((place + 0) * s, H - 2 * h),
-                        ],
-                        color,
-                    )
-                )
+            polygons.append((
+                [
+                    ((place + 0) * s, H - 4 * h),
+                    ((place + val) * s, H - 4 * h),
+                    ((place + val) * s, H - 2 * h),
+                    ((place + 0) * s, H - 2 * h),
+                ],
+                color,
+            ))
 
         car = self.car
         vx, vy = car.hull.linearVelocity
         true_speed = math.sqrt(vx * vx + vy * vy)
-        val_of = [true_speed]
-        vertical_ind(5, 0.02 * true_speed, (255, 255, 255))
+        # Stock ``render_if_min``: an indicator is drawn only when its value exceeds 1e-4 in size.
+        if abs(true_speed) > 1e-4:
+            vertical_ind(5, 0.02 * true_speed, (255, 255, 255))
         wheels = car.wheels
         for place, wheel, color in ((7, wheels[0], (0, 0, 255)), (8, wheels[1], (0, 0, 255)),
                                     (9, wheels[2], (51, 0, 255)), (10, wheels[3], (51, 0, 255))):
             omega = wheel.omega
-            val_of[0] = omega
-            vertical_ind(place, 0.01 * omega, color)
+            if abs(omega) > 1e-4:
+                vertical_ind(place, 0.01 * omega, color)
         joint_angle = wheels[0].joint.angle
-        val_of[0] = joint_angle
-        horiz_ind(20, -10.0 * joint_angle, (0, 255, 0))
+        if abs(joint_angle) > 1e-4:
+            horiz_ind(20, -10.0 * joint_angle, (0, 255, 0))
         angular_velocity = car.hull.angularVelocity
-        val_of[0] = angular_velocity
-        horiz_ind(30, -0.8 * angular_velocity, (255, 0, 0))
-        return polygons
+        if abs(angular_velocity) > 1e-4:
+            horiz_ind(30, -0.8 * angular_velocity, (255, 0, 0))
+        return polygons, highest
 
     def _score_text(self) -> tuple[pygame.Surface, pygame.Rect]:
         """The HUD score as the stock code renders it, rendered again only when its text changes."""
@@ -424,9 +446,12 @@ class FastCarRacing(CarRacing):
 
     # ---- car -----------------------------------------------------------------------------------------
 
-    def _car_vertices(self) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        """float32 (M, 2) fixture vertices of the car, body after body in ``drawlist`` order, and per
-        fixture (first vertex, vertex count, body index). Fixed for a car's life, so cached per car."""
+    def _car_vertices(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+        """The car's fixture vertices, fixed for its life and so cached per car.
+
+        float32 (M, 2) vertices body after body in ``drawlist`` order, intp (M,) body index of each,
+        and per fixture (first vertex, vertex count, body index).
+        """
         car = self.car
         if self._car_cache is None or self._car_cache[0] is not car:
             verts: list[tuple[float, float]] = []
@@ -436,8 +461,9 @@ class FastCarRacing(CarRacing):
                     v = f.shape.vertices
                     spans.append((len(verts), len(v), b))
                     verts.extend(v)
-            self._car_cache = (car, np.array(verts, dtype=np.float32), spans)
-        return self._car_cache[1], self._car_cache[2]
+            body_of = np.array([b for _, count, b in spans for _ in range(count)], dtype=np.intp)
+            self._car_cache = (car, np.array(verts, dtype=np.float32), body_of, spans)
+        return self._car_cache[1], self._car_cache[2], self._car_cache[3]
 
     def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
                   draw_particles: bool) -> None:
@@ -453,7 +479,7 @@ class FastCarRacing(CarRacing):
                 poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
                 pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False)
 
-        base, spans = self._car_vertices()
+        base, base_body, spans = self._car_vertices()
         bodies = car.drawlist
         frames = []
         colors = []
@@ -463,10 +489,9 @@ class FastCarRacing(CarRacing):
             p = t.position
             frames.append((q.c, q.s, p[0], p[1]))
             colors.append([int(c * 255) for c in obj.color])
-        # Wheel stripes: the stock formulas in float64, handed to Box2D's float32 like the stock does.
+        # Wheel stripes: the stock formulas in float64, then float32 as Box2D receives them.
         stripes: dict[int, int] = {}  # body index -> first stripe vertex
         extra: list[tuple[float, float]] = []
-        extra_body: list[int] = []
         for b, obj in enumerate(bodies):
             if "phase" not in obj.__dict__:
                 continue
@@ -483,21 +508,24 @@ class FastCarRacing(CarRacing):
             if s2 > 0:
                 c2 = np.sign(c2)
             stripes[b] = len(base) + len(extra)
-            extra.extend(
-                [
-                    (-WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
-                    (+WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
-                    (+WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
-                    (-WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
-                ]
-            )
-            extra_body.extend((b, b, b, b))
-        body_of = self._car_body_index(spans) + extra_body
-        verts = np.concatenate([base, np.array(extra, dtype=np.float32).reshape(-1, 2)])
-        frame = np.array(frames, dtype=np.float32)[body_of]
-        c32, s32, px32, py32 = frame[:, 0], frame[:, 1], frame[:, 2], frame[:, 3]
-        wx = ((c32 * verts[:, 0] - s32 * verts[:, 1]) + px32).astype(np.float64)
-        wy = ((s32 * verts[:, 0] + c32 * verts[:, 1]) + py32).astype(np.float64)
+            extra += [
+                (-WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
+                (+WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
+                (+WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
+                (-WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
+            ]
+        frame = np.array(frames, dtype=np.float32)
+        if extra:
+            verts = np.concatenate([base, np.array(extra, dtype=np.float64).astype(np.float32)])
+            body_of = np.concatenate([base_body, np.repeat(np.fromiter(stripes, np.intp, len(stripes)), 4)])
+            frame = frame[body_of]
+        else:
+            verts = base
+            frame = frame[base_body]
+        c32, s32, px32, py32 = frame.T
+        vx, vy = verts.T
+        wx = ((c32 * vx - s32 * vy) + px32).astype(np.float64)
+        wy = ((s32 * vx + c32 * vy) + py32).astype(np.float64)
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
         sx = (cos_a * wx - sin_a * wy) * zoom + translation[0]
         sy = (sin_a * wx + cos_a * wy) * zoom + translation[1]
@@ -506,14 +534,9 @@ class FastCarRacing(CarRacing):
         polygon = pygame.draw.polygon
         for start, count, b in spans:
             polygon(surface, color=colors[b], points=points[start : start + count])
-            if b in stripes:  # wheels have one fixture each; the stripe goes right after it
+            if b in stripes:  # the stock draws a wheel's stripe right after each of its fixtures
                 first = stripes[b]
                 polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4])
-
-    @staticmethod
-    def _car_body_index(spans: list[tuple[int, int, int]]) -> list[int]:
-        """Body index of every fixture vertex."""
-        return [b for _, count, b in spans for _ in range(count)]
 
 
 def register() -> None:

@@ -114,3 +114,44 @@ def test_bad_input_gets_one_line_error_not_traceback(args, message):
     proc = cli(*args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    for part in ("vae", "rnn"):
+        shutil.copytree(tiny_world_model / part, run / part)
+    args = ["evolve", "--run-dir", str(run), "--generations", "50", "--popsize", "4", "--rollouts", "1",
+            "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env", TEST_ENV, "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state = run / "controller" / "state.json"
+    deadline = time.monotonic() + 120
+    while _state(state, "generation") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped cleanly" in err
+    result = json.loads(out.strip().splitlines()[-1].split(": ", 1)[1])
+    assert 1 <= result["generation"] < 50 and result["complete"] is False
+    meta = read_json(run / "controller" / "meta.json")
+    assert meta["metrics"]["generation"] == result["generation"]
+
+
+def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
+    from core.agent import Agent
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "README.md").write_text("kept")
+    first = summary(cli("export", "--run-dir", str(tiny_world_model), "--out-dir", str(out), "--quiet"))
+    assert first["files"] >= 10
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert "controller/cma_state.pkl" in names and "vae/vae.weights.h5" in names
+    assert not any("checkpoint" in n or "encoded" in n for n in names)
+    assert (out / "README.md").read_text() == "kept"
+    Agent.load(out)
+    summary(cli("export", "--run-dir", str(tiny_world_model), "--out-dir", str(out), "--no-training-state",
+                "--quiet"))
+    assert not (out / "controller" / "cma_state.pkl").exists() and (out / "README.md").exists()
+    assert not list(tmp_path.glob(".models*"))  # no staging folders left behind

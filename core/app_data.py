@@ -1,0 +1,227 @@
+"""What the app's pages read to show artifacts: folders, metadata, histories, sample frames, videos.
+
+Relative paths (``runs``, ``data/rollouts``, ``models``) are resolved against ``data_root()``: the project
+folder, or ``$WORLD_MODELS_ROOT`` when set (tests point it at a temporary folder). Background jobs run with
+that folder as their working directory, so a config's relative paths mean the same thing to both.
+Nothing here raises for a missing or half-written artifact: the pages show what exists.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from core.artifacts import read_history
+from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
+
+CODE_ROOT = Path(__file__).resolve().parents[1]
+ROOT_ENV = "WORLD_MODELS_ROOT"  # environment variable overriding the folder relative paths start from
+PARTS = ("vae", "rnn", "controller")
+WEIGHT_FILES = {"vae": "vae.weights.h5", "rnn": "rnn.weights.h5", "controller": "params.npz"}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or CODE_ROOT).resolve()
+
+
+def resolve(path: Path | str) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else data_root() / path
+
+
+def jobs_dir() -> Path:
+    """Where the app's job records and logs live."""
+    return resolve(DEFAULT_RUN_DIR) / "jobs"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def mtime(path: Path | str) -> float:
+    """Modification time of ``path``, 0.0 when missing (a cache key that changes when a file does)."""
+    try:
+        return resolve(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def when(timestamp: float | str | None) -> str:
+    """A local date and time for a Unix time or an ISO date; '' for none."""
+    if not timestamp:
+        return ""
+    if isinstance(timestamp, str):
+        try:
+            moment = _dt.datetime.fromisoformat(timestamp)
+        except ValueError:
+            return timestamp
+    else:
+        moment = _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+# --- artifacts ---------------------------------------------------------------------------------------
+
+
+def artifact(folder: Path | str, kind: str) -> dict | None:
+    """What one artifact folder holds: None without weights, else ``path``, ``kind``, ``complete`` (training
+    finished), ``training`` (weights but no meta.json yet: a first run still going), ``created``,
+    ``metrics``, ``config``."""
+    folder = resolve(folder)
+    weights = folder / WEIGHT_FILES[kind]
+    if not weights.exists():
+        return None
+    meta = _read_json(folder / "meta.json") or {}
+    config = _read_json(folder / "config.json") or meta.get("config") or {}
+    metrics = meta.get("metrics") or {}
+    return {"path": str(folder), "kind": kind, "complete": bool(metrics.get("complete")),
+            "training": not meta, "created": meta.get("created") or when(weights.stat().st_mtime),
+            "metrics": metrics, "config": config, "updated": weights.stat().st_mtime}
+
+
+def world_model(model_dir: Path | str) -> dict:
+    """The three parts of a world-model folder (each ``artifact()`` or None), its evaluation report if
+    any, and ``usable``: V, M and C all present."""
+    model_dir = resolve(model_dir)
+    parts = {kind: artifact(model_dir / kind, kind) for kind in PARTS}
+    return {**parts, "path": str(model_dir), "evaluation": evaluation(model_dir),
+            "usable": all(parts.values())}
+
+
+def default_model_dir() -> str:
+    """The world model the app loads: ``runs`` when it holds V, M and C, else the shipped ``models``."""
+    return DEFAULT_RUN_DIR if world_model(DEFAULT_RUN_DIR)["usable"] else SHIPPED_MODEL_DIR
+
+
+def model_dirs(require: tuple[str, ...] = PARTS) -> list[str]:
+    """World-model folders (as typed in configs) that hold the parts in ``require``; the default first."""
+    found = []
+    for name in (default_model_dir(), DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR):
+        if name not in found and all(artifact(resolve(name) / k, k) for k in require):
+            found.append(name)
+    return found
+
+
+def evaluation(model_dir: Path | str) -> dict | None:
+    """The last ``evaluate`` report of a world model, or None."""
+    return _read_json(resolve(model_dir) / "controller" / "evaluation.json")
+
+
+def history(out_dir: Path | str) -> list[dict]:
+    """The metrics a stage logged in ``<out_dir>/history.jsonl`` (empty if none)."""
+    return read_history(resolve(out_dir) / "history.jsonl")
+
+
+def data_summary(data_dir: Path | str = DEFAULT_DATA_DIR) -> dict:
+    """Episodes, frames and returns of a data folder, from its manifest (plus files not yet listed)."""
+    data_dir = resolve(data_dir)
+    manifest = _read_json(data_dir / "manifest.json") or {}
+    entries = manifest.get("episodes") or []
+    files = sorted(data_dir.glob("ep_*.npz")) if data_dir.is_dir() else []
+    returns = [float(e["return"]) for e in entries]
+    return {"path": str(data_dir), "episodes": len(entries), "files": len(files),
+            "frames": int(sum(e["steps"] + 1 for e in entries)), "returns": returns,
+            "mean_return": float(np.mean(returns)) if returns else None, "entries": entries,
+            "config": manifest.get("config") or {},
+            "updated": max((f.stat().st_mtime for f in files), default=None)}
+
+
+def resume_point(stage: str, config: dict) -> dict | None:
+    """How far an earlier run of ``stage`` into the same folder got, if it stopped before the end:
+    ``{"done": n, "total": m, "unit": ...}``; None when there is nothing to resume."""
+    if stage == "collect":
+        summary = data_summary(config["out_dir"])
+        have = summary["episodes"]
+        return {"done": have, "total": config["episodes"], "unit": "episodes"} if have else None
+    if stage in ("train-vae", "train-rnn"):
+        out = resolve(config["run_dir"]) / ("vae" if stage == "train-vae" else "rnn")
+        state = _read_json(out / "checkpoint" / "state.json")
+        if not state:
+            return None
+        return {"done": int(state.get("step", 0)), "total": int(state.get("total", 0)), "unit": "batches"}
+    if stage == "evolve":
+        state = _read_json(resolve(config["run_dir"]) / "controller" / "state.json")
+        if not state:
+            return None
+        return {"done": int(state.get("generation", 0)), "total": int(config["generations"]),
+                "unit": "generations"}
+    return None
+
+
+# --- frames, pictures and videos ------------------------------------------------------------------------
+
+
+def sample_frames(data_dir: Path | str, count: int = 8, seed: int = 0) -> np.ndarray:
+    """``count`` uint8 (64, 64, 3) frames spread over the episodes of ``data_dir`` (fewer if there are
+    fewer); the same frames for the same folder and seed."""
+    from core.dataset import EpisodeError, list_episodes, load_episode
+    paths = list_episodes(resolve(data_dir))
+    if not paths:
+        return np.zeros((0, 64, 64, 3), np.uint8)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
+    frames = []
+    for i in sorted(chosen):
+        try:
+            obs = load_episode(paths[i]).obs
+        except EpisodeError:
+            continue
+        # Skip the zoom-in of the first second: those frames show the track from far away.
+        lo = min(60, len(obs) - 1)
+        frames.append(obs[int(rng.integers(lo, len(obs)))])
+    return np.stack(frames) if frames else np.zeros((0, 64, 64, 3), np.uint8)
+
+
+def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
+    """V's reconstruction (z = mu) of uint8 (N, 64, 64, 3) frames, as uint8."""
+    if len(frames) == 0:
+        return frames
+    x = frames.astype(np.float32) / 255.0
+    mu, _ = vae.encode(x)
+    out = np.asarray(vae.decode(mu))
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def latent_spread(vae, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread (std) of V's mu over ``frames``: float32 (z,) each. Dimensions with a large spread
+    are the ones V uses; the rest stay near the prior and change little when moved."""
+    x = frames.astype(np.float32) / 255.0
+    mu = np.asarray(vae.encode(x)[0])
+    return mu.mean(axis=0), mu.std(axis=0)
+
+
+def decode(vae, z: np.ndarray) -> np.ndarray:
+    """uint8 (N, 64, 64, 3) frames for float32 (N, z) latents."""
+    out = np.asarray(vae.decode(np.asarray(z, np.float32).reshape(-1, vae.z_size)))
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def grid(rows: list[np.ndarray], gap: int = 2, scale: int = 2) -> np.ndarray:
+    """Rows of uint8 (N, H, W, 3) frames as one picture, upscaled ``scale`` times."""
+    from core.dream import upscale
+    width = max(len(r) for r in rows)
+    h, w = rows[0].shape[1:3]
+    out = np.full((len(rows) * (h + gap) - gap, width * (w + gap) - gap, 3), 250, np.uint8)
+    for i, row in enumerate(rows):
+        for j, frame in enumerate(row):
+            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = frame
+    return upscale(out, scale)
+
+
+def episode_video(path: Path | str, scale: int = 3, fps: int = 50) -> bytes:
+    """An episode file's frames as H.264 MP4 bytes (64x64 frames upscaled ``scale`` times)."""
+    from core.dataset import load_episode
+    from core.dream import upscale
+    from core.record import write_mp4
+    frames = upscale(load_episode(resolve(path)).obs, scale)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = write_mp4(frames, Path(tmp) / "episode.mp4", fps=fps)
+        return out.read_bytes()
