@@ -1,0 +1,131 @@
+"""World Models for CarRacing-v3: the app's entry point (``streamlit run Home.py``).
+
+This file is read two ways. Streamlit runs it as ``__main__`` on every rerun: then it sets up the
+navigation over pages/ and runs the chosen page. ``streamlit run`` also finds the ``app = st.App(...)``
+assignment below (by reading the source) and has uvicorn import this file as the module ``Home``: then it
+builds the ASGI app that serves Streamlit together with the race WebSocket, on the same port.
+"""
+
+import streamlit as st
+
+from core import app_data
+from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
+
+DIAGRAM = """
+digraph world_models {
+    rankdir=LR; bgcolor="transparent";
+    node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11, color="#555555"];
+    edge [fontname="Helvetica", fontsize=10, color="#666666"];
+    env [label="CarRacing-v3\\nframe 96x96", fillcolor="#e8e8e8"];
+    V [label="V  (vision)\\nconvolutional VAE\\n64x64 frame -> z", fillcolor="#cfe3ff"];
+    M [label="M  (memory)\\nMDN-RNN, LSTM\\npredicts next z, reward, end", fillcolor="#ffe2c6"];
+    C [label="C  (controller)\\nlinear, 867 numbers\\nevolved with CMA-ES", fillcolor="#d6f5d6"];
+    env -> V [label="observation"];
+    V -> C [label="z"];
+    V -> M [label="z"];
+    M -> C [label="h"];
+    C -> env [label="action\\nsteer, gas, brake"];
+    C -> M [label="action", style=dashed];
+    M -> M [label="dream: next z", style=dashed, color="#d08030"];
+}
+"""
+
+
+def _fmt(value, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def home() -> None:
+    st.title("Do neural nets dream of fast cars?")
+    st.markdown(
+        "A **world model** (Ha & Schmidhuber, 2018) learns to drive in three parts. **V**, a variational "
+        "autoencoder, squeezes each frame into a short code *z*. **M**, a recurrent network, learns what "
+        "comes next: from *z* and the action it predicts the next *z*, the reward and whether the episode "
+        "ends, so it can **dream** whole drives. **C**, a tiny linear controller, picks the action from *z* "
+        "and M's memory *h*; it is evolved with CMA-ES. Collect data, train V and M, evolve C, then dream "
+        "inside the model and race the AI yourself.")
+    st.graphviz_chart(DIAGRAM)
+
+    st.subheader("What exists")
+    default = app_data.default_model_dir()
+    data = app_data.data_summary(DEFAULT_DATA_DIR)
+    cols = st.columns(4)
+    with cols[0]:
+        st.markdown("**Data**")
+        if data["episodes"]:
+            st.metric("Episodes", data["episodes"], help=f"in {data['path']}")
+            st.caption(f"{data['frames']:,} frames · mean return {_fmt(data['mean_return'])} · "
+                       f"{app_data.when(data['updated'])}")
+        else:
+            st.caption(f"No episodes in `{DEFAULT_DATA_DIR}` yet: start on the Collect page.")
+    for col, kind, title, metric in zip(cols[1:], ("vae", "rnn", "controller"), ("V (VAE)", "M (MDN-RNN)", "C (controller)"),
+                                        ("val_r_loss", "val_mdn", "best_eval")):
+        with col:
+            st.markdown(f"**{title}**")
+            for folder in (DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR):
+                art = app_data.artifact(app_data.resolve(folder) / kind, kind)
+                if art is None:
+                    continue
+                m, cfg = art["metrics"], art["config"]
+                if kind == "vae":
+                    line = (f"z = {cfg.get('z_size', '?')} · held-out reconstruction loss "
+                            f"{_fmt(m.get('val_r_loss', m.get('r_loss')))}")
+                elif kind == "rnn":
+                    line = (f"h = {cfg.get('hidden', '?')} · held-out MDN loss {_fmt(m.get('val_mdn', m.get('mdn')), '.3f')}")
+                else:
+                    line = (f"{m.get('generation', 0)} generations · best evaluation "
+                            f"{_fmt(m.get('best_eval'))}")
+                state = "complete" if art["complete"] else ("training" if art["training"] else "stopped part way")
+                st.markdown(f"`{folder}/` {'⭐ ' if folder == default else ''}· {state}")
+                st.caption(f"{line} · {app_data.when(art['created'])}")
+            if not any(app_data.artifact(app_data.resolve(f) / kind, kind) for f in (DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR)):
+                st.caption("Not trained yet.")
+
+    model = app_data.world_model(default)
+    report = model["evaluation"]
+    if model["usable"]:
+        shipped = "the shipped world model" if default == SHIPPED_MODEL_DIR else "your trained world model"
+        score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
+                 f"evaluation tracks ({report['env']} env, {app_data.when(report.get('date'))})." if report else "")
+        st.success(f"Dream and Race use {shipped} in `{default}/` (⭐).{score}")
+    else:
+        st.info(f"No complete world model yet (V, M and C in `{SHIPPED_MODEL_DIR}/` or `{DEFAULT_RUN_DIR}/`). "
+                "Train one with the pages on the left, or from the command line: `python -m core --help`.")
+
+    st.subheader("The pipeline")
+    st.markdown(
+        "1. **Collect**: drive with smoothed random actions and keep the frames, actions and rewards.\n"
+        "2. **Train VAE**: learn V, frame to *z* and back.\n"
+        "3. **Train RNN**: learn M on sequences of *z* and actions.\n"
+        "4. **Evolve**: find C's 867 numbers with CMA-ES by driving the real environment; evaluate the best.\n"
+        "5. **Dream**: roll M forward on its own predictions and watch what it imagines.\n"
+        "6. **Race** the AI on the same track, and put your time on the **Leaderboard**.")
+    st.caption("Every stage runs as a background job: it keeps going when you change page or reload, and "
+               "resumes from its checkpoint after a stop.")
+
+
+def navigation():
+    pages = {
+        "World Models": [st.Page(home, title="Home", icon=":material/home:", default=True)],
+        "Train": [
+            st.Page("pages/1_Collect.py", title="Collect", icon=":material/sports_motorsports:", url_path="collect"),
+            st.Page("pages/2_Train_VAE.py", title="Train VAE", icon=":material/visibility:", url_path="train_vae"),
+            st.Page("pages/3_Train_RNN.py", title="Train RNN", icon=":material/memory:", url_path="train_rnn"),
+            st.Page("pages/4_Evolve.py", title="Evolve", icon=":material/genetics:", url_path="evolve"),
+        ],
+        "Play": [
+            st.Page("pages/5_Dream.py", title="Dream", icon=":material/bedtime:", url_path="dream"),
+            st.Page("pages/6_Race.py", title="Race", icon=":material/flag:", url_path="race"),
+            st.Page("pages/7_Leaderboard.py", title="Leaderboard", icon=":material/leaderboard:",
+                    url_path="leaderboard"),
+        ],
+    }
+    return st.navigation(pages)
+
+
+if __name__ == "__main__":  # a script run (Streamlit executes this file as __main__ on every rerun)
+    st.set_page_config(page_title="World Models · CarRacing", page_icon=":material/directions_car:", layout="wide")
+    navigation().run()
+elif __name__ != "__mp_main__":  # imported by uvicorn (not by a multiprocessing child re-running __main__)
+    from core.race_server import race_routes
+    app = st.App(__file__, routes=race_routes())

@@ -1,0 +1,114 @@
+"""Train VAE: V learns to squeeze a frame into z and back; loss curves, reconstructions, latent explorer."""
+
+import numpy as np
+import streamlit as st
+
+from core import app_data
+from core.config import VAEConfig
+from pages import _ui
+
+st.title("Train VAE (V)")
+st.markdown("V is a convolutional variational autoencoder: it encodes each 64x64 frame as a Gaussian over a "
+            "short code **z** and decodes z back to a frame. Its loss is the **reconstruction** error plus "
+            "the **KL** divergence that keeps the codes close to a standard normal (clamped below a free "
+            "budget, as in the paper), so that M can later predict and sample them.")
+
+with st.expander("Settings", expanded=True):
+    config = _ui.config_form(VAEConfig, "vae", defaults={"checkpoint_every": 100})
+_ui.start_button("train-vae", config, noun="training")
+vae_dir = str(config.out_dir) if config is not None else "runs/vae"
+data_dir = config.data_dir if config is not None else VAEConfig().data_dir
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def sample(data_dir: str, files: int, version: float) -> np.ndarray:
+    return app_data.sample_frames(data_dir, count=8, seed=1)
+
+
+def frames() -> np.ndarray:
+    summary = app_data.data_summary(data_dir)
+    return sample(data_dir, summary["files"], summary["updated"] or 0.0)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def reconstructions(vae_dir: str, version: float, _frames: np.ndarray, frames_key: str) -> np.ndarray:
+    return app_data.reconstruct(_ui.load_vae(vae_dir), _frames)
+
+
+def live(snap) -> None:
+    records = app_data.history(vae_dir)
+    train = [r for r in records if "r_loss" in r]
+    val = [r for r in records if "val_r_loss" in r]
+    if train or val:
+        cols = st.columns(2)
+        with cols[0]:
+            _ui.line_chart(train + val, "step", {"reconstruction (train)": "r_loss",
+                                                 "reconstruction (held out)": "val_r_loss"},
+                           "Reconstruction loss (summed squared error a frame)", key="vae.r_loss")
+        with cols[1]:
+            _ui.line_chart(train + val, "step", {"KL (train, clamped)": "kl", "KL (held out)": "val_kl"},
+                           "KL divergence (nats a frame)", key="vae.kl")
+    art = app_data.artifact(vae_dir, "vae")
+    real = frames()
+    if art is None or len(real) == 0:
+        st.caption("Reconstructions appear here once V has weights (at its first checkpoint).")
+        return
+    try:
+        recon = reconstructions(vae_dir, art["updated"], real, f"{data_dir}:{len(real)}")
+    except Exception as e:  # weights of another shape, a file being replaced: say so, keep the page
+        st.warning(f"Could not load V from `{vae_dir}` for reconstructions: {e}")
+        return
+    st.image(app_data.grid([real, recon], scale=2),
+             caption=f"Top: real frames. Bottom: V's reconstructions (weights of {app_data.when(art['updated'])}).")
+
+
+_ui.job_panel("train-vae", live, unit="batches", stop_label="Stop training")
+
+st.subheader("Latent explorer")
+st.caption("Move along single dimensions of z and see what V has learned they mean. The dimensions V uses "
+           "most (the largest spread of their codes over real frames) come first.")
+
+
+@st.fragment
+def explorer() -> None:
+    art = app_data.artifact(vae_dir, "vae")
+    if art is None:
+        st.caption(f"No VAE in `{vae_dir}` yet.")
+        return
+    real = frames()
+    try:
+        vae = _ui.load_vae(vae_dir)
+    except Exception as e:
+        st.error(f"Could not load V from `{vae_dir}`: {e}")
+        return
+    options = ["random z (prior)"] + [f"real frame {i + 1}" for i in range(len(real))]
+    start = st.selectbox("Start from", options, index=1 if len(real) else 0, key="vae.explore_start")
+    if start.startswith("real") and len(real):
+        i = int(start.split()[-1]) - 1
+        base = np.asarray(vae.encode(real[i:i + 1].astype(np.float32) / 255.0)[0])[0]
+    else:
+        base = np.random.default_rng(0).standard_normal(vae.z_size).astype(np.float32)
+    if len(real):
+        _, spread = app_data.latent_spread(vae, real)
+        order = list(np.argsort(-spread))
+    else:
+        spread, order = np.ones(vae.z_size), list(range(vae.z_size))
+    dims = st.multiselect("Dimensions", order, default=order[:min(8, vae.z_size)], key="vae.explore_dims",
+                          format_func=lambda d: f"z[{d}] (spread {spread[d]:.2f})")
+    z = base.copy()
+    cols = st.columns([3, 2])
+    with cols[0]:
+        slider_cols = st.columns(2)
+        for j, d in enumerate(dims):
+            with slider_cols[j % 2]:
+                z[d] = st.slider(f"z[{d}]", -4.0, 4.0, float(np.clip(base[d], -4, 4)), 0.05,
+                                 key=f"vae.z.{start}.{d}")
+    with cols[1]:
+        shown = [app_data.decode(vae, base[None])[0], app_data.decode(vae, z[None])[0]]
+        if start.startswith("real") and len(real):
+            shown = [real[int(start.split()[-1]) - 1]] + shown
+        st.image(app_data.grid([np.stack(shown)], scale=3),
+                 caption=("real · " if len(shown) == 3 else "") + "decoded start · decoded with your z")
+
+
+explorer()

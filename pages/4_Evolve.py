@@ -1,0 +1,98 @@
+"""Evolve: CMA-ES searches C's parameters by driving the real env; evaluate the result and watch it drive."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core import app_data
+from core.config import SHIPPED_MODEL_DIR, EvaluateConfig, EvolveConfig, RecordConfig
+from pages import _ui
+
+st.title("Evolve (C)")
+st.markdown("C is a single linear layer from [z, h] to steer, gas and brake: 867 numbers with the paper's "
+            "sizes. **CMA-ES** proposes a population of parameter vectors, each drives the real CarRacing "
+            "(seeing it through V and M), and the distribution moves towards the vectors that scored best. "
+            "The fitness of a candidate is its mean return over a few tracks.")
+
+with st.expander("Settings", expanded=True):
+    config = _ui.config_form(EvolveConfig, "evolve")
+_ui.start_button("evolve", config, noun="evolution")
+run_dir = config.run_dir if config is not None else EvolveConfig().run_dir
+
+
+def live(snap) -> None:
+    records = app_data.history(app_data.resolve(run_dir) / "controller")
+    if not records:
+        return
+    _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",
+                                           "evaluated: CMA-ES mean": "eval_mean_params",
+                                           "evaluated: best candidate": "eval_best_candidate"},
+                   "Fitness per generation (mean return of a candidate)", "return", key="evolve.fitness")
+    last = records[-1]
+    st.caption(f"Generation {last['generation']}: best {last['best']:.1f}, mean {last['mean']:.1f}, "
+               f"step size sigma {last.get('sigma', float('nan')):.4f}, "
+               f"{last.get('early_stopped', 0):.0%} of rollouts ended early off the road.")
+
+
+_ui.job_panel("evolve", live, unit="generations", stop_label="Stop evolution")
+
+# --- evaluate -----------------------------------------------------------------------------------------
+
+st.subheader("Evaluate")
+st.caption("The controller drives tracks it never trained on (seeds from 1,000,000 up). The published "
+           "protocol is 100 episodes of the stock env; fewer give a quicker, rougher estimate.")
+choices = [d for d in dict.fromkeys([run_dir, SHIPPED_MODEL_DIR]) if app_data.world_model(d)["usable"]]
+if not choices:
+    st.caption(f"Needs V, M and C in `{run_dir}/` (C appears after the first generation).")
+    model_dir = None
+else:
+    model_dir = st.selectbox("World model", choices, key="evolve.model_dir",
+                             help="The folder whose vae/, rnn/ and controller/ drive.")
+with st.expander("Evaluation settings"):
+    eval_config = _ui.config_form(EvaluateConfig, "evaluate", defaults={"episodes": 20}, hide=("out",),
+                                  fixed={"model_dir": model_dir or run_dir})
+if model_dir is not None:
+    _ui.start_button("evaluate", eval_config, noun="evaluation")
+
+
+def live_evaluation(snap) -> None:
+    if snap is not None and snap["status"] in ("starting", "running", "stopping"):
+        returns = [r["return"] for r in snap["history"] if "return" in r]
+        source = f"{len(returns)} episodes so far"
+    else:
+        report = app_data.evaluation(model_dir) if model_dir else None
+        if not report:
+            return
+        returns = report["returns"]
+        source = (f"{report['episodes']} episodes, {report['env']} env, {app_data.when(report.get('date'))}: "
+                  f"**{report['mean']:.1f} ± {report['std']:.1f}** (min {report['min']:.0f}, max {report['max']:.0f})")
+    if returns:
+        st.markdown(f"Score distribution · {source}")
+        _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
+
+
+_ui.job_panel("evaluate", live_evaluation, unit="episodes", stop_label="Stop evaluation")
+
+# --- watch ----------------------------------------------------------------------------------------------
+
+st.subheader("Watch an episode")
+video_dir = app_data.resolve(model_dir or run_dir) / "controller"
+with st.expander("Recording settings"):
+    record_config = _ui.config_form(RecordConfig, "record", hide=("actions", "out", "fps"),
+                                    fixed={"model_dir": model_dir or run_dir, "actions": "",
+                                           "out": str(video_dir / "watch.mp4")})
+if model_dir is not None:
+    _ui.start_button("record", record_config, noun="recording")
+
+
+def live_record(snap) -> None:
+    if snap is None or snap["status"] != "done" or not snap["result"]:
+        return
+    out = Path(snap["result"].get("out", ""))
+    if out.exists():
+        st.video(str(out), autoplay=True, muted=True)
+        st.caption(f"Track {snap['result'].get('seed')}: return {snap['result'].get('return', 0):.1f} in "
+                   f"{snap['result'].get('steps')} steps.")
+
+
+_ui.job_panel("record", live_record, unit="steps", stop_label="Stop recording")

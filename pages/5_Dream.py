@@ -1,0 +1,174 @@
+"""Dream: M rolled forward on its own predictions and decoded by V, steered by you, by C, or side by side
+with the real env on the same actions."""
+
+import numpy as np
+import streamlit as st
+
+from core import app_data
+from core.dataset import list_episodes, load_episode
+from core.dream import (DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale,
+                        with_captions)
+from pages import _ui
+
+st.title("Dream")
+st.markdown("Here nothing is simulated: each frame is **imagined**. M predicts the next code z from the "
+            "current one and the action, V decodes it into a picture, and the dream goes on from there. "
+            "M also predicts the **reward** and whether the **episode ends**. The temperature makes M's "
+            "choices bolder (higher) or safer (lower).")
+
+choices = app_data.model_dirs(require=("vae", "rnn"))
+if not choices:
+    st.info("No world model to dream with yet: it needs V and M (train them on the Train VAE and Train RNN "
+            "pages), or the shipped model in `models/`.")
+    st.stop()
+
+cols = st.columns([2, 2, 1])
+model_dir = cols[0].selectbox("World model", choices, key="dream.model_dir",
+                              help="The folder whose vae/ and rnn/ (and controller/) dream.")
+tau = cols[1].slider("Temperature τ", 0.0, 2.0, 1.0, 0.05, key="dream.tau",
+                     help="0: always M's most likely next frame. 1: as M learned it. Above 1: wilder dreams.")
+fps = cols[2].selectbox("Frames a second", [20, DREAM_FPS, 50], index=1, key="dream.fps")
+try:
+    model = _ui.load_world_model(model_dir)
+except Exception as e:  # an artifact that does not load: say what and where
+    st.error(f"Could not load the world model in `{model_dir}/`: {e}")
+    st.stop()
+
+
+def play(frames: np.ndarray, captions: list[str], loop: bool) -> None:
+    """Show a dream as an animation (an animated GIF plays in every browser at ``fps``)."""
+    st.session_state["dream.animation"] = gif(with_captions(upscale(frames), captions), fps=fps, loop=loop)
+
+
+def new_dream(start: str, episode: str | None, step: int, seed: int) -> Dream:
+    dream = Dream(model, tau=tau, seed=seed)
+    if start == "real" and episode:
+        dream.reset_from_episode(load_episode(episode), step)
+    st.session_state["dream"] = dream
+    st.session_state["dream.key"] = (model_dir, id(model))
+    play(dream.frames(), dream_captions(dream), loop=False)
+    return dream
+
+
+mode = st.segmented_control("Who drives", ["You", "The controller", "Real vs dream"], default="You",
+                            key="dream.mode", required=True)
+if mode == "The controller" and model.controller is None:
+    st.warning(f"`{model_dir}/` has no controller yet (evolve one on the Evolve page); you can steer yourself.")
+    mode = "You"
+
+if mode in ("You", "The controller"):
+    episodes = list_episodes(app_data.resolve(app_data.data_summary()["path"]))
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        start = st.radio("Start from", ["real", "random"], horizontal=True, key="dream.start",
+                         format_func=lambda s: {"real": "a real frame", "random": "a random z"}[s],
+                         disabled=not episodes)
+        episode, step = None, 0
+        if start == "real" and episodes:
+            episode = st.selectbox("Episode", [str(p) for p in episodes], key="dream.episode",
+                                   format_func=lambda p: p.rsplit("/", 1)[-1])
+            step = st.number_input("Frame", 0, 1000, 100, 10, key="dream.frame",
+                                   help="M first watches the real frames and actions up to here.")
+        seed = st.number_input("Seed", 0, 10**6, 0, key="dream.seed", help="seed of M's sampling")
+        if st.button("New dream", icon=":material/refresh:", key="dream.new"):
+            new_dream(start if episodes else "random", episode, int(step), int(seed))
+    dream = st.session_state.get("dream")
+    if dream is None or st.session_state.get("dream.key") != (model_dir, id(model)):
+        dream = new_dream("real" if episodes else "random", str(episodes[0]) if episodes else None, 100, 0)
+    dream.tau = tau
+
+
+@st.fragment
+def drive() -> None:
+    dream = st.session_state["dream"]
+    t0 = dream.t
+    if mode == "You":
+        chunk = st.slider("Steps a key press", 1, 50, 10, key="dream.chunk",
+                          help="How far the dream runs on each press (at 50 steps a second of game time).")
+        st.caption("Steer with the buttons or the arrow keys (Space coasts).")
+        with st.container(horizontal=True):
+            pressed = None
+            for name, label, icon, key in (("left", "Left", ":material/arrow_back:", "Left"),
+                                           ("gas", "Gas", ":material/arrow_upward:", "Up"),
+                                           ("brake", "Brake", ":material/arrow_downward:", "Down"),
+                                           ("right", "Right", ":material/arrow_forward:", "Right"),
+                                           ("coast", "Coast", ":material/pause:", "Space")):
+                if st.button(label, icon=icon, shortcut=key, key=f"dream.key.{name}", disabled=dream.ended):
+                    pressed = name
+        if pressed is not None:
+            dream.run(chunk, pressed)
+    else:
+        steps = st.slider("Steps to dream", 25, 500, 150, 25, key="dream.steps")
+        if st.button("Let the controller drive", icon=":material/smart_toy:", key="dream.controller",
+                     disabled=dream.ended):
+            dream.run(steps, "controller")
+    if dream.t > t0:
+        start = max(0, t0)
+        play(dream.frames(start), dream_captions(dream, start), loop=False)
+    show(dream)
+
+
+def show(dream: Dream) -> None:
+    cols = st.columns([1, 1])
+    with cols[0]:
+        if st.session_state.get("dream.animation"):
+            st.image(st.session_state["dream.animation"],
+                     caption=f"Dream step {dream.t} · τ = {dream.tau:g} · {fps} frames a second")
+        if dream.ended:
+            st.warning(f"M predicts that the episode ends at step {dream.ended_at}. Start a new dream to go on.")
+        if dream.t and st.button("Replay the whole dream", key="dream.replay", icon=":material/replay:"):
+            play(dream.frames(), dream_captions(dream), loop=True)
+            st.rerun(scope="fragment")
+    with cols[1]:
+        st.metric("Predicted return so far", f"{dream.total_reward:+.1f}", help="the sum of M's predicted rewards")
+        if dream.t:
+            records = [{"step": i + 1, "reward": r, "end": d, "return": float(np.sum(dream.log.reward[:i + 1]))}
+                       for i, (r, d) in enumerate(zip(dream.log.reward, dream.log.done_prob))]
+            _ui.line_chart(records, "step", {"predicted reward": "reward", "probability the episode ends": "end"},
+                           "What M predicts at each step", key="dream.predictions", height=260)
+
+
+@st.fragment
+def real_vs_dream() -> None:
+    st.caption("The real env and the dream start from the same moment and get the same actions; the dream "
+               "never sees another real frame. Where they part ways shows what M has not learned.")
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        drivers = ["controller", "random"] if model.controller is not None else ["random"]
+        driver = st.selectbox("Actions from", drivers, key="dream.sbs_driver",
+                              format_func=lambda d: {"controller": "the controller, driving the real car",
+                                                     "random": "smoothed random actions"}[d])
+        seed = st.number_input("Track seed", 0, 10**7, 1_000_000, key="dream.sbs_seed")
+        steps = st.number_input("Steps", 25, 500, 150, 25, key="dream.sbs_steps")
+        warmup = st.number_input("Warm-up steps", 0, 200, 50, 10, key="dream.sbs_warmup",
+                                 help="M watches the real frames this long first (the camera zooms in at the start).")
+        go = st.button("Run side by side", type="primary", icon=":material/compare:", key="dream.sbs_go")
+    if go:
+        with st.spinner("Driving the real env and dreaming…"):
+            try:
+                out = side_by_side(model, int(seed), int(steps), driver, int(warmup), tau)
+            except ValueError as e:
+                st.error(str(e))
+                return
+        real_total = np.concatenate([[0.0], np.cumsum(out["real_reward"])])
+        dream_total = np.concatenate([[0.0], np.cumsum(out["dream_reward"])])
+        captions = [f"t={t:4d}  real {r:+6.1f}  dream {d:+6.1f}" for t, (r, d) in enumerate(zip(real_total, dream_total))]
+        frames = hstack(upscale(out["real"]), upscale(out["dream"]))
+        st.session_state["dream.sbs"] = {"gif": gif(with_captions(frames, captions), fps=fps, loop=True),
+                                         "real": real_total.tolist(), "dream": dream_total.tolist(),
+                                         "done": out["done_prob"].tolist()}
+    result = st.session_state.get("dream.sbs")
+    if result:
+        cols = st.columns([1, 1])
+        cols[0].image(result["gif"], caption="Left: the real env. Right: the dream, on the same actions.")
+        with cols[1]:
+            records = [{"step": i, "real": r, "dream": d} for i, (r, d) in enumerate(zip(result["real"], result["dream"]))]
+            _ui.line_chart(records, "step", {"real return": "real", "dream's predicted return": "dream"},
+                           "Return so far", key="dream.sbs_returns", height=260)
+            ends = [i + 1 for i, p in enumerate(result["done"]) if p > 0.5]
+            st.caption(f"M predicted the episode's end at step {ends[0]}." if ends else
+                       "M did not predict an episode end.")
+
+
+if mode == "Real vs dream":
+    real_vs_dream()
+else:
+    drive()

@@ -1,0 +1,295 @@
+"""What the pages share: the job registry, settings forms built from config metadata, the live job panel,
+plots, and cached model loads. The page layer only: widgets in, one call into ``core``, results out."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import app_data
+from core.config import ConfigError, from_dict
+from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry
+
+PAGES = {  # stage -> the page that runs it
+    "collect": "pages/1_Collect.py",
+    "train-vae": "pages/2_Train_VAE.py",
+    "train-rnn": "pages/3_Train_RNN.py",
+    "evolve": "pages/4_Evolve.py",
+    "evaluate": "pages/4_Evolve.py",
+    "record": "pages/4_Evolve.py",
+}
+POLL_SECONDS = 1.0  # how often a running job's panel refreshes
+
+
+# --- jobs --------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _registry(root: str) -> JobRegistry:
+    return JobRegistry(app_data.jobs_dir(), cwd=root)
+
+
+def registry() -> JobRegistry:
+    """The process-wide job registry: every session and page sees the same jobs."""
+    return _registry(str(app_data.data_root()))
+
+
+def current_job(stage: str):
+    """The job a page shows: the stage's running job, else this session's last, else the latest."""
+    reg = registry()
+    return reg.active(stage) or reg.get(st.session_state.get(f"job.{stage}")) or reg.latest(stage)
+
+
+def start_job(stage: str, config: Any) -> None:
+    """Start ``stage`` with ``config`` and remember the job's id in this session; explain a refusal."""
+    try:
+        job = registry().start(stage, config)
+    except JobAlreadyRunning as e:
+        st.warning(f"{e}. It is shown below; stop it first to start another.")
+        page_link(e.job.stage, f"Go to the running {e.job.title} job")
+        return
+    except ConfigError as e:
+        st.error(f"Check the settings: {e}")
+        return
+    st.session_state[f"job.{stage}"] = job.id
+    st.session_state[f"job.{stage}.watching"] = job.id
+
+
+def page_link(stage: str, label: str) -> None:
+    try:
+        st.page_link(PAGES[stage], label=label, icon=":material/arrow_forward:")
+    except Exception:  # outside st.navigation (a page run on its own) there is no page to link to
+        st.caption(f"{label}: the {STAGE_TITLES[stage]} page")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _eta(snap: dict) -> str:
+    hist = [r for r in snap["history"] if r.get("step")]
+    if len(hist) < 2 or not snap["total"]:
+        return ""
+    first, last = hist[0], hist[-1]
+    rate = (last["step"] - first["step"]) / max(1e-6, last["time"] - first["time"])
+    if rate <= 0:
+        return ""
+    return f" · about {_duration((snap['total'] - snap['step']) / rate)} left"
+
+
+def job_status(snap: dict | None, unit: str = "steps") -> None:
+    """Status, progress, error and log of a job snapshot."""
+    if snap is None:
+        st.caption("No job has run on this page yet.")
+        return
+    status, step, total = snap["status"], snap["step"], snap["total"]
+    where = f"{step} of {total} {unit}" if total else "starting"
+    if status == "starting":
+        st.progress(0.0, text=f"Job {snap['id']}: starting the worker process…")
+    elif status in ("running", "stopping"):
+        text = f"Job {snap['id']}: {where} · {_duration(snap['elapsed'])}{_eta(snap)}"
+        if status == "stopping":
+            text += " · stopping after the current step (a checkpoint is written first)"
+        st.progress(snap["fraction"], text=text)
+    elif status == "done":
+        st.success(f"Job {snap['id']} finished: {where} in {_duration(snap['elapsed'])}.")
+    elif status == "stopped":
+        st.info(f"Job {snap['id']} was stopped at {where}. Start it again with the same folder to resume "
+                "from its checkpoint.")
+    elif status == "interrupted":
+        st.warning(f"Job {snap['id']} was interrupted at {where} when the server stopped. Start it again "
+                   "with the same folder to resume from its checkpoint.")
+    elif status == "failed":
+        st.error(f"Job {snap['id']} failed: {snap['error']}")
+        if snap.get("error_detail"):
+            with st.expander("Technical details"):
+                st.code(snap["error_detail"], language=None)
+    if snap["log"]:
+        with st.expander("Log"):
+            st.code("\n".join(snap["log"][-60:]), language=None)
+
+
+def job_panel(stage: str, live: Callable[[dict | None], None] | None = None, unit: str = "steps",
+              stop_label: str = "Stop") -> None:
+    """The job of ``stage`` with a Stop button, refreshed every second while it runs; ``live(snapshot)``
+    draws the page's own live content (curves, pictures) inside the same refresh."""
+    job = current_job(stage)
+    running = job is not None and job.active
+
+    @st.fragment(run_every=POLL_SECONDS if running else None)
+    def panel() -> None:
+        job = current_job(stage)
+        snap = job.snapshot() if job is not None else None
+        if snap is not None and job.active:
+            if st.button(stop_label, key=f"stop.{stage}", icon=":material/stop:",
+                         disabled=snap["cancel_requested"],
+                         help="Stops at the next safe point; the run resumes from its checkpoint later."):
+                job.cancel()
+                snap = job.snapshot()
+        job_status(snap, unit)
+        if live is not None:
+            live(snap)
+        # The job ended while this panel was polling: rerun the whole page once to show the new artifacts
+        # and stop polling.
+        watching = st.session_state.get(f"job.{stage}.watching")
+        if snap is not None and snap["status"] in ("starting", "running", "stopping"):
+            st.session_state[f"job.{stage}.watching"] = snap["id"]
+        elif watching is not None and snap is not None and watching == snap["id"]:
+            st.session_state[f"job.{stage}.watching"] = None
+            st.rerun()
+
+    panel()
+
+
+# --- settings ----------------------------------------------------------------------------------------
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _float_step(value: float) -> float:
+    if value <= 0:
+        return 0.01
+    return 10.0 ** math.floor(math.log10(value))
+
+
+def config_form(cls: type, prefix: str, defaults: dict | None = None, hide: tuple[str, ...] = (),
+                columns: int = 3, fixed: dict | None = None):
+    """Widgets for the fields of a stage config, built from their metadata (help, choices, range);
+    returns the validated config, or None after showing what is wrong.
+
+    ``defaults``: page defaults that differ from the dataclass's; ``hide``: fields left at their default;
+    ``fixed``: values set by the page (not shown). Values survive page changes within the session.
+    """
+    defaults, fixed = dict(defaults or {}), dict(fixed or {})
+    values: dict[str, Any] = {}
+    shown = [f for f in dataclasses.fields(cls) if f.name not in hide and f.name not in fixed]
+    cols = st.columns(columns)
+    for i, f in enumerate(shown):
+        key = f"{prefix}.{f.name}"
+        default = defaults.get(f.name, f.default)
+        if key not in st.session_state:
+            st.session_state[key] = st.session_state.get(f"_keep.{key}", default)
+        meta = f.metadata
+        with cols[i % columns]:
+            if meta.get("choices"):
+                st.selectbox(_label(f.name), list(meta["choices"]), key=key, help=meta.get("help"))
+            elif isinstance(f.default, bool):
+                st.checkbox(_label(f.name), key=key, help=meta.get("help"))
+            elif isinstance(f.default, int):
+                st.number_input(_label(f.name), min_value=_num(meta.get("min"), int),
+                                max_value=_num(meta.get("max"), int), step=1, key=key, help=meta.get("help"))
+            elif isinstance(f.default, float):
+                st.number_input(_label(f.name), min_value=_num(meta.get("min"), float),
+                                max_value=_num(meta.get("max"), float), step=_float_step(float(default)),
+                                format="%g", key=key, help=meta.get("help"))
+            else:
+                st.text_input(_label(f.name), key=key, help=meta.get("help"))
+        values[f.name] = st.session_state[key]
+        st.session_state[f"_keep.{key}"] = values[f.name]
+    for f in dataclasses.fields(cls):
+        if f.name in fixed:
+            values[f.name] = fixed[f.name]
+        elif f.name in hide:
+            values[f.name] = defaults.get(f.name, f.default)
+    try:
+        return from_dict(cls, values)
+    except (ConfigError, TypeError) as e:
+        st.error(f"Check the settings: {e}")
+        return None
+
+
+def _num(value, kind):
+    return None if value is None else kind(value)
+
+
+def start_button(stage: str, config, noun: str | None = None, key: str | None = None) -> None:
+    """Start (or Resume, when an earlier run of the same folder stopped part way) ``stage``."""
+    resume = app_data.resume_point(stage, dataclasses.asdict(config)) if config is not None else None
+    finished = resume is not None and resume["done"] >= resume["total"]
+    label = "Resume" if resume and not finished else "Start"
+    noun = noun or STAGE_TITLES[stage].lower()
+    help_text = (f"An earlier run stopped at {resume['done']} of {resume['total']} {resume['unit']}; "
+                 "it continues from its checkpoint." if label == "Resume" else None)
+    if st.button(f"{label} {noun}", key=key or f"start.{stage}", type="primary", icon=":material/play_arrow:",
+                 disabled=config is None, help=help_text):
+        start_job(stage, config)
+
+
+# --- pictures and plots ------------------------------------------------------------------------------
+
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+def line_chart(records: list[dict], x: str, series: dict[str, str], title: str, y_title: str = "",
+               key: str | None = None, log_y: bool = False, height: int = 300) -> None:
+    """Plotly lines of ``records`` (dicts): ``series`` maps a legend label to a record key."""
+    fig = go.Figure()
+    for (label, field), color in zip(series.items(), SERIES_COLORS):
+        pts = [(r[x], r[field]) for r in records if r.get(field) is not None and r.get(x) is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(pts) < 40 else "lines",
+                                     name=label, line={"color": color}))
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      xaxis_title=x, yaxis_title=y_title, legend={"orientation": "h", "y": -0.25})
+    if log_y:
+        fig.update_yaxes(type="log")
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
+def histogram(values: list[float], title: str, x_title: str, key: str | None = None, bins: int = 30) -> None:
+    fig = go.Figure(go.Histogram(x=values, nbinsx=bins, marker={"color": SERIES_COLORS[0]}))
+    fig.update_layout(title=title, height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=x_title,
+                      yaxis_title="episodes", bargap=0.05)
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
+# --- models, cached per file version -------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading V…", max_entries=4)
+def _vae(path: str, version: float):
+    from core.vae import load_vae
+    return load_vae(path)
+
+
+def load_vae(vae_dir: str):
+    """The VAE in ``vae_dir`` (reloaded when its weights change, e.g. at a training checkpoint)."""
+    path = app_data.resolve(vae_dir)
+    return _vae(str(path), app_data.mtime(path / "vae.weights.h5"))
+
+
+@st.cache_resource(show_spinner="Loading the world model…", max_entries=4)
+def _world_model(path: str, versions: tuple, with_controller: bool):
+    from core.dream import WorldModel
+    return WorldModel.load(path, with_controller=with_controller)
+
+
+def load_world_model(model_dir: str, with_controller: bool = True):
+    """V and M (and C) of ``model_dir`` for dreams and predictions, reloaded when a weights file changes."""
+    path = app_data.resolve(model_dir)
+    versions = tuple(app_data.mtime(path / part / name) for part, name in app_data.WEIGHT_FILES.items())
+    return _world_model(str(path), versions, with_controller)
+
+
+def artifact_caption(art: dict | None, what: str) -> str:
+    if art is None:
+        return f"No {what} yet."
+    state = "complete" if art["complete"] else ("training" if art["training"] else "stopped part way")
+    return f"{what} in `{art['path']}` · {state} · {app_data.when(art['created'])}"
+
+
+def elapsed_since(timestamp: float | None) -> str:
+    return "" if not timestamp else _duration(time.time() - timestamp) + " ago"
