@@ -106,6 +106,25 @@ def _first_row_covered_by_hud(like: pygame.Surface) -> int:
     return top
 
 
+_font: pygame.font.Font | None = None  # the HUD font, loaded once (the stock code loads it every frame)
+
+
+def _hud_font() -> pygame.font.Font:
+    global _font
+    if _font is None:
+        _font = pygame.font.Font(pygame.font.get_default_font(), FONT_SIZE)
+    return _font
+
+
+def _forget_font() -> None:
+    """Drop the cached font: after ``pygame.quit()`` or ``pygame.font.quit()`` it can no longer render."""
+    global _font
+    _font = None
+
+
+pygame.register_quit(_forget_font)
+
+
 def _view(surface: pygame.Surface) -> np.ndarray:
     """uint32 (H, W) view of a 32-bit surface's pixels. The surface stays locked while it lives."""
     return np.asarray(surface.get_view("2")).T
@@ -179,7 +198,6 @@ class FastCarRacing(CarRacing):
     ``gymnasium.make("CarRacing-v3")`` for the same seed and actions.
     """
 
-    _font: pygame.font.Font | None = None  # shared: loading it from disk is what the stock does per frame
     _score_cache: tuple[str, pygame.Surface, pygame.Rect] | None = None
     _canvas: _Canvas | None = None
     _fill_cache: tuple[tuple[float, ...], pygame.Color] | None = None
@@ -222,6 +240,7 @@ class FastCarRacing(CarRacing):
         if mode not in ("state_pixels", "rgb_array"):
             return super()._render(mode)
         if not pygame.font.get_init():
+            _forget_font()
             pygame.font.init()
         if self.clock is None:
             self.clock = pygame.time.Clock()
@@ -345,9 +364,11 @@ class FastCarRacing(CarRacing):
         cached = self._score_cache
         if cached is not None and cached[0] == label:
             return cached[1], cached[2]
-        if FastCarRacing._font is None:
-            FastCarRacing._font = pygame.font.Font(pygame.font.get_default_font(), FONT_SIZE)
-        text = FastCarRacing._font.render(label, True, (255, 255, 255), (0, 0, 0))
+        try:
+            text = _hud_font().render(label, True, (255, 255, 255), (0, 0, 0))
+        except pygame.error:  # the font module was quit and started again since the font was loaded
+            _forget_font()
+            text = _hud_font().render(label, True, (255, 255, 255), (0, 0, 0))
         rect = text.get_rect()
         rect.center = SCORE_CENTER
         self._score_cache = (label, text, rect)

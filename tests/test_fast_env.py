@@ -257,6 +257,20 @@ def test_human_render_mode_still_works():
     fast.close()
 
 
+def test_survives_pygame_quit_and_font_restart():
+    """A human-mode env closing (``pygame.quit()``) mid-episode must not break the cached HUD font."""
+    import pygame
+
+    stock, fast = pair()
+    reset_both(stock, fast, "quit", seed=15)
+    step_both(stock, fast, brownian(15, 30), "before pygame.quit")
+    pygame.quit()
+    step_both(stock, fast, brownian(16, 40), "after pygame.quit")
+    pygame.font.quit()
+    pygame.font.init()
+    step_both(stock, fast, brownian(17, 40), "after a font restart")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(20))
 def test_full_episodes_identical(seed):
