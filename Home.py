@@ -76,7 +76,7 @@ def home() -> None:
                     line = (f"{m.get('generation', 0)} generations · best evaluation "
                             f"{_fmt(m.get('best_eval'))}")
                 state = "complete" if art["complete"] else ("training" if art["training"] else "stopped part way")
-                st.markdown(f"`{folder}/` {'⭐ ' if folder == default else ''}· {state}")
+                st.markdown(f"`{folder}/` · {state}" + (" · **loaded by default**" if folder == default else ""))
                 st.caption(f"{line} · {app_data.when(art['created'])}")
             if not any(app_data.artifact(app_data.resolve(f) / kind, kind) for f in (DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR)):
                 st.caption("Not trained yet.")
@@ -87,7 +87,7 @@ def home() -> None:
         shipped = "the shipped world model" if default == SHIPPED_MODEL_DIR else "your trained world model"
         score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
                  f"evaluation tracks ({report['env']} env, {app_data.when(report.get('date'))})." if report else "")
-        st.success(f"Dream and Race use {shipped} in `{default}/` (⭐).{score}")
+        st.success(f"Dream and Race use {shipped} in `{default}/`.{score}")
     else:
         st.info(f"No complete world model yet (V, M and C in `{SHIPPED_MODEL_DIR}/` or `{DEFAULT_RUN_DIR}/`). "
                 "Train one with the pages on the left, or from the command line: `python -m core --help`.")

@@ -97,8 +97,11 @@ def world_model(model_dir: Path | str) -> dict:
 
 
 def default_model_dir() -> str:
-    """The world model the app loads: ``runs`` when it holds V, M and C, else the shipped ``models``."""
-    return DEFAULT_RUN_DIR if world_model(DEFAULT_RUN_DIR)["usable"] else SHIPPED_MODEL_DIR
+    """The world model the app loads unless told otherwise: the shipped ``models``, or ``runs`` when only
+    that one holds V, M and C (the Race page makes the same choice)."""
+    if not world_model(SHIPPED_MODEL_DIR)["usable"] and world_model(DEFAULT_RUN_DIR)["usable"]:
+        return DEFAULT_RUN_DIR
+    return SHIPPED_MODEL_DIR
 
 
 def model_dirs(require: tuple[str, ...] = PARTS) -> list[str]:

@@ -1,0 +1,105 @@
+"""Background jobs: real stages in child processes, progress, stop, failure, restart and resume."""
+
+import json
+import time
+
+import pytest
+
+from core import app_data
+from core.artifacts import read_history, read_json
+from core.config import CollectConfig, VAEConfig
+from core.jobs import JobAlreadyRunning, JobRegistry
+from tests.conftest import TEST_ENV
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = JobRegistry(tmp_path / "jobs", cwd=tmp_path)
+    yield reg
+    reg.shutdown(timeout=30)
+
+
+def test_collect_job_reports_progress_and_leaves_episodes(registry, tmp_path):
+    job = registry.start("collect", CollectConfig(out_dir="data", episodes=2, max_steps=20, workers=1,
+                                                  env=TEST_ENV))
+    assert job.active and job.pid
+    assert job.wait(120), "collect job did not finish"
+    snap = job.snapshot()
+    assert snap["status"] == "done", snap["error"]
+    assert (snap["step"], snap["total"]) == (2, 2)
+    returns = [r["return"] for r in snap["history"] if "return" in r]
+    assert len(returns) == 2  # one progress record per episode, with its return
+    assert snap["result"]["episodes"] == 2 and snap["result"]["frames"] == 42
+    assert sorted(p.name for p in (tmp_path / "data").glob("ep_*.npz")) == ["ep_0000000.npz", "ep_0000001.npz"]
+    record = read_json(tmp_path / "jobs" / f"{job.id}.json")
+    assert record["status"] == "done" and record["stage"] == "collect"
+
+
+def test_second_start_is_refused_and_stop_ends_the_job_cleanly(registry, tmp_path):
+    config = CollectConfig(out_dir="data", episodes=30, max_steps=1000, workers=1, env=TEST_ENV)
+    job = registry.start("collect", config)
+    with pytest.raises(JobAlreadyRunning) as refused:
+        registry.start("collect", config)
+    assert refused.value.job is job and job.id in str(refused.value)
+    wait_for(lambda: job.status == "running", what="the job to report progress")
+    job.cancel()
+    assert job.snapshot()["status"] == "stopping"
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap["status"] == "stopped" and snap["error"] is None
+    assert snap["step"] < 30
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert len(manifest["episodes"]) == snap["result"]["episodes"] < 30
+    assert registry.active("collect") is None
+
+
+def test_a_user_error_fails_the_job_in_plain_words(registry):
+    job = registry.start("train-vae", VAEConfig(data_dir="no/such/folder", z_size=8, epochs=1))
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap["status"] == "failed"
+    assert "no/such/folder" in snap["error"] and "collect" in snap["error"]
+    assert snap["error_detail"] is None  # a user error carries no traceback
+
+
+def test_after_a_restart_jobs_are_read_back_and_a_stopped_training_resumes(tmp_path, tiny_data):
+    """Stop a VAE training job part way, 'restart the server' (a new registry over the same folder), see
+    the stopped job and the one that was running when the server died, then resume from the checkpoint."""
+    config = VAEConfig(data_dir=str(tiny_data), run_dir="run", z_size=8, epochs=2, batch_size=16,
+                       holdout=0.0)
+    first = JobRegistry(tmp_path / "jobs", cwd=tmp_path)
+    job = first.start("train-vae", config)
+    wait_for(lambda: job.step >= 1, timeout=120, what="a training batch")
+    job.cancel()
+    assert job.wait(120)
+    stopped_at = job.snapshot()["result"]["step"]
+    assert job.status == "stopped" and 0 < stopped_at < job.total
+    # A record left "running" by a server that died.
+    (tmp_path / "jobs" / "deadbeef.json").write_text(json.dumps(
+        {"id": "deadbeef", "stage": "collect", "status": "running", "step": 3, "total": 9,
+         "config": {"out_dir": "data"}, "out_dir": "data", "started_at": 1.0}))
+
+    again = JobRegistry(tmp_path / "jobs", cwd=tmp_path)
+    assert again.get(job.id).status == "stopped"
+    assert again.get("deadbeef").status == "interrupted" and again.get("deadbeef").step == 3
+    assert again.latest("train-vae").id == job.id and again.active("train-vae") is None
+    resume = app_data.resume_point("train-vae", {"run_dir": str(tmp_path / "run")})
+    assert resume["done"] == stopped_at and resume["total"] == job.total
+
+    resumed = again.start("train-vae", config)
+    assert resumed.wait(180)
+    snap = resumed.snapshot()
+    assert snap["status"] == "done", snap["error"]
+    assert snap["result"]["resumed_from"] == stopped_at and snap["result"]["complete"]
+    assert snap["history"][0]["step"] > stopped_at  # it went on from the checkpoint, not from zero
+    assert read_history(tmp_path / "run" / "vae" / "history.jsonl")
+    assert read_json(tmp_path / "run" / "vae" / "meta.json")["metrics"]["complete"]
