@@ -91,19 +91,30 @@ FIELD_POLY = [(PLAYFIELD, PLAYFIELD), (PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, -PLA
 HUD_BAR = [(WINDOW_W, WINDOW_H), (WINDOW_W, WINDOW_H - HUD_BAR_H), (0, WINDOW_H - HUD_BAR_H), (0, WINDOW_H)]
 
 
+_hud_tops: dict[tuple, int] = {}  # pixel format -> first row the HUD bar covers
+
+
 def _first_row_covered_by_hud(like: pygame.Surface) -> int:
     """First row from which the stock HUD bar, drawn black over the flipped frame, paints every pixel.
 
-    Measured by drawing it once, so a different rasteriser gives a different (still correct) answer.
+    Measured by drawing it once per pixel format, so a different rasteriser gives a different (still
+    correct) answer.
     """
-    probe = pygame.Surface(like.get_size(), 0, like)
-    probe.fill((255, 255, 255))
-    pygame.draw.polygon(probe, color=(0, 0, 0), points=HUD_BAR)
-    row_black = (pygame.surfarray.array2d(probe) == probe.map_rgb((0, 0, 0))).all(axis=0)  # [x, y] -> y
-    top = WINDOW_H
-    while top > 0 and row_black[top - 1]:
-        top -= 1
-    return top
+    key = _pixel_format(like)
+    if key not in _hud_tops:
+        probe = pygame.Surface(like.get_size(), 0, like)
+        probe.fill((255, 255, 255))
+        pygame.draw.polygon(probe, color=(0, 0, 0), points=HUD_BAR)
+        row_black = (pygame.surfarray.array2d(probe) == probe.map_rgb((0, 0, 0))).all(axis=0)  # [x, y] -> y
+        top = WINDOW_H
+        while top > 0 and row_black[top - 1]:
+            top -= 1
+        _hud_tops[key] = top
+    return _hud_tops[key]
+
+
+def _pixel_format(surface: pygame.Surface) -> tuple:
+    return surface.get_bitsize(), surface.get_masks(), surface.get_size()
 
 
 _font: pygame.font.Font | None = None  # the HUD font, loaded once (the stock code loads it every frame)
@@ -142,7 +153,13 @@ class _Canvas:
         self.world = pygame.Surface((WINDOW_W, WINDOW_H))
         self.hud = pygame.Surface((WINDOW_W, WINDOW_H))
         self.hud_top = _first_row_covered_by_hud(self.hud)
+        # The band shortcut reads pixels as 32-bit words; other formats take the stock path.
+        self.banded = self.world.get_bytesize() == 4 and 0 < self.hud_top < WINDOW_H
         self._bands: dict[tuple[int, int], _Bands] = {}
+
+    def matches_default_format(self) -> bool:
+        """Whether a new ``pygame.Surface`` would still get this canvas's pixel format."""
+        return _pixel_format(pygame.Surface((WINDOW_W, WINDOW_H))) == _pixel_format(self.world)
 
     def bands(self, size: tuple[int, int]) -> _Bands:
         if size not in self._bands:
@@ -232,7 +249,8 @@ class FastCarRacing(CarRacing):
         self._centers = self._polys.mean(axis=1)
         self._radii = np.sqrt(((self._polys - self._centers[:, None, :]) ** 2).sum(axis=2)).max(axis=1)
         self._n_grass = len(GRASS_POLYS)
-        self._canvas = None  # made again on the next frame, as the stock makes its surface every frame
+        if self._canvas is not None and not self._canvas.matches_default_format():
+            self._canvas = None  # the stock code's per-frame surface would now get another format
 
     # ---- frame ---------------------------------------------------------------------------------------
 
@@ -265,7 +283,7 @@ class FastCarRacing(CarRacing):
         self.surf = world
 
         size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
-        if self._draw_hud(canvas.hud, top):
+        if canvas.banded and self._draw_hud(canvas.hud, top):
             return canvas.bands(size).shrink()
         return self._shrink_whole(canvas, size)
 
