@@ -19,7 +19,8 @@ result is thrown away:
   each band separately and stacking them gives the same bytes as shrinking the whole frame. The
   upside-down flip is therefore applied to the 96-pixel-wide band instead of the 1000-pixel frame, and
   the HUD is drawn on its own band.
-* Caching. The font, the rendered score text and the window-sized surfaces are made once.
+* Caching. The font, the rendered score text and the window-sized surfaces are made once; the stock
+  code loads the font from disk and allocates two 1000x800 surfaces every frame.
 
 Where an assumption behind a shortcut does not hold (the camera zooms out at the start, the window
 reaches past the edge of the field, an indicator grows above the HUD bar) that part falls back to the
@@ -288,7 +289,7 @@ class FastCarRacing(CarRacing):
         return self._shrink_whole(canvas, size)
 
     def _canvases(self) -> _Canvas:
-        """Window-sized surfaces kept across frames, made the stock way once per episode."""
+        """Window-sized surfaces kept across frames and episodes (the stock code makes one per frame)."""
         if self._canvas is None:
             self._canvas = _Canvas()
         return self._canvas
