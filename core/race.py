@@ -180,6 +180,43 @@ def replay_run(seed: int, actions: np.ndarray, render: bool = False) -> ReplayRe
 # The AI
 
 
+_BLAS_LIMITED = False
+
+
+def single_threaded_blas() -> bool:
+    """Make NumPy's BLAS single-threaded in this process (once); returns whether it could.
+
+    The race steps each car on its own thread, 50 times a second. With BLAS free to start a thread per
+    core, the agent's small matrix products (about 2 ms a step alone) took about 100 ms a step on two
+    busy cores, as BLAS threads fought the race threads. Worker processes get the same effect from
+    ``OPENBLAS_NUM_THREADS=1`` (``core.env.quiet_workers``), but in the app's server NumPy is loaded
+    before any race exists, so the limit is set on the loaded library.
+    """
+    global _BLAS_LIMITED
+    if _BLAS_LIMITED:
+        return True
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1, user_api="blas")
+        _BLAS_LIMITED = True
+        return True
+    except ImportError:
+        pass
+    import ctypes
+    import glob
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*"))
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(1)
+                _BLAS_LIMITED = True
+                return True
+    log.warning("could not limit NumPy's BLAS to one thread; the AI may step slowly on a busy machine")
+    return False
+
+
 _AGENT_CACHE: dict[tuple[str, float], tuple[dict, np.ndarray]] = {}
 _AGENT_LOCK = threading.Lock()
 
@@ -538,10 +575,11 @@ class RaceRegistry:
     """
 
     def __init__(self, config: RaceConfig | None = None, board_path: Path | str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, agent_loader: Callable[[str], object] | None = None):
         self.config = validate(config or RaceConfig())
         self.board_path = board_path
         self._clock = clock
+        self._load_agent = agent_loader or load_agent  # model_dir -> a fresh agent (benchmarks pass their own)
         self._races: dict[str, RaceSession] = {}
         self._lock = threading.Lock()
         self._pending = 0  # slots reserved by races being built
@@ -568,7 +606,10 @@ class RaceRegistry:
                 raise RaceFull(f"all {config.max_races} race slots are in use; please wait a moment and try again")
             self._pending += 1
         try:
-            agent = load_agent(config.model_dir) if mode in ("vs_ai", "watch") else None
+            agent = None
+            if mode in ("vs_ai", "watch"):
+                single_threaded_blas()
+                agent = self._load_agent(config.model_dir)
             session = RaceSession(seed=seed, mode=mode, player=player, config=config, owner=owner, agent=agent,
                                   on_finish=self._score_later, clock=self._clock)
             with self._lock:

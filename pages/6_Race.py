@@ -29,7 +29,8 @@ session = registry.for_owner(owner)
 
 def start(**race_args) -> None:
     try:
-        registry.create(owner=owner, **race_args)
+        with st.spinner("Loading the AI's world model…" if race_args["mode"] != "solo" else "Building the track…"):
+            registry.create(owner=owner, **race_args)
     except race.RaceFull as e:
         st.warning(f"{e}. Races running now: {registry.active()}.", icon="⏳")
     except (race.RaceError, InvalidName) as e:

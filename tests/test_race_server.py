@@ -120,7 +120,8 @@ def test_keys_steer_the_car(server):
     assert angle_left > 0.2 and angle_right < -0.2  # Box2D angles: counter-clockwise is positive
     assert left_img[0] != right_img[0]
     log = left.human.action_log()
-    assert (log[:, 0] == -1).sum() >= 30 and (log[:, 0] == 1).sum() == 0 and log[:, 1].min() == 1.0
+    # the first step or two may run before the first key message lands (no countdown here)
+    assert (log[:, 0] == -1).sum() >= 30 and (log[:, 0] == 1).sum() == 0 and log[5:, 1].min() == 1.0
 
 
 def test_an_unknown_token_is_refused(server, monkeypatch):

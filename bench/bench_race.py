@@ -1,0 +1,254 @@
+"""Live races over the race WebSocket on loopback: frames a second delivered, and key-to-frame latency.
+
+    python -m bench.bench_race [--quick]
+
+The server runs in its own process (as under ``streamlit run``: uvicorn with the websockets-sansio
+protocol, ``core.race_server.race_routes``), so the client's work here does not share its GIL. The client
+drives in circles (gas and left, so the car stays on the map) and counts the frames of running races it
+receives; the latency test flips the gas key at random moments and times each flip to the first frame
+whose ``ack`` shows the step used it. Other work on the machine shows directly in these figures: the
+section states the load average it ran under.
+
+Goals (issue 5): at least 45 frames a second for one race and for each of 4 races at once; median key
+press to first frame reflecting it at most 60 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_FPS = 45.0  # frames a second delivered, per race
+GOAL_LATENCY_MS = 60.0  # median key press -> first frame reflecting it
+# Races the server opens: one alone, four at once, one for latency, one against a random-weight AI.
+SOLO, GROUP, LATENCY, VERSUS = "solo", "group", "latency", "versus"
+PLAN = [SOLO, GROUP, GROUP, GROUP, GROUP, LATENCY, VERSUS]
+
+
+def _random_agent_loader(model_dir: str):
+    """An Agent at the paper's sizes (z 32, h 256, 5 mixtures) with random weights: timing does not
+    depend on what it learned."""
+    import numpy as np
+
+    from core.agent import Agent, extract_weights
+    from core.controller import num_params
+    from core.mdnrnn import MDNRNN
+    from core.vae import ConvVAE
+    weights = extract_weights(ConvVAE(32), MDNRNN(32, 256, 5))
+    params = np.random.default_rng(0).normal(scale=0.1, size=num_params(32, 256)).astype(np.float32)
+    return Agent(weights, params)
+
+
+def serve(port: int, with_ai: bool) -> None:
+    """The server process: open the races of PLAN, print their tokens, serve until killed."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from core.race import RaceConfig, RaceRegistry
+    from core.race_server import race_routes
+
+    config = RaceConfig(countdown_s=0.0, resume_countdown_s=0.0, max_races=len(PLAN), max_steps=1000)
+    registry = RaceRegistry(config, board_path=Path(tempfile.mkdtemp()) / "bench.sqlite3",
+                            agent_loader=_random_agent_loader)
+    tokens = {}
+    for i, role in enumerate(PLAN):
+        if role == VERSUS and not with_ai:
+            continue
+        mode = "vs_ai" if role == VERSUS else "solo"
+        session = registry.create(owner=f"bench-{i}", player=f"bench {i}", seed=100 + i, mode=mode)
+        tokens.setdefault(role, []).append(session.token)
+    env = type(session.drivers[0].env.unwrapped).__name__
+    print(json.dumps({"tokens": tokens, "env": env}), flush=True)
+    uvicorn.run(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port, log_level="warning",
+                ws="websockets-sansio", ws_per_message_deflate=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _join(url: str, token: str):
+    import websockets
+    ws = await websockets.connect(url, max_size=2**22)
+    await ws.send(json.dumps({"type": "hello", "token": token}))
+    ready = json.loads(await ws.recv())
+    if ready.get("type") != "ready":
+        raise RuntimeError(f"race refused: {ready}")
+    return ws
+
+
+async def _frame(ws) -> dict:
+    from core.race_server import decode_frame
+    while True:
+        msg = await asyncio.wait_for(ws.recv(), 10)
+        if isinstance(msg, bytes):
+            return decode_frame(msg)[0]
+
+
+async def _stream(url: str, token: str, seconds: float) -> dict:
+    """Drive in circles (gas and left: the car stays on the map) for ``seconds`` of a running race; frames
+    a second, skipped steps and the 95th percentile of the gaps between frames."""
+    from core.race import KEY_GAS, KEY_LEFT
+    ws = await _join(url, token)
+    try:
+        await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
+        while (await _frame(ws))["status"] != "running":
+            pass
+        start = last = time.perf_counter()
+        steps, gaps = [], []
+        while time.perf_counter() - start < seconds:
+            meta = await _frame(ws)
+            if meta["status"] != "running":
+                raise RuntimeError(f"the race stopped early: {meta['status']} at step {meta['step']}")
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+            steps.append(meta["step"])
+        elapsed = last - start
+    finally:
+        await ws.close()
+    gaps.sort()
+    return {"fps": len(steps) / elapsed, "skipped": (steps[-1] - steps[0] + 1) - len(steps),
+            "gap_p95_ms": 1000 * gaps[int(0.95 * (len(gaps) - 1))]}
+
+
+async def _latency(url: str, token: str, presses: int) -> list[float]:
+    """Seconds from sending a key change to the first frame whose step used it, per press. Presses go out
+    on their own clock, 50 to 150 ms apart, not just after a frame arrives (which would always land right
+    after a tick and measure a full tick)."""
+    from core.race import KEY_GAS, KEY_LEFT
+    rng = random.Random(0)
+    ws = await _join(url, token)
+    acked = {"seq": 0}
+    arrived = asyncio.Event()
+
+    async def read():
+        while True:
+            meta = await _frame(ws)
+            acked["seq"] = meta["ack"]
+            acked["at"] = time.perf_counter()
+            arrived.set()
+
+    reader = asyncio.create_task(read())
+    out = []
+    try:
+        for seq in range(1, presses + 1):
+            await asyncio.sleep(rng.uniform(0.05, 0.15))
+            mask = KEY_LEFT | (KEY_GAS if seq % 2 else 0)  # circles: the car stays on the map
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "keys", "mask": mask, "seq": seq}))
+            while acked["seq"] < seq:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 10)
+            out.append(acked["at"] - sent)
+    finally:
+        reader.cancel()
+        await ws.close()
+    return out
+
+
+def _measure(url: str, tokens: dict, quick: bool) -> dict:
+    seconds = 4.0 if quick else 10.0
+    results = {"solo": asyncio.run(_stream(url, tokens[SOLO][0], seconds))}
+
+    async def group():
+        return await asyncio.gather(*[_stream(url, t, seconds) for t in tokens[GROUP]])
+    results["group"] = asyncio.run(group())
+    results["latency"] = asyncio.run(_latency(url, tokens[LATENCY][0], 30 if quick else 80))
+    if VERSUS in tokens:
+        results["versus"] = asyncio.run(_stream(url, tokens[VERSUS][0], seconds))
+    return results
+
+
+def run(quick: bool = False) -> str:
+    """Start a race server process, measure, and return a Markdown section."""
+    port = _free_port()
+    with_ai = True
+    load_before = os.getloadavg()[0]
+    cmd = [sys.executable, "-m", "bench.bench_race", "--serve", str(port)] + ([] if with_ai else ["--no-ai"])
+    # No OMP/OPENBLAS thread limits here: the app's server has none either (core.race limits BLAS itself).
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", SDL_VIDEODRIVER="dummy")
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError("the race server did not start")
+        info = json.loads(line)
+        url = f"ws://127.0.0.1:{port}/api/race/ws"
+        deadline = time.monotonic() + 30
+        while True:  # wait until uvicorn listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        r = _measure(url, info["tokens"], quick)
+    finally:
+        server.terminate()
+        server.wait(10)
+    lat = sorted(1000 * x for x in r["latency"])
+    median = statistics.median(lat)
+    p95 = lat[int(0.95 * (len(lat) - 1))]
+    group_fps = [g["fps"] for g in r["group"]]
+
+    def ok(good: bool) -> str:
+        return "met" if good else "**missed**"
+
+    rows = [
+        ("1 race, frames/s delivered", f"{r['solo']['fps']:.1f} (skipped steps {r['solo']['skipped']}, "
+         f"p95 gap {r['solo']['gap_p95_ms']:.0f} ms)", f">= {GOAL_FPS:.0f}", ok(r["solo"]["fps"] >= GOAL_FPS)),
+        ("4 races at once, frames/s per race (min / mean)",
+         f"{min(group_fps):.1f} / {statistics.mean(group_fps):.1f} "
+         f"(skipped steps {sum(g['skipped'] for g in r['group'])})", f">= {GOAL_FPS:.0f} each",
+         ok(min(group_fps) >= GOAL_FPS)),
+        ("key press -> first frame using it (median / p95)", f"{median:.1f} ms / {p95:.1f} ms",
+         f"median <= {GOAL_LATENCY_MS:.0f} ms", ok(median <= GOAL_LATENCY_MS)),
+    ]
+    if "versus" in r:
+        rows.append(("1 race vs the AI (two cars + V, M, C each step), frames/s",
+                     f"{r['versus']['fps']:.1f} (skipped steps {r['versus']['skipped']})", "(no goal)", ""))
+    lines = [
+        "## Race streaming (core/race_server.py)",
+        "",
+        f"`python -m bench.bench_race{' --quick' if quick else ''}`: a race server process (uvicorn, "
+        f"websockets-sansio, env `{info['env']}`, 96x96 PNG frames) and a Python WebSocket client on "
+        f"loopback driving in circles; {4 if quick else 10} s of each running race, {len(lat)} key presses "
+        "at random moments. The AI in the last row has random weights at the paper's sizes. Load average "
+        f"(1 min) before and after: {load_before:.1f} and {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        "",
+        "| measure | result | goal | |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, rougher figures")
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--no-ai", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, with_ai=not args.no_ai)
+    else:
+        print(run(quick=args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The Race and Leaderboard pages under Streamlit's AppTest (no browser: the race view's JavaScript is
+covered by tests/browser/test_race_browser.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import race
+from core.leaderboard import Leaderboard, Run
+from core.race import KEY_GAS, RaceConfig, RaceRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+RACE_PAGE = str(ROOT / "pages" / "6_Race.py")
+BOARD_PAGE = str(ROOT / "pages" / "7_Leaderboard.py")
+CONFIG = RaceConfig(max_steps=20, countdown_s=0.0, max_races=2)
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    reg = RaceRegistry(CONFIG, board_path=tmp_path / "board.sqlite3")
+    monkeypatch.setattr(race, "_REGISTRY", reg)
+    monkeypatch.setenv("WM_LEADERBOARD_DB", str(tmp_path / "board.sqlite3"))
+    yield reg
+    reg.shutdown()
+
+
+def messages(at, kind):
+    return [e.value for e in getattr(at, kind)]
+
+
+def test_race_page_validates_then_races_and_shows_scores_and_video(registry):
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60).run()
+    assert not at.exception
+    at.text_input[0].set_value("   ")
+    at.button[0].click().run()  # the form's submit button
+    assert any("player name" in m for m in messages(at, "error"))
+    assert registry.active() == 0
+
+    at.text_input[0].set_value("<script>alert(1)</script>"[:24])
+    at.radio[1].set_value("Pick a track")
+    at.number_input[0].set_value(17)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    session = registry.for_owner(at.session_state["race_owner"])
+    assert session is not None and session.seed == 17 and session.player == "<script>alert(1)</script>"[:24]
+    assert any("Track 17" in h.value for h in at.subheader)
+
+    while not session.finished:  # the WebSocket ticker's job, done here by hand
+        session.set_keys(KEY_GAS)
+        session.tick()
+    registry.wait_scored()
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["label"].tolist() == [session.player] and table["steps"].tolist() == [20]
+    assert table["score"].iloc[0] == pytest.approx(session.human.score)
+
+    next(b for b in at.button if "video" in b.label).click().run()
+    assert not at.exception
+    assert at.get("video") and at.get("download_button")
+
+    next(b for b in at.button if b.label == "Race again on this track").click().run()
+    again = registry.for_owner(at.session_state["race_owner"])
+    assert again is not session and again.seed == 17 and registry.get(session.token) is None
+
+
+def test_race_page_tells_the_next_person_to_wait(registry):
+    for owner in ("a", "b"):
+        registry.create(owner=owner, player="Ann", seed=1, mode="solo")
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60).run()
+    at.text_input[0].set_value("Cy")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("wait" in w for w in messages(at, "warning"))
+    assert registry.for_owner(at.session_state["race_owner"]) is None
+
+
+def test_race_page_offers_only_solo_without_a_world_model(registry, monkeypatch):
+    monkeypatch.setattr(race, "available_models", lambda root=None: [])
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60).run()
+    assert at.radio[0].options == ["Drive alone"]
+    assert any("No trained world model" in m for m in messages(at, "info"))
+
+
+def add(board, player, kind, seed, score, model=""):
+    actions = np.tile(np.array([[0, 1, 0]], np.float32), (10, 1))
+    return board.add(Run(player, kind, model, seed, score, 10, 2, 300, "time", actions))
+
+
+def test_leaderboard_page_filters_charts_and_renders(registry):
+    at = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
+    assert not at.exception and any("No runs yet" in m for m in messages(at, "info"))
+
+    board = Leaderboard()
+    add(board, "<img src=x onerror=alert(1)>"[:24], "human", 4, 50.0)
+    add(board, "<img src=x onerror=alert(1)>"[:24], "human", 4, 70.0)
+    add(board, "Bob'); DROP TABLE runs;--"[:24], "human", 5, 10.0)
+    ai_run = add(board, "AI", "ai", 4, 60.0, model="models")
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["score"].tolist() == [70.0, 60.0, 10.0]  # best per player
+    assert at.get("plotly_chart")
+
+    at.radio[0].set_value("AI").run()
+    assert at.dataframe[0].value["kind"].tolist() == ["ai"]
+    at.radio[0].set_value("Everyone").run()
+    at.radio[1].set_value("All runs").run()
+    at.selectbox[0].set_value(4).run()
+    assert at.dataframe[0].value["score"].tolist() == [70.0, 60.0, 50.0]
+
+    at.multiselect[0].set_value([ai_run]).run()
+    next(b for b in at.button if b.label == "Render video").click().run()
+    assert not at.exception and at.get("video")
+    assert board.count() == 4
