@@ -19,14 +19,15 @@ from pathlib import Path
 import cma
 import numpy as np
 
-from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_write_json, read_json,
-                            write_meta)
+from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_save_npz,
+                            atomic_write_json, read_json, write_meta)
 from core.config import EvolveConfig, to_dict, validate
 from core.controller import PARAMS_FILE, load_controller, num_params, save_params
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
 CMA_STATE = "cma_state.pkl"
+LATEST = "latest.npz"  # the CMA-ES mean and the best candidate of the last generation
 STATE = "state.json"
 TRAIN_EVAL_SEED_BASE = 900_000  # fixed training tracks for periodic evaluation (below EVAL_SEED_BASE)
 
@@ -129,6 +130,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 state["train_seconds"] += time.monotonic() - started
                 metrics["seconds"] = round(time.monotonic() - started, 2)
                 history.append(metrics)
+                atomic_save_npz(out_dir / LATEST, mean=np.asarray(es.mean, np.float32),
+                                best_candidate=np.asarray(candidates[best_i], np.float32), generation=np.int64(gen))
                 _save_es(out_dir, es)
                 atomic_write_json(state_path, state)  # the checkpoint is complete
                 write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},

@@ -19,7 +19,8 @@ from core.progress import ProgressCallback, keep_going
 PARTS = {
     "vae": ("vae.weights.h5", "config.json", "meta.json", "history.jsonl"),
     "rnn": ("rnn.weights.h5", "config.json", "meta.json", "history.jsonl"),
-    "controller": ("params.npz", "config.json", "meta.json", "history.jsonl", "evaluation.json", "state.json"),
+    "controller": ("params.npz", "latest.npz", "config.json", "meta.json", "history.jsonl", "evaluation.json",
+                   "state.json"),
 }
 TRAINING_STATE = ("cma_state.pkl",)
 REQUIRED = {"vae.weights.h5", "rnn.weights.h5", "params.npz", "config.json"}

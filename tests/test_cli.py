@@ -101,6 +101,9 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     assert out["resumed_from"] == killed_at >= 2 and out["generation"] == 8
     gens = [r["generation"] for r in read_history(run / "controller" / "history.jsonl")]
     assert gens == list(range(1, 9))
+    import numpy as np
+    with np.load(run / "controller" / "latest.npz") as f:
+        assert int(f["generation"]) == 8 and f["mean"].shape == f["best_candidate"].shape == (out["n_params"],)
 
 
 @pytest.mark.parametrize("args, message", [
