@@ -55,7 +55,7 @@ _COLUMNS = "id, player, kind, model, seed, score, steps, tiles, total_tiles, out
 
 
 class InvalidName(ValueError):
-    """A player name that cannot be stored; the message says why and shows (a safe prefix of) it."""
+    """A player name that cannot be stored; the message says why without repeating the name."""
 
 
 def validate_player_name(raw: object) -> str:
@@ -72,8 +72,8 @@ def validate_player_name(raw: object) -> str:
     if not name:
         raise InvalidName("enter a player name (it may not be empty or only spaces)")
     if len(name) > NAME_MAX_CHARS:
-        raise InvalidName(f"a player name may have at most {NAME_MAX_CHARS} characters; this one has "
-                          f"{len(name)} ({name[:NAME_MAX_CHARS]!r}…)")
+        # The name itself is not quoted back: pages show this message, and it should carry no user text.
+        raise InvalidName(f"a player name may have at most {NAME_MAX_CHARS} characters; this one has {len(name)}")
     for ch in name:
         category = unicodedata.category(ch)
         # Cf (format) is rejected except the zero-width joiner that builds emoji sequences.
