@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from core import app_data
 from core.artifacts import ArtifactError
 from core.config import DEFAULT_RUN_DIR, ENV_CHOICES, SHIPPED_MODEL_DIR, ConfigError, param, validate
 from core.env import FPS, make_env, tiles_visited
@@ -39,7 +41,6 @@ from core.progress import ProgressCallback, keep_going
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 MODES = ("solo", "vs_ai", "watch")
 MODE_LABELS = {"solo": "Drive alone", "vs_ai": "Race the AI", "watch": "Watch the AI"}
 
@@ -189,7 +190,7 @@ def single_threaded_blas() -> bool:
     The race steps each car on its own thread, 50 times a second. With BLAS free to start a thread per
     core, the agent's small matrix products (about 2 ms a step alone) took about 100 ms a step on two
     busy cores, as BLAS threads fought the race threads. Worker processes get the same effect from
-    ``OPENBLAS_NUM_THREADS=1`` (``core.env.quiet_workers``), but in the app's server NumPy is loaded
+    ``OPENBLAS_NUM_THREADS=1`` (``core.env.spawn_context``), but in the app's server NumPy is loaded
     before any race exists, so the limit is set on the loaded library.
     """
     global _BLAS_LIMITED
@@ -233,10 +234,10 @@ def is_world_model(path: Path | str) -> bool:
         (path / "controller" / "params.npz").exists()
 
 
-def available_models(root: Path | str = ROOT) -> list[str]:
+def available_models(root: Path | str | None = None) -> list[str]:
     """World-model folders the AI can drive with: models/, runs/ and runs/*/ that hold vae/, rnn/ and a
-    controller; paths relative to ``root``."""
-    root = Path(root)
+    controller; paths relative to ``root`` (default: the app's folder, as every page resolves paths)."""
+    root = Path(root) if root is not None else app_data.data_root()
     candidates = [root / SHIPPED_MODEL_DIR, root / DEFAULT_RUN_DIR]
     runs = root / DEFAULT_RUN_DIR
     if runs.is_dir():
@@ -245,8 +246,7 @@ def available_models(root: Path | str = ROOT) -> list[str]:
 
 
 def resolve_model_dir(model_dir: str) -> Path:
-    path = Path(model_dir)
-    return path if path.is_absolute() else ROOT / path
+    return app_data.resolve(model_dir)
 
 
 def load_agent(model_dir: str):
@@ -270,6 +270,33 @@ def load_agent(model_dir: str):
             _AGENT_CACHE[key] = (weights, params)
         weights, params = _AGENT_CACHE[key]
     return Agent(weights, params)
+
+
+_OWNER_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def parse_owner(raw: object) -> str | None:
+    """A race owner id from a URL (16 lowercase hex digits), or None for anything else."""
+    return raw if isinstance(raw, str) and _OWNER_ID.fullmatch(raw) else None
+
+
+def warm_up(model_dir: str) -> None:
+    """Load ``model_dir``'s weights in the background (TensorFlow's import and the load take seconds), so
+    the race starts at once when the player asks for the AI. Errors wait for the real load to report."""
+    path = resolve_model_dir(model_dir)
+    if not is_world_model(path):
+        return
+    with _AGENT_LOCK:
+        if any(k[0] == str(path.resolve()) for k in _AGENT_CACHE):
+            return
+
+    def load() -> None:
+        try:
+            load_agent(model_dir)
+        except Exception:  # noqa: BLE001 - reported when the player starts the race
+            log.debug("warming up %s failed", model_dir, exc_info=True)
+
+    threading.Thread(target=load, name="race-warm-up", daemon=True).start()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -801,6 +828,6 @@ def render_video(run_ids: Sequence[int], board: Leaderboard | None = None,
 __all__ = [
     "RaceConfig", "RaceError", "RaceFull", "RaceSession", "RaceRegistry", "Driver", "ReplayResult",
     "MODES", "MODE_LABELS", "KEY_LEFT", "KEY_RIGHT", "KEY_GAS", "KEY_BRAKE", "keys_to_action", "replay_run",
-    "score_and_record", "get_registry", "available_models", "load_agent", "check_seed", "random_seed",
+    "score_and_record", "get_registry", "available_models", "load_agent", "warm_up", "parse_owner", "check_seed", "random_seed",
     "render_runs_mp4", "render_leaderboard_runs", "render_video", "race_frames", "ConfigError",
 ]

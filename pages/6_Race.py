@@ -23,7 +23,12 @@ race_view = st.components.v2.component(
 
 st.title("Race")
 registry = race.get_registry()
-owner = st.session_state.setdefault("race_owner", secrets.token_hex(8))
+# The owner id also lives in the URL (?racer=...): a reload starts a new Streamlit session, and the id in
+# the URL leads it back to the race it left, which waits paused, instead of stranding it.
+owner = st.session_state.get("race_owner") or race.parse_owner(st.query_params.get("racer")) or secrets.token_hex(8)
+st.session_state["race_owner"] = owner
+if st.query_params.get("racer") != owner:
+    st.query_params["racer"] = owner
 session = registry.for_owner(owner)
 
 
@@ -53,6 +58,8 @@ if session is None:
                "model's AI on the same track. Every run goes to the Leaderboard, scored by the server.")
     models = race.available_models()
     modes = list(race.MODES) if models else ["solo"]
+    if models:
+        race.warm_up(models[0])
     with st.form("race_setup"):
         mode = st.radio("Mode", modes, format_func=race.MODE_LABELS.get, horizontal=True)
         name = st.text_input("Your name (for the leaderboard)", max_chars=NAME_MAX_CHARS)

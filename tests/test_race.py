@@ -295,6 +295,8 @@ def test_the_trained_agent_races(tiny_world_model, tmp_path):
     (app / "runs").mkdir(parents=True)
     (app / "runs" / "mine").symlink_to(tiny_world_model)
     assert race.available_models(app) == ["runs/mine"]  # models/ (absent) and runs/ (no model) are skipped
+    race.warm_up(str(tiny_world_model))  # loads in the background; create() below waits on the same lock
+    race.warm_up(str(tmp_path))  # not a world model: nothing to warm
     reg = RaceRegistry(dataclass_replace(FAST, max_steps=25), board_path=tmp_path / "b.sqlite3")
     try:
         s = reg.create(owner="a", player="Ann", seed=2, mode="vs_ai", model_dir=str(tiny_world_model))
@@ -306,3 +308,7 @@ def test_the_trained_agent_races(tiny_world_model, tmp_path):
         assert results[1]["score"] == pytest.approx(s.drivers[1].score, abs=1e-9)
     finally:
         reg.shutdown()
+
+
+def test_blas_can_be_limited_to_one_thread():
+    assert race.single_threaded_blas()

@@ -24,6 +24,7 @@ CONFIG = RaceConfig(max_steps=20, countdown_s=0.0, max_races=2)
 def registry(tmp_path, monkeypatch):
     reg = RaceRegistry(CONFIG, board_path=tmp_path / "board.sqlite3")
     monkeypatch.setattr(race, "_REGISTRY", reg)
+    monkeypatch.setattr(race, "warm_up", lambda model_dir: None)  # no TensorFlow load in the background
     monkeypatch.setenv("WM_LEADERBOARD_DB", str(tmp_path / "board.sqlite3"))
     yield reg
     reg.shutdown()
@@ -67,6 +68,31 @@ def test_race_page_validates_then_races_and_shows_scores_and_video(registry):
     next(b for b in at.button if b.label == "Race again on this track").click().run()
     again = registry.for_owner(at.session_state["race_owner"])
     assert again is not session and again.seed == 17 and registry.get(session.token) is None
+
+
+def test_a_reloaded_race_page_finds_its_race_again(registry):
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60).run()
+    owner = at.session_state["race_owner"]
+    assert at.query_params["racer"] == [owner] or at.query_params["racer"] == owner
+    at.text_input[0].set_value("Ann")
+    at.button[0].click().run()
+    session = registry.for_owner(owner)
+    assert session is not None
+
+    reloaded = AppTest.from_file(RACE_PAGE, default_timeout=60)  # a new Streamlit session, same URL
+    reloaded.query_params["racer"] = owner
+    reloaded.run()
+    assert not reloaded.exception
+    assert reloaded.session_state["race_owner"] == owner
+    assert any(f"Track {session.seed}" in h.value for h in reloaded.subheader)
+    assert registry.active() == 1
+
+    for junk in ("../../etc", "A" * 16, "<b>x</b>", ""):  # a forged or broken id gets a fresh one
+        other = AppTest.from_file(RACE_PAGE, default_timeout=60)
+        other.query_params["racer"] = junk
+        other.run()
+        assert not other.exception and other.session_state["race_owner"] not in (owner, junk)
+        assert not other.subheader or not any("Track" in h.value for h in other.subheader)
 
 
 def test_race_page_tells_the_next_person_to_wait(registry):
