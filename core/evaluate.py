@@ -6,16 +6,21 @@ use seeds below 1000000. The stock ``CarRacing-v3`` is the default so scores com
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from core.agent import load_world_model_weights
-from core.artifacts import atomic_write_json, now_iso
+from core.artifacts import ArtifactError, atomic_write_json, now_iso
 from core.config import EvaluateConfig, to_dict, validate
 from core.controller import load_controller
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
+
+log = logging.getLogger(__name__)
 
 
 def evaluation_seeds(config: EvaluateConfig) -> list[int]:
@@ -33,6 +38,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
     the env and the config. Stopping early reports the episodes done so far (``complete: false``).
+    Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
+    controller, env and step limit) skips the tracks already driven, so a killed run loses one episode.
     """
     validate(config)
     model_dir = Path(config.model_dir)
@@ -40,21 +47,48 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
     params = load_controller(model_dir / "controller", z_size, hidden).get_params()
     seeds = evaluation_seeds(config)
-    settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
-    returns, steps, tiles, done_seeds = [], [], [], []
-    with RolloutPool(weights, settings, min(config.workers, len(seeds))) as pool:
-        for r in pool.map([(params, s) for s in seeds]):
-            returns.append(r.total_reward)
-            steps.append(r.steps)
-            tiles.append(r.tiles)
-            done_seeds.append(r.seed)
-            stats = summarize(returns)
-            if not on_progress(len(returns), len(seeds), {"return": r.total_reward, "mean": stats["mean"]}):
-                break
-    report = {**summarize(returns), "episodes": len(returns), "complete": len(returns) == len(seeds),
-              "returns": returns, "seeds": done_seeds, "steps": steps, "tiles": tiles, "env": config.env,
-              "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config)}
     out = Path(config.out) if config.out else model_dir / "controller" / "evaluation.json"
+    partial = out.with_name(out.name + ".partial")
+    key = {"params_sha256": hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest(),
+           "env": config.env, "max_steps": config.max_steps}
+    done = _read_partial(partial, key)
+    todo = [s for s in seeds if s not in done]
+    settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
+    go_on = bool(on_progress(len(seeds) - len(todo), len(seeds), {}))
+    if todo and go_on:
+        with RolloutPool(weights, settings, min(config.workers, len(todo))) as pool:
+            for r in pool.map([(params, s) for s in todo]):
+                done[r.seed] = {"return": r.total_reward, "steps": r.steps, "tiles": r.tiles}
+                atomic_write_json(partial, {**key, "episodes": {str(k): v for k, v in done.items()}})
+                returns = [done[s]["return"] for s in seeds if s in done]
+                if not on_progress(len(returns), len(seeds), {"return": r.total_reward,
+                                                              "mean": summarize(returns)["mean"]}):
+                    break
+    driven = [s for s in seeds if s in done]
+    returns = [done[s]["return"] for s in driven]
+    if not returns:
+        raise ArtifactError("evaluation stopped before its first episode finished; nothing to report")
+    report = {**summarize(returns), "episodes": len(returns), "complete": len(driven) == len(seeds),
+              "returns": returns, "seeds": driven, "steps": [done[s]["steps"] for s in driven],
+              "tiles": [done[s]["tiles"] for s in driven], "env": config.env,
+              "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config)}
     atomic_write_json(out, report)
+    if report["complete"]:
+        partial.unlink(missing_ok=True)
     report["out"] = str(out)
     return report
+
+
+def _read_partial(path: Path, key: dict) -> dict[int, dict]:
+    """Episodes of an interrupted run of the same evaluation, by seed; {} when none (or another one's)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if any(data.get(k) != v for k, v in key.items()):
+            return {}
+        return {int(s): {"return": float(e["return"]), "steps": int(e["steps"]), "tiles": int(e["tiles"])}
+                for s, e in data["episodes"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        log.warning("%s: unreadable partial evaluation, starting over", path)
+        return {}
