@@ -114,8 +114,23 @@ def model_dirs(require: tuple[str, ...] = PARTS) -> list[str]:
 
 
 def evaluation(model_dir: Path | str) -> dict | None:
-    """The last ``evaluate`` report of a world model, or None."""
+    """The ``evaluate`` report stored with a world model (for the shipped one: the committed report), or None."""
     return _read_json(resolve(model_dir) / "controller" / "evaluation.json")
+
+
+def outputs_dir(model_dir: Path | str) -> Path:
+    """Where the app writes a world model's evaluations and videos: its controller/ folder, except for the
+    shipped model, whose folder stays exactly as committed (its outputs go to runs/shipped-model/)."""
+    path = resolve(model_dir)
+    if path == resolve(SHIPPED_MODEL_DIR):
+        return resolve(DEFAULT_RUN_DIR) / "shipped-model"
+    return path / "controller"
+
+
+def latest_evaluation(model_dir: Path | str) -> dict | None:
+    """The newest report of a world model: the stored one, or one the app wrote since into ``outputs_dir``."""
+    reports = [r for r in (evaluation(model_dir), _read_json(outputs_dir(model_dir) / "evaluation.json")) if r]
+    return max(reports, key=lambda r: str(r.get("date", ""))) if reports else None
 
 
 def history(out_dir: Path | str) -> list[dict]:

@@ -49,8 +49,9 @@ else:
     model_dir = st.selectbox("World model", choices, key="evolve.model_dir",
                              help="The folder whose vae/, rnn/ and controller/ drive.")
 with st.expander("Evaluation settings"):
+    outputs = app_data.outputs_dir(model_dir or run_dir)
     eval_config = _ui.config_form(EvaluateConfig, "evaluate", defaults={"episodes": 20}, hide=("out",),
-                                  fixed={"model_dir": model_dir or run_dir})
+                                  fixed={"model_dir": model_dir or run_dir, "out": str(outputs / "evaluation.json")})
 if model_dir is not None:
     _ui.start_button("evaluate", eval_config, noun="evaluation")
 
@@ -60,7 +61,7 @@ def live_evaluation(snap) -> None:
         returns = [r["return"] for r in snap["history"] if "return" in r]
         source = f"{len(returns)} episodes so far"
     else:
-        report = app_data.evaluation(model_dir) if model_dir else None
+        report = app_data.latest_evaluation(model_dir) if model_dir else None
         if not report:
             return
         returns = report["returns"]
@@ -76,7 +77,7 @@ _ui.job_panel("evaluate", live_evaluation, unit="episodes", stop_label="Stop eva
 # --- watch ----------------------------------------------------------------------------------------------
 
 st.subheader("Watch an episode")
-video_dir = app_data.resolve(model_dir or run_dir) / "controller"
+video_dir = app_data.outputs_dir(model_dir or run_dir)
 with st.expander("Recording settings"):
     record_config = _ui.config_form(RecordConfig, "record", hide=("actions", "out", "fps"),
                                     fixed={"model_dir": model_dir or run_dir, "actions": "",

@@ -135,3 +135,24 @@ def test_dream_page_steers_with_keys_and_runs_the_dream_beside_the_real_env(app)
     at.button(key="dream.sbs_go").click().run()
     assert not at.exception and not at.error
     assert "the dream" in at.get("image")[0].captions[0]
+
+
+def test_the_app_never_writes_into_the_shipped_model(app_root, monkeypatch):
+    import json
+
+    from core import app_data
+    monkeypatch.setenv(ROOT_ENV, str(app_root))
+    assert app_data.outputs_dir("models") == app_root / "runs" / "shipped-model"
+    assert app_data.outputs_dir("runs") == app_root / "runs" / "controller"
+    stored = app_root / "models" / "controller" / "evaluation.json"
+    stored.write_text(json.dumps({"mean": 900.0, "date": "2026-01-01T00:00:00Z"}))
+    try:
+        assert app_data.latest_evaluation("models")["mean"] == 900.0
+        mine = app_data.outputs_dir("models") / "evaluation.json"
+        mine.parent.mkdir(parents=True)
+        mine.write_text(json.dumps({"mean": 12.0, "date": "2026-02-01T00:00:00Z"}))
+        assert app_data.latest_evaluation("models")["mean"] == 12.0  # the app's newer run is shown
+        assert app_data.evaluation("models")["mean"] == 900.0  # the committed report is untouched
+    finally:
+        stored.unlink()
+        (app_data.outputs_dir("models") / "evaluation.json").unlink(missing_ok=True)
