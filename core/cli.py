@@ -105,14 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = _stage_function(args.stage)(config, progress)
-    except (ArtifactError, ConfigError) as e:
+    except (KeyboardInterrupt, InterruptedError):  # InterruptedError: stopped where no checkpoint is written
+        print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    except (ArtifactError, ConfigError, OSError) as e:  # OSError: an unwritable --out, a full disk, ...
         if bar is not None:
             bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
     if bar is not None:
         bar.close()
     if stop.is_set():

@@ -114,7 +114,7 @@ class VAEConfig:
     shuffle_buffer: int = param(20000, "frames in the streaming shuffle buffer (memory: 12 KiB each)",
                                 minimum=1)
     checkpoint_every: int = param(500, "batches between checkpoints", minimum=1)
-    seed: int = param(0, "random seed of weights, shuffling and sampling")
+    seed: int = param(0, "random seed of weights, shuffling and sampling", minimum=0)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
                             choices=ON_CORRUPT_CHOICES)
 
@@ -143,7 +143,7 @@ class RNNConfig:
                            maximum=0.5)
     max_episodes: int = param(0, "use at most this many episodes (0 = all)", minimum=0)
     checkpoint_every: int = param(200, "batches between checkpoints", minimum=1)
-    seed: int = param(0, "random seed of weights, sequence sampling and z resampling")
+    seed: int = param(0, "random seed of weights, sequence sampling and z resampling", minimum=0)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
                             choices=ON_CORRUPT_CHOICES)
 
@@ -171,6 +171,9 @@ class EvolveConfig:
                               "2 cores)", minimum=2)
     rollouts: int = param(2, "episodes per candidate, fitness is their mean (paper: 16)", minimum=1)
     sigma0: float = param(0.1, "initial CMA-ES step size (paper: 0.1)", minimum=1e-6)
+    diagonal: bool = param(True, "sep-CMA-ES: adapt only the covariance's diagonal, which learns about n "
+                                 "times faster over C's 867 parameters and keeps the saved state at 0.5 MB "
+                                 "instead of 12.5 MB (paper: full covariance)")
     max_steps: int = param(1000, "env steps per episode at most", minimum=1, maximum=1000)
     early_stop: bool = param(True, "end a rollout early once it cannot recover (off the track for "
                                    "early_stop_steps steps)")
@@ -180,7 +183,7 @@ class EvolveConfig:
                             minimum=0)
     eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
     workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
-    seed: int = param(0, "seed of CMA-ES and of the training tracks")
+    seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
 
     @property

@@ -42,7 +42,10 @@ def spawn_context():
 
 def worker_setup() -> None:
     """Set up a worker process: exit when the parent dies, so a killed stage never leaves orphans
-    burning CPU; no threads of its own in OpenCV; no SDL window."""
+    burning CPU; no threads of its own in OpenCV; no SDL window. Ctrl-C in the terminal reaches the whole
+    process group: workers ignore it and let the parent stop cleanly at its next checkpoint."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")

@@ -49,6 +49,17 @@ def _load_es(out_dir: Path) -> cma.CMAEvolutionStrategy:
                             "over") from None
 
 
+def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
+    """The saved CMA-ES state fixes the population size and the covariance's shape: refuse other values
+    rather than quietly ignore them."""
+    saved = read_json(out_dir / "config.json", "evolution config") if (out_dir / "config.json").exists() else {}
+    changed = [f"--{k.replace('_', '-')} {saved[k]} -> {getattr(config, k)}" for k in ("popsize", "diagonal")
+               if k in saved and saved[k] != getattr(config, k)]
+    if changed:
+        raise ArtifactError(f"{out_dir}: this evolution was started with other settings ({'; '.join(changed)}); "
+                            f"resume with the saved values, or pass another --run-dir to start a new one")
+
+
 def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> list[float]:
     """Mean return of each candidate over ``seeds``."""
     results = list(pool.map([(p, s) for p in candidates for s in seeds]))
@@ -78,11 +89,13 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         if state.get("n_params") != n:
             raise ArtifactError(f"{out_dir}: holds a controller of {state.get('n_params')} parameters, this world "
                                 f"model needs {n}; pass another --run-dir or delete {out_dir}")
+        _check_resumable(out_dir, config)
         es = _load_es(out_dir)
         history.truncate_after("generation", state["generation"])
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(n), config.sigma0,
-                                      {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9})
+                                      {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9,
+                                       "CMA_diagonal": config.diagonal})
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
                  "train_seconds": 0.0}
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})

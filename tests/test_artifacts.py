@@ -27,14 +27,31 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["a.json"]
 
 
-def test_vae_and_rnn_save_load_give_identical_outputs(tiny_world_model, tiny_data):
+def test_vae_and_rnn_save_load_give_identical_outputs(tiny_world_model, tiny_data, tmp_path):
+    """Models changed in memory, saved atomically and loaded back give the in-memory models' outputs."""
+    import shutil
+
+    from core.artifacts import atomic_save_keras
+    from core.mdnrnn import WEIGHTS as RNN_WEIGHTS
+    from core.vae import WEIGHTS as VAE_WEIGHTS
+    shutil.copytree(tiny_world_model, tmp_path / "run")
+    rng = np.random.default_rng(0)
     frames = to_float(load_episode(list_episodes(tiny_data)[0]).obs[:4])
-    a, b = load_vae(tiny_world_model / "vae"), load_vae(tiny_world_model / "vae")
-    np.testing.assert_array_equal(a.encode(frames)[0].numpy(), b.encode(frames)[0].numpy())
-    np.testing.assert_array_equal(a.decode(a.encode(frames)[0]).numpy(), b.decode(b.encode(frames)[0]).numpy())
-    x = np.random.default_rng(0).normal(size=(2, 5, a.z_size + 3)).astype(np.float32)
-    r1, r2 = load_rnn(tiny_world_model / "rnn"), load_rnn(tiny_world_model / "rnn")
-    np.testing.assert_array_equal(r1(x)["mu"].numpy(), r2(x)["mu"].numpy())
+    vae, rnn = load_vae(tmp_path / "run" / "vae"), load_rnn(tmp_path / "run" / "rnn")
+    for model in (vae, rnn):  # weights that differ from the stored ones, so a save that writes nothing fails
+        for w in model.weights:
+            w.assign(np.asarray(w.numpy()) + rng.normal(0, 0.01, size=w.shape).astype(np.float32))
+    atomic_save_keras(vae, tmp_path / "run" / "vae" / VAE_WEIGHTS)
+    atomic_save_keras(rnn, tmp_path / "run" / "rnn" / RNN_WEIGHTS)
+    vae2, rnn2 = load_vae(tmp_path / "run" / "vae"), load_rnn(tmp_path / "run" / "rnn")
+    np.testing.assert_array_equal(vae.encode(frames)[0].numpy(), vae2.encode(frames)[0].numpy())
+    z = vae.encode(frames)[0]
+    np.testing.assert_array_equal(vae.decode(z).numpy(), vae2.decode(z).numpy())
+    x = rng.normal(size=(2, 5, vae.z_size + 3)).astype(np.float32)
+    for key in ("mu", "log_pi"):
+        np.testing.assert_array_equal(rnn(x)[key].numpy(), rnn2(x)[key].numpy())
+    original = load_vae(tiny_world_model / "vae")
+    assert not np.array_equal(original.encode(frames)[0].numpy(), vae2.encode(frames)[0].numpy())
 
 
 def test_meta_records_config_versions_and_metrics(tiny_world_model):

@@ -104,6 +104,11 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     import numpy as np
     with np.load(run / "controller" / "latest.npz") as f:
         assert int(f["generation"]) == 8 and f["mean"].shape == f["best_candidate"].shape == (out["n_params"],)
+    # The saved CMA-ES state fixes the population and the covariance: other values are refused, not ignored.
+    changed = [a if a != "4" else "6" for a in args] + ["--generations", "9"]
+    proc = cli(*changed, "--no-diagonal", check=False)
+    assert proc.returncode == 2 and "--popsize 4 -> 6" in proc.stderr and "--diagonal True -> False" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -112,6 +117,8 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["evaluate", "--model-dir", "/nonexistent/model"], "train one first"),
     (["record", "--actions", "/nonexistent.json"], "action log not found"),
     (["evolve", "--popsize", "1"], "--popsize=1 is too small"),
+    (["train-vae", "--seed", "-1"], "--seed=-1 is too small"),
+    (["record", "--actions", str(ROOT / "README.md")], "README.md"),
 ])
 def test_bad_input_gets_one_line_error_not_traceback(args, message):
     proc = cli(*args, check=False)
