@@ -88,6 +88,7 @@ def home() -> None:
         score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
                  f"evaluation tracks ({report['env']} env, {app_data.when(report.get('date'))})." if report else "")
         st.success(f"Dream and Race use {shipped} in `{default}/`.{score}")
+        _how_it_learned(default, report)
     else:
         st.info(f"No complete world model yet (V, M and C in `{SHIPPED_MODEL_DIR}/` or `{DEFAULT_RUN_DIR}/`). "
                 "Train one with the pages on the left, or from the command line: `python -m core --help`.")
@@ -102,6 +103,23 @@ def home() -> None:
         "6. **Race** the AI on the same track, and put your time on the **Leaderboard**.")
     st.caption("Every stage runs as a background job: it keeps going when you change page or reload, and "
                "resumes from its checkpoint after a stop.")
+
+
+def _how_it_learned(model_dir: str, report: dict | None) -> None:
+    """The default model's fitness per generation of CMA-ES, and its scores on the evaluation tracks."""
+    from pages import _ui
+    records = app_data.history(app_data.resolve(model_dir) / "controller")
+    left, right = st.columns(2)
+    with left:
+        if records:
+            _ui.line_chart(records, "generation", {"best": "best", "mean": "mean",
+                                                   "evaluated: CMA-ES mean": "eval_mean_params",
+                                                   "evaluated: best candidate": "eval_best_candidate"},
+                           "How C learned: fitness per generation", "return", key="home.fitness")
+    with right:
+        if report and report.get("returns"):
+            _ui.histogram(report["returns"], f"Scores on {report['episodes']} unseen tracks", "return",
+                          key="home.returns", bins=20)
 
 
 def navigation():

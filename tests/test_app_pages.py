@@ -53,9 +53,25 @@ def test_home_explains_the_model_and_lists_the_artifacts(app):
     text = " ".join(m.value for m in app.markdown)
     assert "world model" in text and "V" in text and "CMA-ES" in text
     assert len(app.get("graphviz_chart")) == 1
+    assert len(app.get("plotly_chart")) == 1  # the default model's fitness curve (it has no evaluation yet)
     assert app.metric[0].value == "2"  # two collected episodes
     assert "`models/`" in app.success[0].value and "shipped" in app.success[0].value
     assert "loaded by default" in text
+
+
+def test_home_shows_the_default_models_scores(app_root, monkeypatch):
+    import json
+    report = app_root / "models" / "controller" / "evaluation.json"
+    report.write_text(json.dumps({"mean": 512.0, "std": 10.0, "episodes": 3, "env": "stock", "returns": [500, 512, 524],
+                                  "date": "2026-01-01T00:00:00Z"}))
+    try:
+        monkeypatch.setenv(ROOT_ENV, str(app_root))
+        at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT).run()
+        assert not at.exception
+        assert "512 ± 10" in at.success[0].value and "3 evaluation tracks" in at.success[0].value
+        assert len(at.get("plotly_chart")) == 2  # fitness curve and the histogram of scores
+    finally:
+        report.unlink()
 
 
 def test_collect_page_builds_settings_from_the_config_and_runs_a_job(app, app_root):
