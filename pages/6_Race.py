@@ -100,9 +100,15 @@ else:
             else:
                 st.info(f"The AI wins this one by {-gap:.1f} points.")
         video_key = f"race_video_{session.race_id}"
+        run_ids = results["run_id"].tolist()
+        if len(run_ids) > 1:  # both cars side by side, or one of them
+            labels = dict(zip(run_ids, results["label"]))
+            pick = st.radio("Video of", [None, *run_ids], horizontal=True, key=f"{video_key}_who",
+                            format_func=lambda i: "Both, side by side" if i is None else labels[i])
+            run_ids = run_ids if pick is None else [pick]
         if st.button("Render the race as a video (MP4)"):
             with st.spinner("Replaying the race and encoding the video…"):
-                st.session_state[video_key] = race.render_video(results["run_id"].tolist(), registry.board())
+                st.session_state[video_key] = race.render_video(run_ids, registry.board())
         if video_key in st.session_state:
             st.video(st.session_state[video_key], format="video/mp4")
             st.download_button("Download the MP4", st.session_state[video_key],

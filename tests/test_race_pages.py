@@ -144,3 +144,29 @@ def test_leaderboard_page_filters_charts_and_renders(registry):
     next(b for b in at.button if b.label == "Render video").click().run()
     assert not at.exception and at.get("video")
     assert board.count() == 4
+
+
+def test_a_race_against_the_ai_renders_either_car_or_both(registry, tiny_world_model):
+    owner = "0123456789abcdef"
+    session = registry.create(owner=owner, player="Ann", seed=5, mode="vs_ai", model_dir=str(tiny_world_model))
+    while not session.finished:
+        session.set_keys(KEY_GAS)
+        session.tick()
+    registry.wait_scored()
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
+    at.query_params["racer"] = owner
+    at.run()
+    assert not at.exception
+    assert at.dataframe[0].value["kind"].tolist() == ["human", "ai"]
+    who = next(r for r in at.radio if r.label == "Video of")
+    assert len(who.options) == 3 and who.options[0] == "Both, side by side"
+    ai_run = int(at.dataframe[0].value["run_id"].iloc[1])
+    who.set_value(ai_run)
+    next(b for b in at.button if "video" in b.label).click().run()
+    assert not at.exception
+    one = at.get("video")[0]
+    who = next(r for r in at.radio if r.label == "Video of")
+    who.set_value(None)
+    next(b for b in at.button if "video" in b.label).click().run()
+    assert not at.exception and at.get("download_button")
+    assert one.proto.url != at.get("video")[0].proto.url  # one car, then both: another video
