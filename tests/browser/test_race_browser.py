@@ -156,8 +156,13 @@ def test_drive_end_download_and_find_the_run(app_url, page, tmp_path):
     page.keyboard.down("ArrowUp")
     page.wait_for_timeout(1200)
     assert data(page, "mask") == "4"
-    moved_frame, moved_step = canvas(page), int(data(page, "step"))
-    assert moved_step > start_step + 20 and moved_frame != start_frame
+    # The frame rate is bench_race's business; here the race only has to go on (a loaded machine is slower).
+    deadline = time.monotonic() + 15
+    while int(data(page, "step")) <= start_step + 20 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert int(data(page, "step")) > start_step + 20
+    moved_frame = canvas(page)
+    assert moved_frame != start_frame
     page.keyboard.down("KeyA")  # WASD steer too
     page.wait_for_timeout(700)
     assert data(page, "mask") == "5" and int(data(page, "ack")) >= 3
