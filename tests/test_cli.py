@@ -165,3 +165,31 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
                 "--quiet"))
     assert not (out / "controller" / "cma_state.pkl").exists() and (out / "README.md").exists()
     assert not list(tmp_path.glob(".models*"))  # no staging folders left behind
+
+
+def test_a_corrupt_episode_is_skipped_or_stops_the_stage(tiny_data, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    victim = sorted(data.glob("*.npz"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated, as by a full disk or a killed copy
+    args = ["train-vae", "--data-dir", str(data), "--run-dir", str(tmp_path / "run"), "--z-size", "4",
+            "--epochs", "1", "--batch-size", "8", "--holdout", "0", "--quiet"]
+    stop = cli(*args, "--on-corrupt", "stop", check=False)
+    assert stop.returncode == 2 and victim.name in stop.stderr and "Traceback" not in stop.stderr
+    skip = cli(*args)
+    assert victim.name in skip.stderr and "warning" in skip.stderr
+    assert summary(skip)["complete"] is True
+
+
+def test_a_model_of_another_z_size_is_explained(tiny_world_model, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model / "vae", run / "vae")
+    shutil.copytree(tiny_world_model / "rnn", run / "rnn")
+    config = json.loads((run / "rnn" / "config.json").read_text())
+    (run / "rnn" / "config.json").write_text(json.dumps({**config, "z_size": 32}))
+    proc = cli("evolve", "--run-dir", str(run), "--generations", "1", "--popsize", "4", "--workers", "1",
+               "--quiet", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "z = 32" in proc.stderr and "retrain" in proc.stderr
