@@ -1,0 +1,97 @@
+"""Print a Markdown summary of a world model's training and evaluation (for README.md / models/README.md).
+
+    python scripts/model_card.py [models]
+
+Reads only the artifacts' own files: each part's meta.json and history.jsonl, and the controller's
+evaluation.json and state.json. Nothing is retyped by hand, so the summary always matches the model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.artifacts import read_history, read_json, read_meta  # noqa: E402
+
+HIST_BIN = 100  # width of a score bin in the histogram
+BAR_CHARS = 40  # characters of the longest histogram bar
+
+
+def histogram(returns: list[float]) -> list[str]:
+    lo = int(min(returns) // HIST_BIN) * HIST_BIN
+    hi = int(max(returns) // HIST_BIN) * HIST_BIN
+    counts = {b: 0 for b in range(lo, hi + HIST_BIN, HIST_BIN)}
+    for r in returns:
+        counts[int(r // HIST_BIN) * HIST_BIN] += 1
+    most = max(counts.values())
+    return [f"{b:>5} to {b + HIST_BIN:<5} {'#' * max(1 if n else 0, round(n / most * BAR_CHARS)):<{BAR_CHARS}} {n}"
+            for b, n in counts.items()]
+
+
+def learning_curve(records: list[dict], rows: int = 15) -> list[str]:
+    every = max(1, len(records) // rows)
+    picked = [r for r in records if r["generation"] % every == 0 or r is records[-1]]
+    lines = ["| generation | best | mean | evaluated (8 tracks): mean / best candidate |", "|---:|---:|---:|---|"]
+    last_eval = "–"
+    evals = {r["generation"]: r for r in records if "eval_mean_params" in r}
+    for r in picked:
+        past = [g for g in evals if g <= r["generation"]]
+        if past:
+            e = evals[max(past)]
+            last_eval = f"{e['eval_mean_params']:.0f} / {e['eval_best_candidate']:.0f} (gen {max(past)})"
+        lines.append(f"| {r['generation']} | {r['best']:.0f} | {r['mean']:.0f} | {last_eval} |")
+    return lines
+
+
+def _f(metrics: dict, key: str, spec: str) -> str:
+    """A metric formatted, or '–' where the run did not measure it (no held-out episodes, say)."""
+    value = metrics.get(key)
+    return "–" if value is None else format(value, spec)
+
+
+def _train_seconds(part_dir: Path) -> float:
+    """Wall seconds of a Keras stage's training loop, from the last timed record of its history."""
+    timed = [r["time"] for r in read_history(part_dir / "history.jsonl") if "time" in r]
+    return float(timed[-1]) if timed else float("nan")
+
+
+def main(model_dir: Path) -> None:
+    vae, rnn = read_meta(model_dir / "vae", "vae"), read_meta(model_dir / "rnn", "rnn")
+    ctrl = read_meta(model_dir / "controller", "controller")
+    state = read_json(model_dir / "controller" / "state.json", "evolution state")
+    report_path = model_dir / "controller" / "evaluation.json"
+    out = [f"World model in `{model_dir.name}/`", ""]
+    if report_path.exists():
+        rep = read_json(report_path, "evaluation")
+        out += [f"- **Score: {rep['mean']:.1f} ± {rep['std']:.1f}** over {rep['episodes']} episodes of the "
+                f"{rep['env']} env on tracks {rep['seeds'][0]}..{rep['seeds'][-1]} (min {rep['min']:.1f}, median "
+                f"{rep['median']:.1f}, max {rep['max']:.1f}; {rep['solved_fraction']:.0%} of episodes ≥ 900)"]
+    vm, rm = vae["metrics"], rnn["metrics"]
+    vae_s, rnn_s = (_train_seconds(model_dir / part) for part in ("vae", "rnn"))
+    out += [f"- V: z = {vae['config']['z_size']}, {vm.get('train_frames', 0):,} training frames from "
+            f"{vm.get('train_episodes')} episodes, {vm['epoch']:.0f} epochs in {vae_s / 60:.0f} min; reconstruction "
+            f"loss {_f(vm, 'r_loss', '.1f')} (train) / {_f(vm, 'val_r_loss', '.1f')} (held-out "
+            f"{vm.get('heldout_episodes', 0)} episodes), KL {_f(vm, 'val_kl', '.1f')}",
+            f"- M: LSTM {rnn['config']['hidden']}, {rnn['config']['mixtures']} Gaussians, {rm['epoch']:.0f} epochs in "
+            f"{rnn_s / 60:.0f} min (after encoding the frames once); MDN loss {_f(rm, 'mdn', '.3f')} (train) / "
+            f"{_f(rm, 'val_mdn', '.3f')} (held-out), reward MSE {_f(rm, 'val_reward', '.3f')}, episode-end loss "
+            f"{_f(rm, 'val_done', '.4f')}",
+            f"- C: {state['generation']} generations of CMA-ES (population {ctrl['config']['popsize']} x "
+            f"{ctrl['config']['rollouts']} rollouts), {state['episodes']:,} episodes, {state['env_steps']:,} env "
+            f"steps, {state['train_seconds'] / 3600:.2f} h wall on {ctrl['config']['workers']} cores; best periodic "
+            f"evaluation {_f(state, 'best_eval', '.1f')}", ""]
+    records = read_history(model_dir / "controller" / "history.jsonl")
+    if records:
+        out += ["Learning curve (fitness = mean return of a candidate over its training tracks):", ""]
+        out += learning_curve(records) + [""]
+    if report_path.exists():
+        out += ["Scores on the evaluation tracks:", "", "```"] + histogram(rep["returns"]) + ["```", ""]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "models")
