@@ -9,25 +9,16 @@ the race WebSocket answers on the same port. Screenshots go to test-output/pages
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
+import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import BROWSER_MARKS, chromium_page, make_app_root, ready, shot, streamlit_app
 from tests.conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "test-output" / "pages"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-         "[data-test-script-state='notRunning']")
 PAGES = [  # (url path, page title shown as its h1)
     ("", "Do neural nets dream of fast cars?"),
     ("collect", "Collect"),
@@ -39,79 +30,25 @@ PAGES = [  # (url path, page title shown as its h1)
     ("leaderboard", "Leaderboard"),
 ]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_data, tiny_world_model):
-    root = tmp_path_factory.mktemp("browser_root")
-    shutil.copytree(tiny_data, root / "data" / "rollouts")
-    for folder in ("runs", "models"):
-        for part in ("vae", "rnn", "controller"):
-            shutil.copytree(tiny_world_model / part, root / folder / part,
-                            ignore=shutil.ignore_patterns("checkpoint", "encoded.npz", ".lock"))
-    port = _free_port()
-    env = dict(os.environ, WORLD_MODELS_ROOT=str(root), WM_LEADERBOARD_DB=str(root / "board.sqlite3"),
-               PYTHONPATH=str(ROOT), SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2")
-    log_path = root / "streamlit.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "Home.py"), "--server.port",
-                             str(port), "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "_stcore/health", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    root = make_app_root(tmp_path_factory.mktemp("browser_root"), tiny_data, tiny_world_model)
+    with streamlit_app(root) as url:
+        yield url
 
 
 @pytest.fixture
 def page(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
-            viewport={"width": 1400, "height": 2400})
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
-
-
-def ready(page, timeout: float = 90_000) -> None:
-    page.wait_for_selector(READY, timeout=timeout)
+    with chromium_page(tmp_path / "profile", viewport={"width": 1400, "height": 2400}) as page:
+        yield page
 
 
 def no_exceptions(page, where: str) -> None:
     errors = page.locator("[data-testid='stException']")
     assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:2000]}"
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
 def test_every_page_renders_without_an_exception(app_url, page):
@@ -122,7 +59,7 @@ def test_every_page_renders_without_an_exception(app_url, page):
         time.sleep(1.0)  # let images, charts and fragments settle before the picture
         ready(page)
         no_exceptions(page, path or "home")
-        shot(page, path or "home")
+        shot(page, SHOTS, path or "home")
 
 
 def test_a_collect_job_survives_a_reload_and_stops_from_the_page(app_url, page):
@@ -138,14 +75,14 @@ def test_a_collect_job_survives_a_reload_and_stops_from_the_page(app_url, page):
     stop.wait_for(timeout=60_000)
     page.get_by_text("of 50 episodes").first.wait_for(timeout=60_000)
     no_exceptions(page, "collect, running")
-    shot(page, "collect-running")
+    shot(page, SHOTS, "collect-running")
     page.reload()  # a new browser session: the job lives in the server's registry, not in the session
     ready(page)
     stop.wait_for(timeout=60_000)
     stop.click()
     page.get_by_text("was stopped").first.wait_for(timeout=120_000)
     no_exceptions(page, "collect, stopped")
-    shot(page, "collect-stopped")
+    shot(page, SHOTS, "collect-stopped")
 
 
 def test_a_dream_is_steered_with_the_arrow_keys_and_plays_at_25_fps(app_url, page):
@@ -165,14 +102,14 @@ def test_a_dream_is_steered_with_the_arrow_keys_and_plays_at_25_fps(app_url, pag
     data = urllib.request.urlopen(urllib.parse.urljoin(app_url, src), timeout=10).read()
     gif = Image.open(io.BytesIO(data))
     assert data[:6] == b"GIF89a" and gif.n_frames == steps + 1 and gif.info["duration"] == 40  # 25 frames/s
-    shot(page, "dream-steered")
+    shot(page, SHOTS, "dream-steered")
     page.get_by_test_id("stButtonGroup").get_by_text("Real vs dream").click()
     ready(page)
     page.get_by_role("button", name="Run side by side").click()
     page.get_by_text("Left: the real env").wait_for(timeout=120_000)
     ready(page)
     no_exceptions(page, "real vs dream")
-    shot(page, "dream-side-by-side")
+    shot(page, SHOTS, "dream-side-by-side")
 
 
 def test_the_race_websocket_is_served_on_the_app_port(app_url):
