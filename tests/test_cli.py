@@ -161,6 +161,13 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
     assert not any("checkpoint" in n or "encoded" in n for n in names)
     assert (out / "README.md").read_text() == "kept"
     Agent.load(out)
+    # The shipped folder carries the CMA-ES state: a copy of it resumes the evolution (training spans sessions).
+    import shutil
+    shutil.copytree(out, tmp_path / "resume")
+    resumed = summary(cli("evolve", "--run-dir", str(tmp_path / "resume"), "--generations", "2", "--popsize", "4",
+                          "--rollouts", "1", "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env",
+                          TEST_ENV, "--quiet"))
+    assert resumed["resumed_from"] == 1 and resumed["generation"] == 2
     summary(cli("export", "--run-dir", str(tiny_world_model), "--out-dir", str(out), "--no-training-state",
                 "--quiet"))
     assert not (out / "controller" / "cma_state.pkl").exists() and (out / "README.md").exists()
