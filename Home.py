@@ -73,8 +73,8 @@ def home() -> None:
                 elif kind == "rnn":
                     line = (f"h = {cfg.get('hidden', '?')} · held-out MDN loss {_fmt(m.get('val_mdn', m.get('mdn')), '.3f')}")
                 else:
-                    line = (f"{m.get('generation', 0)} generations · best evaluation "
-                            f"{_fmt(m.get('best_eval'))}")
+                    gens = m.get("generation", 0)
+                    line = f"{gens} generation{'' if gens == 1 else 's'} · best evaluation {_fmt(m.get('best_eval'))}"
                 state = "complete" if art["complete"] else ("training" if art["training"] else "stopped part way")
                 st.markdown(f"`{folder}/` · {state}" + (" · **loaded by default**" if folder == default else ""))
                 st.caption(f"{line} · {app_data.when(art['created'])}")
