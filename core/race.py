@@ -272,6 +272,18 @@ def load_agent(model_dir: str):
     return Agent(weights, params)
 
 
+def model_label(model_dir: str) -> str:
+    """How the leaderboard names an AI: its folder and its controller's CMA-ES generation, so runs of two
+    versions of ``models/`` stay apart (``"models (generation 146)"``); the folder alone if unknown."""
+    from core.artifacts import read_json
+    try:
+        generation = int(read_json(resolve_model_dir(model_dir) / "controller" / "state.json",
+                                   "evolution state")["generation"])
+    except (ArtifactError, KeyError, TypeError, ValueError):
+        return model_dir
+    return f"{model_dir} (generation {generation})"
+
+
 _OWNER_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -374,7 +386,7 @@ class RaceSession:
             if agent is None:
                 raise RaceError("this mode needs an AI but none was given")
             self.drivers.append(Driver("AI", "ai", env_factory(), self.seed, agent=agent,
-                                       model=config.model_dir))
+                                       model=model_label(config.model_dir)))
         self._lock = threading.RLock()
         self._keys = (0, 0)  # (mask, seq): replaced as one tuple, so a reader never sees half an update
         self._commands: deque[str] = deque(maxlen=MAX_COMMANDS)
@@ -828,6 +840,6 @@ def render_video(run_ids: Sequence[int], board: Leaderboard | None = None,
 __all__ = [
     "RaceConfig", "RaceError", "RaceFull", "RaceSession", "RaceRegistry", "Driver", "ReplayResult",
     "MODES", "MODE_LABELS", "KEY_LEFT", "KEY_RIGHT", "KEY_GAS", "KEY_BRAKE", "keys_to_action", "replay_run",
-    "score_and_record", "get_registry", "available_models", "load_agent", "warm_up", "parse_owner", "check_seed", "random_seed",
+    "score_and_record", "get_registry", "available_models", "load_agent", "warm_up", "parse_owner", "model_label", "check_seed", "random_seed",
     "render_runs_mp4", "render_leaderboard_runs", "render_video", "race_frames", "ConfigError",
 ]

@@ -304,7 +304,8 @@ def test_the_trained_agent_races(tiny_world_model, tmp_path):
         reg.wait_scored()
         results = s.status_dict()["results"]
         assert [r["kind"] for r in results] == ["human", "ai"]
-        assert results[1]["model"] == str(tiny_world_model) and results[1]["steps"] == 25
+        assert results[1]["model"] == f"{tiny_world_model} (generation 1)" and results[1]["steps"] == 25
+        assert race.model_label(str(tmp_path)) == str(tmp_path)  # no evolution state: the folder alone
         assert results[1]["score"] == pytest.approx(s.drivers[1].score, abs=1e-9)
     finally:
         reg.shutdown()
