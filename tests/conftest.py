@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,3 +52,13 @@ def tiny_world_model(tiny_data, tmp_path_factory) -> Path:
     evolve(EvolveConfig(run_dir=str(run), generations=1, popsize=4, rollouts=1, max_steps=20, eval_every=0,
                         workers=1, env=TEST_ENV))
     return run
+
+
+def make_app_root(root: Path, tiny_data: Path, tiny_world_model: Path) -> Path:
+    """An app folder with the tiny data in data/rollouts and the tiny world model in runs/ and models/."""
+    shutil.copytree(tiny_data, root / "data" / "rollouts")
+    for folder in ("runs", "models"):
+        for part in ("vae", "rnn", "controller"):
+            shutil.copytree(tiny_world_model / part, root / folder / part,
+                            ignore=shutil.ignore_patterns("checkpoint", "encoded.npz", ".lock"))
+    return root

@@ -5,7 +5,6 @@ holds the session's tiny data set as the collected data and its tiny world model
 and the shipped model.
 """
 
-import shutil
 import time
 
 import numpy as np
@@ -14,20 +13,14 @@ from streamlit.testing.v1 import AppTest
 
 from core.app_data import ROOT_ENV
 from core.dream import KEY_ACTIONS
-from tests.conftest import ROOT, TEST_ENV
+from tests.conftest import ROOT, TEST_ENV, make_app_root
 
 TIMEOUT = 120  # seconds a script run may take (the first one loads TensorFlow)
 
 
 @pytest.fixture(scope="session")
 def app_root(tmp_path_factory, tiny_data, tiny_world_model):
-    root = tmp_path_factory.mktemp("app_root")
-    shutil.copytree(tiny_data, root / "data" / "rollouts")
-    for folder in ("runs", "models"):
-        for part in ("vae", "rnn", "controller"):
-            shutil.copytree(tiny_world_model / part, root / folder / part,
-                            ignore=shutil.ignore_patterns("checkpoint", "encoded.npz", ".lock"))
-    return root
+    return make_app_root(tmp_path_factory.mktemp("app_root"), tiny_data, tiny_world_model)
 
 
 @pytest.fixture

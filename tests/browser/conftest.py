@@ -4,7 +4,6 @@ Debian's Chromium (/usr/bin/chromium) driven by Playwright, with the flags this 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_app_root
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,16 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_app_root(root: Path, tiny_data: Path, tiny_world_model: Path) -> Path:
-    """An app folder with the tiny data in data/rollouts and the tiny world model in runs/ and models/."""
-    shutil.copytree(tiny_data, root / "data" / "rollouts")
-    for folder in ("runs", "models"):
-        for part in ("vae", "rnn", "controller"):
-            shutil.copytree(tiny_world_model / part, root / folder / part,
-                            ignore=shutil.ignore_patterns("checkpoint", "encoded.npz", ".lock"))
-    return root
 
 
 @contextmanager
@@ -74,6 +63,14 @@ def streamlit_app(root: Path) -> Iterator[str]:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, tiny_data, tiny_world_model):
+    """The app served over a temporary root with the tiny data and world model, one server per test module."""
+    root = make_app_root(tmp_path_factory.mktemp("browser_root"), tiny_data, tiny_world_model)
+    with streamlit_app(root) as url:
+        yield url
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, chromium_page, make_app_root, ready, shot, streamlit_app
+from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "test-output" / "pages"
@@ -31,13 +31,6 @@ PAGES = [  # (url path, page title shown as its h1)
 ]
 
 pytestmark = BROWSER_MARKS
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_data, tiny_world_model):
-    root = make_app_root(tmp_path_factory.mktemp("browser_root"), tiny_data, tiny_world_model)
-    with streamlit_app(root) as url:
-        yield url
 
 
 @pytest.fixture

@@ -11,20 +11,13 @@ import time
 
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, READY, chromium_page, make_app_root, shot, streamlit_app
+from tests.browser.conftest import BROWSER_MARKS, READY, chromium_page, shot
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "test-output" / "race-browser"
 PLAYER = "Pat <i>x</i>"  # must show as typed, never as markup
 
 pytestmark = BROWSER_MARKS
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_data, tiny_world_model):
-    root = make_app_root(tmp_path_factory.mktemp("race_app"), tiny_data, tiny_world_model)
-    with streamlit_app(root) as url:
-        yield url
 
 
 @pytest.fixture
