@@ -79,6 +79,60 @@ def agent_step_costs(repeats: int) -> dict[str, float]:
 
 BATCHES = (8, 32)  # envs stepped together by one batched agent
 
+# (rows, inner, cols) of every matrix product in one agent step at the paper's sizes, one env:
+# V's four 4x4 stride-2 convolutions as im2col products, V's mu head, M's LSTM step, C.
+AGENT_MATMULS = (
+    (31 * 31, 16 * 3, 32), (14 * 14, 16 * 32, 64), (6 * 6, 16 * 64, 128), (2 * 2, 16 * 128, 256),
+    (1, 1024, 32), (1, 32 + 3, 1024), (1, 256, 1024), (1, 32, 3), (1, 256, 3),
+)
+
+
+def agent_floor(repeats: int) -> dict[str, float]:
+    """What the agent step's arithmetic alone costs on one core of this machine.
+
+    ``macs``: multiply-adds of one step; ``peak_gflops``: single-core float32 GEMM rate on a large
+    product; ``matmuls_ms``: the agent's own products timed alone on ready, contiguous inputs (no
+    im2col, bias, activations or Python), which is the least any float32 implementation of these
+    layers pays here.
+    """
+    rng = np.random.default_rng(0)
+    macs = float(sum(m * k * n for m, k, n in AGENT_MATMULS))
+    big_a = rng.random((768, 768), dtype=np.float32)
+    big_b = rng.random((768, 768), dtype=np.float32)
+    peak = 2 * 768 ** 3 / median_time(lambda: big_a @ big_b, max(20, repeats // 10)) / 1e9
+    pairs = [(rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32))
+             for m, k, n in AGENT_MATMULS]
+
+    def products():
+        for a, b in pairs:
+            a @ b
+
+    return {"macs": macs, "peak_gflops": peak, "matmuls_ms": median_time(products, repeats) * 1000}
+
+
+def _gemm_rate(seconds: float, start_at: float) -> float:
+    """Large float32 GEMMs a second for ``seconds``, starting at ``start_at`` (a ``time.time()``)."""
+    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    a @ a
+    time.sleep(max(0.0, start_at - time.time()))
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ a
+        n += 1
+    return n / (time.perf_counter() - t)
+
+
+def parallel_compute_scaling(workers: int, seconds: float = 3.0) -> float:
+    """Total GEMM rate of ``workers`` processes at once over one process's: 2.0 on two free cores."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from core.env import spawn_context
+    one = _gemm_rate(seconds, 0.0)
+    with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
+        start_at = time.time() + 5.0  # after every process has started and imported NumPy
+        rates = list(pool.map(_gemm_rate, [seconds] * workers, [start_at] * workers))
+    return sum(rates) / one
+
 
 def rollout_throughput(steps: int, workers: int) -> dict[str, float]:
     """Env steps a second of whole rollouts (env + agent), fast env and stock env, 1 and N processes."""
@@ -160,6 +214,8 @@ def run(quick: bool = False) -> str:
     steps = 200 if quick else 1000
     workers = max(1, os.cpu_count() or 1)
     costs = agent_step_costs(repeats)
+    floor = agent_floor(repeats)
+    scaling = parallel_compute_scaling(workers) if workers > 1 else 1.0
     rates = rollout_throughput(steps, workers)
     baseline = tf_function_rollout_rate(steps)
     baseline_n = tf_function_rollout_rate_parallel(steps, workers)
@@ -187,6 +243,18 @@ def run(quick: bool = False) -> str:
               f"- Agent step: **{numpy_ms:.3f} ms** for one env (goal ≤ 0.5 ms); batched, "
               + ", ".join(f"{costs[f'this project (NumPy), batch of {n} envs, per env']:.3f} ms per env for {n}"
                           for n in BATCHES) + ".", ""]
+    floor_ratio = (1000 / fast_env + floor["matmuls_ms"]) / (1000 / fast_env)
+    lines += ["### How far these can go on this CPU", "",
+              f"- One agent step is {floor['macs'] / 1e6:.1f} M multiply-adds, {2 * floor['macs'] / 1e6:.0f} MFLOP "
+              f"(V's convolutions {sum(m * k * n for m, k, n in AGENT_MATMULS[:4]) / floor['macs']:.0%}).",
+              f"- Single-core float32 GEMM peak, measured: **{floor['peak_gflops']:.0f} GFLOP/s**; "
+              f"the step's FLOPs at that rate: {2 * floor['macs'] / floor['peak_gflops'] / 1e6:.3f} ms.",
+              f"- The step's matrix products alone, on ready inputs: **{floor['matmuls_ms']:.3f} ms** "
+              f"({floor['matmuls_ms'] / numpy_ms:.0%} of the whole NumPy step).",
+              f"- So even an agent that were nothing but its products would make a rollout step "
+              f"**{floor_ratio:.2f}x** the fast env step alone.",
+              f"- {workers} processes doing nothing but GEMM reach **{scaling:.2f}x** one process's rate "
+              f"(an upper bound on what {workers} rollout workers can gain over one).", ""]
     return "\n".join(lines)
 
 
