@@ -37,7 +37,9 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     """Run the controller in ``config.model_dir`` on the evaluation tracks; write and return the report.
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
-    the env and the config. Stopping early reports the episodes done so far (``complete: false``).
+    the env and the config. Stopping early reports the episodes done so far (``complete: false``), and
+    writes that report over ``out`` unless ``out`` already holds a finished evaluation of the same
+    controller, which is kept.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
     controller, env and step limit) skips the tracks already driven, so a killed run loses one episode.
     """
@@ -71,12 +73,27 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     report = {**summarize(returns), "episodes": len(returns), "complete": len(driven) == len(seeds),
               "returns": returns, "seeds": driven, "steps": [done[s]["steps"] for s in driven],
               "tiles": [done[s]["tiles"] for s in driven], "env": config.env,
-              "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config)}
+              "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config),
+              "params_sha256": key["params_sha256"], "max_steps": config.max_steps}
+    if not report["complete"] and _holds_complete_report(out, key):
+        # A stopped re-run of an evaluation that already finished: keep the finished report; the episodes
+        # of this run stay in the partial file, and the next run continues from them.
+        report["out"] = str(partial)
+        return report
     atomic_write_json(out, report)
     if report["complete"]:
         partial.unlink(missing_ok=True)
     report["out"] = str(out)
     return report
+
+
+def _holds_complete_report(path: Path, key: dict) -> bool:
+    """Whether ``path`` holds a finished evaluation of the same controller, env and step limit."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("complete") is True and all(data.get(k) == v for k, v in key.items())
 
 
 def _read_partial(path: Path, key: dict) -> dict[int, dict]:

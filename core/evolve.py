@@ -60,6 +60,21 @@ def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
                             f"resume with the saved values, or pass another --run-dir to start a new one")
 
 
+def _check_not_orphaned(out_dir: Path) -> None:
+    """A controller folder holds either a whole evolution (state and CMA-ES state) or nothing of one.
+
+    A controller without its CMA-ES state (``export --no-training-state``, or copied by hand) cannot be
+    resumed; starting a new evolution there would overwrite its ``params.npz`` and append a second
+    generation 1 to its history. Refuse instead.
+    """
+    have = [name for name in (STATE, CMA_STATE, PARAMS_FILE, "history.jsonl") if (out_dir / name).exists()]
+    if have and not ((out_dir / STATE).exists() and (out_dir / CMA_STATE).exists()):
+        missing = [name for name in (STATE, CMA_STATE) if not (out_dir / name).exists()]
+        raise ArtifactError(f"{out_dir}: holds a controller ({', '.join(have)}) without its evolution state "
+                            f"({', '.join(missing)} missing), so it cannot be resumed; pass another --run-dir "
+                            "to start a new evolution, or move that controller folder away")
+
+
 def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> list[float]:
     """Mean return of each candidate over ``seeds``."""
     results = list(pool.map([(p, s) for p in candidates for s in seeds]))
@@ -84,6 +99,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     history = History(out_dir / "history.jsonl")
 
     state_path = out_dir / STATE
+    _check_not_orphaned(out_dir)
     if state_path.exists() and (out_dir / CMA_STATE).exists():
         state = read_json(state_path, "evolution state")
         if state.get("n_params") != n:

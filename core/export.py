@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from core.artifacts import ArtifactError, read_meta
+from core.artifacts import ArtifactError, RunLock, read_meta
 from core.config import ExportConfig, validate
 from core.progress import ProgressCallback, keep_going
 
@@ -29,9 +29,33 @@ REQUIRED = {"vae.weights.h5", "rnn.weights.h5", "params.npz", "config.json"}
 def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Copy ``run_dir``'s vae/, rnn/ and controller/ into ``out_dir``; returns the files and their size."""
     validate(config)
-    src, dst = Path(config.run_dir), Path(config.out_dir)
-    if src.resolve() == dst.resolve():
+    src, dst = Path(config.run_dir), Path(config.out_dir).resolve()
+    _check_destination(src, dst)
+    # An evolution writes its controller every generation: wait for a consistent one rather than copy the
+    # state of one generation beside the CMA-ES state of the next.
+    with RunLock(src / "controller", "training"):
+        return _export(config, src, dst, on_progress)
+
+
+def _check_destination(src: Path, dst: Path) -> None:
+    """``dst`` is replaced as a whole (its loose files carried over): it must be new, hold only files, or
+    be an earlier export; never a folder of other folders (the project folder, say) or the run itself."""
+    src = src.resolve()
+    if src == dst:
         raise ArtifactError(f"--run-dir and --out-dir are both {src}; export needs another destination")
+    if dst in src.parents:
+        raise ArtifactError(f"--out-dir {dst} contains --run-dir {src}; export into a folder of its own")
+    if dst.exists() and not dst.is_dir():
+        raise ArtifactError(f"--out-dir {dst} is a file; export needs a folder")
+    if dst.is_dir() and not any((dst / kind).is_dir() for kind in PARTS):
+        folders = sorted(p.name for p in dst.iterdir() if p.is_dir())
+        if folders:  # a model card beside the model is fine; other folders mean this is not a model folder
+            raise ArtifactError(f"--out-dir {dst} holds other folders ({', '.join(folders[:3])}) and no world "
+                                "model (no vae/, rnn/ or controller/); export into a new folder, or over an "
+                                "earlier export")
+
+
+def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCallback) -> dict:
     for kind in PARTS:
         read_meta(src / kind, kind)  # only finished (or cleanly stopped) stages export
     from core.agent import Agent

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.artifacts import atomic_write_json
+
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding core/
 
 # stage -> (module, function); imported only in the child, so the server never loads TensorFlow for a job.
@@ -102,6 +104,7 @@ class Job:
     pid: int | None = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one record write at a time
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _record_path: Path | None = field(default=None, repr=False)
@@ -227,20 +230,21 @@ class Job:
         """Write the job's record (not its history: the stage's own history.jsonl has that)."""
         if self._record_path is None:
             return
-        now = time.time()
-        if not force and now - self._last_save < SAVE_INTERVAL:
-            return
-        self._last_save = now
-        snap = self.snapshot()
-        record = {k: snap[k] for k in ("id", "stage", "status", "step", "total", "metrics", "error",
-                                       "error_detail", "result", "config", "out_dir", "started_at",
-                                       "ended_at", "pid")}
-        tmp = self._record_path.with_suffix(".json.tmp")
-        try:
-            tmp.write_text(json.dumps(record, default=str), encoding="utf-8")
-            os.replace(tmp, self._record_path)
-        except OSError:
-            pass
+        # Three threads save (events, exit, the page's stop): one at a time, each with a snapshot taken
+        # under the lock, so the last record written is always the newest state.
+        with self._save_lock:
+            now = time.time()
+            if not force and now - self._last_save < SAVE_INTERVAL:
+                return
+            self._last_save = now
+            snap = self.snapshot()
+            record = {k: snap[k] for k in ("id", "stage", "status", "step", "total", "metrics", "error",
+                                           "error_detail", "result", "config", "out_dir", "started_at",
+                                           "ended_at", "pid")}
+            try:
+                atomic_write_json(self._record_path, json.loads(json.dumps(record, default=str)))
+            except OSError:
+                pass
 
     @classmethod
     def from_record(cls, record: dict, record_path: Path) -> "Job":
@@ -357,11 +361,20 @@ class JobRegistry:
             proc = subprocess.Popen([self.python, "-m", "core.jobs", job.stage, str(write_fd)], cwd=self.cwd,
                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,), start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            if job._log_file is not None:
+                job._log_file.close()
+                job._log_file = None
+            raise
         finally:
             os.close(write_fd)
         job._proc, job.pid = proc, proc.pid
-        proc.stdin.write((json.dumps(job.config) + "\n").encode())
-        proc.stdin.flush()
+        try:
+            proc.stdin.write((json.dumps(job.config) + "\n").encode())
+            proc.stdin.flush()
+        except OSError:
+            pass  # the child died at once; the threads below report how, with its output
         job._save(force=True)
         events = threading.Thread(target=_read_events, args=(job, read_fd), daemon=True,
                                   name=f"job-{job.id}-events")
@@ -421,8 +434,14 @@ def _child(stage: str, fd: int) -> int:
     def send(event: dict) -> None:
         line = json.dumps(event, default=_jsonable)
         with write_lock:
-            out.write(line + "\n")
-            out.flush()
+            if out.closed:
+                return
+            try:
+                out.write(line + "\n")
+                out.flush()
+            except OSError:  # the server is gone (its end of the pipe closed): stop at the next safe point
+                _server_gone(out)
+                stop.set()
 
     def watch_stdin() -> None:
         # "stop" from the server, or end-of-file because the server is gone: stop at the next safe point.
@@ -457,7 +476,24 @@ def _child(stage: str, fd: int) -> int:
               "traceback": None if user_error else traceback.format_exc()})
         return 1
     finally:
-        out.close()
+        with write_lock:
+            try:
+                out.close()
+            except OSError:
+                pass
+
+
+def _server_gone(events) -> None:
+    """Silence a child whose server has exited: its pipes are closed, and a stage writing a warning or a
+    progress line to them would fail with BrokenPipeError before it reaches its checkpoint."""
+    try:
+        events.close()
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _jsonable(obj: Any) -> Any:

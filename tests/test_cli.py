@@ -119,6 +119,8 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["evolve", "--popsize", "1"], "--popsize=1 is too small"),
     (["train-vae", "--seed", "-1"], "--seed=-1 is too small"),
     (["record", "--actions", str(ROOT / "README.md")], "README.md"),
+    (["export", "--run-dir", "/nonexistent/run", "--out-dir", "."], "holds other folders"),
+    (["export", "--out-dir", "."], "contains --run-dir"),
 ])
 def test_bad_input_gets_one_line_error_not_traceback(args, message):
     proc = cli(*args, check=False)
@@ -172,6 +174,12 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
                 "--quiet"))
     assert not (out / "controller" / "cma_state.pkl").exists() and (out / "README.md").exists()
     assert not list(tmp_path.glob(".models*"))  # no staging folders left behind
+    # A lean export cannot resume: evolving it is refused, and its trained controller stays as it was.
+    params = (out / "controller" / "params.npz").read_bytes()
+    lean = cli("evolve", "--run-dir", str(out), "--generations", "3", "--popsize", "4", "--workers", "1",
+               "--env", TEST_ENV, "--quiet", check=False)
+    assert lean.returncode != 0 and "cma_state.pkl missing" in lean.stderr and "Traceback" not in lean.stderr
+    assert (out / "controller" / "params.npz").read_bytes() == params
 
 
 def test_a_corrupt_episode_is_skipped_or_stops_the_stage(tiny_data, tmp_path):

@@ -26,8 +26,18 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_world_model, tm
     assert not (tmp_path / "eval.json.partial").exists()
     assert json.loads(out.read_text())["episodes"] == 4
 
-    fresh = evaluate(config)  # a finished evaluation starts over rather than reuse old episodes
-    assert fresh["returns"] == full["returns"]
+    calls.clear()
+    fresh = evaluate(config, lambda step, total, m: calls.append(step) or True)
+    assert calls[0] == 0  # a finished evaluation starts over rather than reuse old episodes
+    assert fresh["returns"] == full["returns"]  # and drives the same tracks the same way
+
+    # Stopping a re-run keeps the finished report; the new episodes wait in the partial file.
+    finished = out.read_text()
+    stopped = evaluate(config, lambda step, total, m: step < 1)
+    assert not stopped["complete"] and stopped["out"].endswith(".partial")
+    assert out.read_text() == finished
+    resumed = evaluate(config)
+    assert resumed["complete"] and resumed["returns"] == full["returns"]
 
 
 def test_a_partial_evaluation_of_another_controller_is_not_reused(tiny_world_model, tmp_path):

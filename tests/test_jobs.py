@@ -103,3 +103,33 @@ def test_after_a_restart_jobs_are_read_back_and_a_stopped_training_resumes(tmp_p
     assert snap["history"][0]["step"] > stopped_at  # it went on from the checkpoint, not from zero
     assert read_history(tmp_path / "run" / "vae" / "history.jsonl")
     assert read_json(tmp_path / "run" / "vae" / "meta.json")["metrics"]["complete"]
+
+
+def test_a_job_whose_server_is_gone_stops_cleanly_at_a_checkpoint(tmp_path, tiny_data):
+    """The server exits (crash, Ctrl+C, restart) while a child trains: its pipes close. The child must
+    write its checkpoint and metadata and exit 0, not die of BrokenPipeError on its next progress line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    config = VAEConfig(data_dir=str(tiny_data), run_dir="run", z_size=8, epochs=3, batch_size=16, holdout=0.0)
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "core.jobs", "train-vae", str(write_fd)], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            pass_fds=(write_fd,))
+    os.close(write_fd)
+    proc.stdin.write((json.dumps(vars(config)) + "\n").encode())
+    proc.stdin.flush()
+    with os.fdopen(read_fd, "rb") as events:
+        for raw in events:
+            event = json.loads(raw)
+            if event.get("event") == "progress" and event["step"] >= 1:
+                break
+    # The server is gone: its ends of the event pipe (closed above), of stdout and of stdin close.
+    proc.stdout.close()
+    proc.stdin.close()
+    assert proc.wait(120) == 0
+    meta = read_json(tmp_path / "run" / "vae" / "meta.json")
+    assert meta["metrics"]["complete"] is False and meta["metrics"]["step"] >= 1
