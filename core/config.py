@@ -14,6 +14,7 @@ Folder layout of a world model (``run_dir`` for training, ``models/`` for the sh
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ def validate(config: Any) -> Any:
         value = getattr(config, f.name)
         meta = f.metadata
         flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag}={value!r} is not a number; give a finite value")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{flag}={value!r} is not one of {', '.join(map(str, meta['choices']))}")
         if meta.get("min") is not None and value < meta["min"]:

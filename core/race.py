@@ -56,8 +56,9 @@ MAX_COMMANDS = 32  # queued control messages per session; more are dropped
 
 
 def _default_max_races() -> int:
+    """WM_MAX_RACES, kept within the config's range (1..64) so that a large value caps rather than breaks."""
     try:
-        return max(1, int(os.environ.get("WM_MAX_RACES", "4")))
+        return min(64, max(1, int(os.environ.get("WM_MAX_RACES", "4"))))
     except ValueError:
         return 4
 
@@ -218,14 +219,23 @@ def single_threaded_blas() -> bool:
     return False
 
 
-_AGENT_CACHE: dict[tuple[str, float], tuple[dict, np.ndarray]] = {}
+_AGENT_CACHE: dict[str, tuple[tuple[float, ...], dict, np.ndarray]] = {}  # folder -> (stamp, weights, params)
 _AGENT_LOCK = threading.Lock()
 
 
-def _model_stamp(model_dir: Path) -> float:
-    stamps = [p.stat().st_mtime for sub in ("vae", "rnn", "controller") for p in (model_dir / sub).glob("*")
-              if p.is_file()]
-    return max(stamps, default=0.0)
+WEIGHT_FILES = ("vae/vae.weights.h5", "rnn/rnn.weights.h5", "controller/params.npz")  # what the AI drives with
+
+
+def _model_stamp(model_dir: Path) -> tuple[float, ...]:
+    """The version of a model's weights: their modification times (an evolution also rewrites history,
+    meta and state files every generation, which change nothing the AI loads)."""
+    stamps = []
+    for name in WEIGHT_FILES:
+        try:
+            stamps.append((model_dir / name).stat().st_mtime)
+        except OSError:
+            stamps.append(0.0)
+    return tuple(stamps)
 
 
 def is_world_model(path: Path | str) -> bool:
@@ -258,17 +268,18 @@ def load_agent(model_dir: str):
     if not is_world_model(path):
         raise RaceError(f"no trained world model in {model_dir!r} (it needs vae/, rnn/ and controller/); "
                         "train one, or pick another model")
-    key = (str(path.resolve()), _model_stamp(path))
+    key, stamp = str(path.resolve()), _model_stamp(path)
     with _AGENT_LOCK:
-        if key not in _AGENT_CACHE:
+        cached = _AGENT_CACHE.get(key)
+        if cached is None or cached[0] != stamp:  # one version per folder: a newer one replaces it
             try:
                 weights = load_world_model_weights(path)
                 z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
                 params = load_controller(path / "controller", z_size, hidden).get_params()
             except ArtifactError as e:
                 raise RaceError(f"the AI in {model_dir!r} cannot be loaded: {e}") from None
-            _AGENT_CACHE[key] = (weights, params)
-        weights, params = _AGENT_CACHE[key]
+            cached = _AGENT_CACHE[key] = (stamp, weights, params)
+        _, weights, params = cached
     return Agent(weights, params)
 
 
@@ -299,7 +310,8 @@ def warm_up(model_dir: str) -> None:
     if not is_world_model(path):
         return
     with _AGENT_LOCK:
-        if any(k[0] == str(path.resolve()) for k in _AGENT_CACHE):
+        cached = _AGENT_CACHE.get(str(path.resolve()))
+        if cached is not None and cached[0] == _model_stamp(path):
             return
 
     def load() -> None:

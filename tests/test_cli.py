@@ -121,6 +121,8 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["record", "--actions", str(ROOT / "README.md")], "README.md"),
     (["export", "--run-dir", "/nonexistent/run", "--out-dir", "."], "holds other folders"),
     (["export", "--out-dir", "."], "contains --run-dir"),
+    (["train-vae", "--learning-rate", "nan"], "--learning-rate=nan is not a number"),
+    (["evolve", "--sigma0", "inf"], "--sigma0=inf is not a number"),
 ])
 def test_bad_input_gets_one_line_error_not_traceback(args, message):
     proc = cli(*args, check=False)

@@ -313,3 +313,33 @@ def test_the_trained_agent_races(tiny_world_model, tmp_path):
 
 def test_blas_can_be_limited_to_one_thread():
     assert race.single_threaded_blas()
+
+
+@pytest.mark.parametrize("value, expected", [("100", 64), ("0", 1), ("two", 4), ("7", 7)])
+def test_wm_max_races_is_kept_in_range(monkeypatch, value, expected):
+    from core.config import validate
+    monkeypatch.setenv("WM_MAX_RACES", value)
+    assert race._default_max_races() == expected
+    validate(RaceConfig(max_races=race._default_max_races()))  # the default config stays valid
+
+
+def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
+    """An evolution rewrites history, meta and state every generation: that must not load (and keep) another
+    copy of the weights; new controller weights replace the cached ones."""
+    import os
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world_model, model)
+    first = race.load_agent(str(model))
+    key = str(model.resolve())
+    cached = race._AGENT_CACHE[key]
+    later = os.stat(model / "controller" / "params.npz").st_mtime + 10
+    os.utime(model / "controller" / "history.jsonl", (later, later))
+    race.load_agent(str(model))
+    assert race._AGENT_CACHE[key] is cached
+    params = np.load(model / "controller" / "params.npz")
+    np.savez(model / "controller" / "params.npz", **{**params, "params": params["params"] + 1.0})
+    os.utime(model / "controller" / "params.npz", (later, later))
+    second = race.load_agent(str(model))
+    assert [k for k in race._AGENT_CACHE if k == key] == [key] and race._AGENT_CACHE[key] is not cached
+    assert np.allclose(second.controller.get_params(), first.controller.get_params() + 1.0)
