@@ -5,7 +5,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import RNNConfig
-from core.dataset import list_episodes, load_episode
+from core.dataset import EpisodeError, list_episodes, load_episode
 from core.dream import one_step_predictions
 from pages import _ui
 
@@ -68,8 +68,15 @@ def prediction_view() -> None:
     cols = st.columns([2, 3])
     name = cols[0].selectbox("Episode", [p.name for p in episodes], key="rnn.pred_episode")
     path = next(p for p in episodes if p.name == name)
-    steps = load_episode(path).steps
-    start = cols[1].slider("From step", 0, max(0, steps - 8), min(200, max(0, steps - 8)), key="rnn.pred_start")
+    try:
+        steps = load_episode(path).steps
+    except EpisodeError as e:
+        st.error(f"{e}. Pick another episode.")
+        return
+    if steps <= 8:
+        st.caption(f"`{name}` has {steps} steps, too few to predict 8 of them; pick a longer episode.")
+        return
+    start = cols[1].slider("From step", 0, steps - 8, min(200, steps - 8), key="rnn.pred_start")
     versions = (parts["vae"]["updated"], parts["rnn"]["updated"])
     try:
         out = predictions(run_dir, versions, str(path), int(start), 8)

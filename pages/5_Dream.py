@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from core import app_data
-from core.dataset import list_episodes, load_episode
+from core.dataset import EpisodeError, list_episodes, load_episode
 from core.dream import (DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale,
                         with_captions)
 from pages import _ui
@@ -43,7 +43,10 @@ def play(frames: np.ndarray, captions: list[str], loop: bool) -> None:
 def new_dream(start: str, episode: str | None, step: int, seed: int) -> Dream:
     dream = Dream(model, tau=tau, seed=seed)
     if start == "real" and episode:
-        dream.reset_from_episode(load_episode(episode), step)
+        try:
+            dream.reset_from_episode(load_episode(episode), step)
+        except EpisodeError as e:
+            st.error(f"{e}. This dream starts from a random z instead; pick another episode for a real start.")
     st.session_state["dream"] = dream
     st.session_state["dream.key"] = (model_dir, id(model))
     play(dream.frames(), dream_captions(dream), loop=False)

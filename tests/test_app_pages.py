@@ -165,3 +165,23 @@ def test_the_app_never_writes_into_the_shipped_model(app_root, monkeypatch):
     finally:
         stored.unlink()
         (app_data.outputs_dir("models") / "evaluation.json").unlink(missing_ok=True)
+
+
+def test_a_corrupt_or_short_episode_is_explained_not_a_crash(tmp_path, tiny_data, tiny_world_model, monkeypatch):
+    """The first episode (the one the pages pick by default) is truncated, and another has 5 steps."""
+    root = make_app_root(tmp_path, tiny_data, tiny_world_model)
+    episodes = sorted((root / "data" / "rollouts").glob("*.npz"))
+    episodes[0].write_bytes(episodes[0].read_bytes()[:300])
+    with np.load(episodes[1]) as f:
+        short = {k: f[k][:6 if k == "obs" else 5] if f[k].ndim else f[k] for k in f.files}  # 5 steps
+    np.savez(episodes[1], **short)
+    monkeypatch.setenv(ROOT_ENV, str(root))
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT)
+    at.run()
+    dream = open_page(at, "5_Dream.py")
+    assert any(episodes[0].name in e.value for e in dream.error)
+    assert "Dream step 0" in dream.get("image")[0].captions[0]  # it dreams from a random z instead
+    rnn = open_page(at, "3_Train_RNN.py")
+    assert any(episodes[0].name in e.value for e in rnn.error)
+    rnn.selectbox(key="rnn.pred_episode").set_value(episodes[1].name).run()
+    assert not rnn.exception and any("too few" in c.value for c in rnn.caption)
