@@ -185,3 +185,32 @@ def test_a_corrupt_or_short_episode_is_explained_not_a_crash(tmp_path, tiny_data
     assert any(episodes[0].name in e.value for e in rnn.error)
     rnn.selectbox(key="rnn.pred_episode").set_value(episodes[1].name).run()
     assert not rnn.exception and any("too few" in c.value for c in rnn.caption)
+
+
+def test_evaluating_and_recording_the_shipped_model_leave_it_byte_for_byte(app, app_root):
+    """Run an evaluation and a recording of models/ from the Evolve page: their outputs land in
+    runs/shipped-model/, and every file of models/ is unchanged (no new ones either)."""
+    import hashlib
+
+    def snapshot() -> dict:
+        return {str(p.relative_to(app_root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted((app_root / "models").rglob("*")) if p.is_file() and p.name != ".lock"}
+
+    before = snapshot()
+    at = open_page(app, "4_Evolve.py")
+    at.selectbox(key="evolve.model_dir").set_value("models").run()
+    for done, (stage, settings) in enumerate((("evaluate", {"episodes": 1, "max_steps": 15, "workers": 1}),
+                                              ("record", {"max_steps": 15})), start=1):
+        for name, value in settings.items():
+            at.number_input(key=f"{stage}.{name}").set_value(value)
+        at.selectbox(key=f"{stage}.env").set_value(TEST_ENV)
+        at.button(key=f"start.{stage}").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum("finished" in s.value for s in at.success) < done:
+            time.sleep(0.5)
+            at.run()
+        assert sum("finished" in s.value for s in at.success) == done, [s.value for s in at.success]
+    outputs = app_root / "runs" / "shipped-model"
+    assert (outputs / "evaluation.json").exists() and (outputs / "watch.mp4").stat().st_size > 1000
+    assert snapshot() == before

@@ -19,10 +19,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert os.listdir(tmp_path) == ["a.json"]
 
 
-def test_failed_write_keeps_the_old_file(tmp_path):
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    """The disk fails after the new bytes went into the temporary file (a full disk, say)."""
     atomic_write_json(tmp_path / "a.json", {"x": 1})
-    with pytest.raises(TypeError):
-        atomic_write_json(tmp_path / "a.json", {"x": object()})
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_json(tmp_path / "a.json", {"x": 2, "pad": "y" * 10_000})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert os.listdir(tmp_path) == ["a.json"]
 
