@@ -1,9 +1,14 @@
-"""Stage 1, collect: exploring random rollouts of CarRacing saved as episode files.
+"""Stage 1, collect: rollouts of CarRacing saved as episode files.
 
 Uniform ``action_space.sample()`` mostly spins the car in place (about -35 a track), so the data would
 show little of the road. The Brownian policy below keeps each action component on a smoothed random walk
 (an Ornstein-Uhlenbeck process): the car drives along, drifts off, brakes now and then, and the frames
 cover on-road and off-road views alike.
+
+A random driver rarely gets far along a track, so V and M see little of what a good driver sees (long
+straights at speed, late corners). The controller policy is the paper's iterative training step: a trained
+world model drives, its actions nudged by smoothed noise so that the data also holds mistakes and
+recoveries, and V and M can be retrained on those episodes.
 """
 
 from __future__ import annotations
@@ -27,30 +32,88 @@ OU_THETA = np.array([0.05, 0.02, 0.02], dtype=np.float32)
 OU_SIGMA = np.array([0.12, 0.06, 0.06], dtype=np.float32)
 
 
+# The controller policy's noise: an Ornstein-Uhlenbeck process of unit spread per action component, so a
+# nudge lasts about 1 / NOISE_THETA steps (a fifth of a second) instead of cancelling out at once.
+NOISE_THETA = 0.1
+NOISE_SIGMA = float(np.sqrt(2 * NOISE_THETA - NOISE_THETA ** 2))  # stationary standard deviation 1
+ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
+ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+
+
 class BrownianPolicy:
-    """Smoothed random actions: float32 (3,) in ``[-1, 0, 0]..[1, 1, 1]``."""
+    """Smoothed random actions: float32 (3,) in ``[-1, 0, 0]..[1, 1, 1]``; the observation is ignored."""
 
     def __init__(self, rng: np.random.Generator):
         self.rng = rng
         self.x = OU_MEAN + rng.normal(0.0, 0.3, size=3).astype(np.float32)
 
-    def __call__(self) -> np.ndarray:
+    def __call__(self, obs: np.ndarray | None = None) -> np.ndarray:
         noise = self.rng.normal(0.0, 1.0, size=3).astype(np.float32)
         self.x = self.x + OU_THETA * (OU_MEAN - self.x) + OU_SIGMA * noise
         self.x = np.clip(self.x, [-1.0, 0.0, -1.0], [1.0, 1.0, 1.0]).astype(np.float32)
         return np.array([self.x[0], self.x[1], max(0.0, self.x[2])], dtype=np.float32)
 
 
-def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | None = None) -> Episode:
-    """One Brownian-policy episode on track ``seed``; pure function of its arguments."""
+class ControllerPolicy:
+    """A trained world model's agent (V + M + C) driving, plus ``noise`` times smoothed unit noise, clipped
+    to the action ranges: float32 (3,) from a uint8 (96, 96, 3) observation."""
+
+    def __init__(self, weights: dict, params: np.ndarray, noise: float, rng: np.random.Generator):
+        from core.agent import Agent
+        self.agent = Agent(weights, params)
+        self.noise, self.rng = np.float32(noise), rng
+        self.x = np.zeros(3, np.float32)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        action = self.agent.act(obs)
+        step = self.rng.normal(0.0, 1.0, size=3).astype(np.float32)
+        self.x = (1.0 - NOISE_THETA) * self.x + NOISE_SIGMA * step
+        return np.clip(action + self.noise * self.x, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+
+
+# The world model that drives for policy "controller": NumPy weights and C's parameters, set once per
+# process (in workers by the pool's initializer), never TensorFlow.
+_DRIVER: dict = {}
+
+
+def _set_driver(weights: dict | None, params: np.ndarray | None) -> None:
+    _DRIVER.clear()
+    if weights is not None:
+        _DRIVER.update(weights=weights, params=params)
+
+
+def _init_worker(weights: dict | None, params: np.ndarray | None) -> None:
+    worker_setup()
+    _set_driver(weights, params)
+
+
+def load_driver(model_dir: Path | str) -> tuple[dict, np.ndarray]:
+    """The NumPy weights and controller parameters of the world model in ``model_dir``."""
+    from core.agent import load_world_model_weights
+    from core.controller import load_controller
+    weights = load_world_model_weights(model_dir)
+    z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
+    return weights, load_controller(Path(model_dir) / "controller", z_size, hidden).get_params()
+
+
+def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | None = None,
+                policy: str = "brownian", noise: float = 0.0) -> Episode:
+    """One episode on track ``seed``; a pure function of its arguments (and, for policy "controller", of
+    the world model set with ``_set_driver``)."""
+    rng = np.random.default_rng(seed if policy_seed is None else policy_seed)
+    if policy == "controller":
+        if not _DRIVER:
+            raise RuntimeError("policy 'controller' needs a world model: _set_driver() first")
+        drive = ControllerPolicy(_DRIVER["weights"], _DRIVER["params"], noise, rng)
+    else:
+        drive = BrownianPolicy(rng)
     env = make_env(env_kind)
-    policy = BrownianPolicy(np.random.default_rng(seed if policy_seed is None else policy_seed))
     obs, _ = env.reset(seed=seed)
     frames = [preprocess(obs)]
     actions, rewards, terms, truncs = [], [], [], []
     try:
         for t in range(max_steps):
-            a = policy()
+            a = drive(obs)
             obs, r, terminated, truncated, _ = env.step(a)
             truncated = truncated or t == max_steps - 1
             frames.append(preprocess(obs))
@@ -67,8 +130,8 @@ def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | Non
                    truncated=np.asarray(truncs, bool), seed=seed)
 
 
-def _collect_one(seed: int, max_steps: int, env_kind: str, out_dir: str) -> dict:
-    ep = run_episode(seed, max_steps, env_kind)
+def _collect_one(seed: int, max_steps: int, env_kind: str, out_dir: str, policy: str, noise: float) -> dict:
+    ep = run_episode(seed, max_steps, env_kind, policy=policy, noise=noise)
     path = episode_path(out_dir, seed)
     save_episode(path, ep)
     return {"file": path.name, "seed": seed, "steps": ep.steps, "return": round(ep.total_reward, 3)}
@@ -112,22 +175,27 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
         return bool(on_progress(done, total, {"episode": entry["seed"], "return": entry["return"],
                                               "steps": entry["steps"]}))
 
+    weights, params = load_driver(config.model_dir) if config.policy == "controller" and todo else (None, None)
+    task = (config.max_steps, config.env, str(out_dir), config.policy, config.noise)
     if not on_progress(done, total, {}):
         todo = []
     if config.workers == 1 or len(todo) <= 1:
-        for seed in todo:
-            if not record(_collect_one(seed, config.max_steps, config.env, str(out_dir))):
-                break
+        _set_driver(weights, params)
+        try:
+            for seed in todo:
+                if not record(_collect_one(seed, *task)):
+                    break
+        finally:
+            _set_driver(None, None)
     elif todo:
         with ProcessPoolExecutor(min(config.workers, len(todo)), mp_context=spawn_context(),
-                                 initializer=worker_setup) as pool:
+                                 initializer=_init_worker, initargs=(weights, params)) as pool:
             queue = list(todo)
             running = set()
             stop = False
             while (queue and not stop) or running:
                 while queue and not stop and len(running) < config.workers:
-                    running.add(pool.submit(_collect_one, queue.pop(0), config.max_steps, config.env,
-                                            str(out_dir)))
+                    running.add(pool.submit(_collect_one, queue.pop(0), *task))
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     if not record(fut.result()):

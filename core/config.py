@@ -31,6 +31,7 @@ TRAIN_SEED_LIMIT = EVAL_SEED_BASE  # training track seeds are in [0, TRAIN_SEED_
 
 ENV_CHOICES = ("fast", "stock")
 ON_CORRUPT_CHOICES = ("skip", "stop")
+POLICY_CHOICES = ("brownian", "controller")
 
 
 def param(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
@@ -79,7 +80,7 @@ def from_dict(cls: type, data: dict) -> Any:
 
 @dataclass(frozen=True)
 class CollectConfig:
-    """Random-policy rollouts of CarRacing, one compressed file per episode."""
+    """Rollouts of CarRacing (random or by a trained controller), one compressed file per episode."""
 
     out_dir: str = param(DEFAULT_DATA_DIR, "folder the episodes and manifest.json are written to")
     episodes: int = param(100, "episodes to have in out_dir when done (paper: 10000)", minimum=1)
@@ -88,9 +89,13 @@ class CollectConfig:
     workers: int = param(default_workers(), "worker processes running episodes in parallel", minimum=1)
     seed: int = param(0, "track seed of the first episode; episode i drives track seed + i",
                       minimum=0, maximum=TRAIN_SEED_LIMIT - 1)
-    policy: str = param("brownian", "exploring policy: brownian = smoothed random actions",
-                        choices=("brownian",))
+    policy: str = param("brownian", "who drives: brownian = smoothed random actions; controller = the "
+                        "controller of --model-dir, with smoothed noise (the paper's iterative training)",
+                        choices=POLICY_CHOICES)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
+    model_dir: str = param(SHIPPED_MODEL_DIR, "world model whose V, M and C drive (policy controller only)")
+    noise: float = param(0.1, "policy controller: spread of the smoothed noise added to its actions, so the "
+                         "data also shows recoveries", minimum=0.0, maximum=1.0)
 
     def check(self) -> None:
         if self.seed + self.episodes > TRAIN_SEED_LIMIT:

@@ -39,3 +39,30 @@ def test_stop_request_ends_collection_cleanly(tmp_path):
     summary = collect(CollectConfig(out_dir=str(out), episodes=5, max_steps=10, workers=1, env=TEST_ENV),
                       lambda step, total, m: step < 2)
     assert summary["episodes"] == 2 and len(list_episodes(out)) == 2
+
+
+def test_a_trained_controller_can_drive_the_collection(tiny_world_model, tmp_path):
+    """Policy "controller": the world model's agent drives, nudged by smoothed noise; the same in worker
+    processes as in one process, and with no noise exactly the agent's own actions."""
+    from core.agent import Agent
+    from core.env import make_env
+    settings = dict(episodes=2, max_steps=12, env=TEST_ENV, policy="controller", model_dir=str(tiny_world_model))
+    one = collect(CollectConfig(out_dir=str(tmp_path / "one"), workers=1, noise=0.3, **settings))
+    two = collect(CollectConfig(out_dir=str(tmp_path / "two"), workers=2, noise=0.3, **settings))
+    assert one["episodes"] == two["episodes"] == 2
+    for a, b in zip(list_episodes(tmp_path / "one"), list_episodes(tmp_path / "two")):
+        np.testing.assert_array_equal(load_episode(a).action, load_episode(b).action)
+    brownian = collect(CollectConfig(out_dir=str(tmp_path / "b"), episodes=1, max_steps=12, workers=1, env=TEST_ENV))
+    assert brownian["episodes"] == 1
+    noisy = load_episode(list_episodes(tmp_path / "one")[0]).action
+    assert not np.allclose(noisy, load_episode(list_episodes(tmp_path / "b")[0]).action)
+
+    collect(CollectConfig(out_dir=str(tmp_path / "plain"), workers=1, noise=0.0, **settings))
+    plain = load_episode(list_episodes(tmp_path / "plain")[0])
+    agent, env = Agent.load(tiny_world_model), make_env(TEST_ENV)
+    obs, _ = env.reset(seed=plain.seed)
+    for action in plain.action[:5]:  # the agent, driving the same track, takes the very same actions
+        np.testing.assert_array_equal(np.clip(agent.act(obs), [-1, 0, 0], [1, 1, 1]), action)
+        obs, *_ = env.step(action)
+    env.close()
+    assert not np.array_equal(plain.action, noisy)
