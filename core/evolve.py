@@ -142,6 +142,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),
                            "worst": float(fitness.min()), "sigma": float(es.sigma),
                            "early_stopped": float(np.mean([r.early_stopped for r in results])),
+                           "rollouts": config.rollouts,
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
                     scores = evaluate_params(eval_pool, [es.mean, candidates[best_i]], eval_seeds)

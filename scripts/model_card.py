@@ -47,6 +47,24 @@ def learning_curve(records: list[dict], rows: int = 15) -> list[str]:
     return lines
 
 
+def _rollouts(model_dir: Path, latest: int) -> str:
+    """Rollouts per candidate, by generation where the history records them (a resumed evolution may
+    change them); otherwise the setting of the latest run."""
+    records = read_history(model_dir / "controller" / "history.jsonl")
+    known = [(r["generation"], r["rollouts"]) for r in records if "rollouts" in r]
+    if not known:
+        return f"{latest} rollouts in the latest run"
+    spans: list[list[int]] = []  # [first generation, last generation, rollouts]
+    for gen, n in known:
+        if spans and spans[-1][2] == n:
+            spans[-1][1] = gen
+        else:
+            spans.append([gen, gen, n])
+    if len(spans) == 1 and len(known) == len(records):
+        return f"{spans[0][2]} rollouts"
+    return ", ".join(f"{n} rollouts in generations {a}-{b}" for a, b, n in spans)
+
+
 def _f(metrics: dict, key: str, spec: str) -> str:
     """A metric formatted, or '–' where the run did not measure it (no held-out episodes, say)."""
     value = metrics.get(key)
@@ -81,7 +99,7 @@ def main(model_dir: Path) -> None:
             f"{_f(rm, 'val_mdn', '.3f')} (held-out), reward MSE {_f(rm, 'val_reward', '.3f')}, episode-end loss "
             f"{_f(rm, 'val_done', '.4f')}",
             f"- C: {state['generation']} generations of CMA-ES (population {ctrl['config']['popsize']} x "
-            f"{ctrl['config']['rollouts']} rollouts), {state['episodes']:,} episodes, {state['env_steps']:,} env "
+            f"{_rollouts(model_dir, ctrl['config']['rollouts'])}), {state['episodes']:,} episodes, {state['env_steps']:,} env "
             f"steps, {state['train_seconds'] / 3600:.2f} h wall on {ctrl['config']['workers']} cores; best periodic "
             f"evaluation {_f(state, 'best_eval', '.1f')}", ""]
     records = read_history(model_dir / "controller" / "history.jsonl")
