@@ -193,6 +193,8 @@ class EvolveConfig:
     workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
     seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
+    init_from: str = param("", "a new evolution starts its CMA-ES mean at this controller (a folder with "
+                               "params.npz, e.g. models/controller) instead of zero; ignored on resume")
 
     @property
     def out_dir(self) -> Path:

@@ -75,6 +75,15 @@ def _check_not_orphaned(out_dir: Path) -> None:
                             "to start a new evolution, or move that controller folder away")
 
 
+def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionStrategy:
+    """A fresh CMA-ES over C's parameters, its mean at zero or at the controller ``config.init_from``."""
+    start = np.zeros(num_params(z_size, hidden))
+    if config.init_from:  # load_controller explains a missing file or one made for another z or h
+        start = load_controller(config.init_from, z_size, hidden).get_params().astype(np.float64)
+    return cma.CMAEvolutionStrategy(start, config.sigma0, {"popsize": config.popsize, "seed": config.seed + 1,
+                                                           "verbose": -9, "CMA_diagonal": config.diagonal})
+
+
 def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> list[float]:
     """Mean return of each candidate over ``seeds``."""
     results = list(pool.map([(p, s) for p in candidates for s in seeds]))
@@ -109,9 +118,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         es = _load_es(out_dir)
         history.truncate_after("generation", state["generation"])
     else:
-        es = cma.CMAEvolutionStrategy(np.zeros(n), config.sigma0,
-                                      {"popsize": config.popsize, "seed": config.seed + 1, "verbose": -9,
-                                       "CMA_diagonal": config.diagonal})
+        es = new_es(config, z_size, hidden)
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
                  "train_seconds": 0.0}
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -36,3 +38,22 @@ def test_params_round_trip_and_linear_act():
 def test_wrong_parameter_count_is_refused():
     with pytest.raises(ValueError, match="takes 33 parameters, got 5"):
         Controller(4, 6, np.zeros(5))
+
+
+def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, tmp_path):
+    """--init-from puts a fresh CMA-ES mean at a trained controller (say, to restart with another
+    population size); a controller for another world model is refused with a clear message."""
+    from core.artifacts import ArtifactError
+    from core.config import EvolveConfig
+    from core.controller import load_controller, save_params
+    from core.evolve import new_es
+    config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
+    z, h = config["z_size"], config["hidden"]
+    trained = load_controller(tiny_world_model / "controller", z, h).get_params()
+    es = new_es(EvolveConfig(popsize=6, init_from=str(tiny_world_model / "controller")), z, h)
+    np.testing.assert_array_equal(es.mean, trained.astype(np.float64))
+    assert es.popsize == 6
+    assert not new_es(EvolveConfig(), z, h).mean.any()  # no --init-from: the paper's zero start
+    save_params(tmp_path, np.zeros(3 * (z + 1 + h) + 3, np.float32), z + 1, h)
+    with pytest.raises(ArtifactError, match="controller expects z"):
+        new_es(EvolveConfig(init_from=str(tmp_path)), z, h)
