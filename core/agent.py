@@ -125,10 +125,7 @@ class Agent:
     @classmethod
     def load(cls, model_dir: Path | str = "models", n_envs: int | None = None) -> "Agent":
         """Load V, M and C from ``model_dir`` (vae/, rnn/, controller/), checking they fit together."""
-        weights = load_world_model_weights(model_dir)
-        z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
-        controller = load_controller(Path(model_dir) / "controller", z_size, hidden)
-        return cls(weights, controller.get_params(), n_envs)
+        return cls(*load_world_model(model_dir), n_envs)
 
     def set_params(self, params: np.ndarray) -> None:
         self.controller.set_params(params)
@@ -152,6 +149,13 @@ class Agent:
         action = self.controller.act(self.z, self.h)
         self.h, self.c = lstm_step(self.w, np.concatenate([self.z, action], axis=1), self.h, self.c)
         return action
+
+
+def load_world_model(model_dir: Path | str) -> tuple[WorldModelWeights, np.ndarray]:
+    """V's and M's NumPy weights and C's parameters from ``model_dir``, checked to fit together."""
+    weights = load_world_model_weights(model_dir)
+    z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
+    return weights, load_controller(Path(model_dir) / "controller", z_size, hidden).get_params()
 
 
 def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:

@@ -87,15 +87,6 @@ def _init_worker(weights: dict | None, params: np.ndarray | None) -> None:
     _set_driver(weights, params)
 
 
-def load_driver(model_dir: Path | str) -> tuple[dict, np.ndarray]:
-    """The NumPy weights and controller parameters of the world model in ``model_dir``."""
-    from core.agent import load_world_model_weights
-    from core.controller import load_controller
-    weights = load_world_model_weights(model_dir)
-    z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
-    return weights, load_controller(Path(model_dir) / "controller", z_size, hidden).get_params()
-
-
 def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | None = None,
                 policy: str = "brownian", noise: float = 0.0) -> Episode:
     """One episode on track ``seed``; a pure function of its arguments (and, for policy "controller", of
@@ -175,7 +166,10 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
         return bool(on_progress(done, total, {"episode": entry["seed"], "return": entry["return"],
                                               "steps": entry["steps"]}))
 
-    weights, params = load_driver(config.model_dir) if config.policy == "controller" and todo else (None, None)
+    weights, params = (None, None)
+    if config.policy == "controller" and todo:
+        from core.agent import load_world_model
+        weights, params = load_world_model(config.model_dir)
     task = (config.max_steps, config.env, str(out_dir), config.policy, config.noise)
     if not on_progress(done, total, {}):
         todo = []

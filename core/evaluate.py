@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.agent import load_world_model_weights
+from core.agent import load_world_model
 from core.artifacts import ArtifactError, atomic_write_json, now_iso
 from core.config import EvaluateConfig, to_dict, validate
-from core.controller import load_controller
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
@@ -45,9 +44,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     """
     validate(config)
     model_dir = Path(config.model_dir)
-    weights = load_world_model_weights(model_dir)
-    z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
-    params = load_controller(model_dir / "controller", z_size, hidden).get_params()
+    weights, params = load_world_model(model_dir)
     seeds = evaluation_seeds(config)
     out = Path(config.out) if config.out else model_dir / "controller" / "evaluation.json"
     partial = out.with_name(out.name + ".partial")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.artifacts import atomic_write_json
+from core.artifacts import atomic_write_text
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding core/
 
@@ -242,7 +242,7 @@ class Job:
                                            "error_detail", "result", "config", "out_dir", "started_at",
                                            "ended_at", "pid")}
             try:
-                atomic_write_json(self._record_path, json.loads(json.dumps(record, default=str)))
+                atomic_write_text(self._record_path, json.dumps(record, default=str))
             except OSError:
                 pass
 

@@ -261,8 +261,7 @@ def resolve_model_dir(model_dir: str) -> Path:
 
 def load_agent(model_dir: str):
     """A fresh ``core.agent.Agent`` for ``model_dir`` (weights loaded once per folder and version)."""
-    from core.agent import Agent, load_world_model_weights
-    from core.controller import load_controller
+    from core.agent import Agent, load_world_model
 
     path = resolve_model_dir(model_dir)
     if not is_world_model(path):
@@ -273,9 +272,7 @@ def load_agent(model_dir: str):
         cached = _AGENT_CACHE.get(key)
         if cached is None or cached[0] != stamp:  # one version per folder: a newer one replaces it
             try:
-                weights = load_world_model_weights(path)
-                z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
-                params = load_controller(path / "controller", z_size, hidden).get_params()
+                weights, params = load_world_model(path)
             except ArtifactError as e:
                 raise RaceError(f"the AI in {model_dir!r} cannot be loaded: {e}") from None
             cached = _AGENT_CACHE[key] = (stamp, weights, params)

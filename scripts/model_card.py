@@ -47,10 +47,9 @@ def learning_curve(records: list[dict], rows: int = 15) -> list[str]:
     return lines
 
 
-def _rollouts(model_dir: Path, latest: int) -> str:
-    """Rollouts per candidate, by generation where the history records them (a resumed evolution may
+def _rollouts(records: list[dict], latest: int) -> str:
+    """Rollouts per candidate, by generation where the history ``records`` say (a resumed evolution may
     change them); otherwise the setting of the latest run."""
-    records = read_history(model_dir / "controller" / "history.jsonl")
     known = [(r["generation"], r["rollouts"]) for r in records if "rollouts" in r]
     if not known:
         return f"{latest} rollouts in the latest run"
@@ -89,6 +88,7 @@ def main(model_dir: Path) -> None:
                 f"{rep['env']} env on tracks {rep['seeds'][0]}..{rep['seeds'][-1]} (min {rep['min']:.1f}, median "
                 f"{rep['median']:.1f}, max {rep['max']:.1f}; {rep['solved_fraction']:.0%} of episodes ≥ 900)"]
     vm, rm = vae["metrics"], rnn["metrics"]
+    records = read_history(model_dir / "controller" / "history.jsonl")
     vae_s, rnn_s = (_train_seconds(model_dir / part) for part in ("vae", "rnn"))
     out += [f"- V: z = {vae['config']['z_size']}, {vm.get('train_frames', 0):,} training frames from "
             f"{vm.get('train_episodes')} episodes, {vm['epoch']:.0f} epochs in {vae_s / 60:.0f} min; reconstruction "
@@ -99,10 +99,9 @@ def main(model_dir: Path) -> None:
             f"{_f(rm, 'val_mdn', '.3f')} (held-out), reward MSE {_f(rm, 'val_reward', '.3f')}, episode-end loss "
             f"{_f(rm, 'val_done', '.4f')}",
             f"- C: {state['generation']} generations of CMA-ES (population {ctrl['config']['popsize']} x "
-            f"{_rollouts(model_dir, ctrl['config']['rollouts'])}), {state['episodes']:,} episodes, {state['env_steps']:,} env "
+            f"{_rollouts(records, ctrl['config']['rollouts'])}), {state['episodes']:,} episodes, {state['env_steps']:,} env "
             f"steps, {state['train_seconds'] / 3600:.2f} h wall on {ctrl['config']['workers']} cores; best periodic "
             f"evaluation {_f(state, 'best_eval', '.1f')}", ""]
-    records = read_history(model_dir / "controller" / "history.jsonl")
     if records:
         out += ["Learning curve (fitness = mean return of a candidate over its training tracks):", ""]
         out += learning_curve(records) + [""]
