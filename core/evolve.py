@@ -6,8 +6,10 @@ the generation's best candidate are re-evaluated on ``eval_episodes`` fixed trai
 that scores best there becomes the artifact's ``params.npz``: a lucky candidate never gets shipped on the
 strength of two episodes.
 
-Each generation writes a checkpoint (the pickled CMA-ES state, history, best parameters); re-running the
-same command resumes from it, losing at most the generation in progress.
+Each generation writes a checkpoint: its history line and ``latest.npz``, then ``cma_state.pkl`` (the
+CMA-ES with the random state it samples candidates from, the run's counters and the parameters to ship), then ``params.npz`` and ``state.json`` (readable copies). The pickle is the commit point: re-running
+the same command resumes from it wherever a kill landed, loses at most the generation in progress, and
+draws the same candidates an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -37,16 +39,33 @@ def _load_world_model(run_dir: Path):
     return load_world_model_weights(run_dir)
 
 
-def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy) -> None:
-    _atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps(es))
+def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy, state: dict, params: np.ndarray) -> None:
+    """The CMA-ES, the run's counters and the shipped parameters in one atomic file, so they can never
+    disagree. (The CMA-ES pickles its sampler's ``RandomState`` with it.)"""
+    _atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps({
+        "es": es, "state": dict(state), "params": np.asarray(params, np.float32)}))
 
 
-def _load_es(out_dir: Path) -> cma.CMAEvolutionStrategy:
+def _load_es(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrategy, dict, np.ndarray | None]:
+    """The saved CMA-ES, the counters of the generation it belongs to and the parameters to ship.
+
+    The counters come from the pickle, which is written before ``state.json``: after a kill between the
+    two it is one generation ahead, or ``state.json`` is not there yet. A pickle of a bare
+    ``CMAEvolutionStrategy`` (runs from before the counters went into it) goes with ``state``
+    (``state.json``), which it then needs, and its ``params.npz`` stays as it is.
+    """
     try:
-        return pickle.loads((out_dir / CMA_STATE).read_bytes())
+        saved = pickle.loads((out_dir / CMA_STATE).read_bytes())
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as e:
         raise ArtifactError(f"{out_dir / CMA_STATE}: unreadable CMA-ES state ({e}); delete {out_dir} to start "
                             "over") from None
+    if isinstance(saved, cma.CMAEvolutionStrategy) and state is not None:
+        return saved, state, None
+    if not (isinstance(saved, dict) and isinstance(saved.get("es"), cma.CMAEvolutionStrategy)
+            and isinstance(saved.get("state"), dict) and isinstance(saved["state"].get("generation"), int)):
+        raise ArtifactError(f"{out_dir / CMA_STATE}: not a CMA-ES checkpoint of this project, or one without its "
+                            f"{STATE}; delete {out_dir} to start over")
+    return saved["es"], saved["state"], saved.get("params")
 
 
 def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
@@ -61,17 +80,19 @@ def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
 
 
 def _check_not_orphaned(out_dir: Path) -> None:
-    """A controller folder holds either a whole evolution (state and CMA-ES state) or nothing of one.
+    """A controller folder holds an evolution (its CMA-ES state), the start of one killed in its first
+    generation (a history but no checkpoint yet), or no controller at all.
 
-    A controller without its CMA-ES state (``export --no-training-state``, or copied by hand) cannot be
-    resumed; starting a new evolution there would overwrite its ``params.npz`` and append a second
-    generation 1 to its history. Refuse instead.
+    A controller without its CMA-ES state (``export --no-training-state``, or a ``params.npz`` copied by
+    hand) cannot be resumed; starting a new evolution there would overwrite its ``params.npz`` and append
+    a second generation 1 to its history. Refuse instead.
     """
-    have = [name for name in (STATE, CMA_STATE, PARAMS_FILE, "history.jsonl") if (out_dir / name).exists()]
-    if have and not ((out_dir / STATE).exists() and (out_dir / CMA_STATE).exists()):
-        missing = [name for name in (STATE, CMA_STATE) if not (out_dir / name).exists()]
+    if (out_dir / CMA_STATE).exists():
+        return
+    if (out_dir / STATE).exists() or ((out_dir / PARAMS_FILE).exists() and not (out_dir / "history.jsonl").exists()):
+        have = [name for name in (STATE, PARAMS_FILE, "history.jsonl") if (out_dir / name).exists()]
         raise ArtifactError(f"{out_dir}: holds a controller ({', '.join(have)}) without its evolution state "
-                            f"({', '.join(missing)} missing), so it cannot be resumed; pass another --run-dir "
+                            f"({CMA_STATE} missing), so it cannot be resumed; pass another --run-dir "
                             "to start a new evolution, or move that controller folder away")
 
 
@@ -84,11 +105,11 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
                                                            "verbose": -9, "CMA_diagonal": config.diagonal})
 
 
-def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> list[float]:
-    """Mean return of each candidate over ``seeds``."""
+def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> tuple[list[float], int]:
+    """Mean return of each candidate over ``seeds``, and the env steps that took."""
     results = list(pool.map([(p, s) for p in candidates for s in seeds]))
     returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
-    return [float(x) for x in returns.mean(axis=1)]
+    return [float(x) for x in returns.mean(axis=1)], int(sum(r.steps for r in results))
 
 
 def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> dict:
@@ -109,21 +130,24 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
 
     state_path = out_dir / STATE
     _check_not_orphaned(out_dir)
-    if state_path.exists() and (out_dir / CMA_STATE).exists():
-        state = read_json(state_path, "evolution state")
+    if (out_dir / CMA_STATE).exists():
+        es, state, shipped = _load_es(out_dir, read_json(state_path, "evolution state") if state_path.exists()
+                                      else None)
         if state.get("n_params") != n:
             raise ArtifactError(f"{out_dir}: holds a controller of {state.get('n_params')} parameters, this world "
                                 f"model needs {n}; pass another --run-dir or delete {out_dir}")
         _check_resumable(out_dir, config)
-        es = _load_es(out_dir)
-        history.truncate_after("generation", state["generation"])
+        if shipped is None:  # an older checkpoint: its params.npz is the one to ship
+            shipped = load_controller(out_dir, z_size, hidden).get_params()
+        save_params(out_dir, shipped, z_size, hidden)
     else:
         es = new_es(config, z_size, hidden)
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
                  "train_seconds": 0.0}
+        shipped = np.asarray(es.mean, np.float32)
+    if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
+        history.truncate_after("generation", state["generation"])
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
-    if not (out_dir / PARAMS_FILE).exists():
-        save_params(out_dir, es.mean, z_size, hidden)
 
     resumed_from = state["generation"]
     settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
@@ -152,15 +176,17 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                            "rollouts": config.rollouts,
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
-                    scores = evaluate_params(eval_pool, [es.mean, candidates[best_i]], eval_seeds)
+                    scores, eval_steps = evaluate_params(eval_pool, [es.mean, candidates[best_i]], eval_seeds)
                     pick = int(np.argmax(scores))
-                    metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1]})
+                    metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1],
+                                    "eval_steps": eval_steps})
                     if state["best_eval"] is None or scores[pick] > state["best_eval"]:
                         state["best_eval"] = scores[pick]
-                        save_params(out_dir, [es.mean, candidates[best_i]][pick], z_size, hidden)
+                        shipped = np.asarray([es.mean, candidates[best_i]][pick], np.float32)
                     state["episodes"] += 2 * len(eval_seeds)
+                    state["env_steps"] += eval_steps
                 elif state["best_eval"] is None:
-                    save_params(out_dir, es.mean, z_size, hidden)  # nothing evaluated yet: ship the mean
+                    shipped = np.asarray(es.mean, np.float32)  # nothing evaluated yet: ship the mean
                 state["generation"] = gen
                 state["episodes"] += len(results)
                 state["env_steps"] += metrics["steps"]
@@ -169,8 +195,9 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 history.append(metrics)
                 atomic_save_npz(out_dir / LATEST, mean=np.asarray(es.mean, np.float32),
                                 best_candidate=np.asarray(candidates[best_i], np.float32), generation=np.int64(gen))
-                _save_es(out_dir, es)
-                atomic_write_json(state_path, state)  # the checkpoint is complete
+                _save_es(out_dir, es, state, shipped)  # the checkpoint is complete
+                save_params(out_dir, shipped, z_size, hidden)
+                atomic_write_json(state_path, state)
                 write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},
                            {**metrics, "generation": gen, "best_eval": state["best_eval"], "complete": False},
                            seed=config.seed)
@@ -180,6 +207,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 eval_pool.close()
     final = {**metrics, **{k: state[k] for k in ("generation", "best_eval", "episodes", "env_steps", "train_seconds")},
              "complete": state["generation"] >= total, "n_params": n, "resumed_from": resumed_from}
+    if state["generation"] == 0:
+        return final  # stopped before a first generation: no controller yet
     write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
                seed=config.seed)
     load_controller(out_dir, z_size, hidden)  # what was written loads

@@ -57,3 +57,75 @@ def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, t
     save_params(tmp_path, np.zeros(3 * (z + 1 + h) + 3, np.float32), z + 1, h)
     with pytest.raises(ArtifactError, match="controller expects z"):
         new_es(EvolveConfig(init_from=str(tmp_path)), z, h)
+
+
+def _tiny_run(tiny_world_model, run):
+    import shutil
+    for part in ("vae", "rnn"):
+        shutil.copytree(tiny_world_model / part, run / part)
+    return run / "controller"
+
+
+def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_model, tmp_path):
+    """The random state CMA-ES samples candidates from travels in the checkpoint: a resumed run draws the
+    candidates, scores and shipped parameters of an uninterrupted one, whatever else drew from NumPy."""
+    from core.artifacts import read_history
+    from core.config import EvolveConfig
+    from core.evolve import evolve
+    from tests.conftest import TEST_ENV
+    config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=2, eval_episodes=1, workers=1, env=TEST_ENV)
+    straight = _tiny_run(tiny_world_model, tmp_path / "straight")
+    evolve(EvolveConfig(run_dir=str(straight.parent), generations=3, **config))
+    resumed = _tiny_run(tiny_world_model, tmp_path / "resumed")
+    evolve(EvolveConfig(run_dir=str(resumed.parent), generations=2, **config))
+    import numpy as np
+    np.random.seed(12345)  # another process, or anything else drawing from NumPy in between
+    evolve(EvolveConfig(run_dir=str(resumed.parent), generations=3, **config))
+    keys = ("generation", "best", "mean", "worst", "sigma", "steps", "eval_mean_params")
+    runs = [[{k: r.get(k) for k in keys} for r in read_history(c / "history.jsonl")] for c in (straight, resumed)]
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+    assert (straight / "params.npz").read_bytes() == (resumed / "params.npz").read_bytes()
+    state = json.loads((straight / "state.json").read_text())
+    assert state["env_steps"] == sum(r["steps"] + r.get("eval_steps", 0) for r in read_history(straight / "history.jsonl"))
+
+
+def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_model, tmp_path):
+    """The pickled CMA-ES state carries the run's counters and the parameters to ship, and is written
+    before params.npz and state.json: whichever of those a kill left behind, the run resumes from the
+    pickle, runs no generation twice and counts every episode once. A pickle of a bare CMA-ES (older runs)
+    still resumes with its state.json."""
+    import pickle
+
+    from core.artifacts import read_history
+    from core.config import EvolveConfig
+    from core.evolve import evolve
+    from tests.conftest import TEST_ENV
+    ctrl = _tiny_run(tiny_world_model, tmp_path / "run")
+    config = dict(run_dir=str(ctrl.parent), popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1,
+                  env=TEST_ENV)
+    (ctrl).mkdir()
+    (ctrl / "history.jsonl").write_text('{"generation": 1, "best": 1.0}\n')  # killed in generation 1
+    evolve(EvolveConfig(generations=1, **config))
+    assert [r["generation"] for r in read_history(ctrl / "history.jsonl")] == [1]
+    state_1, params_1 = (ctrl / "state.json").read_text(), (ctrl / "params.npz").read_bytes()
+    evolve(EvolveConfig(generations=2, **config))
+    episodes_2, params_2 = json.loads((ctrl / "state.json").read_text())["episodes"], (ctrl / "params.npz").read_bytes()
+    assert params_2 != params_1
+    # Killed after the pickle of generation 2, before its params.npz and state.json.
+    (ctrl / "state.json").write_text(state_1)
+    (ctrl / "params.npz").write_bytes(params_1)
+    assert evolve(EvolveConfig(generations=2, **config))["resumed_from"] == 2
+    assert (ctrl / "params.npz").read_bytes() == params_2
+    out = evolve(EvolveConfig(generations=3, **config))
+    assert out["resumed_from"] == 2 and out["episodes"] == episodes_2 + 4
+    assert [r["generation"] for r in read_history(ctrl / "history.jsonl")] == [1, 2, 3]
+    assert json.loads((ctrl / "state.json").read_text())["generation"] == 3
+
+    (ctrl / "state.json").unlink()  # killed before a first state.json: the pickle alone resumes
+    assert evolve(EvolveConfig(generations=4, **config))["resumed_from"] == 3
+
+    saved = pickle.loads((ctrl / "cma_state.pkl").read_bytes())
+    (ctrl / "cma_state.pkl").write_bytes(pickle.dumps(saved["es"]))  # the older format: CMA-ES alone
+    out = evolve(EvolveConfig(generations=5, **config))
+    assert out["resumed_from"] == 4 and out["generation"] == 5
+    assert [r["generation"] for r in read_history(ctrl / "history.jsonl")] == [1, 2, 3, 4, 5]
