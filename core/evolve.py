@@ -179,7 +179,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     scores, eval_steps = evaluate_params(eval_pool, [es.mean, candidates[best_i]], eval_seeds)
                     pick = int(np.argmax(scores))
                     metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1],
-                                    "eval_steps": eval_steps})
+                                    "eval_episodes": len(eval_seeds), "eval_steps": eval_steps})
                     if state["best_eval"] is None or scores[pick] > state["best_eval"]:
                         state["best_eval"] = scores[pick]
                         shipped = np.asarray([es.mean, candidates[best_i]][pick], np.float32)

@@ -35,14 +35,15 @@ def histogram(returns: list[float]) -> list[str]:
 def learning_curve(records: list[dict], rows: int = 15) -> list[str]:
     every = max(1, len(records) // rows)
     picked = [r for r in records if r["generation"] % every == 0 or r is records[-1]]
-    lines = ["| generation | best | mean | evaluated (8 tracks): mean / best candidate |", "|---:|---:|---:|---|"]
+    lines = ["| generation | best | mean | periodic evaluation: mean / best candidate |", "|---:|---:|---:|---|"]
     last_eval = "–"
     evals = {r["generation"]: r for r in records if "eval_mean_params" in r}
     for r in picked:
         past = [g for g in evals if g <= r["generation"]]
         if past:
             e = evals[max(past)]
-            last_eval = f"{e['eval_mean_params']:.0f} / {e['eval_best_candidate']:.0f} (gen {max(past)})"
+            tracks = f", {e['eval_episodes']} tracks" if "eval_episodes" in e else ""
+            last_eval = f"{e['eval_mean_params']:.0f} / {e['eval_best_candidate']:.0f} (gen {max(past)}{tracks})"
         lines.append(f"| {r['generation']} | {r['best']:.0f} | {r['mean']:.0f} | {last_eval} |")
     return lines
 
@@ -71,9 +72,12 @@ def _f(metrics: dict, key: str, spec: str) -> str:
 
 
 def _train_seconds(part_dir: Path) -> float:
-    """Wall seconds of a Keras stage's training loop, from the last timed record of its history."""
-    timed = [r["time"] for r in read_history(part_dir / "history.jsonl") if "time" in r]
-    return float(timed[-1]) if timed else float("nan")
+    """Wall seconds of a Keras stage's training loop over all its sessions: a history's ``time`` counts from
+    the start of each session, so a drop marks a resume and each session adds its last time."""
+    timed = [float(r["time"]) for r in read_history(part_dir / "history.jsonl") if "time" in r]
+    if not timed:
+        return float("nan")
+    return sum(t for t, after in zip(timed, timed[1:] + [0.0]) if after < t)
 
 
 def main(model_dir: Path) -> None:

@@ -36,3 +36,14 @@ def test_the_card_says_when_the_rollouts_changed(tiny_world_model, tmp_path):
     out = subprocess.run([sys.executable, "scripts/model_card.py", str(model)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert "2 rollouts in generations 1-2, 4 rollouts in generations 3-3" in out
+
+
+def test_training_time_adds_up_over_resumed_sessions(tmp_path):
+    """A Keras stage's history times each session from its own start; the card adds the sessions up."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from model_card import _train_seconds
+    part = tmp_path / "vae"
+    part.mkdir()
+    times = [10.0, 20.0, 30.0, 5.0, 15.0, 2.0, 4.0]  # three sessions: 30 s, 15 s and 4 s
+    (part / "history.jsonl").write_text("".join(json.dumps({"step": i, "time": t}) + "\n" for i, t in enumerate(times)))
+    assert _train_seconds(part) == 49.0
