@@ -166,7 +166,10 @@ def iter_frames(paths: list[Path], rng: np.random.Generator, frame_stride: int =
         except EpisodeError as e:
             log.warning("skipping %s", e)
             continue
-        offset = int(rng.integers(frame_stride))
+        # Every episode gives ceil(n / stride) frames whatever the offset (count_frames relies on it): the
+        # offset is drawn among those that leave room for that many.
+        per_episode = -(-len(obs) // frame_stride)
+        offset = int(rng.integers(len(obs) - frame_stride * (per_episode - 1))) if len(obs) else 0
         for frame in obs[offset::frame_stride]:
             if len(buffer) < shuffle_buffer:
                 buffer.append(frame)

@@ -26,7 +26,7 @@ from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, at
 from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import check_config_matches, load_checkpoint, save_checkpoint  # noqa: E402
+from core.training import check_config_matches, load_checkpoint, previous_metrics, save_checkpoint  # noqa: E402
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -127,7 +127,11 @@ class EncodedEpisodes:
 
 def encode_episodes(vae, paths: list[Path], on_progress: ProgressCallback = keep_going,
                     batch: int = 500) -> EncodedEpisodes:
-    """Encode every frame of ``paths`` with V (z = mu, logvar kept for resampling)."""
+    """Encode every frame of ``paths`` with V (z = mu, logvar kept for resampling).
+
+    Reports ``on_progress(episodes encoded, episodes to encode, {"phase": "encoding", "encoded", "of"})``
+    after each episode; a falsy return raises InterruptedError (there is nothing to checkpoint yet).
+    """
     from core.vae import to_float
     encode = tf.function(lambda x: vae.encode(to_float(x)))
     mus, logvars, actions, rewards, dones, files = [], [], [], [], [], []
@@ -144,7 +148,7 @@ def encode_episodes(vae, paths: list[Path], on_progress: ProgressCallback = keep
         rewards.append(ep.reward)
         dones.append(ep.terminated.astype(np.float32))
         files.append(p.name)
-        if not on_progress(i + 1, len(paths), {"encoding": p.name}):
+        if not on_progress(i + 1, len(paths), {"phase": "encoding", "encoded": i + 1, "of": len(paths)}):
             raise InterruptedError("stopped while encoding")
     frame_starts = np.cumsum([0] + [len(m) for m in mus])
     step_starts = np.cumsum([0] + [len(a) for a in actions])
@@ -259,7 +263,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     key = f"{hash_files(paths)}-{vae_file.stat().st_size}-{vae_file.stat().st_mtime_ns}"
     enc = load_encoded(config.encoded_path, key)
     if enc is None:
-        enc = encode_episodes(vae, paths, lambda s, t, m: on_progress(0, 1, {"encoded": s, "of": t}))
+        enc = encode_episodes(vae, paths, on_progress)
         save_encoded(config.encoded_path, enc, key)
     del vae
 
@@ -292,7 +296,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
         save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total}, WEIGHTS)
         last_ckpt = step
 
-    go_on = bool(on_progress(step, total, {}))
+    go_on = bool(on_progress(step, total, {"phase": "training"}))
     while step < total and go_on:
         rng = np.random.default_rng([config.seed, step])  # batch contents depend only on (seed, step)
         episodes = rng.choice(train_idx, size=config.batch_size, replace=len(train_idx) < config.batch_size)
@@ -312,10 +316,13 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
             checkpoint()
         go_on = bool(on_progress(step, total, metrics))
     checkpoint()
-    final = dict(metrics)
+    # No batch trained in this call (the run was complete, or stopped at once): the weights are the ones
+    # the previous call's training metrics describe.
+    final = previous_metrics(out_dir) if resumed_from and step == resumed_from else {}
+    final.update(metrics)
     final.update(evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed))
-    final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total, "train_episodes": len(train_idx),
-                  "heldout_episodes": len(held_idx), "z_size": z_size})
+    final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,
+                  "train_episodes": len(train_idx), "heldout_episodes": len(held_idx), "z_size": z_size})
     write_meta(out_dir, "rnn", artifact_config, final, seed=config.seed, data_hash=key)
     return final
 

@@ -1,18 +1,25 @@
 """What the Keras training stages share: checkpoints with optimizer state, and resuming from them.
 
 A checkpoint is ``<out_dir>/checkpoint/``: model weights, the optimizer's variables and ``state.json``
-(batches done, epoch). The artifact's own weights are updated at every checkpoint too, so a stopped run
-still leaves a usable model.
+(batches done, total). It is written whole into ``checkpoint.tmp/`` and swapped in by renames
+(the previous one goes to ``checkpoint.old/`` until the new one is in place), so weights, optimizer state
+and step always belong together; ``recover_checkpoint`` finishes a swap that a crash interrupted. The
+artifact's own weights are updated at every checkpoint too, so a stopped run still leaves a usable model.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from core.artifacts import ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json, read_json
+
+CHECKPOINT = "checkpoint"
+CHECKPOINT_TMP = "checkpoint.tmp"  # the next checkpoint while it is written
+CHECKPOINT_OLD = "checkpoint.old"  # the previous checkpoint while the next one is swapped in
 
 
 def configure_tensorflow() -> None:
@@ -22,18 +29,47 @@ def configure_tensorflow() -> None:
 
 
 def save_checkpoint(out_dir: Path, model, optimizer, state: dict, weights_name: str) -> None:
-    ckpt = out_dir / "checkpoint"
-    atomic_save_keras(model, ckpt / weights_name)
-    atomic_save_npz(ckpt / "optimizer.npz", compressed=False,
+    """Write weights, optimizer variables and ``state`` as one checkpoint, then the artifact's weights."""
+    ckpt, tmp, old = out_dir / CHECKPOINT, out_dir / CHECKPOINT_TMP, out_dir / CHECKPOINT_OLD
+    recover_checkpoint(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    atomic_save_keras(model, tmp / weights_name)
+    atomic_save_npz(tmp / "optimizer.npz", compressed=False,
                     **{f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
-    # state.json is written last: it is what says the checkpoint is complete.
-    atomic_write_json(ckpt / "state.json", state)
+    # state.json is written last: it is what says the checkpoint folder is complete.
+    atomic_write_json(tmp / "state.json", state)
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
     atomic_save_keras(model, out_dir / weights_name)
 
 
+def recover_checkpoint(out_dir: Path) -> None:
+    """Leave ``<out_dir>/checkpoint/`` as the newest complete checkpoint, if any, and no leftovers.
+
+    A crash during ``save_checkpoint`` can leave a partial or complete ``checkpoint.tmp/`` and the previous
+    checkpoint in ``checkpoint.old/``: a complete ``checkpoint.tmp/`` (it has ``state.json``) is the newest;
+    otherwise ``checkpoint.old/`` goes back in place when ``checkpoint/`` is missing.
+    """
+    ckpt, tmp, old = out_dir / CHECKPOINT, out_dir / CHECKPOINT_TMP, out_dir / CHECKPOINT_OLD
+    if not ckpt.exists():
+        if (tmp / "state.json").exists():
+            os.replace(tmp, ckpt)
+        elif (old / "state.json").exists():
+            os.replace(old, ckpt)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load_checkpoint(out_dir: Path, model, optimizer, weights_name: str) -> dict | None:
-    """Restore weights and optimizer state; returns the saved state, or None when there is no checkpoint."""
-    ckpt = out_dir / "checkpoint"
+    """Restore weights and optimizer state; returns the saved state, or None when there is no checkpoint.
+
+    The optimizer keeps the learning rate it was made with, so a resumed run trains at the rate asked for
+    now; only its step count and moments come from the checkpoint.
+    """
+    recover_checkpoint(out_dir)
+    ckpt = out_dir / CHECKPOINT
     if not (ckpt / "state.json").exists():
         return None
     state = read_json(ckpt / "state.json", "checkpoint state")
@@ -48,15 +84,28 @@ def load_checkpoint(out_dir: Path, model, optimizer, weights_name: str) -> dict 
     if len(values) != len(optimizer.variables):
         raise ArtifactError(f"{ckpt}: optimizer state has {len(values)} variables, expected "
                             f"{len(optimizer.variables)}; delete the checkpoint folder to start over")
+    learning_rate = float(optimizer.learning_rate)
     for var, value in zip(optimizer.variables, values):
         var.assign(value)
+    optimizer.learning_rate = learning_rate
     return state
+
+
+def previous_metrics(out_dir: Path) -> dict:
+    """The metrics of the artifact's current ``meta.json``; empty when it has none or cannot be read."""
+    try:
+        meta = read_json(out_dir / "meta.json", "metadata")
+    except ArtifactError:
+        return {}
+    metrics = meta.get("metrics") if isinstance(meta, dict) else None
+    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], stage: str) -> None:
     """Refuse to resume a checkpoint made with a different architecture."""
+    recover_checkpoint(out_dir)
     path = out_dir / "config.json"
-    if not path.exists() or not (out_dir / "checkpoint" / "state.json").exists():
+    if not path.exists() or not (out_dir / CHECKPOINT / "state.json").exists():
         return
     old = read_json(path, "config")
     diff = [f"{k}: {old.get(k)} -> {config.get(k)}" for k in keys if old.get(k) != config.get(k)]

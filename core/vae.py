@@ -24,7 +24,7 @@ from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import check_config_matches, load_checkpoint, save_checkpoint  # noqa: E402
+from core.training import check_config_matches, load_checkpoint, previous_metrics, save_checkpoint  # noqa: E402
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -260,7 +260,10 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
             if val:
                 history.append({"step": step, "epoch": step / batches_per_epoch, **val})
     checkpoint()
-    final = {k: v for k, v in metrics.items()}
+    # No batch trained in this call (the run was complete, or stopped at once): the weights are the ones
+    # the previous call's training metrics describe.
+    final = previous_metrics(out_dir) if resumed_from and step == resumed_from else {}
+    final.update(metrics)
     final.update(evaluate_vae(model, held))
     final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,
                   "train_frames": frames_per_epoch * config.frame_stride, "train_episodes": len(train_paths),

@@ -1,0 +1,165 @@
+"""Training V and M: resuming (learning rate, metrics, checkpoints a crash interrupted), progress, frame counts."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from core.config import RNNConfig, VAEConfig
+from core.dataset import count_frames, iter_frames, list_episodes
+from core.mdnrnn import train_rnn
+from core.training import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint
+from core.vae import WEIGHTS as VAE_WEIGHTS
+from core.vae import ConvVAE, train_vae
+
+
+def vae_config(data, run, **changes) -> VAEConfig:
+    return VAEConfig(**{"data_dir": str(data), "run_dir": str(run), "z_size": 8, "epochs": 1, "batch_size": 32,
+                        "holdout": 0.0, **changes})
+
+
+def rnn_config(data, run, **changes) -> RNNConfig:
+    return RNNConfig(**{"data_dir": str(data), "run_dir": str(run), "hidden": 16, "mixtures": 3, "seq_len": 10,
+                        "batch_size": 4, "epochs": 1, "holdout": 0.0, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """A run folder with V and M trained one epoch each on ``tiny_data`` (with their checkpoints)."""
+    run = tmp_path_factory.mktemp("trained")
+    train_vae(vae_config(tiny_data, run))
+    train_rnn(rnn_config(tiny_data, run))
+    return run
+
+
+def copy_run(trained, tmp_path, parts=("vae", "rnn")):
+    run = tmp_path / "run"
+    for part in parts:
+        shutil.copytree(trained / part, run / part)
+    return run
+
+
+def saved_learning_rate(ckpt) -> float:
+    """The learning rate in a checkpoint's optimizer state: its one float scalar (the other is the step count)."""
+    with np.load(ckpt / "optimizer.npz") as f:
+        rates = [float(f[k]) for k in f.files if f[k].shape == () and f[k].dtype.kind == "f"]
+    assert len(rates) == 1
+    return rates[0]
+
+
+@pytest.mark.parametrize("stage", ["vae", "rnn"])
+def test_a_resumed_run_trains_at_the_new_learning_rate(stage, trained, tiny_data, tmp_path):
+    run = copy_run(trained, tmp_path)
+    ckpt = run / stage / CHECKPOINT
+    old_rate = saved_learning_rate(ckpt)
+    new_rate = old_rate / 4
+    if stage == "vae":
+        result = train_vae(vae_config(tiny_data, run, epochs=2, learning_rate=new_rate))
+    else:
+        result = train_rnn(rnn_config(tiny_data, run, epochs=2, learning_rate=new_rate))
+    assert result["resumed_from"] > 0 and result["step"] > result["resumed_from"]
+    assert saved_learning_rate(ckpt) == pytest.approx(new_rate, rel=1e-6)
+    assert json.loads((run / stage / "meta.json").read_text())["config"]["learning_rate"] == new_rate
+
+
+@pytest.mark.parametrize("stage, keys", [("vae", ("epoch", "loss", "r_loss", "kl")),
+                                         ("rnn", ("epoch", "loss", "mdn", "reward", "done"))])
+def test_running_a_finished_stage_again_keeps_its_training_metrics(stage, keys, trained, tiny_data, tmp_path):
+    run = copy_run(trained, tmp_path)
+    before = json.loads((run / stage / "meta.json").read_text())["metrics"]
+    assert all(k in before for k in keys)
+    again = train_vae(vae_config(tiny_data, run)) if stage == "vae" else train_rnn(rnn_config(tiny_data, run))
+    assert again["complete"] and again["resumed_from"] == again["step"] == before["step"]
+    after = json.loads((run / stage / "meta.json").read_text())["metrics"]
+    assert {k: after.get(k) for k in keys} == {k: before[k] for k in keys}
+
+
+def test_a_run_stopped_before_its_first_batch_keeps_the_previous_metrics(trained, tiny_data, tmp_path):
+    run = copy_run(trained, tmp_path)
+    before = json.loads((run / "vae" / "meta.json").read_text())["metrics"]
+    stopped = train_vae(vae_config(tiny_data, run, epochs=3), on_progress=lambda step, total, metrics: False)
+    assert not stopped["complete"] and stopped["step"] == before["step"]
+    after = json.loads((run / "vae" / "meta.json").read_text())["metrics"]
+    assert after["epoch"] == before["epoch"] and after["r_loss"] == before["r_loss"]
+
+
+def _set_step(ckpt, step: int) -> None:
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({**state, "step": step}))
+
+
+def _crash_after_moving_the_old_one_away(vae_dir):
+    """Killed between renaming checkpoint/ to checkpoint.old/ and checkpoint.tmp/ to checkpoint/."""
+    (vae_dir / CHECKPOINT).rename(vae_dir / CHECKPOINT_OLD)
+    shutil.copytree(vae_dir / CHECKPOINT_OLD, vae_dir / CHECKPOINT_TMP)
+    _set_step(vae_dir / CHECKPOINT_TMP, 1000)
+    return 1000
+
+
+def _crash_while_writing_the_next_one(vae_dir):
+    """Killed while checkpoint.tmp/ was being written: it has weights but no state.json yet."""
+    shutil.copytree(vae_dir / CHECKPOINT, vae_dir / CHECKPOINT_TMP)
+    (vae_dir / CHECKPOINT_TMP / "state.json").unlink()
+    return None
+
+
+def _crash_while_deleting_the_old_one(vae_dir):
+    """Killed after the swap, while checkpoint.old/ was being deleted."""
+    shutil.copytree(vae_dir / CHECKPOINT, vae_dir / CHECKPOINT_OLD)
+    _set_step(vae_dir / CHECKPOINT_OLD, 1)
+    return None
+
+
+def _only_the_old_one_left(vae_dir):
+    """checkpoint/ moved away and the next one never completed."""
+    (vae_dir / CHECKPOINT).rename(vae_dir / CHECKPOINT_OLD)
+    shutil.copytree(vae_dir / CHECKPOINT_OLD, vae_dir / CHECKPOINT_TMP)
+    (vae_dir / CHECKPOINT_TMP / "state.json").unlink()
+    return None
+
+
+@pytest.mark.parametrize("crash", [_crash_after_moving_the_old_one_away, _crash_while_writing_the_next_one,
+                                   _crash_while_deleting_the_old_one, _only_the_old_one_left])
+def test_loading_recovers_a_checkpoint_swap_a_crash_interrupted(crash, trained, tmp_path):
+    import keras
+    vae_dir = copy_run(trained, tmp_path, parts=("vae",)) / "vae"
+    saved_step = json.loads((vae_dir / CHECKPOINT / "state.json").read_text())["step"]
+    expected = crash(vae_dir) or saved_step
+    model = ConvVAE(8)
+    state = load_checkpoint(vae_dir, model, keras.optimizers.Adam(1e-4), VAE_WEIGHTS)
+    assert state is not None and state["step"] == expected
+    assert not (vae_dir / CHECKPOINT_TMP).exists() and not (vae_dir / CHECKPOINT_OLD).exists()
+    # The next checkpoint replaces the recovered one whole.
+    optimizer = keras.optimizers.Adam(1e-4)
+    optimizer.build(model.trainable_variables)
+    save_checkpoint(vae_dir, model, optimizer, {"step": expected + 1, "total": expected + 1}, VAE_WEIGHTS)
+    assert json.loads((vae_dir / CHECKPOINT / "state.json").read_text())["step"] == expected + 1
+    assert sorted(p.name for p in vae_dir.iterdir() if p.name.startswith("checkpoint")) == [CHECKPOINT]
+
+
+def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):
+    run = copy_run(trained, tmp_path, parts=("vae",))
+    reports = []
+
+    def on_progress(step, total, metrics):
+        reports.append((step, total, dict(metrics)))
+        return True
+
+    train_rnn(rnn_config(tiny_data, run), on_progress)
+    episodes = len(list_episodes(tiny_data))
+    encoding = [(s, t, m) for s, t, m in reports if m.get("phase") == "encoding"]
+    assert [(s, t) for s, t, _ in encoding] == [(i, episodes) for i in range(1, episodes + 1)]
+    assert all(m["encoded"] == s and m["of"] == t for s, t, m in encoding)
+    training = reports[len(encoding):]
+    assert training[0][0] == 0 and training[0][2] == {"phase": "training"}
+    assert training[-1][0] == training[-1][1] > 0 and "mdn" in training[-1][2]
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 50])
+def test_count_frames_is_what_iter_frames_yields(stride, tiny_data):
+    paths = list_episodes(tiny_data)
+    expected = count_frames(paths, stride)
+    for seed in range(6):  # each seed draws other offsets
+        frames = sum(1 for _ in iter_frames(paths, np.random.default_rng(seed), stride, shuffle_buffer=16))
+        assert frames == expected
