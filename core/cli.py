@@ -106,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = _stage_function(args.stage)(config, progress)
     except (KeyboardInterrupt, InterruptedError):  # InterruptedError: stopped where no checkpoint is written
-        print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        if args.stage == "record":
+            print("\nstopped; no video was written (--out is as it was): a recording starts over when run "
+                  "again", file=sys.stderr)
+        else:
+            print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
     except (ArtifactError, ConfigError, OSError) as e:  # OSError: an unwritable --out, a full disk, ...
         if bar is not None:
@@ -115,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if bar is not None:
         bar.close()
-    if stop.is_set():
+    if stop.is_set() and args.stage != "record":  # a recording that still finished has nothing to resume
         print("stopped cleanly after a checkpoint; run the same command again to resume", file=sys.stderr)
     print(_summary(args.stage, result))
     return 0

@@ -29,15 +29,22 @@ SHIPPED_MODEL_DIR = "models"
 EVAL_SEED_BASE = 1_000_000  # first evaluation track seed
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE  # training track seeds are in [0, TRAIN_SEED_LIMIT)
 
+MAX_SEED = 2**32 - 2  # np.random.seed takes seeds below 2**32, and CMA-ES is seeded with seed + 1
+
 ENV_CHOICES = ("fast", "stock")
 ON_CORRUPT_CHOICES = ("skip", "stop")
 POLICY_CHOICES = ("brownian", "controller")
 
 
 def param(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
-          maximum: float | None = None) -> Any:
-    """A dataclass field with its help text and allowed range, read by the CLI and the app."""
-    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+          maximum: float | None = None, above_minimum: bool = False, path: bool = False) -> Any:
+    """A dataclass field with its help text and allowed range, read by the CLI and the app.
+
+    ``above_minimum``: the value must be greater than ``minimum``, not equal to it. ``path``: a file or
+    folder that must be named (an empty value would mean the current folder).
+    """
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "above_min": above_minimum,
+            "path": path}
     return field(default=default, metadata=meta)
 
 
@@ -59,6 +66,10 @@ def validate(config: Any) -> Any:
             raise ConfigError(f"{flag}={value!r} is not a number; give a finite value")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{flag}={value!r} is not one of {', '.join(map(str, meta['choices']))}")
+        if meta.get("path") and not str(value).strip():
+            raise ConfigError(f"{flag}={value!r} is empty: give a file or folder path")
+        if meta.get("min") is not None and meta.get("above_min") and value <= meta["min"]:
+            raise ConfigError(f"{flag}={value!r} is too small: it must be greater than {meta['min']}")
         if meta.get("min") is not None and value < meta["min"]:
             raise ConfigError(f"{flag}={value!r} is too small: it must be at least {meta['min']}")
         if meta.get("max") is not None and value > meta["max"]:
@@ -82,7 +93,7 @@ def from_dict(cls: type, data: dict) -> Any:
 class CollectConfig:
     """Rollouts of CarRacing (random or by a trained controller), one compressed file per episode."""
 
-    out_dir: str = param(DEFAULT_DATA_DIR, "folder the episodes and manifest.json are written to")
+    out_dir: str = param(DEFAULT_DATA_DIR, "folder the episodes and manifest.json are written to", path=True)
     episodes: int = param(100, "episodes to have in out_dir when done (paper: 10000)", minimum=1)
     max_steps: int = param(1000, "env steps per episode at most (CarRacing's own limit: 1000)",
                            minimum=1, maximum=1000)
@@ -93,7 +104,8 @@ class CollectConfig:
                         "controller of --model-dir, with smoothed noise (the paper's iterative training)",
                         choices=POLICY_CHOICES)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
-    model_dir: str = param(SHIPPED_MODEL_DIR, "world model whose V, M and C drive (policy controller only)")
+    model_dir: str = param(SHIPPED_MODEL_DIR, "world model whose V, M and C drive (policy controller only)",
+                           path=True)
     noise: float = param(0.1, "policy controller: spread of the smoothed noise added to its actions, so the "
                          "data also shows recoveries", minimum=0.0, maximum=1.0)
 
@@ -107,12 +119,12 @@ class CollectConfig:
 class VAEConfig:
     """The ConvVAE (V): 64x64x3 frame -> z."""
 
-    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes")
-    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder; the VAE goes to <run_dir>/vae")
+    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes", path=True)
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder; the VAE goes to <run_dir>/vae", path=True)
     z_size: int = param(32, "latent size z (paper: 32)", minimum=1, maximum=1024)
     epochs: int = param(10, "passes over the training frames", minimum=1)
     batch_size: int = param(100, "frames per batch (paper: 100)", minimum=1)
-    learning_rate: float = param(1e-4, "Adam learning rate (paper: 1e-4)", minimum=0.0)
+    learning_rate: float = param(1e-4, "Adam learning rate (paper: 1e-4)", minimum=0.0, above_minimum=True)
     kl_tolerance: float = param(0.5, "KL is clamped below kl_tolerance * z_size nats (paper: 0.5)", minimum=0.0)
     holdout: float = param(0.05, "fraction of episodes held out to measure generalisation", minimum=0.0,
                            maximum=0.5)
@@ -122,7 +134,7 @@ class VAEConfig:
     shuffle_buffer: int = param(20000, "frames in the streaming shuffle buffer (memory: 12 KiB each)",
                                 minimum=1)
     checkpoint_every: int = param(500, "batches between checkpoints", minimum=1)
-    seed: int = param(0, "random seed of weights, shuffling and sampling", minimum=0)
+    seed: int = param(0, "random seed of weights, shuffling and sampling", minimum=0, maximum=MAX_SEED)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
                             choices=ON_CORRUPT_CHOICES)
 
@@ -135,15 +147,16 @@ class VAEConfig:
 class RNNConfig:
     """The MDN-RNN (M): [z, a] -> mixture over next z, next reward, episode end."""
 
-    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes")
-    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads <run_dir>/vae, writes <run_dir>/rnn")
+    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes", path=True)
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads <run_dir>/vae, writes <run_dir>/rnn",
+                         path=True)
     hidden: int = param(256, "LSTM units h (paper: 256)", minimum=1, maximum=4096)
     mixtures: int = param(5, "Gaussians per latent dimension (paper: 5)", minimum=1, maximum=64)
     seq_len: int = param(100, "steps per training sequence (paper: 999; shorter trains faster on a CPU)",
                          minimum=2, maximum=1000)
     batch_size: int = param(32, "sequences per batch (paper: 100)", minimum=1)
     epochs: int = param(20, "passes over the training sequences", minimum=1)
-    learning_rate: float = param(1e-3, "Adam learning rate (paper: 1e-3)", minimum=0.0)
+    learning_rate: float = param(1e-3, "Adam learning rate (paper: 1e-3)", minimum=0.0, above_minimum=True)
     grad_clip: float = param(1.0, "gradient norm clip (paper: 1.0)", minimum=0.0)
     reward_weight: float = param(1.0, "weight of the next-reward MSE in the loss", minimum=0.0)
     done_weight: float = param(1.0, "weight of the episode-end cross-entropy in the loss", minimum=0.0)
@@ -151,7 +164,8 @@ class RNNConfig:
                            maximum=0.5)
     max_episodes: int = param(0, "use at most this many episodes (0 = all)", minimum=0)
     checkpoint_every: int = param(200, "batches between checkpoints", minimum=1)
-    seed: int = param(0, "random seed of weights, sequence sampling and z resampling", minimum=0)
+    seed: int = param(0, "random seed of weights, sequence sampling and z resampling", minimum=0,
+                      maximum=MAX_SEED)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
                             choices=ON_CORRUPT_CHOICES)
 
@@ -173,7 +187,8 @@ class RNNConfig:
 class EvolveConfig:
     """CMA-ES over the controller's flat parameters, fitness = mean return in the real env."""
 
-    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads vae/ and rnn/, writes controller/")
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads vae/ and rnn/, writes controller/",
+                         path=True)
     generations: int = param(100, "CMA-ES generations to reach (paper: ~1800)", minimum=1)
     popsize: int = param(16, "candidates per generation (paper: 64; 16 keeps a generation short on "
                               "2 cores)", minimum=2)
@@ -191,7 +206,7 @@ class EvolveConfig:
                             minimum=0)
     eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
     workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
-    seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0)
+    seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0, maximum=MAX_SEED)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
     init_from: str = param("", "a new evolution starts its CMA-ES mean at this controller (a folder with "
                                "params.npz, e.g. models/controller) instead of zero; ignored on resume")
@@ -205,7 +220,8 @@ class EvolveConfig:
 class EvaluateConfig:
     """A controller on a fixed list of tracks the training never saw."""
 
-    model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder holding vae/, rnn/ and controller/")
+    model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder holding vae/, rnn/ and controller/",
+                           path=True)
     episodes: int = param(100, "episodes, on track seeds first_seed, first_seed + 1, ...", minimum=1)
     first_seed: int = param(EVAL_SEED_BASE, "track seed of the first episode (the documented list "
                                              "starts at 1000000)", minimum=0)
@@ -220,10 +236,11 @@ class EvaluateConfig:
 class RecordConfig:
     """One episode rendered to MP4: the agent driving, or a saved action log replayed on its seed."""
 
-    model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder of the agent (ignored with --actions)")
+    model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder of the agent (ignored with --actions)",
+                           path=True)
     seed: int = param(EVAL_SEED_BASE, "track seed", minimum=0)
     actions: str = param("", "JSON or .npy action log to replay instead of the agent")
-    out: str = param("episode.mp4", "MP4 file to write")
+    out: str = param("episode.mp4", "MP4 file to write", path=True)
     max_steps: int = param(1000, "env steps at most", minimum=1, maximum=1000)
     scale: int = param(4, "pixel upscale of the 96x96 observation in the video", minimum=1, maximum=10)
     fps: int = param(50, "frames a second of the video (the env runs at 50)", minimum=1, maximum=120)
@@ -234,8 +251,9 @@ class RecordConfig:
 class ExportConfig:
     """Copy a trained world model into the folder the app ships with, lean and atomically."""
 
-    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder to export (vae/, rnn/, controller/)")
-    out_dir: str = param(SHIPPED_MODEL_DIR, "destination; replaced as a whole, never left half written")
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder to export (vae/, rnn/, controller/)", path=True)
+    out_dir: str = param(SHIPPED_MODEL_DIR, "destination; replaced as a whole, never left half written",
+                         path=True)
     training_state: bool = param(True, "include the CMA-ES state so evolution can resume from the export")
 
 

@@ -100,7 +100,11 @@ def agent_frames(model_dir: Path | str, seed: int, max_steps: int, env_kind: str
 
 
 def record(config: RecordConfig, on_progress: ProgressCallback = keep_going) -> dict:
-    """Render one episode to ``config.out``; returns the path, the return and the steps."""
+    """Render one episode to ``config.out``; returns the path, the return and the steps.
+
+    A recording cannot resume: stopped part way (``on_progress`` returned falsy), it raises
+    InterruptedError and leaves ``config.out`` as it was.
+    """
     validate(config)
     if config.actions:
         actions = load_actions(config.actions)[:config.max_steps]
@@ -116,7 +120,7 @@ def record(config: RecordConfig, on_progress: ProgressCallback = keep_going) -> 
             stats["return"] += reward
             stats["steps"] += 1
             if stats["steps"] % 50 == 0 and not on_progress(stats["steps"], total, {"return": stats["return"]}):
-                return
+                raise InterruptedError(f"stopped at step {stats['steps']}; {config.out} was left as it was")
             yield upscale(obs, config.scale)
 
     path = write_mp4(frames(), config.out, config.fps)

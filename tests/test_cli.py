@@ -123,6 +123,10 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["export", "--out-dir", "."], "contains --run-dir"),
     (["train-vae", "--learning-rate", "nan"], "--learning-rate=nan is not a number"),
     (["evolve", "--sigma0", "inf"], "--sigma0=inf is not a number"),
+    (["train-rnn", "--learning-rate", "0"], "--learning-rate=0.0 is too small: it must be greater than 0.0"),
+    (["evolve", "--seed", str(2**32)], "--seed=4294967296 is too large"),
+    (["collect", "--out-dir", " "], "--out-dir=' ' is empty"),
+    (["record", "--out", ""], "--out='' is empty"),
 ])
 def test_bad_input_gets_one_line_error_not_traceback(args, message):
     proc = cli(*args, check=False)
@@ -210,3 +214,15 @@ def test_a_model_of_another_z_size_is_explained(tiny_world_model, tmp_path):
                "--quiet", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "z = 32" in proc.stderr and "retrain" in proc.stderr
+
+
+def test_a_stopped_recording_leaves_the_old_video_and_says_it_starts_over(tiny_world_model, tmp_path):
+    from core.config import RecordConfig
+    from core.record import record
+    out = tmp_path / "drive.mp4"
+    out.write_bytes(b"the previous video")
+    with pytest.raises(InterruptedError, match="left as it was"):
+        record(RecordConfig(model_dir=str(tiny_world_model), seed=3, out=str(out), max_steps=120, env=TEST_ENV),
+               on_progress=lambda step, total, metrics: step < 100)
+    assert out.read_bytes() == b"the previous video"
+    assert not list(tmp_path.glob("*.tmp*"))
