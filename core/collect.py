@@ -9,21 +9,29 @@ A random driver rarely gets far along a track, so V and M see little of what a g
 straights at speed, late corners). The controller policy is the paper's iterative training step: a trained
 world model drives, its actions nudged by smoothed noise so that the data also holds mistakes and
 recoveries, and V and M can be retrained on those episodes.
+
+A data folder holds episodes of one kind: the settings that shape an episode (``EPISODE_SETTINGS``) are
+recorded in its manifest, and a run with other settings into a folder that already holds episodes is
+refused rather than mixing two data sets under one name.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 
-from core.artifacts import RunLock
+from core.artifacts import ArtifactError, RunLock
 from core.config import CollectConfig, to_dict, validate
 from core.dataset import (Episode, EpisodeError, episode_path, list_episodes, load_episode, read_manifest,
                           save_episode, write_manifest)
 from core.env import make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
+
+log = logging.getLogger(__name__)
 
 # Ornstein-Uhlenbeck parameters per action component (steer, gas, brake-drive): pull towards MEAN at
 # rate THETA per step with noise SIGMA per step. Brake is max(0, x), so a negative mean keeps it mostly off.
@@ -38,6 +46,17 @@ NOISE_THETA = 0.1
 NOISE_SIGMA = float(np.sqrt(2 * NOISE_THETA - NOISE_THETA ** 2))  # stationary standard deviation 1
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+
+
+# What an episode on a given track depends on besides its seed; a data folder holds one value of each.
+# None: the setting does not apply (no noise and no model for policy "brownian"). The env kind is recorded
+# but may change: the fast and stock envs give identical episodes (tests/test_fast_env.py).
+EPISODE_SETTINGS = ("policy", "max_steps", "noise", "model_sha256")
+_SETTING_LABELS = {"policy": "--policy", "max_steps": "--max-steps", "noise": "--noise", "model_sha256": "model"}
+
+
+class MixedDataError(ArtifactError):
+    """A collection into a folder whose episodes were made with other episode settings."""
 
 
 class BrownianPolicy:
@@ -128,11 +147,95 @@ def _collect_one(seed: int, max_steps: int, env_kind: str, out_dir: str, policy:
     return {"file": path.name, "seed": seed, "steps": ep.steps, "return": round(ep.total_reward, 3)}
 
 
+def world_model_sha256(weights: dict, params: np.ndarray) -> str:
+    """Hex SHA-256 of the arrays that drive (V's encoder, M, C's parameters): the same for a copy of the model
+    in another folder, different for a retrained one."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        array = np.ascontiguousarray(weights[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        h.update(array.tobytes())
+    h.update(np.ascontiguousarray(params, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def episode_settings(config: CollectConfig, model_sha256: str | None = None) -> dict:
+    """The ``EPISODE_SETTINGS`` of a collection (plus ``model_dir``, for the record only: a folder's path
+    does not change what drives)."""
+    controller = config.policy == "controller"
+    return {"policy": config.policy, "env": config.env, "max_steps": config.max_steps,
+            "noise": float(config.noise) if controller else None,
+            "model_sha256": model_sha256 if controller else None,
+            "model_dir": config.model_dir if controller else None}
+
+
+def recorded_settings(manifest: dict) -> dict:
+    """The episode settings a manifest records; those it cannot tell are left out (unknown).
+
+    A manifest of an older collect records only the flags of its latest run as ``config``: these stand for
+    the episodes, with policy "brownian" where it names none (the only policy before there was a choice);
+    a controller's identity is unknown there.
+    """
+    if "settings" in manifest:
+        return dict(manifest["settings"])
+    config = manifest.get("config") or {}
+    if not config:
+        return {}
+    known = {k: config[k] for k in ("env", "max_steps") if k in config}
+    known["policy"] = config.get("policy", "brownian")
+    if known["policy"] == "controller":
+        if "noise" in config:
+            known["noise"] = float(config["noise"])
+    else:
+        known.update(noise=None, model_sha256=None)
+    return known
+
+
+def check_settings(out_dir: Path, recorded: dict, wanted: dict) -> None:
+    """Raise MixedDataError when a setting known in ``recorded`` differs from ``wanted``."""
+    differing = [k for k in EPISODE_SETTINGS if k in recorded and recorded[k] != wanted[k]]
+    if differing:
+        shown = "; ".join(f"{_SETTING_LABELS[k]} {_show(k, recorded)} there, {_show(k, wanted)} now"
+                          for k in differing)
+        raise MixedDataError(f"{out_dir} holds episodes collected with other settings ({shown}); collect into "
+                             f"another folder instead of mixing two data sets, e.g. --out-dir "
+                             f"{_suggest_dir(out_dir, differing, wanted)}")
+    unknown = [k for k in EPISODE_SETTINGS if k not in recorded]
+    if unknown:
+        log.warning("%s: the manifest does not record %s of the episodes there; taking them as collected "
+                    "with this run's", out_dir, ", ".join(_SETTING_LABELS[k] for k in unknown))
+
+
+def _show(key: str, settings: dict) -> str:
+    value = settings[key]
+    if value is None:
+        return "none"
+    if key == "model_sha256":
+        where = settings.get("model_dir")
+        return value[:12] + (f" ({where})" if where else "")
+    return str(value)
+
+
+def _suggest_dir(out_dir: Path, differing: list[str], wanted: dict) -> str:
+    if "policy" in differing:
+        tag = wanted["policy"]
+    elif "max_steps" in differing:
+        tag = f"{wanted['max_steps']}steps"
+    elif "noise" in differing:
+        tag = f"noise{wanted['noise']:g}"
+    else:
+        tag = f"model-{wanted['model_sha256'][:8]}"
+    return f"{out_dir}-{tag}"
+
+
 def collect(config: CollectConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Make ``config.episodes`` episodes exist in ``config.out_dir``; resumes where a previous run stopped.
 
     Episode i drives track ``config.seed + i``. Episodes already on disk are kept, so re-running the same
-    command after a crash only runs the missing ones. Returns the manifest's summary.
+    command after a crash only runs the missing ones. The manifest records the episode settings (policy,
+    env, max_steps and, for policy "controller", noise and the model's SHA-256); into a folder that holds
+    episodes, a run with other settings raises MixedDataError before writing anything. Episodes, seed and
+    workers may change between runs. Returns the manifest's summary.
     """
     validate(config)
     with RunLock(config.out_dir, "collect"):
@@ -144,6 +247,13 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
     on_disk = {p.name: p for p in list_episodes(out_dir)}
+    weights, params = (None, None)
+    if config.policy == "controller":
+        from core.agent import load_world_model
+        weights, params = load_world_model(config.model_dir)
+    settings = episode_settings(config, None if weights is None else world_model_sha256(weights, params))
+    if on_disk:
+        check_settings(out_dir, recorded_settings(manifest), settings)
     entries = {e["file"]: e for e in manifest.get("episodes", []) if e["file"] in on_disk}
     for name, path in on_disk.items():  # written by a run that stopped before updating the manifest
         if name not in entries:
@@ -157,19 +267,19 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
     total = len(wanted)
     done = total - len(todo)
 
+    def save_manifest() -> None:
+        write_manifest(out_dir, {"config": to_dict(config), "settings": settings,
+                                 "episodes": sorted(entries.values(), key=lambda e: e["seed"])})
+
     def record(entry: dict) -> bool:
         nonlocal done
         entries[entry["file"]] = entry
         done += 1
-        write_manifest(out_dir, {"config": to_dict(config), "episodes": sorted(entries.values(),
-                                                                               key=lambda e: e["seed"])})
+        save_manifest()
         return bool(on_progress(done, total, {"episode": entry["seed"], "return": entry["return"],
                                               "steps": entry["steps"]}))
 
-    weights, params = (None, None)
-    if config.policy == "controller" and todo:
-        from core.agent import load_world_model
-        weights, params = load_world_model(config.model_dir)
+    save_manifest()  # the settings are on disk before the first episode is
     task = (config.max_steps, config.env, str(out_dir), config.policy, config.noise)
     if not on_progress(done, total, {}):
         todo = []
@@ -194,8 +304,7 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
                 for fut in finished:
                     if not record(fut.result()):
                         stop = True
-    write_manifest(out_dir, {"config": to_dict(config),
-                             "episodes": sorted(entries.values(), key=lambda e: e["seed"])})
+    save_manifest()
     returns = [e["return"] for e in entries.values()]
     return {"episodes": len(entries), "frames": int(sum(e["steps"] + 1 for e in entries.values())),
             "mean_return": float(np.mean(returns)) if returns else float("nan"), "out_dir": str(out_dir)}
