@@ -47,7 +47,9 @@ def home() -> None:
     st.graphviz_chart(DIAGRAM)
 
     st.subheader("What exists")
+    from pages import _ui
     default = app_data.default_model_dir()
+    writing = _ui.active_out_dirs()
     data = app_data.data_summary(DEFAULT_DATA_DIR)
     cols = st.columns(4)
     with cols[0]:
@@ -62,10 +64,9 @@ def home() -> None:
                                         ("val_r_loss", "val_mdn", "best_eval")):
         with col:
             st.markdown(f"**{title}**")
-            for folder in (DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR):
-                art = app_data.artifact(app_data.resolve(folder) / kind, kind)
-                if art is None:
-                    continue
+            folders = app_data.model_dirs(require=(kind,))
+            for folder in folders:
+                art = app_data.artifact(app_data.resolve(folder) / kind, kind, writing)
                 m, cfg = art["metrics"], art["config"]
                 if kind == "vae":
                     line = (f"z = {cfg.get('z_size', '?')} · held-out reconstruction loss "
@@ -75,18 +76,26 @@ def home() -> None:
                 else:
                     gens = m.get("generation", 0)
                     line = f"{gens} generation{'' if gens == 1 else 's'} · best evaluation {_fmt(m.get('best_eval'))}"
-                state = "complete" if art["complete"] else ("training" if art["training"] else "stopped part way")
+                # Training that was not started from the app (the command line) looks like a stopped run.
+                state = "complete" if art["complete"] else ("training" if art["training"] else "not finished")
                 st.markdown(f"`{folder}/` · {state}" + (" · **loaded by default**" if folder == default else ""))
                 st.caption(f"{line} · {app_data.when(art['created'])}")
-            if not any(app_data.artifact(app_data.resolve(f) / kind, kind) for f in (DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR)):
+            if not folders:
                 st.caption("Not trained yet.")
 
     model = app_data.world_model(default)
     report = model["evaluation"]
     if model["usable"]:
         shipped = "the shipped world model" if default == SHIPPED_MODEL_DIR else "your trained world model"
-        score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
-                 f"evaluation tracks ({report['env']} env, {app_data.when(report.get('date'))})." if report else "")
+        score = ""
+        if report and report["current"] is False:
+            score = (f" Its controller has been evolved further since its last evaluation, so that score "
+                     f"({report['mean']:.0f} ± {report['std']:.0f} over {report['episodes']} tracks, "
+                     f"{app_data.when(report.get('date'))}) belongs to an earlier controller; evaluate the "
+                     "current one on the Evolve page.")
+        elif report:
+            score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
+                     f"evaluation tracks ({report['env']} env, {app_data.when(report.get('date'))}).")
         st.success(f"Dream and Race use {shipped} in `{default}/`.{score}")
         _how_it_learned(default, report)
     else:
@@ -118,7 +127,8 @@ def _how_it_learned(model_dir: str, report: dict | None) -> None:
                            "How C learned: fitness per generation", "return", key="home.fitness")
     with right:
         if report and report.get("returns"):
-            _ui.histogram(report["returns"], f"Scores on {report['episodes']} unseen tracks", "return",
+            whose = "An earlier controller's scores" if report["current"] is False else "Scores"
+            _ui.histogram(report["returns"], f"{whose} on {report['episodes']} unseen tracks", "return",
                           key="home.returns", bins=20)
 
 

@@ -9,10 +9,12 @@ Nothing here raises for a missing or half-written artifact: the pages show what 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -71,10 +73,11 @@ def when(timestamp: float | str | None) -> str:
 # --- artifacts ---------------------------------------------------------------------------------------
 
 
-def artifact(folder: Path | str, kind: str) -> dict | None:
+def artifact(folder: Path | str, kind: str, writing: Iterable[Path | str] = ()) -> dict | None:
     """What one artifact folder holds: None without weights, else ``path``, ``kind``, ``complete`` (training
-    finished), ``training`` (weights but no meta.json yet: a first run still going), ``created``,
-    ``metrics``, ``config``."""
+    finished), ``training`` (the folder is among ``writing``, the output folders of the app's running jobs),
+    ``created``, ``metrics``, ``config``. A run outside the app (the command line) cannot be told from one
+    that stopped part way: both are neither complete nor training."""
     folder = resolve(folder)
     weights = folder / WEIGHT_FILES[kind]
     if not weights.exists():
@@ -82,14 +85,15 @@ def artifact(folder: Path | str, kind: str) -> dict | None:
     meta = _read_json(folder / "meta.json") or {}
     config = _read_json(folder / "config.json") or meta.get("config") or {}
     metrics = meta.get("metrics") or {}
-    return {"path": str(folder), "kind": kind, "complete": bool(metrics.get("complete")),
-            "training": not meta, "created": meta.get("created") or when(weights.stat().st_mtime),
-            "metrics": metrics, "config": config, "updated": weights.stat().st_mtime}
+    training = folder.resolve() in {resolve(d).resolve() for d in writing}
+    return {"path": str(folder), "kind": kind, "complete": bool(metrics.get("complete")), "training": training,
+            "created": meta.get("created") or when(weights.stat().st_mtime), "metrics": metrics,
+            "config": config, "updated": weights.stat().st_mtime}
 
 
 def world_model(model_dir: Path | str) -> dict:
     """The three parts of a world-model folder (each ``artifact()`` or None), its evaluation report if
-    any, and ``usable``: V, M and C all present."""
+    any (see ``evaluation()``), and ``usable``: V, M and C all present."""
     model_dir = resolve(model_dir)
     parts = {kind: artifact(model_dir / kind, kind) for kind in PARTS}
     return {**parts, "path": str(model_dir), "evaluation": evaluation(model_dir),
@@ -104,18 +108,64 @@ def default_model_dir() -> str:
     return SHIPPED_MODEL_DIR
 
 
-def model_dirs(require: tuple[str, ...] = PARTS) -> list[str]:
-    """World-model folders (as typed in configs) that hold the parts in ``require``; the default first."""
+def _candidate_dirs(root: Path) -> list[Path]:
+    """Where world models live: ``models/``, ``runs/``, the folders in ``runs/`` (``runs/mine``) and the
+    project's other run folders named ``runs*`` (``runs2``, which the README uses for a second evolution)."""
+    runs = root / DEFAULT_RUN_DIR
+    found = [root / SHIPPED_MODEL_DIR, runs]
+    if runs.is_dir():
+        found += sorted(p for p in runs.iterdir() if p.is_dir())
+    if root.is_dir():
+        found += sorted(p for p in root.glob(DEFAULT_RUN_DIR + "?*") if p.is_dir())
+    return found
+
+
+def model_dirs(require: Iterable[str] = PARTS, root: Path | str | None = None, any_part: bool = False) -> list[str]:
+    """World-model folders (relative to ``root``, as typed in configs) holding the weights of every part in
+    ``require`` (with ``any_part``: of at least one), the default one first. ``root``: the app's folder
+    unless given. The one list every page picks a world model from."""
+    root = Path(root) if root is not None else data_root()
+    require = tuple(require)
+    check = any if any_part else all
+    first = [root / default_model_dir()] if root == data_root() else []
     found = []
-    for name in (default_model_dir(), DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR):
-        if name not in found and all(artifact(resolve(name) / k, k) for k in require):
+    for path in first + _candidate_dirs(root):
+        name = path.relative_to(root).as_posix()
+        if name not in found and check((path / kind / WEIGHT_FILES[kind]).is_file() for kind in require):
             found.append(name)
     return found
 
 
+def is_shipped_model(path: Path | str) -> bool:
+    """Whether ``path`` is the shipped world model's folder or inside it (the app never writes there)."""
+    shipped = resolve(SHIPPED_MODEL_DIR).resolve()
+    return resolve(path).resolve().is_relative_to(shipped)
+
+
+def params_sha256(model_dir: Path | str) -> str | None:
+    """The hash an evaluation report stores of the controller it drove (of C's float32 parameters), for the
+    controller now in ``model_dir``; None without a readable one."""
+    try:
+        with np.load(resolve(model_dir) / "controller" / WEIGHT_FILES["controller"]) as f:
+            params = f["params"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()
+
+
+def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
+    """``report`` with ``current``: True when it evaluated the controller now in ``model_dir``, False when
+    an earlier one (evolution has replaced params.npz since), None when it cannot tell (no hash stored)."""
+    if report is None:
+        return None
+    stored = report.get("params_sha256")
+    return {**report, "current": None if not stored else stored == params_sha256(model_dir)}
+
+
 def evaluation(model_dir: Path | str) -> dict | None:
-    """The ``evaluate`` report stored with a world model (for the shipped one: the committed report), or None."""
-    return _read_json(resolve(model_dir) / "controller" / "evaluation.json")
+    """The ``evaluate`` report stored with a world model (for the shipped one: the committed report), or
+    None; ``current`` says whether it is of the controller now there (see ``_for_controller``)."""
+    return _for_controller(_read_json(resolve(model_dir) / "controller" / "evaluation.json"), model_dir)
 
 
 def outputs_dir(model_dir: Path | str) -> Path:
@@ -128,8 +178,10 @@ def outputs_dir(model_dir: Path | str) -> Path:
 
 
 def latest_evaluation(model_dir: Path | str) -> dict | None:
-    """The newest report of a world model: the stored one, or one the app wrote since into ``outputs_dir``."""
-    reports = [r for r in (evaluation(model_dir), _read_json(outputs_dir(model_dir) / "evaluation.json")) if r]
+    """The newest report of a world model: the stored one, or one the app wrote since into ``outputs_dir``;
+    with ``current`` as in ``evaluation()``."""
+    written = _for_controller(_read_json(outputs_dir(model_dir) / "evaluation.json"), model_dir)
+    reports = [r for r in (evaluation(model_dir), written) if r]
     return max(reports, key=lambda r: str(r.get("date", ""))) if reports else None
 
 
@@ -153,24 +205,32 @@ def data_summary(data_dir: Path | str = DEFAULT_DATA_DIR) -> dict:
 
 
 def resume_point(stage: str, config: dict) -> dict | None:
-    """How far an earlier run of ``stage`` into the same folder got, if it stopped before the end:
-    ``{"done": n, "total": m, "unit": ...}``; None when there is nothing to resume."""
+    """How far an earlier run of ``stage`` into the same folder got: ``{"done": n, "total": m, "unit": ...,
+    "finished": bool}``; None when there is nothing to resume. ``finished``: running ``config`` there would
+    add nothing (it asks for no more episodes, epochs or generations than are done). Train stages also give
+    ``epochs``, those the earlier run was set to."""
     if stage == "collect":
         summary = data_summary(config["out_dir"])
         have = summary["episodes"]
-        return {"done": have, "total": config["episodes"], "unit": "episodes"} if have else None
+        return ({"done": have, "total": config["episodes"], "unit": "episodes",
+                 "finished": have >= config["episodes"]} if have else None)
     if stage in ("train-vae", "train-rnn"):
         out = resolve(config["run_dir"]) / ("vae" if stage == "train-vae" else "rnn")
         state = _read_json(out / "checkpoint" / "state.json")
         if not state:
             return None
-        return {"done": int(state.get("step", 0)), "total": int(state.get("total", 0)), "unit": "batches"}
+        done, total = int(state.get("step", 0)), int(state.get("total", 0))
+        # A training run counts its batches from its epochs: more epochs than the last run had go on from the
+        # checkpoint, the same or fewer stop at once.
+        epochs = int((_read_json(out / "config.json") or {}).get("epochs") or 0)
+        return {"done": done, "total": total, "unit": "batches", "epochs": epochs,
+                "finished": done >= total and int(config["epochs"]) <= epochs}
     if stage == "evolve":
         state = _read_json(resolve(config["run_dir"]) / "controller" / "state.json")
         if not state:
             return None
-        return {"done": int(state.get("generation", 0)), "total": int(config["generations"]),
-                "unit": "generations"}
+        done, total = int(state.get("generation", 0)), int(config["generations"])
+        return {"done": done, "total": total, "unit": "generations", "finished": done >= total}
     return None
 
 

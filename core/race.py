@@ -34,7 +34,7 @@ import numpy as np
 
 from core import app_data
 from core.artifacts import ArtifactError
-from core.config import DEFAULT_RUN_DIR, ENV_CHOICES, SHIPPED_MODEL_DIR, ConfigError, param, validate
+from core.config import ENV_CHOICES, SHIPPED_MODEL_DIR, ConfigError, param, validate
 from core.env import FPS, make_env, tiles_visited
 from core.leaderboard import Leaderboard, Run, validate_player_name
 from core.progress import ProgressCallback, keep_going
@@ -245,14 +245,11 @@ def is_world_model(path: Path | str) -> bool:
 
 
 def available_models(root: Path | str | None = None) -> list[str]:
-    """World-model folders the AI can drive with: models/, runs/ and runs/*/ that hold vae/, rnn/ and a
-    controller; paths relative to ``root`` (default: the app's folder, as every page resolves paths)."""
+    """World-model folders the AI can drive with (vae/, rnn/ and a controller), found as every page finds
+    them (``app_data.model_dirs``: models/, runs/, runs/*/ and runs*/); paths relative to ``root``
+    (default: the app's folder, as every page resolves paths), the default model first."""
     root = Path(root) if root is not None else app_data.data_root()
-    candidates = [root / SHIPPED_MODEL_DIR, root / DEFAULT_RUN_DIR]
-    runs = root / DEFAULT_RUN_DIR
-    if runs.is_dir():
-        candidates += sorted(p for p in runs.iterdir() if p.is_dir())
-    return [str(p.relative_to(root)) for p in candidates if is_world_model(p)]
+    return [d for d in app_data.model_dirs(root=root) if is_world_model(root / d)]
 
 
 def resolve_model_dir(model_dir: str) -> Path:

@@ -17,11 +17,10 @@ _ui.start_button("collect", config, noun="collecting")
 
 
 def live(snap) -> None:
-    if config is None:
-        return
-    data = app_data.data_summary(config.out_dir)
+    shown = _ui.shown_config(snap, config, CollectConfig)
+    data = app_data.data_summary(shown["out_dir"])
     cols = st.columns(4)
-    cols[0].metric("Episodes", f"{data['episodes']} / {config.episodes}")
+    cols[0].metric("Episodes", f"{data['episodes']} / {shown['episodes']}", help=f"in `{shown['out_dir']}`")
     cols[1].metric("Frames", f"{data['frames']:,}")
     cols[2].metric("Mean return", "–" if data["mean_return"] is None else f"{data['mean_return']:.1f}")
     if snap and snap["metrics"].get("return") is not None:

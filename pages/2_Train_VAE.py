@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import VAEConfig
+from core.jobs import out_dir_of
 from pages import _ui
 
 st.title("Train VAE (V)")
@@ -16,8 +17,8 @@ st.markdown("V is a convolutional variational autoencoder: it encodes each 64x64
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(VAEConfig, "vae", defaults={"checkpoint_every": 100})
 _ui.start_button("train-vae", config, noun="training")
-vae_dir = str(config.out_dir) if config is not None else "runs/vae"
-data_dir = config.data_dir if config is not None else VAEConfig().data_dir
+vae_dir = str((config or VAEConfig()).out_dir)  # what the latent explorer shows: the form's folders
+data_dir = (config or VAEConfig()).data_dir
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -25,17 +26,20 @@ def sample(data_dir: str, files: int, version: float) -> np.ndarray:
     return app_data.sample_frames(data_dir, count=8, seed=1)
 
 
-def frames() -> np.ndarray:
+def frames(data_dir: str) -> np.ndarray:
     summary = app_data.data_summary(data_dir)
     return sample(data_dir, summary["files"], summary["updated"] or 0.0)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def reconstructions(vae_dir: str, version: float, _frames: np.ndarray, frames_key: str) -> np.ndarray:
-    return app_data.reconstruct(_ui.load_vae(vae_dir), _frames)
+def reconstructions(vae_dir: str, version: float, real: np.ndarray) -> np.ndarray:
+    # The frames themselves are part of the key (Streamlit hashes the array): new episodes bring new ones.
+    return app_data.reconstruct(_ui.load_vae(vae_dir), real)
 
 
 def live(snap) -> None:
+    shown = _ui.shown_config(snap, config, VAEConfig)
+    vae_dir, data_dir = out_dir_of("train-vae", shown), shown["data_dir"]
     records = app_data.history(vae_dir)
     train = [r for r in records if "r_loss" in r]
     val = [r for r in records if "val_r_loss" in r]
@@ -49,17 +53,18 @@ def live(snap) -> None:
             _ui.line_chart(train + val, "step", {"KL (train, clamped)": "kl", "KL (held out)": "val_kl"},
                            "KL divergence (nats a frame)", key="vae.kl")
     art = app_data.artifact(vae_dir, "vae")
-    real = frames()
+    real = frames(data_dir)
     if art is None or len(real) == 0:
         st.caption("Reconstructions appear here once V has weights (at its first checkpoint).")
         return
     try:
-        recon = reconstructions(vae_dir, art["updated"], real, f"{data_dir}:{len(real)}")
+        recon = reconstructions(vae_dir, art["updated"], real)
     except Exception as e:  # weights of another shape, a file being replaced: say so, keep the page
         st.warning(f"Could not load V from `{vae_dir}` for reconstructions: {e}")
         return
     st.image(app_data.grid([real, recon], scale=2),
-             caption=f"Top: real frames. Bottom: V's reconstructions (weights of {app_data.when(art['updated'])}).")
+             caption=f"Top: real frames of `{data_dir}`. Bottom: V's reconstructions (`{vae_dir}`, "
+                     f"weights of {app_data.when(art['updated'])}).")
 
 
 _ui.job_panel("train-vae", live, unit="batches", stop_label="Stop training")
@@ -75,7 +80,7 @@ def explorer() -> None:
     if art is None:
         st.caption(f"No VAE in `{vae_dir}` yet.")
         return
-    real = frames()
+    real = frames(data_dir)
     try:
         vae = _ui.load_vae(vae_dir)
     except Exception as e:

@@ -7,6 +7,7 @@ from core import app_data
 from core.config import RNNConfig
 from core.dataset import EpisodeError, list_episodes, load_episode
 from core.dream import one_step_predictions
+from core.jobs import out_dir_of
 from pages import _ui
 
 st.title("Train RNN (M)")
@@ -18,16 +19,13 @@ st.markdown("M is an LSTM with a **mixture density** output: from the code z of 
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(RNNConfig, "rnn")
 _ui.start_button("train-rnn", config, noun="training")
-run_dir = config.run_dir if config is not None else RNNConfig().run_dir
-rnn_dir = str(app_data.resolve(run_dir) / "rnn")
-data_dir = config.data_dir if config is not None else RNNConfig().data_dir
 
 
 def live(snap) -> None:
     if snap and snap["status"] in ("starting", "running") and "encoded" in snap["metrics"]:
         m = snap["metrics"]
         st.caption(f"Encoding the episodes with V first: {m['encoded']} of {m['of']}.")
-    records = app_data.history(rnn_dir)
+    records = app_data.history(out_dir_of("train-rnn", _ui.shown_config(snap, config, RNNConfig)))
     if not records:
         return
     cols = st.columns(3)
@@ -52,7 +50,20 @@ def predictions(run_dir: str, versions: tuple, episode: str, start: int, count: 
     return one_step_predictions(model, load_episode(episode), start=start, count=count)
 
 
+@st.cache_data(show_spinner=False, max_entries=1024)
+def episode_steps(path: str, version: float) -> tuple[int, str | None]:
+    """Steps of an episode file and, for one that does not load, why (read once per file version: the view
+    refreshes every second while M trains)."""
+    try:
+        return load_episode(path).steps, None
+    except EpisodeError as e:
+        return 0, str(e)
+
+
 job = _ui.current_job("train-rnn")
+# While M trains, the view follows the job's folders (the form may have been reset by a reload since).
+shown = _ui.shown_config(job.snapshot() if job is not None and job.active else None, config, RNNConfig)
+run_dir, data_dir = shown["run_dir"], shown["data_dir"]
 
 
 @st.fragment(run_every=_ui.POLL_SECONDS if job is not None and job.active else None)
@@ -68,10 +79,9 @@ def prediction_view() -> None:
     cols = st.columns([2, 3])
     name = cols[0].selectbox("Episode", [p.name for p in episodes], key="rnn.pred_episode")
     path = next(p for p in episodes if p.name == name)
-    try:
-        steps = load_episode(path).steps
-    except EpisodeError as e:
-        st.error(f"{e}. Pick another episode.")
+    steps, error = episode_steps(str(path), app_data.mtime(path))
+    if error:
+        st.error(f"{error}. Pick another episode.")
         return
     if steps <= 8:
         st.caption(f"`{name}` has {steps} steps, too few to predict 8 of them; pick a longer episode.")
@@ -85,7 +95,7 @@ def prediction_view() -> None:
         return
     st.image(app_data.grid([out["real_next"], out["recon_next"], out["predicted"]], scale=2),
              caption=f"Steps {out['steps'][0]}–{out['steps'][-1]}. Rows: real next frame · V's reconstruction · "
-                     "M's prediction.")
+                     f"M's prediction (V and M of `{run_dir}/`).")
     rewards = " · ".join(f"{p:+.2f} ({r:+.2f})" for p, r in zip(out["pred_reward"], out["real_reward"]))
     st.caption(f"Predicted reward (real): {rewards}. Highest predicted end probability: "
                f"{np.max(out['done_prob']):.0%}.")

@@ -5,7 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 from core import app_data
-from core.config import SHIPPED_MODEL_DIR, EvaluateConfig, EvolveConfig, RecordConfig
+from core.config import EvaluateConfig, EvolveConfig, RecordConfig
+from core.jobs import out_dir_of
 from pages import _ui
 
 st.title("Evolve (C)")
@@ -17,11 +18,11 @@ st.markdown("C is a single linear layer from [z, h] to steer, gas and brake: 867
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(EvolveConfig, "evolve")
 _ui.start_button("evolve", config, noun="evolution")
-run_dir = config.run_dir if config is not None else EvolveConfig().run_dir
+run_dir = (config or EvolveConfig()).run_dir
 
 
 def live(snap) -> None:
-    records = app_data.history(app_data.resolve(run_dir) / "controller")
+    records = app_data.history(out_dir_of("evolve", _ui.shown_config(snap, config, EvolveConfig)))
     if not records:
         return
     _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",
@@ -41,7 +42,7 @@ _ui.job_panel("evolve", live, unit="generations", stop_label="Stop evolution")
 st.subheader("Evaluate")
 st.caption("The controller drives tracks it never trained on (seeds from 1,000,000 up). The published "
            "protocol is 100 episodes of the stock env; fewer give a quicker, rougher estimate.")
-choices = [d for d in dict.fromkeys([run_dir, SHIPPED_MODEL_DIR]) if app_data.world_model(d)["usable"]]
+choices = [d for d in dict.fromkeys([run_dir, *app_data.model_dirs()]) if app_data.world_model(d)["usable"]]
 if not choices:
     st.caption(f"Needs V, M and C in `{run_dir}/` (C appears after the first generation).")
     model_dir = None
@@ -59,14 +60,20 @@ if model_dir is not None:
 def live_evaluation(snap) -> None:
     if snap is not None and snap["status"] in ("starting", "running", "stopping"):
         returns = [r["return"] for r in snap["history"] if "return" in r]
-        source = f"{len(returns)} episodes so far"
+        source = f"`{snap['config']['model_dir']}/`: {len(returns)} episodes so far"
     else:
-        report = app_data.latest_evaluation(model_dir) if model_dir else None
+        # The report of the world model of the job shown, else of the one picked above.
+        shown = snap["config"]["model_dir"] if snap is not None and snap.get("config") else model_dir
+        report = app_data.latest_evaluation(shown) if shown else None
         if not report:
             return
         returns = report["returns"]
-        source = (f"{report['episodes']} episodes, {report['env']} env, {app_data.when(report.get('date'))}: "
-                  f"**{report['mean']:.1f} ± {report['std']:.1f}** (min {report['min']:.0f}, max {report['max']:.0f})")
+        source = (f"`{shown}/`, {report['episodes']} episodes, {report['env']} env, "
+                  f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
+                  f"(min {report['min']:.0f}, max {report['max']:.0f})")
+        if report["current"] is False:
+            source += (" · of an **earlier controller**: evolution has replaced this folder's controller since. "
+                       "Evaluate again to score the current one.")
     if returns:
         st.markdown(f"Score distribution · {source}")
         _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)

@@ -36,8 +36,10 @@ except Exception as e:  # an artifact that does not load: say what and where
 
 
 def play(frames: np.ndarray, captions: list[str], loop: bool) -> None:
-    """Show a dream as an animation (an animated GIF plays in every browser at ``fps``)."""
-    st.session_state["dream.animation"] = gif(with_captions(upscale(frames), captions), fps=fps, loop=loop)
+    """Show a dream as an animation (an animated GIF plays in every browser at ``fps``; the rate is kept with
+    it, since a GIF keeps the rate it was encoded at)."""
+    st.session_state["dream.animation"] = {"gif": gif(with_captions(upscale(frames), captions), fps=fps, loop=loop),
+                                           "fps": fps}
 
 
 def new_dream(start: str, episode: str | None, step: int, seed: int) -> Dream:
@@ -113,9 +115,12 @@ def drive() -> None:
 def show(dream: Dream) -> None:
     cols = st.columns([1, 1])
     with cols[0]:
-        if st.session_state.get("dream.animation"):
-            st.image(st.session_state["dream.animation"],
-                     caption=f"Dream step {dream.t} · τ = {dream.tau:g} · {fps} frames a second")
+        animation = st.session_state.get("dream.animation")
+        if animation:
+            caption = f"Dream step {dream.t} · τ = {dream.tau:g} · {animation['fps']} frames a second"
+            if animation["fps"] != fps:
+                caption += f" (the next steps and replays play at {fps})"
+            st.image(animation["gif"], caption=caption)
         if dream.ended:
             st.warning(f"M predicts that the episode ends at step {dream.ended_at}. Start a new dream to go on.")
         if dream.t and st.button("Replay the whole dream", key="dream.replay", icon=":material/replay:"):

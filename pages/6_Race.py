@@ -69,8 +69,9 @@ if session is None:
         model = st.selectbox("AI model", models) if models else None
         go = st.form_submit_button("Start race", type="primary")
     if not models:
-        st.info("No trained world model was found (models/ or runs/ with vae/, rnn/ and controller/), so "
-                "only driving alone is on. Train one on the earlier pages to race the AI.")
+        st.info("No trained world model was found (vae/, rnn/ and controller/ in models/, runs/, a folder of "
+                "runs/ or a runs* folder such as runs2/), so only driving alone is on. Train one on the earlier "
+                "pages to race the AI.")
     st.caption(f"Races running now: {registry.active()} of {registry.config.max_races}.")
     if go:
         start(player=name, mode=mode, model_dir=model,
@@ -108,10 +109,11 @@ else:
             run_ids = run_ids if pick is None else [pick]
         if st.button("Render the race as a video (MP4)"):
             with st.spinner("Replaying the race and encoding the video…"):
-                st.session_state[video_key] = race.render_video(run_ids, registry.board())
-        if video_key in st.session_state:
-            st.video(st.session_state[video_key], format="video/mp4")
-            st.download_button("Download the MP4", st.session_state[video_key],
+                st.session_state[video_key] = {"runs": run_ids, "mp4": race.render_video(run_ids, registry.board())}
+        video = st.session_state.get(video_key)
+        if video is not None and video["runs"] == run_ids:  # a video of another choice waits for a new render
+            st.video(video["mp4"], format="video/mp4")
+            st.download_button("Download the MP4", video["mp4"],
                                file_name=f"race-track-{session.seed}.mp4", mime="video/mp4")
 
     again, new = st.columns(2)

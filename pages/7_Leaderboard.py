@@ -40,13 +40,14 @@ with st.expander("Watch runs of one track as a video"):
     labels = {int(r.id): f"run {r.id} · {r.player} · track {r.seed} · {r.score:.1f}" for r in runs.itertuples()}
     picked = st.multiselect("Runs (up to two, on the same track)", choices, max_selections=2,
                             format_func=lambda i: labels.get(int(i), str(i)))
+    picked = [int(i) for i in picked]
     if st.button("Render video", disabled=not picked):
         try:
             with st.spinner("Replaying and encoding…"):
-                st.session_state["leaderboard_video"] = race.render_video([int(i) for i in picked], board)
+                st.session_state["leaderboard_video"] = {"runs": picked, "mp4": race.render_video(picked, board)}
         except race.RaceError as e:
             st.error(str(e))
-    if "leaderboard_video" in st.session_state:
-        st.video(st.session_state["leaderboard_video"], format="video/mp4")
-        st.download_button("Download the MP4", st.session_state["leaderboard_video"], file_name="race.mp4",
-                           mime="video/mp4")
+    video = st.session_state.get("leaderboard_video")
+    if video is not None and video["runs"] == picked:  # a video of other runs waits for a new render
+        st.video(video["mp4"], format="video/mp4")
+        st.download_button("Download the MP4", video["mp4"], file_name="race.mp4", mime="video/mp4")

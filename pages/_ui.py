@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, Callable
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import app_data
-from core.config import ConfigError, from_dict
-from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry
+from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
+from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry, out_dir_of
 
 PAGES = {  # stage -> the page that runs it
     "collect": "pages/1_Collect.py",
@@ -43,6 +42,19 @@ def current_job(stage: str):
     """The job a page shows: the stage's running job, else this session's last, else the latest."""
     reg = registry()
     return reg.active(stage) or reg.get(st.session_state.get(f"job.{stage}")) or reg.latest(stage)
+
+
+def active_out_dirs() -> list[str]:
+    """The folders the app's running jobs write (relative to the data root, as in their configs)."""
+    return [job.out_dir for job in registry().jobs() if job.active]
+
+
+def shown_config(snap: dict | None, config: Any, cls: type) -> dict:
+    """The settings behind what a job panel shows: those of the job shown (the form may say something else,
+    e.g. after a reload reset it to the defaults), else the form's, else the stage's defaults."""
+    if snap is not None and snap.get("config"):
+        return dict(snap["config"])
+    return dataclasses.asdict(config if config is not None else cls())
 
 
 def start_job(stage: str, config: Any) -> None:
@@ -214,16 +226,48 @@ def _num(value, kind):
     return None if value is None else kind(value)
 
 
+# The stages that write into the folder of their settings, each with what to change on its form to get more
+# out of a folder that is done: (the field to raise, the field naming the folder).
+_GO_ON = {"collect": ("Episodes", "Out dir"), "train-vae": ("Epochs", "Run dir"),
+          "train-rnn": ("Epochs", "Run dir"), "evolve": ("Generations", "Run dir")}
+
+
 def start_button(stage: str, config, noun: str | None = None, key: str | None = None) -> None:
-    """Start (or Resume, when an earlier run of the same folder stopped part way) ``stage``."""
-    resume = app_data.resume_point(stage, dataclasses.asdict(config)) if config is not None else None
-    finished = resume is not None and resume["done"] >= resume["total"]
+    """Start (or Resume, when an earlier run of the same folder stopped part way) ``stage``. Refuses a
+    folder inside the shipped model, and says so when the folder is done already."""
+    values = dataclasses.asdict(config) if config is not None else None
+    out = out_dir_of(stage, values) if values is not None else None
+    if stage in _GO_ON and out is not None and app_data.is_shipped_model(out):
+        st.error(f"`{out}` is inside `{SHIPPED_MODEL_DIR}/`, the shipped world model, which the app never "
+                 f"changes. Pick another folder (`{DEFAULT_RUN_DIR}`, `{DEFAULT_RUN_DIR}2`, …); to train the "
+                 f"shipped model further, copy it first (`cp -r {SHIPPED_MODEL_DIR} {DEFAULT_RUN_DIR}2`) and "
+                 "use the copy.")
+        values = config = None
+    resume = app_data.resume_point(stage, values) if values is not None else None
+    finished = resume is not None and resume["finished"]
+    if finished:
+        raise_field, folder_field = _GO_ON[stage]
+        if stage == "collect":
+            done = f"`{out}` already holds {resume['done']} episodes, as many as asked for."
+        elif stage == "evolve":
+            done = f"The evolution in `{out}` has already run its {resume['done']} generations."
+        else:
+            epochs = resume["epochs"]
+            done = (f"`{out}` is already trained: {resume['done']} of {resume['total']} batches, the {epochs} "
+                    f"epoch{'' if epochs == 1 else 's'} it was set to; starting it again would add nothing.")
+        st.info(f"{done} To go on from there, raise **{raise_field}**. To start a new run from scratch, set "
+                f"**{folder_field}** to another folder.")
     label = "Resume" if resume and not finished else "Start"
     noun = noun or STAGE_TITLES[stage].lower()
-    help_text = (f"An earlier run stopped at {resume['done']} of {resume['total']} {resume['unit']}; "
-                 "it continues from its checkpoint." if label == "Resume" else None)
+    help_text = None
+    if label == "Resume":
+        help_text = (f"An earlier run stopped at {resume['done']} of {resume['total']} {resume['unit']}; "
+                     "it continues from its checkpoint.")
+        if resume["done"] >= resume["total"]:  # a finished training run, with more epochs asked for now
+            help_text = (f"The run in `{out}` finished the {resume['epochs']} epochs it was set to; it continues "
+                         f"from its checkpoint to {values['epochs']}.")
     if st.button(f"{label} {noun}", key=key or f"start.{stage}", type="primary", icon=":material/play_arrow:",
-                 disabled=config is None, help=help_text):
+                 disabled=config is None or finished, help=help_text):
         start_job(stage, config)
 
 
@@ -283,13 +327,3 @@ def load_world_model(model_dir: str, with_controller: bool = True):
     versions = tuple(app_data.mtime(path / part / name) for part, name in app_data.WEIGHT_FILES.items())
     return _world_model(str(path), versions, with_controller)
 
-
-def artifact_caption(art: dict | None, what: str) -> str:
-    if art is None:
-        return f"No {what} yet."
-    state = "complete" if art["complete"] else ("training" if art["training"] else "stopped part way")
-    return f"{what} in `{art['path']}` · {state} · {app_data.when(art['created'])}"
-
-
-def elapsed_since(timestamp: float | None) -> str:
-    return "" if not timestamp else _duration(time.time() - timestamp) + " ago"

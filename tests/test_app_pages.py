@@ -214,3 +214,208 @@ def test_evaluating_and_recording_the_shipped_model_leave_it_byte_for_byte(app, 
     outputs = app_root / "runs" / "shipped-model"
     assert (outputs / "evaluation.json").exists() and (outputs / "watch.mp4").stat().st_size > 1000
     assert snapshot() == before
+
+
+# --- what the pages show: the job's folders, fresh caches, stale reports, finished runs, folders to refuse ---
+
+
+@pytest.fixture
+def fresh_root(tmp_path, tiny_data, tiny_world_model, monkeypatch):
+    """An app root of this test's own (the app_root fixture is shared by the tests above)."""
+    root = make_app_root(tmp_path / "root", tiny_data, tiny_world_model)
+    monkeypatch.setenv(ROOT_ENV, str(root))
+    return root
+
+
+def home(root) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def write_job_record(root, stage: str, config) -> None:
+    """A finished job of ``stage`` in the app's job records, as a server that ran it leaves them."""
+    import dataclasses
+    import json
+
+    from core.jobs import out_dir_of
+    config = dataclasses.asdict(config)
+    jobs = root / "runs" / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    (jobs / f"{stage}.json").write_text(json.dumps({
+        "id": f"{stage}-1", "stage": stage, "status": "done", "step": 1, "total": 1, "config": config,
+        "out_dir": out_dir_of(stage, config), "started_at": now - 60, "ended_at": now}))
+
+
+def chart_specs(at: AppTest) -> str:
+    return " ".join(c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_job_panels_show_the_folders_of_the_job_not_of_the_form(fresh_root):
+    """After a reload the forms are back at their defaults (runs/, data/rollouts) while the last jobs wrote
+    runs2/ and data/two: the panels show what the jobs wrote."""
+    import json
+    import shutil
+
+    from core.config import CollectConfig, EvolveConfig, RNNConfig, VAEConfig
+    shutil.copytree(fresh_root / "runs", fresh_root / "runs2")
+    marker = 4242.5  # a loss or fitness no tiny model reaches
+    for part, record in (("vae", {"step": 1, "r_loss": marker, "kl": 1.0}), ("rnn", {"step": 1, "mdn": marker}),
+                         ("controller", {"generation": 1, "best": marker, "mean": 1.0, "worst": 0.0})):
+        (fresh_root / "runs2" / part / "history.jsonl").write_text(json.dumps(record) + "\n")
+    two = fresh_root / "data" / "two"
+    two.mkdir()
+    first = sorted((fresh_root / "data" / "rollouts").glob("ep_*.npz"))[0]
+    shutil.copy(first, two / first.name)
+    manifest = json.loads((fresh_root / "data" / "rollouts" / "manifest.json").read_text())
+    (two / "manifest.json").write_text(json.dumps({**manifest, "episodes": [
+        e for e in manifest["episodes"] if e["file"] == first.name]}))
+    write_job_record(fresh_root, "collect", CollectConfig(out_dir="data/two", episodes=1))
+    write_job_record(fresh_root, "train-vae", VAEConfig(run_dir="runs2"))
+    write_job_record(fresh_root, "train-rnn", RNNConfig(run_dir="runs2"))
+    write_job_record(fresh_root, "evolve", EvolveConfig(run_dir="runs2"))
+
+    at = home(fresh_root)
+    collect = open_page(at, "1_Collect.py")
+    assert collect.metric[0].value == "1 / 1"  # data/two's one episode, not data/rollouts' two of 100
+    for page in ("2_Train_VAE.py", "3_Train_RNN.py", "4_Evolve.py"):
+        shown = open_page(at, page)
+        assert str(marker) in chart_specs(shown), page
+
+
+def test_vae_reconstructions_follow_new_frames(fresh_root, monkeypatch):
+    """An episode replaced by another with as many frames: the real row changes, and so do the reconstructions
+    (they are not taken from the cache of the old frames)."""
+    from core import app_data
+    at = open_page(home(fresh_root), "2_Train_VAE.py")
+    reconstructed = []
+    real_reconstruct = app_data.reconstruct
+
+    def reconstruct(vae, frames):
+        reconstructed.append(frames.copy())
+        return real_reconstruct(vae, frames)
+
+    monkeypatch.setattr(app_data, "reconstruct", reconstruct)
+    episode = sorted((fresh_root / "data" / "rollouts").glob("ep_*.npz"))[0]
+    with np.load(episode) as f:
+        other = {k: (255 - f[k]) if k == "obs" else f[k] for k in f.files}  # the same steps, other frames
+    np.savez(episode, **other)
+    at.run()
+    assert not at.exception
+    assert reconstructed, "the reconstructions of the old frames were shown under the new ones"
+    np.testing.assert_array_equal(reconstructed[-1], app_data.sample_frames("data/rollouts", count=8, seed=1))
+
+
+def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):
+    """Evolution writes meta.json (complete: false) every generation: a running one is still training."""
+    import json
+
+    from core.jobs import Job
+    from pages import _ui
+    meta = fresh_root / "runs" / "controller" / "meta.json"
+    data = json.loads(meta.read_text())
+    data["metrics"]["complete"] = False
+    meta.write_text(json.dumps(data))
+    text = " ".join(m.value for m in home(fresh_root).markdown)
+    assert "`runs/` · not finished" in text
+    job = Job(id="evolving", stage="evolve", config={"run_dir": "runs"}, out_dir="runs/controller",
+              status="running")
+    registry = _ui.registry()
+    registry._jobs[job.id] = job  # a job whose process runs: only its status matters to the page
+    try:
+        text = " ".join(m.value for m in home(fresh_root).markdown)
+        assert "`runs/` · training" in text
+        assert "`runs/` · complete" in text  # V and M of runs/ are done
+    finally:
+        del registry._jobs[job.id]
+
+
+def test_an_evaluation_of_an_earlier_controller_is_not_shown_as_the_current_score(fresh_root):
+    import json
+
+    from core import app_data
+    report = {"mean": 512.0, "std": 10.0, "min": 500.0, "max": 524.0, "episodes": 3, "env": "stock",
+              "returns": [500, 512, 524], "date": "2026-01-01T00:00:00Z"}
+    stored = fresh_root / "models" / "controller" / "evaluation.json"
+    stored.write_text(json.dumps({**report, "params_sha256": app_data.params_sha256("models")}))
+    assert "scored **512 ± 10**" in home(fresh_root).success[0].value
+
+    stored.write_text(json.dumps({**report, "params_sha256": "0" * 64}))  # evolution replaced C since
+    at = home(fresh_root)
+    assert "scored" not in at.success[0].value and "earlier controller" in at.success[0].value
+    evolve = open_page(at, "4_Evolve.py")
+    evolve.selectbox(key="evolve.model_dir").set_value("models").run()
+    assert any("512.0 ± 10.0" in m.value and "earlier controller" in m.value for m in evolve.markdown)
+
+
+def test_a_finished_training_run_says_how_to_train_more(fresh_root, tiny_world_model):
+    """V in runs/ finished its one epoch: starting it again would add nothing, more epochs go on from it."""
+    import shutil
+    shutil.copytree(tiny_world_model / "vae" / "checkpoint", fresh_root / "runs" / "vae" / "checkpoint")
+    at = open_page(home(fresh_root), "2_Train_VAE.py")
+    at.number_input(key="vae.epochs").set_value(1).run()
+    assert any("already trained" in m.value and "Epochs" in m.value and "Run dir" in m.value for m in at.info)
+    assert at.button(key="start.train-vae").disabled
+    at.number_input(key="vae.epochs").set_value(2).run()
+    assert not at.info
+    start = at.button(key="start.train-vae")
+    assert start.label == "Resume training" and not start.disabled
+
+
+def test_the_forms_refuse_the_shipped_model_folder(app):
+    for page, prefix, stage, field in (("2_Train_VAE.py", "vae", "train-vae", "run_dir"),
+                                       ("3_Train_RNN.py", "rnn", "train-rnn", "run_dir"),
+                                       ("4_Evolve.py", "evolve", "evolve", "run_dir"),
+                                       ("1_Collect.py", "collect", "collect", "out_dir")):
+        at = open_page(app, page)
+        at.text_input(key=f"{prefix}.{field}").set_value("./models").run()
+        assert any("shipped world model" in e.value for e in at.error), page
+        assert at.button(key=f"start.{stage}").disabled, page
+        at.text_input(key=f"{prefix}.{field}").set_value("runs" if field == "run_dir" else "data/rollouts").run()
+        assert not at.error and not at.button(key=f"start.{stage}").disabled, page
+
+
+def test_rnn_predictions_do_not_reread_the_episode_each_refresh(app, monkeypatch):
+    """The view refreshes every second while M trains; the episode's step count is read once per file."""
+    import core.dataset
+    at = open_page(app, "3_Train_RNN.py")
+    loads = []
+    real_load = core.dataset.load_episode
+
+    def load_episode(path, *args, **kwargs):
+        loads.append(path)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(core.dataset, "load_episode", load_episode)
+    at.run()
+    assert not at.exception and any("M's prediction" in c for img in at.get("image") for c in img.captions)
+    assert loads == []
+
+
+def test_dream_caption_gives_the_rate_the_animation_plays_at(app):
+    at = open_page(app, "5_Dream.py")
+    assert "25 frames a second" in at.get("image")[0].captions[0]
+    at.selectbox(key="dream.fps").set_value(50).run()
+    assert "25 frames a second" in at.get("image")[0].captions[0]  # the GIF shown is still the one at 25
+    at.button(key="dream.key.gas").click().run()
+    if at.session_state["dream"].t:  # the tiny M may predict the end at once; then nothing new was played
+        assert "50 frames a second" in at.get("image")[0].captions[0]
+
+
+def test_world_models_in_other_run_folders_can_be_picked(fresh_root):
+    """runs2/ (the README's second evolution) and runs/mine/ hold world models: every page offers them."""
+    import shutil
+
+    from core import app_data, race
+    for folder in ("runs2", "runs/mine"):
+        for part in ("vae", "rnn", "controller"):
+            shutil.copytree(fresh_root / "runs" / part, fresh_root / folder / part)
+    (fresh_root / "runs3" / "vae").mkdir(parents=True)  # no weights: not a world model
+    expected = ["models", "runs", "runs/mine", "runs2"]
+    assert app_data.model_dirs() == expected and race.available_models() == expected
+    at = home(fresh_root)
+    dream = open_page(at, "5_Dream.py")
+    assert dream.selectbox(key="dream.model_dir").options == expected
+    evolve = open_page(at, "4_Evolve.py")
+    assert evolve.selectbox(key="evolve.model_dir").options == ["runs", "models", "runs/mine", "runs2"]
