@@ -15,7 +15,7 @@ import numpy as np
 
 from core.agent import load_world_model
 from core.artifacts import ArtifactError, atomic_write_json, now_iso
-from core.config import EvaluateConfig, to_dict, validate
+from core.config import EVAL_SEED_BASE, EvaluateConfig, to_dict, validate
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
@@ -36,7 +36,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     """Run the controller in ``config.model_dir`` on the evaluation tracks; write and return the report.
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
-    the env and the config. Stopping early reports the episodes done so far (``complete: false``), and
+    the env, the config and ``held_out`` (every track at or above EVAL_SEED_BASE, where training never
+    draws; a lower ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes done so far (``complete: false``), and
     writes that report over ``out`` unless ``out`` already holds a finished evaluation of the same
     controller, which is kept.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
@@ -46,6 +47,10 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     model_dir = Path(config.model_dir)
     weights, params = load_world_model(model_dir)
     seeds = evaluation_seeds(config)
+    if config.first_seed < EVAL_SEED_BASE:
+        log.warning("--first-seed %d: tracks below %d are where collection and evolution draw their tracks, so "
+                    "the controller may have trained on some of these; the report says held_out: false",
+                    config.first_seed, EVAL_SEED_BASE)
     out = Path(config.out) if config.out else model_dir / "controller" / "evaluation.json"
     partial = out.with_name(out.name + ".partial")
     key = {"params_sha256": hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest(),
@@ -71,7 +76,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
               "returns": returns, "seeds": driven, "steps": [done[s]["steps"] for s in driven],
               "tiles": [done[s]["tiles"] for s in driven], "env": config.env,
               "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config),
-              "params_sha256": key["params_sha256"], "max_steps": config.max_steps}
+              "params_sha256": key["params_sha256"], "max_steps": config.max_steps,
+              "held_out": config.first_seed >= EVAL_SEED_BASE}
     if not report["complete"] and _holds_complete_report(out, key):
         # A stopped re-run of an evaluation that already finished: keep the finished report; the episodes
         # of this run stay in the partial file, and the next run continues from them.

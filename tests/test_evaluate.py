@@ -58,3 +58,13 @@ def test_stopping_before_any_episode_is_explained(tiny_world_model, tmp_path):
                             out=str(tmp_path / "e.json"))
     with pytest.raises(ArtifactError, match="before its first episode"):
         evaluate(config, lambda step, total, m: False)
+
+
+def test_tracks_below_the_evaluation_range_are_flagged_not_held_out(tiny_world_model, tmp_path, caplog):
+    settings = dict(model_dir=str(tiny_world_model), episodes=1, max_steps=15, workers=1, env=TEST_ENV)
+    held_out = evaluate(EvaluateConfig(out=str(tmp_path / "a.json"), **settings))
+    assert held_out["held_out"] is True and not caplog.records
+    validation = evaluate(EvaluateConfig(out=str(tmp_path / "b.json"), first_seed=950_000, **settings))
+    assert validation["held_out"] is False and validation["seeds"] == [950_000]
+    assert any("may have trained on some of these" in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "b.json").read_text())["held_out"] is False
