@@ -6,6 +6,10 @@ the generation's best candidate are re-evaluated on ``eval_episodes`` fixed trai
 that scores best there becomes the artifact's ``params.npz``: a lucky candidate never gets shipped on the
 strength of two episodes.
 
+An evolution started from a trained controller (``init_from``) keeps that controller's history in its
+state as ``lineage``: the earlier evolutions' generations, episodes, env steps and wall time, so what a
+controller cost stays with it after the folder it came from is gone.
+
 Each generation writes a checkpoint: its history line and ``latest.npz``, then ``cma_state.pkl`` (the
 CMA-ES with the random state it samples candidates from, the run's counters and the parameters to ship), then ``params.npz`` and ``state.json`` (readable copies). The pickle is the commit point: re-running
 the same command resumes from it wherever a kill landed, loses at most the generation in progress, and
@@ -14,6 +18,7 @@ draws the same candidates an uninterrupted run would have.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import time
 from pathlib import Path
@@ -105,6 +110,36 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
                                                            "verbose": -9, "CMA_diagonal": config.diagonal})
 
 
+def params_sha256(params: np.ndarray) -> str:
+    """Hex SHA-256 of a controller's parameters as float32 (what ``evaluate`` reports store too)."""
+    return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()
+
+
+def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
+    """Where an evolution started with ``--init-from`` comes from: the lineage of the controller in
+    ``init_from`` (oldest first), then that evolution itself: its generations, episodes, env steps, wall
+    seconds, population, rollouts and best periodic evaluation, and the hash of the parameters it handed on.
+
+    ``start`` is the CMA-ES's initial mean; when the folder no longer holds that controller (it was
+    replaced since, say by an export), only the hash is known. A controller without an evolution state (a
+    lean export) contributes what its folder says.
+    """
+    folder = Path(init_from)
+    entry: dict = {"init_from": str(folder), "params_sha256": params_sha256(start)}
+    try:
+        here = load_controller(folder).get_params()
+    except ArtifactError:
+        return [entry]
+    if params_sha256(here) != entry["params_sha256"]:
+        return [entry]
+    state = read_json(folder / STATE, "evolution state") if (folder / STATE).exists() else {}
+    config = read_json(folder / "config.json", "evolution config") if (folder / "config.json").exists() else {}
+    entry.update({k: state[k] for k in ("generation", "episodes", "env_steps", "train_seconds", "best_eval")
+                  if k in state})
+    entry.update({k: config[k] for k in ("popsize", "rollouts", "workers", "seed") if k in config})
+    return [*state.get("lineage", []), entry]
+
+
 def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> tuple[list[float], int]:
     """Mean return of each candidate over ``seeds``, and the env steps that took."""
     results = list(pool.map([(p, s) for p in candidates for s in seeds]))
@@ -140,10 +175,15 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         if shipped is None:  # an older checkpoint: its params.npz is the one to ship
             shipped = load_controller(out_dir, z_size, hidden).get_params()
         save_params(out_dir, shipped, z_size, hidden)
+        if "lineage" not in state:  # a run from before lineages were kept: its start is in its config
+            started_from = (read_json(out_dir / "config.json", "evolution config").get("init_from")
+                            if (out_dir / "config.json").exists() else "")
+            state["lineage"] = ancestry(started_from, es.x0) if started_from else []
     else:
         es = new_es(config, z_size, hidden)
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
-                 "train_seconds": 0.0}
+                 "train_seconds": 0.0,
+                 "lineage": ancestry(config.init_from, es.mean) if config.init_from else []}
         shipped = np.asarray(es.mean, np.float32)
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])

@@ -80,6 +80,30 @@ def _train_seconds(part_dir: Path) -> float:
     return sum(t for t, after in zip(timed, timed[1:] + [0.0]) if after < t)
 
 
+def _controller_line(state: dict, config: dict, records: list[dict]) -> str:
+    """C's training: this evolution, and the earlier ones it started from (``lineage``), with totals."""
+    this = (f"{state['generation']} generations of CMA-ES (population {config['popsize']} x "
+            f"{_rollouts(records, config['rollouts'])})")
+    cost = (f"{state['episodes']:,} episodes, {state['env_steps']:,} env steps, "
+            f"{state['train_seconds'] / 3600:.2f} h wall on {config['workers']} cores")
+    best = f"best periodic evaluation {_f(state, 'best_eval', '.1f')}"
+    lineage = state.get("lineage") or []
+    if not lineage:
+        return f"- C: {this}, {cost}; {best}"
+    known = [e for e in lineage if "generation" in e]
+    earlier = "; then ".join(f"{e['generation']} generations (population {e.get('popsize', '?')} x "
+                             f"{e.get('rollouts', '?')} rollouts, {e['episodes']:,} episodes, "
+                             f"{e['train_seconds'] / 3600:.2f} h)" for e in known)
+    if len(known) < len(lineage):
+        earlier = "an evolution of unknown cost" + (f"; then {earlier}" if earlier else "")
+    total = (f"{state['generation'] + sum(e['generation'] for e in known)} generations, "
+             f"{state['episodes'] + sum(e['episodes'] for e in known):,} episodes, "
+             f"{state['env_steps'] + sum(e['env_steps'] for e in known):,} env steps, "
+             f"{(state['train_seconds'] + sum(e['train_seconds'] for e in known)) / 3600:.2f} h wall")
+    return (f"- C: {earlier}; then, starting from that controller, {this}: {cost}; {best}. "
+            f"In all{' (known)' if len(known) < len(lineage) else ''}: {total}")
+
+
 def main(model_dir: Path) -> None:
     vae, rnn = read_meta(model_dir / "vae", "vae"), read_meta(model_dir / "rnn", "rnn")
     ctrl = read_meta(model_dir / "controller", "controller")
@@ -102,10 +126,7 @@ def main(model_dir: Path) -> None:
             f"{rnn_s / 60:.0f} min (after encoding the frames once); MDN loss {_f(rm, 'mdn', '.3f')} (train) / "
             f"{_f(rm, 'val_mdn', '.3f')} (held-out), reward MSE {_f(rm, 'val_reward', '.3f')}, episode-end loss "
             f"{_f(rm, 'val_done', '.4f')}",
-            f"- C: {state['generation']} generations of CMA-ES (population {ctrl['config']['popsize']} x "
-            f"{_rollouts(records, ctrl['config']['rollouts'])}), {state['episodes']:,} episodes, {state['env_steps']:,} env "
-            f"steps, {state['train_seconds'] / 3600:.2f} h wall on {ctrl['config']['workers']} cores; best periodic "
-            f"evaluation {_f(state, 'best_eval', '.1f')}", ""]
+            _controller_line(state, ctrl["config"], records), ""]
     if records:
         out += ["Learning curve (fitness = mean return of a candidate over its training tracks):", ""]
         out += learning_curve(records) + [""]

@@ -129,3 +129,52 @@ def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_m
     out = evolve(EvolveConfig(generations=5, **config))
     assert out["resumed_from"] == 4 and out["generation"] == 5
     assert [r["generation"] for r in read_history(ctrl / "history.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_an_evolution_from_a_trained_controller_keeps_its_lineage(tiny_world_model, tmp_path):
+    """--init-from records where the controller came from and what it had cost, through any number of
+    restarts, and still does after the parent folder is replaced (then only its hash is known)."""
+    import shutil
+
+    from core.config import EvolveConfig
+    from core.evolve import evolve, params_sha256
+    from tests.conftest import TEST_ENV
+    settings = dict(popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1, env=TEST_ENV)
+    parent = json.loads((tiny_world_model / "controller" / "state.json").read_text())
+    child = _tiny_run(tiny_world_model, tmp_path / "child")
+    evolve(EvolveConfig(run_dir=str(child.parent), generations=1, init_from=str(tiny_world_model / "controller"),
+                        **settings))
+    (first,) = json.loads((child / "state.json").read_text())["lineage"]
+    assert first["generation"] == parent["generation"] and first["episodes"] == parent["episodes"]
+    assert first["env_steps"] == parent["env_steps"] and first["popsize"] > 0
+    with np.load(tiny_world_model / "controller" / "params.npz") as f:
+        assert first["params_sha256"] == params_sha256(f["params"])
+
+    grandchild = _tiny_run(tiny_world_model, tmp_path / "grandchild")
+    evolve(EvolveConfig(run_dir=str(grandchild.parent), generations=1, init_from=str(child), **settings))
+    lineage = json.loads((grandchild / "state.json").read_text())["lineage"]
+    assert lineage[0] == first and lineage[1]["generation"] == 1 and lineage[1]["episodes"] == 4
+
+    # A run from before lineages were kept gets its lineage when it resumes, from the start in its config;
+    # if that folder holds another controller by then, only the start's hash is known.
+    for replaced in (False, True):
+        run = tmp_path / f"old{replaced}"
+        shutil.copytree(child.parent, run)
+        state = json.loads((run / "controller" / "state.json").read_text())
+        del state["lineage"]
+        (run / "controller" / "state.json").write_text(json.dumps(state))
+        import pickle
+        saved = pickle.loads((run / "controller" / "cma_state.pkl").read_bytes())
+        del saved["state"]["lineage"]
+        (run / "controller" / "cma_state.pkl").write_bytes(pickle.dumps(saved))
+        source = tmp_path / f"source{replaced}"
+        shutil.copytree(tiny_world_model / "controller", source)
+        config = json.loads((run / "controller" / "config.json").read_text())
+        (run / "controller" / "config.json").write_text(json.dumps({**config, "init_from": str(source)}))
+        if replaced:
+            with np.load(source / "params.npz") as f:
+                np.savez(source / "params.npz", **{**f, "params": f["params"] + 1})
+        evolve(EvolveConfig(run_dir=str(run), generations=2, **settings))
+        (entry,) = json.loads((run / "controller" / "state.json").read_text())["lineage"]
+        assert entry["params_sha256"] == first["params_sha256"]
+        assert ("generation" in entry) is (not replaced)

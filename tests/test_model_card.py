@@ -47,3 +47,20 @@ def test_training_time_adds_up_over_resumed_sessions(tmp_path):
     times = [10.0, 20.0, 30.0, 5.0, 15.0, 2.0, 4.0]  # three sessions: 30 s, 15 s and 4 s
     (part / "history.jsonl").write_text("".join(json.dumps({"step": i, "time": t}) + "\n" for i, t in enumerate(times)))
     assert _train_seconds(part) == 49.0
+
+
+def test_the_card_adds_up_an_evolution_and_the_ones_it_started_from(tiny_world_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world_model, model)
+    state_path = model / "controller" / "state.json"
+    state = json.loads(state_path.read_text())
+    earlier = {"init_from": "models/controller", "params_sha256": "0" * 64, "generation": 281, "episodes": 10528,
+               "env_steps": 7874824, "train_seconds": 13508.7, "best_eval": 816.1, "popsize": 16, "rollouts": 4}
+    state_path.write_text(json.dumps({**state, "lineage": [earlier]}))
+    out = subprocess.run([sys.executable, "scripts/model_card.py", str(model)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("- C:"))
+    assert line.startswith("- C: 281 generations (population 16 x 4 rollouts, 10,528 episodes, 3.75 h); then, "
+                           f"starting from that controller, {state['generation']} generations of CMA-ES")
+    assert (f"In all: {281 + state['generation']} generations, {10528 + state['episodes']:,} episodes, "
+            f"{7874824 + state['env_steps']:,} env steps") in line
