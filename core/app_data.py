@@ -9,7 +9,6 @@ Nothing here raises for a missing or half-written artifact: the pages show what 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 
 from core.artifacts import read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
+from core.controller import params_sha256
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 ROOT_ENV = "WORLD_MODELS_ROOT"  # environment variable overriding the folder relative paths start from
@@ -142,7 +142,7 @@ def is_shipped_model(path: Path | str) -> bool:
     return resolve(path).resolve().is_relative_to(shipped)
 
 
-def params_sha256(model_dir: Path | str) -> str | None:
+def controller_sha256(model_dir: Path | str) -> str | None:
     """The hash an evaluation report stores of the controller it drove (of C's float32 parameters), for the
     controller now in ``model_dir``; None without a readable one."""
     try:
@@ -150,7 +150,7 @@ def params_sha256(model_dir: Path | str) -> str | None:
             params = f["params"]
     except (OSError, ValueError, KeyError):
         return None
-    return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()
+    return params_sha256(params)
 
 
 def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
@@ -159,7 +159,7 @@ def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
     if report is None:
         return None
     stored = report.get("params_sha256")
-    return {**report, "current": None if not stored else stored == params_sha256(model_dir)}
+    return {**report, "current": None if not stored else stored == controller_sha256(model_dir)}
 
 
 def evaluation(model_dir: Path | str) -> dict | None:

@@ -6,6 +6,8 @@ gas = (tanh + 1) / 2, brake = clip(tanh, 0, 1); so every action lies in ``[-1, 0
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,12 @@ class Controller:
     def act(self, z: np.ndarray, h: np.ndarray) -> np.ndarray:
         """One action, or a batch: z (..., z_size), h (..., hidden) -> (..., 3)."""
         return squash(z @ self.w_z + h @ self.w_h + self.bias)
+
+
+def params_sha256(params: np.ndarray) -> str:
+    """Hex SHA-256 of a controller's parameters as float32: names one controller in evaluation reports and
+    an evolution's lineage."""
+    return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()
 
 
 def save_params(out_dir: Path | str, params: np.ndarray, z_size: int, hidden: int, **extra: np.ndarray) -> None:

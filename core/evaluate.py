@@ -6,7 +6,6 @@ use seeds below 1000000. The stock ``CarRacing-v3`` is the default so scores com
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from core.agent import load_world_model
 from core.artifacts import ArtifactError, atomic_write_json, now_iso
 from core.config import EVAL_SEED_BASE, EvaluateConfig, to_dict, validate
+from core.controller import params_sha256
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
@@ -53,7 +53,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
                     config.first_seed, EVAL_SEED_BASE)
     out = Path(config.out) if config.out else model_dir / "controller" / "evaluation.json"
     partial = out.with_name(out.name + ".partial")
-    key = {"params_sha256": hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest(),
+    key = {"params_sha256": params_sha256(params),
            "env": config.env, "max_steps": config.max_steps}
     done = _read_partial(partial, key)
     todo = [s for s in seeds if s not in done]

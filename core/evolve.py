@@ -18,7 +18,6 @@ draws the same candidates an uninterrupted run would have.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_save_npz,
                             atomic_write_json, read_json, write_meta)
 from core.config import EvolveConfig, to_dict, validate
-from core.controller import PARAMS_FILE, load_controller, num_params, save_params
+from core.controller import PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
@@ -108,11 +107,6 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
         start = load_controller(config.init_from, z_size, hidden).get_params().astype(np.float64)
     return cma.CMAEvolutionStrategy(start, config.sigma0, {"popsize": config.popsize, "seed": config.seed + 1,
                                                            "verbose": -9, "CMA_diagonal": config.diagonal})
-
-
-def params_sha256(params: np.ndarray) -> str:
-    """Hex SHA-256 of a controller's parameters as float32 (what ``evaluate`` reports store too)."""
-    return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()
 
 
 def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:

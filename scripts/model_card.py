@@ -8,7 +8,6 @@ evaluation.json and state.json. Nothing is retyped by hand, so the summary alway
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -338,7 +338,7 @@ def test_an_evaluation_of_an_earlier_controller_is_not_shown_as_the_current_scor
     report = {"mean": 512.0, "std": 10.0, "min": 500.0, "max": 524.0, "episodes": 3, "env": "stock",
               "returns": [500, 512, 524], "date": "2026-01-01T00:00:00Z"}
     stored = fresh_root / "models" / "controller" / "evaluation.json"
-    stored.write_text(json.dumps({**report, "params_sha256": app_data.params_sha256("models")}))
+    stored.write_text(json.dumps({**report, "params_sha256": app_data.controller_sha256("models")}))
     assert "scored **512 ± 10**" in home(fresh_root).success[0].value
 
     stored.write_text(json.dumps({**report, "params_sha256": "0" * 64}))  # evolution replaced C since
