@@ -205,6 +205,9 @@ class EvolveConfig:
     eval_every: int = param(10, "generations between evaluations of the CMA-ES mean (0 = never)",
                             minimum=0)
     eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
+    confirm_episodes: int = param(24, "a controller that beats the shipped one in a periodic evaluation replaces "
+                                      "it only if it also scores higher on this many other fixed tracks, "
+                                      "driven by both (0 = no second test)", minimum=0)
     workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
     seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0, maximum=MAX_SEED)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)

@@ -2,9 +2,11 @@
 
 Every candidate of a generation drives the same ``rollouts`` tracks (common random numbers: differences in
 fitness come from the controllers, not the tracks). Every ``eval_every`` generations the CMA-ES mean and
-the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks, and the one
-that scores best there becomes the artifact's ``params.npz``: a lucky candidate never gets shipped on the
-strength of two episodes.
+the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks; the better of
+the two challenges the controller shipped so far (``params.npz``). A challenger that beats its score there
+is tested again with it on ``confirm_episodes`` other fixed tracks, and replaces it only if it wins there
+too: the best of many noisy 8-track scores is partly luck, so it has to win on tracks it was not picked
+on. A lucky candidate never gets shipped on the strength of two episodes, nor of eight.
 
 An evolution started from a trained controller (``init_from``) keeps that controller's history in its
 state as ``lineage``: the earlier evolutions' generations, episodes, env steps and wall time, so what a
@@ -36,6 +38,7 @@ CMA_STATE = "cma_state.pkl"
 LATEST = "latest.npz"  # the CMA-ES mean and the best candidate of the last generation
 STATE = "state.json"
 TRAIN_EVAL_SEED_BASE = 900_000  # fixed training tracks for periodic evaluation (below EVAL_SEED_BASE)
+CONFIRM_SEED_BASE = 910_000  # fixed training tracks on which a new best controller is confirmed
 
 
 def _load_world_model(run_dir: Path):
@@ -134,6 +137,32 @@ def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
     return [*state.get("lineage", []), entry]
 
 
+def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
+              screen: float, confirm_seeds: list[int]) -> tuple[bool, dict]:
+    """Whether ``challenger`` (``screen``: its periodic evaluation score) should replace ``shipped``, and
+    what deciding that measured (``confirm_challenger``, ``confirm_shipped``, ``confirm_steps`` and
+    ``confirm_driven``, the episodes it drove).
+
+    It must beat ``state["best_eval"]`` (the shipped controller's periodic score) and then, with
+    ``confirm_seeds``, score higher than the shipped controller on those tracks. The shipped controller's
+    score there is kept in ``state["confirmed"]`` (with its parameters' hash), so it is driven once.
+    """
+    if state["best_eval"] is not None and screen <= state["best_eval"]:
+        return False, {}
+    if not confirm_seeds or state["best_eval"] is None:
+        return True, {}
+    known = state.get("confirmed") or {}
+    driven = [challenger] if known.get("params_sha256") == params_sha256(shipped) else [challenger, shipped]
+    scores, steps = evaluate_params(eval_pool, driven, confirm_seeds)
+    if len(driven) == 2:
+        known = {"params_sha256": params_sha256(shipped), "score": scores[1]}
+    info = {"confirm_challenger": scores[0], "confirm_shipped": known["score"], "confirm_steps": steps,
+            "confirm_driven": len(driven) * len(confirm_seeds)}
+    accept = scores[0] > known["score"]
+    state["confirmed"] = {"params_sha256": params_sha256(challenger), "score": scores[0]} if accept else known
+    return accept, info
+
+
 def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> tuple[list[float], int]:
     """Mean return of each candidate over ``seeds``, and the env steps that took."""
     results = list(pool.map([(p, s) for p in candidates for s in seeds]))
@@ -187,6 +216,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
     eval_settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
     eval_seeds = [TRAIN_EVAL_SEED_BASE + i for i in range(config.eval_episodes)]
+    confirm_seeds = [CONFIRM_SEED_BASE + i for i in range(config.confirm_episodes)]
     total = config.generations
     metrics: dict = {}
     with RolloutPool(weights, settings, config.workers) as pool:
@@ -210,17 +240,31 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                            "rollouts": config.rollouts,
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
-                    scores, eval_steps = evaluate_params(eval_pool, [es.mean, candidates[best_i]], eval_seeds)
-                    pick = int(np.argmax(scores))
+                    evaluated = [np.asarray(es.mean, np.float32), np.asarray(candidates[best_i], np.float32)]
+                    if state["best_eval"] is None and state["lineage"]:
+                        evaluated.append(shipped)  # the controller this run started from: the one to beat
+                    scores, eval_steps = evaluate_params(eval_pool, evaluated, eval_seeds)
                     metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1],
-                                    "eval_episodes": len(eval_seeds), "eval_steps": eval_steps})
-                    if state["best_eval"] is None or scores[pick] > state["best_eval"]:
+                                    "eval_episodes": len(eval_seeds)})
+                    state["episodes"] += len(evaluated) * len(eval_seeds)
+                    if len(scores) == 3:
+                        state["best_eval"] = metrics["eval_start"] = scores[2]
+                    pick = int(np.argmax(scores[:2]))
+                    accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
+                                                  confirm_seeds)
+                    if confirmed:
+                        metrics.update(confirmed, confirm_episodes=len(confirm_seeds))
+                        eval_steps += confirmed["confirm_steps"]
+                        state["episodes"] += confirmed["confirm_driven"]
+                    if accept:
                         state["best_eval"] = scores[pick]
-                        shipped = np.asarray([es.mean, candidates[best_i]][pick], np.float32)
-                    state["episodes"] += 2 * len(eval_seeds)
+                        shipped = evaluated[pick]
+                    metrics["eval_steps"] = eval_steps
                     state["env_steps"] += eval_steps
-                elif state["best_eval"] is None:
-                    shipped = np.asarray(es.mean, np.float32)  # nothing evaluated yet: ship the mean
+                elif state["best_eval"] is None and not state["lineage"]:
+                    # Nothing evaluated yet: ship the mean (a run from a trained controller keeps shipping that
+                    # one until something beats it).
+                    shipped = np.asarray(es.mean, np.float32)
                 state["generation"] = gen
                 state["episodes"] += len(results)
                 state["env_steps"] += metrics["steps"]

@@ -178,3 +178,104 @@ def test_an_evolution_from_a_trained_controller_keeps_its_lineage(tiny_world_mod
         (entry,) = json.loads((run / "controller" / "state.json").read_text())["lineage"]
         assert entry["params_sha256"] == first["params_sha256"]
         assert ("generation" in entry) is (not replaced)
+
+
+class _ScriptedPool:
+    """A rollout pool whose episodes return ``quality(params) + seed % 7``: every track is as much harder or
+    easier for all controllers. ``quality``: the first parameter unless set."""
+
+    quality = staticmethod(lambda params: float(params[0]))
+
+    def __init__(self):
+        self.driven = []
+
+    def map(self, tasks):
+        from core.rollout import RolloutResult
+        for params, seed in tasks:
+            self.driven.append((float(params[0]), seed))
+            yield RolloutResult(seed, self.quality(params) + (seed % 7), 10, False, 1)
+
+
+def test_a_new_best_controller_must_win_again_on_other_tracks():
+    from core.evolve import CONFIRM_SEED_BASE, challenge
+    from core.controller import params_sha256
+    seeds = [CONFIRM_SEED_BASE + i for i in range(3)]
+    offset = np.mean([s % 7 for s in seeds])
+    shipped, lucky, better = (np.full(4, v, np.float32) for v in (500.0, 450.0, 520.0))
+    pool = _ScriptedPool()
+
+    state = {"best_eval": None, "lineage": []}  # a fresh run's first evaluation: nothing to defend
+    assert challenge(pool, state, shipped, lucky, 10.0, seeds) == (True, {}) and not pool.driven
+
+    state = {"best_eval": 700.0, "lineage": []}
+    assert challenge(pool, state, shipped, better, 700.0, seeds) == (False, {}) and not pool.driven
+
+    accept, info = challenge(pool, state, shipped, lucky, 720.0, seeds)  # lucky on the periodic tracks only
+    assert not accept and info["confirm_challenger"] == 450.0 + offset and info["confirm_shipped"] == 500.0 + offset
+    assert info["confirm_driven"] == 6 and sorted({v for v, _ in pool.driven}) == [450.0, 500.0]
+    assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset}
+
+    pool.driven.clear()
+    accept, info = challenge(pool, state, shipped, better, 710.0, seeds)
+    assert accept and info["confirm_driven"] == 3 and {v for v, _ in pool.driven} == {520.0}  # shipped known
+    assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset}
+
+    assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, []) == (True, {})
+
+
+def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_it(tiny_world_model, tmp_path,
+                                                                                monkeypatch):
+    """Episodes scripted: a controller's return is how close its first parameter is to a peak (plus the
+    track's offset). The start controller is evaluated with the first periodic evaluation and stays shipped
+    while nothing beats it; a challenger that beats it there is tested again on the confirmation tracks
+    before it is shipped."""
+    import shutil
+
+    import core.evolve
+    from core.artifacts import read_history
+    from core.config import EvolveConfig
+    from core.controller import load_controller, save_params
+    from core.evolve import evolve
+    from tests.conftest import TEST_ENV
+
+    class Pool(_ScriptedPool):
+        def __init__(self, *args):
+            super().__init__()
+
+        def close(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(core.evolve, "RolloutPool", Pool)
+    config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
+    z, h = config["z_size"], config["hidden"]
+    start_dir = tmp_path / "start"
+    shutil.copytree(tiny_world_model / "controller", start_dir)
+    settings = dict(popsize=6, rollouts=1, sigma0=1.0, eval_every=2, eval_episodes=2, confirm_episodes=3,
+                    workers=1, env=TEST_ENV)
+    for peak, beaten in ((0.0, False), (10.0, True)):  # the best first parameter: the start's, or far from it
+        monkeypatch.setattr(Pool, "quality", staticmethod(lambda params, peak=peak: -abs(float(params[0]) - peak)))
+        start = np.zeros(num_params(z, h), np.float32)
+        start_value = -abs(0.0 - peak)
+        save_params(start_dir, start, z, h)
+        ctrl = _tiny_run(tiny_world_model, tmp_path / f"run{peak}")
+        evolve(EvolveConfig(run_dir=str(ctrl.parent), generations=2, init_from=str(start_dir), **settings))
+        first, record = read_history(ctrl / "history.jsonl")
+        assert "eval_mean_params" not in first and record["eval_start"] == pytest.approx(start_value + 3.5)
+        state = json.loads((ctrl / "state.json").read_text())
+        shipped = load_controller(ctrl).get_params()
+        if not beaten:  # the start controller holds on the periodic tracks: no second test
+            assert np.array_equal(shipped, start) and "confirm_challenger" not in record
+            assert state["best_eval"] == record["eval_start"] and state["episodes"] == 2 * 6 + 3 * 2
+            continue
+        challenger = max(record["eval_mean_params"], record["eval_best_candidate"])
+        assert record["confirm_shipped"] == pytest.approx(start_value + 1.0)  # tracks 910000..910002: 0, 1, 2
+        assert record["confirm_challenger"] > record["confirm_shipped"]
+        assert -abs(float(shipped[0]) - peak) == pytest.approx(challenger - 3.5)
+        assert state["best_eval"] == challenger and state["confirmed"]["score"] == record["confirm_challenger"]
+        assert record["confirm_driven"] == 6 and state["episodes"] == 2 * 6 + 3 * 2 + 6
