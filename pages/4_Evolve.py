@@ -27,12 +27,21 @@ def live(snap) -> None:
         return
     _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",
                                            "evaluated: CMA-ES mean": "eval_mean_params",
-                                           "evaluated: best candidate": "eval_best_candidate"},
+                                           "evaluated: best candidate": "eval_best_candidate",
+                                           "evaluated: start controller": "eval_start",
+                                           "second test: challenger": "confirm_challenger",
+                                           "second test: shipped": "confirm_shipped"},
                    "Fitness per generation (mean return of a candidate)", "return", key="evolve.fitness")
     last = records[-1]
     st.caption(f"Generation {last['generation']}: best {last['best']:.1f}, mean {last['mean']:.1f}, "
                f"step size sigma {last.get('sigma', float('nan')):.4f}, "
                f"{last.get('early_stopped', 0):.0%} of rollouts ended early off the road.")
+    tests = [r for r in records if "confirm_challenger" in r]
+    if tests:
+        won = sum(r["confirm_challenger"] > r["confirm_shipped"] for r in tests)
+        st.caption(f"A controller that beats the shipped one in a periodic evaluation is tested again with it on "
+                   f"{tests[-1].get('confirm_episodes', '?')} other tracks: {won} of {len(tests)} challengers won "
+                   "there and were shipped.")
 
 
 _ui.job_panel("evolve", live, unit="generations", stop_label="Stop evolution")

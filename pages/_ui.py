@@ -4,6 +4,7 @@ plots, and cached model loads. The page layer only: widgets in, one call into ``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable
 
@@ -273,14 +274,15 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
 
 # --- pictures and plots ------------------------------------------------------------------------------
 
-SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")  # Plotly's D3 palette, cycled for more series
 
 
 def line_chart(records: list[dict], x: str, series: dict[str, str], title: str, y_title: str = "",
                key: str | None = None, log_y: bool = False, height: int = 300) -> None:
     """Plotly lines of ``records`` (dicts): ``series`` maps a legend label to a record key."""
     fig = go.Figure()
-    for (label, field), color in zip(series.items(), SERIES_COLORS):
+    for (label, field), color in zip(series.items(), itertools.cycle(SERIES_COLORS)):
         pts = [(r[x], r[field]) for r in records if r.get(field) is not None and r.get(x) is not None]
         if pts:
             xs, ys = zip(*pts)

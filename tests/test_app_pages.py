@@ -419,3 +419,18 @@ def test_world_models_in_other_run_folders_can_be_picked(fresh_root):
     assert dream.selectbox(key="dream.model_dir").options == expected
     evolve = open_page(at, "4_Evolve.py")
     assert evolve.selectbox(key="evolve.model_dir").options == ["runs", "models", "runs/mine", "runs2"]
+
+
+def test_evolve_page_shows_second_tests_of_challengers(fresh_root):
+    import json
+    history = fresh_root / "runs" / "controller" / "history.jsonl"
+    records = [json.loads(line) for line in history.read_text().splitlines()]
+    last = records[-1]
+    records += [{**last, "generation": last["generation"] + 1, "eval_mean_params": 3.0, "eval_best_candidate": 2.0,
+                 "confirm_challenger": 4343.5, "confirm_shipped": 4141.5, "confirm_episodes": 24},
+                {**last, "generation": last["generation"] + 2, "eval_mean_params": 5.0, "eval_best_candidate": 2.0,
+                 "confirm_challenger": 1.0, "confirm_shipped": 4141.5, "confirm_episodes": 24}]
+    history.write_text("".join(json.dumps(r) + "\n" for r in records))
+    at = open_page(home(fresh_root), "4_Evolve.py")
+    assert "4343.5" in chart_specs(at) and "second test: shipped" in chart_specs(at)
+    assert any("tested again with it on 24 other tracks: 1 of 2 challengers won" in c.value for c in at.caption)
