@@ -138,28 +138,31 @@ def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
 
 
 def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
-              screen: float, confirm_seeds: list[int]) -> tuple[bool, dict]:
+              screen: float, confirm_seeds: list[int], max_steps: int) -> tuple[bool, dict]:
     """Whether ``challenger`` (``screen``: its periodic evaluation score) should replace ``shipped``, and
     what deciding that measured (``confirm_challenger``, ``confirm_shipped``, ``confirm_steps`` and
     ``confirm_driven``, the episodes it drove).
 
     It must beat ``state["best_eval"]`` (the shipped controller's periodic score) and then, with
     ``confirm_seeds``, score higher than the shipped controller on those tracks. The shipped controller's
-    score there is kept in ``state["confirmed"]`` (with its parameters' hash), so it is driven once.
+    score there is kept in ``state["confirmed"]`` (with its parameters' hash, the number of tracks and the
+    step limit), so it is driven once for as long as those stay the same.
     """
     if state["best_eval"] is not None and screen <= state["best_eval"]:
         return False, {}
     if not confirm_seeds or state["best_eval"] is None:
         return True, {}
     known = state.get("confirmed") or {}
-    driven = [challenger] if known.get("params_sha256") == params_sha256(shipped) else [challenger, shipped]
+    same = {"tracks": len(confirm_seeds), "max_steps": max_steps}  # what a stored score was measured on
+    fresh = known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
+    driven = [challenger, shipped] if fresh else [challenger]
     scores, steps = evaluate_params(eval_pool, driven, confirm_seeds)
-    if len(driven) == 2:
-        known = {"params_sha256": params_sha256(shipped), "score": scores[1]}
+    if fresh:
+        known = {"params_sha256": params_sha256(shipped), "score": scores[1], **same}
     info = {"confirm_challenger": scores[0], "confirm_shipped": known["score"], "confirm_steps": steps,
             "confirm_driven": len(driven) * len(confirm_seeds)}
     accept = scores[0] > known["score"]
-    state["confirmed"] = {"params_sha256": params_sha256(challenger), "score": scores[0]} if accept else known
+    state["confirmed"] = {"params_sha256": params_sha256(challenger), "score": scores[0], **same} if accept else known
     return accept, info
 
 
@@ -206,7 +209,10 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         es = new_es(config, z_size, hidden)
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
                  "train_seconds": 0.0,
-                 "lineage": ancestry(config.init_from, es.mean) if config.init_from else []}
+                 "lineage": ancestry(config.init_from, es.mean) if config.init_from else [],
+                 # A run from a trained controller ships it until its first periodic evaluation has scored
+                 # it against the run's own controllers.
+                 "start_pending": bool(config.init_from)}
         shipped = np.asarray(es.mean, np.float32)
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])
@@ -241,7 +247,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
                     evaluated = [np.asarray(es.mean, np.float32), np.asarray(candidates[best_i], np.float32)]
-                    if state["best_eval"] is None and state["lineage"]:
+                    if state.pop("start_pending", False):
                         evaluated.append(shipped)  # the controller this run started from: the one to beat
                     scores, eval_steps = evaluate_params(eval_pool, evaluated, eval_seeds)
                     metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1],
@@ -251,7 +257,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                         state["best_eval"] = metrics["eval_start"] = scores[2]
                     pick = int(np.argmax(scores[:2]))
                     accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
-                                                  confirm_seeds)
+                                                  confirm_seeds, config.max_steps)
                     if confirmed:
                         metrics.update(confirmed, confirm_episodes=len(confirm_seeds))
                         eval_steps += confirmed["confirm_steps"]
@@ -261,9 +267,10 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                         shipped = evaluated[pick]
                     metrics["eval_steps"] = eval_steps
                     state["env_steps"] += eval_steps
-                elif state["best_eval"] is None and not state["lineage"]:
-                    # Nothing evaluated yet: ship the mean (a run from a trained controller keeps shipping that
-                    # one until something beats it).
+                elif state["best_eval"] is None and not (state.get("start_pending") and eval_pool is not None):
+                    # Nothing evaluated yet: ship the mean. (A run from a trained controller keeps shipping that
+                    # one until its first evaluation; without evaluations, it ships the mean like any run.)
+                    state.pop("start_pending", None)
                     shipped = np.asarray(es.mean, np.float32)
                 state["generation"] = gen
                 state["episodes"] += len(results)

@@ -144,6 +144,8 @@ def test_an_evolution_from_a_trained_controller_keeps_its_lineage(tiny_world_mod
     child = _tiny_run(tiny_world_model, tmp_path / "child")
     evolve(EvolveConfig(run_dir=str(child.parent), generations=1, init_from=str(tiny_world_model / "controller"),
                         **settings))
+    with np.load(tiny_world_model / "controller" / "params.npz") as f, np.load(child / "params.npz") as g:
+        assert not np.array_equal(f["params"], g["params"])  # no evaluations (eval_every 0): it ships the mean
     (first,) = json.loads((child / "state.json").read_text())["lineage"]
     assert first["generation"] == parent["generation"] and first["episodes"] == parent["episodes"]
     assert first["env_steps"] == parent["env_steps"] and first["popsize"] > 0
@@ -205,22 +207,29 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
     pool = _ScriptedPool()
 
     state = {"best_eval": None, "lineage": []}  # a fresh run's first evaluation: nothing to defend
-    assert challenge(pool, state, shipped, lucky, 10.0, seeds) == (True, {}) and not pool.driven
+    assert challenge(pool, state, shipped, lucky, 10.0, seeds, 1000) == (True, {}) and not pool.driven
 
     state = {"best_eval": 700.0, "lineage": []}
-    assert challenge(pool, state, shipped, better, 700.0, seeds) == (False, {}) and not pool.driven
+    assert challenge(pool, state, shipped, better, 700.0, seeds, 1000) == (False, {}) and not pool.driven
 
-    accept, info = challenge(pool, state, shipped, lucky, 720.0, seeds)  # lucky on the periodic tracks only
+    accept, info = challenge(pool, state, shipped, lucky, 720.0, seeds, 1000)  # lucky on the periodic tracks only
     assert not accept and info["confirm_challenger"] == 450.0 + offset and info["confirm_shipped"] == 500.0 + offset
     assert info["confirm_driven"] == 6 and sorted({v for v, _ in pool.driven}) == [450.0, 500.0]
-    assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset}
+    assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset, "tracks": 3,
+                                  "max_steps": 1000}
 
     pool.driven.clear()
-    accept, info = challenge(pool, state, shipped, better, 710.0, seeds)
+    accept, info = challenge(pool, state, shipped, better, 710.0, seeds, 1000)
     assert accept and info["confirm_driven"] == 3 and {v for v, _ in pool.driven} == {520.0}  # shipped known
-    assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset}
+    assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset, "tracks": 3,
+                                  "max_steps": 1000}
 
-    assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, []) == (True, {})
+    for other_tracks, other_steps in ((seeds[:2], 1000), (seeds, 500)):  # a score of other tracks or steps
+        pool.driven.clear()
+        accept, info = challenge(pool, dict(state), better, shipped, 800.0, other_tracks, other_steps)
+        assert info["confirm_driven"] == 2 * len(other_tracks) and {v for v, _ in pool.driven} == {500.0, 520.0}
+
+    assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, [], 1000) == (True, {})
 
 
 def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_it(tiny_world_model, tmp_path,
