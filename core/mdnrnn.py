@@ -318,7 +318,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     checkpoint()
     # No batch trained in this call (the run was complete, or stopped at once): the weights are the ones
     # the previous call's training metrics describe.
-    final = previous_metrics(out_dir) if resumed_from and step == resumed_from else {}
+    final = previous_metrics(out_dir, step) if resumed_from and step == resumed_from else {}
     final.update(metrics)
     final.update(evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed))
     final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,

@@ -91,14 +91,17 @@ def load_checkpoint(out_dir: Path, model, optimizer, weights_name: str) -> dict 
     return state
 
 
-def previous_metrics(out_dir: Path) -> dict:
-    """The metrics of the artifact's current ``meta.json``; empty when it has none or cannot be read."""
+def previous_metrics(out_dir: Path, step: int) -> dict:
+    """The metrics the artifact's ``meta.json`` recorded at batch ``step``; empty when it has none, cannot be
+    read, or is of another step (a later run checkpointed past it, then was killed before its meta.json)."""
     try:
         meta = read_json(out_dir / "meta.json", "metadata")
     except ArtifactError:
         return {}
     metrics = meta.get("metrics") if isinstance(meta, dict) else None
-    return dict(metrics) if isinstance(metrics, dict) else {}
+    if not isinstance(metrics, dict) or metrics.get("step") != step:
+        return {}
+    return dict(metrics)
 
 
 def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], stage: str) -> None:

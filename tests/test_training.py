@@ -84,6 +84,20 @@ def test_a_run_stopped_before_its_first_batch_keeps_the_previous_metrics(trained
     assert after["epoch"] == before["epoch"] and after["r_loss"] == before["r_loss"]
 
 
+def test_metrics_of_another_step_are_not_reused(trained, tiny_data, tmp_path):
+    """A longer run checkpointed past the finished one and was killed before its meta.json: a resume stopped
+    at once does not label the checkpoint's weights with the finished run's losses."""
+    run = copy_run(trained, tmp_path)
+    state_path = run / "vae" / CHECKPOINT / "state.json"
+    state = json.loads(state_path.read_text())
+    _set_step(run / "vae" / CHECKPOINT, state["step"] + 1)  # the killed run's checkpoint, one batch further
+    state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "total": 3 * state["total"]}))
+    stopped = train_vae(vae_config(tiny_data, run, epochs=3), on_progress=lambda step, total, metrics: False)
+    assert stopped["step"] == state["step"] + 1
+    after = json.loads((run / "vae" / "meta.json").read_text())["metrics"]
+    assert "r_loss" not in after and "epoch" not in after and after["step"] == state["step"] + 1
+
+
 def _set_step(ckpt, step: int) -> None:
     state = json.loads((ckpt / "state.json").read_text())
     (ckpt / "state.json").write_text(json.dumps({**state, "step": step}))
