@@ -20,6 +20,7 @@ import numpy as np
 from core.artifacts import read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.controller import params_sha256
+from core.training import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 ROOT_ENV = "WORLD_MODELS_ROOT"  # environment variable overriding the folder relative paths start from
@@ -206,17 +207,24 @@ def data_summary(data_dir: Path | str = DEFAULT_DATA_DIR) -> dict:
 
 def resume_point(stage: str, config: dict) -> dict | None:
     """How far an earlier run of ``stage`` into the same folder got: ``{"done": n, "total": m, "unit": ...,
-    "finished": bool}``; None when there is nothing to resume. ``finished``: running ``config`` there would
-    add nothing (it asks for no more episodes, epochs or generations than are done). Train stages also give
-    ``epochs``, those the earlier run was set to."""
+    "finished": bool}``; None when there is nothing to resume. ``finished``: the run reached what it was set
+    to (collect: every track of ``config`` is in the folder; evolve: its generations are done; train stages:
+    the checkpoint reached its total and ``config`` asks for no more epochs, which adds nothing unless the
+    data or batch settings changed since). Train stages also give ``epochs``, those the earlier run was set
+    to."""
     if stage == "collect":
-        summary = data_summary(config["out_dir"])
-        have = summary["episodes"]
-        return ({"done": have, "total": config["episodes"], "unit": "episodes",
-                 "finished": have >= config["episodes"]} if have else None)
+        # Collect drives tracks seed .. seed + episodes - 1 and keeps those already in the folder.
+        from core.dataset import episode_path
+        out = resolve(config["out_dir"])
+        wanted = range(int(config["seed"]), int(config["seed"]) + int(config["episodes"]))
+        have = sum(episode_path(out, s).exists() for s in wanted) if out.is_dir() else 0
+        return ({"done": have, "total": len(wanted), "unit": "episodes", "finished": have == len(wanted)}
+                if have else None)
     if stage in ("train-vae", "train-rnn"):
         out = resolve(config["run_dir"]) / ("vae" if stage == "train-vae" else "rnn")
-        state = _read_json(out / "checkpoint" / "state.json")
+        # Where the next run resumes from: the checkpoint, or the one a crash left mid-swap.
+        state = next((s for s in (_read_json(out / name / "state.json")
+                                  for name in (CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD)) if s), None)
         if not state:
             return None
         done, total = int(state.get("step", 0)), int(state.get("total", 0))

@@ -45,9 +45,13 @@ def current_job(stage: str):
     return reg.active(stage) or reg.get(st.session_state.get(f"job.{stage}")) or reg.latest(stage)
 
 
+ARTIFACT_STAGES = ("train-vae", "train-rnn", "evolve")  # the stages that write V, M and C
+
+
 def active_out_dirs() -> list[str]:
-    """The folders the app's running jobs write (relative to the data root, as in their configs)."""
-    return [job.out_dir for job in registry().jobs() if job.active]
+    """The artifact folders the app's running training jobs write (relative to the data root, as in their
+    configs); an evaluation writes into a controller folder too, but does not change the controller."""
+    return [job.out_dir for job in registry().jobs() if job.active and job.stage in ARTIFACT_STAGES]
 
 
 def shown_config(snap: dict | None, config: Any, cls: type) -> dict:
@@ -255,7 +259,8 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
         else:
             epochs = resume["epochs"]
             done = (f"`{out}` is already trained: {resume['done']} of {resume['total']} batches, the {epochs} "
-                    f"epoch{'' if epochs == 1 else 's'} it was set to; starting it again would add nothing.")
+                    f"epoch{'' if epochs == 1 else 's'} it was set to; with the same data and batch settings, "
+                    "starting it again adds nothing.")
         st.info(f"{done} To go on from there, raise **{raise_field}**. To start a new run from scratch, set "
                 f"**{folder_field}** to another folder.")
     label = "Resume" if resume and not finished else "Start"
@@ -268,7 +273,7 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
             help_text = (f"The run in `{out}` finished the {resume['epochs']} epochs it was set to; it continues "
                          f"from its checkpoint to {values['epochs']}.")
     if st.button(f"{label} {noun}", key=key or f"start.{stage}", type="primary", icon=":material/play_arrow:",
-                 disabled=config is None or finished, help=help_text):
+                 disabled=config is None or (finished and stage in ("collect", "evolve")), help=help_text):
         start_job(stage, config)
 
 

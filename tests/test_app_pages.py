@@ -319,9 +319,17 @@ def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):
     meta.write_text(json.dumps(data))
     text = " ".join(m.value for m in home(fresh_root).markdown)
     assert "`runs/` · not finished" in text
+    evaluating = Job(id="evaluating", stage="evaluate", config={"model_dir": "runs"}, out_dir="runs/controller",
+                     status="running")
+    registry = _ui.registry()
+    registry._jobs[evaluating.id] = evaluating  # an evaluation writes its report there but trains nothing
+    try:
+        text = " ".join(m.value for m in home(fresh_root).markdown)
+        assert "`runs/` · not finished" in text and "`runs/` · training" not in text
+    finally:
+        del registry._jobs[evaluating.id]
     job = Job(id="evolving", stage="evolve", config={"run_dir": "runs"}, out_dir="runs/controller",
               status="running")
-    registry = _ui.registry()
     registry._jobs[job.id] = job  # a job whose process runs: only its status matters to the page
     try:
         text = " ".join(m.value for m in home(fresh_root).markdown)
@@ -350,17 +358,38 @@ def test_an_evaluation_of_an_earlier_controller_is_not_shown_as_the_current_scor
 
 
 def test_a_finished_training_run_says_how_to_train_more(fresh_root, tiny_world_model):
-    """V in runs/ finished its one epoch: starting it again would add nothing, more epochs go on from it."""
+    """V in runs/ finished its one epoch: the page says so and how to go on, but leaves the button on (new
+    data or another batch size would give it more batches to train); more epochs go on from it."""
     import shutil
     shutil.copytree(tiny_world_model / "vae" / "checkpoint", fresh_root / "runs" / "vae" / "checkpoint")
     at = open_page(home(fresh_root), "2_Train_VAE.py")
     at.number_input(key="vae.epochs").set_value(1).run()
     assert any("already trained" in m.value and "Epochs" in m.value and "Run dir" in m.value for m in at.info)
-    assert at.button(key="start.train-vae").disabled
+    assert not at.button(key="start.train-vae").disabled
     at.number_input(key="vae.epochs").set_value(2).run()
     assert not at.info
     start = at.button(key="start.train-vae")
     assert start.label == "Resume training" and not start.disabled
+
+
+def test_a_checkpoint_left_mid_swap_by_a_crash_still_offers_to_resume(fresh_root, tiny_world_model):
+    import shutil
+    shutil.copytree(tiny_world_model / "vae" / "checkpoint", fresh_root / "runs" / "vae" / "checkpoint.tmp")
+    at = open_page(home(fresh_root), "2_Train_VAE.py")
+    at.number_input(key="vae.epochs").set_value(2).run()
+    assert at.button(key="start.train-vae").label == "Resume training"
+
+
+def test_collect_counts_the_tracks_it_would_drive(fresh_root):
+    """data/rollouts holds the tracks 0 and 1: asking for 2 episodes from seed 0 is done, from seed 2 is not."""
+    at = open_page(home(fresh_root), "1_Collect.py")
+    at.number_input(key="collect.episodes").set_value(2).run()
+    assert any("already holds 2 episodes" in m.value for m in at.info) and at.button(key="start.collect").disabled
+    at.number_input(key="collect.seed").set_value(2).run()
+    assert not at.info and not at.button(key="start.collect").disabled
+    assert at.button(key="start.collect").label.startswith("Start")
+    at.number_input(key="collect.seed").set_value(1).run()  # track 1 is there, track 2 is not
+    assert not at.info and at.button(key="start.collect").label.startswith("Resume")
 
 
 def test_the_forms_refuse_the_shipped_model_folder(app):
