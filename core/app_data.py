@@ -20,7 +20,7 @@ import numpy as np
 from core.artifacts import read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.controller import params_sha256
-from core.training import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP
+from core.training import newest_checkpoint
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 ROOT_ENV = "WORLD_MODELS_ROOT"  # environment variable overriding the folder relative paths start from
@@ -222,9 +222,8 @@ def resume_point(stage: str, config: dict) -> dict | None:
                 if have else None)
     if stage in ("train-vae", "train-rnn"):
         out = resolve(config["run_dir"]) / ("vae" if stage == "train-vae" else "rnn")
-        # Where the next run resumes from: the checkpoint, or the one a crash left mid-swap.
-        state = next((s for s in (_read_json(out / name / "state.json")
-                                  for name in (CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD)) if s), None)
+        ckpt = newest_checkpoint(out)  # where the next run resumes from, even after a crash mid-swap
+        state = _read_json(ckpt / "state.json") if ckpt is not None else None
         if not state:
             return None
         done, total = int(state.get("step", 0)), int(state.get("total", 0))

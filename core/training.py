@@ -52,14 +52,22 @@ def recover_checkpoint(out_dir: Path) -> None:
     checkpoint in ``checkpoint.old/``: a complete ``checkpoint.tmp/`` (it has ``state.json``) is the newest;
     otherwise ``checkpoint.old/`` goes back in place when ``checkpoint/`` is missing.
     """
-    ckpt, tmp, old = out_dir / CHECKPOINT, out_dir / CHECKPOINT_TMP, out_dir / CHECKPOINT_OLD
+    ckpt = out_dir / CHECKPOINT
     if not ckpt.exists():
-        if (tmp / "state.json").exists():
-            os.replace(tmp, ckpt)
-        elif (old / "state.json").exists():
-            os.replace(old, ckpt)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+        newest = newest_checkpoint(out_dir)
+        if newest is not None:
+            os.replace(newest, ckpt)
+    shutil.rmtree(out_dir / CHECKPOINT_TMP, ignore_errors=True)
+    shutil.rmtree(out_dir / CHECKPOINT_OLD, ignore_errors=True)
+
+
+def newest_checkpoint(out_dir: Path) -> Path | None:
+    """The complete checkpoint folder a resume starts from, without changing anything: ``checkpoint/``, or
+    the one a crash left mid-swap (``checkpoint.tmp/`` if complete, else ``checkpoint.old/``); None if none."""
+    for name in (CHECKPOINT, CHECKPOINT_TMP, CHECKPOINT_OLD):
+        if (out_dir / name / "state.json").exists():
+            return out_dir / name
+    return None
 
 
 def load_checkpoint(out_dir: Path, model, optimizer, weights_name: str) -> dict | None:
