@@ -247,13 +247,14 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
                     evaluated = [np.asarray(es.mean, np.float32), np.asarray(candidates[best_i], np.float32)]
-                    if state.pop("start_pending", False):
-                        evaluated.append(shipped)  # the controller this run started from: the one to beat
+                    score_start = state.pop("start_pending", False)  # the controller this run started from
+                    if score_start:
+                        evaluated.append(shipped)
                     scores, eval_steps = evaluate_params(eval_pool, evaluated, eval_seeds)
                     metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1],
                                     "eval_episodes": len(eval_seeds)})
                     state["episodes"] += len(evaluated) * len(eval_seeds)
-                    if len(scores) == 3:
+                    if score_start:  # it is the one to beat
                         state["best_eval"] = metrics["eval_start"] = scores[2]
                     pick = int(np.argmax(scores[:2]))
                     accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
