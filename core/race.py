@@ -248,8 +248,7 @@ def available_models(root: Path | str | None = None) -> list[str]:
     """World-model folders the AI can drive with (vae/, rnn/ and a controller), found as every page finds
     them (``app_data.model_dirs``: models/, runs/, runs/*/ and runs*/); paths relative to ``root``
     (default: the app's folder, as every page resolves paths), the default model first."""
-    root = Path(root) if root is not None else app_data.data_root()
-    return [d for d in app_data.model_dirs(root=root) if is_world_model(root / d)]
+    return app_data.model_dirs(root=root)  # it checks every part's weight file, so is_world_model holds
 
 
 def resolve_model_dir(model_dir: str) -> Path:
