@@ -205,6 +205,16 @@ def data_summary(data_dir: Path | str = DEFAULT_DATA_DIR) -> dict:
             "updated": max((f.stat().st_mtime for f in files), default=None)}
 
 
+def episode_files(data_dir: Path | str) -> list[Path]:
+    """Episode files of a training stage's ``data_dir``: one folder or several separated by commas."""
+    from core.dataset import NoDataError, data_folders, list_episodes
+    try:
+        folders = data_folders(str(data_dir))
+    except NoDataError:
+        return []
+    return [p for folder in folders for p in list_episodes(resolve(folder))]
+
+
 def resume_point(stage: str, config: dict) -> dict | None:
     """How far an earlier run of ``stage`` into the same folder got: ``{"done": n, "total": m, "unit": ...,
     "finished": bool}``; None when there is nothing to resume. ``finished``: the run reached what it was set
@@ -245,10 +255,11 @@ def resume_point(stage: str, config: dict) -> dict | None:
 
 
 def sample_frames(data_dir: Path | str, count: int = 8, seed: int = 0) -> np.ndarray:
-    """``count`` uint8 (64, 64, 3) frames spread over the episodes of ``data_dir`` (fewer if there are
-    fewer); the same frames for the same folder and seed."""
-    from core.dataset import EpisodeError, list_episodes, load_episode
-    paths = list_episodes(resolve(data_dir))
+    """``count`` uint8 (64, 64, 3) frames spread over the episodes of ``data_dir`` (one folder or several
+    separated by commas; fewer frames if there are fewer episodes); the same frames for the same folders
+    and seed."""
+    from core.dataset import EpisodeError, load_episode
+    paths = episode_files(data_dir)
     if not paths:
         return np.zeros((0, 64, 64, 3), np.uint8)
     rng = np.random.default_rng(seed)

@@ -119,7 +119,8 @@ class CollectConfig:
 class VAEConfig:
     """The ConvVAE (V): 64x64x3 frame -> z."""
 
-    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes", path=True)
+    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes; several separated by commas "
+                          "(e.g. random and controller-driven episodes)", path=True)
     run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder; the VAE goes to <run_dir>/vae", path=True)
     z_size: int = param(32, "latent size z (paper: 32)", minimum=1, maximum=1024)
     epochs: int = param(10, "passes over the training frames", minimum=1)
@@ -137,6 +138,9 @@ class VAEConfig:
     seed: int = param(0, "random seed of weights, shuffling and sampling", minimum=0, maximum=MAX_SEED)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
                             choices=ON_CORRUPT_CHOICES)
+    init_from: str = param("", "a new run starts from this VAE's weights (a folder with vae.weights.h5, e.g. "
+                               "models/vae) instead of random ones, to fine-tune it on new data; ignored on "
+                               "resume")
 
     @property
     def out_dir(self) -> Path:
@@ -147,7 +151,8 @@ class VAEConfig:
 class RNNConfig:
     """The MDN-RNN (M): [z, a] -> mixture over next z, next reward, episode end."""
 
-    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes", path=True)
+    data_dir: str = param(DEFAULT_DATA_DIR, "folder of collected episodes; several separated by commas "
+                          "(e.g. random and controller-driven episodes)", path=True)
     run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads <run_dir>/vae, writes <run_dir>/rnn",
                          path=True)
     hidden: int = param(256, "LSTM units h (paper: 256)", minimum=1, maximum=4096)
@@ -168,6 +173,8 @@ class RNNConfig:
                       maximum=MAX_SEED)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
                             choices=ON_CORRUPT_CHOICES)
+    init_from: str = param("", "a new run starts from this MDN-RNN's weights (a folder with rnn.weights.h5, "
+                               "e.g. models/rnn) instead of random ones; ignored on resume")
 
     @property
     def vae_dir(self) -> Path:

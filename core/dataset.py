@@ -99,6 +99,22 @@ def list_episodes(data_dir: Path | str) -> list[Path]:
     return sorted(Path(data_dir).glob(EPISODE_GLOB))
 
 
+def data_folders(data_dir: Path | str) -> list[Path]:
+    """The folders a training stage reads: ``data_dir`` names one, or several separated by commas
+    (``data/rollouts,data/controller``: random driving and the controller's own, the paper's iterative
+    training). Each folder is named once, in the order given."""
+    names = [part.strip() for part in str(data_dir).split(",")]
+    folders = [Path(name) for name in dict.fromkeys(names) if name]
+    if not folders:
+        raise NoDataError(f"{data_dir!r}: name a data folder (several: separate them with commas)")
+    return folders
+
+
+def training_episodes(data_dir: Path | str) -> list[Path]:
+    """Episode files of every folder of ``data_dir`` (see ``data_folders``); missing folders give none."""
+    return [p for folder in data_folders(data_dir) for p in list_episodes(folder)]
+
+
 def read_manifest(data_dir: Path | str) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.exists():
@@ -112,15 +128,18 @@ def write_manifest(data_dir: Path | str, manifest: dict) -> None:
 
 def usable_episodes(data_dir: Path | str, on_corrupt: str = "skip", max_episodes: int = 0,
                     min_steps: int = 1) -> list[Path]:
-    """Episode files that load and check; corrupt ones are skipped with a warning or stop the stage.
+    """Episode files that load and check, from one folder or several (``data_folders``); corrupt ones are
+    skipped with a warning or stop the stage. ``max_episodes`` counts over all folders, in order.
 
-    Raises NoDataError when there are none, with the command that makes them.
+    Raises NoDataError when a folder is missing or there are no usable episodes, with the command that
+    makes them.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise NoDataError(f"{data_dir}: no such data folder; collect episodes first "
-                          f"(python -m core collect --out-dir {data_dir})")
-    paths = list_episodes(data_dir)
+    folders = data_folders(data_dir)
+    for folder in folders:
+        if not folder.is_dir():
+            raise NoDataError(f"{folder}: no such data folder; collect episodes first "
+                              f"(python -m core collect --out-dir {folder})")
+    paths = [p for folder in folders for p in list_episodes(folder)]
     if max_episodes:
         paths = paths[:max_episodes]
     good = []
@@ -136,7 +155,7 @@ def usable_episodes(data_dir: Path | str, on_corrupt: str = "skip", max_episodes
             good.append(p)
     if not good:
         raise NoDataError(f"{data_dir}: no usable episodes; collect some first "
-                          f"(python -m core collect --out-dir {data_dir})")
+                          f"(python -m core collect --out-dir {folders[0]})")
     return good
 
 

@@ -281,7 +281,15 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     model.compile(optimizer=optimizer)
     artifact_config = {**to_dict(config), "z_size": z_size}
     check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
-    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS) or {"step": 0}
+    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS)
+    if state is None and config.init_from:
+        start = load_rnn(config.init_from, expect_z=z_size)  # explains missing weights or another z
+        if (start.hidden, start.mixtures) != (config.hidden, config.mixtures):
+            raise ArtifactError(f"{config.init_from}: MDN-RNN has hidden = {start.hidden}, mixtures = "
+                                f"{start.mixtures}; give --hidden {start.hidden} --mixtures {start.mixtures} to "
+                                "start from it")
+        model.load_weights(Path(config.init_from) / WEIGHTS)
+    state = state or {"step": 0}
     step = resumed_from = int(state["step"])
     atomic_write_json(out_dir / "config.json", artifact_config)
     history = History(out_dir / "history.jsonl")

@@ -211,7 +211,11 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     optimizer = keras.optimizers.Adam(config.learning_rate)
     model.compile(optimizer=optimizer)
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")
-    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS) or {"step": 0}
+    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS)
+    if state is None and config.init_from:
+        load_vae(config.init_from, expect_z=config.z_size)  # explains a missing VAE or one of another z
+        model.load_weights(Path(config.init_from) / WEIGHTS)
+    state = state or {"step": 0}
     step = resumed_from = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_vae_artifact_config(out_dir, config)

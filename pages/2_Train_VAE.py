@@ -27,8 +27,8 @@ def sample(data_dir: str, files: int, version: float) -> np.ndarray:
 
 
 def frames(data_dir: str) -> np.ndarray:
-    summary = app_data.data_summary(data_dir)
-    return sample(data_dir, summary["files"], summary["updated"] or 0.0)
+    files = app_data.episode_files(data_dir)
+    return sample(data_dir, len(files), max((app_data.mtime(p) for p in files), default=0.0))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import RNNConfig
-from core.dataset import EpisodeError, list_episodes, load_episode
+from core.dataset import EpisodeError, load_episode
 from core.dream import one_step_predictions
 from core.jobs import out_dir_of
 from pages import _ui
@@ -72,13 +72,15 @@ def prediction_view() -> None:
     if parts["vae"] is None or parts["rnn"] is None:
         st.caption(f"Needs V and M in `{run_dir}/` (M appears at its first checkpoint).")
         return
-    episodes = list_episodes(app_data.resolve(data_dir))
+    episodes = app_data.episode_files(data_dir)
     if not episodes:
         st.caption(f"No episodes in `{data_dir}` to predict on.")
         return
     cols = st.columns([2, 3])
-    name = cols[0].selectbox("Episode", [p.name for p in episodes], key="rnn.pred_episode")
-    path = next(p for p in episodes if p.name == name)
+    several = len({p.parent for p in episodes}) > 1  # several data folders may share file names
+    labels = {f"{p.parent.name}/{p.name}" if several else p.name: p for p in episodes}
+    name = cols[0].selectbox("Episode", list(labels), key="rnn.pred_episode")
+    path = labels[name]
     steps, error = episode_steps(str(path), app_data.mtime(path))
     if error:
         st.error(f"{error}. Pick another episode.")

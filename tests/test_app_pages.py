@@ -5,6 +5,7 @@ holds the session's tiny data set as the collected data and its tiny world model
 and the shipped model.
 """
 
+import shutil
 import time
 
 import numpy as np
@@ -305,6 +306,24 @@ def test_vae_reconstructions_follow_new_frames(fresh_root, monkeypatch):
     assert not at.exception
     assert reconstructed, "the reconstructions of the old frames were shown under the new ones"
     np.testing.assert_array_equal(reconstructed[-1], app_data.sample_frames("data/rollouts", count=8, seed=1))
+
+
+def test_training_pages_read_several_data_folders(fresh_root):
+    """A data folder field naming two folders: the VAE page shows frames of both, the RNN page lists the
+    episodes of both (told apart by folder, since their file names are the same)."""
+    from core import app_data
+    shutil.copytree(fresh_root / "data" / "rollouts", fresh_root / "data" / "second")
+    both = "data/rollouts, data/second"
+    assert len(app_data.episode_files(both)) == 2 * len(app_data.episode_files("data/rollouts")) == 4
+    assert len(app_data.sample_frames(both, count=8, seed=1)) == 4
+    vae = open_page(home(fresh_root), "2_Train_VAE.py")
+    vae.text_input(key="vae.data_dir").set_value(both).run()
+    assert not vae.exception and "data/second" in vae.get("image")[0].captions[0]
+    rnn = open_page(home(fresh_root), "3_Train_RNN.py")
+    rnn.text_input(key="rnn.data_dir").set_value(both).run()
+    assert not rnn.exception
+    assert rnn.selectbox(key="rnn.pred_episode").options == ["rollouts/ep_0000000.npz", "rollouts/ep_0000001.npz",
+                                                             "second/ep_0000000.npz", "second/ep_0000001.npz"]
 
 
 def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):

@@ -1,4 +1,5 @@
-"""Training V and M: resuming (learning rate, metrics, checkpoints a crash interrupted), progress, frame counts."""
+"""Training V and M: resuming (learning rate, metrics, checkpoints a crash interrupted), progress, frame counts,
+several data folders, fine-tuning from trained weights."""
 
 import json
 import shutil
@@ -6,12 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
+from core.artifacts import ArtifactError
 from core.config import RNNConfig, VAEConfig
-from core.dataset import count_frames, iter_frames, list_episodes
-from core.mdnrnn import train_rnn
+from core.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
+from core.mdnrnn import load_rnn, train_rnn
 from core.training import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint
 from core.vae import WEIGHTS as VAE_WEIGHTS
-from core.vae import ConvVAE, train_vae
+from core.vae import ConvVAE, load_vae, train_vae
 
 
 def vae_config(data, run, **changes) -> VAEConfig:
@@ -177,3 +179,57 @@ def test_count_frames_is_what_iter_frames_yields(stride, tiny_data):
     for seed in range(6):  # each seed draws other offsets
         frames = sum(1 for _ in iter_frames(paths, np.random.default_rng(seed), stride, shuffle_buffer=16))
         assert frames == expected
+
+
+def _split_data(tiny_data, tmp_path):
+    """The two tiny episodes in two folders, one each."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, episode in zip((first, second), list_episodes(tiny_data)):
+        folder.mkdir()
+        shutil.copy(episode, folder / episode.name)
+    return first, second
+
+
+def test_training_reads_every_folder_named_with_commas(tiny_data, tmp_path):
+    first, second = _split_data(tiny_data, tmp_path)
+    both = train_vae(vae_config(f"{first}, {second}", tmp_path / "both"))
+    one = train_vae(vae_config(first, tmp_path / "one"))
+    assert (both["train_episodes"], one["train_episodes"]) == (2, 1)
+    assert both["train_frames"] == count_frames(list_episodes(tiny_data))
+    rnn = train_rnn(rnn_config(f"{first},{second}", tmp_path / "both"))
+    assert rnn["train_episodes"] == 2
+
+
+def test_a_missing_folder_among_several_is_named(tiny_data, tmp_path):
+    with pytest.raises(NoDataError, match=r"nowhere: no such data folder.*--out-dir \S*nowhere"):
+        train_vae(vae_config(f"{tiny_data},{tmp_path / 'nowhere'}", tmp_path / "run"))
+    with pytest.raises(NoDataError, match="name a data folder"):
+        data_folders(" , ")
+
+
+def _weights(stage, folder):
+    return (load_vae(folder) if stage == "vae" else load_rnn(folder)).get_weights()
+
+
+@pytest.mark.parametrize("stage", ["vae", "rnn"])
+def test_a_new_run_can_start_from_trained_weights(stage, trained, tiny_data, tmp_path):
+    """Fine-tuning: with --init-from a new run starts from those weights, not random ones (at a vanishing
+    learning rate it ends where it started)."""
+    fresh = copy_run(trained, tmp_path / "fresh", parts=("vae",) if stage == "rnn" else ())
+    tuned = copy_run(trained, tmp_path / "tuned", parts=("vae",) if stage == "rnn" else ())
+    train = train_vae if stage == "vae" else train_rnn
+    make = vae_config if stage == "vae" else rnn_config
+    train(make(tiny_data, fresh, learning_rate=1e-12, seed=1))  # another seed than ``trained``: other weights
+    train(make(tiny_data, tuned, learning_rate=1e-12, seed=1, init_from=str(trained / stage)))
+    start, ends = _weights(stage, trained / stage), _weights(stage, tuned / stage)
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(start, ends))
+    assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(start, _weights(stage, fresh / stage)))
+    assert json.loads((tuned / stage / "meta.json").read_text())["config"]["init_from"] == str(trained / stage)
+
+
+def test_starting_from_an_mdn_rnn_of_another_shape_says_which(trained, tiny_data, tmp_path):
+    run = copy_run(trained, tmp_path, parts=("vae",))
+    with pytest.raises(ArtifactError, match="hidden = 16, mixtures = 3; give --hidden 16 --mixtures 3"):
+        train_rnn(rnn_config(tiny_data, run, hidden=32, init_from=str(trained / "rnn")))
+    with pytest.raises(ArtifactError, match="no VAE weights"):
+        train_vae(vae_config(tiny_data, run / "other", init_from=str(tmp_path / "nothing")))
