@@ -26,7 +26,8 @@ from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, at
 from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import check_config_matches, load_checkpoint, previous_metrics, save_checkpoint  # noqa: E402
+from core.training import (check_config_matches, check_not_replacing, load_checkpoint, previous_metrics,  # noqa: E402
+                           save_checkpoint)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -255,6 +256,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     from core.vae import load_vae
 
     out_dir = config.out_dir
+    check_not_replacing(out_dir, WEIGHTS, config.init_from, "MDN-RNN")
     vae = load_vae(config.vae_dir)
     z_size = vae.z_size
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)

@@ -123,3 +123,13 @@ def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], sta
     if diff:
         raise ArtifactError(f"{out_dir} holds a {stage} checkpoint trained with other settings "
                             f"({'; '.join(diff)}); pass another --run-dir, or delete {out_dir} to start over")
+
+
+def check_not_replacing(out_dir: Path, weights_name: str, init_from: str, stage: str) -> None:
+    """Refuse a new run (no checkpoint) into a folder whose weights it would replace unless it starts from them:
+    an exported or copied model has weights but no checkpoint, and training it from random weights would lose
+    them."""
+    if (out_dir / weights_name).exists() and newest_checkpoint(out_dir) is None and not init_from:
+        raise ArtifactError(f"{out_dir} holds {stage} weights but no training checkpoint (an exported model?): "
+                            f"give --init-from {out_dir} to fine-tune them, another --run-dir to train a new "
+                            f"one, or delete {out_dir} to start over")

@@ -24,7 +24,8 @@ from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import check_config_matches, load_checkpoint, previous_metrics, save_checkpoint  # noqa: E402
+from core.training import (check_config_matches, check_not_replacing, load_checkpoint, previous_metrics,  # noqa: E402
+                           save_checkpoint)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -200,6 +201,7 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
 
 def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     out_dir = config.out_dir
+    check_not_replacing(out_dir, WEIGHTS, config.init_from, "VAE")
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
     train_paths, held_paths = split_holdout(paths, config.holdout, config.seed)
     frames_per_epoch = count_frames(train_paths, config.frame_stride)

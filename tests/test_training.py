@@ -233,3 +233,18 @@ def test_starting_from_an_mdn_rnn_of_another_shape_says_which(trained, tiny_data
         train_rnn(rnn_config(tiny_data, run, hidden=32, init_from=str(trained / "rnn")))
     with pytest.raises(ArtifactError, match="no VAE weights"):
         train_vae(vae_config(tiny_data, run / "other", init_from=str(tmp_path / "nothing")))
+
+
+@pytest.mark.parametrize("stage", ["vae", "rnn"])
+def test_weights_without_a_checkpoint_are_not_trained_over_from_scratch(stage, trained, tiny_data, tmp_path):
+    """An exported model copied into a run folder: a new run there would replace its weights with randomly
+    started ones, so it is refused unless it starts from them."""
+    run = copy_run(trained, tmp_path)
+    shutil.rmtree(run / stage / CHECKPOINT)
+    train = train_vae if stage == "vae" else train_rnn
+    make = vae_config if stage == "vae" else rnn_config
+    before = (run / stage / f"{stage}.weights.h5").read_bytes()
+    with pytest.raises(ArtifactError, match=f"no training checkpoint .*--init-from {run / stage}"):
+        train(make(tiny_data, run))
+    assert (run / stage / f"{stage}.weights.h5").read_bytes() == before
+    assert train(make(tiny_data, run, init_from=str(run / stage)))["complete"]
