@@ -27,7 +27,7 @@ from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_not_replacing, load_checkpoint, previous_metrics,  # noqa: E402
-                           save_checkpoint)
+                           save_checkpoint, start_lineage)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -291,7 +291,9 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
                                 f"{start.mixtures}; give --hidden {start.hidden} --mixtures {start.mixtures} to "
                                 "start from it")
         model.load_weights(Path(config.init_from) / WEIGHTS)
+        state = {"step": 0, "lineage": start_lineage(config.init_from, "rnn")}
     state = state or {"step": 0}
+    lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
     atomic_write_json(out_dir / "config.json", artifact_config)
     history = History(out_dir / "history.jsonl")
@@ -303,7 +305,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
 
     def checkpoint() -> None:
         nonlocal last_ckpt
-        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total}, WEIGHTS)
+        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total, "lineage": lineage}, WEIGHTS)
         last_ckpt = step
 
     go_on = bool(on_progress(step, total, {"phase": "training"}))
@@ -333,6 +335,6 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     final.update(evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed))
     final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,
                   "train_episodes": len(train_idx), "heldout_episodes": len(held_idx), "z_size": z_size})
-    write_meta(out_dir, "rnn", artifact_config, final, seed=config.seed, data_hash=key)
+    write_meta(out_dir, "rnn", artifact_config, final, seed=config.seed, data_hash=key, extra={"lineage": lineage})
     return final
 

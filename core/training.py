@@ -1,10 +1,11 @@
 """What the Keras training stages share: checkpoints with optimizer state, and resuming from them.
 
 A checkpoint is ``<out_dir>/checkpoint/``: model weights, the optimizer's variables and ``state.json``
-(batches done, total). It is written whole into ``checkpoint.tmp/`` and swapped in by renames
-(the previous one goes to ``checkpoint.old/`` until the new one is in place), so weights, optimizer state
-and step always belong together; ``recover_checkpoint`` finishes a swap that a crash interrupted. The
-artifact's own weights are updated at every checkpoint too, so a stopped run still leaves a usable model.
+(batches done, total, and the ``lineage`` of a run started from trained weights). It is written whole
+into ``checkpoint.tmp/`` and swapped in by renames (the previous one goes to ``checkpoint.old/`` until the
+new one is in place), so weights, optimizer state and step always belong together; ``recover_checkpoint``
+finishes a swap that a crash interrupted. The artifact's own weights are updated at every checkpoint too,
+so a stopped run still leaves a usable model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifacts import ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json, read_json
+from core.artifacts import (ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json, read_history,
+                            read_json, read_meta)
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_TMP = "checkpoint.tmp"  # the next checkpoint while it is written
@@ -133,3 +135,29 @@ def check_not_replacing(out_dir: Path, weights_name: str, init_from: str, stage:
         raise ArtifactError(f"{out_dir} holds {stage} weights but no training checkpoint (an exported model?): "
                             f"give --init-from {out_dir} to fine-tune them, another --run-dir to train a new "
                             f"one, or delete {out_dir} to start over")
+
+
+def training_seconds(part_dir: Path | str) -> float | None:
+    """Wall seconds of a Keras stage's training loop over all its sessions (None without a timed history): a
+    history's ``time`` counts from the start of each session, so a drop marks a resume and each session adds
+    its last time."""
+    timed = [float(r["time"]) for r in read_history(Path(part_dir) / "history.jsonl") if "time" in r]
+    if not timed:
+        return None
+    return sum(t for t, after in zip(timed, timed[1:] + [0.0]) if after < t)
+
+
+def start_lineage(init_from: Path | str, kind: str) -> list[dict]:
+    """Where a run started ``--init-from`` trained weights comes from: the lineage of those weights (oldest
+    first), then their own training: epochs, batches, episodes, data hash and wall seconds. Weights without
+    metadata give an entry with only their folder (their cost is unknown)."""
+    folder = Path(init_from)
+    try:
+        meta = read_meta(folder, kind)
+    except ArtifactError:
+        return [{"init_from": str(folder)}]
+    metrics = meta.get("metrics") or {}
+    entry = {"init_from": str(folder), "epochs": metrics.get("epoch"), "steps": metrics.get("step"),
+             "train_episodes": metrics.get("train_episodes"), "data_hash": meta.get("data_hash"),
+             "train_seconds": training_seconds(folder)}
+    return list(meta.get("lineage") or []) + [entry]

@@ -25,7 +25,7 @@ from core.dataset import count_frames, iter_frames, load_episode, split_holdout,
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_not_replacing, load_checkpoint, previous_metrics,  # noqa: E402
-                           save_checkpoint)
+                           save_checkpoint, start_lineage)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -217,7 +217,9 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     if state is None and config.init_from:
         load_vae(config.init_from, expect_z=config.z_size)  # explains a missing VAE or one of another z
         model.load_weights(Path(config.init_from) / WEIGHTS)
+        state = {"step": 0, "lineage": start_lineage(config.init_from, "vae")}
     state = state or {"step": 0}
+    lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_vae_artifact_config(out_dir, config)
@@ -233,7 +235,7 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
 
     def checkpoint() -> None:
         nonlocal last_ckpt
-        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total}, WEIGHTS)
+        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total, "lineage": lineage}, WEIGHTS)
         last_ckpt = step
 
     if not on_progress(step, total, {}):
@@ -274,5 +276,6 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,
                   "train_frames": frames_per_epoch * config.frame_stride, "train_episodes": len(train_paths),
                   "heldout_episodes": len(held_paths)})
-    write_meta(out_dir, "vae", to_dict(config), final, seed=config.seed, data_hash=data_hash)
+    write_meta(out_dir, "vae", to_dict(config), final, seed=config.seed, data_hash=data_hash,
+               extra={"lineage": lineage})
     return final

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.artifacts import read_history, read_json, read_meta  # noqa: E402
+from core.training import training_seconds  # noqa: E402
 
 HIST_BIN = 100  # width of a score bin in the histogram
 BAR_CHARS = 40  # characters of the longest histogram bar
@@ -71,12 +72,25 @@ def _f(metrics: dict, key: str, spec: str) -> str:
 
 
 def _train_seconds(part_dir: Path) -> float:
-    """Wall seconds of a Keras stage's training loop over all its sessions: a history's ``time`` counts from
-    the start of each session, so a drop marks a resume and each session adds its last time."""
-    timed = [float(r["time"]) for r in read_history(part_dir / "history.jsonl") if "time" in r]
-    if not timed:
-        return float("nan")
-    return sum(t for t, after in zip(timed, timed[1:] + [0.0]) if after < t)
+    seconds = training_seconds(part_dir)
+    return float("nan") if seconds is None else seconds
+
+
+def _fine_tuned(meta: dict, seconds: float) -> str:
+    """What a V or M started ``--init-from`` trained weights adds up to: the earlier trainings (``lineage``,
+    oldest first) and the wall time of all of them; empty for one trained from random weights."""
+    lineage = meta.get("lineage") or []
+    if not lineage:
+        return ""
+    known = [e for e in lineage if e.get("train_seconds") is not None]
+    earlier = "; ".join(f"{e.get('epochs') or 0:.0f} epochs on {e.get('train_episodes')} episodes in "
+                        f"{e['train_seconds'] / 60:.0f} min" for e in known)
+    unknown = len(known) < len(lineage)
+    if unknown:
+        earlier = f"{earlier}; weights of unknown cost" if earlier else "weights of unknown cost"
+    total = seconds + sum(e["train_seconds"] for e in known)
+    return f", fine-tuned from weights trained before ({earlier}); in all{' (known)' if unknown else ''} " \
+           f"{total / 60:.0f} min"
 
 
 def _controller_line(state: dict, config: dict, records: list[dict]) -> str:
@@ -118,11 +132,12 @@ def main(model_dir: Path) -> None:
     records = read_history(model_dir / "controller" / "history.jsonl")
     vae_s, rnn_s = (_train_seconds(model_dir / part) for part in ("vae", "rnn"))
     out += [f"- V: z = {vae['config']['z_size']}, {vm.get('train_frames', 0):,} training frames from "
-            f"{vm.get('train_episodes')} episodes, {vm['epoch']:.0f} epochs in {vae_s / 60:.0f} min; reconstruction "
+            f"{vm.get('train_episodes')} episodes, {vm['epoch']:.0f} epochs in {vae_s / 60:.0f} min"
+            f"{_fine_tuned(vae, vae_s)}; reconstruction "
             f"loss {_f(vm, 'r_loss', '.1f')} (train) / {_f(vm, 'val_r_loss', '.1f')} (held-out "
             f"{vm.get('heldout_episodes', 0)} episodes), KL {_f(vm, 'val_kl', '.1f')}",
             f"- M: LSTM {rnn['config']['hidden']}, {rnn['config']['mixtures']} Gaussians, {rm['epoch']:.0f} epochs in "
-            f"{rnn_s / 60:.0f} min (after encoding the frames once); MDN loss {_f(rm, 'mdn', '.3f')} (train) / "
+            f"{rnn_s / 60:.0f} min (after encoding the frames once){_fine_tuned(rnn, rnn_s)}; MDN loss {_f(rm, 'mdn', '.3f')} (train) / "
             f"{_f(rm, 'val_mdn', '.3f')} (held-out), reward MSE {_f(rm, 'val_reward', '.3f')}, episode-end loss "
             f"{_f(rm, 'val_done', '.4f')}",
             _controller_line(state, ctrl["config"], records), ""]

@@ -64,3 +64,24 @@ def test_the_card_adds_up_an_evolution_and_the_ones_it_started_from(tiny_world_m
                            f"starting from that controller, {state['generation']} generations of CMA-ES")
     assert (f"In all: {281 + state['generation']} generations, {10528 + state['episodes']:,} episodes, "
             f"{7874824 + state['env_steps']:,} env steps") in line
+
+
+def test_the_card_adds_up_fine_tuned_v_and_m(tiny_world_model, tmp_path):
+    """V fine-tuned from weights trained twice before, one of them of unknown cost; M trained once."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world_model, model)
+    meta_path = model / "vae" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["lineage"] = [{"init_from": "old/vae"},
+                       {"init_from": "runs/vae", "epochs": 3.0, "train_episodes": 152, "train_seconds": 540.0}]
+    meta_path.write_text(json.dumps(meta))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from model_card import _train_seconds
+    own = _train_seconds(model / "vae")
+    out = subprocess.run([sys.executable, "scripts/model_card.py", str(model)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    [v_line] = [line for line in out.splitlines() if line.startswith("- V:")]
+    assert ("fine-tuned from weights trained before (3 epochs on 152 episodes in 9 min; weights of unknown cost); "
+            f"in all (known) {(own + 540) / 60:.0f} min") in v_line
+    [m_line] = [line for line in out.splitlines() if line.startswith("- M:")]
+    assert "fine-tuned" not in m_line

@@ -224,7 +224,17 @@ def test_a_new_run_can_start_from_trained_weights(stage, trained, tiny_data, tmp
     start, ends = _weights(stage, trained / stage), _weights(stage, tuned / stage)
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(start, ends))
     assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(start, _weights(stage, fresh / stage)))
-    assert json.loads((tuned / stage / "meta.json").read_text())["config"]["init_from"] == str(trained / stage)
+    meta = json.loads((tuned / stage / "meta.json").read_text())
+    assert meta["config"]["init_from"] == str(trained / stage)
+    # What the start cost travels with the fine-tuned weights (and on to weights fine-tuned from them).
+    start_meta = json.loads((trained / stage / "meta.json").read_text())
+    [entry] = meta["lineage"]
+    assert entry["init_from"] == str(trained / stage) and entry["steps"] == start_meta["metrics"]["step"]
+    assert entry["train_seconds"] > 0 and entry["data_hash"] == start_meta["data_hash"]
+    again = copy_run(trained, tmp_path / "again", parts=("vae",) if stage == "rnn" else ())
+    train(make(tiny_data, again, learning_rate=1e-12, init_from=str(tuned / stage)))
+    lineage = json.loads((again / stage / "meta.json").read_text())["lineage"]
+    assert [e["init_from"] for e in lineage] == [str(trained / stage), str(tuned / stage)]
 
 
 def test_starting_from_an_mdn_rnn_of_another_shape_says_which(trained, tiny_data, tmp_path):
