@@ -37,6 +37,15 @@ def resolve(path: Path | str) -> Path:
     return path if path.is_absolute() else data_root() / path
 
 
+def relative(path: Path | str) -> str:
+    """``path`` as the app shows it: relative to the data root when inside it, else in full."""
+    path = resolve(path)
+    try:
+        return str(path.relative_to(data_root()))
+    except ValueError:
+        return str(path)
+
+
 def jobs_dir() -> Path:
     """Where the app's job records and logs live."""
     return resolve(DEFAULT_RUN_DIR) / "jobs"

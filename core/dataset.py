@@ -101,18 +101,15 @@ def list_episodes(data_dir: Path | str) -> list[Path]:
 
 def data_folders(data_dir: Path | str) -> list[Path]:
     """The folders a training stage reads: ``data_dir`` names one, or several separated by commas
-    (``data/rollouts,data/controller``: random driving and the controller's own, the paper's iterative
-    training). Each folder is named once, in the order given."""
-    names = [part.strip() for part in str(data_dir).split(",")]
-    folders = [Path(name) for name in dict.fromkeys(names) if name]
+    (``data/rollouts,data/rollouts-controller``: random driving and the controller's own, the paper's
+    iterative training). A folder named twice (``data/a,./data/a``) is read once."""
+    folders = [Path(part.strip()) for part in str(data_dir).split(",") if part.strip()]
     if not folders:
         raise NoDataError(f"{data_dir!r}: name a data folder (several: separate them with commas)")
-    return folders
-
-
-def training_episodes(data_dir: Path | str) -> list[Path]:
-    """Episode files of every folder of ``data_dir`` (see ``data_folders``); missing folders give none."""
-    return [p for folder in data_folders(data_dir) for p in list_episodes(folder)]
+    unique: dict[Path, Path] = {}
+    for folder in folders:
+        unique.setdefault(folder.resolve(), folder)
+    return list(unique.values())
 
 
 def read_manifest(data_dir: Path | str) -> dict:

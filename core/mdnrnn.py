@@ -26,8 +26,9 @@ from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, at
 from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import (check_config_matches, check_not_replacing, load_checkpoint, previous_metrics,  # noqa: E402
-                           save_checkpoint, start_lineage)
+from core.training import (check_config_matches, check_not_replacing, check_start, load_checkpoint,  # noqa: E402
+                           load_start_weights, newest_checkpoint, previous_metrics, save_checkpoint,
+                           start_lineage, started_from)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -259,6 +260,12 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     check_not_replacing(out_dir, WEIGHTS, config.init_from, "MDN-RNN")
     vae = load_vae(config.vae_dir)
     z_size = vae.z_size
+    check_start(out_dir, config.init_from, WEIGHTS, "MDN-RNN", {"hidden": config.hidden, "mixtures": config.mixtures})
+    if config.init_from and newest_checkpoint(out_dir) is None:
+        start_z = read_json(Path(config.init_from) / "config.json", "MDN-RNN config").get("z_size")
+        if start_z != z_size:
+            raise ArtifactError(f"--init-from {config.init_from}: that MDN-RNN was trained on z = {start_z}, but the "
+                                f"VAE in {config.vae_dir} has z = {z_size}; start from one trained on a VAE of this z")
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae_file = config.vae_dir / VAE_WEIGHTS
@@ -285,13 +292,9 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
     state = load_checkpoint(out_dir, model, optimizer, WEIGHTS)
     if state is None and config.init_from:
-        start = load_rnn(config.init_from, expect_z=z_size)  # explains missing weights or another z
-        if (start.hidden, start.mixtures) != (config.hidden, config.mixtures):
-            raise ArtifactError(f"{config.init_from}: MDN-RNN has hidden = {start.hidden}, mixtures = "
-                                f"{start.mixtures}; give --hidden {start.hidden} --mixtures {start.mixtures} to "
-                                "start from it")
-        model.load_weights(Path(config.init_from) / WEIGHTS)
+        load_start_weights(model, config.init_from, WEIGHTS)
         state = {"step": 0, "lineage": start_lineage(config.init_from, "rnn")}
+    artifact_config["init_from"] = started_from(config.init_from, state, out_dir)
     state = state or {"step": 0}
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])

@@ -10,6 +10,7 @@ so a stopped run still leaves a usable model.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 
 from core.artifacts import (ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json, read_history,
                             read_json, read_meta)
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_TMP = "checkpoint.tmp"  # the next checkpoint while it is written
@@ -87,13 +90,13 @@ def load_checkpoint(out_dir: Path, model, optimizer, weights_name: str) -> dict 
         model.load_weights(ckpt / weights_name)
     except (ValueError, OSError) as e:
         raise ArtifactError(f"{ckpt}: checkpoint does not fit this model ({e}); use another --run-dir or "
-                            "delete the checkpoint folder to start over") from None
+                            f"delete {out_dir} to start over") from None
     optimizer.build(model.trainable_variables)
     with np.load(ckpt / "optimizer.npz") as f:
         values = [f[k] for k in sorted(f.files)]
     if len(values) != len(optimizer.variables):
         raise ArtifactError(f"{ckpt}: optimizer state has {len(values)} variables, expected "
-                            f"{len(optimizer.variables)}; delete the checkpoint folder to start over")
+                            f"{len(optimizer.variables)}; delete {out_dir} to start over")
     learning_rate = float(optimizer.learning_rate)
     for var, value in zip(optimizer.variables, values):
         var.assign(value)
@@ -128,13 +131,50 @@ def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], sta
 
 
 def check_not_replacing(out_dir: Path, weights_name: str, init_from: str, stage: str) -> None:
-    """Refuse a new run (no checkpoint) into a folder whose weights it would replace unless it starts from them:
-    an exported or copied model has weights but no checkpoint, and training it from random weights would lose
-    them."""
+    """Refuse a new run (no checkpoint) from random weights into a folder whose weights it would replace: an
+    exported or copied model has weights but no checkpoint, and training over it would lose them. A run
+    started ``--init-from`` trained weights (these or others) may replace them: it was asked to."""
     if (out_dir / weights_name).exists() and newest_checkpoint(out_dir) is None and not init_from:
         raise ArtifactError(f"{out_dir} holds {stage} weights but no training checkpoint (an exported model?): "
                             f"give --init-from {out_dir} to fine-tune them, another --run-dir to train a new "
                             f"one, or delete {out_dir} to start over")
+
+
+def check_start(out_dir: Path, init_from: str, weights_name: str, stage: str, wanted: dict) -> None:
+    """Before a new run (no checkpoint in ``out_dir``) starts ``--init-from`` trained weights: the folder must
+    hold ``stage`` weights made with the settings of ``wanted`` (config key -> this run's value); the message
+    names the flags that would make them fit. Checked before any slow work, so a typo costs nothing."""
+    if not init_from or newest_checkpoint(out_dir) is not None:
+        return
+    folder = Path(init_from)
+    if not (folder / weights_name).exists():
+        raise ArtifactError(f"--init-from {folder}: no {stage} weights ({weights_name}) there; give the folder of "
+                            f"a trained {stage} (models/{weights_name.split('.')[0]}, say)")
+    config = read_json(folder / "config.json", f"{stage} config")
+    diff = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
+    if diff:
+        have = ", ".join(f"{k} = {v}" for k, v in diff.items())
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in diff.items())
+        raise ArtifactError(f"--init-from {folder}: that {stage} has {have}; give {flags} to start from it")
+
+
+def load_start_weights(model, init_from: str, weights_name: str) -> None:
+    """Load the weights a run starts from (checked by ``check_start``) into ``model``."""
+    try:
+        model.load_weights(Path(init_from) / weights_name)
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"--init-from {init_from}: its weights do not fit this model ({e})") from None
+
+
+def started_from(init_from: str, state: dict | None, out_dir: Path) -> str:
+    """The ``init_from`` a run's artifacts record: where its weights started (the checkpoint's lineage), not
+    the flag given now, which a resumed run ignores (with a warning when it names another start)."""
+    lineage = (state or {}).get("lineage") or []
+    start = lineage[-1]["init_from"] if lineage else ""
+    if state is not None and init_from and init_from != start:
+        log.warning("%s: --init-from %s ignored: the run resumes from its checkpoint (started %s)", out_dir,
+                    init_from, f"from {start}" if start else "from random weights")
+    return start
 
 
 def training_seconds(part_dir: Path | str) -> float | None:

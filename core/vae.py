@@ -7,6 +7,7 @@ Loss: summed squared error per frame + KL per frame clamped below ``kl_tolerance
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import (check_config_matches, check_not_replacing, load_checkpoint, previous_metrics,  # noqa: E402
-                           save_checkpoint, start_lineage)
+from core.training import (check_config_matches, check_not_replacing, check_start, load_checkpoint,  # noqa: E402
+                           load_start_weights, previous_metrics, save_checkpoint, start_lineage,
+                           started_from)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -202,6 +204,7 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
 def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     out_dir = config.out_dir
     check_not_replacing(out_dir, WEIGHTS, config.init_from, "VAE")
+    check_start(out_dir, config.init_from, WEIGHTS, "VAE", {"z_size": config.z_size})
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
     train_paths, held_paths = split_holdout(paths, config.holdout, config.seed)
     frames_per_epoch = count_frames(train_paths, config.frame_stride)
@@ -215,9 +218,9 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")
     state = load_checkpoint(out_dir, model, optimizer, WEIGHTS)
     if state is None and config.init_from:
-        load_vae(config.init_from, expect_z=config.z_size)  # explains a missing VAE or one of another z
-        model.load_weights(Path(config.init_from) / WEIGHTS)
+        load_start_weights(model, config.init_from, WEIGHTS)
         state = {"step": 0, "lineage": start_lineage(config.init_from, "vae")}
+    config = dataclasses.replace(config, init_from=started_from(config.init_from, state, out_dir))
     state = state or {"step": 0}
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])

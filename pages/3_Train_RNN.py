@@ -78,7 +78,7 @@ def prediction_view() -> None:
         return
     cols = st.columns([2, 3])
     several = len({p.parent for p in episodes}) > 1  # several data folders may share file names
-    labels = {f"{p.parent.name}/{p.name}" if several else p.name: p for p in episodes}
+    labels = {app_data.relative(p) if several else p.name: p for p in episodes}
     name = cols[0].selectbox("Episode", list(labels), key="rnn.pred_episode")
     path = labels[name]
     steps, error = episode_steps(str(path), app_data.mtime(path))

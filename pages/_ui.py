@@ -243,10 +243,12 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
     values = dataclasses.asdict(config) if config is not None else None
     out = out_dir_of(stage, values) if values is not None else None
     if stage in _GO_ON and out is not None and app_data.is_shipped_model(out):
+        further = (f"to fine-tune the shipped {'V' if stage == 'train-vae' else 'M'}, give a new folder and set "
+                   f"**Init from** to `{out}`" if stage in ("train-vae", "train-rnn") else
+                   f"to train the shipped model further, copy it first (`cp -r {SHIPPED_MODEL_DIR} "
+                   f"{DEFAULT_RUN_DIR}2`) and use the copy")
         st.error(f"`{out}` is inside `{SHIPPED_MODEL_DIR}/`, the shipped world model, which the app never "
-                 f"changes. Pick another folder (`{DEFAULT_RUN_DIR}`, `{DEFAULT_RUN_DIR}2`, …); to train the "
-                 f"shipped model further, copy it first (`cp -r {SHIPPED_MODEL_DIR} {DEFAULT_RUN_DIR}2`) and "
-                 "use the copy.")
+                 f"changes. Pick another folder (`{DEFAULT_RUN_DIR}`, `{DEFAULT_RUN_DIR}2`, …); {further}.")
         values = config = None
     resume = app_data.resume_point(stage, values) if values is not None else None
     finished = resume is not None and resume["finished"]

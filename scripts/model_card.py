@@ -88,6 +88,8 @@ def _fine_tuned(meta: dict, seconds: float) -> str:
     unknown = len(known) < len(lineage)
     if unknown:
         earlier = f"{earlier}; weights of unknown cost" if earlier else "weights of unknown cost"
+    if seconds != seconds:  # this run's own time is not in its history (nan)
+        return f", fine-tuned from weights trained before ({earlier})"
     total = seconds + sum(e["train_seconds"] for e in known)
     return f", fine-tuned from weights trained before ({earlier}); in all{' (known)' if unknown else ''} " \
            f"{total / 60:.0f} min"

@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app_data import ROOT_ENV
+from core.dataset import load_episode
 from core.dream import KEY_ACTIONS
 from tests.conftest import ROOT, TEST_ENV, make_app_root
 
@@ -308,22 +309,36 @@ def test_vae_reconstructions_follow_new_frames(fresh_root, monkeypatch):
     np.testing.assert_array_equal(reconstructed[-1], app_data.sample_frames("data/rollouts", count=8, seed=1))
 
 
-def test_training_pages_read_several_data_folders(fresh_root):
-    """A data folder field naming two folders: the VAE page shows frames of both, the RNN page lists the
-    episodes of both (told apart by folder, since their file names are the same)."""
+def test_training_pages_read_several_data_folders(fresh_root, monkeypatch):
+    """A data folder field naming two folders: the VAE page reconstructs frames of both, the RNN page lists
+    the episodes of both (told apart by folder, since their file names are the same)."""
     from core import app_data
-    shutil.copytree(fresh_root / "data" / "rollouts", fresh_root / "data" / "second")
+    second = fresh_root / "data" / "second"
+    shutil.copytree(fresh_root / "data" / "rollouts", second)
+    for episode in second.glob("ep_*.npz"):  # frames no episode of the first folder has
+        with np.load(episode) as f:
+            other = {k: (255 - f[k]) if k == "obs" else f[k] for k in f.files}
+        np.savez(episode, **other)
     both = "data/rollouts, data/second"
     assert len(app_data.episode_files(both)) == 2 * len(app_data.episode_files("data/rollouts")) == 4
-    assert len(app_data.sample_frames(both, count=8, seed=1)) == 4
+    reconstructed = []
+    real_reconstruct = app_data.reconstruct
+    monkeypatch.setattr(app_data, "reconstruct",
+                        lambda vae, frames: reconstructed.append(frames.copy()) or real_reconstruct(vae, frames))
     vae = open_page(home(fresh_root), "2_Train_VAE.py")
     vae.text_input(key="vae.data_dir").set_value(both).run()
-    assert not vae.exception and "data/second" in vae.get("image")[0].captions[0]
+    assert not vae.exception
+    shown = reconstructed[-1]
+    np.testing.assert_array_equal(shown, app_data.sample_frames(both, count=8, seed=1))
+    firsts = [load_episode(p).obs for p in app_data.episode_files(both)]
+    assert {next(i for i, obs in enumerate(firsts) if (obs == frame).all(axis=(1, 2, 3)).any()) // 2
+            for frame in shown} == {0, 1}  # frames from both folders
     rnn = open_page(home(fresh_root), "3_Train_RNN.py")
     rnn.text_input(key="rnn.data_dir").set_value(both).run()
     assert not rnn.exception
-    assert rnn.selectbox(key="rnn.pred_episode").options == ["rollouts/ep_0000000.npz", "rollouts/ep_0000001.npz",
-                                                             "second/ep_0000000.npz", "second/ep_0000001.npz"]
+    assert rnn.selectbox(key="rnn.pred_episode").options == [
+        "data/rollouts/ep_0000000.npz", "data/rollouts/ep_0000001.npz",
+        "data/second/ep_0000000.npz", "data/second/ep_0000001.npz"]
 
 
 def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):

@@ -239,9 +239,9 @@ def test_a_new_run_can_start_from_trained_weights(stage, trained, tiny_data, tmp
 
 def test_starting_from_an_mdn_rnn_of_another_shape_says_which(trained, tiny_data, tmp_path):
     run = copy_run(trained, tmp_path, parts=("vae",))
-    with pytest.raises(ArtifactError, match="hidden = 16, mixtures = 3; give --hidden 16 --mixtures 3"):
+    with pytest.raises(ArtifactError, match="that MDN-RNN has hidden = 16; give --hidden 16 to start from it"):
         train_rnn(rnn_config(tiny_data, run, hidden=32, init_from=str(trained / "rnn")))
-    with pytest.raises(ArtifactError, match="no VAE weights"):
+    with pytest.raises(ArtifactError, match=r"no VAE weights \(vae.weights.h5\) there"):
         train_vae(vae_config(tiny_data, run / "other", init_from=str(tmp_path / "nothing")))
 
 
@@ -258,3 +258,26 @@ def test_weights_without_a_checkpoint_are_not_trained_over_from_scratch(stage, t
         train(make(tiny_data, run))
     assert (run / stage / f"{stage}.weights.h5").read_bytes() == before
     assert train(make(tiny_data, run, init_from=str(run / stage)))["complete"]
+
+
+def test_a_fine_tune_stopped_and_resumed_keeps_its_start(trained, tiny_data, tmp_path, caplog):
+    """Resumed, a run started --init-from goes on from its checkpoint, keeps its lineage and records where it
+    started, whatever --init-from says now (another start is ignored, with a warning)."""
+    run = tmp_path / "run"
+    start = str(trained / "vae")
+    first = train_vae(vae_config(tiny_data, run, epochs=3, init_from=start),
+                      on_progress=lambda step, total, metrics: step < 1)
+    assert not first["complete"] and first["step"] == 1
+    with caplog.at_level("WARNING"):
+        done = train_vae(vae_config(tiny_data, run, epochs=3, init_from=str(tmp_path / "elsewhere")))
+    assert done["complete"] and done["resumed_from"] == 1
+    assert "--init-from" in caplog.text and "ignored" in caplog.text and f"started from {start}" in caplog.text
+    meta = json.loads((run / "vae" / "meta.json").read_text())
+    assert meta["config"]["init_from"] == start and [e["init_from"] for e in meta["lineage"]] == [start]
+    assert json.loads((run / "vae" / "config.json").read_text())["init_from"] == start
+
+
+def test_starting_from_weights_of_another_size_says_which_flag_fits(trained, tiny_data, tmp_path):
+    with pytest.raises(ArtifactError, match="that VAE has z_size = 8; give --z-size 8 to start from it"):
+        train_vae(vae_config(tiny_data, tmp_path / "run", z_size=16, init_from=str(trained / "vae")))
+    assert not list((tmp_path / "run" / "vae").glob("*.json"))  # refused before anything was written
