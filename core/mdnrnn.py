@@ -26,9 +26,8 @@ from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, at
 from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import (check_config_matches, check_not_replacing, check_start, load_checkpoint,  # noqa: E402
-                           load_start_weights, newest_checkpoint, previous_metrics, save_checkpoint,
-                           start_lineage, started_from)
+from core.training import (check_config_matches, check_new_run, previous_metrics, resume_or_start,  # noqa: E402
+                           save_checkpoint)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -257,15 +256,14 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     from core.vae import load_vae
 
     out_dir = config.out_dir
-    check_not_replacing(out_dir, WEIGHTS, config.init_from, "MDN-RNN")
+    start = check_new_run(out_dir, WEIGHTS, config.init_from, "MDN-RNN",
+                          {"hidden": config.hidden, "mixtures": config.mixtures})
     vae = load_vae(config.vae_dir)
     z_size = vae.z_size
-    check_start(out_dir, config.init_from, WEIGHTS, "MDN-RNN", {"hidden": config.hidden, "mixtures": config.mixtures})
-    if config.init_from and newest_checkpoint(out_dir) is None:
-        start_z = read_json(Path(config.init_from) / "config.json", "MDN-RNN config").get("z_size")
-        if start_z != z_size:
-            raise ArtifactError(f"--init-from {config.init_from}: that MDN-RNN was trained on z = {start_z}, but the "
-                                f"VAE in {config.vae_dir} has z = {z_size}; start from one trained on a VAE of this z")
+    if start and start.get("z_size") != z_size:  # no flag of M's changes z: it is V's
+        raise ArtifactError(f"--init-from {config.init_from}: that MDN-RNN was trained on z = {start.get('z_size')}, "
+                            f"but the VAE in {config.vae_dir} has z = {z_size}; start from one trained on a VAE of "
+                            "this z")
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae_file = config.vae_dir / VAE_WEIGHTS
@@ -290,12 +288,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     model.compile(optimizer=optimizer)
     artifact_config = {**to_dict(config), "z_size": z_size}
     check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
-    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS)
-    if state is None and config.init_from:
-        load_start_weights(model, config.init_from, WEIGHTS)
-        state = {"step": 0, "lineage": start_lineage(config.init_from, "rnn")}
-    artifact_config["init_from"] = started_from(config.init_from, state, out_dir)
-    state = state or {"step": 0}
+    state, artifact_config["init_from"] = resume_or_start(out_dir, model, optimizer, WEIGHTS, config.init_from,
+                                                          "rnn")
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
     atomic_write_json(out_dir / "config.json", artifact_config)

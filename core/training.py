@@ -130,22 +130,23 @@ def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], sta
                             f"({'; '.join(diff)}); pass another --run-dir, or delete {out_dir} to start over")
 
 
-def check_not_replacing(out_dir: Path, weights_name: str, init_from: str, stage: str) -> None:
-    """Refuse a new run (no checkpoint) from random weights into a folder whose weights it would replace: an
-    exported or copied model has weights but no checkpoint, and training over it would lose them. A run
-    started ``--init-from`` trained weights (these or others) may replace them: it was asked to."""
-    if (out_dir / weights_name).exists() and newest_checkpoint(out_dir) is None and not init_from:
-        raise ArtifactError(f"{out_dir} holds {stage} weights but no training checkpoint (an exported model?): "
-                            f"give --init-from {out_dir} to fine-tune them, another --run-dir to train a new "
-                            f"one, or delete {out_dir} to start over")
+def check_new_run(out_dir: Path, weights_name: str, init_from: str, stage: str, wanted: dict) -> dict:
+    """Checks for a new run (no checkpoint in ``out_dir``), made before any slow work so a typo costs nothing;
+    returns the config of the weights it starts ``--init-from`` ({} for a resumed run or random weights).
 
-
-def check_start(out_dir: Path, init_from: str, weights_name: str, stage: str, wanted: dict) -> None:
-    """Before a new run (no checkpoint in ``out_dir``) starts ``--init-from`` trained weights: the folder must
-    hold ``stage`` weights made with the settings of ``wanted`` (config key -> this run's value); the message
-    names the flags that would make them fit. Checked before any slow work, so a typo costs nothing."""
-    if not init_from or newest_checkpoint(out_dir) is not None:
-        return
+    - From random weights, it must not replace weights that have no checkpoint (an exported or copied model):
+      training over them would lose them. A run started ``--init-from`` (these weights or others) may.
+    - ``--init-from`` must hold ``stage`` weights made with the settings of ``wanted`` (config key -> this
+      run's value); the message names the flags that would make them fit.
+    """
+    if newest_checkpoint(out_dir) is not None:
+        return {}
+    if not init_from:
+        if (out_dir / weights_name).exists():
+            raise ArtifactError(f"{out_dir} holds {stage} weights but no training checkpoint (an exported "
+                                f"model?): give --init-from {out_dir} to fine-tune them, another --run-dir to "
+                                f"train a new one, or delete {out_dir} to start over")
+        return {}
     folder = Path(init_from)
     if not (folder / weights_name).exists():
         raise ArtifactError(f"--init-from {folder}: no {stage} weights ({weights_name}) there; give the folder of "
@@ -156,25 +157,33 @@ def check_start(out_dir: Path, init_from: str, weights_name: str, stage: str, wa
         have = ", ".join(f"{k} = {v}" for k, v in diff.items())
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in diff.items())
         raise ArtifactError(f"--init-from {folder}: that {stage} has {have}; give {flags} to start from it")
+    return config
 
 
-def load_start_weights(model, init_from: str, weights_name: str) -> None:
-    """Load the weights a run starts from (checked by ``check_start``) into ``model``."""
-    try:
-        model.load_weights(Path(init_from) / weights_name)
-    except (ValueError, OSError) as e:
-        raise ArtifactError(f"--init-from {init_from}: its weights do not fit this model ({e})") from None
+def resume_or_start(out_dir: Path, model, optimizer, weights_name: str, init_from: str, kind: str
+                    ) -> tuple[dict, str]:
+    """The state a run goes on from, and the ``init_from`` its artifacts record.
 
-
-def started_from(init_from: str, state: dict | None, out_dir: Path) -> str:
-    """The ``init_from`` a run's artifacts record: where its weights started (the checkpoint's lineage), not
-    the flag given now, which a resumed run ignores (with a warning when it names another start)."""
-    lineage = (state or {}).get("lineage") or []
+    A checkpoint is resumed (``load_checkpoint``), whatever ``init_from`` says now: the recorded start is the
+    one in the checkpoint's lineage, and another ``init_from`` is ignored with a warning. A new run starts at
+    step 0 from random weights, or from those of ``init_from`` (checked by ``check_new_run``) with their
+    ``lineage``.
+    """
+    state = load_checkpoint(out_dir, model, optimizer, weights_name)
+    if state is None:
+        if not init_from:
+            return {"step": 0}, ""
+        try:
+            model.load_weights(Path(init_from) / weights_name)
+        except (ValueError, OSError) as e:
+            raise ArtifactError(f"--init-from {init_from}: its weights do not fit this model ({e})") from None
+        return {"step": 0, "lineage": start_lineage(init_from, kind)}, init_from
+    lineage = state.get("lineage") or []
     start = lineage[-1]["init_from"] if lineage else ""
-    if state is not None and init_from and init_from != start:
+    if init_from and init_from != start:
         log.warning("%s: --init-from %s ignored: the run resumes from its checkpoint (started %s)", out_dir,
                     init_from, f"from {start}" if start else "from random weights")
-    return start
+    return state, start
 
 
 def training_seconds(part_dir: Path | str) -> float | None:

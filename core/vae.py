@@ -25,9 +25,8 @@ from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import (check_config_matches, check_not_replacing, check_start, load_checkpoint,  # noqa: E402
-                           load_start_weights, previous_metrics, save_checkpoint, start_lineage,
-                           started_from)
+from core.training import (check_config_matches, check_new_run, previous_metrics, resume_or_start,  # noqa: E402
+                           save_checkpoint)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -203,8 +202,7 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
 
 def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     out_dir = config.out_dir
-    check_not_replacing(out_dir, WEIGHTS, config.init_from, "VAE")
-    check_start(out_dir, config.init_from, WEIGHTS, "VAE", {"z_size": config.z_size})
+    check_new_run(out_dir, WEIGHTS, config.init_from, "VAE", {"z_size": config.z_size})
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
     train_paths, held_paths = split_holdout(paths, config.holdout, config.seed)
     frames_per_epoch = count_frames(train_paths, config.frame_stride)
@@ -216,12 +214,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     optimizer = keras.optimizers.Adam(config.learning_rate)
     model.compile(optimizer=optimizer)
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")
-    state = load_checkpoint(out_dir, model, optimizer, WEIGHTS)
-    if state is None and config.init_from:
-        load_start_weights(model, config.init_from, WEIGHTS)
-        state = {"step": 0, "lineage": start_lineage(config.init_from, "vae")}
-    config = dataclasses.replace(config, init_from=started_from(config.init_from, state, out_dir))
-    state = state or {"step": 0}
+    state, started_from = resume_or_start(out_dir, model, optimizer, WEIGHTS, config.init_from, "vae")
+    config = dataclasses.replace(config, init_from=started_from)
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
