@@ -15,7 +15,7 @@ import traceback
 
 from bench.common import machine_info
 
-SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_dream", "bench.bench_race")
+SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_load", "bench.bench_dream", "bench.bench_race")
 
 
 def main() -> None:

@@ -10,14 +10,20 @@ TensorFlow: the parent extracts them once and sends them along.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from core.artifacts import atomic_save_npz
 from core.controller import Controller, load_controller
 from core.env import preprocess
 
 WorldModelWeights = dict  # str -> float32 ndarray; see extract_weights
+
+log = logging.getLogger(__name__)
 
 
 def extract_weights(vae, rnn) -> WorldModelWeights:
@@ -159,10 +165,95 @@ def load_world_model(model_dir: Path | str) -> tuple[WorldModelWeights, np.ndarr
 
 
 def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
-    """Load V and M with Keras from ``model_dir`` and extract their NumPy weights."""
+    """V's and M's NumPy weights from ``model_dir``: from its weights cache when that was made from the
+    files now there, else loaded with Keras, extracted, and cached for the next time."""
+    model_dir = Path(model_dir)
+    fingerprint = weights_fingerprint(model_dir)
+    cached = read_weights_cache(model_dir, fingerprint) if fingerprint else None
+    if cached is not None:
+        return cached
     from core.mdnrnn import load_rnn
     from core.vae import load_vae
-    model_dir = Path(model_dir)
     vae = load_vae(model_dir / "vae")
     rnn = load_rnn(model_dir / "rnn", expect_z=vae.z_size)
-    return extract_weights(vae, rnn)
+    weights = extract_weights(vae, rnn)
+    if fingerprint:
+        write_weights_cache(model_dir, weights, fingerprint)
+    return weights
+
+
+# The weights cache: what ``extract_weights`` returns, saved beside V and M with a hash of the files it was
+# extracted from. Loading it takes milliseconds and needs no TensorFlow (loading V and M with Keras takes
+# seconds, most of it importing TensorFlow), so the AI opponent, evaluations and evolutions start at once,
+# and evolutions and evaluations run on machines without TensorFlow. It is derived data: never trusted
+# when the files it came from changed, rebuilt when missing or unreadable, and not kept in git.
+WEIGHTS_CACHE = "agent_weights.npz"
+_CACHE_SOURCES = ("vae/config.json", "vae/vae.weights.h5", "rnn/config.json", "rnn/rnn.weights.h5")
+_CACHE_VERSION = 1
+_CACHE_KEYS = ("mu_w", "mu_b", "lstm_kernel", "lstm_recurrent", "lstm_bias", "mdn_w", "mdn_b", "reward_w",
+               "reward_b", "done_w", "done_b", "mixtures")
+
+
+def weights_fingerprint(model_dir: Path | str) -> str | None:
+    """SHA-256 over V's and M's configs and weights files in ``model_dir``; None if one is missing."""
+    h = hashlib.sha256(f"agent weights v{_CACHE_VERSION}".encode())
+    for name in _CACHE_SOURCES:
+        try:
+            data = (Path(model_dir) / name).read_bytes()
+        except OSError:
+            return None
+        h.update(f"{name}:{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def read_weights_cache(model_dir: Path | str, fingerprint: str) -> WorldModelWeights | None:
+    """The cached weights of ``model_dir`` if the cache was made from the files with ``fingerprint`` and
+    holds a consistent set of arrays; None (and the caller loads with Keras) otherwise."""
+    path = Path(model_dir) / WEIGHTS_CACHE
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("%s: unreadable weights cache (%s); loading V and M with Keras", path, e)
+        return None
+    if str(arrays.pop("fingerprint", "")) != fingerprint:
+        return None  # V or M changed since (retrained, exported over): the cache is stale
+    try:
+        _check_weights(arrays)
+    except (KeyError, ValueError) as e:
+        log.warning("%s: inconsistent weights cache (%s); loading V and M with Keras", path, e)
+        return None
+    return {k: (v if k == "mixtures" else v.astype(np.float32, copy=False)) for k, v in arrays.items()}
+
+
+def write_weights_cache(model_dir: Path | str, weights: WorldModelWeights, fingerprint: str) -> bool:
+    """Save ``weights`` as ``model_dir``'s cache (atomically); False if the folder is read-only."""
+    try:
+        atomic_save_npz(Path(model_dir) / WEIGHTS_CACHE, compressed=False, fingerprint=np.array(fingerprint),
+                        **weights)
+        return True
+    except OSError as e:
+        log.info("%s: weights cache not written (%s)", model_dir, e)
+        return False
+
+
+def _check_weights(w: WorldModelWeights) -> None:
+    """Raise KeyError or ValueError unless ``w`` is a complete, shape-consistent set of agent weights."""
+    missing = [k for k in _CACHE_KEYS if k not in w]
+    convs = sorted(k for k in w if k.startswith("conv") and k.endswith("_w"))
+    if missing or not convs:
+        raise KeyError(f"missing arrays: {', '.join(missing) or 'conv*'}")
+    z, hidden = w["mu_w"].shape[1], w["lstm_recurrent"].shape[0]
+    k = int(w["mixtures"])
+    expected = {"mu_b": (z,), "lstm_kernel": (z + 3, 4 * hidden), "lstm_recurrent": (hidden, 4 * hidden),
+                "lstm_bias": (4 * hidden,), "mdn_w": (hidden, 3 * k * z), "mdn_b": (3 * k * z,),
+                "reward_w": (hidden, 1), "reward_b": (1,), "done_w": (hidden, 1), "done_b": (1,)}
+    for name, shape in expected.items():
+        if w[name].shape != shape:
+            raise ValueError(f"{name} has shape {w[name].shape}, expected {shape}")
+    for name in convs:
+        if w[name.replace("_w", "_b")].shape != (w[name].shape[1],):
+            raise ValueError(f"{name} and its bias disagree")

@@ -1,15 +1,28 @@
 """The NumPy per-step path gives what the Keras models give."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from core.agent import Agent, encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
+from core.agent import (WEIGHTS_CACHE, Agent, encode_mu, extract_weights, load_world_model,
+                        load_world_model_weights, lstm_step, mdn_heads, read_weights_cache, sample_z,
+                        weights_fingerprint, write_weights_cache)
+from core.artifacts import ArtifactError
 from core.controller import load_controller
 from core.dataset import list_episodes, load_episode
 from core.env import make_env
 from core.mdnrnn import load_rnn
 from core.vae import load_vae, to_float
 from tests.conftest import TEST_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _models(run):
@@ -85,3 +98,116 @@ def test_sample_z_temperature():
     assert abs((draws < -2).mean() - 0.1) < 0.03  # the second component's weight
     cold = np.array([sample_z(heads, 0.05, rng)[0, 0] for _ in range(2000)])
     assert (cold < -2).mean() < 0.01 and cold.std() < 0.2  # low tau: the likely mode, narrow
+
+
+# The weights cache: V's and M's NumPy weights saved beside them, read without Keras.
+
+def _model_copy(tiny_world_model, tmp_path):
+    run = tmp_path / "model"
+    for part in ("vae", "rnn", "controller"):
+        shutil.copytree(tiny_world_model / part, run / part, ignore=shutil.ignore_patterns("checkpoint", ".lock"))
+    return run
+
+
+def _no_keras(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("loaded with Keras although the cache is valid")
+    monkeypatch.setattr("core.vae.load_vae", refuse)
+
+
+def test_weights_cache_is_written_then_read_without_keras(tiny_world_model, tmp_path, monkeypatch):
+    run = _model_copy(tiny_world_model, tmp_path)
+    vae, rnn = _models(run)
+    expected = extract_weights(vae, rnn)
+    first = load_world_model_weights(run)
+    assert (run / WEIGHTS_CACHE).exists()
+    _no_keras(monkeypatch)
+    second = load_world_model_weights(run)
+    assert sorted(second) == sorted(expected) == sorted(first)
+    for k in expected:
+        np.testing.assert_array_equal(second[k], expected[k])
+        assert second[k].dtype == expected[k].dtype
+    weights, params = load_world_model(run)  # the agent's loader goes through it too
+    assert Agent(weights, params).act(np.zeros((96, 96, 3), np.uint8)).shape == (3,)
+
+
+def test_weights_cache_of_other_files_is_not_used(tiny_world_model, tmp_path, caplog):
+    """A cache made from other V/M files (a retrained V, an export over the folder) is stale: the weights
+    come from Keras and the cache is rebuilt."""
+    run = _model_copy(tiny_world_model, tmp_path)
+    real = load_world_model_weights(run)
+    fake = {k: (v if k == "mixtures" else np.zeros_like(v)) for k, v in real.items()}
+    write_weights_cache(run, fake, "0" * 64)
+    got = load_world_model_weights(run)
+    np.testing.assert_array_equal(got["mu_w"], real["mu_w"])
+    assert got["mu_w"].any()
+    with np.load(run / WEIGHTS_CACHE) as f:
+        assert str(f["fingerprint"]) == weights_fingerprint(run)
+    # Changing a weights file changes the fingerprint.
+    before = weights_fingerprint(run)
+    with open(run / "rnn" / "rnn.weights.h5", "ab") as f:
+        f.write(b"\0")
+    assert weights_fingerprint(run) != before
+    assert read_weights_cache(run, weights_fingerprint(run)) is None
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong_shape", "missing_array"])
+def test_damaged_weights_cache_falls_back_to_keras(tiny_world_model, tmp_path, caplog, damage):
+    run = _model_copy(tiny_world_model, tmp_path)
+    real = load_world_model_weights(run)
+    fingerprint = weights_fingerprint(run)
+    if damage == "garbage":
+        (run / WEIGHTS_CACHE).write_bytes(b"not an npz")
+    else:
+        bad = dict(real)
+        if damage == "wrong_shape":
+            bad["lstm_bias"] = bad["lstm_bias"][:-1]
+        else:
+            del bad["mdn_w"]
+        write_weights_cache(run, bad, fingerprint)
+    caplog.set_level("WARNING", logger="core.agent")
+    got = load_world_model_weights(run)
+    for k in real:
+        np.testing.assert_array_equal(got[k], real[k])
+    assert "weights cache" in caplog.text
+    assert read_weights_cache(run, fingerprint) is not None  # rebuilt
+
+
+def test_read_only_model_folder_loads_without_a_cache(tiny_world_model, tmp_path, monkeypatch):
+    run = _model_copy(tiny_world_model, tmp_path)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr("core.agent.atomic_save_npz", read_only)
+    weights = load_world_model_weights(run)
+    assert weights["mu_w"].shape[1] == 8
+    assert not (run / WEIGHTS_CACHE).exists()
+
+
+def test_missing_model_files_are_reported_as_before(tmp_path):
+    """Without V's files there is nothing to fingerprint: Keras's loader explains what is missing."""
+    with pytest.raises(ArtifactError):
+        load_world_model_weights(tmp_path / "nothing")
+
+
+def test_evaluate_and_evolve_run_without_tensorflow(tiny_world_model, tmp_path):
+    """With a valid cache, evaluating and evolving import neither TensorFlow nor Keras, so they run on a
+    machine that has only NumPy, gymnasium and cma."""
+    run = _model_copy(tiny_world_model, tmp_path)
+    load_world_model_weights(run)  # builds the cache
+    script = f"""
+import sys
+sys.modules["tensorflow"] = None  # any import of them now fails
+sys.modules["keras"] = None
+from core.cli import main
+assert main(["evaluate", "--model-dir", {str(run)!r}, "--episodes", "1", "--max-steps", "15", "--workers", "1",
+             "--env", {TEST_ENV!r}, "--out", {str(tmp_path / "eval.json")!r}, "--quiet"]) == 0
+assert main(["evolve", "--run-dir", {str(run)!r}, "--generations", "2", "--popsize", "4", "--rollouts", "1",
+             "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env", {TEST_ENV!r}, "--quiet"]) == 0
+"""
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "eval.json").read_text())["episodes"] == 1
+    assert json.loads((run / "controller" / "state.json").read_text())["generation"] == 2
