@@ -1,11 +1,10 @@
 """Loading the agent's world model (V and M as NumPy weights, and C) in a fresh process: with Keras, and
-from the weights cache (``core.agent.WEIGHTS_CACHE``).
+from the weights cache (``core.agent``).
 
     python -m bench.bench_load [--quick] [--model-dir models]
 
 Each load runs in a new Python process, as the app's Race page, ``evaluate`` and ``evolve`` do: importing
-TensorFlow is part of what the Keras load costs. The shipped model is copied to a temporary folder first,
-so ``models/`` is never written.
+TensorFlow is part of what the Keras load costs. The cache is a temporary folder of the benchmark's own.
 """
 
 from __future__ import annotations
@@ -31,13 +30,13 @@ print(time.perf_counter() - t)
 """
 
 
-def _load_seconds(model: Path, *, cached: bool) -> float:
-    """Seconds for one fresh process to import the loader and load ``model`` (the cache removed first
+def _load_seconds(model: Path, cache: Path, *, cached: bool) -> float:
+    """Seconds for one fresh process to import the loader and load ``model`` (with an empty cache folder
     unless ``cached``)."""
-    from core.agent import WEIGHTS_CACHE
+    from core.agent import CACHE_ENV
     if not cached:
-        (model / WEIGHTS_CACHE).unlink(missing_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", CACHE_ENV: str(cache)}
     done = subprocess.run([sys.executable, "-c", _LOAD.format(path=str(model))], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
@@ -45,21 +44,19 @@ def _load_seconds(model: Path, *, cached: bool) -> float:
 
 def run(quick: bool = False, model_dir: str = "models") -> str:
     repeats = 2 if quick else 5
+    model = ROOT / model_dir
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model"
-        for part in ("vae", "rnn", "controller"):
-            shutil.copytree(ROOT / model_dir / part, model / part)
-        keras = [_load_seconds(model, cached=False) for _ in range(repeats)]  # each one rebuilds the cache
-        cache = [_load_seconds(model, cached=True) for _ in range(repeats)]
-        from core.agent import WEIGHTS_CACHE
-        cache_mb = (model / WEIGHTS_CACHE).stat().st_size / 2**20
+        folder = Path(tmp) / "cache"
+        keras = [_load_seconds(model, folder, cached=False) for _ in range(repeats)]  # each fills the cache
+        cache = [_load_seconds(model, folder, cached=True) for _ in range(repeats)]
+        cache_mb = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
     k, c = statistics.median(keras), statistics.median(cache)
     return "\n".join([
         "## Loading the agent (V, M, C) in a fresh process", "", machine_info(), "",
-        f"`core.agent.load_world_model` on a copy of `{model_dir}/`, median of {repeats} new processes each:", "",
+        f"`core.agent.load_world_model` on `{model_dir}/`, median of {repeats} new processes each:", "",
         "| from | seconds |", "|---|---:|",
         f"| Keras files (imports TensorFlow; writes the cache) | {k:.2f} |",
-        f"| weights cache `{WEIGHTS_CACHE}` ({cache_mb:.1f} MB, checked against the files' SHA-256) | {c:.2f} |",
+        f"| weights cache ({cache_mb:.1f} MB, found by the SHA-256 of V's and M's files) | {c:.2f} |",
         "", f"- The cache loads the agent **{k / c:.0f}x** faster, and needs no TensorFlow.", ""])
 
 

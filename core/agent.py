@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import zipfile
 from pathlib import Path
 
@@ -165,11 +166,11 @@ def load_world_model(model_dir: Path | str) -> tuple[WorldModelWeights, np.ndarr
 
 
 def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
-    """V's and M's NumPy weights from ``model_dir``: from its weights cache when that was made from the
-    files now there, else loaded with Keras, extracted, and cached for the next time."""
+    """V's and M's NumPy weights from ``model_dir``: from the weights cache when it holds those of the files
+    now there, else loaded with Keras, extracted, and cached for the next time."""
     model_dir = Path(model_dir)
     fingerprint = weights_fingerprint(model_dir)
-    cached = read_weights_cache(model_dir, fingerprint) if fingerprint else None
+    cached = read_weights_cache(fingerprint) if fingerprint else None
     if cached is not None:
         return cached
     from core.mdnrnn import load_rnn
@@ -178,20 +179,28 @@ def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
     rnn = load_rnn(model_dir / "rnn", expect_z=vae.z_size)
     weights = extract_weights(vae, rnn)
     if fingerprint:
-        write_weights_cache(model_dir, weights, fingerprint)
+        write_weights_cache(weights, fingerprint)
     return weights
 
 
-# The weights cache: what ``extract_weights`` returns, saved beside V and M with a hash of the files it was
-# extracted from. Loading it takes milliseconds and needs no TensorFlow (loading V and M with Keras takes
-# seconds, most of it importing TensorFlow), so the AI opponent, evaluations and evolutions start at once,
-# and evolutions and evaluations run on machines without TensorFlow. It is derived data: never trusted
-# when the files it came from changed, rebuilt when missing or unreadable, and not kept in git.
-WEIGHTS_CACHE = "agent_weights.npz"
+# The weights cache: what ``extract_weights`` returns, in one file per V and M, named by a hash of their
+# files, in a folder of its own (never in the model folder: the app leaves models/ as it is). Loading it
+# takes milliseconds and needs no TensorFlow, where loading V and M with Keras takes seconds, most of it
+# importing TensorFlow; so the AI opponent, evaluations and evolutions start at once, and evaluations and
+# evolutions run on machines without TensorFlow. An unreadable or inconsistent file is ignored and rebuilt.
+CACHE_ENV = "WORLD_MODELS_CACHE"
+CACHE_KEEP = 16  # the most recently used files kept (4.4 MB each for the paper's sizes)
 _CACHE_SOURCES = ("vae/config.json", "vae/vae.weights.h5", "rnn/config.json", "rnn/rnn.weights.h5")
 _CACHE_VERSION = 1
 _CACHE_KEYS = ("mu_w", "mu_b", "lstm_kernel", "lstm_recurrent", "lstm_bias", "mdn_w", "mdn_b", "reward_w",
                "reward_b", "done_w", "done_b", "mixtures")
+
+
+def weights_cache_dir() -> Path:
+    """``$WORLD_MODELS_CACHE``, else ``$XDG_CACHE_HOME/world-models``, else ``~/.cache/world-models``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "world-models"
 
 
 def weights_fingerprint(model_dir: Path | str) -> str | None:
@@ -207,10 +216,14 @@ def weights_fingerprint(model_dir: Path | str) -> str | None:
     return h.hexdigest()
 
 
-def read_weights_cache(model_dir: Path | str, fingerprint: str) -> WorldModelWeights | None:
-    """The cached weights of ``model_dir`` if the cache was made from the files with ``fingerprint`` and
-    holds a consistent set of arrays; None (and the caller loads with Keras) otherwise."""
-    path = Path(model_dir) / WEIGHTS_CACHE
+def weights_cache_path(fingerprint: str) -> Path:
+    return weights_cache_dir() / f"agent-weights-{fingerprint[:32]}.npz"
+
+
+def read_weights_cache(fingerprint: str) -> WorldModelWeights | None:
+    """The cached weights of the V and M files with ``fingerprint``, if a consistent set of arrays is
+    cached for them; None (and the caller loads with Keras) otherwise."""
+    path = weights_cache_path(fingerprint)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -219,25 +232,36 @@ def read_weights_cache(model_dir: Path | str, fingerprint: str) -> WorldModelWei
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         log.warning("%s: unreadable weights cache (%s); loading V and M with Keras", path, e)
         return None
-    if str(arrays.pop("fingerprint", "")) != fingerprint:
-        return None  # V or M changed since (retrained, exported over): the cache is stale
     try:
+        if str(arrays.pop("fingerprint", "")) != fingerprint:
+            raise ValueError("made from other files")
         _check_weights(arrays)
     except (KeyError, ValueError) as e:
         log.warning("%s: inconsistent weights cache (%s); loading V and M with Keras", path, e)
         return None
+    try:
+        os.utime(path)  # recently used: pruned last
+    except OSError:
+        pass
     return {k: (v if k == "mixtures" else v.astype(np.float32, copy=False)) for k, v in arrays.items()}
 
 
-def write_weights_cache(model_dir: Path | str, weights: WorldModelWeights, fingerprint: str) -> bool:
-    """Save ``weights`` as ``model_dir``'s cache (atomically); False if the folder is read-only."""
+def write_weights_cache(weights: WorldModelWeights, fingerprint: str) -> Path | None:
+    """Cache ``weights`` (atomically) and keep the ``CACHE_KEEP`` most recently used files; the file, or
+    None where the cache folder cannot be written (loading goes on without it)."""
+    path = weights_cache_path(fingerprint)
     try:
-        atomic_save_npz(Path(model_dir) / WEIGHTS_CACHE, compressed=False, fingerprint=np.array(fingerprint),
-                        **weights)
-        return True
+        atomic_save_npz(path, compressed=False, fingerprint=np.array(fingerprint), **weights)
     except OSError as e:
-        log.info("%s: weights cache not written (%s)", model_dir, e)
-        return False
+        log.info("weights cache not written (%s)", e)
+        return None
+    try:  # another process may be pruning too
+        old = sorted(path.parent.glob("agent-weights-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for stale in old[CACHE_KEEP:]:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return path
 
 
 def _check_weights(w: WorldModelWeights) -> None:

@@ -58,8 +58,8 @@ def _check_destination(src: Path, dst: Path) -> None:
 def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCallback) -> dict:
     for kind in PARTS:
         read_meta(src / kind, kind)  # only finished (or cleanly stopped) stages export
-    from core.agent import WEIGHTS_CACHE, Agent
-    Agent.load(src)  # V, M and C load and fit together (and V's and M's weights cache is up to date)
+    from core.agent import Agent
+    Agent.load(src)  # V, M and C load and fit together
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.new."))
     copied, total_bytes = [], 0
@@ -75,12 +75,8 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
                 elif name in REQUIRED:
                     raise ArtifactError(f"{src / kind / name}: missing; finish that stage before exporting")
             on_progress(i + 1, len(PARTS), {"part": kind})
-        if (src / WEIGHTS_CACHE).exists():  # it names the V and M files it came from by content, not path
-            shutil.copy2(src / WEIGHTS_CACHE, staging / WEIGHTS_CACHE)
-        # Files of the folder that are not part of the model (a README, say) stay; an old cache does not.
-        keep = ([p for p in dst.iterdir() if p.name not in PARTS and p.name != WEIGHTS_CACHE]
-                if dst.exists() else [])
-        for p in keep:
+        keep = [p for p in dst.iterdir() if p.name not in PARTS] if dst.exists() else []
+        for p in keep:  # files of the folder that are not part of the model (a README, say) stay
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, staging / p.name)
         old = dst.with_name(f".{dst.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# The agent's weights cache (core.agent) goes to a folder of the test run's own, never the user's.
+os.environ["WORLD_MODELS_CACHE"] = tempfile.mkdtemp(prefix="wm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["WORLD_MODELS_CACHE"], True)
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

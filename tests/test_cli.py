@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from core.artifacts import read_history, read_json
@@ -169,9 +168,6 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
     assert "controller/cma_state.pkl" in names and "vae/vae.weights.h5" in names
     assert not any("checkpoint" in n or "encoded" in n for n in names)
     assert (out / "README.md").read_text() == "kept"
-    # V's and M's weights cache comes along, valid for the exported files: the app loads them at once.
-    from core.agent import WEIGHTS_CACHE, read_weights_cache, weights_fingerprint, write_weights_cache
-    assert read_weights_cache(out, weights_fingerprint(out)) is not None
     Agent.load(out)
     # The shipped folder carries the CMA-ES state: a copy of it resumes the evolution (training spans sessions).
     import shutil
@@ -180,10 +176,8 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
                           "--rollouts", "1", "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env",
                           TEST_ENV, "--quiet"))
     assert resumed["resumed_from"] == 1 and resumed["generation"] == 2
-    write_weights_cache(out, {"mu_w": np.zeros((2, 2), np.float32)}, "stale")  # an older model's cache
     summary(cli("export", "--run-dir", str(tiny_world_model), "--out-dir", str(out), "--no-training-state",
                 "--quiet"))
-    assert read_weights_cache(out, weights_fingerprint(out)) is not None and (out / WEIGHTS_CACHE).exists()
     assert not (out / "controller" / "cma_state.pkl").exists() and (out / "README.md").exists()
     assert not list(tmp_path.glob(".models*"))  # no staging folders left behind
     # A lean export cannot resume: evolving it is refused, and its trained controller stays as it was.
