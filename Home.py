@@ -50,14 +50,18 @@ def home() -> None:
     from pages import _ui
     default = app_data.default_model_dir()
     writing = _ui.active_out_dirs()
-    data = app_data.data_summary(DEFAULT_DATA_DIR)
+    folders = [app_data.data_summary(folder) for folder in app_data.data_folders_found()]
+    folders = [data for data in folders if data["episodes"]]
     cols = st.columns(4)
     with cols[0]:
         st.markdown("**Data**")
-        if data["episodes"]:
-            st.metric("Episodes", data["episodes"], help=f"in {data['path']}")
-            st.caption(f"{data['frames']:,} frames · mean return {_fmt(data['mean_return'])} · "
-                       f"{app_data.when(data['updated'])}")
+        if folders:
+            st.metric("Episodes", sum(data["episodes"] for data in folders),
+                      help="in " + ", ".join(app_data.relative(data["path"]) for data in folders))
+            for data in folders:
+                where = f"`{app_data.relative(data['path'])}`: " if len(folders) > 1 else ""
+                st.caption(f"{where}{data['episodes']} episodes, {data['frames']:,} frames · mean return "
+                           f"{_fmt(data['mean_return'])} · {app_data.when(data['updated'])}")
         else:
             st.caption(f"No episodes in `{DEFAULT_DATA_DIR}` yet: start on the Collect page.")
     for col, kind, title, metric in zip(cols[1:], ("vae", "rnn", "controller"), ("V (VAE)", "M (MDN-RNN)", "C (controller)"),

@@ -214,6 +214,17 @@ def data_summary(data_dir: Path | str = DEFAULT_DATA_DIR) -> dict:
             "updated": max((f.stat().st_mtime for f in files), default=None)}
 
 
+def data_folders_found() -> list[str]:
+    """The data folders the app knows of, as the app names them: the default one, then every other
+    folder beside it (``data/*``) that holds episodes or a collect manifest."""
+    default = resolve(DEFAULT_DATA_DIR)
+    found = [default] if default.is_dir() else []
+    if default.parent.is_dir():
+        found += sorted(p for p in default.parent.iterdir() if p.is_dir() and p != default
+                        and ((p / "manifest.json").exists() or any(p.glob("ep_*.npz"))))
+    return [relative(p) for p in found]
+
+
 def episode_files(data_dir: Path | str) -> list[Path]:
     """Episode files of a training stage's ``data_dir``: one folder or several separated by commas."""
     from core.dataset import NoDataError, data_folders, list_episodes

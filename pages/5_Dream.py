@@ -62,7 +62,7 @@ if mode == "The controller" and model.controller is None:
     mode = "You"
 
 if mode in ("You", "The controller"):
-    episodes = list_episodes(app_data.resolve(app_data.data_summary()["path"]))
+    episodes = [p for folder in app_data.data_folders_found() for p in list_episodes(app_data.resolve(folder))]
     with st.container(horizontal=True, vertical_alignment="bottom"):
         start = st.radio("Start from", ["real", "random"], horizontal=True, key="dream.start",
                          format_func=lambda s: {"real": "a real frame", "random": "a random z"}[s],
@@ -70,7 +70,7 @@ if mode in ("You", "The controller"):
         episode, step = None, 0
         if start == "real" and episodes:
             episode = st.selectbox("Episode", [str(p) for p in episodes], key="dream.episode",
-                                   format_func=lambda p: p.rsplit("/", 1)[-1])
+                                   format_func=app_data.relative)
             step = st.number_input("Frame", 0, 1000, 100, 10, key="dream.frame",
                                    help="M first watches the real frames and actions up to here.")
         seed = st.number_input("Seed", 0, 10**6, 0, key="dream.seed", help="seed of M's sampling")

@@ -497,3 +497,25 @@ def test_evolve_page_shows_second_tests_of_challengers(fresh_root):
     at = open_page(home(fresh_root), "4_Evolve.py")
     assert "4343.5" in chart_specs(at) and "second test: shipped" in chart_specs(at)
     assert any("tested again with it on 24 other tracks: 1 of 2 challengers won" in c.value for c in at.caption)
+
+
+def test_home_and_dream_show_every_data_folder(fresh_root):
+    """Controller-driven episodes go to a folder of their own (data/rollouts-controller): Home counts them
+    with the default folder's, and Dream can start from a frame of either; folders without episodes are
+    left out."""
+    from core import app_data
+    shutil.copytree(fresh_root / "data" / "rollouts", fresh_root / "data" / "rollouts-controller")
+    (fresh_root / "data" / "empty").mkdir()
+    assert app_data.data_folders_found() == ["data/rollouts", "data/rollouts-controller"]
+    at = home(fresh_root)
+    assert at.metric[0].value == "4"
+    captions = " ".join(c.value for c in at.caption)
+    assert "`data/rollouts`: 2 episodes" in captions and "`data/rollouts-controller`: 2 episodes" in captions
+    dream = open_page(at, "5_Dream.py")
+    episode = dream.selectbox(key="dream.episode")
+    assert [episode.format_func(o) for o in episode.options] == [
+        "data/rollouts/ep_0000000.npz", "data/rollouts/ep_0000001.npz",
+        "data/rollouts-controller/ep_0000000.npz", "data/rollouts-controller/ep_0000001.npz"]
+    episode.set_value(episode.options[3]).run()
+    dream.button(key="dream.new").click().run()
+    assert not dream.exception and "Dream step 0" in dream.get("image")[0].captions[0]
