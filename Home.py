@@ -50,18 +50,19 @@ def home() -> None:
     from pages import _ui
     default = app_data.default_model_dir()
     writing = _ui.active_out_dirs()
-    folders = [app_data.data_summary(folder) for folder in app_data.data_folders_found()]
-    folders = [data for data in folders if data["episodes"]]
+    summaries = [app_data.data_summary(folder) for folder in app_data.data_folders_found()]
+    summaries = [summary for summary in summaries if summary["episodes"]]
     cols = st.columns(4)
     with cols[0]:
         st.markdown("**Data**")
-        if folders:
-            st.metric("Episodes", sum(data["episodes"] for data in folders),
-                      help="in " + ", ".join(app_data.relative(data["path"]) for data in folders))
-            for data in folders:
-                where = f"`{app_data.relative(data['path'])}`: " if len(folders) > 1 else ""
-                st.caption(f"{where}{data['episodes']} episodes, {data['frames']:,} frames · mean return "
-                           f"{_fmt(data['mean_return'])} · {app_data.when(data['updated'])}")
+        if summaries:
+            st.metric("Episodes", sum(summary["episodes"] for summary in summaries),
+                      help="in " + ", ".join(app_data.relative(summary["path"]) for summary in summaries))
+            for summary in summaries:
+                folder = app_data.relative(summary["path"])
+                where = f"`{folder}`: " if len(summaries) > 1 or folder != DEFAULT_DATA_DIR else ""
+                st.caption(f"{where}{summary['episodes']} episodes, {summary['frames']:,} frames · mean return "
+                           f"{_fmt(summary['mean_return'])} · {app_data.when(summary['updated'])}")
         else:
             st.caption(f"No episodes in `{DEFAULT_DATA_DIR}` yet: start on the Collect page.")
     for col, kind, title, metric in zip(cols[1:], ("vae", "rnn", "controller"), ("V (VAE)", "M (MDN-RNN)", "C (controller)"),

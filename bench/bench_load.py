@@ -1,5 +1,5 @@
 """Loading the agent's world model (V and M as NumPy weights, and C) in a fresh process: with Keras, and
-from the weights cache (``core.agent``).
+from the weights cache (``core.weights_cache``).
 
     python -m bench.bench_load [--quick] [--model-dir models]
 
@@ -33,7 +33,7 @@ print(time.perf_counter() - t)
 def _load_seconds(model: Path, cache: Path, *, cached: bool) -> float:
     """Seconds for one fresh process to import the loader and load ``model`` (with an empty cache folder
     unless ``cached``)."""
-    from core.agent import CACHE_ENV
+    from core.weights_cache import CACHE_ENV
     if not cached:
         shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", CACHE_ENV: str(cache)}

@@ -10,21 +10,16 @@ TensorFlow: the parent extracts them once and sends them along.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from core.artifacts import atomic_save_npz
+from core import weights_cache
+from core.artifacts import ArtifactError
 from core.controller import Controller, load_controller
 from core.env import preprocess
 
 WorldModelWeights = dict  # str -> float32 ndarray; see extract_weights
-
-log = logging.getLogger(__name__)
 
 
 def extract_weights(vae, rnn) -> WorldModelWeights:
@@ -166,118 +161,25 @@ def load_world_model(model_dir: Path | str) -> tuple[WorldModelWeights, np.ndarr
 
 
 def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
-    """V's and M's NumPy weights from ``model_dir``: from the weights cache when it holds those of the files
-    now there, else loaded with Keras, extracted, and cached for the next time."""
+    """V's and M's NumPy weights from ``model_dir``: from the weights cache (``core.weights_cache``) when it
+    holds those of the files now there, else loaded with Keras, extracted, and cached for the next time."""
     model_dir = Path(model_dir)
-    fingerprint = weights_fingerprint(model_dir)
-    cached = read_weights_cache(fingerprint) if fingerprint else None
+    key = weights_cache.fingerprint(model_dir)
+    cached = weights_cache.read(key) if key else None
     if cached is not None:
         return cached
-    from core.mdnrnn import load_rnn
-    from core.vae import load_vae
+    try:
+        from core.mdnrnn import load_rnn
+        from core.vae import load_vae
+    except ImportError as e:
+        entry = (weights_cache.entry_path(key) if key else None) or "no cache folder"
+        raise ArtifactError(f"{model_dir}: V and M are not in the weights cache ({entry}), and loading them "
+                            f"needs TensorFlow ({e}); load this world model once where TensorFlow is installed "
+                            f"and copy its cache entry here (the cache folder is ${weights_cache.CACHE_ENV}, "
+                            "else ~/.cache/world-models)") from None
     vae = load_vae(model_dir / "vae")
     rnn = load_rnn(model_dir / "rnn", expect_z=vae.z_size)
     weights = extract_weights(vae, rnn)
-    if fingerprint:
-        write_weights_cache(weights, fingerprint)
+    if key and weights_cache.fingerprint(model_dir) == key:  # not rewritten while loading (a checkpoint, say)
+        weights_cache.write(weights, key)
     return weights
-
-
-# The weights cache: what ``extract_weights`` returns, in one file per V and M, named by a hash of their
-# files, in a folder of its own (never in the model folder: the app leaves models/ as it is). Loading it
-# takes milliseconds and needs no TensorFlow, where loading V and M with Keras takes seconds, most of it
-# importing TensorFlow; so the AI opponent, evaluations and evolutions start at once, and evaluations and
-# evolutions run on machines without TensorFlow. An unreadable or inconsistent file is ignored and rebuilt.
-CACHE_ENV = "WORLD_MODELS_CACHE"
-CACHE_KEEP = 16  # the most recently used files kept (4.4 MB each for the paper's sizes)
-_CACHE_SOURCES = ("vae/config.json", "vae/vae.weights.h5", "rnn/config.json", "rnn/rnn.weights.h5")
-_CACHE_VERSION = 1
-_CACHE_KEYS = ("mu_w", "mu_b", "lstm_kernel", "lstm_recurrent", "lstm_bias", "mdn_w", "mdn_b", "reward_w",
-               "reward_b", "done_w", "done_b", "mixtures")
-
-
-def weights_cache_dir() -> Path:
-    """``$WORLD_MODELS_CACHE``, else ``$XDG_CACHE_HOME/world-models``, else ``~/.cache/world-models``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "world-models"
-
-
-def weights_fingerprint(model_dir: Path | str) -> str | None:
-    """SHA-256 over V's and M's configs and weights files in ``model_dir``; None if one is missing."""
-    h = hashlib.sha256(f"agent weights v{_CACHE_VERSION}".encode())
-    for name in _CACHE_SOURCES:
-        try:
-            data = (Path(model_dir) / name).read_bytes()
-        except OSError:
-            return None
-        h.update(f"{name}:{len(data)}:".encode())
-        h.update(data)
-    return h.hexdigest()
-
-
-def weights_cache_path(fingerprint: str) -> Path:
-    return weights_cache_dir() / f"agent-weights-{fingerprint[:32]}.npz"
-
-
-def read_weights_cache(fingerprint: str) -> WorldModelWeights | None:
-    """The cached weights of the V and M files with ``fingerprint``, if a consistent set of arrays is
-    cached for them; None (and the caller loads with Keras) otherwise."""
-    path = weights_cache_path(fingerprint)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        log.warning("%s: unreadable weights cache (%s); loading V and M with Keras", path, e)
-        return None
-    try:
-        if str(arrays.pop("fingerprint", "")) != fingerprint:
-            raise ValueError("made from other files")
-        _check_weights(arrays)
-    except (KeyError, ValueError) as e:
-        log.warning("%s: inconsistent weights cache (%s); loading V and M with Keras", path, e)
-        return None
-    try:
-        os.utime(path)  # recently used: pruned last
-    except OSError:
-        pass
-    return {k: (v if k == "mixtures" else v.astype(np.float32, copy=False)) for k, v in arrays.items()}
-
-
-def write_weights_cache(weights: WorldModelWeights, fingerprint: str) -> Path | None:
-    """Cache ``weights`` (atomically) and keep the ``CACHE_KEEP`` most recently used files; the file, or
-    None where the cache folder cannot be written (loading goes on without it)."""
-    path = weights_cache_path(fingerprint)
-    try:
-        atomic_save_npz(path, compressed=False, fingerprint=np.array(fingerprint), **weights)
-    except OSError as e:
-        log.info("weights cache not written (%s)", e)
-        return None
-    try:  # another process may be pruning too
-        old = sorted(path.parent.glob("agent-weights-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
-        for stale in old[CACHE_KEEP:]:
-            stale.unlink(missing_ok=True)
-    except OSError:
-        pass
-    return path
-
-
-def _check_weights(w: WorldModelWeights) -> None:
-    """Raise KeyError or ValueError unless ``w`` is a complete, shape-consistent set of agent weights."""
-    missing = [k for k in _CACHE_KEYS if k not in w]
-    convs = sorted(k for k in w if k.startswith("conv") and k.endswith("_w"))
-    if missing or not convs:
-        raise KeyError(f"missing arrays: {', '.join(missing) or 'conv*'}")
-    z, hidden = w["mu_w"].shape[1], w["lstm_recurrent"].shape[0]
-    k = int(w["mixtures"])
-    expected = {"mu_b": (z,), "lstm_kernel": (z + 3, 4 * hidden), "lstm_recurrent": (hidden, 4 * hidden),
-                "lstm_bias": (4 * hidden,), "mdn_w": (hidden, 3 * k * z), "mdn_b": (3 * k * z,),
-                "reward_w": (hidden, 1), "reward_b": (1,), "done_w": (hidden, 1), "done_b": (1,)}
-    for name, shape in expected.items():
-        if w[name].shape != shape:
-            raise ValueError(f"{name} has shape {w[name].shape}, expected {shape}")
-    for name in convs:
-        if w[name.replace("_w", "_b")].shape != (w[name].shape[1],):
-            raise ValueError(f"{name} and its bias disagree")

@@ -62,7 +62,7 @@ if mode == "The controller" and model.controller is None:
     mode = "You"
 
 if mode in ("You", "The controller"):
-    episodes = [p for folder in app_data.data_folders_found() for p in list_episodes(app_data.resolve(folder))]
+    episodes = app_data.episode_files(",".join(app_data.data_folders_found()))
     with st.container(horizontal=True, vertical_alignment="bottom"):
         start = st.radio("Start from", ["real", "random"], horizontal=True, key="dream.start",
                          format_func=lambda s: {"real": "a real frame", "random": "a random z"}[s],
