@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from core import app_data
-from core.dataset import EpisodeError, list_episodes, load_episode
+from core.dataset import EpisodeError, load_episode
 from core.dream import (DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale,
                         with_captions)
 from pages import _ui
