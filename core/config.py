@@ -215,6 +215,9 @@ class EvolveConfig:
     confirm_episodes: int = param(24, "a controller that beats the shipped one in a periodic evaluation replaces "
                                       "it only if it also scores higher on this many other fixed tracks, "
                                       "driven by both (0 = no second test)", minimum=0)
+    confirm_margin: float = param(1.0, "in that second test the challenger's mean lead over the shipped "
+                                       "controller, track by track, must exceed this many standard errors "
+                                       "of that lead (0 = any lead)", minimum=0.0)
     workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
     seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0, maximum=MAX_SEED)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)

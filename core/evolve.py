@@ -5,8 +5,9 @@ fitness come from the controllers, not the tracks). Every ``eval_every`` generat
 the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks; the better of
 the two challenges the controller shipped so far (``params.npz``). A challenger that beats its score there
 is tested again with it on ``confirm_episodes`` other fixed tracks, and replaces it only if it wins there
-too: the best of many noisy 8-track scores is partly luck, so it has to win on tracks it was not picked
-on. A lucky candidate never gets shipped on the strength of two episodes, nor of eight.
+too, by more than ``confirm_margin`` standard errors of its track-by-track lead: the best of many noisy
+8-track scores is partly luck, so it has to win on tracks it was not picked on, and by more than luck. A
+lucky candidate never gets shipped on the strength of two episodes, nor of eight.
 
 An evolution started from a trained controller (``init_from``) keeps that controller's history in its
 state as ``lineage``: the earlier evolutions' generations, episodes, env steps and wall time, so what a
@@ -138,39 +139,59 @@ def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
 
 
 def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
-              screen: float, confirm_seeds: list[int], max_steps: int) -> tuple[bool, dict]:
+              screen: float, confirm_seeds: list[int], max_steps: int, margin: float = 0.0) -> tuple[bool, dict]:
     """Whether ``challenger`` (``screen``: its periodic evaluation score) should replace ``shipped``, and
-    what deciding that measured (``confirm_challenger``, ``confirm_shipped``, ``confirm_steps`` and
-    ``confirm_driven``, the episodes it drove).
+    what deciding that measured (``confirm_challenger``, ``confirm_shipped``, ``confirm_lead`` and
+    ``confirm_needed``, ``confirm_accepted``, ``confirm_steps`` and ``confirm_driven``, the episodes it
+    drove).
 
     It must beat ``state["best_eval"]`` (the shipped controller's periodic score) and then, with
-    ``confirm_seeds``, score higher than the shipped controller on those tracks. The shipped controller's
-    score there is kept in ``state["confirmed"]`` (with its parameters' hash, the number of tracks and the
-    step limit), so it is driven once for as long as those stay the same.
+    ``confirm_seeds``, lead the shipped controller there: its mean lead, track by track, must exceed
+    ``margin`` standard errors of that lead. (Track-to-track differences of 100-200 points dwarf the 10-30
+    points that separate controllers near a plateau; a plain "higher mean" on 24 tracks lets a controller
+    that is no better through about half the time.) The shipped controller's returns there are kept in
+    ``state["confirmed"]`` (with its parameters' hash, the number of tracks and the step limit), so it is
+    driven once for as long as those stay the same.
     """
     if state["best_eval"] is not None and screen <= state["best_eval"]:
         return False, {}
     if not confirm_seeds or state["best_eval"] is None:
         return True, {}
     known = state.get("confirmed") or {}
-    same = {"tracks": len(confirm_seeds), "max_steps": max_steps}  # what a stored score was measured on
-    fresh = known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
+    same = {"tracks": len(confirm_seeds), "max_steps": max_steps}  # what stored returns were measured on
+    fresh = (known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
+             or len(known.get("returns") or []) != len(confirm_seeds))
     driven = [challenger, shipped] if fresh else [challenger]
-    scores, steps = evaluate_params(eval_pool, driven, confirm_seeds)
+    returns, steps = episode_returns(eval_pool, driven, confirm_seeds)
     if fresh:
-        known = {"params_sha256": params_sha256(shipped), "score": scores[1], **same}
-    info = {"confirm_challenger": scores[0], "confirm_shipped": known["score"], "confirm_steps": steps,
+        known = _confirmed(shipped, returns[1], same)
+    lead = returns[0] - np.asarray(known["returns"])
+    needed = margin * float(lead.std(ddof=1) / np.sqrt(len(lead))) if len(lead) > 1 else 0.0
+    info = {"confirm_challenger": float(returns[0].mean()), "confirm_shipped": known["score"],
+            "confirm_lead": float(lead.mean()), "confirm_needed": needed, "confirm_steps": steps,
             "confirm_driven": len(driven) * len(confirm_seeds)}
-    accept = scores[0] > known["score"]
-    state["confirmed"] = {"params_sha256": params_sha256(challenger), "score": scores[0], **same} if accept else known
+    accept = bool(lead.mean() > needed)
+    info["confirm_accepted"] = accept
+    state["confirmed"] = _confirmed(challenger, returns[0], same) if accept else known
     return accept, info
+
+
+def _confirmed(params: np.ndarray, returns: np.ndarray, same: dict) -> dict:
+    return {"params_sha256": params_sha256(params), "score": float(returns.mean()),
+            "returns": [float(r) for r in returns], **same}
+
+
+def episode_returns(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> tuple[np.ndarray, int]:
+    """Each candidate's return on each of ``seeds`` (candidates x seeds), and the env steps that took."""
+    results = list(pool.map([(p, s) for p in candidates for s in seeds]))
+    returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
+    return returns, int(sum(r.steps for r in results))
 
 
 def evaluate_params(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> tuple[list[float], int]:
     """Mean return of each candidate over ``seeds``, and the env steps that took."""
-    results = list(pool.map([(p, s) for p in candidates for s in seeds]))
-    returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
-    return [float(x) for x in returns.mean(axis=1)], int(sum(r.steps for r in results))
+    returns, steps = episode_returns(pool, candidates, seeds)
+    return [float(x) for x in returns.mean(axis=1)], steps
 
 
 def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> dict:
@@ -258,7 +279,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                         state["best_eval"] = metrics["eval_start"] = scores[2]
                     pick = int(np.argmax(scores[:2]))
                     accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
-                                                  confirm_seeds, config.max_steps)
+                                                  confirm_seeds, config.max_steps, config.confirm_margin)
                     if confirmed:
                         metrics.update(confirmed, confirm_episodes=len(confirm_seeds))
                         eval_steps += confirmed["confirm_steps"]

@@ -38,10 +38,10 @@ def live(snap) -> None:
                f"{last.get('early_stopped', 0):.0%} of rollouts ended early off the road.")
     tests = [r for r in records if "confirm_challenger" in r]
     if tests:
-        won = sum(r["confirm_challenger"] > r["confirm_shipped"] for r in tests)
+        won = sum(r.get("confirm_accepted", r["confirm_challenger"] > r["confirm_shipped"]) for r in tests)
         st.caption(f"A controller that beats the shipped one in a periodic evaluation is tested again with it on "
-                   f"{tests[-1].get('confirm_episodes', '?')} other tracks: {won} of {len(tests)} challengers won "
-                   "there and were shipped.")
+                   f"{tests[-1].get('confirm_episodes', '?')} other tracks, where it must lead by more than the "
+                   f"noise of its lead: {won} of {len(tests)} challengers won there and were shipped.")
 
 
 _ui.job_panel("evolve", live, unit="generations", stop_label="Stop evolution")

@@ -216,13 +216,14 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
     assert not accept and info["confirm_challenger"] == 450.0 + offset and info["confirm_shipped"] == 500.0 + offset
     assert info["confirm_driven"] == 6 and sorted({v for v, _ in pool.driven}) == [450.0, 500.0]
     assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset, "tracks": 3,
-                                  "max_steps": 1000}
+                                  "max_steps": 1000, "returns": [500.0 + s % 7 for s in seeds]}
+    assert info["confirm_lead"] == -50.0 and info["confirm_needed"] == 0.0
 
     pool.driven.clear()
     accept, info = challenge(pool, state, shipped, better, 710.0, seeds, 1000)
     assert accept and info["confirm_driven"] == 3 and {v for v, _ in pool.driven} == {520.0}  # shipped known
     assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset, "tracks": 3,
-                                  "max_steps": 1000}
+                                  "max_steps": 1000, "returns": [520.0 + s % 7 for s in seeds]}
 
     for other_tracks, other_steps in ((seeds[:2], 1000), (seeds, 500)):  # a score of other tracks or steps
         pool.driven.clear()
@@ -230,6 +231,40 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
         assert info["confirm_driven"] == 2 * len(other_tracks) and {v for v, _ in pool.driven} == {500.0, 520.0}
 
     assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, [], 1000) == (True, {})
+
+
+def test_a_challenger_must_lead_by_more_than_the_noise_of_its_lead():
+    """Near a plateau controllers differ by less than tracks do: a lead of 5 points whose track-by-track
+    differences swing by 60 is not enough with a margin of one standard error, a steady one is."""
+    from core.evolve import CONFIRM_SEED_BASE, challenge
+    seeds = [CONFIRM_SEED_BASE + i for i in range(8)]
+    shipped, noisy, steady = (np.full(4, v, np.float32) for v in (500.0, 505.0, 506.0))
+
+    class Pool(_ScriptedPool):
+        @staticmethod
+        def quality(params):
+            return float(params[0])
+
+        def map(self, tasks):
+            for result in super().map(tasks):
+                value = self.driven[-1][0]
+                swing = 60.0 * (-1) ** result.seed if value == 505.0 else 0.0  # +60, -60, ... around its mean
+                result.total_reward += swing
+                yield result
+    for margin, accepted in ((1.0, False), (0.0, True)):
+        state = {"best_eval": 700.0, "lineage": []}
+        accept, info = challenge(Pool(), state, shipped, noisy, 720.0, seeds, 1000, margin)
+        assert accept is accepted and info["confirm_lead"] == pytest.approx(5.0)
+        assert info["confirm_needed"] == pytest.approx(margin * 60.0 * np.sqrt(8 / 7) / np.sqrt(8))
+    state = {"best_eval": 700.0, "lineage": []}
+    accept, info = challenge(Pool(), state, shipped, steady, 720.0, seeds, 1000, 1.0)
+    assert accept and info["confirm_lead"] == pytest.approx(6.0) and info["confirm_needed"] == 0.0
+    # A state saved before returns were kept (its shipped score only): the shipped controller is driven again.
+    state = {"best_eval": 700.0, "lineage": [], "confirmed": {"params_sha256": state["confirmed"]["params_sha256"],
+                                                              "score": 512.0, "tracks": 8, "max_steps": 1000}}
+    pool = Pool()
+    challenge(pool, state, steady, shipped, 720.0, seeds, 1000, 1.0)
+    assert {v for v, _ in pool.driven} == {500.0, 506.0}
 
 
 def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_it(tiny_world_model, tmp_path,
