@@ -160,7 +160,7 @@ def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challeng
     known = state.get("confirmed") or {}
     same = {"tracks": len(confirm_seeds), "max_steps": max_steps}  # what stored returns were measured on
     fresh = (known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
-             or len(known.get("returns") or []) != len(confirm_seeds))
+             or "returns" not in known)  # a state from before per-track returns were kept
     driven = [challenger, shipped] if fresh else [challenger]
     returns, steps = episode_returns(eval_pool, driven, confirm_seeds)
     if fresh:
