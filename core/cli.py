@@ -21,6 +21,7 @@ DESCRIPTIONS = {
     "evaluate": "Evaluate a world model on the fixed evaluation tracks; writes a JSON report.",
     "record": "Render an episode (the agent, or an action log) to MP4.",
     "export": "Copy a trained world model (weights, configs, metadata, curves) into models/ for the app.",
+    "compare": "Compare two evaluation reports track by track: is the challenger better than the baseline?",
 }
 
 
@@ -44,6 +45,9 @@ def _stage_function(stage: str) -> Callable:
     if stage == "export":
         from core.export import export
         return export
+    if stage == "compare":
+        from core.evaluate import compare
+        return compare
     from core.record import record
     return record
 
@@ -78,8 +82,37 @@ def _summary(stage: str, result: dict) -> str:
     if stage == "evaluate":
         return (f"evaluate: {result['mean']:.1f} ± {result['std']:.1f} over {result['episodes']} episodes "
                 f"(min {result['min']:.1f}, max {result['max']:.1f}) -> {result['out']}")
+    if stage == "compare":
+        return compare_summary(result)
     shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
     return f"{stage}: " + json.dumps(shown, default=str)
+
+
+def compare_summary(result: dict) -> str:
+    """A comparison in words: the means, the lead with its 95% interval, the tracks won, the verdict."""
+    low, high = result["ci95"]
+    lines = [f"compare: {result['tracks']} tracks in common (seeds {result['first_seed']}..{result['last_seed']})",
+             f"  baseline   {result['baseline_mean']:7.1f}  {result['baseline']}",
+             f"  challenger {result['challenger_mean']:7.1f}  {result['challenger']}",
+             f"  lead {result['lead']:+.1f} ± {result['lead_se']:.1f} (standard error; 95% interval "
+             f"{low:+.1f} to {high:+.1f}), won {result['wins']}, lost {result['losses']}, tied {result['ties']}"]
+    verdict = result["verdict"]
+    if verdict == "better":
+        lines.append("  verdict: the challenger is better")
+    elif verdict == "worse":
+        lines.append("  verdict: the challenger is worse")
+    elif verdict == "too few tracks":
+        lines.append("  verdict: too few tracks to tell; evaluate both on more")
+    else:
+        more = (f"; a lead this size would need about {result['tracks_to_decide']} tracks to show"
+                if "tracks_to_decide" in result else "")
+        lines.append(f"  verdict: no difference shown on these tracks{more}")
+    if result["same_controller"]:
+        lines.append("  note: both reports are of the same controller")
+    if result["only_baseline"] or result["only_challenger"]:
+        lines.append(f"  note: {result['only_baseline']} baseline and {result['only_challenger']} challenger "
+                     "tracks were left out (driven by one only)")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -270,6 +270,17 @@ class ExportConfig:
     training_state: bool = param(True, "include the CMA-ES state so evolution can resume from the export")
 
 
+@dataclass(frozen=True)
+class CompareConfig:
+    """Two controllers' evaluation reports on the same tracks, compared track by track."""
+
+    baseline: str = param(f"{SHIPPED_MODEL_DIR}/controller/evaluation.json", "evaluation report (JSON) of the "
+                          "controller to beat", path=True)
+    challenger: str = param("", "evaluation report (JSON) of the controller to test, from python -m core "
+                                "evaluate --model-dir <run> --out <file>", path=True)
+    out: str = param("", "JSON file for the comparison; empty: printed only")
+
+
 STAGES: dict[str, type] = {
     "collect": CollectConfig,
     "train-vae": VAEConfig,
@@ -278,4 +289,5 @@ STAGES: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "record": RecordConfig,
     "export": ExportConfig,
+    "compare": CompareConfig,
 }

@@ -1,4 +1,5 @@
-"""Stage 5, evaluate: a controller on a fixed, documented list of tracks it never trained on.
+"""Stage 5, evaluate: a controller on a fixed, documented list of tracks it never trained on; and compare:
+two such reports, track by track.
 
 Track seeds are ``first_seed, first_seed + 1, ...`` (default 1000000 on): collection and evolution only
 use seeds below 1000000. The stock ``CarRacing-v3`` is the default so scores compare with published ones.
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from core.agent import load_world_model
-from core.artifacts import ArtifactError, atomic_write_json, now_iso
-from core.config import EVAL_SEED_BASE, EvaluateConfig, to_dict, validate
+from core.artifacts import ArtifactError, atomic_write_json, now_iso, read_json
+from core.config import EVAL_SEED_BASE, CompareConfig, EvaluateConfig, to_dict, validate
 from core.controller import params_sha256
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
@@ -112,3 +113,89 @@ def _read_partial(path: Path, key: dict) -> dict[int, dict]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s: unreadable partial evaluation, starting over", path)
         return {}
+
+
+# Two-sided 95% normal quantile: with 20+ tracks the paired lead's t distribution is close to normal.
+Z_95 = 1.96
+MIN_TRACKS_FOR_VERDICT = 10  # below this the standard error itself is too rough to decide on
+
+
+def read_report(path: Path | str) -> dict:
+    """An evaluation report written by ``evaluate``, checked: per-track ``seeds`` and ``returns`` of equal
+    length, finite numbers, no track twice."""
+    data = read_json(path, "evaluation report")
+    what = f"{path}: not an evaluation report of python -m core evaluate"
+    if not isinstance(data, dict) or not isinstance(data.get("seeds"), list) or not isinstance(
+            data.get("returns"), list):
+        raise ArtifactError(f"{what} (it has no per-track seeds and returns)")
+    seeds, returns = data["seeds"], data["returns"]
+    if len(seeds) != len(returns) or not seeds:
+        raise ArtifactError(f"{what} ({len(seeds)} seeds, {len(returns)} returns)")
+    try:
+        seeds = [int(s) for s in seeds]
+        returns = [float(r) for r in returns]
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{what} (its seeds or returns are not numbers)") from None
+    if len(set(seeds)) != len(seeds) or not np.all(np.isfinite(returns)):
+        raise ArtifactError(f"{what} (a track twice, or a return that is not finite)")
+    return {**data, "seeds": seeds, "returns": returns}
+
+
+def compare_reports(baseline: dict, challenger: dict) -> dict:
+    """The challenger's lead over the baseline on the tracks both reports drove, track by track.
+
+    Track difficulty varies far more than good controllers differ (returns spread by 100-200 from track to
+    track, controllers near each other by 10-30), so only paired differences tell them apart. Returns
+    ``lead`` (mean of challenger - baseline), ``lead_se`` (its standard error), ``ci95``, ``wins`` /
+    ``losses`` / ``ties`` (tracks), ``verdict`` ("better", "worse", "undecided", or "too few tracks")
+    and, when undecided, ``tracks_to_decide``: how many tracks would put a lead this size 1.96 standard
+    errors from zero. Reports of another env or step limit cannot be compared (ArtifactError).
+    """
+    for key in ("env", "max_steps"):
+        if baseline.get(key) != challenger.get(key):
+            raise ArtifactError(f"the reports were driven with other settings ({key}: baseline "
+                                f"{baseline.get(key)}, challenger {challenger.get(key)}); evaluate both the "
+                                "same way")
+    base = dict(zip(baseline["seeds"], baseline["returns"]))
+    chal = dict(zip(challenger["seeds"], challenger["returns"]))
+    common = sorted(set(base) & set(chal))
+    if not common:
+        raise ArtifactError("the reports share no track: evaluate both with the same --first-seed and "
+                            "--episodes")
+    diffs = np.array([chal[s] - base[s] for s in common])
+    n = len(common)
+    lead = float(diffs.mean())
+    sd = float(diffs.std(ddof=1)) if n > 1 else 0.0
+    se = sd / np.sqrt(n)
+    result = {"tracks": n, "first_seed": common[0], "last_seed": common[-1],
+              "only_baseline": len(base) - n, "only_challenger": len(chal) - n,
+              "baseline_mean": float(np.mean([base[s] for s in common])),
+              "challenger_mean": float(np.mean([chal[s] for s in common])),
+              "lead": lead, "lead_sd": sd, "lead_se": float(se),
+              "ci95": [lead - Z_95 * se, lead + Z_95 * se],
+              "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum()), "ties": int((diffs == 0).sum()),
+              "same_controller": bool(baseline.get("params_sha256")
+                                      and baseline.get("params_sha256") == challenger.get("params_sha256"))}
+    if n < MIN_TRACKS_FOR_VERDICT:
+        result["verdict"] = "too few tracks"
+    elif lead - Z_95 * se > 0:
+        result["verdict"] = "better"
+    elif lead + Z_95 * se < 0:
+        result["verdict"] = "worse"
+    else:
+        result["verdict"] = "undecided"
+        if lead != 0 and sd > 0:
+            result["tracks_to_decide"] = int(np.ceil((Z_95 * sd / abs(lead)) ** 2))
+    return result
+
+
+def compare(config: CompareConfig, on_progress: ProgressCallback = keep_going) -> dict:
+    """Compare two evaluation reports (``compare_reports``); write the result to ``config.out`` if given.
+    Reading two files takes no time, so ``on_progress`` is never called; it is taken like every stage's."""
+    validate(config)
+    baseline, challenger = read_report(config.baseline), read_report(config.challenger)
+    result = {**compare_reports(baseline, challenger), "baseline": config.baseline,
+              "challenger": config.challenger, "env": baseline.get("env"), "date": now_iso()}
+    if config.out:
+        atomic_write_json(Path(config.out), result)
+    return result

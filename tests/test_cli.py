@@ -127,6 +127,9 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["evolve", "--seed", str(2**32)], "--seed=4294967296 is too large"),
     (["collect", "--out-dir", " "], "--out-dir=' ' is empty"),
     (["record", "--out", ""], "--out='' is empty"),
+    (["compare", "--challenger", "/nonexistent.json"], "evaluation report not found"),
+    (["compare", "--challenger", str(ROOT / "README.md")], "evaluation report is corrupt"),
+    (["compare", "--challenger", str(ROOT / "models" / "controller" / "config.json")], "not an evaluation report"),
 ])
 def test_bad_input_gets_one_line_error_not_traceback(args, message):
     proc = cli(*args, check=False)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from core.config import EvaluateConfig
@@ -68,3 +69,57 @@ def test_tracks_below_the_evaluation_range_are_flagged_not_held_out(tiny_world_m
     assert validation["held_out"] is False and validation["seeds"] == [950_000]
     assert any("may have trained on some of these" in r.getMessage() for r in caplog.records)
     assert json.loads((tmp_path / "b.json").read_text())["held_out"] is False
+
+
+def _report(path, returns, first_seed=1_000_000, **extra):
+    report = {"env": "stock", "max_steps": 1000, "params_sha256": "a", **extra,
+              "seeds": [first_seed + i for i in range(len(returns))], "returns": list(returns)}
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_compare_pairs_tracks_and_gives_a_verdict_only_when_the_lead_is_clear(tmp_path):
+    from core.config import CompareConfig
+    from core.evaluate import compare
+
+    rng = np.random.default_rng(0)
+    track = rng.normal(800, 150, 60)  # track difficulty: far larger than the controllers' difference
+    base = _report(tmp_path / "base.json", track)
+    better = _report(tmp_path / "better.json", track + 20 + rng.normal(0, 10, 60), params_sha256="b")
+    result = compare(CompareConfig(baseline=base, challenger=better, out=str(tmp_path / "cmp.json")))
+    assert result["verdict"] == "better" and result["tracks"] == 60 and not result["same_controller"]
+    assert 15 < result["lead"] < 25 and result["ci95"][0] > 0 and result["wins"] > 50
+    assert json.loads((tmp_path / "cmp.json").read_text())["verdict"] == "better"
+    # The same lead over unpaired noise of the size of track difficulty is not shown; the tracks it would
+    # take are estimated from the spread of the differences.
+    noisy = _report(tmp_path / "noisy.json", track + 20 + rng.normal(0, 150, 60), params_sha256="c")
+    undecided = compare(CompareConfig(baseline=base, challenger=noisy))
+    assert undecided["verdict"] == "undecided" and undecided["ci95"][0] < 0 < undecided["ci95"][1]
+    expected = (1.96 * undecided["lead_sd"] / abs(undecided["lead"])) ** 2
+    assert undecided["tracks_to_decide"] == int(np.ceil(expected)) > 60
+    worse = compare(CompareConfig(baseline=better, challenger=base))
+    assert worse["verdict"] == "worse" and worse["lead"] == pytest.approx(-result["lead"])
+    assert compare(CompareConfig(baseline=base, challenger=base))["same_controller"]
+
+
+def test_compare_uses_the_tracks_both_drove_and_refuses_other_settings(tmp_path):
+    from core.artifacts import ArtifactError
+    from core.evaluate import compare_reports, read_report
+
+    base = read_report(_report(tmp_path / "base.json", [500.0] * 30))
+    shifted = read_report(_report(tmp_path / "shifted.json", [510.0] * 30, first_seed=1_000_025))
+    result = compare_reports(base, shifted)
+    assert result["tracks"] == 5 and result["first_seed"] == 1_000_025 and result["lead"] == 10
+    assert result["only_baseline"] == 25 and result["only_challenger"] == 25
+    assert result["verdict"] == "too few tracks"
+    with pytest.raises(ArtifactError, match="share no track"):
+        compare_reports(base, read_report(_report(tmp_path / "far.json", [1.0] * 3, first_seed=5)))
+    fast = read_report(_report(tmp_path / "fast.json", [500.0] * 30, env="fast"))
+    with pytest.raises(ArtifactError, match="env: baseline stock, challenger fast"):
+        compare_reports(base, fast)
+    (tmp_path / "bad.json").write_text(json.dumps({"seeds": [1, 2], "returns": [3.0]}))
+    with pytest.raises(ArtifactError, match="2 seeds, 1 returns"):
+        read_report(tmp_path / "bad.json")
+    (tmp_path / "nan.json").write_text(json.dumps({"seeds": [1, 2], "returns": [3.0, "nan"]}))
+    with pytest.raises(ArtifactError, match="not finite"):
+        read_report(tmp_path / "nan.json")
