@@ -26,8 +26,8 @@ from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, at
 from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import (check_config_matches, check_new_run, previous_metrics, resume_or_start,  # noqa: E402
-                           save_checkpoint)
+from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
+                           resume_or_start, save_checkpoint, starts_over_its_own_weights)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -292,6 +292,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
                                                           "rnn")
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
+    if step == 0 and starts_over_its_own_weights(out_dir, artifact_config["init_from"]):
+        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage}, WEIGHTS)
     atomic_write_json(out_dir / "config.json", artifact_config)
     history = History(out_dir / "history.jsonl")
     history.truncate_after("step", step)

@@ -186,6 +186,20 @@ def resume_or_start(out_dir: Path, model, optimizer, weights_name: str, init_fro
     return state, start
 
 
+def starts_over_its_own_weights(out_dir: Path | str, init_from: str) -> bool:
+    """Whether a run fine-tunes the weights of its own folder (``--init-from`` that folder). Their lineage and
+    training time are read from that folder's meta.json and history.jsonl, which the run overwrites as it
+    goes, so its start must be checkpointed before anything else is written."""
+    return bool(init_from) and Path(init_from).resolve() == Path(out_dir).resolve()
+
+
+def checkpoint_start(out_dir: Path, model, optimizer, state: dict, weights_name: str) -> None:
+    """Checkpoint a new run at batch 0 (``state`` with its lineage), so that a kill before its first checkpoint
+    resumes with the start it recorded instead of reading a start that is half overwritten."""
+    optimizer.build(model.trainable_variables)  # its (zero) moments are part of a checkpoint
+    save_checkpoint(out_dir, model, optimizer, state, weights_name)
+
+
 def training_seconds(part_dir: Path | str) -> float | None:
     """Wall seconds of a Keras stage's training loop over all its sessions (None without a timed history): a
     history's ``time`` counts from the start of each session, so a drop marks a resume and each session adds

@@ -25,8 +25,8 @@ from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.training import (check_config_matches, check_new_run, previous_metrics, resume_or_start,  # noqa: E402
-                           save_checkpoint)
+from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
+                           resume_or_start, save_checkpoint, starts_over_its_own_weights)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -219,6 +219,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    if step == 0 and starts_over_its_own_weights(out_dir, started_from):
+        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage}, WEIGHTS)
     save_vae_artifact_config(out_dir, config)
     history = History(out_dir / "history.jsonl")
     history.truncate_after("step", step)

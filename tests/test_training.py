@@ -11,7 +11,8 @@ from core.artifacts import ArtifactError
 from core.config import RNNConfig, VAEConfig
 from core.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
 from core.mdnrnn import load_rnn, train_rnn
-from core.training import CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint
+from core.training import (CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint,
+                           training_seconds)
 from core.vae import WEIGHTS as VAE_WEIGHTS
 from core.vae import ConvVAE, load_vae, train_vae
 
@@ -257,7 +258,21 @@ def test_weights_without_a_checkpoint_are_not_trained_over_from_scratch(stage, t
     with pytest.raises(ArtifactError, match=f"no training checkpoint .*--init-from {run / stage}"):
         train(make(tiny_data, run))
     assert (run / stage / f"{stage}.weights.h5").read_bytes() == before
+    start_meta = json.loads((run / stage / "meta.json").read_text())
+    start_seconds = training_seconds(run / stage)
+
+    # Fine-tuning them in place, killed before its first checkpoint (the history of the start is already
+    # cut back by then): the run resumes with the start it recorded, what that start cost included.
+    def killed(step, total, metrics):
+        if step >= 1:
+            raise KeyboardInterrupt
+        return True
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make(tiny_data, run, init_from=str(run / stage)), on_progress=killed)
     assert train(make(tiny_data, run, init_from=str(run / stage)))["complete"]
+    [entry] = json.loads((run / stage / "meta.json").read_text())["lineage"]
+    assert entry["steps"] == start_meta["metrics"]["step"] and entry["train_seconds"] == start_seconds > 0
 
 
 def test_a_fine_tune_stopped_and_resumed_keeps_its_start(trained, tiny_data, tmp_path, caplog):
