@@ -195,6 +195,23 @@ def latest_evaluation(model_dir: Path | str) -> dict | None:
     return max(reports, key=lambda r: str(r.get("date", ""))) if reports else None
 
 
+def against_shipped(report: dict | None, model_dir: Path | str) -> dict | None:
+    """An evaluation ``report`` of ``model_dir`` against the shipped model's stored one, track by track
+    (``core.evaluate.compare_reports``); None for the shipped model itself, without a shipped report, or when
+    the two share no track or were driven otherwise (another env or step limit)."""
+    from core.artifacts import ArtifactError
+    from core.evaluate import check_report, compare_reports
+    if not report or is_shipped_model(model_dir):
+        return None
+    shipped = evaluation(SHIPPED_MODEL_DIR)
+    if not shipped or shipped["current"] is False:  # a report of a controller no longer shipped
+        return None
+    try:
+        return compare_reports(check_report(shipped, SHIPPED_MODEL_DIR), check_report(report, str(model_dir)))
+    except ArtifactError:
+        return None
+
+
 def history(out_dir: Path | str) -> list[dict]:
     """The metrics a stage logged in ``<out_dir>/history.jsonl`` (empty if none)."""
     return read_history(resolve(out_dir) / "history.jsonl")

@@ -90,23 +90,14 @@ def _summary(stage: str, result: dict) -> str:
 
 def compare_summary(result: dict) -> str:
     """A comparison in words: the means, the lead with its 95% interval, the tracks won, the verdict."""
+    from core.evaluate import verdict_words
     low, high = result["ci95"]
     lines = [f"compare: {result['tracks']} tracks in common (seeds {result['first_seed']}..{result['last_seed']})",
              f"  baseline   {result['baseline_mean']:7.1f}  {result['baseline']}",
              f"  challenger {result['challenger_mean']:7.1f}  {result['challenger']}",
              f"  lead {result['lead']:+.1f} ± {result['lead_se']:.1f} (standard error; 95% interval "
              f"{low:+.1f} to {high:+.1f}), won {result['wins']}, lost {result['losses']}, tied {result['ties']}"]
-    verdict = result["verdict"]
-    if verdict == "better":
-        lines.append("  verdict: the challenger is better")
-    elif verdict == "worse":
-        lines.append("  verdict: the challenger is worse")
-    elif verdict == "too few tracks":
-        lines.append("  verdict: too few tracks to tell; evaluate both on more")
-    else:
-        more = (f"; a lead this size would need about {result['tracks_to_decide']} tracks to show"
-                if "tracks_to_decide" in result else "")
-        lines.append(f"  verdict: no difference shown on these tracks{more}")
+    lines.append(f"  verdict: {verdict_words(result)}")
     if result["same_controller"]:
         lines.append("  note: both reports are of the same controller")
     if result["only_baseline"] or result["only_challenger"]:

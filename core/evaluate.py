@@ -121,10 +121,14 @@ MIN_TRACKS_FOR_VERDICT = 10  # below this the standard error itself is too rough
 
 
 def read_report(path: Path | str) -> dict:
-    """An evaluation report written by ``evaluate``, checked: per-track ``seeds`` and ``returns`` of equal
-    length, finite numbers, no track twice."""
-    data = read_json(path, "evaluation report")
-    what = f"{path}: not an evaluation report of python -m core evaluate"
+    """An evaluation report written by ``evaluate``, read and checked (``check_report``)."""
+    return check_report(read_json(path, "evaluation report"), str(path))
+
+
+def check_report(data: object, where: str) -> dict:
+    """``data`` as an evaluation report: per-track ``seeds`` and ``returns`` of equal length, finite numbers,
+    no track twice (ArtifactError naming ``where`` otherwise); seeds as int and returns as float."""
+    what = f"{where}: not an evaluation report of python -m core evaluate"
     if not isinstance(data, dict) or not isinstance(data.get("seeds"), list) or not isinstance(
             data.get("returns"), list):
         raise ArtifactError(f"{what} (it has no per-track seeds and returns)")
@@ -146,7 +150,7 @@ def compare_reports(baseline: dict, challenger: dict) -> dict:
 
     Track difficulty varies far more than good controllers differ (returns spread by 100-200 from track to
     track, controllers near each other by 10-30), so only paired differences tell them apart. Returns
-    ``lead`` (mean of challenger - baseline), ``lead_se`` (its standard error), ``ci95``, ``wins`` /
+    ``seeds`` (the common tracks) with both returns on each, ``lead`` (mean of challenger - baseline), ``lead_se`` (its standard error), ``ci95``, ``wins`` /
     ``losses`` / ``ties`` (tracks), ``verdict`` ("better", "worse", "undecided", or "too few tracks")
     and, when undecided, ``tracks_to_decide``: how many tracks would put a lead this size 1.96 standard
     errors from zero. Reports of another env or step limit cannot be compared (ArtifactError).
@@ -167,7 +171,8 @@ def compare_reports(baseline: dict, challenger: dict) -> dict:
     lead = float(diffs.mean())
     sd = float(diffs.std(ddof=1)) if n > 1 else 0.0
     se = sd / np.sqrt(n)
-    result = {"tracks": n, "first_seed": common[0], "last_seed": common[-1],
+    result = {"tracks": n, "first_seed": common[0], "last_seed": common[-1], "seeds": common,
+              "baseline_returns": [base[s] for s in common], "challenger_returns": [chal[s] for s in common],
               "only_baseline": len(base) - n, "only_challenger": len(chal) - n,
               "baseline_mean": float(np.mean([base[s] for s in common])),
               "challenger_mean": float(np.mean([chal[s] for s in common])),
@@ -187,6 +192,19 @@ def compare_reports(baseline: dict, challenger: dict) -> dict:
         if lead != 0 and sd > 0:
             result["tracks_to_decide"] = int(np.ceil((Z_95 * sd / abs(lead)) ** 2))
     return result
+
+
+def verdict_words(result: dict, baseline: str = "the baseline") -> str:
+    """A ``compare_reports`` verdict in words: "better than <baseline>", "worse than ...", "no difference
+    shown; a lead this size would need about N tracks to show", or "too few tracks to tell"."""
+    verdict = result["verdict"]
+    if verdict in ("better", "worse"):
+        return f"{verdict} than {baseline}"
+    if verdict == "too few tracks":
+        return "too few tracks to tell"
+    more = (f"; a lead this size would need about {result['tracks_to_decide']} tracks to show"
+            if "tracks_to_decide" in result else "")
+    return f"no difference shown{more}"
 
 
 def compare(config: CompareConfig, on_progress: ProgressCallback = keep_going) -> dict:

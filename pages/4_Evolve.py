@@ -6,6 +6,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
+from core.evaluate import verdict_words
 from core.jobs import out_dir_of
 from pages import _ui
 
@@ -67,6 +68,7 @@ if model_dir is not None:
 
 
 def live_evaluation(snap) -> None:
+    versus = None
     if snap is not None and snap["status"] in ("starting", "running", "stopping"):
         returns = [r["return"] for r in snap["history"] if "return" in r]
         source = f"`{snap['config']['model_dir']}/`: {len(returns)} episodes so far"
@@ -83,9 +85,21 @@ def live_evaluation(snap) -> None:
         if report["current"] is False:
             source += (" · of an **earlier controller**: evolution has replaced this folder's controller since. "
                        "Evaluate again to score the current one.")
+        versus = app_data.against_shipped(report, shown)
     if returns:
         st.markdown(f"Score distribution · {source}")
         _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
+    if versus:
+        show_against_shipped(versus)
+
+
+def show_against_shipped(c: dict) -> None:
+    st.markdown(f"Against the shipped model on the {c['tracks']} tracks both drove: "
+                f"**{c['lead']:+.1f} ± {c['lead_se']:.1f}** (lead ± standard error; 95% interval "
+                f"{c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}), {c['wins']} tracks won, {c['losses']} lost: "
+                f"**{verdict_words(c, 'the shipped model')}**.")
+    _ui.paired_scatter(c["seeds"], c["baseline_returns"], c["challenger_returns"], "shipped model",
+                       "this world model", key="evaluate.paired")
 
 
 _ui.job_panel("evaluate", live_evaluation, unit="episodes", stop_label="Stop evaluation")

@@ -309,6 +309,19 @@ def histogram(values: list[float], title: str, x_title: str, key: str | None = N
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
 
 
+def paired_scatter(seeds: list[int], base: list[float], other: list[float], base_name: str, other_name: str,
+                   key: str | None = None) -> None:
+    """One point per track: ``base`` return across, ``other`` up; above the diagonal the other one did better."""
+    low, high = min(min(base), min(other)), max(max(base), max(other))
+    fig = go.Figure([
+        go.Scatter(x=[low, high], y=[low, high], mode="lines", name="equal", line={"color": "#7f7f7f", "dash": "dot"}),
+        go.Scatter(x=base, y=other, mode="markers", name="tracks", marker={"color": SERIES_COLORS[0]},
+                   text=[f"track {s}" for s in seeds], hovertemplate="%{text}: %{x:.1f} -> %{y:.1f}<extra></extra>")])
+    fig.update_layout(title="Track by track", height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      xaxis_title=base_name, yaxis_title=other_name, showlegend=False)
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
 # --- models, cached per file version -------------------------------------------------------------------
 
 

@@ -523,3 +523,28 @@ def test_home_and_dream_show_every_data_folder(fresh_root):
     episode.set_value(episode.options[3]).run()
     dream.button(key="dream.new").click().run()
     assert not dream.exception and "Dream step 0" in dream.get("image")[0].captions[0]
+
+
+def test_an_evaluation_is_compared_track_by_track_with_the_shipped_model(fresh_root):
+    """A run's evaluation that shares tracks with the shipped model's: the Evolve page gives the paired lead
+    and its verdict, and plots the tracks one against the other."""
+    import json
+
+    from core import app_data
+    seeds = list(range(1_000_000, 1_000_030))
+    shipped = [500.0 + 10 * (i % 7) for i in range(30)]
+    report = {"std": 1.0, "min": 0.0, "max": 1.0, "episodes": 30, "env": "stock", "max_steps": 1000,
+              "date": "2026-01-01T00:00:00Z", "seeds": seeds}
+    (fresh_root / "models" / "controller" / "evaluation.json").write_text(json.dumps(
+        {**report, "mean": 530.0, "returns": shipped, "params_sha256": app_data.controller_sha256("models")}))
+    mine = [r + 40 + (i % 3) for i, r in enumerate(shipped)]  # 40-42 better on every track
+    (fresh_root / "runs" / "controller" / "evaluation.json").write_text(json.dumps(
+        {**report, "mean": 571.0, "returns": mine, "params_sha256": app_data.controller_sha256("runs")}))
+    at = open_page(home(fresh_root), "4_Evolve.py")  # runs/ is the world model picked by default
+    text = " ".join(m.value for m in at.markdown)
+    assert "Against the shipped model on the 30 tracks both drove: **+41.0 ± 0.2**" in text
+    assert "30 tracks won, 0 lost: **better than the shipped model**" in text
+    assert "Track by track" in chart_specs(at)
+    # The shipped model's own evaluation is not compared with itself.
+    at.selectbox(key="evolve.model_dir").set_value("models").run()
+    assert not any("Against the shipped model" in m.value for m in at.markdown)
