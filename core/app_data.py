@@ -52,10 +52,12 @@ def jobs_dir() -> Path:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def mtime(path: Path | str) -> float:
@@ -197,12 +199,13 @@ def latest_evaluation(model_dir: Path | str) -> dict | None:
 
 def against_shipped(report: dict | None, model_dir: Path | str) -> dict | None:
     """An evaluation ``report`` of ``model_dir`` against the shipped model's stored one, track by track
-    (``core.evaluate.compare_reports``); None for the shipped model itself, without a shipped report, or when
-    the two share no track or were driven otherwise (another env or step limit)."""
+    (``core.evaluate.compare_reports``); None for the shipped model itself, for a report of a controller no
+    longer in ``model_dir``, without a shipped report, or when the two share no track or were driven
+    otherwise (another env or step limit)."""
     from core.artifacts import ArtifactError
     from core.evaluate import check_report, compare_reports
-    if not report or is_shipped_model(model_dir):
-        return None
+    if not report or report.get("current") is False or is_shipped_model(model_dir):
+        return None  # nothing, an earlier controller's score, or the shipped model itself
     shipped = evaluation(SHIPPED_MODEL_DIR)
     if not shipped or shipped["current"] is False:  # a report of a controller no longer shipped
         return None

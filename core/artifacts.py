@@ -107,7 +107,7 @@ def read_json(path: Path | str, what: str = "file") -> Any:
         raise ArtifactError(f"{path}: {what} not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not JSON, not UTF-8, or a number too long to read
         raise ArtifactError(f"{path}: {what} is corrupt ({e}); delete it and re-run the stage that makes it")
 
 

@@ -91,15 +91,21 @@ def _summary(stage: str, result: dict) -> str:
 def compare_summary(result: dict) -> str:
     """A comparison in words: the means, the lead with its 95% interval, the tracks won, the verdict."""
     from core.evaluate import verdict_words
-    low, high = result["ci95"]
     lines = [f"compare: {result['tracks']} tracks in common (seeds {result['first_seed']}..{result['last_seed']})",
              f"  baseline   {result['baseline_mean']:7.1f}  {result['baseline']}",
-             f"  challenger {result['challenger_mean']:7.1f}  {result['challenger']}",
-             f"  lead {result['lead']:+.1f} ± {result['lead_se']:.1f} (standard error; 95% interval "
-             f"{low:+.1f} to {high:+.1f}), won {result['wins']}, lost {result['losses']}, tied {result['ties']}"]
+             f"  challenger {result['challenger_mean']:7.1f}  {result['challenger']}"]
+    if result["ci95"] is None:
+        lines.append(f"  lead {result['lead']:+.1f} on one track, won {result['wins']}, lost {result['losses']}")
+    else:
+        low, high = result["ci95"]
+        lines.append(f"  lead {result['lead']:+.1f} ± {result['lead_se']:.1f} (standard error; 95% interval "
+                     f"{low:+.1f} to {high:+.1f}), won {result['wins']}, lost {result['losses']}, tied "
+                     f"{result['ties']}")
     lines.append(f"  verdict: {verdict_words(result)}")
     if result["same_controller"]:
         lines.append("  note: both reports are of the same controller")
+    if not result["complete"]:
+        lines.append("  note: a report is of a stopped evaluation (complete: false); run it again to finish it")
     if result["only_baseline"] or result["only_challenger"]:
         lines.append(f"  note: {result['only_baseline']} baseline and {result['only_challenger']} challenger "
                      "tracks were left out (driven by one only)")
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bar = None if args.quiet else TerminalProgress(args.stage)
+    bar = None if args.quiet or args.stage == "compare" else TerminalProgress(args.stage)  # compare is instant
     stop = _install_stop_handlers()
 
     def progress(step: int, total: int, metrics) -> bool:

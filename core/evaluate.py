@@ -115,9 +115,23 @@ def _read_partial(path: Path, key: dict) -> dict[int, dict]:
         return {}
 
 
-# Two-sided 95% normal quantile: with 20+ tracks the paired lead's t distribution is close to normal.
-Z_95 = 1.96
-MIN_TRACKS_FOR_VERDICT = 10  # below this the standard error itself is too rough to decide on
+Z_95 = 1.959964  # two-sided 95% quantile of the normal distribution
+Z_80 = 0.841621  # one-sided 80% quantile: the power asked of a suggested number of tracks
+MIN_TRACKS_FOR_VERDICT = 10  # below this the spread of the differences is itself too rough to decide on
+TIE = 1e-6  # returns closer than this on a track are equal (float noise, not driving)
+
+
+T_95_FEW = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student's t tables, where the expansion below is off
+
+
+def t_95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom: from tables up to df = 4, then a
+    Cornish-Fisher expansion around the normal quantile (within 0.004 of the tables from df = 5 on)."""
+    if df in T_95_FEW:
+        return T_95_FEW[df]
+    z = Z_95
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
 
 
 def read_report(path: Path | str) -> dict:
@@ -126,8 +140,9 @@ def read_report(path: Path | str) -> dict:
 
 
 def check_report(data: object, where: str) -> dict:
-    """``data`` as an evaluation report: per-track ``seeds`` and ``returns`` of equal length, finite numbers,
-    no track twice (ArtifactError naming ``where`` otherwise); seeds as int and returns as float."""
+    """``data`` as an evaluation report: per-track ``seeds`` (whole numbers) and ``returns`` (finite numbers)
+    of equal length, no track twice (ArtifactError naming ``where`` otherwise); seeds as int, returns as
+    float."""
     what = f"{where}: not an evaluation report of python -m core evaluate"
     if not isinstance(data, dict) or not isinstance(data.get("seeds"), list) or not isinstance(
             data.get("returns"), list):
@@ -135,11 +150,13 @@ def check_report(data: object, where: str) -> dict:
     seeds, returns = data["seeds"], data["returns"]
     if len(seeds) != len(returns) or not seeds:
         raise ArtifactError(f"{what} ({len(seeds)} seeds, {len(returns)} returns)")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in returns):
+        raise ArtifactError(f"{what} (its seeds are not all whole numbers or its returns not all numbers)")
     try:
-        seeds = [int(s) for s in seeds]
         returns = [float(r) for r in returns]
-    except (TypeError, ValueError):
-        raise ArtifactError(f"{what} (its seeds or returns are not numbers)") from None
+    except OverflowError:
+        returns = [float("inf")]
     if len(set(seeds)) != len(seeds) or not np.all(np.isfinite(returns)):
         raise ArtifactError(f"{what} (a track twice, or a return that is not finite)")
     return {**data, "seeds": seeds, "returns": returns}
@@ -150,10 +167,13 @@ def compare_reports(baseline: dict, challenger: dict) -> dict:
 
     Track difficulty varies far more than good controllers differ (returns spread by 100-200 from track to
     track, controllers near each other by 10-30), so only paired differences tell them apart. Returns
-    ``seeds`` (the common tracks) with both returns on each, ``lead`` (mean of challenger - baseline), ``lead_se`` (its standard error), ``ci95``, ``wins`` /
-    ``losses`` / ``ties`` (tracks), ``verdict`` ("better", "worse", "undecided", or "too few tracks")
-    and, when undecided, ``tracks_to_decide``: how many tracks would put a lead this size 1.96 standard
-    errors from zero. Reports of another env or step limit cannot be compared (ArtifactError).
+    ``seeds`` (the common tracks) with both returns on each; ``lead`` (mean of challenger - baseline),
+    ``lead_sd`` and ``lead_se`` (spread of the differences and standard error of the lead; None for one
+    track) and ``ci95`` (Student's t interval); ``wins`` / ``losses`` / ``ties`` (tracks); ``verdict``
+    ("better" or "worse" when the interval excludes 0, "undecided", or "too few tracks" below
+    MIN_TRACKS_FOR_VERDICT) and, when undecided, ``tracks_to_decide``: about how many tracks would show a
+    lead of this size and spread 4 times in 5. Reports of another env or step limit cannot be compared
+    (ArtifactError).
     """
     for key in ("env", "max_steps"):
         if baseline.get(key) != challenger.get(key):
@@ -167,42 +187,46 @@ def compare_reports(baseline: dict, challenger: dict) -> dict:
         raise ArtifactError("the reports share no track: evaluate both with the same --first-seed and "
                             "--episodes")
     diffs = np.array([chal[s] - base[s] for s in common])
+    diffs[np.abs(diffs) < TIE] = 0.0
     n = len(common)
     lead = float(diffs.mean())
-    sd = float(diffs.std(ddof=1)) if n > 1 else 0.0
-    se = sd / np.sqrt(n)
     result = {"tracks": n, "first_seed": common[0], "last_seed": common[-1], "seeds": common,
               "baseline_returns": [base[s] for s in common], "challenger_returns": [chal[s] for s in common],
               "only_baseline": len(base) - n, "only_challenger": len(chal) - n,
               "baseline_mean": float(np.mean([base[s] for s in common])),
               "challenger_mean": float(np.mean([chal[s] for s in common])),
-              "lead": lead, "lead_sd": sd, "lead_se": float(se),
-              "ci95": [lead - Z_95 * se, lead + Z_95 * se],
+              "lead": lead, "lead_sd": None, "lead_se": None, "ci95": None,
               "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum()), "ties": int((diffs == 0).sum()),
               "same_controller": bool(baseline.get("params_sha256")
-                                      and baseline.get("params_sha256") == challenger.get("params_sha256"))}
+                                      and baseline.get("params_sha256") == challenger.get("params_sha256")),
+              "complete": baseline.get("complete") is not False and challenger.get("complete") is not False}
+    if n > 1:
+        sd = float(diffs.std(ddof=1))
+        se = sd / np.sqrt(n)
+        half = t_95(n - 1) * se
+        result.update(lead_sd=sd, lead_se=float(se), ci95=[lead - half, lead + half])
     if n < MIN_TRACKS_FOR_VERDICT:
         result["verdict"] = "too few tracks"
-    elif lead - Z_95 * se > 0:
+    elif result["ci95"][0] > 0:
         result["verdict"] = "better"
-    elif lead + Z_95 * se < 0:
+    elif result["ci95"][1] < 0:
         result["verdict"] = "worse"
     else:
         result["verdict"] = "undecided"
-        if lead != 0 and sd > 0:
-            result["tracks_to_decide"] = int(np.ceil((Z_95 * sd / abs(lead)) ** 2))
+        if lead != 0 and result["lead_sd"] > 0:
+            result["tracks_to_decide"] = int(np.ceil(((Z_95 + Z_80) * result["lead_sd"] / abs(lead)) ** 2))
     return result
 
 
 def verdict_words(result: dict, baseline: str = "the baseline") -> str:
     """A ``compare_reports`` verdict in words: "better than <baseline>", "worse than ...", "no difference
-    shown; a lead this size would need about N tracks to show", or "too few tracks to tell"."""
+    shown; about N tracks would show a lead this size (4 times in 5)", or "too few tracks to tell"."""
     verdict = result["verdict"]
     if verdict in ("better", "worse"):
         return f"{verdict} than {baseline}"
     if verdict == "too few tracks":
         return "too few tracks to tell"
-    more = (f"; a lead this size would need about {result['tracks_to_decide']} tracks to show"
+    more = (f"; about {result['tracks_to_decide']} tracks would show a lead this size (4 times in 5)"
             if "tracks_to_decide" in result else "")
     return f"no difference shown{more}"
 

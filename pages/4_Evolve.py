@@ -94,10 +94,11 @@ def live_evaluation(snap) -> None:
 
 
 def show_against_shipped(c: dict) -> None:
-    st.markdown(f"Against the shipped model on the {c['tracks']} tracks both drove: "
-                f"**{c['lead']:+.1f} ± {c['lead_se']:.1f}** (lead ± standard error; 95% interval "
-                f"{c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f}), {c['wins']} tracks won, {c['losses']} lost: "
-                f"**{verdict_words(c, 'the shipped model')}**.")
+    lead = (f"**{c['lead']:+.1f}**" if c["ci95"] is None else
+            f"**{c['lead']:+.1f} ± {c['lead_se']:.1f}** (lead ± standard error; 95% interval "
+            f"{c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f})")
+    st.markdown(f"Against the shipped model on the {c['tracks']} tracks both drove: {lead}, {c['wins']} tracks "
+                f"won, {c['losses']} lost: **{verdict_words(c, 'the shipped model')}**.")
     _ui.paired_scatter(c["seeds"], c["baseline_returns"], c["challenger_returns"], "shipped model",
                        "this world model", key="evaluate.paired")
 

@@ -545,6 +545,12 @@ def test_an_evaluation_is_compared_track_by_track_with_the_shipped_model(fresh_r
     assert "Against the shipped model on the 30 tracks both drove: **+41.0 ± 0.2**" in text
     assert "30 tracks won, 0 lost: **better than the shipped model**" in text
     assert "Track by track" in chart_specs(at)
+    # A report of a controller evolution has replaced since is not set against the shipped model.
+    (fresh_root / "runs" / "controller" / "evaluation.json").write_text(json.dumps(
+        {**report, "mean": 571.0, "returns": mine, "params_sha256": "0" * 64}))
+    at.run()
+    assert any("earlier controller" in m.value for m in at.markdown)
+    assert not any("Against the shipped model" in m.value for m in at.markdown)
     # The shipped model's own evaluation is not compared with itself.
     at.selectbox(key="evolve.model_dir").set_value("models").run()
     assert not any("Against the shipped model" in m.value for m in at.markdown)
