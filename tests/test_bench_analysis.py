@@ -1,0 +1,34 @@
+"""The analysis behind the benchmarks that measure rather than time: variance parts of candidates' returns,
+and BENCHMARKS.md keeping a slow section that a plain run does not redo."""
+
+import numpy as np
+import pytest
+
+from bench.bench_selection import f_ratio, selection_quality, variance_parts
+from bench.run_all import kept_section
+
+
+def test_returns_without_noise_split_exactly_into_candidates_and_tracks():
+    a = np.array([-30.0, -10.0, 0.0, 5.0, 15.0, 20.0])  # candidates' quality
+    b = np.array([100.0, -50.0, 20.0, -70.0, 0.0])  # tracks' difficulty
+    r = 800 + a[:, None] + b[None, :]
+    parts = variance_parts(r)
+    assert parts["candidate"] == pytest.approx(a.std(ddof=1)) and parts["track"] == pytest.approx(b.std(ddof=1))
+    assert parts["noise"] == pytest.approx(0, abs=1e-9)
+    quality = selection_quality(r, 1, 50, np.random.default_rng(0))  # one track already ranks them all
+    assert quality["rank_corr"] == pytest.approx(1) and quality["top_half"] == 1
+
+
+def test_pure_noise_ranks_at_chance():
+    r = np.random.default_rng(1).normal(0, 100, (16, 200))
+    assert variance_parts(r)["candidate"] < 10 and 0.7 < f_ratio(r) < 1.4
+    quality = selection_quality(r, 4, 400, np.random.default_rng(2))
+    assert abs(quality["rank_corr"]) < 0.1 and 0.45 < quality["top_half"] < 0.55
+
+
+def test_a_plain_benchmark_run_keeps_the_slow_section_it_does_not_redo():
+    text = ("# Benchmarks\n\n## Env\n\nfast\n\n_(bench.bench_env: 5 s)_\n\n## Ranking\n\n| k | r |\n\nWhat it says.\n\n"
+            "_(bench.bench_selection: 1110 s, run by itself)_\n")
+    assert kept_section(text, "bench.bench_selection") == ("## Ranking\n\n| k | r |\n\nWhat it says.\n\n"
+                                                          "_(bench.bench_selection: 1110 s, run by itself)_")
+    assert kept_section(text, "bench.bench_race") is None
