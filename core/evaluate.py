@@ -186,15 +186,15 @@ def compare_reports(baseline: dict, challenger: dict) -> dict:
     if not common:
         raise ArtifactError("the reports share no track: evaluate both with the same --first-seed and "
                             "--episodes")
-    diffs = np.array([chal[s] - base[s] for s in common])
+    base_returns, chal_returns = [base[s] for s in common], [chal[s] for s in common]
+    diffs = np.subtract(chal_returns, base_returns)
     diffs[np.abs(diffs) < TIE] = 0.0
     n = len(common)
     lead = float(diffs.mean())
     result = {"tracks": n, "first_seed": common[0], "last_seed": common[-1], "seeds": common,
-              "baseline_returns": [base[s] for s in common], "challenger_returns": [chal[s] for s in common],
+              "baseline_returns": base_returns, "challenger_returns": chal_returns,
               "only_baseline": len(base) - n, "only_challenger": len(chal) - n,
-              "baseline_mean": float(np.mean([base[s] for s in common])),
-              "challenger_mean": float(np.mean([chal[s] for s in common])),
+              "baseline_mean": float(np.mean(base_returns)), "challenger_mean": float(np.mean(chal_returns)),
               "lead": lead, "lead_sd": None, "lead_se": None, "ci95": None,
               "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum()), "ties": int((diffs == 0).sum()),
               "same_controller": bool(baseline.get("params_sha256")
