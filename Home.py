@@ -160,5 +160,9 @@ if __name__ == "__main__":  # a script run (Streamlit executes this file as __ma
     st.set_page_config(page_title="World Models · CarRacing", page_icon=":material/directions_car:", layout="wide")
     navigation().run()
 elif __name__ != "__mp_main__":  # imported by uvicorn (not by a multiprocessing child re-running __main__)
+    from streamlit.runtime.pages_manager import PagesManager
+    # With a pages/ folder, a server's first script run would otherwise use the legacy pages/ discovery: a
+    # first visit to /Evolve (the file's name) would run that page alone, without this file's navigation.
+    PagesManager.uses_pages_directory = False
     from core.race_server import race_routes
     app = st.App(__file__, routes=race_routes())

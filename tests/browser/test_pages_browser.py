@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
-from tests.conftest import ROOT
+from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot, streamlit_app
+from tests.conftest import ROOT, make_app_root
 
 SHOTS = ROOT / "test-output" / "pages"
 PAGES = [  # (url path, page title shown as its h1)
@@ -111,3 +111,21 @@ def test_the_race_websocket_is_served_on_the_app_port(app_url):
     from core.race_server import WS_PATH
     with connect(app_url.replace("http://", "ws://").rstrip("/") + WS_PATH, open_timeout=10) as ws:
         assert ws.protocol.state.name == "OPEN"
+
+
+def test_a_page_first_opened_by_its_file_name_still_gets_the_apps_navigation(tmp_path, tiny_data,
+                                                                                   tiny_world_model, page):
+    """A fresh server whose first visitor types /Evolve (the file name, not the app's lowercase link) must
+    still run Home's navigation (grouped sections, no ``_ui`` helper listed as a page), so that unknown path
+    gets Streamlit's "Page not found" and the Home page, as it does on a server that has run before."""
+    root = make_app_root(tmp_path / "root", tiny_data, tiny_world_model)
+    with streamlit_app(root) as url:
+        page.goto(url + "Evolve")
+        ready(page)
+        time.sleep(1.0)
+        ready(page)
+        nav = page.locator("[data-testid='stSidebarNav']").inner_text()
+        assert "Train" in nav and "Play" in nav, nav
+        assert "ui" not in nav.split(), nav
+        no_exceptions(page, "/Evolve")
+        shot(page, SHOTS, "first-visit-Evolve")
