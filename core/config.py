@@ -212,6 +212,10 @@ class EvolveConfig:
     eval_every: int = param(10, "generations between evaluations of the CMA-ES mean (0 = never)",
                             minimum=0)
     eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
+    average: int = param(20, "generations spanned by a moving average of the CMA-ES mean, evaluated with the "
+                             "mean and the best candidate: at a plateau the mean wanders with the noise of "
+                             "each generation's selection, and the average cancels much of it (0 = off)",
+                         minimum=0)
     confirm_episodes: int = param(24, "a controller that beats the shipped one in a periodic evaluation replaces "
                                       "it only if it also scores higher on this many other fixed tracks, "
                                       "driven by both (0 = no second test)", minimum=0)

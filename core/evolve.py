@@ -2,8 +2,10 @@
 
 Every candidate of a generation drives the same ``rollouts`` tracks (common random numbers: differences in
 fitness come from the controllers, not the tracks). Every ``eval_every`` generations the CMA-ES mean and
-the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks; the better of
-the two challenges the controller shipped so far (``params.npz``). A challenger that beats its score there
+the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks, and so is a
+moving average of the mean over the last ``average`` generations (at a plateau the mean wanders with each
+generation's noisy selection; averaging it cancels much of that walk). The best of them challenges the
+controller shipped so far (``params.npz``). A challenger that beats its score there
 is tested again with it on ``confirm_episodes`` other fixed tracks, and replaces it only if it wins there
 too, by more than ``confirm_margin`` standard errors of its track-by-track lead: the best of many noisy
 8-track scores is partly luck, so it has to win on tracks it was not picked on, and by more than luck. A
@@ -36,10 +38,11 @@ from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
 CMA_STATE = "cma_state.pkl"
-LATEST = "latest.npz"  # the CMA-ES mean and the best candidate of the last generation
+LATEST = "latest.npz"  # the CMA-ES mean, the best candidate of the last generation and the averaged mean
 STATE = "state.json"
 TRAIN_EVAL_SEED_BASE = 900_000  # fixed training tracks for periodic evaluation (below EVAL_SEED_BASE)
 CONFIRM_SEED_BASE = 910_000  # fixed training tracks on which a new best controller is confirmed
+Average = tuple  # (the averaged CMA-ES mean as float64, the number of generations it has seen)
 
 
 def _load_world_model(run_dir: Path):
@@ -47,15 +50,18 @@ def _load_world_model(run_dir: Path):
     return load_world_model_weights(run_dir)
 
 
-def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy, state: dict, params: np.ndarray) -> None:
-    """The CMA-ES, the run's counters and the shipped parameters in one atomic file, so they can never
-    disagree. (The CMA-ES pickles its sampler's ``RandomState`` with it.)"""
+def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy, state: dict, params: np.ndarray,
+             average: Average | None) -> None:
+    """The CMA-ES, the run's counters, the shipped parameters and the averaged mean in one atomic file, so
+    they can never disagree. (The CMA-ES pickles its sampler's ``RandomState`` with it.)"""
     _atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps({
-        "es": es, "state": dict(state), "params": np.asarray(params, np.float32)}))
+        "es": es, "state": dict(state), "params": np.asarray(params, np.float32), "average": average}))
 
 
-def _load_es(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrategy, dict, np.ndarray | None]:
-    """The saved CMA-ES, the counters of the generation it belongs to and the parameters to ship.
+def _load_es(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrategy, dict, np.ndarray | None,
+                                                         Average | None]:
+    """The saved CMA-ES, the counters of the generation it belongs to, the parameters to ship and the
+    averaged mean (``None`` in checkpoints from before it was kept: the average then starts afresh).
 
     The counters come from the pickle, which is written before ``state.json``: after a kill between the
     two it is one generation ahead, or ``state.json`` is not there yet. A pickle of a bare
@@ -68,12 +74,31 @@ def _load_es(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrateg
         raise ArtifactError(f"{out_dir / CMA_STATE}: unreadable CMA-ES state ({e}); delete {out_dir} to start "
                             "over") from None
     if isinstance(saved, cma.CMAEvolutionStrategy) and state is not None:
-        return saved, state, None
+        return saved, state, None, None
     if not (isinstance(saved, dict) and isinstance(saved.get("es"), cma.CMAEvolutionStrategy)
             and isinstance(saved.get("state"), dict) and isinstance(saved["state"].get("generation"), int)):
         raise ArtifactError(f"{out_dir / CMA_STATE}: not a CMA-ES checkpoint of this project, or one without its "
                             f"{STATE}; delete {out_dir} to start over")
-    return saved["es"], saved["state"], saved.get("params")
+    average = saved.get("average")
+    if not (average is None or (isinstance(average, tuple) and len(average) == 2
+                                and np.shape(average[0]) == np.shape(saved["es"].mean))):
+        raise ArtifactError(f"{out_dir / CMA_STATE}: its averaged mean does not fit its CMA-ES; delete {out_dir} "
+                            "to start over")
+    return saved["es"], saved["state"], saved.get("params"), average
+
+
+def update_average(average: Average | None, mean: np.ndarray, span: int) -> Average | None:
+    """The moving average of the CMA-ES mean after one more generation (``None`` with ``span`` 0): the plain
+    average of the means so far while there are fewer than ``span``, then an exponential one in which
+    each new mean weighs ``1 / span``, so it spans about the last ``span`` generations."""
+    if span <= 0:
+        return None
+    mean = np.asarray(mean, np.float64)
+    if average is None:
+        return mean.copy(), 1
+    avg, count = average
+    count += 1
+    return avg + (mean - avg) / min(count, span), count
 
 
 def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
@@ -213,7 +238,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     state_path = out_dir / STATE
     _check_not_orphaned(out_dir)
     if (out_dir / CMA_STATE).exists():
-        es, state, shipped = _load_es(out_dir, read_json(state_path, "evolution state") if state_path.exists()
+        es, state, shipped, average = _load_es(out_dir, read_json(state_path, "evolution state") if state_path.exists()
                                       else None)
         if state.get("n_params") != n:
             raise ArtifactError(f"{out_dir}: holds a controller of {state.get('n_params')} parameters, this world "
@@ -235,6 +260,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                  # it against the run's own controllers.
                  "start_pending": bool(config.init_from)}
         shipped = np.asarray(es.mean, np.float32)
+        average = None
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
@@ -260,6 +286,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
                 fitness = returns.mean(axis=1)
                 es.tell(candidates, list(-fitness))  # cma minimises
+                average = update_average(average, es.mean, config.average)
                 best_i = int(np.argmax(fitness))
                 metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),
                            "worst": float(fitness.min()), "sigma": float(es.sigma),
@@ -267,17 +294,20 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                            "rollouts": config.rollouts,
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
-                    evaluated = [np.asarray(es.mean, np.float32), np.asarray(candidates[best_i], np.float32)]
+                    named = {"eval_mean_params": es.mean, "eval_best_candidate": candidates[best_i]}
+                    if average is not None:
+                        named["eval_mean_average"] = average[0]
+                    evaluated = [np.asarray(p, np.float32) for p in named.values()]
                     score_start = state.pop("start_pending", False)  # the controller this run started from
                     if score_start:
                         evaluated.append(shipped)
                     scores, eval_steps = evaluate_params(eval_pool, evaluated, eval_seeds)
-                    metrics.update({"eval_mean_params": scores[0], "eval_best_candidate": scores[1],
-                                    "eval_episodes": len(eval_seeds)})
+                    metrics.update(zip(named, scores), eval_episodes=len(eval_seeds))
                     state["episodes"] += len(evaluated) * len(eval_seeds)
                     if score_start:  # it is the one to beat
-                        state["best_eval"] = metrics["eval_start"] = scores[2]
-                    pick = int(np.argmax(scores[:2]))
+                        state["best_eval"] = metrics["eval_start"] = scores[-1]
+                    pick = int(np.argmax(scores[:len(named)]))
+                    metrics["eval_pick"] = list(named)[pick]
                     accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
                                                   confirm_seeds, config.max_steps, config.confirm_margin)
                     if confirmed:
@@ -301,8 +331,9 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 metrics["seconds"] = round(time.monotonic() - started, 2)
                 history.append(metrics)
                 atomic_save_npz(out_dir / LATEST, mean=np.asarray(es.mean, np.float32),
-                                best_candidate=np.asarray(candidates[best_i], np.float32), generation=np.int64(gen))
-                _save_es(out_dir, es, state, shipped)  # the checkpoint is complete
+                                best_candidate=np.asarray(candidates[best_i], np.float32), generation=np.int64(gen),
+                                **({} if average is None else {"average": np.asarray(average[0], np.float32)}))
+                _save_es(out_dir, es, state, shipped, average)  # the checkpoint is complete
                 save_params(out_dir, shipped, z_size, hidden)
                 atomic_write_json(state_path, state)
                 write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},

@@ -29,6 +29,7 @@ def live(snap) -> None:
     _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",
                                            "evaluated: CMA-ES mean": "eval_mean_params",
                                            "evaluated: best candidate": "eval_best_candidate",
+                                           "evaluated: averaged mean": "eval_mean_average",
                                            "evaluated: start controller": "eval_start",
                                            "second test: challenger": "confirm_challenger",
                                            "second test: shipped": "confirm_shipped"},

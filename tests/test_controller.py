@@ -81,12 +81,52 @@ def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_mo
     import numpy as np
     np.random.seed(12345)  # another process, or anything else drawing from NumPy in between
     evolve(EvolveConfig(run_dir=str(resumed.parent), generations=3, **config))
-    keys = ("generation", "best", "mean", "worst", "sigma", "steps", "eval_mean_params")
+    keys = ("generation", "best", "mean", "worst", "sigma", "steps", "eval_mean_params", "eval_mean_average")
     runs = [[{k: r.get(k) for k in keys} for r in read_history(c / "history.jsonl")] for c in (straight, resumed)]
     assert runs[0] == runs[1] and len(runs[0]) == 3
     assert (straight / "params.npz").read_bytes() == (resumed / "params.npz").read_bytes()
     state = json.loads((straight / "state.json").read_text())
     assert state["env_steps"] == sum(r["steps"] + r.get("eval_steps", 0) for r in read_history(straight / "history.jsonl"))
+
+
+def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
+    from core.evolve import update_average
+    means = [np.full(3, float(v)) for v in (1, 2, 3, 10, 20)]
+    average = None
+    for m in means[:3]:
+        average = update_average(average, m, span=3)
+    assert average[1] == 3 and np.allclose(average[0], 2.0)  # the first three: their plain average
+    average = update_average(average, means[3], span=3)
+    assert np.allclose(average[0], 2.0 + (10 - 2.0) / 3)  # then each new mean weighs 1/3
+    assert update_average(average, means[4], span=0) is None
+
+
+def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average(tiny_world_model, tmp_path):
+    """The averaged mean travels in the checkpoint: after three generations, stopped and resumed after each,
+    it is the plain average of the three means (all fewer than ``average``), and it is evaluated with the
+    mean and the best candidate. ``--average 0`` keeps none."""
+    from core.artifacts import read_history
+    from core.config import EvolveConfig
+    from core.evolve import evolve
+    from tests.conftest import TEST_ENV
+    config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=3, eval_episodes=1, workers=1, env=TEST_ENV)
+    ctrl = _tiny_run(tiny_world_model, tmp_path / "run")
+    means = []
+    for gen in (1, 2, 3):
+        evolve(EvolveConfig(run_dir=str(ctrl.parent), generations=gen, average=5, **config))
+        latest = np.load(ctrl / "latest.npz")
+        means.append(latest["mean"].astype(np.float64))
+    assert not np.allclose(means[0], means[2])
+    assert np.allclose(latest["average"], np.mean(means, axis=0), atol=1e-6)
+    record = read_history(ctrl / "history.jsonl")[-1]
+    assert {"eval_mean_params", "eval_best_candidate", "eval_mean_average"} <= set(record)
+    assert record["eval_pick"] in ("eval_mean_params", "eval_best_candidate", "eval_mean_average")
+    assert json.loads((ctrl / "state.json").read_text())["episodes"] == 3 * 4 + 3  # three evaluated on one track
+    off = _tiny_run(tiny_world_model, tmp_path / "off")
+    evolve(EvolveConfig(run_dir=str(off.parent), generations=3, average=0, **config))
+    assert "average" not in np.load(off / "latest.npz")
+    assert json.loads((off / "state.json").read_text())["episodes"] == 3 * 4 + 2
+    assert "eval_mean_average" not in read_history(off / "history.jsonl")[-1]
 
 
 def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_model, tmp_path):
@@ -315,11 +355,11 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
         shipped = load_controller(ctrl).get_params()
         if not beaten:  # the start controller holds on the periodic tracks: no second test
             assert np.array_equal(shipped, start) and "confirm_challenger" not in record
-            assert state["best_eval"] == record["eval_start"] and state["episodes"] == 2 * 6 + 3 * 2
+            assert state["best_eval"] == record["eval_start"] and state["episodes"] == 2 * 6 + 4 * 2
             continue
-        challenger = max(record["eval_mean_params"], record["eval_best_candidate"])
+        challenger = max(record["eval_mean_params"], record["eval_best_candidate"], record["eval_mean_average"])
         assert record["confirm_shipped"] == pytest.approx(start_value + 1.0)  # tracks 910000..910002: 0, 1, 2
         assert record["confirm_challenger"] > record["confirm_shipped"]
         assert -abs(float(shipped[0]) - peak) == pytest.approx(challenger - 3.5)
         assert state["best_eval"] == challenger and state["confirmed"]["score"] == record["confirm_challenger"]
-        assert record["confirm_driven"] == 6 and state["episodes"] == 2 * 6 + 3 * 2 + 6
+        assert record["confirm_driven"] == 6 and state["episodes"] == 2 * 6 + 4 * 2 + 6
