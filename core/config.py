@@ -214,7 +214,7 @@ class EvolveConfig:
     eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
     average: int = param(20, "generations spanned by a moving average of the CMA-ES mean, evaluated with the "
                              "mean and the best candidate: at a plateau the mean wanders with the noise of "
-                             "each generation's selection, and the average cancels much of it (0 = off)",
+                             "each generation's selection, and the average cancels much of it (0 or 1 = off)",
                          minimum=0)
     confirm_episodes: int = param(24, "a controller that beats the shipped one in a periodic evaluation replaces "
                                       "it only if it also scores higher on this many other fixed tracks, "

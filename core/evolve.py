@@ -81,24 +81,28 @@ def _load_es(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrateg
                             f"{STATE}; delete {out_dir} to start over")
     average = saved.get("average")
     if not (average is None or (isinstance(average, tuple) and len(average) == 2
-                                and np.shape(average[0]) == np.shape(saved["es"].mean))):
+                                and np.shape(average[0]) == np.shape(saved["es"].mean)
+                                and np.all(np.isfinite(average[0]))
+                                and isinstance(average[1], int) and average[1] >= 1)):
         raise ArtifactError(f"{out_dir / CMA_STATE}: its averaged mean does not fit its CMA-ES; delete {out_dir} "
                             "to start over")
     return saved["es"], saved["state"], saved.get("params"), average
 
 
 def update_average(average: Average | None, mean: np.ndarray, span: int) -> Average | None:
-    """The moving average of the CMA-ES mean after one more generation (``None`` with ``span`` 0): the plain
-    average of the means so far while there are fewer than ``span``, then an exponential one in which
-    each new mean weighs ``1 / span``, so it spans about the last ``span`` generations."""
-    if span <= 0:
+    """The moving average of the CMA-ES mean after one more generation (``None`` with ``span`` 0 or 1).
+
+    An exponential average in which each new mean weighs ``2 / (span + 1)``: its lag and its noise are
+    those of a plain average over the last ``span`` generations. Until that weight is reached (the first
+    ``span / 2`` generations) it is the plain average of the means so far."""
+    if span <= 1:
         return None
     mean = np.asarray(mean, np.float64)
     if average is None:
         return mean.copy(), 1
     avg, count = average
     count += 1
-    return avg + (mean - avg) / min(count, span), count
+    return avg + (mean - avg) * max(1.0 / count, 2.0 / (span + 1)), count
 
 
 def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
@@ -295,7 +299,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:
                     named = {"eval_mean_params": es.mean, "eval_best_candidate": candidates[best_i]}
-                    if average is not None:
+                    if average is not None and average[1] > 1:  # after one generation it is the mean
                         named["eval_mean_average"] = average[0]
                     evaluated = [np.asarray(p, np.float32) for p in named.values()]
                     score_start = state.pop("start_pending", False)  # the controller this run started from

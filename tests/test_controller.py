@@ -90,15 +90,16 @@ def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_mo
 
 
 def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
+    """With a span of 7 each new mean ends up weighing 2/8, as much as the lag of a 7-generation window."""
     from core.evolve import update_average
-    means = [np.full(3, float(v)) for v in (1, 2, 3, 10, 20)]
+    means = [np.full(3, float(v)) for v in (1, 2, 3, 4, 10, 20)]
     average = None
-    for m in means[:3]:
-        average = update_average(average, m, span=3)
-    assert average[1] == 3 and np.allclose(average[0], 2.0)  # the first three: their plain average
-    average = update_average(average, means[3], span=3)
-    assert np.allclose(average[0], 2.0 + (10 - 2.0) / 3)  # then each new mean weighs 1/3
-    assert update_average(average, means[4], span=0) is None
+    for m in means[:4]:
+        average = update_average(average, m, span=7)
+    assert average[1] == 4 and np.allclose(average[0], 2.5)  # the first four: their plain average
+    average = update_average(average, means[4], span=7)
+    assert np.allclose(average[0], 2.5 + (10 - 2.5) / 4)  # then each new mean weighs 2 / (7 + 1)
+    assert update_average(average, means[5], span=0) is None and update_average(average, means[5], span=1) is None
 
 
 def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average(tiny_world_model, tmp_path):
@@ -122,6 +123,13 @@ def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average
     assert {"eval_mean_params", "eval_best_candidate", "eval_mean_average"} <= set(record)
     assert record["eval_pick"] in ("eval_mean_params", "eval_best_candidate", "eval_mean_average")
     assert json.loads((ctrl / "state.json").read_text())["episodes"] == 3 * 4 + 3  # three evaluated on one track
+    import pickle
+
+    from core.artifacts import ArtifactError
+    saved = pickle.loads((ctrl / "cma_state.pkl").read_bytes())
+    (ctrl / "cma_state.pkl").write_bytes(pickle.dumps({**saved, "average": (saved["average"][0], 0)}))
+    with pytest.raises(ArtifactError, match="averaged mean does not fit"):
+        evolve(EvolveConfig(run_dir=str(ctrl.parent), generations=4, average=5, **config))
     off = _tiny_run(tiny_world_model, tmp_path / "off")
     evolve(EvolveConfig(run_dir=str(off.parent), generations=3, average=0, **config))
     assert "average" not in np.load(off / "latest.npz")
