@@ -167,6 +167,17 @@ def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
     return [*state.get("lineage", []), entry]
 
 
+def average_against_mean(records: list[dict]) -> dict | None:
+    """How the averaged mean did against the CMA-ES mean in a run's periodic evaluations (both drive the same
+    tracks each time): ``evaluations``, its mean ``lead`` and the evaluations it ``won``; ``None`` before
+    the first evaluation that had both."""
+    leads = [r["eval_mean_average"] - r["eval_mean_params"] for r in records
+             if isinstance(r.get("eval_mean_average"), (int, float)) and isinstance(r.get("eval_mean_params"), (int, float))]
+    if not leads:
+        return None
+    return {"evaluations": len(leads), "lead": float(np.mean(leads)), "won": sum(d > 0 for d in leads)}
+
+
 def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
               screen: float, confirm_seeds: list[int], max_steps: int, margin: float = 0.0) -> tuple[bool, dict]:
     """Whether ``challenger`` (``screen``: its periodic evaluation score) should replace ``shipped``, and

@@ -7,6 +7,7 @@ import streamlit as st
 from core import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
 from core.evaluate import verdict_words
+from core.evolve import average_against_mean
 from core.jobs import out_dir_of
 from pages import _ui
 
@@ -38,6 +39,11 @@ def live(snap) -> None:
     st.caption(f"Generation {last['generation']}: best {last['best']:.1f}, mean {last['mean']:.1f}, "
                f"step size sigma {last.get('sigma', float('nan')):.4f}, "
                f"{last.get('early_stopped', 0):.0%} of rollouts ended early off the road.")
+    versus_mean = average_against_mean(records)
+    if versus_mean:
+        st.caption(f"The averaged mean against the mean on the same tracks: {versus_mean['lead']:+.1f} on average "
+                   f"over {versus_mean['evaluations']} evaluation{'s' * (versus_mean['evaluations'] != 1)}, "
+                   f"higher in {versus_mean['won']}.")
     tests = [r for r in records if "confirm_challenger" in r]
     if tests:
         won = sum(r.get("confirm_accepted", r["confirm_challenger"] > r["confirm_shipped"]) for r in tests)

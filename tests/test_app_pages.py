@@ -494,13 +494,16 @@ def test_evolve_page_shows_second_tests_of_challengers(fresh_root):
                 {**last, "generation": last["generation"] + 2, "eval_mean_params": 5.0, "eval_best_candidate": 2.0,
                  "confirm_challenger": 1.0, "confirm_shipped": 4141.5, "confirm_episodes": 24},
                 {**last, "generation": last["generation"] + 3, "eval_mean_params": 6.0, "eval_best_candidate": 2.0,
-                 "confirm_challenger": 4150.0, "confirm_shipped": 4141.5, "confirm_lead": 8.5,
+                 "eval_mean_average": 9.5, "confirm_challenger": 4150.0, "confirm_shipped": 4141.5, "confirm_lead": 8.5,
                  "confirm_needed": 20.0, "confirm_accepted": False, "confirm_episodes": 24}]  # a lead within noise
     history.write_text("".join(json.dumps(r) + "\n" for r in records))
     at = open_page(home(fresh_root), "4_Evolve.py")
     assert "4343.5" in chart_specs(at) and "second test: shipped" in chart_specs(at)
     assert any("tested again with it on 24 other tracks, where it must lead by more than the noise of its lead: "
                "1 of 3 challengers won" in c.value for c in at.caption)
+    assert any("The averaged mean against the mean on the same tracks: +3.5 on average over 1 evaluation, "
+               "higher in 1." in c.value for c in at.caption)
+    assert "evaluated: averaged mean" in chart_specs(at)
 
 
 def test_home_and_dream_show_every_data_folder(fresh_root):

@@ -102,6 +102,16 @@ def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
     assert update_average(average, means[5], span=0) is None and update_average(average, means[5], span=1) is None
 
 
+def test_the_averaged_mean_is_set_against_the_mean_evaluation_by_evaluation():
+    from core.evolve import average_against_mean
+    records = [{"generation": 5, "eval_mean_params": 700.0},  # before the average was kept
+               {"generation": 10, "eval_mean_params": 700.0, "eval_mean_average": 730.0},
+               {"generation": 15, "eval_mean_params": 760.0, "eval_mean_average": 750.0},
+               {"generation": 16, "best": 800.0}]
+    assert average_against_mean(records) == {"evaluations": 2, "lead": 10.0, "won": 1}
+    assert average_against_mean(records[:1]) is None
+
+
 def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average(tiny_world_model, tmp_path):
     """The averaged mean travels in the checkpoint: after three generations, stopped and resumed after each,
     it is the plain average of the three means (all fewer than ``average``), and it is evaluated with the
