@@ -3,7 +3,7 @@
 Every candidate of a generation drives the same ``rollouts`` tracks (common random numbers: differences in
 fitness come from the controllers, not the tracks). Every ``eval_every`` generations the CMA-ES mean and
 the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks, and so is a
-moving average of the mean over the last ``average`` generations (at a plateau the mean wanders with each
+moving average of the mean spanning ``average`` generations (at a plateau the mean wanders with each
 generation's noisy selection; averaging it cancels much of that walk). The best of them challenges the
 controller shipped so far (``params.npz``). A challenger that beats its score there
 is tested again with it on ``confirm_episodes`` other fixed tracks, and replaces it only if it wins there
@@ -253,8 +253,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     state_path = out_dir / STATE
     _check_not_orphaned(out_dir)
     if (out_dir / CMA_STATE).exists():
-        es, state, shipped, average = _load_es(out_dir, read_json(state_path, "evolution state") if state_path.exists()
-                                      else None)
+        saved_state = read_json(state_path, "evolution state") if state_path.exists() else None
+        es, state, shipped, average = _load_es(out_dir, saved_state)
         if state.get("n_params") != n:
             raise ArtifactError(f"{out_dir}: holds a controller of {state.get('n_params')} parameters, this world "
                                 f"model needs {n}; pass another --run-dir or delete {out_dir}")
