@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -41,9 +39,13 @@ DRAWS = 4000  # random track subsets per k
 def drive(model_dir: Path, tracks: int, workers: int, quick: bool) -> dict:
     """Returns of one generation's candidates and of the CMA-ES mean, on the same tracks."""
     from core.agent import load_world_model_weights
+    from core.artifacts import read_json
+    from core.evolve import STATE, _load_es
     from core.rollout import RolloutPool, RolloutSettings
-    saved = pickle.loads((model_dir / "controller" / "cma_state.pkl").read_bytes())
-    es = copy.deepcopy(saved["es"] if isinstance(saved, dict) else saved)
+    controller = model_dir / "controller"
+    es, state, _, _ = _load_es(controller, read_json(controller / STATE, "evolution state")
+                               if (controller / STATE).exists() else None)
+    es = copy.deepcopy(es)
     candidates = [np.asarray(c, np.float32) for c in es.ask()]
     mean = np.asarray(es.mean, np.float32)
     seeds = [TRACK_SEED_BASE + i for i in range(tracks)]
@@ -59,8 +61,7 @@ def drive(model_dir: Path, tracks: int, workers: int, quick: bool) -> dict:
             if done % len(seeds) == 0:
                 print(f"  {done}/{returns.size} episodes, {time.monotonic() - started:.0f} s", file=sys.stderr)
     return {"returns": returns[:-1], "mean_returns": returns[-1], "seeds": seeds, "sigma": float(es.sigma),
-            "generation": int((saved["state"] if isinstance(saved, dict) else json.loads(
-                (model_dir / "controller" / "state.json").read_text()))["generation"]),
+            "generation": int(state["generation"]),
             "popsize": len(candidates), "seconds": time.monotonic() - started, "steps": settings.max_steps}
 
 

@@ -45,23 +45,18 @@ def main() -> None:
     parts = ["# Benchmarks", "",
              f"Written by `python -m bench.run_all{' --quick' if args.quick else ''}` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", machine_info(), ""]
-    for name in SECTIONS:
-        started = time.monotonic()
-        print(f"running {name} ...", flush=True)
-        try:
-            section = importlib.import_module(name).run(quick=args.quick)
-        except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others
-            section = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}\n```\n"
-        parts += [section.strip(), "", f"_({name}: {time.monotonic() - started:.0f} s)_", ""]
-    for name in SLOW_SECTIONS:
-        if not args.slow:
+    for name in SECTIONS + SLOW_SECTIONS:
+        if name in SLOW_SECTIONS and not args.slow:
             kept = kept_section(earlier, name)
             if kept:
                 parts += [kept, ""]
             continue
         started = time.monotonic()
         print(f"running {name} ...", flush=True)
-        section = importlib.import_module(name).run(quick=args.quick)
+        try:
+            section = importlib.import_module(name).run(quick=args.quick)
+        except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others
+            section = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}\n```\n"
         parts += [section.strip(), "", f"_({name}: {time.monotonic() - started:.0f} s)_", ""]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
