@@ -246,7 +246,10 @@ class EvaluateConfig:
     workers: int = param(default_workers(), "worker processes running episodes", minimum=1)
     env: str = param("stock", "CarRacing implementation; stock makes scores comparable with published "
                               "ones", choices=ENV_CHOICES)
-    out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json)")
+    out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json, or "
+                         "<params>.evaluation.json with --params)")
+    params: str = param("", "controller to drive instead of the model's own: a params.npz, or an evolution's "
+                            "latest.npz (its CMA-ES mean), on the model's V and M")
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,10 @@ class ExportConfig:
     out_dir: str = param(SHIPPED_MODEL_DIR, "destination; replaced as a whole, never left half written",
                          path=True)
     training_state: bool = param(True, "include the CMA-ES state so evolution can resume from the export")
+    params: str = param("", "controller to ship instead of the run's kept one: a params.npz, or an evolution's "
+                            "latest.npz (its CMA-ES mean); it needs --evaluation")
+    evaluation: str = param("", "evaluation report (JSON) of the shipped controller, from python -m core "
+                                "evaluate; default: the run's own, left out if it is of another controller")
 
 
 @dataclass(frozen=True)

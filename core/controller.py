@@ -7,6 +7,7 @@ gas = (tanh + 1) / 2, brake = clip(tanh, 0, 1); so every action lies in ``[-1, 0
 from __future__ import annotations
 
 import hashlib
+import zipfile
 
 from pathlib import Path
 
@@ -83,12 +84,41 @@ def load_controller(controller_dir: Path | str, z_size: int | None = None, hidde
     try:
         with np.load(path) as f:
             params, cz, ch = f["params"], int(f["z_size"]), int(f["hidden"])
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactError(f"{path}: unreadable controller ({e})") from None
     if (z_size is not None and cz != z_size) or (hidden is not None and ch != hidden):
         raise ArtifactError(f"{path}: controller expects z = {cz}, h = {ch} but the world model has z = {z_size}, "
                             f"h = {hidden}; evolve a controller for this V and M")
     return Controller(cz, ch, params)
+
+
+def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.ndarray, dict]:
+    """A controller's parameters from a file other than a run's ``params.npz``: a saved ``params.npz``, or an
+    evolution's ``latest.npz`` (its CMA-ES mean). Returns them with where they came from (``file``, ``key``
+    and the ``generation`` where the file names one), checked to fit V's z and M's h."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file; give a params.npz or an evolution's latest.npz")
+    try:
+        with np.load(path) as f:
+            key = "params" if "params" in f.files else "mean" if "mean" in f.files else None
+            if key is None:
+                raise ArtifactError(f"{path}: holds no controller parameters (no 'params' as in params.npz, no "
+                                    "'mean' as in an evolution's latest.npz)")
+            params = np.asarray(f[key], np.float32)
+            sizes = {k: int(f[k]) for k in ("z_size", "hidden", "generation") if k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{path}: unreadable controller parameters ({e})") from None
+    want = num_params(z_size, hidden)
+    if params.shape != (want,) or sizes.get("z_size", z_size) != z_size or sizes.get("hidden", hidden) != hidden:
+        raise ArtifactError(f"{path}: {params.size} parameters for z = {sizes.get('z_size', '?')}, h = "
+                            f"{sizes.get('hidden', '?')}; this world model (z = {z_size}, h = {hidden}) needs {want}")
+    if not np.all(np.isfinite(params)):
+        raise ArtifactError(f"{path}: its parameters are not all finite numbers")
+    source = {"file": str(path), "key": key, "params_sha256": params_sha256(params)}
+    if "generation" in sizes:
+        source["generation"] = sizes["generation"]
+    return params, source
 
 
 def controller_config(controller_dir: Path | str) -> dict:

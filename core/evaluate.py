@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.agent import load_world_model
+from core.agent import load_world_model, load_world_model_weights
 from core.artifacts import ArtifactError, atomic_write_json, now_iso, read_json
 from core.config import EVAL_SEED_BASE, CompareConfig, EvaluateConfig, to_dict, validate
-from core.controller import params_sha256
+from core.controller import load_params_file, params_sha256
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
@@ -34,7 +34,8 @@ def summarize(returns: list[float]) -> dict:
 
 
 def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going) -> dict:
-    """Run the controller in ``config.model_dir`` on the evaluation tracks; write and return the report.
+    """Run the controller in ``config.model_dir`` (or ``config.params`` on its V and M) on the evaluation
+    tracks; write and return the report.
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
     the env, the config and ``held_out`` (every track at or above EVAL_SEED_BASE, where training never
@@ -46,13 +47,19 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     """
     validate(config)
     model_dir = Path(config.model_dir)
-    weights, params = load_world_model(model_dir)
+    if config.params:
+        weights = load_world_model_weights(model_dir)
+        params, _ = load_params_file(config.params, weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0])
+        default_out = Path(config.params).with_suffix(".evaluation.json")
+    else:
+        weights, params = load_world_model(model_dir)
+        default_out = model_dir / "controller" / "evaluation.json"
     seeds = evaluation_seeds(config)
     if config.first_seed < EVAL_SEED_BASE:
         log.warning("--first-seed %d: tracks below %d are where collection and evolution draw their tracks, so "
                     "the controller may have trained on some of these; the report says held_out: false",
                     config.first_seed, EVAL_SEED_BASE)
-    out = Path(config.out) if config.out else model_dir / "controller" / "evaluation.json"
+    out = Path(config.out) if config.out else default_out
     partial = out.with_name(out.name + ".partial")
     key = {"params_sha256": params_sha256(params),
            "env": config.env, "max_steps": config.max_steps}

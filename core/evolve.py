@@ -332,6 +332,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     if accept:
                         state["best_eval"] = scores[pick]
                         shipped = evaluated[pick]
+                        state.pop("shipped", None)  # what an export put in as the controller to beat is beaten
                     metrics["eval_steps"] = eval_steps
                     state["env_steps"] += eval_steps
                 elif state["best_eval"] is None and not (state.get("start_pending") and eval_pool is not None):

@@ -4,16 +4,29 @@ Only what the app and a resumed evolution need travels: weights, ``config.json``
 ``history.jsonl``, the controller's evaluation and (optionally) its CMA-ES state; never checkpoints with
 optimizer slots or the RNN's encoded-frame cache. The new folder is assembled beside the old one and
 swapped in with renames, so an interrupted export leaves the previous model in place.
+
+The controller shipped is the run's kept one (``params.npz``), or with ``params`` another one of the same
+V and M (a CMA-ES mean screened on held-out tracks, say). Its evaluation report must be of those very
+parameters: a report of another controller is refused when named, and left out when it is the run's own.
+A controller picked outside the evolution's gate goes into the shipped CMA-ES state as the one to beat,
+unscored: an evolution resumed from the export scores it at its first periodic evaluation (as it does the
+controller of a run started ``--init-from``), and ``state.json`` says where it came from (``shipped``).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-from core.artifacts import ArtifactError, RunLock, read_meta
+import numpy as np
+
+from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
 from core.config import ExportConfig, validate
+from core.controller import load_params_file, params_sha256, save_params
+from core.evaluate import read_report
+from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
 
 PARTS = {
@@ -22,7 +35,8 @@ PARTS = {
     "controller": ("params.npz", "latest.npz", "config.json", "meta.json", "history.jsonl", "evaluation.json",
                    "state.json"),
 }
-TRAINING_STATE = ("cma_state.pkl",)
+TRAINING_STATE = (CMA_STATE,)
+log = logging.getLogger(__name__)
 REQUIRED = {"vae.weights.h5", "rnn.weights.h5", "params.npz", "config.json"}
 
 
@@ -58,8 +72,17 @@ def _check_destination(src: Path, dst: Path) -> None:
 def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCallback) -> dict:
     for kind in PARTS:
         read_meta(src / kind, kind)  # only finished (or cleanly stopped) stages export
-    from core.agent import Agent
-    Agent.load(src)  # V, M and C load and fit together
+    from core.agent import load_world_model
+    weights, params = load_world_model(src)  # V, M and C load and fit together
+    z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
+    source = None
+    if config.params:
+        run_params = params
+        params, source = load_params_file(config.params, z_size, hidden)
+        source["run_params_sha256"] = params_sha256(run_params)
+    report, notes = _shipped_report(config, src, params)
+    for note in notes:
+        log.warning(note)
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.new."))
     copied, total_bytes = [], 0
@@ -68,13 +91,21 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
             (staging / kind).mkdir()
             wanted = names + (TRAINING_STATE if kind == "controller" and config.training_state else ())
             for name in wanted:
+                if kind == "controller" and name in _written_apart(source is not None):
+                    continue
                 if (src / kind / name).exists():
                     shutil.copy2(src / kind / name, staging / kind / name)
                     copied.append(f"{kind}/{name}")
-                    total_bytes += (src / kind / name).stat().st_size
                 elif name in REQUIRED:
                     raise ArtifactError(f"{src / kind / name}: missing; finish that stage before exporting")
             on_progress(i + 1, len(PARTS), {"part": kind})
+        if source is not None:
+            copied += _ship_params(src / "controller", staging / "controller", params, source, z_size, hidden,
+                                   config.training_state)
+        if report is not None:
+            atomic_write_json(staging / "controller" / "evaluation.json", report)
+            copied.append("controller/evaluation.json")
+        total_bytes = sum((staging / name).stat().st_size for name in copied)
         keep = [p for p in dst.iterdir() if p.name not in PARTS] if dst.exists() else []
         for p in keep:  # files of the folder that are not part of the model (a README, say) stay
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, staging / p.name)
@@ -87,4 +118,72 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"out_dir": str(dst), "files": len(copied), "megabytes": round(total_bytes / 2**20, 2)}
+    result = {"out_dir": str(dst), "files": len(copied), "megabytes": round(total_bytes / 2**20, 2),
+              "params_sha256": params_sha256(params), "evaluation": None if report is None else report["mean"]}
+    if source is not None:
+        result["params_from"] = source["file"]
+    if notes:
+        result["notes"] = notes
+    return result
+
+
+def _written_apart(other_params: bool) -> tuple[str, ...]:
+    """The controller files not copied as they are: the evaluation (checked against the shipped parameters),
+    and with other parameters than the run's, those, the evolution state and metadata (marked), and
+    ``latest.npz`` (the run's last generation, not the shipped controller's: left out)."""
+    return ("evaluation.json",) + (("params.npz", "state.json", "meta.json", CMA_STATE, "latest.npz")
+                                   if other_params else ())
+
+
+def _shipped_report(config: ExportConfig, src: Path, params: np.ndarray) -> tuple[dict | None, list[str]]:
+    """The evaluation report to ship with ``params`` and what was left out on the way: a named report must
+    be of these parameters; the run's own is shipped only if it is."""
+    sha = params_sha256(params)
+    if config.evaluation:
+        report = read_report(config.evaluation)
+        if report.get("params_sha256") != sha:
+            raise ArtifactError(f"--evaluation {config.evaluation}: a report of another controller (parameters "
+                                f"{str(report.get('params_sha256'))[:12]}, shipped {sha[:12]}); evaluate the "
+                                "controller you ship: python -m core evaluate ... --out <file>")
+        return report, []
+    if config.params:
+        raise ArtifactError("--params needs --evaluation: a controller picked outside the evolution ships with "
+                            "its report (python -m core evaluate --model-dir <run> --params <file>)")
+    own = src / "controller" / "evaluation.json"
+    if not own.exists():
+        return None, []
+    report = read_report(own)
+    if report.get("params_sha256") != sha:
+        return None, [f"{own} left out: it is a report of another controller (parameters "
+                      f"{str(report.get('params_sha256'))[:12]}, shipped {sha[:12]}); evaluate the shipped one"]
+    return report, []
+
+
+def _ship_params(src: Path, dst: Path, params: np.ndarray, source: dict, z_size: int, hidden: int,
+                 training_state: bool) -> list[str]:
+    """Write ``params`` as the shipped controller of ``dst`` (a controller folder being staged), with the
+    run's evolution state and metadata marked accordingly: no periodic score and no confirmation of its own
+    yet (``best_eval`` None, ``start_pending``), and ``shipped``: where it came from."""
+    save_params(dst, params, z_size, hidden)
+    written = ["controller/params.npz"]
+    state = read_json(src / STATE, "evolution state") if (src / STATE).exists() else None
+    if training_state and (src / CMA_STATE).exists():
+        es, state, _, average = _load_es(src, state)
+        state = _as_shipped(state, source)
+        _save_es(dst, es, state, params, average)
+        written.append(f"controller/{CMA_STATE}")
+    elif state is not None:
+        state = _as_shipped(state, source)
+    if state is not None:
+        atomic_write_json(dst / STATE, state)
+        written.append(f"controller/{STATE}")
+    meta = read_meta(src, "controller")  # its metrics are the evolution's; its best_eval was the kept one's
+    atomic_write_json(dst / "meta.json", {**meta, "metrics": {**meta["metrics"], "best_eval": None},
+                                          "shipped": state["shipped"] if state else source})
+    return written + ["controller/meta.json"]
+
+
+def _as_shipped(state: dict, source: dict) -> dict:
+    state = {k: v for k, v in state.items() if k != "confirmed"}
+    return {**state, "best_eval": None, "start_pending": True,
+            "shipped": {**source, "generation_of_run": state.get("generation")}}

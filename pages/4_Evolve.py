@@ -68,7 +68,7 @@ else:
                              help="The folder whose vae/, rnn/ and controller/ drive.")
 with st.expander("Evaluation settings"):
     outputs = app_data.outputs_dir(model_dir or run_dir)
-    eval_config = _ui.config_form(EvaluateConfig, "evaluate", defaults={"episodes": 20}, hide=("out",),
+    eval_config = _ui.config_form(EvaluateConfig, "evaluate", defaults={"episodes": 20}, hide=("out", "params"),
                                   fixed={"model_dir": model_dir or run_dir, "out": str(outputs / "evaluation.json")})
 if model_dir is not None:
     _ui.start_button("evaluate", eval_config, noun="evaluation")

@@ -73,6 +73,10 @@ def _f(metrics: dict, key: str, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _epochs(n: float) -> str:
+    return f"{n:.0f} epoch{'' if round(n) == 1 else 's'}"
+
+
 def _train_seconds(part_dir: Path) -> float:
     seconds = training_seconds(part_dir)
     return float("nan") if seconds is None else seconds
@@ -103,7 +107,8 @@ def _controller_line(state: dict, config: dict, records: list[dict]) -> str:
             f"{_rollouts(records, config['rollouts'])})")
     cost = (f"{state['episodes']:,} episodes, {state['env_steps']:,} env steps, "
             f"{state['train_seconds'] / 3600:.2f} h wall on {config['workers']} cores")
-    best = f"best periodic evaluation {_f(state, 'best_eval', '.1f')}"
+    best = ("the shipped controller was picked apart from its periodic evaluations (below)" if state.get("shipped")
+            else f"best periodic evaluation {_f(state, 'best_eval', '.1f')}")
     lineage = state.get("lineage") or []
     if not lineage:
         return f"- C: {this}, {cost}; {best}"
@@ -121,6 +126,19 @@ def _controller_line(state: dict, config: dict, records: list[dict]) -> str:
             f"In all{' (known)' if len(known) < len(lineage) else ''}: {total}")
 
 
+def _shipped_line(state: dict) -> list[str]:
+    """Where a controller picked outside the evolution's own evaluations (``export --params``) came from."""
+    shipped = state.get("shipped")
+    if not shipped:
+        return []
+    what = "CMA-ES mean" if shipped.get("key") == "mean" else "parameters"
+    when = f" of generation {shipped['generation']}" if "generation" in shipped else ""
+    return [f"- Shipped controller: the {what}{when} from `{shipped['file']}` (parameters "
+            f"{shipped['params_sha256'][:12]}), chosen on held-out tracks rather than by the evolution's periodic "
+            f"evaluations; the evolution had reached generation {shipped.get('generation_of_run', '?')} and kept "
+            f"another controller ({str(shipped.get('run_params_sha256'))[:12]})"]
+
+
 def main(model_dir: Path) -> None:
     vae, rnn = read_meta(model_dir / "vae", "vae"), read_meta(model_dir / "rnn", "rnn")
     ctrl = read_meta(model_dir / "controller", "controller")
@@ -136,15 +154,15 @@ def main(model_dir: Path) -> None:
     records = read_history(model_dir / "controller" / "history.jsonl")
     vae_s, rnn_s = (_train_seconds(model_dir / part) for part in ("vae", "rnn"))
     out += [f"- V: z = {vae['config']['z_size']}, {vm.get('train_frames', 0):,} training frames from "
-            f"{vm.get('train_episodes')} episodes, {vm['epoch']:.0f} epochs in {vae_s / 60:.0f} min"
+            f"{vm.get('train_episodes')} episodes, {_epochs(vm['epoch'])} in {vae_s / 60:.0f} min"
             f"{_fine_tuned(vae, vae_s)}; reconstruction "
             f"loss {_f(vm, 'r_loss', '.1f')} (train) / {_f(vm, 'val_r_loss', '.1f')} (held-out "
             f"{vm.get('heldout_episodes', 0)} episodes), KL {_f(vm, 'val_kl', '.1f')}",
-            f"- M: LSTM {rnn['config']['hidden']}, {rnn['config']['mixtures']} Gaussians, {rm['epoch']:.0f} epochs in "
+            f"- M: LSTM {rnn['config']['hidden']}, {rnn['config']['mixtures']} Gaussians, {_epochs(rm['epoch'])} in "
             f"{rnn_s / 60:.0f} min (after encoding the frames once){_fine_tuned(rnn, rnn_s)}; MDN loss {_f(rm, 'mdn', '.3f')} (train) / "
             f"{_f(rm, 'val_mdn', '.3f')} (held-out), reward MSE {_f(rm, 'val_reward', '.3f')}, episode-end loss "
             f"{_f(rm, 'val_done', '.4f')}",
-            _controller_line(state, ctrl["config"], records), ""]
+            _controller_line(state, ctrl["config"], records)] + _shipped_line(state) + [""]
     if records:
         out += ["Learning curve (fitness = mean return of a candidate over its training tracks):", ""]
         out += learning_curve(records) + [""]

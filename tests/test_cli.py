@@ -191,6 +191,73 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
     assert (out / "controller" / "params.npz").read_bytes() == params
 
 
+def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model, tmp_path):
+    """A CMA-ES mean screened outside the evolution (``--params``) ships with its evaluation; the shipped
+    CMA-ES state holds it as the controller to beat, unscored, and a resumed evolution scores it first."""
+    import shutil
+
+    import numpy as np
+
+    from core.artifacts import ArtifactError
+    from core.config import EvaluateConfig, EvolveConfig, ExportConfig
+    from core.controller import params_sha256
+    from core.evaluate import evaluate
+    from core.evolve import evolve
+    from core.export import export
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model, run)
+    mean = tmp_path / "mean.npz"  # as an evolution's latest.npz, with a mean other than the kept controller
+    with np.load(run / "controller" / "latest.npz") as f:
+        np.savez(mean, mean=f["best_candidate"], generation=f["generation"])
+        sha = params_sha256(f["best_candidate"])
+    kept = params_sha256(np.load(run / "controller" / "params.npz")["params"])
+    assert sha != kept
+    settings = {"episodes": 2, "max_steps": 15, "workers": 1, "env": TEST_ENV}
+    own = evaluate(EvaluateConfig(model_dir=str(run), **settings))  # of the kept controller
+    report = evaluate(EvaluateConfig(model_dir=str(run), params=str(mean), **settings))
+    assert report["out"] == str(tmp_path / "mean.evaluation.json") and report["params_sha256"] == sha
+    assert read_json(run / "controller" / "evaluation.json")["params_sha256"] == own["params_sha256"] == kept
+
+    out = tmp_path / "models"
+    with pytest.raises(ArtifactError, match="needs --evaluation"):
+        export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean)))
+    with pytest.raises(ArtifactError, match="another controller"):
+        export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean),
+                            evaluation=str(run / "controller" / "evaluation.json")))
+    assert not out.exists()  # nothing half-shipped
+    result = export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=report["out"]))
+    assert result["params_sha256"] == sha and result["evaluation"] == report["mean"]
+    with np.load(out / "controller" / "params.npz") as f:
+        assert params_sha256(f["params"]) == sha
+    assert read_json(out / "controller" / "evaluation.json")["params_sha256"] == sha
+    assert not (out / "controller" / "latest.npz").exists()
+    state = read_json(out / "controller" / "state.json")
+    assert state["best_eval"] is None and state["start_pending"] and "confirmed" not in state
+    assert state["shipped"]["key"] == "mean" and state["shipped"]["run_params_sha256"] == kept
+    meta = read_json(out / "controller" / "meta.json")
+    assert meta["shipped"] == state["shipped"] and meta["metrics"]["best_eval"] is None
+    card = subprocess.run([sys.executable, "scripts/model_card.py", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert card.returncode == 0 and "Shipped controller: the CMA-ES mean" in card.stdout, card.stderr
+
+    # Resumed from the export, the evolution scores the shipped controller before anything can replace it.
+    resumed = evolve(EvolveConfig(run_dir=str(out), generations=2, popsize=4, rollouts=1, max_steps=15,
+                                  eval_every=1, eval_episodes=1, confirm_episodes=0, workers=1, env=TEST_ENV))
+    assert resumed["resumed_from"] == 1
+    first = read_history(out / "controller" / "history.jsonl")[1]
+    assert first["generation"] == 2 and "eval_start" in first
+    # It was scored, then beaten or kept; a controller the evolution picks itself is no longer "shipped".
+    state = read_json(out / "controller" / "state.json")
+    with np.load(out / "controller" / "params.npz") as f:
+        assert ("shipped" in state) == (params_sha256(f["params"]) == sha)
+
+    # A run whose own report is of another controller exports without it, and says so.
+    (run / "controller" / "evaluation.json").write_text(json.dumps({**own, "params_sha256": "0" * 64}))
+    plain = export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "plain")))
+    assert plain["evaluation"] is None and "left out" in plain["notes"][0]
+    assert not (tmp_path / "plain" / "controller" / "evaluation.json").exists()
+
+
 def test_a_corrupt_episode_is_skipped_or_stops_the_stage(tiny_data, tmp_path):
     import shutil
     data = tmp_path / "data"

@@ -40,6 +40,34 @@ def test_wrong_parameter_count_is_refused():
         Controller(4, 6, np.zeros(5))
 
 
+def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
+    from core.artifacts import ArtifactError
+    from core.controller import load_params_file, params_sha256, save_params
+    n = num_params(4, 6)
+    params = np.linspace(-1, 1, n).astype(np.float32)
+    save_params(tmp_path, params, 4, 6)
+    loaded, source = load_params_file(tmp_path / "params.npz", 4, 6)
+    assert np.array_equal(loaded, params) and source["key"] == "params" and "generation" not in source
+    np.savez(tmp_path / "latest.npz", mean=params * 2, best_candidate=params, generation=np.int64(7))
+    loaded, source = load_params_file(tmp_path / "latest.npz", 4, 6)
+    assert np.array_equal(loaded, params * 2) and source == {
+        "file": str(tmp_path / "latest.npz"), "key": "mean", "params_sha256": params_sha256(params * 2),
+        "generation": 7}
+    with pytest.raises(ArtifactError, match="h = 8\) needs 39"):  # another world model's controller
+        load_params_file(tmp_path / "params.npz", 4, 8)
+    np.savez(tmp_path / "other.npz", weights=params)
+    with pytest.raises(ArtifactError, match="no controller parameters"):
+        load_params_file(tmp_path / "other.npz", 4, 6)
+    np.savez(tmp_path / "nan.npz", params=np.full(n, np.nan, np.float32))
+    with pytest.raises(ArtifactError, match="not all finite"):
+        load_params_file(tmp_path / "nan.npz", 4, 6)
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ArtifactError, match="unreadable"):
+        load_params_file(tmp_path / "broken.npz", 4, 6)
+    with pytest.raises(ArtifactError, match="no such file"):
+        load_params_file(tmp_path / "missing.npz", 4, 6)
+
+
 def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, tmp_path):
     """--init-from puts a fresh CMA-ES mean at a trained controller (say, to restart with another
     population size); a controller for another world model is refused with a clear message."""
