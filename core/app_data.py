@@ -88,7 +88,8 @@ def when(timestamp: float | str | None) -> str:
 def artifact(folder: Path | str, kind: str, writing: Iterable[Path | str] = ()) -> dict | None:
     """What one artifact folder holds: None without weights, else ``path``, ``kind``, ``complete`` (training
     finished), ``training`` (the folder is among ``writing``, the output folders of the app's running jobs),
-    ``created``, ``metrics``, ``config``. A run outside the app (the command line) cannot be told from one
+    ``created``, ``metrics``, ``config``, ``shipped`` (where an exported controller picked outside its
+    evolution came from, ``export --params``; else None). A run outside the app (the command line) cannot be told from one
     that stopped part way: both are neither complete nor training."""
     folder = resolve(folder)
     weights = folder / WEIGHT_FILES[kind]
@@ -100,7 +101,7 @@ def artifact(folder: Path | str, kind: str, writing: Iterable[Path | str] = ()) 
     training = folder.resolve() in {resolve(d).resolve() for d in writing}
     return {"path": str(folder), "kind": kind, "complete": bool(metrics.get("complete")), "training": training,
             "created": meta.get("created") or when(weights.stat().st_mtime), "metrics": metrics,
-            "config": config, "updated": weights.stat().st_mtime}
+            "config": config, "updated": weights.stat().st_mtime, "shipped": meta.get("shipped")}
 
 
 def world_model(model_dir: Path | str) -> dict:

@@ -59,14 +59,22 @@ def test_home_shows_the_default_models_scores(app_root, monkeypatch):
     report = app_root / "models" / "controller" / "evaluation.json"
     report.write_text(json.dumps({"mean": 512.0, "std": 10.0, "episodes": 3, "env": "stock", "returns": [500, 512, 524],
                                   "date": "2026-01-01T00:00:00Z"}))
+    meta_path = app_root / "models" / "controller" / "meta.json"
+    meta_text = meta_path.read_text()
     try:
         monkeypatch.setenv(ROOT_ENV, str(app_root))
         at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT).run()
         assert not at.exception
         assert "512 ± 10" in at.success[0].value and "3 evaluation tracks" in at.success[0].value
         assert len(at.get("plotly_chart")) == 2  # fitness curve and the histogram of scores
+        # A controller exported with --params says what it is rather than the evolution's best evaluation.
+        meta_path.write_text(json.dumps({**json.loads(meta_text), "shipped": {"key": "mean", "generation": 7}}))
+        at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT).run()
+        captions = " ".join(c.value for c in at.caption)
+        assert "ships the CMA-ES mean of generation 7, picked on held-out tracks" in captions
     finally:
         report.unlink()
+        meta_path.write_text(meta_text)
 
 
 def test_collect_page_builds_settings_from_the_config_and_runs_a_job(app, app_root):
