@@ -134,7 +134,8 @@ def _how_it_learned(model_dir: str, report: dict | None) -> None:
             _ui.line_chart(records, "generation", {"best": "best", "mean": "mean",
                                                    "evaluated: CMA-ES mean": "eval_mean_params",
                                                    "evaluated: best candidate": "eval_best_candidate",
-                                                   "evaluated: averaged mean": "eval_mean_average"},
+                                                   "evaluated: averaged mean": "eval_mean_average",
+                                                   "evaluated: shipped controller": "eval_shipped"},
                            "How C learned: fitness per generation", "return", key="home.fitness")
     with right:
         if report and report.get("returns"):

@@ -211,17 +211,21 @@ class EvolveConfig:
                                   minimum=1)
     eval_every: int = param(10, "generations between evaluations of the CMA-ES mean (0 = never)",
                             minimum=0)
-    eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1)
+    eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1, maximum=1000)
     average: int = param(20, "generations spanned by a moving average of the CMA-ES mean, evaluated with the "
                              "mean and the best candidate: at a plateau the mean wanders with the noise of "
                              "each generation's selection, and the average cancels much of it (0 or 1 = off)",
                          minimum=0)
     confirm_episodes: int = param(24, "a controller that beats the shipped one in a periodic evaluation replaces "
-                                      "it only if it also scores higher on this many other fixed tracks, "
-                                      "driven by both (0 = no second test)", minimum=0)
+                                      "it only if it also scores higher on this many other tracks, "
+                                      "driven by both (0 = no second test)", minimum=0, maximum=1000)
     confirm_margin: float = param(1.0, "in that second test the challenger's mean lead over the shipped "
                                        "controller, track by track, must exceed this many standard errors "
                                        "of that lead (0 = any lead)", minimum=0.0)
+    fresh_tracks: bool = param(True, "each periodic evaluation and second test drives new tracks, and the "
+                                     "shipped controller drives them too, so a challenger is measured against "
+                                     "it rather than against the score it was picked with (off: the same "
+                                     "tracks every time)")
     workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
     seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0, maximum=MAX_SEED)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)

@@ -2,14 +2,19 @@
 
 Every candidate of a generation drives the same ``rollouts`` tracks (common random numbers: differences in
 fitness come from the controllers, not the tracks). Every ``eval_every`` generations the CMA-ES mean and
-the generation's best candidate are re-evaluated on ``eval_episodes`` fixed training tracks, and so is a
+the generation's best candidate are re-evaluated on ``eval_episodes`` training tracks, and so is a
 moving average of the mean spanning ``average`` generations (at a plateau the mean wanders with each
 generation's noisy selection; averaging it cancels much of that walk). The best of them challenges the
 controller shipped so far (``params.npz``). A challenger that beats its score there
-is tested again with it on ``confirm_episodes`` other fixed tracks, and replaces it only if it wins there
+is tested again with it on ``confirm_episodes`` other tracks, and replaces it only if it wins there
 too, by more than ``confirm_margin`` standard errors of its track-by-track lead: the best of many noisy
 8-track scores is partly luck, so it has to win on tracks it was not picked on, and by more than luck. A
 lucky candidate never gets shipped on the strength of two episodes, nor of eight.
+
+With ``fresh_tracks`` (the default) both tests use new tracks each time and the shipped controller drives
+them too. On fixed tracks the shipped controller's scores are those it was picked with: the best of many
+evaluations there, so higher than what it would score on other tracks, and a bar a controller that is
+truly better clears only by luck.
 
 An evolution started from a trained controller (``init_from``) keeps that controller's history in its
 state as ``lineage``: the earlier evolutions' generations, episodes, env steps and wall time, so what a
@@ -40,8 +45,10 @@ from core.rollout import RolloutPool, RolloutSettings
 CMA_STATE = "cma_state.pkl"
 LATEST = "latest.npz"  # the CMA-ES mean, the best candidate of the last generation and the averaged mean
 STATE = "state.json"
-TRAIN_EVAL_SEED_BASE = 900_000  # fixed training tracks for periodic evaluation (below EVAL_SEED_BASE)
-CONFIRM_SEED_BASE = 910_000  # fixed training tracks on which a new best controller is confirmed
+TRAIN_EVAL_SEED_BASE = 900_000  # tracks of the periodic evaluations: 900000..909999 (below EVAL_SEED_BASE)
+TRAIN_EVAL_TRACKS = 10_000
+CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
+CONFIRM_TRACKS = 40_000
 Average = tuple  # (the averaged CMA-ES mean as float64, the number of generations it has seen)
 
 
@@ -178,27 +185,47 @@ def average_against_mean(records: list[dict]) -> dict | None:
     return {"evaluations": len(leads), "lead": float(np.mean(leads)), "won": sum(d > 0 for d in leads)}
 
 
+def periodic_tracks(config: EvolveConfig, generation: int) -> list[int]:
+    """The tracks of the periodic evaluation at ``generation``: the same ``eval_episodes`` every time, or
+    with ``fresh_tracks`` the next ones of 900000..909999 at each evaluation."""
+    k = generation // config.eval_every if config.fresh_tracks and config.eval_every else 0
+    return [TRAIN_EVAL_SEED_BASE + (k * config.eval_episodes + i) % TRAIN_EVAL_TRACKS
+            for i in range(config.eval_episodes)]
+
+
+def confirm_tracks(config: EvolveConfig, generation: int) -> list[int]:
+    """The tracks of a second test at ``generation``: the same ``confirm_episodes`` every time, or with
+    ``fresh_tracks`` the next ones of 910000..949999 at each periodic evaluation."""
+    k = generation // config.eval_every if config.fresh_tracks and config.eval_every else 0
+    return [CONFIRM_SEED_BASE + (k * config.confirm_episodes + i) % CONFIRM_TRACKS
+            for i in range(config.confirm_episodes)]
+
+
 def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
-              screen: float, confirm_seeds: list[int], max_steps: int, margin: float = 0.0) -> tuple[bool, dict]:
+              screen: float, confirm_seeds: list[int], max_steps: int, margin: float = 0.0,
+              shipped_screen: float | None = None) -> tuple[bool, dict]:
     """Whether ``challenger`` (``screen``: its periodic evaluation score) should replace ``shipped``, and
     what deciding that measured (``confirm_challenger``, ``confirm_shipped``, ``confirm_lead`` and
     ``confirm_needed``, ``confirm_accepted``, ``confirm_steps`` and ``confirm_driven``, the episodes it
     drove).
 
-    It must beat ``state["best_eval"]`` (the shipped controller's periodic score) and then, with
+    It must beat the shipped controller's periodic score, ``shipped_screen`` when it drove the same tracks
+    in this evaluation, else ``state["best_eval"]`` (its score when it was picked), and then, with
     ``confirm_seeds``, lead the shipped controller there: its mean lead, track by track, must exceed
     ``margin`` standard errors of that lead. (Track-to-track differences of 100-200 points dwarf the 10-30
     points that separate controllers near a plateau; a plain "higher mean" on 24 tracks lets a controller
     that is no better through about half the time.) The shipped controller's returns there are kept in
-    ``state["confirmed"]`` (with its parameters' hash, the number of tracks and the step limit), so it is
-    driven once for as long as those stay the same.
+    ``state["confirmed"]`` (with its parameters' hash, the first track, the number of tracks and the step
+    limit), so it is driven once for as long as those stay the same.
     """
-    if state["best_eval"] is not None and screen <= state["best_eval"]:
+    bar = shipped_screen if shipped_screen is not None else state["best_eval"]
+    if bar is not None and screen <= bar:
         return False, {}
-    if not confirm_seeds or state["best_eval"] is None:
+    if not confirm_seeds or bar is None:
         return True, {}
-    known = state.get("confirmed") or {}
-    same = {"tracks": len(confirm_seeds), "max_steps": max_steps}  # what stored returns were measured on
+    known = {"first_seed": CONFIRM_SEED_BASE, **(state.get("confirmed") or {})}  # older states: fixed tracks
+    # what stored returns were measured on
+    same = {"first_seed": confirm_seeds[0], "tracks": len(confirm_seeds), "max_steps": max_steps}
     fresh = (known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
              or "returns" not in known)  # a state from before per-track returns were kept
     driven = [challenger, shipped] if fresh else [challenger]
@@ -283,8 +310,6 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     resumed_from = state["generation"]
     settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
     eval_settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
-    eval_seeds = [TRAIN_EVAL_SEED_BASE + i for i in range(config.eval_episodes)]
-    confirm_seeds = [CONFIRM_SEED_BASE + i for i in range(config.confirm_episodes)]
     total = config.generations
     metrics: dict = {}
     with RolloutPool(weights, settings, config.workers) as pool:
@@ -313,18 +338,26 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     if average is not None and average[1] > 1:  # after one generation it is the mean
                         named["eval_mean_average"] = average[0]
                     evaluated = [np.asarray(p, np.float32) for p in named.values()]
+                    eval_seeds, confirm_seeds = periodic_tracks(config, gen), confirm_tracks(config, gen)
                     score_start = state.pop("start_pending", False)  # the controller this run started from
-                    if score_start:
+                    # On fresh tracks the shipped controller drives them too: its score when it was picked
+                    # was the best of many on other tracks, a bar no better challenger clears reliably.
+                    drive_shipped = score_start or (config.fresh_tracks and state["best_eval"] is not None)
+                    if drive_shipped:
                         evaluated.append(shipped)
                     scores, eval_steps = evaluate_params(eval_pool, evaluated, eval_seeds)
-                    metrics.update(zip(named, scores), eval_episodes=len(eval_seeds))
+                    metrics.update(zip(named, scores), eval_episodes=len(eval_seeds),
+                                   eval_first_seed=eval_seeds[0])
                     state["episodes"] += len(evaluated) * len(eval_seeds)
+                    if drive_shipped:
+                        metrics["eval_shipped"] = scores[-1]
                     if score_start:  # it is the one to beat
                         state["best_eval"] = metrics["eval_start"] = scores[-1]
                     pick = int(np.argmax(scores[:len(named)]))
                     metrics["eval_pick"] = list(named)[pick]
                     accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
-                                                  confirm_seeds, config.max_steps, config.confirm_margin)
+                                                  confirm_seeds, config.max_steps, config.confirm_margin,
+                                                  scores[-1] if drive_shipped else None)
                     if confirmed:
                         metrics.update(confirmed, confirm_episodes=len(confirm_seeds))
                         eval_steps += confirmed["confirm_steps"]

@@ -32,6 +32,7 @@ def live(snap) -> None:
                                            "evaluated: best candidate": "eval_best_candidate",
                                            "evaluated: averaged mean": "eval_mean_average",
                                            "evaluated: start controller": "eval_start",
+                                           "evaluated: shipped controller": "eval_shipped",
                                            "second test: challenger": "confirm_challenger",
                                            "second test: shipped": "confirm_shipped"},
                    "Fitness per generation (mean return of a candidate)", "return", key="evolve.fitness")

@@ -35,7 +35,7 @@ def histogram(returns: list[float]) -> list[str]:
 def learning_curve(records: list[dict], rows: int = 15) -> list[str]:
     every = max(1, len(records) // rows)
     picked = [r for r in records if r["generation"] % every == 0 or r is records[-1]]
-    lines = ["| generation | best | mean | periodic evaluation: mean / best candidate (/ averaged mean) |", "|---:|---:|---:|---|"]
+    lines = ["| generation | best | mean | periodic evaluation: mean / best candidate (/ averaged mean; shipped) |", "|---:|---:|---:|---|"]
     last_eval = "–"
     evals = {r["generation"]: r for r in records if "eval_mean_params" in r}
     for r in picked:
@@ -44,6 +44,7 @@ def learning_curve(records: list[dict], rows: int = 15) -> list[str]:
             e = evals[max(past)]
             tracks = f", {e['eval_episodes']} tracks" if "eval_episodes" in e else ""
             average = f" / {e['eval_mean_average']:.0f}" if "eval_mean_average" in e else ""
+            average += f"; shipped {e['eval_shipped']:.0f}" if "eval_shipped" in e else ""
             last_eval = (f"{e['eval_mean_params']:.0f} / {e['eval_best_candidate']:.0f}{average} "
                          f"(gen {max(past)}{tracks})")
         lines.append(f"| {r['generation']} | {r['best']:.0f} | {r['mean']:.0f} | {last_eval} |")

@@ -284,6 +284,26 @@ class _ScriptedPool:
             yield RolloutResult(seed, self.quality(params) + (seed % 7), 10, False, 1)
 
 
+class _StandInPool(_ScriptedPool):
+    """A scripted pool that stands in for ``RolloutPool`` in an evolution; a subclass's ``instances`` lists
+    the pools made (the training pool first, then the evaluation pool)."""
+
+    instances: list
+
+    def __init__(self, *args):
+        super().__init__()
+        self.instances.append(self)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
 def test_a_new_best_controller_must_win_again_on_other_tracks():
     from core.evolve import CONFIRM_SEED_BASE, challenge
     from core.controller import params_sha256
@@ -302,21 +322,29 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
     assert not accept and info["confirm_challenger"] == 450.0 + offset and info["confirm_shipped"] == 500.0 + offset
     assert info["confirm_driven"] == 6 and sorted({v for v, _ in pool.driven}) == [450.0, 500.0]
     assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset, "tracks": 3,
-                                  "max_steps": 1000, "returns": [500.0 + s % 7 for s in seeds]}
+                                  "max_steps": 1000, "returns": [500.0 + s % 7 for s in seeds],
+                                  "first_seed": CONFIRM_SEED_BASE}
     assert info["confirm_lead"] == -50.0 and info["confirm_needed"] == 0.0
 
     pool.driven.clear()
     accept, info = challenge(pool, state, shipped, better, 710.0, seeds, 1000)
     assert accept and info["confirm_driven"] == 3 and {v for v, _ in pool.driven} == {520.0}  # shipped known
     assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset, "tracks": 3,
-                                  "max_steps": 1000, "returns": [520.0 + s % 7 for s in seeds]}
+                                  "max_steps": 1000, "returns": [520.0 + s % 7 for s in seeds],
+                                  "first_seed": CONFIRM_SEED_BASE}
 
-    for other_tracks, other_steps in ((seeds[:2], 1000), (seeds, 500)):  # a score of other tracks or steps
+    # A score of other tracks (fewer, or the next ones as with fresh tracks) or steps: driven again.
+    for other_tracks, other_steps in ((seeds[:2], 1000), ([s + 3 for s in seeds], 1000), (seeds, 500)):
         pool.driven.clear()
         accept, info = challenge(pool, dict(state), better, shipped, 800.0, other_tracks, other_steps)
         assert info["confirm_driven"] == 2 * len(other_tracks) and {v for v, _ in pool.driven} == {500.0, 520.0}
 
     assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, [], 1000) == (True, {})
+
+    # The shipped controller's score on this evaluation's own tracks, when it drove them, is the bar.
+    state = {"best_eval": 700.0, "lineage": []}
+    assert challenge(pool, state, shipped, better, 650.0, [], 1000, shipped_screen=640.0) == (True, {})
+    assert challenge(pool, state, shipped, better, 720.0, [], 1000, shipped_screen=730.0) == (False, {})
 
 
 def test_a_challenger_must_lead_by_more_than_the_noise_of_its_lead():
@@ -353,6 +381,54 @@ def test_a_challenger_must_lead_by_more_than_the_noise_of_its_lead():
     assert {v for v, _ in pool.driven} == {500.0, 506.0}
 
 
+def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_new_tracks(tiny_world_model,
+                                                                                          tmp_path, monkeypatch):
+    """With fresh tracks each periodic evaluation drives the next tracks, the shipped controller with the
+    candidates (its score there is the bar), and a second test drives new confirmation tracks; without,
+    the same tracks every time and the shipped controller's score from when it was picked."""
+    import core.evolve
+    from core.artifacts import read_history
+    from core.config import EvolveConfig
+    from core.evolve import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, confirm_tracks, evolve, periodic_tracks
+    from tests.conftest import TEST_ENV
+
+    class Pool(_StandInPool):
+        instances: list = []
+
+    monkeypatch.setattr(core.evolve, "RolloutPool", Pool)
+    settings = dict(generations=6, popsize=6, rollouts=1, sigma0=1.0, eval_every=2, eval_episodes=2,
+                    confirm_episodes=3, confirm_margin=0.0, workers=1, env=TEST_ENV)
+    for fresh in (True, False):
+        Pool.instances.clear()
+        config = EvolveConfig(run_dir=str(_tiny_run(tiny_world_model, tmp_path / f"run{fresh}").parent),
+                              fresh_tracks=fresh, **settings)
+        evolve(config)
+        ctrl = config.out_dir
+        evaluations = [r for r in read_history(ctrl / "history.jsonl") if "eval_mean_params" in r]
+        assert [r["generation"] for r in evaluations] == [2, 4, 6]
+        firsts = [r["eval_first_seed"] for r in evaluations]
+        eval_driven = {seed for pool in Pool.instances[1:] for _, seed in pool.driven}
+        if fresh:
+            assert firsts == [TRAIN_EVAL_SEED_BASE + 2, TRAIN_EVAL_SEED_BASE + 4, TRAIN_EVAL_SEED_BASE + 6]
+            assert periodic_tracks(config, 4) == [TRAIN_EVAL_SEED_BASE + 4, TRAIN_EVAL_SEED_BASE + 5]
+            assert confirm_tracks(config, 4) == [CONFIRM_SEED_BASE + 6 + i for i in range(3)]
+            # Nothing to defend at the first evaluation; after it the shipped controller drives every one.
+            assert "eval_shipped" not in evaluations[0]
+            assert all("eval_shipped" in r for r in evaluations[1:])
+            assert any("confirm_challenger" in r for r in evaluations[1:])
+            for r in evaluations[1:]:  # a challenger got a second test only if it beat the shipped one there
+                picked = r[r["eval_pick"]]
+                assert ("confirm_challenger" in r) == (picked > r["eval_shipped"])
+                if "confirm_challenger" in r:
+                    tracks = confirm_tracks(config, r["generation"])
+                    assert set(tracks) <= eval_driven and r["confirm_driven"] == 2 * len(tracks)
+        else:
+            assert firsts == [TRAIN_EVAL_SEED_BASE] * 3
+            assert not any("eval_shipped" in r for r in evaluations)
+            assert eval_driven <= {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(confirm_tracks(config, 2))
+            assert periodic_tracks(config, 6) == periodic_tracks(config, 2)
+
+
 def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_it(tiny_world_model, tmp_path,
                                                                                 monkeypatch):
     """Episodes scripted: a controller's return is how close its first parameter is to a peak (plus the
@@ -368,18 +444,8 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
     from core.evolve import evolve
     from tests.conftest import TEST_ENV
 
-    class Pool(_ScriptedPool):
-        def __init__(self, *args):
-            super().__init__()
-
-        def close(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
+    class Pool(_StandInPool):
+        instances: list = []
 
     monkeypatch.setattr(core.evolve, "RolloutPool", Pool)
     config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
@@ -387,7 +453,7 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
     start_dir = tmp_path / "start"
     shutil.copytree(tiny_world_model / "controller", start_dir)
     settings = dict(popsize=6, rollouts=1, sigma0=1.0, eval_every=2, eval_episodes=2, confirm_episodes=3,
-                    workers=1, env=TEST_ENV)
+                    fresh_tracks=False, workers=1, env=TEST_ENV)  # the tracks' offsets below are those of 0, 1, 2
     for peak, beaten in ((0.0, False), (10.0, True)):  # the best first parameter: the start's, or far from it
         monkeypatch.setattr(Pool, "quality", staticmethod(lambda params, peak=peak: -abs(float(params[0]) - peak)))
         start = np.zeros(num_params(z, h), np.float32)
