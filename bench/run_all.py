@@ -17,7 +17,8 @@ import traceback
 
 from bench.common import machine_info
 
-SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_load", "bench.bench_dream", "bench.bench_race")
+SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_load", "bench.bench_dream", "bench.bench_race",
+            "bench.bench_gate")
 SLOW_SECTIONS = ("bench.bench_selection",)
 
 

@@ -32,3 +32,17 @@ def test_a_plain_benchmark_run_keeps_the_slow_section_it_does_not_redo():
     assert kept_section(text, "bench.bench_selection") == ("## Ranking\n\n| k | r |\n\nWhat it says.\n\n"
                                                           "_(bench.bench_selection: 1110 s, run by itself)_")
     assert kept_section(text, "bench.bench_race") is None
+
+
+def test_without_noise_both_gates_keep_the_best_controller_and_with_it_fresh_tracks_keep_a_better_one(monkeypatch):
+    import bench.bench_gate as gate
+    results = {fresh: gate.simulate(fresh, 0.0, 300, np.random.default_rng(0)) for fresh in (False, True)}
+    # With the plateau's noise the kept controller of fixed tracks must also beat its own luck.
+    assert results[True]["gap"] - results[False]["gap"] > 3 * np.hypot(results[True]["gap_se"],
+                                                                        results[False]["gap_se"])
+    monkeypatch.setattr(gate, "NOISE", 1e-9)
+    for fresh in (False, True):
+        r = gate.simulate(fresh, 1.0, 50, np.random.default_rng(0))
+        assert r["worse"] == 0 and r["gap"] > 0  # every better challenger passes, no worse one does
+        # evaluation episodes: 3 candidates (and with fresh tracks the kept one) on 8 tracks each time
+        assert r["episodes"] >= gate.EVALUATIONS * 8 * (4 if fresh else 3)
