@@ -85,7 +85,7 @@ def home() -> None:
                         picked = art["shipped"].get("generation")
                         what = "CMA-ES mean" if art["shipped"].get("key") == "mean" else "controller"
                         line = (f"{gens} generation{'' if gens == 1 else 's'} · ships the {what}"
-                                f"{f' of generation {picked}' if picked is not None else ''}, picked on held-out tracks")
+                                f"{f' of generation {picked}' if picked is not None else ''}, picked outside its evolution")
                 # Training that was not started from the app (the command line) looks like a stopped run.
                 state = "complete" if art["complete"] else ("training" if art["training"] else "not finished")
                 st.markdown(f"`{folder}/` · {state}" + (" · **loaded by default**" if folder == default else ""))

@@ -27,7 +27,8 @@ SHIPPED_MODEL_DIR = "models"
 # Track seeds: training and collection draw tracks below EVAL_SEED_BASE; evaluation uses
 # EVAL_SEED_BASE, EVAL_SEED_BASE + 1, ... so evaluation tracks are never seen in training.
 EVAL_SEED_BASE = 1_000_000  # first evaluation track seed
-TRAIN_SEED_LIMIT = EVAL_SEED_BASE  # training track seeds are in [0, TRAIN_SEED_LIMIT)
+TRAIN_SEED_LIMIT = 900_000  # collection and training rollouts draw track seeds in [0, TRAIN_SEED_LIMIT);
+# evolve's periodic evaluations and second tests use 900000..949999, validation screens 950000..999999
 
 MAX_SEED = 2**32 - 2  # np.random.seed takes seeds below 2**32, and CMA-ES is seeded with seed + 1
 
@@ -112,7 +113,7 @@ class CollectConfig:
     def check(self) -> None:
         if self.seed + self.episodes > TRAIN_SEED_LIMIT:
             raise ConfigError(f"--seed + --episodes must stay below {TRAIN_SEED_LIMIT} "
-                              "(higher track seeds are kept for evaluation)")
+                              "(higher track seeds are kept for evolve's evaluations and for evaluate)")
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,11 @@ class ExportConfig:
                             "latest.npz (its CMA-ES mean); it needs --evaluation")
     evaluation: str = param("", "evaluation report (JSON) of the shipped controller, from python -m core "
                                 "evaluate; default: the run's own, left out if it is of another controller")
+
+    def check(self) -> None:
+        if self.params and not self.evaluation:
+            raise ConfigError("--params needs --evaluation: a controller picked outside the evolution ships with "
+                              "its report (python -m core evaluate --model-dir <run> --params <file> --out <report>)")
 
 
 @dataclass(frozen=True)

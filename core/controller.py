@@ -97,17 +97,28 @@ def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.nda
     evolution's ``latest.npz`` (its CMA-ES mean). Returns them with where they came from (``file``, ``key``
     and the ``generation`` where the file names one), checked to fit V's z and M's h."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path}: a folder; give the file, e.g. {path / PARAMS_FILE}")
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file; give a params.npz or an evolution's latest.npz")
     try:
-        with np.load(path) as f:
+        f = np.load(path, allow_pickle=False)
+    except ValueError:  # neither .npz nor .npy: NumPy takes it for a pickle, which it refuses
+        raise ArtifactError(f"{path}: not a NumPy file; give a params.npz or an evolution's latest.npz") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{path}: unreadable controller parameters ({e})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ArtifactError(f"{path}: a single array, not a .npz of controller parameters (params.npz or an "
+                            "evolution's latest.npz)")
+    try:
+        with f:
             key = "params" if "params" in f.files else "mean" if "mean" in f.files else None
             if key is None:
                 raise ArtifactError(f"{path}: holds no controller parameters (no 'params' as in params.npz, no "
                                     "'mean' as in an evolution's latest.npz)")
             params = np.asarray(f[key], np.float32)
             sizes = {k: int(f[k]) for k in ("z_size", "hidden", "generation") if k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactError(f"{path}: unreadable controller parameters ({e})") from None
     want = num_params(z_size, hidden)
     if params.shape != (want,) or sizes.get("z_size", z_size) != z_size or sizes.get("hidden", hidden) != hidden:

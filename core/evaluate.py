@@ -2,7 +2,8 @@
 two such reports, track by track.
 
 Track seeds are ``first_seed, first_seed + 1, ...`` (default 1000000 on): collection and evolution only
-use seeds below 1000000. The stock ``CarRacing-v3`` is the default so scores compare with published ones.
+use seeds below 1000000 (collection and training rollouts below 900000, evolve's own evaluations
+900000..949999). The stock ``CarRacing-v3`` is the default so scores compare with published ones.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from core.config import EVAL_SEED_BASE, CompareConfig, EvaluateConfig, to_dict, 
 from core.controller import load_params_file, params_sha256
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
+from core.weights_cache import world_model_sha256
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,13 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     tracks; write and return the report.
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
-    the env, the config and ``held_out`` (every track at or above EVAL_SEED_BASE, where training never
+    the env, the config, the controller's and V's and M's hashes (``params_sha256``,
+    ``world_model_sha256``) and ``held_out`` (every track at or above EVAL_SEED_BASE, where training never
     draws; a lower ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes done so far (``complete: false``), and
     writes that report over ``out`` unless ``out`` already holds a finished evaluation of the same
     controller, which is kept.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
-    controller, env and step limit) skips the tracks already driven, so a killed run loses one episode.
+    controller, V and M, env and step limit) skips the tracks already driven, so a killed run loses one episode.
     """
     validate(config)
     model_dir = Path(config.model_dir)
@@ -61,7 +64,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
                     config.first_seed, EVAL_SEED_BASE)
     out = Path(config.out) if config.out else default_out
     partial = out.with_name(out.name + ".partial")
-    key = {"params_sha256": params_sha256(params),
+    key = {"params_sha256": params_sha256(params), "world_model_sha256": world_model_sha256(model_dir),
            "env": config.env, "max_steps": config.max_steps}
     done = _read_partial(partial, key)
     todo = [s for s in seeds if s not in done]
@@ -84,8 +87,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
               "returns": returns, "seeds": driven, "steps": [done[s]["steps"] for s in driven],
               "tiles": [done[s]["tiles"] for s in driven], "env": config.env,
               "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config),
-              "params_sha256": key["params_sha256"], "max_steps": config.max_steps,
-              "held_out": config.first_seed >= EVAL_SEED_BASE}
+              "params_sha256": key["params_sha256"], "world_model_sha256": key["world_model_sha256"],
+              "max_steps": config.max_steps, "held_out": config.first_seed >= EVAL_SEED_BASE}
     if not report["complete"] and _holds_complete_report(out, key):
         # A stopped re-run of an evaluation that already finished: keep the finished report; the episodes
         # of this run stay in the partial file, and the next run continues from them.
@@ -99,7 +102,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
 
 
 def _holds_complete_report(path: Path, key: dict) -> bool:
-    """Whether ``path`` holds a finished evaluation of the same controller, env and step limit."""
+    """Whether ``path`` holds a finished evaluation of the same controller, V and M, env and step limit."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -37,7 +37,7 @@ import numpy as np
 
 from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_save_npz,
                             atomic_write_json, read_json, write_meta)
-from core.config import EvolveConfig, to_dict, validate
+from core.config import TRAIN_SEED_LIMIT, EvolveConfig, to_dict, validate
 from core.controller import PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
@@ -45,10 +45,11 @@ from core.rollout import RolloutPool, RolloutSettings
 CMA_STATE = "cma_state.pkl"
 LATEST = "latest.npz"  # the CMA-ES mean, the best candidate of the last generation and the averaged mean
 STATE = "state.json"
-TRAIN_EVAL_SEED_BASE = 900_000  # tracks of the periodic evaluations: 900000..909999 (below EVAL_SEED_BASE)
+TRAIN_EVAL_SEED_BASE = TRAIN_SEED_LIMIT  # tracks of the periodic evaluations: 900000..909999
 TRAIN_EVAL_TRACKS = 10_000
 CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
 CONFIRM_TRACKS = 40_000
+FIXED_TRACKS_MAX = 1000  # the most tracks one evaluation or second test drives (EvolveConfig's maximum)
 Average = tuple  # (the averaged CMA-ES mean as float64, the number of generations it has seen)
 
 
@@ -185,20 +186,23 @@ def average_against_mean(records: list[dict]) -> dict | None:
     return {"evaluations": len(leads), "lead": float(np.mean(leads)), "won": sum(d > 0 for d in leads)}
 
 
-def periodic_tracks(config: EvolveConfig, generation: int) -> list[int]:
-    """The tracks of the periodic evaluation at ``generation``: the same ``eval_episodes`` every time, or
-    with ``fresh_tracks`` the next ones of 900000..909999 at each evaluation."""
-    k = generation // config.eval_every if config.fresh_tracks and config.eval_every else 0
-    return [TRAIN_EVAL_SEED_BASE + (k * config.eval_episodes + i) % TRAIN_EVAL_TRACKS
-            for i in range(config.eval_episodes)]
+def _shipped_meta(state: dict) -> dict | None:
+    """What meta.json keeps of an exported controller that is still the one shipped (``export --params``)."""
+    return {"shipped": state["shipped"]} if state.get("shipped") else None
 
 
-def confirm_tracks(config: EvolveConfig, generation: int) -> list[int]:
-    """The tracks of a second test at ``generation``: the same ``confirm_episodes`` every time, or with
-    ``fresh_tracks`` the next ones of 910000..949999 at each periodic evaluation."""
-    k = generation // config.eval_every if config.fresh_tracks and config.eval_every else 0
-    return [CONFIRM_SEED_BASE + (k * config.confirm_episodes + i) % CONFIRM_TRACKS
-            for i in range(config.confirm_episodes)]
+def periodic_tracks(config: EvolveConfig, state: dict) -> list[int]:
+    """The tracks of the next periodic evaluation: the same ``eval_episodes`` every time, or with
+    ``fresh_tracks`` the next ones of 900000..909999 not driven yet (``state["tracks_next"]``)."""
+    start = state["tracks_next"]["periodic"] if config.fresh_tracks else 0
+    return [TRAIN_EVAL_SEED_BASE + (start + i) % TRAIN_EVAL_TRACKS for i in range(config.eval_episodes)]
+
+
+def confirm_tracks(config: EvolveConfig, state: dict) -> list[int]:
+    """The tracks of the next second test: the same ``confirm_episodes`` every time, or with
+    ``fresh_tracks`` the next ones of 910000..949999 not driven yet."""
+    start = state["tracks_next"]["confirm"] if config.fresh_tracks else 0
+    return [CONFIRM_SEED_BASE + (start + i) % CONFIRM_TRACKS for i in range(config.confirm_episodes)]
 
 
 def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
@@ -289,6 +293,9 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         if shipped is None:  # an older checkpoint: its params.npz is the one to ship
             shipped = load_controller(out_dir, z_size, hidden).get_params()
         save_params(out_dir, shipped, z_size, hidden)
+        # A run from before fresh tracks were counted drove at most the first 1000 of each range (the most
+        # --eval-episodes and --confirm-episodes allow): its fresh tracks start after them.
+        state.setdefault("tracks_next", {"periodic": FIXED_TRACKS_MAX, "confirm": FIXED_TRACKS_MAX})
         if "lineage" not in state:  # a run from before lineages were kept: its start is in its config
             started_from = (read_json(out_dir / "config.json", "evolution config").get("init_from")
                             if (out_dir / "config.json").exists() else "")
@@ -296,7 +303,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     else:
         es = new_es(config, z_size, hidden)
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
-                 "train_seconds": 0.0,
+                 "train_seconds": 0.0, "tracks_next": {"periodic": 0, "confirm": 0},
                  "lineage": ancestry(config.init_from, es.mean) if config.init_from else [],
                  # A run from a trained controller ships it until its first periodic evaluation has scored
                  # it against the run's own controllers.
@@ -338,7 +345,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     if average is not None and average[1] > 1:  # after one generation it is the mean
                         named["eval_mean_average"] = average[0]
                     evaluated = [np.asarray(p, np.float32) for p in named.values()]
-                    eval_seeds, confirm_seeds = periodic_tracks(config, gen), confirm_tracks(config, gen)
+                    eval_seeds, confirm_seeds = periodic_tracks(config, state), confirm_tracks(config, state)
                     score_start = state.pop("start_pending", False)  # the controller this run started from
                     # On fresh tracks the shipped controller drives them too: its score when it was picked
                     # was the best of many on other tracks, a bar no better challenger clears reliably.
@@ -358,10 +365,15 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
                                                   confirm_seeds, config.max_steps, config.confirm_margin,
                                                   scores[-1] if drive_shipped else None)
+                    if config.fresh_tracks:  # these tracks are driven: the next evaluation takes others
+                        state["tracks_next"]["periodic"] += len(eval_seeds)
                     if confirmed:
-                        metrics.update(confirmed, confirm_episodes=len(confirm_seeds))
+                        metrics.update(confirmed, confirm_episodes=len(confirm_seeds),
+                                       confirm_first_seed=confirm_seeds[0])
                         eval_steps += confirmed["confirm_steps"]
                         state["episodes"] += confirmed["confirm_driven"]
+                        if config.fresh_tracks:
+                            state["tracks_next"]["confirm"] += len(confirm_seeds)
                     if accept:
                         state["best_eval"] = scores[pick]
                         shipped = evaluated[pick]
@@ -372,6 +384,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     # Nothing evaluated yet: ship the mean. (A run from a trained controller keeps shipping that
                     # one until its first evaluation; without evaluations, it ships the mean like any run.)
                     state.pop("start_pending", None)
+                    state.pop("shipped", None)
                     shipped = np.asarray(es.mean, np.float32)
                 state["generation"] = gen
                 state["episodes"] += len(results)
@@ -387,7 +400,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 atomic_write_json(state_path, state)
                 write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},
                            {**metrics, "generation": gen, "best_eval": state["best_eval"], "complete": False},
-                           seed=config.seed)
+                           seed=config.seed, extra=_shipped_meta(state))
                 go_on = bool(on_progress(gen, total, metrics))
         finally:
             if eval_pool is not None:
@@ -397,6 +410,6 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     if state["generation"] == 0:
         return final  # stopped before a first generation: no controller yet
     write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
-               seed=config.seed)
+               seed=config.seed, extra=_shipped_meta(state))
     load_controller(out_dir, z_size, hidden)  # what was written loads
     return final

@@ -6,7 +6,7 @@ optimizer slots or the RNN's encoded-frame cache. The new folder is assembled be
 swapped in with renames, so an interrupted export leaves the previous model in place.
 
 The controller shipped is the run's kept one (``params.npz``), or with ``params`` another one of the same
-V and M (a CMA-ES mean screened on held-out tracks, say). Its evaluation report must be of those very
+V and M (a CMA-ES mean screened on validation tracks, say). Its evaluation report must be of those very
 parameters: a report of another controller is refused when named, and left out when it is the run's own.
 A controller picked outside the evolution's gate goes into the shipped CMA-ES state as the one to beat,
 unscored: an evolution resumed from the export scores it at its first periodic evaluation (as it does the
@@ -28,6 +28,7 @@ from core.controller import load_params_file, params_sha256, save_params
 from core.evaluate import read_report
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
+from core.weights_cache import world_model_sha256
 
 PARTS = {
     "vae": ("vae.weights.h5", "config.json", "meta.json", "history.jsonl"),
@@ -45,6 +46,9 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
     validate(config)
     src, dst = Path(config.run_dir), Path(config.out_dir).resolve()
     _check_destination(src, dst)
+    for flag, path in (("--params", config.params), ("--evaluation", config.evaluation)):
+        if path and not Path(path).is_file():
+            raise ArtifactError(f"{flag} {path}: no such file")
     # An evolution writes its controller every generation: wait for a consistent one rather than copy the
     # state of one generation beside the CMA-ES state of the next.
     with RunLock(src / "controller", "training"):
@@ -80,6 +84,8 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
         run_params = params
         params, source = load_params_file(config.params, z_size, hidden)
         source["run_params_sha256"] = params_sha256(run_params)
+        if source["params_sha256"] == source["run_params_sha256"]:
+            source = None  # the run's own controller: a plain export
     report, notes = _shipped_report(config, src, params)
     for note in notes:
         log.warning(note)
@@ -136,27 +142,55 @@ def _written_apart(other_params: bool) -> tuple[str, ...]:
 
 
 def _shipped_report(config: ExportConfig, src: Path, params: np.ndarray) -> tuple[dict | None, list[str]]:
-    """The evaluation report to ship with ``params`` and what was left out on the way: a named report must
-    be of these parameters; the run's own is shipped only if it is."""
+    """The evaluation report to ship with ``params`` and what was left out or is doubtful on the way: a
+    named report must be a finished held-out evaluation of these parameters on the run's V and M; the
+    run's own is shipped only if it is of these parameters."""
     sha = params_sha256(params)
     if config.evaluation:
         report = read_report(config.evaluation)
-        if report.get("params_sha256") != sha:
-            raise ArtifactError(f"--evaluation {config.evaluation}: a report of another controller (parameters "
-                                f"{str(report.get('params_sha256'))[:12]}, shipped {sha[:12]}); evaluate the "
-                                "controller you ship: python -m core evaluate ... --out <file>")
-        return report, []
-    if config.params:
-        raise ArtifactError("--params needs --evaluation: a controller picked outside the evolution ships with "
-                            "its report (python -m core evaluate --model-dir <run> --params <file>)")
+        where = f"--evaluation {config.evaluation}"
+        problem = _report_mismatch(report, sha, src)
+        if problem:
+            raise ArtifactError(f"{where}: {problem}; evaluate the controller you ship on {src}: python -m core "
+                                f"evaluate --model-dir {src} --params <file> --out <report>")
+        if report.get("complete") is not True:
+            raise ArtifactError(f"{where}: a stopped evaluation; run it again to finish it, then export")
+        if report.get("held_out") is not True:
+            raise ArtifactError(f"{where}: not on held-out tracks (--first-seed below 1000000); ship an "
+                                "evaluation on the evaluation tracks")
+        return report, _report_doubts(report, where)
     own = src / "controller" / "evaluation.json"
     if not own.exists():
         return None, []
     report = read_report(own)
-    if report.get("params_sha256") != sha:
-        return None, [f"{own} left out: it is a report of another controller (parameters "
-                      f"{str(report.get('params_sha256'))[:12]}, shipped {sha[:12]}); evaluate the shipped one"]
-    return report, []
+    problem = _report_mismatch(report, sha, src)
+    if problem:
+        return None, [f"{own} left out: {problem}; evaluate the shipped controller"]
+    return report, _report_doubts(report, str(own))
+
+
+def _report_mismatch(report: dict, sha: str, src: Path) -> str:
+    """Why ``report`` is not of the controller ``sha`` on ``src``'s V and M ('' if nothing says so)."""
+    if not report.get("params_sha256"):
+        return "the report does not name its controller (no params_sha256)"
+    if report["params_sha256"] != sha:
+        return (f"a report of another controller (parameters {report['params_sha256'][:12]}, shipped "
+                f"{sha[:12]})")
+    world = world_model_sha256(src)
+    if report.get("world_model_sha256") and report["world_model_sha256"] != world:
+        return "a report of this controller driven with another V and M than the run's"
+    return ""
+
+
+def _report_doubts(report: dict, where: str) -> list[str]:
+    """What a shipped report leaves open: an env other than the stock one, V and M it does not name."""
+    doubts = []
+    if report.get("env") != "stock":
+        doubts.append(f"{where}: driven in the {report.get('env')} env, not the stock CarRacing-v3 that published "
+                      "scores use")
+    if not report.get("world_model_sha256"):
+        doubts.append(f"{where}: made before reports named their V and M; check it was driven with the run's")
+    return doubts
 
 
 def _ship_params(src: Path, dst: Path, params: np.ndarray, source: dict, z_size: int, hidden: int,

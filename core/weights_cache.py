@@ -63,6 +63,19 @@ def fingerprint(model_dir: Path | str) -> str | None:
     return h.hexdigest()
 
 
+def world_model_sha256(model_dir: Path | str) -> str | None:
+    """SHA-256 of V's and M's weights files in ``model_dir``: names the V and M an evaluation report was
+    driven with (an export copies them byte for byte); None if one is missing."""
+    h = hashlib.sha256()
+    for name in ("vae/vae.weights.h5", "rnn/rnn.weights.h5"):
+        try:
+            with open(Path(model_dir) / name, "rb") as f:
+                hashlib.file_digest(f, lambda: h)
+        except OSError:
+            return None
+    return h.hexdigest()
+
+
 def entry_path(key: str) -> Path | None:
     """Where the entry of the files with fingerprint ``key`` lives (None without a cache folder)."""
     folder = weights_cache_dir()

@@ -135,7 +135,7 @@ def _shipped_line(state: dict) -> list[str]:
     what = "CMA-ES mean" if shipped.get("key") == "mean" else "parameters"
     when = f" of generation {shipped['generation']}" if "generation" in shipped else ""
     return [f"- Shipped controller: the {what}{when} from `{shipped['file']}` (parameters "
-            f"{shipped['params_sha256'][:12]}), chosen on held-out tracks rather than by the evolution's periodic "
+            f"{shipped['params_sha256'][:12]}), picked outside the evolution rather than by its periodic "
             f"evaluations; the evolution had reached generation {shipped.get('generation_of_run', '?')} and kept "
             f"another controller ({str(shipped.get('run_params_sha256'))[:12]})"]
 

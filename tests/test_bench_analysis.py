@@ -40,9 +40,8 @@ def test_without_noise_both_gates_keep_the_best_controller_and_with_it_fresh_tra
     # With the plateau's noise the kept controller of fixed tracks must also beat its own luck.
     assert results[True]["gap"] - results[False]["gap"] > 3 * np.hypot(results[True]["gap_se"],
                                                                         results[False]["gap_se"])
+    assert results[True]["episodes"] > results[False]["episodes"]  # the kept controller drives too
     monkeypatch.setattr(gate, "NOISE", 1e-9)
     for fresh in (False, True):
         r = gate.simulate(fresh, 1.0, 50, np.random.default_rng(0))
         assert r["worse"] == 0 and r["gap"] > 0  # every better challenger passes, no worse one does
-        # evaluation episodes: 3 candidates (and with fresh tracks the kept one) on 8 tracks each time
-        assert r["episodes"] >= gate.EVALUATIONS * 8 * (4 if fresh else 3)

@@ -199,7 +199,7 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
     import numpy as np
 
     from core.artifacts import ArtifactError
-    from core.config import EvaluateConfig, EvolveConfig, ExportConfig
+    from core.config import ConfigError, EvaluateConfig, EvolveConfig, ExportConfig
     from core.controller import params_sha256
     from core.evaluate import evaluate
     from core.evolve import evolve
@@ -219,14 +219,23 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
     assert read_json(run / "controller" / "evaluation.json")["params_sha256"] == own["params_sha256"] == kept
 
     out = tmp_path / "models"
-    with pytest.raises(ArtifactError, match="needs --evaluation"):
+    with pytest.raises(ConfigError, match="needs --evaluation"):
         export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean)))
     with pytest.raises(ArtifactError, match="another controller"):
         export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean),
                             evaluation=str(run / "controller" / "evaluation.json")))
+    doubtful = tmp_path / "doubtful.json"
+    for change, problem in (({"complete": False}, "a stopped evaluation"), ({"held_out": False}, "held-out"),
+                            ({"world_model_sha256": "0" * 64}, "another V and M")):
+        doubtful.write_text(json.dumps({**read_json(Path(report["out"])), **change}))
+        with pytest.raises(ArtifactError, match=problem):
+            export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=str(doubtful)))
     assert not out.exists()  # nothing half-shipped
     result = export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=report["out"]))
     assert result["params_sha256"] == sha and result["evaluation"] == report["mean"]
+    doubts = [] if TEST_ENV == "stock" else [f"--evaluation {report['out']}: driven in the {TEST_ENV} env, not "
+                                             "the stock CarRacing-v3 that published scores use"]
+    assert result.get("notes", []) == doubts
     with np.load(out / "controller" / "params.npz") as f:
         assert params_sha256(f["params"]) == sha
     assert read_json(out / "controller" / "evaluation.json")["params_sha256"] == sha
@@ -240,6 +249,13 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
                           text=True, timeout=60)
     assert card.returncode == 0 and "Shipped controller: the CMA-ES mean" in card.stdout, card.stderr
 
+    # Resumed without periodic evaluations an evolution ships its mean, like any run: no longer "shipped".
+    shutil.copytree(out, tmp_path / "unevaluated")
+    evolve(EvolveConfig(run_dir=str(tmp_path / "unevaluated"), generations=2, popsize=4, rollouts=1, max_steps=15,
+                        eval_every=0, workers=1, env=TEST_ENV))
+    for name in ("state.json", "meta.json"):
+        assert "shipped" not in read_json(tmp_path / "unevaluated" / "controller" / name)
+
     # Resumed from the export, the evolution scores the shipped controller before anything can replace it.
     resumed = evolve(EvolveConfig(run_dir=str(out), generations=2, popsize=4, rollouts=1, max_steps=15,
                                   eval_every=1, eval_episodes=1, confirm_episodes=0, workers=1, env=TEST_ENV))
@@ -250,6 +266,13 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
     state = read_json(out / "controller" / "state.json")
     with np.load(out / "controller" / "params.npz") as f:
         assert ("shipped" in state) == (params_sha256(f["params"]) == sha)
+    assert read_json(out / "controller" / "meta.json").get("shipped") == state.get("shipped")
+
+    # The run's own controller named with --params is a plain export.
+    own_params = export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "own"),
+                                     params=str(run / "controller" / "params.npz"),
+                                     evaluation=str(run / "controller" / "evaluation.json")))
+    assert "params_from" not in own_params and "shipped" not in read_json(tmp_path / "own" / "controller" / "state.json")
 
     # A run whose own report is of another controller exports without it, and says so.
     (run / "controller" / "evaluation.json").write_text(json.dumps({**own, "params_sha256": "0" * 64}))

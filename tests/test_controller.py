@@ -87,6 +87,18 @@ def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, t
         new_es(EvolveConfig(init_from=str(tmp_path)), z, h)
 
 
+def _forget_in_state(controller_dir, key: str) -> None:
+    """Make a saved evolution look like one from before ``key`` was kept: gone from state.json and from
+    the state in its CMA-ES checkpoint."""
+    import pickle
+    state = json.loads((controller_dir / "state.json").read_text())
+    del state[key]
+    (controller_dir / "state.json").write_text(json.dumps(state))
+    saved = pickle.loads((controller_dir / "cma_state.pkl").read_bytes())
+    del saved["state"][key]
+    (controller_dir / "cma_state.pkl").write_bytes(pickle.dumps(saved))
+
+
 def _tiny_run(tiny_world_model, run):
     import shutil
     for part in ("vae", "rnn"):
@@ -248,13 +260,7 @@ def test_an_evolution_from_a_trained_controller_keeps_its_lineage(tiny_world_mod
     for replaced in (False, True):
         run = tmp_path / f"old{replaced}"
         shutil.copytree(child.parent, run)
-        state = json.loads((run / "controller" / "state.json").read_text())
-        del state["lineage"]
-        (run / "controller" / "state.json").write_text(json.dumps(state))
-        import pickle
-        saved = pickle.loads((run / "controller" / "cma_state.pkl").read_bytes())
-        del saved["state"]["lineage"]
-        (run / "controller" / "cma_state.pkl").write_bytes(pickle.dumps(saved))
+        _forget_in_state(run / "controller", "lineage")
         source = tmp_path / f"source{replaced}"
         shutil.copytree(tiny_world_model / "controller", source)
         config = json.loads((run / "controller" / "config.json").read_text())
@@ -333,6 +339,12 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
                                   "max_steps": 1000, "returns": [520.0 + s % 7 for s in seeds],
                                   "first_seed": CONFIRM_SEED_BASE}
 
+    # A state saved before confirmation returns carried their first track: they are of the fixed tracks.
+    legacy = {k: v for k, v in state["confirmed"].items() if k != "first_seed"}
+    pool.driven.clear()
+    challenge(pool, {"best_eval": 700.0, "lineage": [], "confirmed": legacy}, better, lucky, 720.0, seeds, 1000)
+    assert {v for v, _ in pool.driven} == {450.0}
+
     # A score of other tracks (fewer, or the next ones as with fresh tracks) or steps: driven again.
     for other_tracks, other_steps in ((seeds[:2], 1000), ([s + 3 for s in seeds], 1000), (seeds, 500)):
         pool.driven.clear()
@@ -409,9 +421,12 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
         firsts = [r["eval_first_seed"] for r in evaluations]
         eval_driven = {seed for pool in Pool.instances[1:] for _, seed in pool.driven}
         if fresh:
-            assert firsts == [TRAIN_EVAL_SEED_BASE + 2, TRAIN_EVAL_SEED_BASE + 4, TRAIN_EVAL_SEED_BASE + 6]
-            assert periodic_tracks(config, 4) == [TRAIN_EVAL_SEED_BASE + 4, TRAIN_EVAL_SEED_BASE + 5]
-            assert confirm_tracks(config, 4) == [CONFIRM_SEED_BASE + 6 + i for i in range(3)]
+            assert firsts == [TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 2, TRAIN_EVAL_SEED_BASE + 4]
+            tests = [r["confirm_first_seed"] for r in evaluations if "confirm_first_seed" in r]
+            assert tests == [CONFIRM_SEED_BASE + 3 * i for i in range(len(tests))]  # each test on new tracks
+            state = json.loads((ctrl / "state.json").read_text())
+            assert state["tracks_next"] == {"periodic": 6, "confirm": 3 * len(tests)}
+            assert periodic_tracks(config, state) == [TRAIN_EVAL_SEED_BASE + 6, TRAIN_EVAL_SEED_BASE + 7]
             # Nothing to defend at the first evaluation; after it the shipped controller drives every one.
             assert "eval_shipped" not in evaluations[0]
             assert all("eval_shipped" in r for r in evaluations[1:])
@@ -420,13 +435,25 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
                 picked = r[r["eval_pick"]]
                 assert ("confirm_challenger" in r) == (picked > r["eval_shipped"])
                 if "confirm_challenger" in r:
-                    tracks = confirm_tracks(config, r["generation"])
+                    tracks = range(r["confirm_first_seed"], r["confirm_first_seed"] + 3)
                     assert set(tracks) <= eval_driven and r["confirm_driven"] == 2 * len(tracks)
         else:
             assert firsts == [TRAIN_EVAL_SEED_BASE] * 3
             assert not any("eval_shipped" in r for r in evaluations)
-            assert eval_driven <= {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(confirm_tracks(config, 2))
-            assert periodic_tracks(config, 6) == periodic_tracks(config, 2)
+            state = json.loads((ctrl / "state.json").read_text())
+            assert eval_driven <= {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(confirm_tracks(config, state))
+            assert state["tracks_next"] == {"periodic": 0, "confirm": 0}
+
+    # Resumed with other evaluation settings, an evolution never drives the same fresh tracks twice; a state
+    # from before fresh tracks were counted starts past the first 1000 tracks of each range.
+    run = tmp_path / "runTrue"
+    evolve(EvolveConfig(run_dir=str(run), **{**settings, "generations": 9, "eval_every": 3}))
+    later = [r for r in read_history(run / "controller" / "history.jsonl") if "eval_first_seed" in r]
+    assert [r["eval_first_seed"] for r in later][3:] == [TRAIN_EVAL_SEED_BASE + 6]
+    _forget_in_state(run / "controller", "tracks_next")
+    evolve(EvolveConfig(run_dir=str(run), **{**settings, "generations": 12, "eval_every": 3}))
+    last = read_history(run / "controller" / "history.jsonl")[-1]
+    assert last["generation"] == 12 and last["eval_first_seed"] == TRAIN_EVAL_SEED_BASE + 1000
 
 
 def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_it(tiny_world_model, tmp_path,
