@@ -296,9 +296,9 @@ class CompareConfig:
     """Two controllers' evaluation reports on the same tracks, compared track by track."""
 
     baseline: str = param(f"{SHIPPED_MODEL_DIR}/controller/evaluation.json", "evaluation report (JSON) of the "
-                          "controller to beat", path=True)
+                          "controller to beat; several of it on other tracks joined with commas", path=True)
     challenger: str = param("", "evaluation report (JSON) of the controller to test, from python -m core "
-                                "evaluate --model-dir <run> --out <file>", path=True)
+                                "evaluate --model-dir <run> --out <file>; several joined with commas", path=True)
     out: str = param("", "JSON file for the comparison; empty: printed only")
 
 

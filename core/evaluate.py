@@ -149,6 +149,40 @@ def read_report(path: Path | str) -> dict:
     return check_report(read_json(path, "evaluation report"), str(path))
 
 
+def read_reports(paths: str) -> dict:
+    """One report, or several of one controller separated by commas (``a.json,b.json``: the same controller,
+    V and M, env and step limit on other tracks) joined into one: their tracks pooled, the summary redone,
+    ``complete`` only if all are."""
+    names = [name.strip() for name in paths.split(",") if name.strip()]
+    reports = [read_report(name) for name in names]
+    if len(reports) == 1:
+        return reports[0]
+    first = reports[0]
+    for name, report in zip(names[1:], reports[1:]):
+        for key in ("params_sha256", "world_model_sha256", "env", "max_steps"):
+            a, b = first.get(key), report.get(key)
+            if a != b and not (key == "world_model_sha256" and None in (a, b)):  # older reports lack it
+                raise ArtifactError(f"{name}: not the same evaluation as {names[0]} ({key}: {report.get(key)} "
+                                    f"against {first.get(key)}); only reports of one controller, driven the same "
+                                    "way, can be joined")
+    episodes = {}
+    for name, report in zip(names, reports):
+        extra = {k: report[k] for k in ("steps", "tiles") if isinstance(report.get(k), list)}
+        for i, (seed, ret) in enumerate(zip(report["seeds"], report["returns"])):
+            if seed in episodes:
+                raise ArtifactError(f"{name}: track {seed} is in another of the joined reports too")
+            episodes[seed] = {"return": ret, **{k: v[i] for k, v in extra.items()}}
+    seeds = sorted(episodes)
+    joined = {**first, **summarize([episodes[s]["return"] for s in seeds]), "seeds": seeds,
+              "returns": [episodes[s]["return"] for s in seeds], "episodes": len(seeds),
+              "complete": all(r.get("complete") is not False for r in reports), "joined": names}
+    for key in ("steps", "tiles"):
+        joined.pop(key, None)
+        if all(key in episodes[s] for s in seeds):
+            joined[key] = [episodes[s][key] for s in seeds]
+    return joined
+
+
 def check_report(data: object, where: str) -> dict:
     """``data`` as an evaluation report: per-track ``seeds`` (whole numbers) and ``returns`` (finite numbers)
     of equal length, no track twice (ArtifactError naming ``where`` otherwise); seeds as int, returns as
@@ -245,7 +279,7 @@ def compare(config: CompareConfig, on_progress: ProgressCallback = keep_going) -
     """Compare two evaluation reports (``compare_reports``); write the result to ``config.out`` if given.
     Reading two files takes no time, so ``on_progress`` is never called; it is taken like every stage's."""
     validate(config)
-    baseline, challenger = read_report(config.baseline), read_report(config.challenger)
+    baseline, challenger = read_reports(config.baseline), read_reports(config.challenger)
     result = {**compare_reports(baseline, challenger), "baseline": config.baseline,
               "challenger": config.challenger, "env": baseline.get("env"), "date": now_iso()}
     if config.out:

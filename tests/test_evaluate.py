@@ -155,3 +155,28 @@ def test_a_report_of_odd_numbers_is_refused_in_one_line(tmp_path, seeds, returns
     path.write_text(json.dumps({"seeds": seeds, "returns": returns}))
     with pytest.raises(ArtifactError, match="not an evaluation report"):
         read_report(path)
+
+
+def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_path):
+    from core.config import CompareConfig
+    from core.artifacts import ArtifactError
+    from core.evaluate import compare, read_reports
+    first = _report(tmp_path / "a.json", [800.0, 700.0], steps=[1000, 900], complete=True)
+    second = _report(tmp_path / "b.json", [600.0, 900.0], first_seed=1_000_002, steps=[1000, 950], complete=True)
+    joined = read_reports(f"{first}, {second}")
+    assert joined["seeds"] == [1_000_000 + i for i in range(4)] and joined["returns"] == [800.0, 700.0, 600.0, 900.0]
+    assert joined["steps"] == [1000, 900, 1000, 950] and joined["mean"] == 750.0 and joined["episodes"] == 4
+    assert joined["complete"] is True and joined["joined"] == [first, second]
+    base = [_report(tmp_path / f"base{i}.json", [r - 10.0 for r in returns], first_seed=seed, params_sha256="b")
+            for i, (returns, seed) in enumerate((([800.0, 700.0], 1_000_000), ([600.0, 900.0], 1_000_002)))]
+    result = compare(CompareConfig(baseline=",".join(base), challenger=f"{first},{second}"))
+    assert result["tracks"] == 4 and result["lead"] == 10.0 and result["wins"] == 4
+
+    with pytest.raises(ArtifactError, match="track 1000000 is in another"):
+        read_reports(f"{first},{first}")
+    other = _report(tmp_path / "c.json", [1.0], first_seed=1_000_009, params_sha256="zzz")
+    with pytest.raises(ArtifactError, match="params_sha256"):
+        read_reports(f"{first},{other}")
+    fast = _report(tmp_path / "d.json", [1.0], first_seed=1_000_009, env="fast")
+    with pytest.raises(ArtifactError, match="env"):
+        read_reports(f"{first},{fast}")
