@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
-from core.config import ExportConfig, validate
+from core.config import EVAL_SEED_BASE, ExportConfig, validate
 from core.controller import load_params_file, params_sha256, save_params
 from core.evaluate import read_report
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
@@ -155,7 +155,8 @@ def _shipped_report(config: ExportConfig, src: Path, params: np.ndarray) -> tupl
                                 f"evaluate --model-dir {src} --params <file> --out <report>")
         if report.get("complete") is not True:
             raise ArtifactError(f"{where}: a stopped evaluation; run it again to finish it, then export")
-        if report.get("held_out") is not True:
+        held_out = report.get("held_out", all(seed >= EVAL_SEED_BASE for seed in report["seeds"]))  # older reports
+        if held_out is not True:
             raise ArtifactError(f"{where}: not on held-out tracks (--first-seed below 1000000); ship an "
                                 "evaluation on the evaluation tracks")
         return report, _report_doubts(report, where)
@@ -218,6 +219,7 @@ def _ship_params(src: Path, dst: Path, params: np.ndarray, source: dict, z_size:
 
 
 def _as_shipped(state: dict, source: dict) -> dict:
+    """An evolution state whose controller to beat is ``source``'s: unscored, unconfirmed, and named."""
     state = {k: v for k, v in state.items() if k != "confirmed"}
     return {**state, "best_eval": None, "start_pending": True,
             "shipped": {**source, "generation_of_run": state.get("generation")}}

@@ -231,6 +231,10 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
         with pytest.raises(ArtifactError, match=problem):
             export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=str(doubtful)))
     assert not out.exists()  # nothing half-shipped
+    # A report from before held_out was recorded is judged by its tracks.
+    doubtful.write_text(json.dumps({k: v for k, v in read_json(Path(report["out"])).items() if k != "held_out"}))
+    export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "legacy"), params=str(mean),
+                        evaluation=str(doubtful)))
     result = export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=report["out"]))
     assert result["params_sha256"] == sha and result["evaluation"] == report["mean"]
     doubts = [] if TEST_ENV == "stock" else [f"--evaluation {report['out']}: driven in the {TEST_ENV} env, not "
