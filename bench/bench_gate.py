@@ -18,7 +18,8 @@ other tracks by more than one standard error of the lead.
 
 Reported, over many simulated evolutions of 40 evaluations (200 generations at --eval-every 5): the kept
 controller's true quality at the end against the CMA-ES mean's, how often it was replaced, how many of
-those replacements were by a worse controller, and the episodes the evaluations drove.
+those replacements were by a worse controller, and the episodes the evaluations drove; and on fresh tracks
+the same by ``--confirm-margin``, which trades replacements by worse controllers against lag.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ EVAL_TRACKS, CONFIRM_TRACKS, CANDIDATES = 8, 24, 3
 EVALUATIONS = 40
 MARGIN = 1.0  # --confirm-margin
 CLIMBS = (0.0, 1.0, 3.0)  # the CMA-ES mean's true gain per evaluation
+MARGINS = (0.5, 1.0, 1.5, 2.0)  # --confirm-margin values compared on fresh tracks
 
 
-def simulate(fresh: bool, climb: float, runs: int, rng: np.random.Generator) -> dict:
+def simulate(fresh: bool, climb: float, runs: int, rng: np.random.Generator, margin: float = MARGIN) -> dict:
     """One gate on ``runs`` simulated evolutions; returns its averages."""
     end_gap, replaced, worse, episodes = [], [], [], []
     for _ in range(runs):
@@ -63,7 +65,7 @@ def simulate(fresh: bool, climb: float, runs: int, rng: np.random.Generator) -> 
             challenger = qualities[pick] + rng.normal(0, NOISE, CONFIRM_TRACKS)
             n_episodes += CONFIRM_TRACKS
             lead = challenger - kept_confirm
-            if lead.mean() > MARGIN * lead.std(ddof=1) / np.sqrt(CONFIRM_TRACKS):
+            if lead.mean() > margin * lead.std(ddof=1) / np.sqrt(CONFIRM_TRACKS):
                 n_replaced += 1
                 n_worse += qualities[pick] < kept_q
                 kept_q, kept_screen, kept_confirm = qualities[pick], screens[pick], challenger
@@ -76,7 +78,7 @@ def simulate(fresh: bool, climb: float, runs: int, rng: np.random.Generator) -> 
             "episodes": float(np.mean(episodes))}
 
 
-def report(results: dict, runs: int, seconds: float) -> str:
+def report(results: dict, margins: dict, runs: int, seconds: float) -> str:
     lines = ["## Keeping a controller: fixed or fresh evaluation tracks (simulation)", "",
              f"A simulation of evolve's gate (`python -m bench.bench_gate`; {runs} simulated evolutions of "
              f"{EVALUATIONS} periodic evaluations per cell, {seconds:.0f} s; deterministic, seed 0): returns are "
@@ -100,21 +102,33 @@ def report(results: dict, runs: int, seconds: float) -> str:
               f"{training:,} episodes in those {EVALUATIONS} evaluations' 200 generations at population 16 x 4 "
               "rollouts. The kept controller does not feed back into the evolution (CMA-ES never sees it), so "
               "the gate only decides what is shipped; the model leaves out that the real candidates' spread "
-              "and climb vary along a run."]
+              "and climb vary along a run.", "",
+              "On fresh tracks, by `--confirm-margin` (kept controller against the mean at the end / "
+              "replacements by a worse controller, per climb):", "",
+              "| margin (standard errors) | " + " | ".join(f"climb {c:g}" for c in CLIMBS) + " |",
+              "|---:|" + "---:|" * len(CLIMBS)]
+    for margin in MARGINS:
+        cells = [f"{margins[(margin, c)]['gap']:+.1f} / {margins[(margin, c)]['worse']:.2f}" for c in CLIMBS]
+        lines.append(f"| {margin:g}{' (default)' if margin == MARGIN else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def measure(runs: int) -> tuple[dict, float]:
+def measure(runs: int) -> tuple[dict, dict, float]:
+    """Both gates by climb, and fresh tracks by margin and climb."""
     rng = np.random.default_rng(0)
     started = time.monotonic()
     results = {(climb, fresh): simulate(fresh, climb, runs, rng) for climb in CLIMBS for fresh in (False, True)}
-    return results, time.monotonic() - started
+    margins = {(margin, climb): simulate(True, climb, runs, rng, margin) for margin in MARGINS for climb in CLIMBS}
+    return results, margins, time.monotonic() - started
 
 
 def run(quick: bool = False) -> str:
-    runs = 300 if quick else 2000
-    results, seconds = measure(runs)
-    return report(results, runs, seconds)
+    return _report_of(300 if quick else 2000)
+
+
+def _report_of(runs: int) -> str:
+    results, margins, seconds = measure(runs)
+    return report(results, margins, runs, seconds)
 
 
 def main() -> None:
@@ -126,8 +140,7 @@ def main() -> None:
     if args.runs < 1:
         sys.exit("error: --runs must be at least 1")
     runs = 300 if args.quick else args.runs
-    results, seconds = measure(runs)
-    text = report(results, runs, seconds)
+    text = _report_of(runs)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
