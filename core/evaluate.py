@@ -40,22 +40,26 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     tracks; write and return the report.
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
-    the env, the config, the controller's and V's and M's hashes (``params_sha256``,
-    ``world_model_sha256``) and ``held_out`` (every track at or above EVAL_SEED_BASE, where training never
-    draws; a lower ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes done so far (``complete: false``), and
-    writes that report over ``out`` unless ``out`` already holds a finished evaluation of the same
-    controller, which is kept.
+    the env, the config, the hashes of the controller and of V and M (``params_sha256``,
+    ``world_model_sha256``), with ``params`` where the controller came from (``params_source``), and
+    ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
+    ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
+    done so far (``complete: false``), and writes that report over ``out`` unless ``out`` already holds a
+    finished evaluation of the same controller, which is kept.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
-    controller, V and M, env and step limit) skips the tracks already driven, so a killed run loses one episode.
+    controller, V and M, env and step limit) skips the tracks already driven, so a killed run loses one
+    episode.
     """
     validate(config)
     model_dir = Path(config.model_dir)
     if config.params:
         weights = load_world_model_weights(model_dir)
-        params, _ = load_params_file(config.params, weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0])
+        params, source = load_params_file(config.params, weights["mu_w"].shape[1],
+                                          weights["lstm_recurrent"].shape[0])
         default_out = Path(config.params).with_suffix(".evaluation.json")
     else:
         weights, params = load_world_model(model_dir)
+        source = None
         default_out = model_dir / "controller" / "evaluation.json"
     seeds = evaluation_seeds(config)
     if config.first_seed < EVAL_SEED_BASE:
@@ -89,6 +93,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
               "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config),
               "params_sha256": key["params_sha256"], "world_model_sha256": key["world_model_sha256"],
               "max_steps": config.max_steps, "held_out": config.first_seed >= EVAL_SEED_BASE}
+    if source is not None:  # --params: which file, which array, which generation
+        report["params_source"] = source
     if not report["complete"] and _holds_complete_report(out, key):
         # A stopped re-run of an evaluation that already finished: keep the finished report; the episodes
         # of this run stay in the partial file, and the next run continues from them.

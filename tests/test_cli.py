@@ -216,6 +216,7 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
     own = evaluate(EvaluateConfig(model_dir=str(run), **settings))  # of the kept controller
     report = evaluate(EvaluateConfig(model_dir=str(run), params=str(mean), **settings))
     assert report["out"] == str(tmp_path / "mean.evaluation.json") and report["params_sha256"] == sha
+    assert report["params_source"]["key"] == "mean" and report["params_source"]["generation"] == 1
     assert read_json(run / "controller" / "evaluation.json")["params_sha256"] == own["params_sha256"] == kept
 
     out = tmp_path / "models"
