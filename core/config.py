@@ -30,6 +30,7 @@ EVAL_SEED_BASE = 1_000_000  # first evaluation track seed
 TRAIN_SEED_LIMIT = 900_000  # collection and training rollouts draw track seeds in [0, TRAIN_SEED_LIMIT);
 # evolve's periodic evaluations and second tests use 900000..949999, validation screens 950000..999999
 
+MAX_TEST_TRACKS = 1000  # the most tracks one of evolve's periodic evaluations or second tests drives
 MAX_SEED = 2**32 - 2  # np.random.seed takes seeds below 2**32, and CMA-ES is seeded with seed + 1
 
 ENV_CHOICES = ("fast", "stock")
@@ -212,14 +213,15 @@ class EvolveConfig:
                                   minimum=1)
     eval_every: int = param(10, "generations between evaluations of the CMA-ES mean (0 = never)",
                             minimum=0)
-    eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1, maximum=1000)
+    eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1, maximum=MAX_TEST_TRACKS)
     average: int = param(20, "generations spanned by a moving average of the CMA-ES mean, evaluated with the "
                              "mean and the best candidate: at a plateau the mean wanders with the noise of "
                              "each generation's selection, and the average cancels much of it (0 or 1 = off)",
                          minimum=0)
     confirm_episodes: int = param(24, "a controller that beats the shipped one in a periodic evaluation replaces "
                                       "it only if it also scores higher on this many other tracks, "
-                                      "driven by both (0 = no second test)", minimum=0, maximum=1000)
+                                      "driven by both (0 = no second test)", minimum=0,
+                                  maximum=MAX_TEST_TRACKS)
     confirm_margin: float = param(1.0, "in that second test the challenger's mean lead over the shipped "
                                        "controller, track by track, must exceed this many standard errors "
                                        "of that lead (0 = any lead)", minimum=0.0)

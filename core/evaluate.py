@@ -168,9 +168,8 @@ def read_reports(paths: str) -> dict:
         for key in ("params_sha256", "world_model_sha256", "env", "max_steps"):
             a, b = first.get(key), report.get(key)
             if a != b and not (key == "world_model_sha256" and None in (a, b)):  # older reports lack it
-                raise ArtifactError(f"{name}: not the same evaluation as {names[0]} ({key}: {report.get(key)} "
-                                    f"against {first.get(key)}); only reports of one controller, driven the same "
-                                    "way, can be joined")
+                raise ArtifactError(f"{name}: not the same evaluation as {names[0]} ({key}: {b} against {a}); "
+                                    "only reports of one controller, driven the same way, can be joined")
     episodes = {}
     for name, report in zip(names, reports):
         extra = {k: report[k] for k in ("steps", "tiles") if isinstance(report.get(k), list)}

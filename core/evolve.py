@@ -37,7 +37,7 @@ import numpy as np
 
 from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_save_npz,
                             atomic_write_json, read_json, write_meta)
-from core.config import TRAIN_SEED_LIMIT, EvolveConfig, to_dict, validate
+from core.config import MAX_TEST_TRACKS, TRAIN_SEED_LIMIT, EvolveConfig, to_dict, validate
 from core.controller import PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
@@ -46,10 +46,8 @@ CMA_STATE = "cma_state.pkl"
 LATEST = "latest.npz"  # the CMA-ES mean, the best candidate of the last generation and the averaged mean
 STATE = "state.json"
 TRAIN_EVAL_SEED_BASE = TRAIN_SEED_LIMIT  # tracks of the periodic evaluations: 900000..909999
-TRAIN_EVAL_TRACKS = 10_000
 CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
-CONFIRM_TRACKS = 40_000
-FIXED_TRACKS_MAX = 1000  # the most tracks one evaluation or second test drives (EvolveConfig's maximum)
+TRACK_RANGES = {"periodic": (TRAIN_EVAL_SEED_BASE, 10_000), "confirm": (CONFIRM_SEED_BASE, 40_000)}  # first, size
 Average = tuple  # (the averaged CMA-ES mean as float64, the number of generations it has seen)
 
 
@@ -191,18 +189,14 @@ def _shipped_meta(state: dict) -> dict | None:
     return {"shipped": state["shipped"]} if state.get("shipped") else None
 
 
-def periodic_tracks(config: EvolveConfig, state: dict) -> list[int]:
-    """The tracks of the next periodic evaluation: the same ``eval_episodes`` every time, or with
-    ``fresh_tracks`` the next ones of 900000..909999 not driven yet (``state["tracks_next"]``)."""
-    start = state["tracks_next"]["periodic"] if config.fresh_tracks else 0
-    return [TRAIN_EVAL_SEED_BASE + (start + i) % TRAIN_EVAL_TRACKS for i in range(config.eval_episodes)]
-
-
-def confirm_tracks(config: EvolveConfig, state: dict) -> list[int]:
-    """The tracks of the next second test: the same ``confirm_episodes`` every time, or with
-    ``fresh_tracks`` the next ones of 910000..949999 not driven yet."""
-    start = state["tracks_next"]["confirm"] if config.fresh_tracks else 0
-    return [CONFIRM_SEED_BASE + (start + i) % CONFIRM_TRACKS for i in range(config.confirm_episodes)]
+def next_tracks(config: EvolveConfig, state: dict, kind: str) -> list[int]:
+    """The tracks of the next periodic evaluation (``kind`` "periodic") or second test ("confirm"): the same
+    ones every time, or with ``fresh_tracks`` the next ones of their range (``TRACK_RANGES``) not driven
+    yet (``state["tracks_next"]``)."""
+    first, size = TRACK_RANGES[kind]
+    count = config.eval_episodes if kind == "periodic" else config.confirm_episodes
+    start = state["tracks_next"][kind] if config.fresh_tracks else 0
+    return [first + (start + i) % size for i in range(count)]
 
 
 def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
@@ -293,9 +287,9 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         if shipped is None:  # an older checkpoint: its params.npz is the one to ship
             shipped = load_controller(out_dir, z_size, hidden).get_params()
         save_params(out_dir, shipped, z_size, hidden)
-        # A run from before fresh tracks were counted drove at most the first 1000 of each range (the most
-        # --eval-episodes and --confirm-episodes allow): its fresh tracks start after them.
-        state.setdefault("tracks_next", {"periodic": FIXED_TRACKS_MAX, "confirm": FIXED_TRACKS_MAX})
+        # A run from before fresh tracks were counted drove at most the first MAX_TEST_TRACKS of each range
+        # (the most --eval-episodes and --confirm-episodes allow): its fresh tracks start after them.
+        state.setdefault("tracks_next", {kind: MAX_TEST_TRACKS for kind in TRACK_RANGES})
         if "lineage" not in state:  # a run from before lineages were kept: its start is in its config
             started_from = (read_json(out_dir / "config.json", "evolution config").get("init_from")
                             if (out_dir / "config.json").exists() else "")
@@ -303,7 +297,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     else:
         es = new_es(config, z_size, hidden)
         state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
-                 "train_seconds": 0.0, "tracks_next": {"periodic": 0, "confirm": 0},
+                 "train_seconds": 0.0, "tracks_next": {kind: 0 for kind in TRACK_RANGES},
                  "lineage": ancestry(config.init_from, es.mean) if config.init_from else [],
                  # A run from a trained controller ships it until its first periodic evaluation has scored
                  # it against the run's own controllers.
@@ -345,7 +339,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     if average is not None and average[1] > 1:  # after one generation it is the mean
                         named["eval_mean_average"] = average[0]
                     evaluated = [np.asarray(p, np.float32) for p in named.values()]
-                    eval_seeds, confirm_seeds = periodic_tracks(config, state), confirm_tracks(config, state)
+                    eval_seeds, confirm_seeds = (next_tracks(config, state, kind) for kind in TRACK_RANGES)
                     score_start = state.pop("start_pending", False)  # the controller this run started from
                     # On fresh tracks the shipped controller drives them too: its score when it was picked
                     # was the best of many on other tracks, a bar no better challenger clears reliably.

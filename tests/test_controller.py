@@ -401,7 +401,7 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
     import core.evolve
     from core.artifacts import read_history
     from core.config import EvolveConfig
-    from core.evolve import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, confirm_tracks, evolve, periodic_tracks
+    from core.evolve import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, evolve, next_tracks
     from tests.conftest import TEST_ENV
 
     class Pool(_StandInPool):
@@ -426,7 +426,7 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
             assert tests == [CONFIRM_SEED_BASE + 3 * i for i in range(len(tests))]  # each test on new tracks
             state = json.loads((ctrl / "state.json").read_text())
             assert state["tracks_next"] == {"periodic": 6, "confirm": 3 * len(tests)}
-            assert periodic_tracks(config, state) == [TRAIN_EVAL_SEED_BASE + 6, TRAIN_EVAL_SEED_BASE + 7]
+            assert next_tracks(config, state, "periodic") == [TRAIN_EVAL_SEED_BASE + 6, TRAIN_EVAL_SEED_BASE + 7]
             # Nothing to defend at the first evaluation; after it the shipped controller drives every one.
             assert "eval_shipped" not in evaluations[0]
             assert all("eval_shipped" in r for r in evaluations[1:])
@@ -441,7 +441,8 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
             assert firsts == [TRAIN_EVAL_SEED_BASE] * 3
             assert not any("eval_shipped" in r for r in evaluations)
             state = json.loads((ctrl / "state.json").read_text())
-            assert eval_driven <= {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(confirm_tracks(config, state))
+            fixed = {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(next_tracks(config, state, "confirm"))
+            assert eval_driven <= fixed
             assert state["tracks_next"] == {"periodic": 0, "confirm": 0}
 
     # Resumed with other evaluation settings, an evolution never drives the same fresh tracks twice; a state
