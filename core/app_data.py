@@ -9,17 +9,19 @@ Nothing here raises for a missing or half-written artifact: the pages show what 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from core.artifacts import read_history
+from core.artifacts import ArtifactError, atomic_write_bytes, read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
-from core.controller import params_sha256
+from core.controller import LATEST_FILE, params_sha256
 from core.training import newest_checkpoint
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +216,58 @@ def against_shipped(report: dict | None, model_dir: Path | str) -> dict | None:
         return compare_reports(check_report(shipped, SHIPPED_MODEL_DIR), check_report(report, str(model_dir)))
     except ArtifactError:
         return None
+
+
+MEAN_COPY = "mean-gen{generation}-{sha8}.npz"  # a copy of latest.npz in outputs_dir(), named by what it holds
+
+
+def cma_mean(model_dir: Path | str) -> dict | None:
+    """The CMA-ES mean an evolution in ``model_dir`` saved last (``controller/latest.npz``, rewritten every
+    generation): ``generation`` and ``params_sha256``; None without a readable one (the shipped model keeps
+    none)."""
+    try:
+        with np.load(resolve(model_dir) / "controller" / LATEST_FILE, allow_pickle=False) as f:
+            return {"generation": int(f["generation"]), "params_sha256": params_sha256(f["mean"])}
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def copy_cma_mean(model_dir: Path | str) -> Path:
+    """Copy the evolution's current CMA-ES mean to ``outputs_dir(model_dir)`` and return the copy's path.
+
+    Evolution rewrites ``latest.npz`` every generation, while an evaluation of the mean, and ``export
+    --params`` after it, must name a file that still holds what was driven. The copy is named by the
+    generation and the mean's hash (``mean-gen45-1a2b3c4d.npz``), written atomically, and kept as it is when
+    there already. ArtifactError without a readable latest.npz."""
+    source = resolve(model_dir) / "controller" / LATEST_FILE
+    try:
+        data = source.read_bytes()  # read once: evolution may replace the file meanwhile
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            generation, sha = int(f["generation"]), params_sha256(f["mean"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{source}: no readable CMA-ES mean ({e}); it appears after the first generation "
+                            "of an evolution") from None
+    copy = outputs_dir(model_dir) / MEAN_COPY.format(generation=generation, sha8=sha[:8])
+    if not copy.exists():
+        atomic_write_bytes(copy, data)
+    return copy
+
+
+def params_evaluation(report_path: Path | str) -> dict | None:
+    """The report of an evaluation of a controller file (``evaluate --params``) with ``out_path`` (where it
+    is) and ``params_file`` (the file it drove), or None while there is none."""
+    report = _read_json(resolve(report_path))
+    if not report or not isinstance(report.get("params_source"), dict):
+        return None
+    return {**report, "out_path": str(resolve(report_path)), "params_file": report["params_source"].get("file")}
+
+
+def latest_mean_evaluation(model_dir: Path | str) -> dict | None:
+    """The newest report of a copy of ``model_dir``'s CMA-ES mean (``copy_cma_mean``), or None."""
+    reports = [params_evaluation(p) for p in outputs_dir(model_dir).glob(MEAN_COPY.format(generation="*", sha8="*")
+                                                                          .replace(".npz", ".evaluation.json"))]
+    reports = [r for r in reports if r]
+    return max(reports, key=lambda r: str(r.get("date", ""))) if reports else None
 
 
 def history(out_dir: Path | str) -> list[dict]:

@@ -16,6 +16,7 @@ import numpy as np
 from core.artifacts import ArtifactError, atomic_save_npz, read_json, read_meta
 
 PARAMS_FILE = "params.npz"
+LATEST_FILE = "latest.npz"  # an evolution's CMA-ES mean, last generation's best candidate and averaged mean
 ACTION_SIZE = 3
 
 

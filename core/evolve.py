@@ -35,15 +35,14 @@ from pathlib import Path
 import cma
 import numpy as np
 
-from core.artifacts import (ArtifactError, History, RunLock, _atomic_write_bytes, atomic_save_npz,
+from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_bytes,
                             atomic_write_json, read_json, write_meta)
 from core.config import MAX_TEST_TRACKS, TRAIN_SEED_LIMIT, EvolveConfig, to_dict, validate
-from core.controller import PARAMS_FILE, load_controller, num_params, params_sha256, save_params
+from core.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
 CMA_STATE = "cma_state.pkl"
-LATEST = "latest.npz"  # the CMA-ES mean, the best candidate of the last generation and the averaged mean
 STATE = "state.json"
 TRAIN_EVAL_SEED_BASE = TRAIN_SEED_LIMIT  # tracks of the periodic evaluations: 900000..909999
 CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
@@ -60,7 +59,7 @@ def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy, state: dict, params: n
              average: Average | None) -> None:
     """The CMA-ES, the run's counters, the shipped parameters and the averaged mean in one atomic file, so
     they can never disagree. (The CMA-ES pickles its sampler's ``RandomState`` with it.)"""
-    _atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps({
+    atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps({
         "es": es, "state": dict(state), "params": np.asarray(params, np.float32), "average": average}))
 
 
@@ -386,7 +385,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 state["train_seconds"] += time.monotonic() - started
                 metrics["seconds"] = round(time.monotonic() - started, 2)
                 history.append(metrics)
-                atomic_save_npz(out_dir / LATEST, mean=np.asarray(es.mean, np.float32),
+                atomic_save_npz(out_dir / LATEST_FILE, mean=np.asarray(es.mean, np.float32),
                                 best_candidate=np.asarray(candidates[best_i], np.float32), generation=np.int64(gen),
                                 **({} if average is None else {"average": np.asarray(average[0], np.float32)}))
                 _save_es(out_dir, es, state, shipped, average)  # the checkpoint is complete

@@ -1,5 +1,6 @@
 """Evolve: CMA-ES searches C's parameters by driving the real env; evaluate the result and watch it drive."""
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -67,30 +68,57 @@ if not choices:
 else:
     model_dir = st.selectbox("World model", choices, key="evolve.model_dir",
                              help="The folder whose vae/, rnn/ and controller/ drive.")
+mean = app_data.cma_mean(model_dir) if model_dir is not None else None
+drive_mean = mean is not None and st.radio(
+    "Controller", ("kept", "mean"), horizontal=True, key="evaluate.controller",
+    format_func=lambda c: ("the kept controller (controller/params.npz)" if c == "kept" else
+                           f"the CMA-ES mean of generation {mean['generation']} (controller/latest.npz)"),
+    help="The kept controller is the one evolution's gate kept: the app drives it and export ships it. The "
+         "mean of the search distribution often drives better than any single candidate, but evolution keeps "
+         "it only once it wins a periodic evaluation and a second test. Evaluating the mean copies it into "
+         "the folder's outputs, so that a good score can be shipped with it (the command is shown after)."
+) == "mean"
 with st.expander("Evaluation settings"):
     outputs = app_data.outputs_dir(model_dir or run_dir)
     eval_config = _ui.config_form(EvaluateConfig, "evaluate", defaults={"episodes": 20}, hide=("out", "params"),
                                   fixed={"model_dir": model_dir or run_dir, "out": str(outputs / "evaluation.json")})
+
+
+def drive_the_mean(config: EvaluateConfig) -> EvaluateConfig:
+    """The evaluation of a copy of the current CMA-ES mean, its report beside the copy."""
+    copy = app_data.copy_cma_mean(config.model_dir)
+    return dataclasses.replace(config, params=str(copy), out=str(copy.with_suffix(".evaluation.json")))
+
+
 if model_dir is not None:
-    _ui.start_button("evaluate", eval_config, noun="evaluation")
+    _ui.start_button("evaluate", eval_config, noun="evaluation", prepare=drive_the_mean if drive_mean else None)
 
 
 def live_evaluation(snap) -> None:
-    versus = None
+    versus = report = None
+    job = snap["config"] if snap is not None and snap.get("config") else None
+    of_mean = bool(job.get("params")) if job else drive_mean  # the job shown drove a copy of a CMA-ES mean
     if snap is not None and snap["status"] in ("starting", "running", "stopping"):
         returns = [r["return"] for r in snap["history"] if "return" in r]
-        source = f"`{snap['config']['model_dir']}/`: {len(returns)} episodes so far"
+        source = f"`{job['model_dir']}/`{', CMA-ES mean' * of_mean}: {len(returns)} episodes so far"
     else:
         # The report of the world model of the job shown, else of the one picked above.
-        shown = snap["config"]["model_dir"] if snap is not None and snap.get("config") else model_dir
-        report = app_data.latest_evaluation(shown) if shown else None
+        shown = job["model_dir"] if job else model_dir
+        if not shown:
+            return
+        if of_mean:
+            report = app_data.params_evaluation(job["out"]) if job else app_data.latest_mean_evaluation(shown)
+        else:
+            report = app_data.latest_evaluation(shown)
         if not report:
             return
         returns = report["returns"]
-        source = (f"`{shown}/`, {report['episodes']} episodes, {report['env']} env, "
+        what = (f"the CMA-ES mean of generation {report['params_source'].get('generation', '?')} in `{shown}/`"
+                if of_mean else f"`{shown}/`")
+        source = (f"{what}, {report['episodes']} episodes, {report['env']} env, "
                   f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
                   f"(min {report['min']:.0f}, max {report['max']:.0f})")
-        if report["current"] is False:
+        if report.get("current") is False:
             source += (" · of an **earlier controller**: evolution has replaced this folder's controller since. "
                        "Evaluate again to score the current one.")
         versus = app_data.against_shipped(report, shown)
@@ -99,6 +127,20 @@ def live_evaluation(snap) -> None:
         _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
     if versus:
         show_against_shipped(versus)
+    if of_mean and report:
+        show_how_to_ship(report, shown)
+
+
+def show_how_to_ship(report: dict, model_dir: str) -> None:
+    """The command that ships an evaluated CMA-ES mean with its report, or why this report cannot."""
+    if not report.get("complete") or not report.get("held_out"):
+        st.caption("This report cannot ship the mean: " + ("its evaluation stopped part way; resume it to finish."
+                   if not report.get("complete") else "it was not driven on the evaluation tracks (from 1,000,000)."))
+        return
+    st.markdown("To ship this controller with the world model it drove on (the app's default model; the "
+                "published protocol is 100 episodes of the stock env):")
+    st.code(f"python -m core export --run-dir {model_dir} --params {app_data.relative(report['params_file'])} "
+            f"--evaluation {app_data.relative(report['out_path'])}", language="bash")
 
 
 def show_against_shipped(c: dict) -> None:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import app_data
+from core.artifacts import ArtifactError
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
 from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry, out_dir_of
 
@@ -237,9 +238,12 @@ _GO_ON = {"collect": ("Episodes", "Out dir"), "train-vae": ("Epochs", "Run dir")
           "train-rnn": ("Epochs", "Run dir"), "evolve": ("Generations", "Run dir")}
 
 
-def start_button(stage: str, config, noun: str | None = None, key: str | None = None) -> None:
+def start_button(stage: str, config, noun: str | None = None, key: str | None = None,
+                 prepare: Callable[[Any], Any] | None = None) -> None:
     """Start (or Resume, when an earlier run of the same folder stopped part way) ``stage``. Refuses a
-    folder inside the shipped model, and says so when the folder is done already."""
+    folder inside the shipped model, and says so when the folder is done already. ``prepare``, run on the
+    click, returns the config to start (for what must happen then and not on every rerun, such as copying
+    a file the job reads); an ArtifactError from it is shown."""
     values = dataclasses.asdict(config) if config is not None else None
     out = out_dir_of(stage, values) if values is not None else None
     if stage in _GO_ON and out is not None and app_data.is_shipped_model(out):
@@ -276,6 +280,12 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
                          f"from its checkpoint to {values['epochs']}.")
     if st.button(f"{label} {noun}", key=key or f"start.{stage}", type="primary", icon=":material/play_arrow:",
                  disabled=config is None or (finished and stage in ("collect", "evolve")), help=help_text):
+        if prepare is not None:
+            try:
+                config = prepare(config)
+            except ArtifactError as e:
+                st.error(str(e))
+                return
         start_job(stage, config)
 
 

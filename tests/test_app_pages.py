@@ -565,3 +565,60 @@ def test_an_evaluation_is_compared_track_by_track_with_the_shipped_model(fresh_r
     # The shipped model's own evaluation is not compared with itself.
     at.selectbox(key="evolve.model_dir").set_value("models").run()
     assert not any("Against the shipped model" in m.value for m in at.markdown)
+
+
+def test_the_cma_mean_is_copied_once_per_generation_and_mean(fresh_root):
+    """``copy_cma_mean`` freezes what latest.npz holds into the folder's outputs: the same mean is copied
+    once, a new one gets its own file, and a folder without latest.npz is explained."""
+    from core import app_data
+    from core.artifacts import ArtifactError
+    latest = fresh_root / "runs" / "controller" / "latest.npz"
+    with np.load(latest) as f:
+        generation = int(f["generation"])
+    assert app_data.cma_mean("runs")["generation"] == generation
+    copy = app_data.copy_cma_mean("runs")
+    assert copy.parent == app_data.outputs_dir("runs") and copy.name.startswith(f"mean-gen{generation}-")
+    assert copy.read_bytes() == latest.read_bytes()
+    stamp = copy.stat().st_mtime_ns
+    assert app_data.copy_cma_mean("runs") == copy and copy.stat().st_mtime_ns == stamp
+    with np.load(latest) as f:
+        arrays = dict(f)
+    np.savez(latest, **{**arrays, "mean": arrays["mean"] + 1})  # the next generation, same number
+    second = app_data.copy_cma_mean("runs")
+    assert second != copy and copy.exists()
+    latest.unlink()
+    assert app_data.cma_mean("runs") is None
+    with pytest.raises(ArtifactError, match="first generation"):
+        app_data.copy_cma_mean("runs")
+
+
+def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_root, tmp_path):
+    """Pick the CMA-ES mean, evaluate it: the report of a frozen copy is shown, with the export command,
+    and that command ships exactly the mean that was driven."""
+    from core.cli import main
+    from core.controller import load_controller, params_sha256
+    at = open_page(home(fresh_root), "4_Evolve.py")
+    at.radio(key="evaluate.controller").set_value("mean").run()
+    for name, value in {"episodes": 2, "max_steps": 15, "workers": 1}.items():
+        at.number_input(key=f"evaluate.{name}").set_value(value)
+    at.selectbox(key="evaluate.env").set_value(TEST_ENV)
+    at.button(key="start.evaluate").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("finished" in s.value for s in at.success):
+        time.sleep(0.5)
+        at.run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "the CMA-ES mean of generation 1 in `runs/`, 2 episodes" in text, text
+    commands = [c.value for c in at.code if "core export" in c.value]
+    assert len(commands) == 1 and "--params runs/controller/mean-gen1-" in commands[0], commands
+    args = commands[0].split()[3:]  # after "python -m core"
+    args = [str(fresh_root / a) if a.split("/")[0] == "runs" else a for a in args]  # the app root, not the cwd
+    out = tmp_path / "shipped"
+    assert main([*args, "--out-dir", str(out), "--quiet"]) == 0
+    with np.load(fresh_root / "runs" / "controller" / "latest.npz") as f:
+        mean = f["mean"]
+    assert params_sha256(load_controller(out / "controller").get_params()) == params_sha256(mean)
+    # Switching back to the kept controller shows that one's reports again, not the mean's.
+    at.radio(key="evaluate.controller").set_value("kept").run()
+    assert not at.exception
