@@ -12,6 +12,7 @@ import datetime as _dt
 import io
 import json
 import os
+import shlex
 import tempfile
 import zipfile
 from pathlib import Path
@@ -260,6 +261,23 @@ def params_evaluation(report_path: Path | str) -> dict | None:
     if not report or not isinstance(report.get("params_source"), dict):
         return None
     return {**report, "out_path": str(resolve(report_path)), "params_file": report["params_source"].get("file")}
+
+
+def export_command(run_dir: Path | str, params_file: Path | str, report: Path | str) -> str:
+    """The shell command that ships ``params_file`` with ``run_dir``'s V and M and its evaluation ``report``
+    into the app's shipped model, to paste in the project folder: paths inside it relative, others in full
+    (an app root set by $WORLD_MODELS_ROOT elsewhere), each quoted for the shell."""
+
+    def arg(path: Path | str) -> str:
+        path = resolve(path)
+        try:
+            return shlex.quote(str(path.relative_to(CODE_ROOT)))
+        except ValueError:
+            return shlex.quote(str(path))
+
+    out = arg(SHIPPED_MODEL_DIR)
+    return (f"python -m core export --run-dir {arg(run_dir)} --params {arg(params_file)} --evaluation {arg(report)}"
+            + (f" --out-dir {out}" if out != SHIPPED_MODEL_DIR else ""))
 
 
 def latest_mean_evaluation(model_dir: Path | str) -> dict | None:

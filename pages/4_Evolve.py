@@ -68,7 +68,8 @@ if not choices:
 else:
     model_dir = st.selectbox("World model", choices, key="evolve.model_dir",
                              help="The folder whose vae/, rnn/ and controller/ drive.")
-mean = app_data.cma_mean(model_dir) if model_dir is not None else None
+# The shipped model's folder is never exported over itself: its mean (if any) is not offered.
+mean = app_data.cma_mean(model_dir) if model_dir and not app_data.is_shipped_model(model_dir) else None
 drive_mean = mean is not None and st.radio(
     "Controller", ("kept", "mean"), horizontal=True, key="evaluate.controller",
     format_func=lambda c: ("the kept controller (controller/params.npz)" if c == "kept" else
@@ -97,8 +98,10 @@ if model_dir is not None:
 def live_evaluation(snap) -> None:
     versus = report = None
     job = snap["config"] if snap is not None and snap.get("config") else None
-    of_mean = bool(job.get("params")) if job else drive_mean  # the job shown drove a copy of a CMA-ES mean
-    if snap is not None and snap["status"] in ("starting", "running", "stopping"):
+    running = snap is not None and snap["status"] in ("starting", "running", "stopping")
+    # A running job shows what it drives; after it, the controller picked above (kept or mean) is shown.
+    of_mean = bool(job.get("params")) if running else drive_mean
+    if running:
         returns = [r["return"] for r in snap["history"] if "return" in r]
         source = f"`{job['model_dir']}/`{', CMA-ES mean' * of_mean}: {len(returns)} episodes so far"
     else:
@@ -107,7 +110,7 @@ def live_evaluation(snap) -> None:
         if not shown:
             return
         if of_mean:
-            report = app_data.params_evaluation(job["out"]) if job else app_data.latest_mean_evaluation(shown)
+            report = app_data.latest_mean_evaluation(shown)
         else:
             report = app_data.latest_evaluation(shown)
         if not report:
@@ -126,31 +129,36 @@ def live_evaluation(snap) -> None:
         st.markdown(f"Score distribution · {source}")
         _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
     if versus:
-        show_against_shipped(versus)
+        show_against_shipped(versus, "the CMA-ES mean" if of_mean else "this world model")
     if of_mean and report:
         show_how_to_ship(report, shown)
 
 
 def show_how_to_ship(report: dict, model_dir: str) -> None:
     """The command that ships an evaluated CMA-ES mean with its report, or why this report cannot."""
-    if not report.get("complete") or not report.get("held_out"):
-        st.caption("This report cannot ship the mean: " + ("its evaluation stopped part way; resume it to finish."
-                   if not report.get("complete") else "it was not driven on the evaluation tracks (from 1,000,000)."))
+    if not report.get("complete"):
+        st.caption("This report cannot ship the mean: its evaluation stopped part way. Starting it again goes on "
+                   "where it stopped while the evolution is still at that generation; after that it evaluates "
+                   "the newer mean.")
         return
-    st.markdown("To ship this controller with the world model it drove on (the app's default model; the "
-                "published protocol is 100 episodes of the stock env):")
-    st.code(f"python -m core export --run-dir {model_dir} --params {app_data.relative(report['params_file'])} "
-            f"--evaluation {app_data.relative(report['out_path'])}", language="bash")
+    if not report.get("held_out"):
+        st.caption("This report cannot ship the mean: it was not driven on the evaluation tracks (from "
+                   "1,000,000).")
+        return
+    st.markdown("To ship this controller with the V and M it drove on, as the app's default model (the published "
+                "protocol is 100 episodes of the stock env; export waits for a running evolution of the folder "
+                "to stop), run in the project folder:")
+    st.code(app_data.export_command(model_dir, report["params_file"], report["out_path"]), language="bash")
 
 
-def show_against_shipped(c: dict) -> None:
+def show_against_shipped(c: dict, label: str) -> None:
     lead = (f"**{c['lead']:+.1f}**" if c["ci95"] is None else
             f"**{c['lead']:+.1f} ± {c['lead_se']:.1f}** (lead ± standard error; 95% interval "
             f"{c['ci95'][0]:+.1f} to {c['ci95'][1]:+.1f})")
     st.markdown(f"Against the shipped model on the {c['tracks']} tracks both drove: {lead}, {c['wins']} tracks "
                 f"won, {c['losses']} lost: **{verdict_words(c, 'the shipped model')}**.")
     _ui.paired_scatter(c["seeds"], c["baseline_returns"], c["challenger_returns"], "shipped model",
-                       "this world model", key="evaluate.paired")
+                       label, key="evaluate.paired")
 
 
 _ui.job_panel("evaluate", live_evaluation, unit="episodes", stop_label="Stop evaluation")

@@ -592,11 +592,14 @@ def test_the_cma_mean_is_copied_once_per_generation_and_mean(fresh_root):
         app_data.copy_cma_mean("runs")
 
 
-def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_root, tmp_path):
+def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_root):
     """Pick the CMA-ES mean, evaluate it: the report of a frozen copy is shown, with the export command,
     and that command ships exactly the mean that was driven."""
+    import shlex
+
     from core.cli import main
     from core.controller import load_controller, params_sha256
+    assert (fresh_root / "models" / "controller" / "latest.npz").exists()  # the test's models/ has a mean too
     at = open_page(home(fresh_root), "4_Evolve.py")
     at.radio(key="evaluate.controller").set_value("mean").run()
     for name, value in {"episodes": 2, "max_steps": 15, "workers": 1}.items():
@@ -611,14 +614,32 @@ def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_ro
     text = " ".join(m.value for m in at.markdown)
     assert "the CMA-ES mean of generation 1 in `runs/`, 2 episodes" in text, text
     commands = [c.value for c in at.code if "core export" in c.value]
-    assert len(commands) == 1 and "--params runs/controller/mean-gen1-" in commands[0], commands
-    args = commands[0].split()[3:]  # after "python -m core"
-    args = [str(fresh_root / a) if a.split("/")[0] == "runs" else a for a in args]  # the app root, not the cwd
-    out = tmp_path / "shipped"
-    assert main([*args, "--out-dir", str(out), "--quiet"]) == 0
+    assert len(commands) == 1 and f"--params {fresh_root}/runs/controller/mean-gen1-" in commands[0], commands
+    # The command as printed (the app root here is not the project folder: its paths are in full, and it
+    # names the app's models/) ships exactly the mean that was driven.
+    args = shlex.split(commands[0])
+    assert args[:3] == ["python", "-m", "core"] and main([*args[3:], "--quiet"]) == 0
     with np.load(fresh_root / "runs" / "controller" / "latest.npz") as f:
         mean = f["mean"]
-    assert params_sha256(load_controller(out / "controller").get_params()) == params_sha256(mean)
-    # Switching back to the kept controller shows that one's reports again, not the mean's.
+    assert params_sha256(load_controller(fresh_root / "models" / "controller").get_params()) == params_sha256(mean)
+    # Back on the kept controller, its own report is shown, with no command to ship the mean.
     at.radio(key="evaluate.controller").set_value("kept").run()
     assert not at.exception
+    assert not any("core export" in c.value for c in at.code)
+    assert not any("CMA-ES mean of generation" in m.value for m in at.markdown)
+    # The shipped model is never exported over itself: its folder offers no mean.
+    at.selectbox(key="evolve.model_dir").set_value("models").run()
+    assert not at.exception and not at.get("radio")
+
+
+def test_the_export_command_is_written_for_the_project_folder(monkeypatch, tmp_path):
+    from core import app_data
+    monkeypatch.delenv(ROOT_ENV, raising=False)  # the app's root is the project folder
+    mean, report = "runs/controller/mean-gen3-ab.npz", "runs/controller/mean-gen3-ab.evaluation.json"
+    assert app_data.export_command("runs", mean, report) == (
+        "python -m core export --run-dir runs --params runs/controller/mean-gen3-ab.npz "
+        "--evaluation runs/controller/mean-gen3-ab.evaluation.json")
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "my root"))  # elsewhere: full paths, quoted, and its models/
+    assert app_data.export_command("runs", "runs/m.npz", "runs/m.json") == (
+        f"python -m core export --run-dir '{tmp_path}/my root/runs' --params '{tmp_path}/my root/runs/m.npz' "
+        f"--evaluation '{tmp_path}/my root/runs/m.json' --out-dir '{tmp_path}/my root/models'")
