@@ -224,11 +224,10 @@ MEAN_COPY = "mean-gen{generation}-{sha8}.npz"  # a copy of latest.npz in outputs
 
 def cma_mean(model_dir: Path | str) -> dict | None:
     """The CMA-ES mean an evolution in ``model_dir`` saved last (``controller/latest.npz``, rewritten every
-    generation): ``generation`` and ``params_sha256``; None without a readable one (the shipped model keeps
-    none)."""
+    generation): ``generation``; None without a readable one (the shipped model keeps none)."""
     try:
         with np.load(resolve(model_dir) / "controller" / LATEST_FILE, allow_pickle=False) as f:
-            return {"generation": int(f["generation"]), "params_sha256": params_sha256(f["mean"])}
+            return {"generation": int(f["generation"])} if "mean" in f.files else None
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
 
