@@ -115,7 +115,7 @@ def _controller_line(state: dict, config: dict, records: list[dict]) -> str:
         return f"- C: {this}, {cost}; {best}"
     known = [e for e in lineage if "generation" in e]
     earlier = "; then ".join(f"{e['generation']} generations (population {e.get('popsize', '?')} x "
-                             f"{e.get('rollouts', '?')} rollouts, {e['episodes']:,} episodes, "
+                             f"{e.get('rollouts', '?')} rollouts at its end, {e['episodes']:,} episodes, "
                              f"{e['train_seconds'] / 3600:.2f} h)" for e in known)
     if len(known) < len(lineage):
         earlier = "an evolution of unknown cost" + (f"; then {earlier}" if earlier else "")

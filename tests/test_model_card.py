@@ -60,7 +60,7 @@ def test_the_card_adds_up_an_evolution_and_the_ones_it_started_from(tiny_world_m
     out = subprocess.run([sys.executable, "scripts/model_card.py", str(model)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("- C:"))
-    assert line.startswith("- C: 281 generations (population 16 x 4 rollouts, 10,528 episodes, 3.75 h); then, "
+    assert line.startswith("- C: 281 generations (population 16 x 4 rollouts at its end, 10,528 episodes, 3.75 h); then, "
                            f"starting from that controller, {state['generation']} generations of CMA-ES")
     assert (f"In all: {281 + state['generation']} generations, {10528 + state['episodes']:,} episodes, "
             f"{7874824 + state['env_steps']:,} env steps") in line
