@@ -29,7 +29,7 @@ def live(snap) -> None:
     if not records:
         return
     cols = st.columns(3)
-    for col, (name, title) in zip(cols, (("mdn", "MDN loss (negative log-likelihood a dimension)"),
+    for col, (name, title) in zip(cols, (("mdn", "MDN loss (NLL a dimension)"),
                                          ("reward", "Reward loss (squared error)"),
                                          ("done", "Episode-end loss (cross-entropy)"))):
         with col:

@@ -299,16 +299,24 @@ def line_chart(records: list[dict], x: str, series: dict[str, str], title: str, 
                key: str | None = None, log_y: bool = False, height: int = 300) -> None:
     """Plotly lines of ``records`` (dicts): ``series`` maps a legend label to a record key."""
     fig = go.Figure()
+    all_x, all_y = [], []
     for (label, field), color in zip(series.items(), itertools.cycle(SERIES_COLORS)):
         pts = [(r[x], r[field]) for r in records if r.get(field) is not None and r.get(x) is not None]
         if pts:
             xs, ys = zip(*pts)
+            all_x += xs
+            all_y += ys
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(pts) < 40 else "lines",
                                      name=label, line={"color": color}))
     fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis_title=x, yaxis_title=y_title, legend={"orientation": "h", "y": -0.25})
     if log_y:
         fig.update_yaxes(type="log")
+    elif all_y and max(all_y) - min(all_y) < 1e-9:  # one value (a first generation): a range around it
+        pad = max(1.0, abs(all_y[0]) * 0.1)
+        fig.update_yaxes(range=[all_y[0] - pad, all_y[0] + pad])
+    if all_x and all(isinstance(v, (int, float)) and float(v).is_integer() for v in all_x) and max(all_x) - min(all_x) < 10:
+        fig.update_xaxes(dtick=1)  # generations and epochs: no ticks between whole numbers
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
 
 

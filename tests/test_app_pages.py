@@ -123,6 +123,11 @@ def test_evolve_page_shows_fitness_and_offers_evaluation_and_a_video(app):
     at = open_page(app, "4_Evolve.py")
     assert {"Generations", "Popsize", "Rollouts", "Sigma0"} <= set(labels(at.number_input))
     assert len(at.get("plotly_chart")) == 1
+    # One generation so far: the axes get a range around its one value and whole-number generations.
+    import json
+    layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    low, high = layout["yaxis"]["range"]
+    assert high - low >= 2 and layout["xaxis"]["dtick"] == 1
     buttons = labels(at.button)
     assert any(b.endswith("evolution") for b in buttons)
     assert "Start evaluation" in buttons and "Start recording" in buttons
