@@ -1,0 +1,114 @@
+"""How a world model's controller drives: throttle, braking, steering and speed, track by track.
+
+    python scripts/driving_style.py [models] [--tracks 8] [--first-seed 950000] [--gas-shifts 0.3,0.6,1.0]
+
+Drives the controller of a world-model folder on validation tracks (950000 up by default: never used in
+training, and not the evaluation tracks) and prints, per track, its return, steps, share of tiles, mean gas
+(and how often above 0.9), how often it brakes (brake above 0.1), its mean |steer| and its mean and top
+speed (Box2D units of the car's hull). With ``--gas-shifts`` it also drives copies of the controller whose
+gas bias is raised by each amount, on the same tracks, and prints their paired lead: whether more throttle
+alone would help. The README's "What holds it back" quotes this script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.agent import Agent, load_world_model  # noqa: E402
+from core.artifacts import ArtifactError  # noqa: E402
+from core.env import make_env, tiles_visited  # noqa: E402
+from core.evolve import episode_returns  # noqa: E402
+from core.rollout import RolloutPool, RolloutSettings  # noqa: E402
+
+GAS_BIAS = -2  # the gas unit's bias among C's flat parameters (steer, gas, brake biases come last)
+
+
+def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
+    """One episode on track ``seed``: the return, steps, tiles, and statistics of actions and speed."""
+    env = make_env(env_kind)
+    try:
+        obs, _ = env.reset(seed=seed)
+        agent.reset()
+        actions, speeds, total = [], [], 0.0
+        for _ in range(max_steps):
+            action = agent.act(obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            actions.append(action)
+            velocity = env.unwrapped.car.hull.linearVelocity
+            speeds.append(float(np.hypot(velocity[0], velocity[1])))
+            if terminated or truncated:
+                break
+        visited, tiles = tiles_visited(env)
+    finally:
+        env.close()
+    a, v = np.array(actions), np.array(speeds)
+    return {"seed": seed, "return": total, "steps": len(a), "tiles": visited / max(tiles, 1),
+            "gas": float(a[:, 1].mean()), "full_gas": float((a[:, 1] > 0.9).mean()),
+            "braking": float((a[:, 2] > 0.1).mean()), "steer": float(np.abs(a[:, 0]).mean()),
+            "speed": float(v.mean()), "top_speed": float(v.max())}
+
+
+def gas_shift_leads(model_dir: str, seeds: list[int], shifts: list[float], env_kind: str, workers: int) -> list[str]:
+    """Lines of the paired lead of each gas-bias shift over the controller itself on ``seeds``."""
+    weights, params = load_world_model(model_dir)
+    candidates = [params] + [params + np.eye(1, params.size, params.size + GAS_BIAS, np.float32)[0] * s
+                             for s in shifts]
+    with RolloutPool(weights, RolloutSettings(env=env_kind), workers) as pool:
+        returns, _ = episode_returns(pool, candidates, seeds)
+    lines = [f"gas bias +0 (the controller): mean {returns[0].mean():.1f}"]
+    for shift, row in zip(shifts, returns[1:]):
+        lead = row - returns[0]
+        se = lead.std(ddof=1) / np.sqrt(len(lead)) if len(lead) > 1 else float("nan")
+        lines.append(f"gas bias +{shift:g}: mean {row.mean():.1f}, lead {lead.mean():+.1f} ± {se:.1f} "
+                     f"(won {int((lead > 0).sum())} of {len(lead)})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", nargs="?", default="models", help="world-model folder (vae/, rnn/, controller/)")
+    parser.add_argument("--tracks", type=int, default=8, help="tracks to drive")
+    parser.add_argument("--first-seed", type=int, default=950_000, help="seed of the first track")
+    parser.add_argument("--max-steps", type=int, default=1000, help="env steps per episode at most")
+    parser.add_argument("--env", default="fast", choices=("fast", "stock"), help="CarRacing implementation")
+    parser.add_argument("--gas-shifts", default="", help="comma-separated raises of the gas bias to compare")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the gas-shift episodes")
+    args = parser.parse_args(argv)
+    if args.tracks < 1 or args.max_steps < 1:
+        parser.error("--tracks and --max-steps must be at least 1")
+    try:
+        shifts = [float(s) for s in args.gas_shifts.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--gas-shifts {args.gas_shifts!r}: give numbers separated by commas, e.g. 0.3,0.6")
+    seeds = list(range(args.first_seed, args.first_seed + args.tracks))
+    try:
+        agent = Agent.load(args.model_dir)
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = [drive(agent, seed, args.env, args.max_steps) for seed in seeds]
+    print("| track | return | steps | tiles | gas | gas > 0.9 | braking | mean abs(steer) | speed | top speed |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['return']:.1f} | {r['steps']} | {r['tiles']:.0%} | {r['gas']:.2f} | "
+              f"{r['full_gas']:.0%} | {r['braking']:.0%} | {r['steer']:.2f} | {r['speed']:.1f} | {r['top_speed']:.1f} |")
+    mean = {k: np.mean([r[k] for r in rows]) for k in rows[0] if k != "seed"}
+    print(f"| mean | {mean['return']:.1f} | {mean['steps']:.0f} | {mean['tiles']:.0%} | {mean['gas']:.2f} | "
+          f"{mean['full_gas']:.0%} | {mean['braking']:.0%} | {mean['steer']:.2f} | {mean['speed']:.1f} | "
+          f"{mean['top_speed']:.1f} |")
+    if shifts:
+        print()
+        print("\n".join(gas_shift_leads(args.model_dir, seeds, shifts, args.env, args.workers)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
