@@ -315,7 +315,8 @@ def line_chart(records: list[dict], x: str, series: dict[str, str], title: str, 
     elif all_y and max(all_y) - min(all_y) < 1e-9:  # one value (a first generation): a range around it
         pad = max(1.0, abs(all_y[0]) * 0.1)
         fig.update_yaxes(range=[all_y[0] - pad, all_y[0] + pad])
-    if all_x and all(isinstance(v, (int, float)) and float(v).is_integer() for v in all_x) and max(all_x) - min(all_x) < 10:
+    whole = all_x and all(isinstance(v, (int, float)) and float(v).is_integer() for v in all_x)
+    if whole and max(all_x) - min(all_x) < 10:
         fig.update_xaxes(dtick=1)  # generations and epochs: no ticks between whole numbers
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
 
