@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from core.agent import Agent, load_world_model  # noqa: E402
 from core.artifacts import ArtifactError  # noqa: E402
 from core.env import make_env, tiles_visited  # noqa: E402
+from core.evaluate import compare_reports  # noqa: E402
 from core.evolve import episode_returns  # noqa: E402
 from core.rollout import RolloutPool, RolloutSettings  # noqa: E402
 
@@ -63,12 +64,13 @@ def gas_shift_leads(model_dir: str, seeds: list[int], shifts: list[float], env_k
                              for s in shifts]
     with RolloutPool(weights, RolloutSettings(env=env_kind), workers) as pool:
         returns, _ = episode_returns(pool, candidates, seeds)
+    own = {"seeds": seeds, "returns": list(returns[0])}
     lines = [f"gas bias +0 (the controller): mean {returns[0].mean():.1f}"]
     for shift, row in zip(shifts, returns[1:]):
-        lead = row - returns[0]
-        se = lead.std(ddof=1) / np.sqrt(len(lead)) if len(lead) > 1 else float("nan")
-        lines.append(f"gas bias +{shift:g}: mean {row.mean():.1f}, lead {lead.mean():+.1f} ± {se:.1f} "
-                     f"(won {int((lead > 0).sum())} of {len(lead)})")
+        c = compare_reports(own, {"seeds": seeds, "returns": list(row)})
+        se = "" if c["lead_se"] is None else f" ± {c['lead_se']:.1f}"
+        lines.append(f"gas bias +{shift:g}: mean {c['challenger_mean']:.1f}, lead {c['lead']:+.1f}{se} "
+                     f"(won {c['wins']} of {c['tracks']})")
     return lines
 
 
