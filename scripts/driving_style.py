@@ -1,19 +1,24 @@
-"""How a world model's controller drives: throttle, braking, steering and speed, track by track.
+"""How a world model's controller drives: how its episodes end, its throttle, braking, steering and speed.
 
     python scripts/driving_style.py [models] [--tracks 8] [--first-seed 950000] [--gas-shifts 0.3,0.6,1.0]
 
 Drives the controller of a world-model folder on validation tracks (950000 up by default: never used in
-training, and not the evaluation tracks) and prints, per track, its return, steps, share of tiles, mean gas
+training, and not the evaluation tracks) and prints, per track, its return, steps, share of tiles, how the
+episode ended (lap finished; left the playfield; at the step limit with the road lost, with the lap driven
+round but tiles skipped, or with tiles still ahead), the tiles it skipped and those still ahead, mean gas
 (and how often above 0.9), how often it brakes (brake above 0.1), its mean |steer| and its mean and top
-speed (Box2D units of the car's hull). With ``--gas-shifts`` it also drives copies of the controller whose
-gas bias is raised by each amount, on the same tracks, and prints their paired lead: whether more throttle
-alone would help. The README's "What holds it back" quotes this script's output.
+speed (Box2D units of the car's hull); then a table of the endings. With ``--gas-shifts`` it also drives
+copies of the controller whose gas bias is raised by each amount, on the same tracks, and prints their
+paired lead: whether more throttle alone would help. The README's "What holds it back" quotes this
+script's output. The fast env gives the stock env's episodes exactly, so ``--first-seed 1000000 --tracks
+100`` explains the evaluation report's episodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.agent import Agent, load_world_model  # noqa: E402
 from core.artifacts import ArtifactError  # noqa: E402
-from core.env import make_env, tiles_visited  # noqa: E402
+from core.env import make_env, spawn_context, tiles_visited, worker_setup  # noqa: E402
 from core.evaluate import compare_reports  # noqa: E402
 from core.evolve import episode_returns  # noqa: E402
 from core.rollout import RolloutPool, RolloutSettings  # noqa: E402
@@ -31,30 +36,127 @@ from core.rollout import RolloutPool, RolloutSettings  # noqa: E402
 GAS_BIAS = -2  # the gas unit's bias among C's flat parameters (steer, gas, brake biases come last)
 
 
+class LapTracker:
+    """Where the car got to on its lap, from the tiles its wheels touch (CarRacing numbers them from the start).
+
+    The furthest tile reached only moves forward by less than a quarter of the track at a time, so a start in
+    reverse (onto the last tiles) does not count as progress; the lap is driven round when, from the last
+    quarter, the car touches a tile in the first eighth. Unvisited tiles behind the furthest reached, or all
+    of them once the lap is round, were skipped (a corner cut, or the road left and rejoined further on);
+    the others lie ahead: the car ran out of steps before them.
+    """
+
+    def __init__(self, env) -> None:
+        self.base = env.unwrapped
+        self.n = len(self.base.track)
+        self.furthest, self.round = 0, False
+        self.steps = self.last_on_road = 0
+
+    def update(self) -> None:
+        """Call after each env step."""
+        self.steps += 1
+        if any(wheel.tiles for wheel in self.base.car.wheels):
+            self.last_on_road = self.steps
+        if self.round:
+            return
+        for wheel in self.base.car.wheels:
+            for tile in wheel.tiles:
+                if self.furthest >= self.n * 3 // 4 and tile.idx <= self.n // 8:
+                    self.round = True
+                    return
+                if self.furthest < tile.idx < self.furthest + self.n // 4:
+                    self.furthest = tile.idx
+
+    def unvisited(self) -> tuple[int, int]:
+        """(skipped, ahead): unvisited tiles behind the furthest reached (all of them once round), and beyond."""
+        missed = [tile.idx for tile in self.base.road if not tile.road_visited]
+        skipped = len(missed) if self.round else sum(i <= self.furthest for i in missed)
+        return skipped, len(missed) - skipped
+
+
+OUTCOMES = ("lap finished", "left the field", "lost the road", "tiles skipped", "out of steps")
+LOST_ROAD_STEPS = 50  # no wheel on the road for this many last steps: the car had lost it
+
+
+def outcome(lap_finished: bool | None, off_road_steps: int, skipped: int, ahead: int) -> str:
+    """How an episode ended: its lap; off the playfield (-100); or at the step limit: off the road for its
+    last ``LOST_ROAD_STEPS`` steps or more, with the lap driven round but tiles skipped, or on the road with
+    tiles still ahead (whether or not some were skipped)."""
+    if lap_finished is not None:
+        return OUTCOMES[0] if lap_finished else OUTCOMES[1]
+    if off_road_steps >= LOST_ROAD_STEPS:
+        return OUTCOMES[2]
+    return OUTCOMES[3] if ahead == 0 and skipped > 0 else OUTCOMES[4]
+
+
 def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
-    """One episode on track ``seed``: the return, steps, tiles, and statistics of actions and speed."""
+    """One episode on track ``seed``: the return, steps, tiles, how it ended, and statistics of actions and
+    speed."""
     env = make_env(env_kind)
     try:
         obs, _ = env.reset(seed=seed)
         agent.reset()
-        actions, speeds, total = [], [], 0.0
-        for _ in range(max_steps):
+        lap = LapTracker(env)
+        actions, speeds, total, last_tile, ended = [], [], 0.0, 0, None
+        for t in range(max_steps):
             action = agent.act(obs)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            before = env.unwrapped.tile_visited_count
+            obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             actions.append(action)
             velocity = env.unwrapped.car.hull.linearVelocity
             speeds.append(float(np.hypot(velocity[0], velocity[1])))
+            lap.update()
+            if env.unwrapped.tile_visited_count > before:
+                last_tile = t + 1
             if terminated or truncated:
+                ended = info.get("lap_finished") if terminated else None
                 break
         visited, tiles = tiles_visited(env)
+        skipped, ahead = lap.unvisited()
     finally:
         env.close()
     a, v = np.array(actions), np.array(speeds)
     return {"seed": seed, "return": total, "steps": len(a), "tiles": visited / max(tiles, 1),
+            "skipped": skipped, "ahead": ahead, "last_tile_step": last_tile,
+            "outcome": outcome(ended, lap.steps - lap.last_on_road, skipped, ahead),
             "gas": float(a[:, 1].mean()), "full_gas": float((a[:, 1] > 0.9).mean()),
             "braking": float((a[:, 2] > 0.1).mean()), "steer": float(np.abs(a[:, 0]).mean()),
             "speed": float(v.mean()), "top_speed": float(v.max())}
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model_dir: str) -> None:
+    worker_setup()
+    _WORKER["agent"] = Agent.load(model_dir)
+
+
+def _drive_in_worker(seed: int, env_kind: str, max_steps: int) -> dict:
+    return drive(_WORKER["agent"], seed, env_kind, max_steps)
+
+
+def drive_all(model_dir: str, seeds: list[int], env_kind: str, max_steps: int, workers: int) -> list[dict]:
+    """``drive`` on each track, in ``workers`` processes (inline for one), in the order of ``seeds``."""
+    if workers <= 1:
+        agent = Agent.load(model_dir)
+        return [drive(agent, seed, env_kind, max_steps) for seed in seeds]
+    with ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=_init_worker,
+                             initargs=(model_dir,)) as pool:
+        return list(pool.map(_drive_in_worker, seeds, [env_kind] * len(seeds), [max_steps] * len(seeds)))
+
+
+def outcome_lines(rows: list[dict]) -> list[str]:
+    """A table of how the episodes ended: how many, their mean return, and the tiles skipped and ahead."""
+    lines = ["| ended | episodes | mean return | tiles skipped (mean) | tiles ahead (mean) |",
+             "|---|---:|---:|---:|---:|"]
+    for name in OUTCOMES:
+        group = [r for r in rows if r["outcome"] == name]
+        if group:
+            lines.append(f"| {name} | {len(group)} | {np.mean([r['return'] for r in group]):.1f} | "
+                         f"{np.mean([r['skipped'] for r in group]):.1f} | {np.mean([r['ahead'] for r in group]):.1f} |")
+    return lines
 
 
 def gas_shift_leads(model_dir: str, seeds: list[int], shifts: list[float], env_kind: str, workers: int) -> list[str]:
@@ -82,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=1000, help="env steps per episode at most")
     parser.add_argument("--env", default="fast", choices=("fast", "stock"), help="CarRacing implementation")
     parser.add_argument("--gas-shifts", default="", help="comma-separated raises of the gas bias to compare")
-    parser.add_argument("--workers", type=int, default=2, help="processes for the gas-shift episodes")
+    parser.add_argument("--workers", type=int, default=2, help="processes that drive the episodes")
     args = parser.parse_args(argv)
     if args.tracks < 1 or args.max_steps < 1:
         parser.error("--tracks and --max-steps must be at least 1")
@@ -92,20 +194,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gas-shifts {args.gas_shifts!r}: give numbers separated by commas, e.g. 0.3,0.6")
     seeds = list(range(args.first_seed, args.first_seed + args.tracks))
     try:
-        agent = Agent.load(args.model_dir)
+        Agent.load(args.model_dir)  # a clear error here rather than one per worker
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = [drive(agent, seed, args.env, args.max_steps) for seed in seeds]
-    print("| track | return | steps | tiles | gas | gas > 0.9 | braking | mean abs(steer) | speed | top speed |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = drive_all(args.model_dir, seeds, args.env, args.max_steps, args.workers)
+    print("| track | return | steps | tiles | ended | skipped | ahead | gas | gas > 0.9 | braking | "
+          "mean abs(steer) | speed | top speed |")
+    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['seed']} | {r['return']:.1f} | {r['steps']} | {r['tiles']:.0%} | {r['gas']:.2f} | "
-              f"{r['full_gas']:.0%} | {r['braking']:.0%} | {r['steer']:.2f} | {r['speed']:.1f} | {r['top_speed']:.1f} |")
-    mean = {k: np.mean([r[k] for r in rows]) for k in rows[0] if k != "seed"}
-    print(f"| mean | {mean['return']:.1f} | {mean['steps']:.0f} | {mean['tiles']:.0%} | {mean['gas']:.2f} | "
-          f"{mean['full_gas']:.0%} | {mean['braking']:.0%} | {mean['steer']:.2f} | {mean['speed']:.1f} | "
-          f"{mean['top_speed']:.1f} |")
+        print(f"| {r['seed']} | {r['return']:.1f} | {r['steps']} | {r['tiles']:.0%} | {r['outcome']} | "
+              f"{r['skipped']} | {r['ahead']} | {r['gas']:.2f} | {r['full_gas']:.0%} | {r['braking']:.0%} | "
+              f"{r['steer']:.2f} | {r['speed']:.1f} | {r['top_speed']:.1f} |")
+    mean = {k: np.mean([r[k] for r in rows]) for k in rows[0] if k not in ("seed", "outcome")}
+    print(f"| mean | {mean['return']:.1f} | {mean['steps']:.0f} | {mean['tiles']:.0%} | | {mean['skipped']:.1f} | "
+          f"{mean['ahead']:.1f} | {mean['gas']:.2f} | {mean['full_gas']:.0%} | {mean['braking']:.0%} | "
+          f"{mean['steer']:.2f} | {mean['speed']:.1f} | {mean['top_speed']:.1f} |")
+    print()
+    print("\n".join(outcome_lines(rows)))
     if shifts:
         print()
         print("\n".join(gas_shift_leads(args.model_dir, seeds, shifts, args.env, args.workers)))
