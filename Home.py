@@ -142,6 +142,8 @@ def _how_it_learned(model_dir: str, report: dict | None) -> None:
             whose = "An earlier controller's scores" if report["current"] is False else "Scores"
             _ui.histogram(report["returns"], f"{whose} on {report['episodes']} unseen tracks", "return",
                           key="home.returns", bins=20)
+            if report.get("endings"):
+                _ui.endings_table(report["endings"], key="home.endings")
 
 
 def navigation():

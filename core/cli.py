@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(stage: str, result: dict) -> str:
     if stage == "evaluate":
+        ended = "; ".join(f"{e['ended']} {e['episodes']}" for e in result.get("endings", []))
         return (f"evaluate: {result['mean']:.1f} ± {result['std']:.1f} over {result['episodes']} episodes "
-                f"(min {result['min']:.1f}, max {result['max']:.1f}) -> {result['out']}")
+                f"(min {result['min']:.1f}, max {result['max']:.1f}{'; ' + ended if ended else ''}) -> {result['out']}")
     if stage == "compare":
         return compare_summary(result)
     shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}

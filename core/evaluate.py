@@ -18,6 +18,7 @@ from core.agent import load_world_model, load_world_model_weights
 from core.artifacts import ArtifactError, atomic_write_json, now_iso, read_json
 from core.config import EVAL_SEED_BASE, CompareConfig, EvaluateConfig, to_dict, validate
 from core.controller import load_params_file, params_sha256
+from core.laps import endings
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 from core.weights_cache import world_model_sha256
@@ -40,7 +41,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     tracks; write and return the report.
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
-    the env, the config, the hashes of the controller and of V and M (``params_sha256``,
+    ``tiles`` (visited), ``skipped`` (tiles) and ``ended`` (how: ``core.laps.OUTCOMES``) with ``endings``
+    (``core.laps.endings``: episodes and mean return by ending), the env, the config, the hashes of the controller and of V and M (``params_sha256``,
     ``world_model_sha256``), with ``params`` where the controller came from (``params_source``), and
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
     ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
@@ -77,7 +79,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     if todo and go_on:
         with RolloutPool(weights, settings, min(config.workers, len(todo))) as pool:
             for r in pool.map([(params, s) for s in todo]):
-                done[r.seed] = {"return": r.total_reward, "steps": r.steps, "tiles": r.tiles}
+                done[r.seed] = {"return": r.total_reward, "steps": r.steps, "tiles": r.tiles,
+                                "skipped": r.skipped, "ended": r.ended}
                 atomic_write_json(partial, {**key, "episodes": {str(k): v for k, v in done.items()}})
                 returns = [done[s]["return"] for s in seeds if s in done]
                 if not on_progress(len(returns), len(seeds), {"return": r.total_reward,
@@ -88,8 +91,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     if not returns:
         raise ArtifactError("evaluation stopped before its first episode finished; nothing to report")
     report = {**summarize(returns), "episodes": len(returns), "complete": len(driven) == len(seeds),
-              "returns": returns, "seeds": driven, "steps": [done[s]["steps"] for s in driven],
-              "tiles": [done[s]["tiles"] for s in driven], "env": config.env,
+              "returns": returns, "seeds": driven, **per_episode({s: done[s] for s in driven}), "env": config.env,
               "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config),
               "params_sha256": key["params_sha256"], "world_model_sha256": key["world_model_sha256"],
               "max_steps": config.max_steps, "held_out": config.first_seed >= EVAL_SEED_BASE}
@@ -105,6 +107,19 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
         partial.unlink(missing_ok=True)
     report["out"] = str(out)
     return report
+
+
+EPISODE_FIELDS = ("steps", "tiles", "skipped", "ended")  # per-episode lists beside returns, where known
+
+
+def per_episode(episodes: dict[int, dict]) -> dict:
+    """The per-episode lists (``EPISODE_FIELDS``) of ``episodes`` (by seed, in report order) that every episode
+    has, with ``endings`` when ``ended`` and ``skipped`` are known (an older partial run has neither)."""
+    rows = list(episodes.values())
+    lists = {k: [e[k] for e in rows] for k in EPISODE_FIELDS if all(k in e for e in rows)}
+    if "ended" in lists and "skipped" in lists:
+        lists["endings"] = endings(lists["ended"], [e["return"] for e in rows], skipped=lists["skipped"])
+    return lists
 
 
 def _holds_complete_report(path: Path, key: dict) -> bool:
@@ -124,7 +139,8 @@ def _read_partial(path: Path, key: dict) -> dict[int, dict]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if any(data.get(k) != v for k, v in key.items()):
             return {}
-        return {int(s): {"return": float(e["return"]), "steps": int(e["steps"]), "tiles": int(e["tiles"])}
+        return {int(s): {"return": float(e["return"]), "steps": int(e["steps"]), "tiles": int(e["tiles"]),
+                         **({"skipped": int(e["skipped"]), "ended": str(e["ended"])} if "ended" in e else {})}
                 for s, e in data["episodes"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s: unreadable partial evaluation, starting over", path)
@@ -172,7 +188,7 @@ def read_reports(paths: str) -> dict:
                                     "only reports of one controller, driven the same way, can be joined")
     episodes = {}
     for name, report in zip(names, reports):
-        extra = {k: report[k] for k in ("steps", "tiles") if isinstance(report.get(k), list)}
+        extra = {k: report[k] for k in EPISODE_FIELDS if isinstance(report.get(k), list)}
         for i, (seed, ret) in enumerate(zip(report["seeds"], report["returns"])):
             if seed in episodes:
                 raise ArtifactError(f"{name}: track {seed} is in another of the joined reports too")
@@ -181,17 +197,15 @@ def read_reports(paths: str) -> dict:
     joined = {**first, **summarize([episodes[s]["return"] for s in seeds]), "seeds": seeds,
               "returns": [episodes[s]["return"] for s in seeds], "episodes": len(seeds),
               "complete": all(r.get("complete") is not False for r in reports), "joined": names}
-    for key in ("steps", "tiles"):
+    for key in (*EPISODE_FIELDS, "endings"):
         joined.pop(key, None)
-        if all(key in episodes[s] for s in seeds):
-            joined[key] = [episodes[s][key] for s in seeds]
-    return joined
+    return {**joined, **per_episode({s: episodes[s] for s in seeds})}
 
 
 def check_report(data: object, where: str) -> dict:
     """``data`` as an evaluation report: per-track ``seeds`` (whole numbers) and ``returns`` (finite numbers)
-    of equal length, no track twice (ArtifactError naming ``where`` otherwise); seeds as int, returns as
-    float."""
+    of equal length, any other per-track list (``EPISODE_FIELDS``) as long, no track twice (ArtifactError
+    naming ``where`` otherwise); seeds as int, returns as float."""
     what = f"{where}: not an evaluation report of python -m core evaluate"
     if not isinstance(data, dict) or not isinstance(data.get("seeds"), list) or not isinstance(
             data.get("returns"), list):
@@ -208,6 +222,9 @@ def check_report(data: object, where: str) -> dict:
         returns = [float("inf")]
     if len(set(seeds)) != len(seeds) or not np.all(np.isfinite(returns)):
         raise ArtifactError(f"{what} (a track twice, or a return that is not finite)")
+    odd = [k for k in EPISODE_FIELDS if k in data and not (isinstance(data[k], list) and len(data[k]) == len(seeds))]
+    if odd:
+        raise ArtifactError(f"{what} (its per-track {', '.join(odd)} do not match its {len(seeds)} tracks)")
     return {**data, "seeds": seeds, "returns": returns}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from core.agent import Agent, WorldModelWeights
 from core.env import make_env, spawn_context, worker_setup
+from core.laps import OUTCOMES, LapTracker
 
 STEP_PENALTY = 0.1  # CarRacing's reward per frame without a new tile, subtracted for each skipped step
 
@@ -35,13 +36,16 @@ class RolloutResult:
     steps: int
     early_stopped: bool
     tiles: int
+    skipped: int = 0  # unvisited tiles behind the car when the episode ended (core.laps)
+    ended: str = ""  # how it ended: one of core.laps.OUTCOMES
 
 
 def rollout(params: np.ndarray, seed: int, settings: RolloutSettings, weights: WorldModelWeights,
             env=None) -> RolloutResult:
     """Run the controller ``params`` for one episode on track ``seed``.
 
-    With ``settings.early_stop``, an episode ends once the reward has been negative for
+    How it ended and the tiles it skipped come from ``core.laps.LapTracker``. With ``settings.early_stop``,
+    an episode ends once the reward has been negative for
     ``early_stop_steps`` steps in a row (the car has left the road or stopped); the steps it skips are
     charged the per-frame penalty they would have cost without new tiles, so fitness stays comparable.
     """
@@ -50,9 +54,11 @@ def rollout(params: np.ndarray, seed: int, settings: RolloutSettings, weights: W
     agent = Agent(weights, params)
     try:
         obs, _ = env.reset(seed=int(seed))
-        total, bad_streak, steps, early = 0.0, 0, 0, False
+        lap = LapTracker(env)
+        total, bad_streak, steps, early, terminated, info = 0.0, 0, 0, False, False, {}
         for t in range(settings.max_steps):
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
+            obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+            lap.update()
             total += float(reward)
             steps = t + 1
             if terminated or truncated:
@@ -63,10 +69,11 @@ def rollout(params: np.ndarray, seed: int, settings: RolloutSettings, weights: W
                 total -= STEP_PENALTY * (settings.max_steps - steps)
                 break
         tiles = int(getattr(env.unwrapped, "tile_visited_count", 0))
+        ended, skipped, _ = lap.ending(terminated, bool(info.get("lap_finished")))
     finally:
         if own_env:
             env.close()
-    return RolloutResult(int(seed), total, steps, early, tiles)
+    return RolloutResult(int(seed), total, steps, early, tiles, skipped, OUTCOMES[-1] if early else ended)
 
 
 # Per-process state of pool workers: weights arrive once through the initializer; each worker keeps one env.

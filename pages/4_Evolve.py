@@ -128,6 +128,8 @@ def live_evaluation(snap) -> None:
     if returns:
         st.markdown(f"Score distribution · {source}")
         _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
+    if report and report.get("endings"):
+        _ui.endings_table(report["endings"], key="evaluate.endings")
     if versus:
         show_against_shipped(versus, "the CMA-ES mean" if of_mean else "this world model")
     if of_mean and report:

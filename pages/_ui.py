@@ -328,6 +328,15 @@ def histogram(values: list[float], title: str, x_title: str, key: str | None = N
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
 
 
+def endings_table(endings: list[dict], key: str | None = None) -> None:
+    """How a report's episodes ended (``core.laps.endings`` rows): episodes, mean return, tiles skipped."""
+    st.dataframe([{"how it ended": e["ended"], "episodes": e["episodes"], "mean return": round(e["mean_return"], 1),
+                   "tiles skipped (mean)": round(e["mean_skipped"], 1)} for e in endings],
+                 hide_index=True, key=key, width="stretch")
+    st.caption("An episode ends before the step limit only when every tile is visited (or the car leaves the "
+               "playfield, -100): one tile skipped on a corner and the car drives on to the limit.")
+
+
 def paired_scatter(seeds: list[int], base: list[float], other: list[float], base_name: str, other_name: str,
                    key: str | None = None) -> None:
     """One point per track: ``base`` return across, ``other`` up; above the diagonal the other one did better."""

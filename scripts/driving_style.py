@@ -31,62 +31,10 @@ from core.artifacts import ArtifactError  # noqa: E402
 from core.env import make_env, spawn_context, tiles_visited, worker_setup  # noqa: E402
 from core.evaluate import compare_reports  # noqa: E402
 from core.evolve import episode_returns  # noqa: E402
+from core.laps import LapTracker, endings  # noqa: E402
 from core.rollout import RolloutPool, RolloutSettings  # noqa: E402
 
 GAS_BIAS = -2  # the gas unit's bias among C's flat parameters (steer, gas, brake biases come last)
-
-
-class LapTracker:
-    """Where the car got to on its lap, from the tiles its wheels touch (CarRacing numbers them from the start).
-
-    The furthest tile reached only moves forward by less than a quarter of the track at a time, so a start in
-    reverse (onto the last tiles) does not count as progress; the lap is driven round when, from the last
-    quarter, the car touches a tile in the first eighth. Unvisited tiles behind the furthest reached, or all
-    of them once the lap is round, were skipped (a corner cut, or the road left and rejoined further on);
-    the others lie ahead: the car ran out of steps before them.
-    """
-
-    def __init__(self, env) -> None:
-        self.base = env.unwrapped
-        self.n = len(self.base.track)
-        self.furthest, self.round = 0, False
-        self.steps = self.last_on_road = 0
-
-    def update(self) -> None:
-        """Call after each env step."""
-        self.steps += 1
-        if any(wheel.tiles for wheel in self.base.car.wheels):
-            self.last_on_road = self.steps
-        if self.round:
-            return
-        for wheel in self.base.car.wheels:
-            for tile in wheel.tiles:
-                if self.furthest >= self.n * 3 // 4 and tile.idx <= self.n // 8:
-                    self.round = True
-                    return
-                if self.furthest < tile.idx < self.furthest + self.n // 4:
-                    self.furthest = tile.idx
-
-    def unvisited(self) -> tuple[int, int]:
-        """(skipped, ahead): unvisited tiles behind the furthest reached (all of them once round), and beyond."""
-        missed = [tile.idx for tile in self.base.road if not tile.road_visited]
-        skipped = len(missed) if self.round else sum(i <= self.furthest for i in missed)
-        return skipped, len(missed) - skipped
-
-
-OUTCOMES = ("lap finished", "left the field", "lost the road", "tiles skipped", "out of steps")
-LOST_ROAD_STEPS = 50  # no wheel on the road for this many last steps: the car had lost it
-
-
-def outcome(lap_finished: bool | None, off_road_steps: int, skipped: int, ahead: int) -> str:
-    """How an episode ended: its lap; off the playfield (-100); or at the step limit: off the road for its
-    last ``LOST_ROAD_STEPS`` steps or more, with the lap driven round but tiles skipped, or on the road with
-    tiles still ahead (whether or not some were skipped)."""
-    if lap_finished is not None:
-        return OUTCOMES[0] if lap_finished else OUTCOMES[1]
-    if off_road_steps >= LOST_ROAD_STEPS:
-        return OUTCOMES[2]
-    return OUTCOMES[3] if ahead == 0 and skipped > 0 else OUTCOMES[4]
 
 
 def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
@@ -97,7 +45,7 @@ def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
         obs, _ = env.reset(seed=seed)
         agent.reset()
         lap = LapTracker(env)
-        actions, speeds, total, last_tile, ended = [], [], 0.0, 0, None
+        actions, speeds, total, last_tile, terminated, info = [], [], 0.0, 0, False, {}
         for t in range(max_steps):
             action = agent.act(obs)
             before = env.unwrapped.tile_visited_count
@@ -110,16 +58,15 @@ def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
             if env.unwrapped.tile_visited_count > before:
                 last_tile = t + 1
             if terminated or truncated:
-                ended = info.get("lap_finished") if terminated else None
                 break
         visited, tiles = tiles_visited(env)
-        skipped, ahead = lap.unvisited()
+        ended, skipped, ahead = lap.ending(terminated, bool(info.get("lap_finished")))
     finally:
         env.close()
     a, v = np.array(actions), np.array(speeds)
     return {"seed": seed, "return": total, "steps": len(a), "tiles": visited / max(tiles, 1),
             "skipped": skipped, "ahead": ahead, "last_tile_step": last_tile,
-            "outcome": outcome(ended, lap.steps - lap.last_on_road, skipped, ahead),
+            "outcome": ended,
             "gas": float(a[:, 1].mean()), "full_gas": float((a[:, 1] > 0.9).mean()),
             "braking": float((a[:, 2] > 0.1).mean()), "steer": float(np.abs(a[:, 0]).mean()),
             "speed": float(v.mean()), "top_speed": float(v.max())}
@@ -149,14 +96,12 @@ def drive_all(model_dir: str, seeds: list[int], env_kind: str, max_steps: int, w
 
 def outcome_lines(rows: list[dict]) -> list[str]:
     """A table of how the episodes ended: how many, their mean return, and the tiles skipped and ahead."""
-    lines = ["| ended | episodes | mean return | tiles skipped (mean) | tiles ahead (mean) |",
-             "|---|---:|---:|---:|---:|"]
-    for name in OUTCOMES:
-        group = [r for r in rows if r["outcome"] == name]
-        if group:
-            lines.append(f"| {name} | {len(group)} | {np.mean([r['return'] for r in group]):.1f} | "
-                         f"{np.mean([r['skipped'] for r in group]):.1f} | {np.mean([r['ahead'] for r in group]):.1f} |")
-    return lines
+    table = endings([r["outcome"] for r in rows], [r["return"] for r in rows],
+                    skipped=[r["skipped"] for r in rows], ahead=[r["ahead"] for r in rows])
+    return ["| ended | episodes | mean return | tiles skipped (mean) | tiles ahead (mean) |",
+            "|---|---:|---:|---:|---:|"] + [
+        f"| {e['ended']} | {e['episodes']} | {e['mean_return']:.1f} | {e['mean_skipped']:.1f} | {e['mean_ahead']:.1f} |"
+        for e in table]
 
 
 def gas_shift_leads(model_dir: str, seeds: list[int], shifts: list[float], env_kind: str, workers: int) -> list[str]:

@@ -151,6 +151,10 @@ def main(model_dir: Path) -> None:
         out += [f"- **Score: {rep['mean']:.1f} ± {rep['std']:.1f}** over {rep['episodes']} episodes of the "
                 f"{rep['env']} env on tracks {rep['seeds'][0]}..{rep['seeds'][-1]} (min {rep['min']:.1f}, median "
                 f"{rep['median']:.1f}, max {rep['max']:.1f}; {rep['solved_fraction']:.0%} of episodes ≥ 900)"]
+        if rep.get("endings"):
+            out += ["- How its episodes ended: " + "; ".join(
+                f"{e['ended']} {e['episodes']} (mean {e['mean_return']:.1f}, {e['mean_skipped']:.1f} tiles skipped)"
+                for e in rep["endings"])]
     vm, rm = vae["metrics"], rnn["metrics"]
     records = read_history(model_dir / "controller" / "history.jsonl")
     vae_s, rnn_s = (_train_seconds(model_dir / part) for part in ("vae", "rnn"))

@@ -45,6 +45,7 @@ def test_pipeline_end_to_end(tmp_path):
     report = read_json(Path(run) / "controller" / "evaluation.json")
     assert report["seeds"] == [1_000_000, 1_000_001] and len(report["returns"]) == 2
     assert report["env"] == "stock" and "± " in ev.stdout
+    assert f"{report['endings'][0]['ended']} {report['endings'][0]['episodes']}" in ev.stdout  # how they ended
     mp4 = tmp_path / "ep.mp4"
     rec = summary(cli("record", "--model-dir", run, "--seed", "3", "--max-steps", "20", "--out", str(mp4), "--env", TEST_ENV,
                       "--quiet"))

@@ -23,6 +23,9 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_world_model, tm
     full = evaluate(config, lambda step, total, m: calls.append(step) or True)
     assert calls[0] == 2  # the two tracks driven before are not driven again
     assert full["complete"] and full["seeds"] == [1_000_000 + i for i in range(4)]
+    assert full["ended"] == ["out of steps"] * 4 and len(full["skipped"]) == 4  # 15 steps finish no lap
+    assert full["endings"] == [{"ended": "out of steps", "episodes": 4, "mean_return": full["mean"],
+                                "mean_skipped": float(np.mean(full["skipped"]))}]
     assert full["returns"][:2] == first["returns"]
     assert not (tmp_path / "eval.json.partial").exists()
     assert json.loads(out.read_text())["episodes"] == 4
@@ -51,6 +54,24 @@ def test_a_partial_evaluation_of_another_controller_is_not_reused(tiny_world_mod
     assert evaluate(config)["returns"] != [999.0]
     (tmp_path / "eval.json.partial").write_text("{not json")
     assert evaluate(config)["episodes"] == 1
+
+
+def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world_model, tmp_path):
+    """A partial file from before endings were kept: its episodes are reused, and the report leaves out the
+    per-episode lists that not every episode has."""
+    from core.agent import load_world_model
+    from core.controller import params_sha256
+    from core.weights_cache import world_model_sha256
+    _, params = load_world_model(tiny_world_model)
+    out = tmp_path / "eval.json"
+    (tmp_path / "eval.json.partial").write_text(json.dumps(
+        {"params_sha256": params_sha256(params), "world_model_sha256": world_model_sha256(tiny_world_model),
+         "env": TEST_ENV, "max_steps": 15, "episodes": {"1000000": {"return": 5.0, "steps": 15, "tiles": 2}}}))
+    config = EvaluateConfig(model_dir=str(tiny_world_model), episodes=2, max_steps=15, workers=1, env=TEST_ENV,
+                            out=str(out))
+    report = evaluate(config)
+    assert report["returns"][0] == 5.0 and report["steps"] == [15, 15] and report["tiles"][0] == 2
+    assert "ended" not in report and "skipped" not in report and "endings" not in report
 
 
 def test_stopping_before_any_episode_is_explained(tiny_world_model, tmp_path):
@@ -167,6 +188,15 @@ def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_
     assert joined["seeds"] == [1_000_000 + i for i in range(4)] and joined["returns"] == [800.0, 700.0, 600.0, 900.0]
     assert joined["steps"] == [1000, 900, 1000, 950] and joined["mean"] == 750.0 and joined["episodes"] == 4
     assert joined["complete"] is True and joined["joined"] == [first, second]
+    assert "ended" not in joined and "endings" not in joined  # neither report has them
+    with_endings = [_report(tmp_path / f"e{i}.json", returns, first_seed=seed, ended=ended, skipped=skipped)
+                    for i, (returns, seed, ended, skipped) in enumerate((
+                        ([910.0], 1_000_000, ["lap finished"], [0]),
+                        ([800.0, 700.0], 1_000_001, ["out of steps", "out of steps"], [1, 3])))]
+    pooled = read_reports(",".join(with_endings))
+    assert pooled["ended"] == ["lap finished", "out of steps", "out of steps"] and pooled["skipped"] == [0, 1, 3]
+    assert [(e["ended"], e["episodes"], e["mean_return"], e["mean_skipped"]) for e in pooled["endings"]] == [
+        ("lap finished", 1, 910.0, 0.0), ("out of steps", 2, 750.0, 2.0)]
     base = [_report(tmp_path / f"base{i}.json", [r - 10.0 for r in returns], first_seed=seed, params_sha256="b")
             for i, (returns, seed) in enumerate((([800.0, 700.0], 1_000_000), ([600.0, 900.0], 1_000_002)))]
     result = compare(CompareConfig(baseline=",".join(base), challenger=f"{first},{second}"))
@@ -180,3 +210,6 @@ def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_
     fast = _report(tmp_path / "d.json", [1.0], first_seed=1_000_009, env="fast")
     with pytest.raises(ArtifactError, match="env"):
         read_reports(f"{first},{fast}")
+    short = _report(tmp_path / "s.json", [1.0, 2.0], ended=["lap finished"])
+    with pytest.raises(ArtifactError, match="per-track ended do not match its 2 tracks"):
+        read_reports(short)

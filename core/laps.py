@@ -1,0 +1,90 @@
+"""How an episode of CarRacing ended, from the tiles the car's wheels touched.
+
+CarRacing ends an episode early only when every tile of the track has been visited (or the car leaves the
+playfield, at -100), so a single skipped tile turns a finished lap into a drive to the step limit. The
+endings, in ``OUTCOMES`` order:
+
+* ``lap finished``: every tile visited;
+* ``left the field``: off the playfield, -100;
+* ``lost the road``: at the step limit, with no wheel on the road for the last ``LOST_ROAD_STEPS`` steps;
+* ``tiles skipped``: at the step limit, the lap driven round but tiles skipped (corners cut, or the road
+  left and rejoined further on);
+* ``out of steps``: at the step limit, on the road, with tiles still ahead (some may have been skipped too);
+* ``stopped early``: a training rollout cut short as hopeless (``core.rollout``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OUTCOMES = ("lap finished", "left the field", "lost the road", "tiles skipped", "out of steps", "stopped early")
+LOST_ROAD_STEPS = 50  # no wheel on the road for this many last steps: the car had lost it
+
+
+class LapTracker:
+    """Where the car got to on its lap; call ``update`` after each env step.
+
+    CarRacing numbers the tiles from the start line on. The furthest tile reached only moves forward by less
+    than a quarter of the track at a time, so a start in reverse (onto the last tiles) is no progress; the
+    lap is driven round when, from the last quarter, the car touches a tile in the first eighth. Unvisited
+    tiles behind the furthest reached, or all of them once the lap is round, were skipped; the others lie
+    ahead.
+    """
+
+    def __init__(self, env) -> None:
+        self.base = env.unwrapped
+        self.n = len(self.base.track)
+        self.furthest, self.round = 0, False
+        self.steps = self.last_on_road = 0
+
+    def update(self) -> None:
+        self.steps += 1
+        wheels = self.base.car.wheels
+        if any(wheel.tiles for wheel in wheels):
+            self.last_on_road = self.steps
+        if self.round:
+            return
+        for wheel in wheels:
+            for tile in wheel.tiles:
+                if self.furthest >= self.n * 3 // 4 and tile.idx <= self.n // 8:
+                    self.round = True
+                    return
+                if self.furthest < tile.idx < self.furthest + self.n // 4:
+                    self.furthest = tile.idx
+
+    def unvisited(self) -> tuple[int, int]:
+        """(skipped, ahead): unvisited tiles behind the furthest reached (all of them once round), and beyond."""
+        missed = [tile.idx for tile in self.base.road if not tile.road_visited]
+        skipped = len(missed) if self.round else sum(i <= self.furthest for i in missed)
+        return skipped, len(missed) - skipped
+
+    def ending(self, terminated: bool, lap_finished: bool) -> tuple[str, int, int]:
+        """(outcome, skipped, ahead) of the episode as it stands: ``terminated`` and the env's
+        ``info["lap_finished"]`` from its last step."""
+        skipped, ahead = self.unvisited()
+        return outcome(lap_finished if terminated else None, self.steps - self.last_on_road, skipped,
+                       ahead), skipped, ahead
+
+
+def outcome(lap_finished: bool | None, off_road_steps: int, skipped: int, ahead: int) -> str:
+    """The ending (one of ``OUTCOMES`` but the last) of an episode that ``lap_finished`` (True), left the
+    playfield (False) or ran to the step limit (None), whose car was off the road for its last
+    ``off_road_steps`` steps, with ``skipped`` tiles behind it and ``ahead`` in front unvisited."""
+    if lap_finished is not None:
+        return OUTCOMES[0] if lap_finished else OUTCOMES[1]
+    if off_road_steps >= LOST_ROAD_STEPS:
+        return OUTCOMES[2]
+    return OUTCOMES[3] if ahead == 0 and skipped > 0 else OUTCOMES[4]
+
+
+def endings(ended: list[str], returns: list[float], **per_episode: list[float]) -> list[dict]:
+    """One row per ending that occurs, in ``OUTCOMES`` order: ``ended``, its ``episodes``, their
+    ``mean_return`` and, for each list in ``per_episode`` (``skipped=[...]``), ``mean_<name>``."""
+    rows = []
+    for name in OUTCOMES:
+        picked = [i for i, e in enumerate(ended) if e == name]
+        if picked:
+            rows.append({"ended": name, "episodes": len(picked),
+                         "mean_return": float(np.mean([returns[i] for i in picked])),
+                         **{f"mean_{k}": float(np.mean([v[i] for i in picked])) for k, v in per_episode.items()}})
+    return rows
