@@ -36,6 +36,7 @@ from core import app_data
 from core.artifacts import ArtifactError
 from core.config import ENV_CHOICES, SHIPPED_MODEL_DIR, ConfigError, param, validate
 from core.env import FPS, make_env, tiles_visited
+from core.laps import LapTracker
 from core.leaderboard import Leaderboard, Run, validate_player_name
 from core.progress import ProgressCallback, keep_going
 
@@ -334,6 +335,8 @@ class Driver:
         self.steps = 0
         self.outcome: str | None = None  # set when this car's run is over
         self.tiles, self.total_tiles = tiles_visited(self.env)
+        self.lap = LapTracker(self.env)
+        self.skipped = 0  # tiles left unvisited behind the car: with any, the lap cannot finish
         if self.agent is not None:
             self.agent.reset()
 
@@ -348,6 +351,8 @@ class Driver:
         self.score += float(reward)
         self.steps += 1
         self.tiles, self.total_tiles = tiles_visited(self.env)
+        self.lap.update()
+        self.skipped = self.lap.unvisited()[0]
         if terminated:
             self.outcome = "lap" if info.get("lap_finished") else "off-track"
         elif truncated or self.steps >= max_steps:
@@ -359,7 +364,7 @@ class Driver:
     def summary(self) -> dict:
         return {"label": self.label, "kind": self.kind, "model": self.model, "score": self.score,
                 "steps": self.steps, "tiles": self.tiles, "total_tiles": self.total_tiles,
-                "outcome": self.outcome}
+                "skipped": self.skipped, "outcome": self.outcome}
 
 
 COMMANDS = ("pause", "resume", "toggle_pause", "restart", "end")
@@ -545,7 +550,7 @@ class RaceSession:
                 "max_steps": self.config.max_steps, "t": round(self.steps / FPS, 2), "ack": self.ack,
                 "attempt": self.attempt,
                 "drivers": [{"label": d.label, "kind": d.kind, "score": round(d.score, 1), "tiles": d.tiles,
-                             "total": d.total_tiles, "done": d.done, "outcome": d.outcome or "",
+                             "total": d.total_tiles, "skipped": d.skipped, "done": d.done, "outcome": d.outcome or "",
                              "steps": d.steps} for d in self.drivers],
             }
             return self.version, meta, [d.obs for d in self.drivers]
@@ -590,7 +595,7 @@ def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
     """Replay each run of a finished race on its seed and store the replayed score.
 
     Returns one dict per run: label, kind, model, score (the replay's), live_score, steps, tiles,
-    total_tiles, outcome, run_id.
+    total_tiles, skipped (tiles left behind, live), outcome, run_id.
     """
     results = []
     for driver, actions in race.runs:
@@ -606,8 +611,8 @@ def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
                                race_id=race.race_id))
         results.append({"label": driver["label"], "kind": driver["kind"], "model": driver["model"],
                         "score": replay.score, "live_score": driver["score"], "steps": replay.steps,
-                        "tiles": replay.tiles, "total_tiles": replay.total_tiles, "outcome": outcome,
-                        "run_id": run_id})
+                        "tiles": replay.tiles, "total_tiles": replay.total_tiles,
+                        "skipped": driver.get("skipped", 0), "outcome": outcome, "run_id": run_id})
     return results
 
 

@@ -89,10 +89,14 @@ else:
         st.info("Nothing to score: the race ended before anyone drove.")
     else:
         results = pd.DataFrame(status["results"])
-        st.dataframe(results[["label", "kind", "score", "tiles", "total_tiles", "steps", "outcome", "run_id"]],
+        st.dataframe(results[["label", "kind", "score", "tiles", "total_tiles", "skipped", "steps", "outcome",
+                              "run_id"]],
                      hide_index=True, column_config={
                          "label": "driver", "score": st.column_config.NumberColumn(format="%.1f"),
-                         "total_tiles": "of tiles", "run_id": "leaderboard run"})
+                         "total_tiles": "of tiles", "skipped": "tiles skipped", "run_id": "leaderboard run"})
+        if results["skipped"].gt(0).any():
+            st.caption("A lap ends only once every tile is visited: a tile skipped on a corner keeps the car "
+                       "driving to the time limit at -0.1 a step.")
         if set(results["kind"]) == {"human", "ai"}:
             gap = float(results.loc[results["kind"] == "human", "score"].iloc[0]
                         - results.loc[results["kind"] == "ai", "score"].iloc[0])

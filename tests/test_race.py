@@ -184,6 +184,20 @@ def test_replay_scores_the_live_run_exactly():
     assert replay_run(12, live.action_log()).score != live.score  # another track scores otherwise
 
 
+def test_a_tile_left_behind_is_counted_as_skipped_while_the_car_drives():
+    """The count the page shows beside the tiles: unvisited tiles behind the furthest one the car reached."""
+    s = RaceSession(seed=11, mode="solo", player="Ann", config=dataclass_replace(FAST, max_steps=200))
+    for _ in range(FAST.countdown_ticks + 60):
+        s.set_keys(KEY_GAS)
+        s.tick()
+    car = s.human
+    assert car.skipped == 0 and car.lap.furthest > 5  # straight ahead from the start: nothing skipped
+    car.env.unwrapped.road[3].road_visited = False  # as if the car had cut across tile 3
+    s.tick()
+    assert car.skipped == 1 and car.summary()["skipped"] == 1
+    assert s.view()[1]["drivers"][0]["skipped"] == 1
+
+
 def test_check_seed():
     assert race.check_seed(" 42 ") == 42
     for bad in ("-1", "abc", "1e5", str(2**40), "<b>"):

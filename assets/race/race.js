@@ -167,7 +167,8 @@ class RaceView {
     head.drivers.forEach((d, i) => {
       const car = this.cars[i];
       car.score.textContent = d.score.toFixed(1);
-      car.tiles.textContent = `tiles ${d.tiles}/${d.total}`;
+      car.tiles.textContent = `tiles ${d.tiles}/${d.total}` + (d.skipped ? ` · ${d.skipped} skipped` : "");
+      car.tiles.title = d.skipped ? "A skipped tile must still be driven over: the lap ends only once every tile is visited." : "";
       car.clock.textContent = `${(d.steps / 50).toFixed(1)} s`;
       car.done.textContent = d.done ? OUTCOME_TEXT[d.outcome] || d.outcome : "";
     });
