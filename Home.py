@@ -142,7 +142,7 @@ def _how_it_learned(model_dir: str, report: dict | None) -> None:
             whose = "An earlier controller's scores" if report["current"] is False else "Scores"
             _ui.histogram(report["returns"], f"{whose} on {report['episodes']} unseen tracks", "return",
                           key="home.returns", bins=20)
-            if report.get("endings"):
+            if report.get("endings") and report["current"] is not False:
                 _ui.endings_table(report["endings"], key="home.endings")
 
 

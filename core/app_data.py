@@ -171,11 +171,15 @@ def controller_sha256(model_dir: Path | str) -> str | None:
 
 def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
     """``report`` with ``current``: True when it evaluated the controller now in ``model_dir``, False when
-    an earlier one (evolution has replaced params.npz since), None when it cannot tell (no hash stored)."""
+    an earlier one (evolution has replaced params.npz since), None when it cannot tell (no hash stored); and
+    ``endings`` recomputed from its per-track lists (``core.evaluate.report_endings``), or none."""
     if report is None:
         return None
+    from core.evaluate import report_endings
     stored = report.get("params_sha256")
-    return {**report, "current": None if not stored else stored == controller_sha256(model_dir)}
+    table = report_endings(report)  # from the per-track lists, never a table as stored
+    return {**{k: v for k, v in report.items() if k != "endings"}, **({"endings": table} if table else {}),
+            "current": None if not stored else stored == controller_sha256(model_dir)}
 
 
 def evaluation(model_dir: Path | str) -> dict | None:

@@ -18,7 +18,7 @@ from core.agent import load_world_model, load_world_model_weights
 from core.artifacts import ArtifactError, atomic_write_json, now_iso, read_json
 from core.config import EVAL_SEED_BASE, CompareConfig, EvaluateConfig, to_dict, validate
 from core.controller import load_params_file, params_sha256
-from core.laps import endings
+from core.laps import OUTCOMES, endings
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 from core.weights_cache import world_model_sha256
@@ -42,7 +42,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
     ``tiles`` (visited), ``skipped`` (tiles) and ``ended`` (how: ``core.laps.OUTCOMES``) with ``endings``
-    (``core.laps.endings``: episodes and mean return by ending), the env, the config, the hashes of the controller and of V and M (``params_sha256``,
+    (``report_endings``; the last three are left out when episodes of an older partial run lack them), the env, the config, the hashes of the controller and of V and M (``params_sha256``,
     ``world_model_sha256``), with ``params`` where the controller came from (``params_source``), and
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
     ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
@@ -87,6 +87,9 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
                                                               "mean": summarize(returns)["mean"]}):
                     break
     driven = [s for s in seeds if s in done]
+    if 0 < sum("ended" in done[s] for s in driven) < len(driven):
+        log.warning("some episodes come from an older partial run that did not record how episodes ended; the "
+                    "report leaves the endings out (evaluate into a new --out to have them)")
     returns = [done[s]["return"] for s in driven]
     if not returns:
         raise ArtifactError("evaluation stopped before its first episode finished; nothing to report")
@@ -117,9 +120,21 @@ def per_episode(episodes: dict[int, dict]) -> dict:
     has, with ``endings`` when ``ended`` and ``skipped`` are known (an older partial run has neither)."""
     rows = list(episodes.values())
     lists = {k: [e[k] for e in rows] for k in EPISODE_FIELDS if all(k in e for e in rows)}
-    if "ended" in lists and "skipped" in lists:
-        lists["endings"] = endings(lists["ended"], [e["return"] for e in rows], skipped=lists["skipped"])
-    return lists
+    table = report_endings({**lists, "returns": [e["return"] for e in rows]})
+    return {**lists, "endings": table} if table is not None else lists
+
+
+def report_endings(report: dict) -> list[dict] | None:
+    """``core.laps.endings`` of a report's ``ended``, ``returns`` and ``skipped``; None when it lacks them or
+    they do not fit (lists of one length, known endings, whole numbers of tiles)."""
+    ended, returns, skipped = (report.get(k) for k in ("ended", "returns", "skipped"))
+    if not all(isinstance(v, list) for v in (ended, returns, skipped)) or not (
+            len(ended) == len(returns) == len(skipped)):
+        return None
+    if not all(e in OUTCOMES for e in ended) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in skipped):
+        return None
+    return endings(ended, returns, skipped=skipped)
 
 
 def _holds_complete_report(path: Path, key: dict) -> bool:
@@ -205,7 +220,8 @@ def read_reports(paths: str) -> dict:
 def check_report(data: object, where: str) -> dict:
     """``data`` as an evaluation report: per-track ``seeds`` (whole numbers) and ``returns`` (finite numbers)
     of equal length, any other per-track list (``EPISODE_FIELDS``) as long, no track twice (ArtifactError
-    naming ``where`` otherwise); seeds as int, returns as float."""
+    naming ``where`` otherwise); seeds as int, returns as float, ``endings`` recomputed from the per-track
+    lists (left out where they do not give one)."""
     what = f"{where}: not an evaluation report of python -m core evaluate"
     if not isinstance(data, dict) or not isinstance(data.get("seeds"), list) or not isinstance(
             data.get("returns"), list):
@@ -225,7 +241,9 @@ def check_report(data: object, where: str) -> dict:
     odd = [k for k in EPISODE_FIELDS if k in data and not (isinstance(data[k], list) and len(data[k]) == len(seeds))]
     if odd:
         raise ArtifactError(f"{what} (its per-track {', '.join(odd)} do not match its {len(seeds)} tracks)")
-    return {**data, "seeds": seeds, "returns": returns}
+    checked = {k: v for k, v in data.items() if k != "endings"}
+    table = report_endings({**data, "returns": returns})  # recomputed: a table in the file is not trusted
+    return {**checked, "seeds": seeds, "returns": returns, **({"endings": table} if table is not None else {})}
 
 
 def compare_reports(baseline: dict, challenger: dict) -> dict:

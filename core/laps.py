@@ -9,7 +9,8 @@ endings, in ``OUTCOMES`` order:
 * ``lost the road``: at the step limit, with no wheel on the road for the last ``LOST_ROAD_STEPS`` steps;
 * ``tiles skipped``: at the step limit, the lap driven round but tiles skipped (corners cut, or the road
   left and rejoined further on);
-* ``out of steps``: at the step limit, on the road, with tiles still ahead (some may have been skipped too);
+* ``out of steps``: at the step limit, with tiles still ahead (some may have been skipped too), on the road
+  or off it for fewer than ``LOST_ROAD_STEPS`` steps;
 * ``stopped early``: a training rollout cut short as hopeless (``core.rollout``).
 """
 
@@ -24,33 +25,44 @@ LOST_ROAD_STEPS = 50  # no wheel on the road for this many last steps: the car h
 class LapTracker:
     """Where the car got to on its lap; call ``update`` after each env step.
 
-    CarRacing numbers the tiles from the start line on. The furthest tile reached only moves forward by less
-    than a quarter of the track at a time, so a start in reverse (onto the last tiles) is no progress; the
-    lap is driven round when, from the last quarter, the car touches a tile in the first eighth. Unvisited
-    tiles behind the furthest reached, or all of them once the lap is round, were skipped; the others lie
-    ahead.
+    CarRacing numbers the tiles from the start line on, in the driving direction. The car's place is the
+    foremost tile its wheels touch; it moves forward when that lies less than a quarter of the track ahead
+    of its place before. The furthest tile reached only moves on such moves, by less than a quarter of the
+    track, so driving in reverse (from the start onto the last tiles, or after a spin) is no progress. The
+    lap is driven round when, from the last quarter, a forward move reaches a tile in the first eighth.
+    Unvisited tiles behind the furthest reached, or all of them once the lap is round, were skipped; the
+    others lie ahead. A shortcut across the grass past a quarter of the track is not followed: its tiles
+    count as ahead.
     """
 
     def __init__(self, env) -> None:
         self.base = env.unwrapped
         self.n = len(self.base.track)
-        self.furthest, self.round = 0, False
+        self.quarter, self.eighth = max(1, self.n // 4), self.n // 8
+        self.furthest = self.at = 0  # the furthest tile reached, and the car's place
+        self.round = False
         self.steps = self.last_on_road = 0
 
     def update(self) -> None:
         self.steps += 1
-        wheels = self.base.car.wheels
-        if any(wheel.tiles for wheel in wheels):
-            self.last_on_road = self.steps
+        touched = [tile.idx for wheel in self.base.car.wheels for tile in wheel.tiles]
+        if not touched:
+            return
+        self.last_on_road = self.steps
         if self.round:
             return
-        for wheel in wheels:
-            for tile in wheel.tiles:
-                if self.furthest >= self.n * 3 // 4 and tile.idx <= self.n // 8:
-                    self.round = True
-                    return
-                if self.furthest < tile.idx < self.furthest + self.n // 4:
-                    self.furthest = tile.idx
+        # Each touched tile's offset from the car's place, within half a track either way: the largest is
+        # its new place.
+        front = max((i - self.at + self.n // 2) % self.n - self.n // 2 for i in touched)
+        if front == 0:  # still on its place
+            return
+        self.at = (self.at + front) % self.n
+        if not 0 < front < self.quarter:  # backwards, or a jump too far to follow
+            return
+        if self.furthest >= self.n - self.quarter and self.at <= self.eighth:
+            self.round = True
+        elif self.furthest < self.at < self.furthest + self.quarter:
+            self.furthest = self.at
 
     def unvisited(self) -> tuple[int, int]:
         """(skipped, ahead): unvisited tiles behind the furthest reached (all of them once round), and beyond."""

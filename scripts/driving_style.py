@@ -45,18 +45,15 @@ def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
         obs, _ = env.reset(seed=seed)
         agent.reset()
         lap = LapTracker(env)
-        actions, speeds, total, last_tile, terminated, info = [], [], 0.0, 0, False, {}
-        for t in range(max_steps):
+        actions, speeds, total, terminated, info = [], [], 0.0, False, {}
+        for _ in range(max_steps):
             action = agent.act(obs)
-            before = env.unwrapped.tile_visited_count
             obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             actions.append(action)
             velocity = env.unwrapped.car.hull.linearVelocity
             speeds.append(float(np.hypot(velocity[0], velocity[1])))
             lap.update()
-            if env.unwrapped.tile_visited_count > before:
-                last_tile = t + 1
             if terminated or truncated:
                 break
         visited, tiles = tiles_visited(env)
@@ -65,7 +62,7 @@ def drive(agent: Agent, seed: int, env_kind: str, max_steps: int) -> dict:
         env.close()
     a, v = np.array(actions), np.array(speeds)
     return {"seed": seed, "return": total, "steps": len(a), "tiles": visited / max(tiles, 1),
-            "skipped": skipped, "ahead": ahead, "last_tile_step": last_tile,
+            "skipped": skipped, "ahead": ahead,
             "outcome": ended,
             "gas": float(a[:, 1].mean()), "full_gas": float((a[:, 1] > 0.9).mean()),
             "braking": float((a[:, 2] > 0.1).mean()), "steer": float(np.abs(a[:, 0]).mean()),

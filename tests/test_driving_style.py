@@ -40,7 +40,7 @@ def test_a_full_throttle_controller_is_measured_as_one(tiny_world_model):
 
 def test_the_table_and_the_gas_shift_leads(tiny_world_model, capsys):
     code = main([str(tiny_world_model), "--tracks", "2", "--max-steps", "20", "--env", TEST_ENV,
-                 "--gas-shifts", "0,5", "--workers", "2"])
+                 "--gas-shifts", "0,5", "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("| 95000")]
@@ -56,3 +56,10 @@ def test_a_folder_without_a_model_is_an_error_not_a_traceback(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--gas-shifts", "a,b"])
+
+
+def test_episodes_driven_in_worker_processes_are_the_ones_driven_inline(tiny_world_model):
+    from driving_style import drive_all
+    inline = drive_all(str(tiny_world_model), [950_000, 950_001], TEST_ENV, 20, workers=1)
+    pooled = drive_all(str(tiny_world_model), [950_000, 950_001], TEST_ENV, 20, workers=2)
+    assert [r["seed"] for r in pooled] == [950_000, 950_001] and pooled == inline

@@ -56,7 +56,7 @@ def test_a_partial_evaluation_of_another_controller_is_not_reused(tiny_world_mod
     assert evaluate(config)["episodes"] == 1
 
 
-def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world_model, tmp_path):
+def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world_model, tmp_path, caplog):
     """A partial file from before endings were kept: its episodes are reused, and the report leaves out the
     per-episode lists that not every episode has."""
     from core.agent import load_world_model
@@ -69,7 +69,9 @@ def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world
          "env": TEST_ENV, "max_steps": 15, "episodes": {"1000000": {"return": 5.0, "steps": 15, "tiles": 2}}}))
     config = EvaluateConfig(model_dir=str(tiny_world_model), episodes=2, max_steps=15, workers=1, env=TEST_ENV,
                             out=str(out))
-    report = evaluate(config)
+    with caplog.at_level("WARNING", logger="core.evaluate"):
+        report = evaluate(config)
+    assert "older partial run" in caplog.text
     assert report["returns"][0] == 5.0 and report["steps"] == [15, 15] and report["tiles"][0] == 2
     assert "ended" not in report and "skipped" not in report and "endings" not in report
 
@@ -213,3 +215,10 @@ def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_
     short = _report(tmp_path / "s.json", [1.0, 2.0], ended=["lap finished"])
     with pytest.raises(ArtifactError, match="per-track ended do not match its 2 tracks"):
         read_reports(short)
+    # A table of endings in the file is never trusted: it is counted again from the per-track lists, or left out.
+    claimed = [{"ended": "lap finished", "episodes": 99}]
+    assert "endings" not in read_reports(_report(tmp_path / "t.json", [1.0], endings=claimed))
+    odd = _report(tmp_path / "u.json", [1.0], ended=["flew away"], skipped=[0], endings=claimed)
+    assert "endings" not in read_reports(odd)
+    fine = read_reports(_report(tmp_path / "v.json", [1.0], ended=["lap finished"], skipped=[0], endings=claimed))
+    assert fine["endings"] == [{"ended": "lap finished", "episodes": 1, "mean_return": 1.0, "mean_skipped": 0.0}]

@@ -29,9 +29,10 @@ class _Env:
 
 
 def _drive_through(env, tracker, indices):
-    """Put the car on each tile of ``indices`` in turn (None: off the road), one step each."""
+    """Put the car on each tile of ``indices`` in turn (a tuple: on several; None: off the road), one step
+    each."""
     for i in indices:
-        env.touch(*([] if i is None else [i]))
+        env.touch(*(() if i is None else i if isinstance(i, tuple) else (i,)))
         tracker.update()
 
 
@@ -50,6 +51,20 @@ def test_tiles_not_reached_lie_ahead_and_a_reverse_start_is_no_progress():
     assert not tracker.round and tracker.furthest == 29
     # 12 and 13 behind; 30..37 ahead (38, 39 were touched in reverse)
     assert tracker.ending(False, False) == ("out of steps", 2, 8)
+
+
+def test_turning_round_and_driving_back_is_no_progress():
+    """Forward to tile 5, then backwards over the start line and three quarters of the way round: the tiles
+    6..13 it never reached are still ahead, not skipped; driving forward again from 14 does not count either,
+    until the car is back past tile 5."""
+    env = _Env(40)
+    tracker = LapTracker(env)
+    backwards = [(5 - k) % 40 for k in range(31)]  # 5, 4, ..., 0, 39, ..., 15, each with the tile behind it
+    _drive_through(env, tracker, [(0, 1)] + list(range(2, 6)) + [(i, (i - 1) % 40) for i in backwards])
+    assert tracker.furthest == 5 and not tracker.round
+    assert tracker.ending(False, False) == ("out of steps", 0, 8)
+    _drive_through(env, tracker, list(range(15, 40)) + [0, 1, 2, 3, 4, 5, 6, 7])
+    assert tracker.furthest == 7 and not tracker.round
 
 
 def test_the_car_off_the_road_for_its_last_steps_had_lost_it():

@@ -95,3 +95,16 @@ def test_the_card_adds_up_fine_tuned_v_and_m(tiny_world_model, tmp_path):
             f"in all (known) {(own + 540) / 60:.0f} min") in v_line
     [m_line] = [line for line in out.splitlines() if line.startswith("- M:")]
     assert "fine-tuned" not in m_line
+
+
+def test_the_shipped_models_readme_and_the_main_readme_carry_its_current_card():
+    """models/README.md and the main README quote the card of what models/ holds now (regenerate them with
+    `python scripts/model_card.py models` after an export)."""
+    out = subprocess.run([sys.executable, "scripts/model_card.py", "models"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    card = out.split("\n", 2)[2]  # after the title line and the blank line
+    assert card.strip() in (ROOT / "models" / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for line in card.splitlines():
+        if line.startswith("- "):  # the summary lines (the README sets its own tables and histogram around them)
+            assert line in readme, line[:80]
