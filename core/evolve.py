@@ -39,6 +39,7 @@ from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, at
                             atomic_write_json, read_json, write_meta)
 from core.config import MAX_TEST_TRACKS, TRAIN_SEED_LIMIT, EvolveConfig, to_dict, validate
 from core.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
+from core.laps import OUTCOMES
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 
@@ -331,6 +332,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),
                            "worst": float(fitness.min()), "sigma": float(es.sigma),
                            "early_stopped": float(np.mean([r.early_stopped for r in results])),
+                           "laps": float(np.mean([r.ended == OUTCOMES[0] for r in results])),
+                           "skipped": float(np.mean([r.skipped for r in results])),
                            "rollouts": config.rollouts,
                            "steps": int(sum(r.steps for r in results))}
                 if eval_pool is not None and gen % config.eval_every == 0:

@@ -38,9 +38,18 @@ def live(snap) -> None:
                                            "second test: shipped": "confirm_shipped"},
                    "Fitness per generation (mean return of a candidate)", "return", key="evolve.fitness")
     last = records[-1]
+    laps = (f" {last['laps']:.0%} finished their lap, with {last['skipped']:.1f} tiles skipped on average."
+            if "laps" in last else "")
     st.caption(f"Generation {last['generation']}: best {last['best']:.1f}, mean {last['mean']:.1f}, "
-               f"step size sigma {last.get('sigma', float('nan')):.4f}, "
-               f"{last.get('early_stopped', 0):.0%} of rollouts ended early off the road.")
+               f"step size sigma {last.get('sigma', float('nan')):.4f}; "
+               f"{last.get('early_stopped', 0):.0%} of rollouts were stopped early, 50 steps without a new "
+               f"tile.{laps}")
+    if any("laps" in r for r in records):
+        shares = [{**r, "laps %": 100 * r["laps"], "stopped early %": 100 * r.get("early_stopped", 0)}
+                  for r in records if "laps" in r]
+        _ui.line_chart(shares, "generation", {"lap finished": "laps %", "stopped early": "stopped early %"},
+                       "How the training rollouts ended (share per generation)", "% of rollouts",
+                       key="evolve.endings")
     versus_mean = average_against_mean(records)
     if versus_mean:
         st.caption(f"The averaged mean against the mean on the same tracks: {versus_mean['lead']:+.1f} on average "

@@ -122,7 +122,9 @@ def test_train_rnn_page_shows_losses_and_one_step_predictions(app):
 def test_evolve_page_shows_fitness_and_offers_evaluation_and_a_video(app):
     at = open_page(app, "4_Evolve.py")
     assert {"Generations", "Popsize", "Rollouts", "Sigma0"} <= set(labels(at.number_input))
-    assert len(at.get("plotly_chart")) == 1
+    assert len(at.get("plotly_chart")) == 2  # fitness, and how the training rollouts ended
+    assert "How the training rollouts ended" in chart_specs(at)
+    assert any("0% finished their lap, with 0.0 tiles skipped" in c.value for c in at.caption)
     # One generation so far: the axes get a range around its one value and whole-number generations.
     import json
     layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]

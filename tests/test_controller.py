@@ -127,6 +127,8 @@ def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_mo
     assert (straight / "params.npz").read_bytes() == (resumed / "params.npz").read_bytes()
     state = json.loads((straight / "state.json").read_text())
     assert state["env_steps"] == sum(r["steps"] + r.get("eval_steps", 0) for r in read_history(straight / "history.jsonl"))
+    # Each generation says how its rollouts ended: 12 steps finish no lap and skip no tile.
+    assert all(r["laps"] == 0.0 and r["skipped"] == 0.0 for r in read_history(straight / "history.jsonl"))
 
 
 def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
