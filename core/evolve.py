@@ -148,6 +148,12 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
                                                            "verbose": -9, "CMA_diagonal": config.diagonal})
 
 
+def cap_step_size(es: cma.CMAEvolutionStrategy, max_sigma: float) -> None:
+    """Hold ``es.sigma`` at ``max_sigma`` at most (0: no cap)."""
+    if max_sigma and es.sigma > max_sigma:
+        es.sigma = max_sigma
+
+
 def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
     """Where an evolution started with ``--init-from`` comes from: the lineage of the controller in
     ``init_from`` (oldest first), then that evolution itself: its generations, episodes, env steps, wall
@@ -309,6 +315,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
 
     resumed_from = state["generation"]
+    cap_step_size(es, config.max_sigma)
     settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
     eval_settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
     total = config.generations
@@ -327,6 +334,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
                 fitness = returns.mean(axis=1)
                 es.tell(candidates, list(-fitness))  # cma minimises
+                cap_step_size(es, config.max_sigma)
                 average = update_average(average, es.mean, config.average)
                 best_i = int(np.argmax(fitness))
                 metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),

@@ -131,6 +131,25 @@ def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_mo
     assert all(r["laps"] == 0.0 and r["skipped"] == 0.0 for r in read_history(straight / "history.jsonl"))
 
 
+def test_a_step_size_cap_holds_from_the_first_generation_and_on_a_resumed_run(tiny_world_model, tmp_path):
+    """Without a cap the step size stays near sigma0 over a few generations; with one it never exceeds it,
+    including when the cap is first given to a resumed run."""
+    from core.artifacts import read_history
+    from core.config import EvolveConfig
+    from core.evolve import evolve
+    from tests.conftest import TEST_ENV
+    config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1, env=TEST_ENV, sigma0=0.1)
+    free = _tiny_run(tiny_world_model, tmp_path / "free")
+    evolve(EvolveConfig(run_dir=str(free.parent), generations=2, **config))
+    assert all(r["sigma"] > 0.05 for r in read_history(free / "history.jsonl"))
+    capped = _tiny_run(tiny_world_model, tmp_path / "capped")
+    evolve(EvolveConfig(run_dir=str(capped.parent), generations=2, max_sigma=0.02, **config))
+    # Capped before the first generation's candidates, so its step size is at most the cap after their update.
+    assert all(0.01 < r["sigma"] <= 0.02 for r in read_history(capped / "history.jsonl"))
+    evolve(EvolveConfig(run_dir=str(free.parent), generations=3, max_sigma=0.03, **config))
+    assert 0.01 < read_history(free / "history.jsonl")[-1]["sigma"] <= 0.03
+
+
 def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
     """With a span of 7 each new mean ends up weighing 2/8, as much as the lag of a 7-generation window."""
     from core.evolve import update_average
