@@ -20,6 +20,14 @@ import numpy as np
 
 OUTCOMES = ("lap finished", "left the field", "lost the road", "tiles skipped", "out of steps", "stopped early")
 LOST_ROAD_STEPS = 50  # no wheel on the road for this many last steps: the car had lost it
+MEANINGS = {  # each ending in a few words, for tables
+    "lap finished": "every tile visited before the step limit",
+    "left the field": "drove off the playfield (-100)",
+    "lost the road": f"at the step limit, off the road for its last {LOST_ROAD_STEPS}+ steps",
+    "tiles skipped": "at the step limit, lap driven round but tiles left behind",
+    "out of steps": "at the step limit, still on its way round",
+    "stopped early": "cut short in training, 50 steps without a new tile",
+}
 
 
 class LapTracker:

@@ -15,6 +15,7 @@ from core import app_data
 from core.artifacts import ArtifactError
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
 from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry, out_dir_of
+from core.laps import MEANINGS
 
 PAGES = {  # stage -> the page that runs it
     "collect": "pages/1_Collect.py",
@@ -330,8 +331,9 @@ def histogram(values: list[float], title: str, x_title: str, key: str | None = N
 
 def endings_table(endings: list[dict], key: str | None = None) -> None:
     """How a report's episodes ended (``core.laps.endings`` rows): episodes, mean return, tiles skipped."""
-    st.dataframe([{"how it ended": e["ended"], "episodes": e["episodes"], "mean return": round(e["mean_return"], 1),
-                   "tiles skipped (mean)": round(e["mean_skipped"], 1)} for e in endings],
+    st.dataframe([{"how it ended": e["ended"], "which means": MEANINGS.get(e["ended"], ""), "episodes": e["episodes"],
+                   "mean return": round(e["mean_return"], 1), "tiles skipped (mean)": round(e["mean_skipped"], 1)}
+                  for e in endings],
                  hide_index=True, key=key, width="stretch")
     st.caption("An episode ends before the step limit only when every tile is visited (or the car leaves the "
                "playfield, -100): one tile skipped on a corner and the car drives on to the limit.")

@@ -594,6 +594,7 @@ def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_roo
         assert not at.exception
         table = at.dataframe[0].value
         assert list(table["how it ended"]) == ["lap finished", "out of steps"]
+        assert table["which means"][1] == "at the step limit, still on its way round"
         assert list(table["episodes"]) == [1, 2] and list(table["tiles skipped (mean)"]) == [0.0, 2.5]
     (fresh_root / "runs" / "controller" / "evaluation.json").write_text(json.dumps(
         {k: v for k, v in {**report, "params_sha256": app_data.controller_sha256("runs")}.items()

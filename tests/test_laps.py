@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from core.laps import LOST_ROAD_STEPS, OUTCOMES, LapTracker, endings, outcome
+from core.laps import LOST_ROAD_STEPS, MEANINGS, OUTCOMES, LapTracker, endings, outcome
 from tests.conftest import TEST_ENV
 
 
@@ -84,6 +84,7 @@ def test_endings_group_in_outcome_order_with_means_of_any_per_episode_list():
                     {"ended": "out of steps", "episodes": 2, "mean_return": 750.0, "mean_skipped": 3.0,
                      "mean_ahead": 15.0}]
     assert endings([], []) == []
+    assert set(MEANINGS) == set(OUTCOMES)  # every ending explained in the tables
 
 
 def test_a_rollout_says_how_it_ended(tiny_world_model):
