@@ -26,7 +26,7 @@ MEANINGS = {  # each ending in a few words, for tables
     "lost the road": f"at the step limit, off the road for its last {LOST_ROAD_STEPS}+ steps",
     "tiles skipped": "at the step limit, lap driven round but tiles left behind",
     "out of steps": "at the step limit, still on its way round",
-    "stopped early": "cut short in training, 50 steps without a new tile",
+    "stopped early": "cut short in training: no new tile for --early-stop-steps steps",
 }
 
 
