@@ -42,7 +42,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
     ``tiles`` (visited), ``skipped`` (tiles) and ``ended`` (how: ``core.laps.OUTCOMES``) with ``endings``
-    (``report_endings``; the last three are left out when episodes of an older partial run lack them), the env, the config, the hashes of the controller and of V and M (``params_sha256``,
+    (``report_endings``; these three are left out when episodes of an older partial run lack them), the
+    env, the config, the hashes of the controller and of V and M (``params_sha256``,
     ``world_model_sha256``), with ``params`` where the controller came from (``params_source``), and
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
     ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes

@@ -42,8 +42,8 @@ def live(snap) -> None:
             if "laps" in last else "")
     st.caption(f"Generation {last['generation']}: best {last['best']:.1f}, mean {last['mean']:.1f}, "
                f"step size sigma {last.get('sigma', float('nan')):.4f}; "
-               f"{last.get('early_stopped', 0):.0%} of rollouts were stopped early, 50 steps without a new "
-               f"tile.{laps}")
+               f"{last.get('early_stopped', 0):.0%} of rollouts were stopped early, having gone the "
+               f"--early-stop-steps steps without a new tile.{laps}")
     if any("laps" in r for r in records):
         shares = [{**r, "laps %": 100 * r["laps"], "stopped early %": 100 * r.get("early_stopped", 0)}
                   for r in records if "laps" in r]

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.artifacts import read_history, read_json, read_meta  # noqa: E402
+from core.evaluate import report_endings  # noqa: E402
 from core.training import training_seconds  # noqa: E402
 
 HIST_BIN = 100  # width of a score bin in the histogram
@@ -151,10 +152,11 @@ def main(model_dir: Path) -> None:
         out += [f"- **Score: {rep['mean']:.1f} ± {rep['std']:.1f}** over {rep['episodes']} episodes of the "
                 f"{rep['env']} env on tracks {rep['seeds'][0]}..{rep['seeds'][-1]} (min {rep['min']:.1f}, median "
                 f"{rep['median']:.1f}, max {rep['max']:.1f}; {rep['solved_fraction']:.0%} of episodes ≥ 900)"]
-        if rep.get("endings"):
+        ended = report_endings(rep)  # counted from the per-track lists, not taken from the file
+        if ended:
             out += ["- How its episodes ended: " + "; ".join(
                 f"{e['ended']} {e['episodes']} (mean {e['mean_return']:.1f}, {e['mean_skipped']:.1f} tiles skipped)"
-                for e in rep["endings"])]
+                for e in ended)]
     vm, rm = vae["metrics"], rnn["metrics"]
     records = read_history(model_dir / "controller" / "history.jsonl")
     vae_s, rnn_s = (_train_seconds(model_dir / part) for part in ("vae", "rnn"))

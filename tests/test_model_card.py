@@ -25,13 +25,13 @@ def test_the_card_reports_score_histogram_and_curve(tiny_world_model, tmp_path):
     assert "How its episodes ended" not in out  # a report from before endings were kept
 
     report = json.loads((model / "controller" / "evaluation.json").read_text())
-    report["endings"] = [{"ended": "lap finished", "episodes": 2, "mean_return": 908.75, "mean_skipped": 0.0},
-                         {"ended": "left the field", "episodes": 1, "mean_return": -20.0, "mean_skipped": 3.0}]
+    report.update(ended=["out of steps", "lap finished", "lap finished", "left the field"], skipped=[2, 0, 0, 3],
+                  endings=[{"ended": "a table the card does not trust"}])
     (model / "controller" / "evaluation.json").write_text(json.dumps(report))
     out = subprocess.run([sys.executable, "scripts/model_card.py", str(model)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert ("- How its episodes ended: lap finished 2 (mean 908.8, 0.0 tiles skipped); left the field 1 "
-            "(mean -20.0, 3.0 tiles skipped)") in out
+            "(mean -20.0, 3.0 tiles skipped); out of steps 1 (mean 850.0, 2.0 tiles skipped)") in out
 
 
 def test_the_card_says_when_the_rollouts_changed(tiny_world_model, tmp_path):
