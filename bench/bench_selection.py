@@ -60,7 +60,8 @@ def drive(model_dir: Path, tracks: int, workers: int, quick: bool) -> dict:
             done += 1
             if done % len(seeds) == 0:
                 print(f"  {done}/{returns.size} episodes, {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return {"returns": returns[:-1], "mean_returns": returns[-1], "seeds": seeds, "sigma": float(es.sigma),
+    return {"model_dir": str(model_dir), "returns": returns[:-1], "mean_returns": returns[-1], "seeds": seeds,
+            "sigma": float(es.sigma),
             "generation": int(state["generation"]),
             "popsize": len(candidates), "seconds": time.monotonic() - started, "steps": settings.max_steps}
 
@@ -116,16 +117,18 @@ def report(data: dict) -> str:
     parts = variance_parts(r)
     rng = np.random.default_rng(0)
     rows = [selection_quality(r, k, DRAWS, rng) for k in K_VALUES if k < r.shape[1]]
+    folder = data.get("model_dir", "models")
+    option = "" if folder == "models" else f" --model-dir {folder}"
     lines = [
         "## Ranking CMA-ES candidates from a few rollouts",
         "",
         machine_info(),
         "",
-        f"{data['popsize']} candidates of one generation (`es.ask()` of the saved CMA-ES of `models/`, "
+        f"{data['popsize']} candidates of one generation (`es.ask()` of the saved CMA-ES of `{folder}/`, "
         f"generation {data['generation']}, sigma {data['sigma']:.4f}) and the CMA-ES mean, each on the same "
         f"{r.shape[1]} training-range tracks ({data['seeds'][0]}..{data['seeds'][-1]}), fast env, "
         f"{data['steps']} steps at most, no early stop; {r.size + r.shape[1]} episodes in "
-        f"{data['seconds'] / 60:.1f} min. `python -m bench.bench_selection`.",
+        f"{data['seconds'] / 60:.1f} min. `python -m bench.bench_selection{option}`.",
         "",
         "| part of a return's variance | standard deviation |",
         "|---|---:|",
