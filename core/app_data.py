@@ -23,6 +23,7 @@ import numpy as np
 from core.artifacts import ArtifactError, atomic_write_bytes, read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.controller import LATEST_FILE, params_sha256
+from core.laps import report_endings
 from core.training import newest_checkpoint
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -172,10 +173,9 @@ def controller_sha256(model_dir: Path | str) -> str | None:
 def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
     """``report`` with ``current``: True when it evaluated the controller now in ``model_dir``, False when
     an earlier one (evolution has replaced params.npz since), None when it cannot tell (no hash stored); and
-    ``endings`` recomputed from its per-track lists (``core.evaluate.report_endings``), or none."""
+    ``endings`` recomputed from its per-track lists (``core.laps.report_endings``), or none."""
     if report is None:
         return None
-    from core.evaluate import report_endings
     stored = report.get("params_sha256")
     table = report_endings(report)  # from the per-track lists, never a table as stored
     return {**{k: v for k, v in report.items() if k != "endings"}, **({"endings": table} if table else {}),

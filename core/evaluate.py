@@ -18,7 +18,7 @@ from core.agent import load_world_model, load_world_model_weights
 from core.artifacts import ArtifactError, atomic_write_json, now_iso, read_json
 from core.config import EVAL_SEED_BASE, CompareConfig, EvaluateConfig, to_dict, validate
 from core.controller import load_params_file, params_sha256
-from core.laps import OUTCOMES, endings
+from core.laps import report_endings
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutSettings
 from core.weights_cache import world_model_sha256
@@ -42,7 +42,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
     ``tiles`` (visited), ``skipped`` (tiles) and ``ended`` (how: ``core.laps.OUTCOMES``) with ``endings``
-    (``report_endings``; these three are left out when episodes of an older partial run lack them), the
+    (``core.laps.report_endings``; these three are left out when episodes of an older partial run lack them), the
     env, the config, the hashes of the controller and of V and M (``params_sha256``,
     ``world_model_sha256``), with ``params`` where the controller came from (``params_source``), and
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
@@ -123,19 +123,6 @@ def per_episode(episodes: dict[int, dict]) -> dict:
     lists = {k: [e[k] for e in rows] for k in EPISODE_FIELDS if all(k in e for e in rows)}
     table = report_endings({**lists, "returns": [e["return"] for e in rows]})
     return {**lists, "endings": table} if table is not None else lists
-
-
-def report_endings(report: dict) -> list[dict] | None:
-    """``core.laps.endings`` of a report's ``ended``, ``returns`` and ``skipped``; None when it lacks them or
-    they do not fit (lists of one length, known endings, whole numbers of tiles)."""
-    ended, returns, skipped = (report.get(k) for k in ("ended", "returns", "skipped"))
-    if not all(isinstance(v, list) for v in (ended, returns, skipped)) or not (
-            len(ended) == len(returns) == len(skipped)):
-        return None
-    if not all(e in OUTCOMES for e in ended) or not all(
-            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in skipped):
-        return None
-    return endings(ended, returns, skipped=skipped)
 
 
 def _holds_complete_report(path: Path, key: dict) -> bool:

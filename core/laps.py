@@ -108,3 +108,17 @@ def endings(ended: list[str], returns: list[float], **per_episode: list[float]) 
                          "mean_return": float(np.mean([returns[i] for i in picked])),
                          **{f"mean_{k}": float(np.mean([v[i] for i in picked])) for k, v in per_episode.items()}})
     return rows
+
+
+def report_endings(report: dict) -> list[dict] | None:
+    """``endings`` of an evaluation report's ``ended``, ``returns`` and ``skipped``; None when it lacks them or
+    they do not fit (lists of one length, known endings, whole numbers of tiles, numbers for returns)."""
+    ended, returns, skipped = (report.get(k) for k in ("ended", "returns", "skipped"))
+    if not all(isinstance(v, list) for v in (ended, returns, skipped)) or not (
+            len(ended) == len(returns) == len(skipped)):
+        return None
+    if not all(e in OUTCOMES for e in ended) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in skipped) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in returns):
+        return None
+    return endings(ended, returns, skipped=skipped)

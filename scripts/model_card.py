@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.artifacts import read_history, read_json, read_meta  # noqa: E402
-from core.evaluate import report_endings  # noqa: E402
+from core.laps import report_endings  # noqa: E402
 from core.training import training_seconds  # noqa: E402
 
 HIST_BIN = 100  # width of a score bin in the histogram

@@ -1,9 +1,12 @@
 """core.laps: how an episode ended, from the tiles the car touched; and its endings in real episodes."""
 
+import subprocess
+import sys
+
 import numpy as np
 
 from core.laps import LOST_ROAD_STEPS, MEANINGS, OUTCOMES, LapTracker, endings, outcome
-from tests.conftest import TEST_ENV
+from tests.conftest import ROOT, TEST_ENV
 
 
 class _Tile:
@@ -100,3 +103,13 @@ def test_a_rollout_says_how_it_ended(tiny_world_model):
     r = rollout(parked, 950_000, RolloutSettings(env=TEST_ENV, max_steps=80, early_stop=True), weights)
     # The first step pays for the tiles under the car at the start; then 50 steps without a new tile.
     assert r.ended == OUTCOMES[-1] and r.early_stopped and r.steps == 51
+
+
+def test_reading_a_report_for_the_pages_does_not_load_the_env():
+    """The endings table Home shows comes from core.laps alone: reading the shipped report pulls in neither
+    the evaluation code nor Gymnasium."""
+    code = ("import sys; from core import app_data; r = app_data.evaluation('models'); "
+            "print(bool(r['endings']), 'gymnasium' in sys.modules, 'core.evaluate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.split()
+    assert out == ["True", "False", "False"]
