@@ -41,7 +41,7 @@ from core.config import MAX_TEST_TRACKS, TRAIN_SEED_LIMIT, EvolveConfig, to_dict
 from core.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.laps import OUTCOMES
 from core.progress import ProgressCallback, keep_going
-from core.rollout import RolloutPool, RolloutSettings
+from core.rollout import RolloutPool, RolloutResult, RolloutSettings
 
 CMA_STATE = "cma_state.pkl"
 STATE = "state.json"
@@ -252,10 +252,17 @@ def _confirmed(params: np.ndarray, returns: np.ndarray, same: dict) -> dict:
             "returns": [float(r) for r in returns], **same}
 
 
+def drive_grid(pool: RolloutPool, candidates: list[np.ndarray],
+               seeds: list[int]) -> tuple[list[RolloutResult], np.ndarray]:
+    """Every candidate on every one of ``seeds``: the rollouts (candidate-major) and their returns
+    as a candidates x seeds array."""
+    results = list(pool.map([(p, s) for p in candidates for s in seeds]))
+    return results, np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
+
+
 def episode_returns(pool: RolloutPool, candidates: list[np.ndarray], seeds: list[int]) -> tuple[np.ndarray, int]:
     """Each candidate's return on each of ``seeds`` (candidates x seeds), and the env steps that took."""
-    results = list(pool.map([(p, s) for p in candidates for s in seeds]))
-    returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
+    results, returns = drive_grid(pool, candidates, seeds)
     return returns, int(sum(r.steps for r in results))
 
 
@@ -330,8 +337,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 rng = np.random.default_rng([config.seed, gen])
                 seeds = [int(s) for s in rng.integers(0, TRAIN_EVAL_SEED_BASE, size=config.rollouts)]
                 candidates = es.ask()
-                results = list(pool.map([(p, s) for p in candidates for s in seeds]))
-                returns = np.array([r.total_reward for r in results]).reshape(len(candidates), len(seeds))
+                results, returns = drive_grid(pool, candidates, seeds)
                 fitness = returns.mean(axis=1)
                 es.tell(candidates, list(-fitness))  # cma minimises
                 cap_step_size(es, config.max_sigma)
