@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from core.artifacts import ArtifactError, History, atomic_write_json, read_meta
+from core.artifacts import ArtifactError, History, atomic_save_npz, atomic_write_json, read_meta
 from core.dataset import EpisodeError, NoDataError, list_episodes, load_episode, usable_episodes
 from core.mdnrnn import load_rnn
 from core.vae import load_vae, to_float
@@ -31,6 +31,21 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_json(tmp_path / "a.json", {"x": 2, "pad": "y" * 10_000})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_an_npz_that_fails_halfway_keeps_the_old_one(tmp_path):
+    """np.savez has already written the first array when the second cannot be converted."""
+    atomic_save_npz(tmp_path / "p.npz", params=np.arange(3.0))
+
+    class Unconvertible:
+        def __array__(self, *args, **kwargs):
+            raise ValueError("not an array")
+
+    with pytest.raises(ValueError, match="not an array"):
+        atomic_save_npz(tmp_path / "p.npz", params=np.zeros(10_000), broken=Unconvertible())
+    with np.load(tmp_path / "p.npz") as saved:
+        assert list(saved) == ["params"] and saved["params"].tolist() == [0.0, 1.0, 2.0]
+    assert os.listdir(tmp_path) == ["p.npz"]
 
 
 def test_vae_and_rnn_save_load_give_identical_outputs(tiny_world_model, tiny_data, tmp_path):
