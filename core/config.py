@@ -50,8 +50,11 @@ def param(default: Any, help: str, *, choices: tuple | None = None, minimum: flo
     return field(default=default, metadata=meta)
 
 
+MAX_WORKERS = 64  # a typo's guard (each worker is a process holding the world model), not a machine's limit
+
+
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 class ConfigError(ValueError):
@@ -99,7 +102,8 @@ class CollectConfig:
     episodes: int = param(100, "episodes to have in out_dir when done (paper: 10000)", minimum=1)
     max_steps: int = param(1000, "env steps per episode at most (CarRacing's own limit: 1000)",
                            minimum=1, maximum=1000)
-    workers: int = param(default_workers(), "worker processes running episodes in parallel", minimum=1)
+    workers: int = param(default_workers(), "worker processes running episodes in parallel", minimum=1,
+                         maximum=MAX_WORKERS)
     seed: int = param(0, "track seed of the first episode; episode i drives track seed + i",
                       minimum=0, maximum=TRAIN_SEED_LIMIT - 1)
     policy: str = param("brownian", "who drives: brownian = smoothed random actions; controller = the "
@@ -232,7 +236,7 @@ class EvolveConfig:
                                      "shipped controller drives them too, so a challenger is measured against "
                                      "it rather than against the score it was picked with (off: the same "
                                      "tracks every time)")
-    workers: int = param(default_workers(), "worker processes running rollouts", minimum=1)
+    workers: int = param(default_workers(), "worker processes running rollouts", minimum=1, maximum=MAX_WORKERS)
     seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0, maximum=MAX_SEED)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
     init_from: str = param("", "a new evolution starts its CMA-ES mean at this controller (a folder with "
@@ -253,7 +257,7 @@ class EvaluateConfig:
     first_seed: int = param(EVAL_SEED_BASE, "track seed of the first episode (the documented list "
                                              "starts at 1000000)", minimum=0)
     max_steps: int = param(1000, "env steps per episode at most", minimum=1, maximum=1000)
-    workers: int = param(default_workers(), "worker processes running episodes", minimum=1)
+    workers: int = param(default_workers(), "worker processes running episodes", minimum=1, maximum=MAX_WORKERS)
     env: str = param("stock", "CarRacing implementation; stock makes scores comparable with published "
                               "ones", choices=ENV_CHOICES)
     out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json, or "

@@ -48,7 +48,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
     ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
     done so far (``complete: false``), and writes that report over ``out`` unless ``out`` already holds a
-    finished evaluation of the same controller, which is kept.
+    finished evaluation of the same controller, which is kept; stopped before its first episode has
+    finished, it raises InterruptedError and writes nothing.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
     controller, V and M, env and step limit) skips the tracks already driven, so a killed run loses one
     episode.
@@ -92,8 +93,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
         log.warning("some episodes come from an older partial run that did not record how episodes ended; the "
                     "report leaves the endings out (evaluate into a new --out to have them)")
     returns = [done[s]["return"] for s in driven]
-    if not returns:
-        raise ArtifactError("evaluation stopped before its first episode finished; nothing to report")
+    if not returns:  # only a stop gets here: every seed is either driven or still to do
+        raise InterruptedError("evaluation stopped before its first episode finished; nothing to report")
     report = {**summarize(returns), "episodes": len(returns), "complete": len(driven) == len(seeds),
               "returns": returns, "seeds": driven, **per_episode({s: done[s] for s in driven}), "env": config.env,
               "model_dir": str(model_dir), "date": now_iso(), "config": to_dict(config),

@@ -10,7 +10,8 @@ dies, the child sees end-of-file on stdin and stops the same way, so the run can
 Why a fresh interpreter rather than ``multiprocessing``: Streamlit replaces ``sys.modules["__main__"]``
 with the page script, and a spawned child re-runs ``__main__`` first, i.e. it would execute the app.
 
-``JobRegistry`` holds every job of the process (the app keeps one in ``st.cache_resource``). Each job's
+``JobRegistry`` holds every job of the process (the app shares one per folder, ``shared_registry``; not a
+Streamlit cache, which "Clear cache" would empty while jobs still run). Each job's
 record (stage, config, status, progress, error) and log are written to ``<jobs_dir>/<id>.json`` and
 ``<id>.log``, so after a server restart the registry lists past jobs, and a job that was running shows as
 ``interrupted``, ready to be resumed from its checkpoint (every stage resumes when re-run on the same
@@ -369,12 +370,17 @@ class JobRegistry:
             raise
         finally:
             os.close(write_fd)
-        job._proc, job.pid = proc, proc.pid
-        try:
-            proc.stdin.write((json.dumps(job.config) + "\n").encode())
-            proc.stdin.flush()
-        except OSError:
-            pass  # the child died at once; the threads below report how, with its output
+        # Under the job's lock, so that a Stop clicked meanwhile either finds no process yet (and is sent
+        # here, after the config) or finds the config already written (and sends it itself).
+        with job._lock:
+            job._proc, job.pid = proc, proc.pid
+            try:
+                proc.stdin.write((json.dumps(job.config) + "\n").encode())
+                if job._cancel.is_set():
+                    proc.stdin.write(b"stop\n")
+                proc.stdin.flush()
+            except OSError:
+                pass  # the child died at once; the threads below report how, with its output
         job._save(force=True)
         events = threading.Thread(target=_read_events, args=(job, read_fd), daemon=True,
                                   name=f"job-{job.id}-events")
@@ -394,6 +400,21 @@ class JobRegistry:
             if not job.wait(max(0.0, deadline - time.time())):
                 job.kill()
                 job.wait(5.0)
+
+
+_SHARED: dict[tuple[Path, Path], JobRegistry] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_registry(jobs_dir: Path | str, cwd: Path | str) -> JobRegistry:
+    """The process-wide registry of ``jobs_dir``: every session and page of the app gets the same one, for
+    as long as the server runs (a second registry over the folder would read running jobs as
+    interrupted, and let a second job of their stage start)."""
+    key = (Path(jobs_dir).resolve(), Path(cwd).resolve())
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = JobRegistry(*key)
+        return _SHARED[key]
 
 
 def _read_events(job: Job, fd: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import app_data
+from core import app_data, jobs
 from core.artifacts import ArtifactError
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
 from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry, out_dir_of
@@ -31,14 +31,9 @@ POLL_SECONDS = 1.0  # how often a running job's panel refreshes
 # --- jobs --------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner=False)
-def _registry(root: str) -> JobRegistry:
-    return JobRegistry(app_data.jobs_dir(), cwd=root)
-
-
 def registry() -> JobRegistry:
     """The process-wide job registry: every session and page sees the same jobs."""
-    return _registry(str(app_data.data_root()))
+    return jobs.shared_registry(app_data.jobs_dir(), app_data.data_root())
 
 
 def current_job(stage: str):

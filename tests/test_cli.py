@@ -126,6 +126,7 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["evolve", "--sigma0", "inf"], "--sigma0=inf is not a number"),
     (["train-rnn", "--learning-rate", "0"], "--learning-rate=0.0 is too small: it must be greater than 0.0"),
     (["evolve", "--seed", str(2**32)], "--seed=4294967296 is too large"),
+    (["evolve", "--workers", "160"], "--workers=160 is too large: it must be at most 64"),
     (["collect", "--out-dir", " "], "--out-dir=' ' is empty"),
     (["record", "--out", ""], "--out='' is empty"),
     (["compare", "--challenger", "/nonexistent.json"], "evaluation report not found"),

@@ -76,12 +76,14 @@ def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world
     assert "ended" not in report and "skipped" not in report and "endings" not in report
 
 
-def test_stopping_before_any_episode_is_explained(tiny_world_model, tmp_path):
-    from core.artifacts import ArtifactError
+def test_stopping_before_any_episode_is_a_stop_not_a_failure(tiny_world_model, tmp_path):
+    """InterruptedError is what the CLI and the app's jobs report as "stopped" (a Stop clicked while the
+    worker still loads the model must not show as a failed job)."""
     config = EvaluateConfig(model_dir=str(tiny_world_model), episodes=2, max_steps=15, workers=1, env=TEST_ENV,
                             out=str(tmp_path / "e.json"))
-    with pytest.raises(ArtifactError, match="before its first episode"):
+    with pytest.raises(InterruptedError, match="before its first episode"):
         evaluate(config, lambda step, total, m: False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tracks_below_the_evaluation_range_are_flagged_not_held_out(tiny_world_model, tmp_path, caplog):

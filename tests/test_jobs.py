@@ -7,7 +7,7 @@ import pytest
 
 from core import app_data
 from core.artifacts import read_history, read_json
-from core.config import CollectConfig, VAEConfig
+from core.config import CollectConfig, VAEConfig, to_dict
 from core.jobs import JobAlreadyRunning, JobRegistry
 from tests.conftest import TEST_ENV
 
@@ -60,6 +60,29 @@ def test_second_start_is_refused_and_stop_ends_the_job_cleanly(registry, tmp_pat
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert len(manifest["episodes"]) == snap["result"]["episodes"] < 30
     assert registry.active("collect") is None
+
+
+def test_a_stop_clicked_before_the_worker_process_exists_still_reaches_it(registry, tmp_path):
+    """Stop can land between the job's creation and its process's start; it must not be lost."""
+    from core.jobs import Job
+    config = CollectConfig(out_dir="data", episodes=30, max_steps=1000, workers=1, env=TEST_ENV)
+    job = Job(id="early", stage="collect", config=to_dict(config), out_dir="data")
+    registry._jobs[job.id] = job
+    job.cancel()
+    assert job.snapshot()["status"] == "stopping"
+    registry._launch(job)
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap["status"] == "stopped" and snap["error"] is None
+    assert snap["result"]["episodes"] < 30
+
+
+def test_the_app_shares_one_registry_per_folder(tmp_path):
+    """Pages get the registry from here, not from a Streamlit cache that "Clear cache" would empty."""
+    from core.jobs import shared_registry
+    first = shared_registry(tmp_path / "jobs", tmp_path)
+    assert shared_registry(tmp_path / "jobs" / ".." / "jobs", tmp_path) is first
+    assert shared_registry(tmp_path / "other", tmp_path) is not first
 
 
 def test_a_user_error_fails_the_job_in_plain_words(registry):
