@@ -11,13 +11,16 @@ show them as text, never as HTML or Markdown, and every query binds its values a
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import sqlite3
+import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -52,6 +55,10 @@ CREATE INDEX IF NOT EXISTS runs_kind_score ON runs (kind, score);
 """
 
 _COLUMNS = "id, player, kind, model, seed, score, steps, tiles, total_tiles, outcome, created_at, race_id"
+
+
+_PREPARED: set[Path] = set()  # database files whose table this process has made sure of
+_PREPARED_LOCK = threading.Lock()
 
 
 class InvalidName(ValueError):
@@ -121,15 +128,32 @@ class Leaderboard:
 
     def __init__(self, path: Path | str | None = None):
         self.path = db_path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
-            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._prepare()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _prepare(self) -> None:
+        """Create the table (once per file and process): a page that only reads must not write, or wait
+        for a writer's lock, on every view."""
+        key = self.path.resolve()
+        with _PREPARED_LOCK:
+            if key in _PREPARED and self.path.exists():
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    con.execute("PRAGMA journal_mode = WAL")  # kept in the file: readers never block a writer
+                    con.executescript(_SCHEMA)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _PREPARED.add(key)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one block: committed when the block ends (rolled back if it raises), then closed."""
         con = sqlite3.connect(self.path, timeout=10.0)
-        con.execute("PRAGMA journal_mode = WAL")  # readers never block the writer of a finishing race
-        return con
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
 
     def add(self, run: Run) -> int:
         """Store ``run``; returns its id. Raises ValueError for a run that is not a valid one."""

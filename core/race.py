@@ -648,10 +648,12 @@ class RaceRegistry:
         seed = check_seed(seed)
         if model_dir:
             config = _replace(config, model_dir=model_dir)
-        self.close_owner(owner)
         with self._lock:
             self._reap_locked()
-            if self._active_locked() + self._pending >= config.max_races:
+            # The owner's own race gives its slot to the new one; it is closed only once the new race
+            # exists, so a refusal or an AI that fails to load leaves it (and its results) as they were.
+            own = sum(1 for s in self._races.values() if s.owner == owner and not s.finished)
+            if self._active_locked() - own + self._pending >= config.max_races:
                 raise RaceFull(f"all {config.max_races} race slots are in use; please wait a moment and try again")
             self._pending += 1
         try:
@@ -661,6 +663,7 @@ class RaceRegistry:
                 agent = self._load_agent(config.model_dir)
             session = RaceSession(seed=seed, mode=mode, player=player, config=config, owner=owner, agent=agent,
                                   on_finish=self._score_later, clock=self._clock)
+            self.close_owner(owner)
             with self._lock:
                 self._races[session.token] = session
         finally:
@@ -840,11 +843,17 @@ def render_leaderboard_runs(board: Leaderboard, run_ids: Sequence[int], out: Pat
 
 def render_video(run_ids: Sequence[int], board: Leaderboard | None = None,
                  on_progress: ProgressCallback = keep_going) -> bytes:
-    """MP4 bytes of stored runs (one track) side by side, for a page to show and offer as a download."""
+    """MP4 bytes of stored runs (one track) side by side, for a page to show and offer as a download.
+
+    Raises RaceError for runs that cannot be shown together and for a video that could not be written
+    (no disk space, an encoder failure), so a page has one error to explain."""
     board = board or Leaderboard()
-    with tempfile.TemporaryDirectory(prefix="race-video-") as tmp:
-        path = render_leaderboard_runs(board, run_ids, Path(tmp) / "race.mp4", on_progress=on_progress)
-        return path.read_bytes()
+    try:
+        with tempfile.TemporaryDirectory(prefix="race-video-") as tmp:
+            path = render_leaderboard_runs(board, run_ids, Path(tmp) / "race.mp4", on_progress=on_progress)
+            return path.read_bytes()
+    except (OSError, RuntimeError) as e:
+        raise RaceError(f"the video could not be made ({type(e).__name__}: {e})") from e
 
 
 __all__ = [

@@ -112,8 +112,12 @@ else:
                             format_func=lambda i: "Both, side by side" if i is None else labels[i])
             run_ids = run_ids if pick is None else [pick]
         if st.button("Render the race as a video (MP4)"):
-            with st.spinner("Replaying the race and encoding the video…"):
-                st.session_state[video_key] = {"runs": run_ids, "mp4": race.render_video(run_ids, registry.board())}
+            try:
+                with st.spinner("Replaying the race and encoding the video…"):
+                    st.session_state[video_key] = {"runs": run_ids,
+                                                   "mp4": race.render_video(run_ids, registry.board())}
+            except race.RaceError as e:
+                st.error(str(e))
         video = st.session_state.get(video_key)
         if video is not None and video["runs"] == run_ids:  # a video of another choice waits for a new render
             st.video(video["mp4"], format="video/mp4")

@@ -131,3 +131,28 @@ def test_database_path_comes_from_the_environment(monkeypatch, tmp_path):
     assert db_path(tmp_path / "y.sqlite3") == tmp_path / "y.sqlite3"
     monkeypatch.delenv("WM_LEADERBOARD_DB")
     assert db_path().name == "leaderboard.sqlite3"
+
+
+def test_viewing_the_board_does_not_wait_for_a_writer(board):
+    """A page view opens a Leaderboard and reads; while a finishing race holds the write lock it must
+    neither write the schema again nor wait for the lock."""
+    import sqlite3
+    import time
+    board.add(make_run())
+    writer = sqlite3.connect(board.path, timeout=0.1)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, as an insert in progress holds it
+    try:
+        started = time.monotonic()
+        viewer = Leaderboard(board.path)
+        assert len(viewer.runs()) == 1 and viewer.count() == 1
+        assert time.monotonic() - started < 5
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+def test_a_new_database_file_gets_its_table_again(tmp_path):
+    path = tmp_path / "board.sqlite3"
+    Leaderboard(path).add(make_run())
+    path.unlink()
+    assert Leaderboard(path).count() == 0

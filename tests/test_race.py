@@ -234,6 +234,19 @@ def test_registry_caps_races_and_one_race_per_owner(registry):
     assert registry.get("not a token") is None and registry.get(None) is None
 
 
+def test_a_refused_new_race_leaves_the_owners_last_race_as_it_was(registry):
+    a = registry.create(owner="a", player="Ann", seed=1, mode="solo")
+    a.end()
+    registry.create(owner="b", player="Bob", seed=1, mode="solo")
+    with pytest.raises(RaceError, match="no trained world model"):
+        registry.create(owner="a", player="Ann", seed=1, mode="vs_ai", model_dir="no/such/model")
+    assert registry.for_owner("a") is a
+    registry.create(owner="c", player="Cy", seed=1, mode="solo")
+    with pytest.raises(RaceFull):
+        registry.create(owner="a", player="Ann", seed=1, mode="solo")  # "race again": no slot free
+    assert registry.for_owner("a") is a and a.finished  # its results table and video are still there
+
+
 def test_registry_refuses_bad_input(registry):
     with pytest.raises(InvalidName):
         registry.create(owner="a", player="x" * 10_000, seed=1, mode="solo")
@@ -300,6 +313,20 @@ def test_video_of_stored_runs_refuses_mixed_tracks(tmp_path):
     with pytest.raises(RaceError, match="no such run"):
         race.render_video([a, 999], board)
     assert race.render_video([a], board)[4:8] == b"ftyp"
+
+
+def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
+    """The pages explain RaceError; a full disk or a failing encoder must not reach them as a traceback."""
+    from core.leaderboard import Run
+    board = Leaderboard(tmp_path / "b.sqlite3")
+    a = board.add(Run("Ann", "human", "", 1, 0.0, 3, 0, 1, "ended", np.zeros((3, 3), np.float32)))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(race, "render_runs_mp4", disk_full)
+    with pytest.raises(RaceError, match="could not be made.*No space left"):
+        race.render_video([a], board)
 
 
 def test_the_trained_agent_races(tiny_world_model, tmp_path):
