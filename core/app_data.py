@@ -23,7 +23,7 @@ import numpy as np
 from core.artifacts import ArtifactError, atomic_write_bytes, read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.controller import LATEST_FILE, params_sha256
-from core.laps import report_endings
+from core.reports import check_report, compare_reports, summarize
 from core.training import newest_checkpoint
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -171,14 +171,18 @@ def controller_sha256(model_dir: Path | str) -> str | None:
 
 
 def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
-    """``report`` with ``current``: True when it evaluated the controller now in ``model_dir``, False when
-    an earlier one (evolution has replaced params.npz since), None when it cannot tell (no hash stored); and
-    ``endings`` recomputed from its per-track lists (``core.laps.report_endings``), or none."""
+    """``report`` checked (``core.reports.check_report``; None for a file that is not an evaluation report),
+    its summary and ``endings`` recomputed from its per-track lists, with ``current``: True when it
+    evaluated the controller now in ``model_dir``, False when an earlier one (evolution has replaced
+    params.npz since), None when it cannot tell (no hash stored)."""
     if report is None:
         return None
+    try:
+        report = check_report(report, str(model_dir))
+    except ArtifactError:
+        return None
     stored = report.get("params_sha256")
-    table = report_endings(report)  # from the per-track lists, never a table as stored
-    return {**{k: v for k, v in report.items() if k != "endings"}, **({"endings": table} if table else {}),
+    return {**report, **summarize(report["returns"]), "episodes": len(report["returns"]),
             "current": None if not stored else stored == controller_sha256(model_dir)}
 
 
@@ -207,18 +211,16 @@ def latest_evaluation(model_dir: Path | str) -> dict | None:
 
 def against_shipped(report: dict | None, model_dir: Path | str) -> dict | None:
     """An evaluation ``report`` of ``model_dir`` against the shipped model's stored one, track by track
-    (``core.evaluate.compare_reports``); None for the shipped model itself, for a report of a controller no
+    (``core.reports.compare_reports``); None for the shipped model itself, for a report of a controller no
     longer in ``model_dir``, without a shipped report, or when the two share no track or were driven
     otherwise (another env or step limit)."""
-    from core.artifacts import ArtifactError
-    from core.evaluate import check_report, compare_reports
     if not report or report.get("current") is False or is_shipped_model(model_dir):
         return None  # nothing, an earlier controller's score, or the shipped model itself
     shipped = evaluation(SHIPPED_MODEL_DIR)
     if not shipped or shipped["current"] is False:  # a report of a controller no longer shipped
         return None
     try:
-        return compare_reports(check_report(shipped, SHIPPED_MODEL_DIR), check_report(report, str(model_dir)))
+        return compare_reports(shipped, check_report(report, str(model_dir)))
     except ArtifactError:
         return None
 

@@ -91,7 +91,7 @@ def _summary(stage: str, result: dict) -> str:
 
 def compare_summary(result: dict) -> str:
     """A comparison in words: the means, the lead with its 95% interval, the tracks won, the verdict."""
-    from core.evaluate import verdict_words
+    from core.reports import verdict_words
     lines = [f"compare: {result['tracks']} tracks in common (seeds {result['first_seed']}..{result['last_seed']})",
              f"  baseline   {result['baseline_mean']:7.1f}  {result['baseline']}",
              f"  challenger {result['challenger_mean']:7.1f}  {result['challenger']}"]

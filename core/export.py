@@ -25,7 +25,7 @@ import numpy as np
 from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
 from core.config import EVAL_SEED_BASE, ExportConfig, validate
 from core.controller import load_params_file, params_sha256, save_params
-from core.evaluate import read_report
+from core.reports import read_report
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
 from core.weights_cache import world_model_sha256

@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
-from core.evaluate import verdict_words
+from core.reports import verdict_words
 from core.evolve import average_against_mean
 from core.jobs import out_dir_of
 from pages import _ui

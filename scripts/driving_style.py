@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from core.agent import Agent, load_world_model  # noqa: E402
 from core.artifacts import ArtifactError  # noqa: E402
 from core.env import make_env, spawn_context, tiles_visited, worker_setup  # noqa: E402
-from core.evaluate import compare_reports  # noqa: E402
+from core.reports import compare_reports  # noqa: E402
 from core.evolve import episode_returns  # noqa: E402
 from core.laps import LapTracker, endings  # noqa: E402
 from core.rollout import RolloutPool, RolloutSettings  # noqa: E402

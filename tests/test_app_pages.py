@@ -58,7 +58,7 @@ def test_home_shows_the_default_models_scores(app_root, monkeypatch):
     import json
     report = app_root / "models" / "controller" / "evaluation.json"
     report.write_text(json.dumps({"mean": 512.0, "std": 10.0, "episodes": 3, "env": "stock", "returns": [500, 512, 524],
-                                  "date": "2026-01-01T00:00:00Z"}))
+                                  "seeds": [1_000_000, 1_000_001, 1_000_002], "date": "2026-01-01T00:00:00Z"}))
     meta_path = app_root / "models" / "controller" / "meta.json"
     meta_text = meta_path.read_text()
     try:
@@ -171,12 +171,12 @@ def test_the_app_never_writes_into_the_shipped_model(app_root, monkeypatch):
     assert app_data.outputs_dir("models") == app_root / "runs" / "shipped-model"
     assert app_data.outputs_dir("runs") == app_root / "runs" / "controller"
     stored = app_root / "models" / "controller" / "evaluation.json"
-    stored.write_text(json.dumps({"mean": 900.0, "date": "2026-01-01T00:00:00Z"}))
+    stored.write_text(json.dumps({"seeds": [1_000_000], "returns": [900.0], "date": "2026-01-01T00:00:00Z"}))
     try:
         assert app_data.latest_evaluation("models")["mean"] == 900.0
         mine = app_data.outputs_dir("models") / "evaluation.json"
         mine.parent.mkdir(parents=True)
-        mine.write_text(json.dumps({"mean": 12.0, "date": "2026-02-01T00:00:00Z"}))
+        mine.write_text(json.dumps({"seeds": [1_000_000], "returns": [12.0], "date": "2026-02-01T00:00:00Z"}))
         assert app_data.latest_evaluation("models")["mean"] == 12.0  # the app's newer run is shown
         assert app_data.evaluation("models")["mean"] == 900.0  # the committed report is untouched
     finally:
@@ -392,8 +392,8 @@ def test_an_evaluation_of_an_earlier_controller_is_not_shown_as_the_current_scor
     import json
 
     from core import app_data
-    report = {"mean": 512.0, "std": 10.0, "min": 500.0, "max": 524.0, "episodes": 3, "env": "stock",
-              "returns": [500, 512, 524], "date": "2026-01-01T00:00:00Z"}
+    report = {"mean": 512.0, "std": 10.0, "min": 502.0, "max": 522.0, "episodes": 2, "env": "stock",
+              "returns": [502, 522], "seeds": [1_000_000, 1_000_001], "date": "2026-01-01T00:00:00Z"}
     stored = fresh_root / "models" / "controller" / "evaluation.json"
     stored.write_text(json.dumps({**report, "params_sha256": app_data.controller_sha256("models")}))
     assert "scored **512 ± 10**" in home(fresh_root).success[0].value
@@ -572,6 +572,24 @@ def test_an_evaluation_is_compared_track_by_track_with_the_shipped_model(fresh_r
     # The shipped model's own evaluation is not compared with itself.
     at.selectbox(key="evolve.model_dir").set_value("models").run()
     assert not any("Against the shipped model" in m.value for m in at.markdown)
+
+
+def test_a_file_that_is_not_an_evaluation_report_shows_no_score_and_breaks_no_page(fresh_root):
+    """evaluation.json written by something else (here: compare's output, which has seeds but no returns,
+    and a bare summary): the pages show no score instead of failing on a missing key."""
+    import json
+
+    from core import app_data
+    foreign = [{"tracks": 2, "seeds": [1_000_000, 1_000_001], "baseline_returns": [1.0, 2.0], "lead": 3.0},
+               {"mean": 900.0}, ["not", "a", "dict"]]
+    for data in foreign:
+        for folder in ("models", "runs"):
+            (fresh_root / folder / "controller" / "evaluation.json").write_text(json.dumps(data))
+        assert app_data.evaluation("runs") is None and app_data.latest_evaluation("models") is None
+        start = home(fresh_root)
+        at = open_page(start, "4_Evolve.py")
+        assert not at.exception, [e.message for e in at.exception]
+        assert not any("900.0" in m.value for m in (*start.markdown, *at.markdown))
 
 
 def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_root):

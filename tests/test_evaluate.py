@@ -128,7 +128,7 @@ def test_compare_pairs_tracks_and_gives_a_verdict_only_when_the_lead_is_clear(tm
 
 def test_compare_uses_the_tracks_both_drove_and_refuses_other_settings(tmp_path):
     from core.artifacts import ArtifactError
-    from core.evaluate import compare_reports, read_report
+    from core.reports import compare_reports, read_report
 
     base = read_report(_report(tmp_path / "base.json", [500.0] * 30))
     shifted = read_report(_report(tmp_path / "shifted.json", [510.0] * 30, first_seed=1_000_025))
@@ -150,7 +150,7 @@ def test_compare_uses_the_tracks_both_drove_and_refuses_other_settings(tmp_path)
 
 
 def test_the_interval_is_students_t_and_the_suggested_tracks_have_power(tmp_path):
-    from core.evaluate import compare_reports, read_report, t_95
+    from core.reports import compare_reports, read_report, t_95
 
     assert [round(t_95(df), 3) for df in (1, 4, 9, 19, 29)] == [12.706, 2.776, 2.262, 2.093, 2.045]
     base = read_report(_report(tmp_path / "base.json", [500.0] * 10))
@@ -174,7 +174,7 @@ def test_the_interval_is_students_t_and_the_suggested_tracks_have_power(tmp_path
                                             ([1, 2], [1.0, [2.0]]), ([1, 2], [1.0, 10 ** 400])])
 def test_a_report_of_odd_numbers_is_refused_in_one_line(tmp_path, seeds, returns):
     from core.artifacts import ArtifactError
-    from core.evaluate import read_report
+    from core.reports import read_report
 
     path = tmp_path / "odd.json"
     path.write_text(json.dumps({"seeds": seeds, "returns": returns}))
@@ -185,7 +185,8 @@ def test_a_report_of_odd_numbers_is_refused_in_one_line(tmp_path, seeds, returns
 def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_path):
     from core.config import CompareConfig
     from core.artifacts import ArtifactError
-    from core.evaluate import compare, read_reports
+    from core.evaluate import compare
+    from core.reports import read_reports
     first = _report(tmp_path / "a.json", [800.0, 700.0], steps=[1000, 900], complete=True)
     second = _report(tmp_path / "b.json", [600.0, 900.0], first_seed=1_000_002, steps=[1000, 950], complete=True)
     joined = read_reports(f"{first}, {second}")
