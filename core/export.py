@@ -49,7 +49,7 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
     for flag, path in (("--params", config.params), ("--evaluation", config.evaluation)):
         if path and not Path(path).is_file():
             raise ArtifactError(f"{flag} {path}: no such file")
-    # An evolution writes its controller every generation: wait for a consistent one rather than copy the
+    # An evolution writes its controller every generation: refuse (RunLock says so) rather than copy the
     # state of one generation beside the CMA-ES state of the next.
     with RunLock(src / "controller", "training"):
         return _export(config, src, dst, on_progress)

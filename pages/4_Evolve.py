@@ -157,8 +157,8 @@ def show_how_to_ship(report: dict, model_dir: str) -> None:
                    "1,000,000).")
         return
     st.markdown("To ship this controller with the V and M it drove on, as the app's default model (the published "
-                "protocol is 100 episodes of the stock env; export waits for a running evolution of the folder "
-                "to stop), run in the project folder:")
+                "protocol is 100 episodes of the stock env; export refuses to copy a folder whose evolution is "
+                "still running, so stop it first), run in the project folder:")
     st.code(app_data.export_command(model_dir, report["params_file"], report["out_path"]), language="bash")
 
 
