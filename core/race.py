@@ -681,6 +681,15 @@ class RaceRegistry:
         with self._lock:
             return next((s for s in self._races.values() if s.owner == owner), None)
 
+    def reclaim(self, raw: object) -> str | None:
+        """The owner id ``raw`` (from a page's URL) when it leads back to a race whose browser has gone: the
+        page was reloaded, and its race waits paused. None otherwise: an id whose race still has its browser
+        is another tab's (a copied link must not take over, or end, someone's race), and an id without a
+        race has nothing to lead back to."""
+        owner = parse_owner(raw)
+        session = self.for_owner(owner) if owner else None
+        return owner if session is not None and not session.connected else None
+
     def close(self, token: str) -> None:
         with self._lock:
             session = self._races.pop(token, None)

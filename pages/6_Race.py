@@ -24,8 +24,10 @@ race_view = st.components.v2.component(
 st.title("Race")
 registry = race.get_registry()
 # The owner id also lives in the URL (?racer=...): a reload starts a new Streamlit session, and the id in
-# the URL leads it back to the race it left, which waits paused, instead of stranding it.
-owner = st.session_state.get("race_owner") or race.parse_owner(st.query_params.get("racer")) or secrets.token_hex(8)
+# the URL leads it back to the race it left, which waits paused, instead of stranding it. Only such a race:
+# a link copied from a tab whose race is still connected gets an owner of its own (RaceRegistry.reclaim).
+owner = (st.session_state.get("race_owner") or registry.reclaim(st.query_params.get("racer"))
+         or secrets.token_hex(8))
 st.session_state["race_owner"] = owner
 if st.query_params.get("racer") != owner:
     st.query_params["racer"] = owner

@@ -247,6 +247,18 @@ def test_a_refused_new_race_leaves_the_owners_last_race_as_it_was(registry):
     assert registry.for_owner("a") is a and a.finished  # its results table and video are still there
 
 
+def test_an_owner_id_from_a_url_leads_back_only_to_a_race_its_browser_left(registry):
+    owner = "0123456789abcdef"
+    assert registry.reclaim(owner) is None  # no race: nothing to lead back to
+    s = registry.create(owner=owner, player="Ann", seed=1, mode="solo")
+    s.attach()
+    assert registry.reclaim(owner) is None  # still driven from its tab: a copied link gets its own owner
+    s.detach()
+    assert registry.reclaim(owner) == owner  # the tab reloaded: back to the paused race
+    for junk in (None, "../../etc", "A" * 16, owner + "0"):
+        assert registry.reclaim(junk) is None
+
+
 def test_registry_refuses_bad_input(registry):
     with pytest.raises(InvalidName):
         registry.create(owner="a", player="x" * 10_000, seed=1, mode="solo")

@@ -79,6 +79,14 @@ def test_a_reloaded_race_page_finds_its_race_again(registry):
     session = registry.for_owner(owner)
     assert session is not None
 
+    session.attach()  # its view's socket is connected: the same URL in another tab is someone else
+    shared = AppTest.from_file(RACE_PAGE, default_timeout=60)
+    shared.query_params["racer"] = owner
+    shared.run()
+    assert not shared.exception and shared.session_state["race_owner"] != owner
+    assert registry.for_owner(owner) is session
+
+    session.detach()  # the page reloads: its socket closes first
     reloaded = AppTest.from_file(RACE_PAGE, default_timeout=60)  # a new Streamlit session, same URL
     reloaded.query_params["racer"] = owner
     reloaded.run()

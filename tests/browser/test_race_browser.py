@@ -105,6 +105,13 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
     page.keyboard.press("p")
     wait_status(page, "running")
 
+    # A reload closes the race's socket (the race pauses) and the URL's owner id leads back to it.
+    page.reload()
+    wait_status(page, "paused", timeout=60_000)
+    assert int(data(page, "step")) >= int(paused_step)
+    page.keyboard.press("p")
+    wait_status(page, "running")
+
     # The race runs out its 20 s: the AI's run counts only when it ends on its own, not cut short.
     wait_status(page, "finished", timeout=120_000)
     page.get_by_role("button", name="Render the race as a video (MP4)").wait_for(timeout=30_000)
