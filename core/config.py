@@ -119,6 +119,9 @@ class CollectConfig:
         if self.seed + self.episodes > TRAIN_SEED_LIMIT:
             raise ConfigError(f"--seed + --episodes must stay below {TRAIN_SEED_LIMIT} "
                               "(higher track seeds are kept for evolve's evaluations and for evaluate)")
+        if "," in self.out_dir:
+            raise ConfigError(f"--out-dir={self.out_dir!r} holds a comma: collect into one folder at a time (the "
+                              "training stages read a comma as a separator between folders)")
 
 
 @dataclass(frozen=True)

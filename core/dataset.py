@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -76,7 +77,7 @@ def load_episode(path: Path | str) -> Episode:
             data = {k: f[k] for k in EPISODE_KEYS}
     except EpisodeError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as e:
         raise EpisodeError(f"{path}: unreadable episode file ({type(e).__name__}: {e}); delete it and "
                            "collect again") from None
     obs, action = data["obs"], data["action"]

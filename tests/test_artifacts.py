@@ -110,6 +110,19 @@ def test_corrupt_episode_is_skipped_or_stops(tiny_data, tmp_path):
         usable_episodes(data, on_corrupt="stop")
 
 
+def test_damage_anywhere_in_an_episode_file_is_an_episode_error(tiny_data, tmp_path):
+    """Zeroed blocks through the file: inside the compressed frames the damage surfaces as zlib.error, at
+    the ends as BadZipFile; the stages and pages skip or explain EpisodeError only."""
+    raw = list_episodes(tiny_data)[0].read_bytes()
+    bad = tmp_path / "ep_0000000.npz"
+    for offset in range(100, len(raw) - 100, max(1, len(raw) // 40)):
+        bad.write_bytes(raw[:offset] + bytes(256) + raw[offset + 256:])
+        try:
+            load_episode(bad)
+        except EpisodeError:
+            pass
+
+
 def test_no_data_says_how_to_collect(tmp_path):
     with pytest.raises(NoDataError, match="python -m core collect"):
         usable_episodes(tmp_path / "nothing")

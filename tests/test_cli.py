@@ -128,6 +128,7 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["evolve", "--seed", str(2**32)], "--seed=4294967296 is too large"),
     (["evolve", "--workers", "160"], "--workers=160 is too large: it must be at most 64"),
     (["collect", "--out-dir", " "], "--out-dir=' ' is empty"),
+    (["collect", "--out-dir", "data/a,data/b"], "holds a comma: collect into one folder at a time"),
     (["record", "--out", ""], "--out='' is empty"),
     (["compare", "--challenger", "/nonexistent.json"], "evaluation report not found"),
     (["compare", "--challenger", str(ROOT / "README.md")], "evaluation report is corrupt"),
