@@ -264,6 +264,9 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
         raise ArtifactError(f"--init-from {config.init_from}: that MDN-RNN was trained on z = {start.get('z_size')}, "
                             f"but the VAE in {config.vae_dir} has z = {z_size}; start from one trained on a VAE of "
                             "this z")
+    artifact_config = {**to_dict(config), "z_size": z_size}
+    # Before the minutes of reading and encoding episodes: a resume with other sizes is refused at once.
+    check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae_file = config.vae_dir / VAE_WEIGHTS
@@ -286,8 +289,6 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     model = MDNRNN(z_size, config.hidden, config.mixtures, config.reward_weight, config.done_weight)
     optimizer = keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.grad_clip or None)
     model.compile(optimizer=optimizer)
-    artifact_config = {**to_dict(config), "z_size": z_size}
-    check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
     state, artifact_config["init_from"] = resume_or_start(out_dir, model, optimizer, WEIGHTS, config.init_from,
                                                           "rnn")
     lineage = state.get("lineage") or []

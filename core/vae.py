@@ -203,6 +203,7 @@ def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> 
 def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     out_dir = config.out_dir
     check_new_run(out_dir, WEIGHTS, config.init_from, "VAE", {"z_size": config.z_size})
+    check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")  # before reading every episode
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
     train_paths, held_paths = split_holdout(paths, config.holdout, config.seed)
     frames_per_epoch = count_frames(train_paths, config.frame_stride)
@@ -213,7 +214,6 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     model = ConvVAE(config.z_size, config.kl_tolerance)
     optimizer = keras.optimizers.Adam(config.learning_rate)
     model.compile(optimizer=optimizer)
-    check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")
     state, started_from = resume_or_start(out_dir, model, optimizer, WEIGHTS, config.init_from, "vae")
     config = dataclasses.replace(config, init_from=started_from)
     lineage = state.get("lineage") or []

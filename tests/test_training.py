@@ -155,6 +155,26 @@ def test_loading_recovers_a_checkpoint_swap_a_crash_interrupted(crash, trained, 
     assert sorted(p.name for p in vae_dir.iterdir() if p.name.startswith("checkpoint")) == [CHECKPOINT]
 
 
+@pytest.mark.parametrize("stage", ["vae", "rnn"])
+def test_a_resume_with_other_sizes_is_refused_before_the_episodes_are_read(stage, trained, tiny_data, tmp_path,
+                                                                           monkeypatch):
+    """Reading (and for M, encoding) every episode takes minutes on a real data set; a resume that cannot
+    go on must say so first."""
+    import core.mdnrnn
+    import core.vae
+
+    def read_episodes(*args, **kwargs):
+        raise AssertionError("the episodes were read before the settings were checked")
+
+    monkeypatch.setattr(core.vae if stage == "vae" else core.mdnrnn, "usable_episodes", read_episodes)
+    run = copy_run(trained, tmp_path)
+    with pytest.raises(ArtifactError, match="other settings"):
+        if stage == "vae":
+            train_vae(vae_config(tiny_data, run, z_size=16))
+        else:
+            train_rnn(rnn_config(tiny_data, run, hidden=32))
+
+
 def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):
     run = copy_run(trained, tmp_path, parts=("vae",))
     reports = []
