@@ -157,9 +157,20 @@ def usable_episodes(data_dir: Path | str, on_corrupt: str = "skip", max_episodes
     return good
 
 
-def split_holdout(paths: list[Path], holdout: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """(train, held-out) episodes; at least one training episode, held out only when there are two or more."""
+def split_holdout(paths: list, holdout: float, seed: int, kept: list[str] | None = None) -> tuple[list, list]:
+    """(train, held-out) episodes; at least one training episode, held out only when there are two or more.
+
+    ``kept``: the held-out episodes (``str`` of each) of the run being resumed. Those still there stay held
+    out and every other episode trains, so episodes collected since the run began never move one it has
+    trained on into the held-out set (a new draw over more episodes would).
+    """
     paths = list(paths)
+    if kept is not None:
+        names = set(kept)
+        held = sorted(p for p in paths if str(p) in names)
+        train = sorted(p for p in paths if str(p) not in names)
+        if train:
+            return train, held
     n_hold = int(round(len(paths) * holdout))
     if holdout > 0 and len(paths) >= 2:
         n_hold = max(1, n_hold)

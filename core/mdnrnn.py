@@ -27,7 +27,8 @@ from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
-                           resume_or_start, save_checkpoint, starts_over_its_own_weights)
+                           recorded_heldout, resume_or_start, save_checkpoint,
+                           starts_over_its_own_weights)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -277,10 +278,11 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
         save_encoded(config.encoded_path, enc, key)
     del vae
 
-    n_eps = len(enc.files)
-    idx = np.arange(n_eps)
-    train_idx, held_idx = split_holdout(list(idx), config.holdout, config.seed)
-    train_idx, held_idx = np.array(train_idx, dtype=int), np.array(held_idx, dtype=int)
+    names = [str(p) for p in paths]  # enc holds them in this order (its cache key is these files)
+    train_names, heldout = split_holdout(names, config.holdout, config.seed, recorded_heldout(out_dir))
+    where = {name: i for i, name in enumerate(names)}
+    train_idx = np.array(sorted(where[n] for n in train_names), dtype=int)
+    held_idx = np.array(sorted(where[n] for n in heldout), dtype=int)
     train_steps = int(sum(enc.step_starts[e + 1] - enc.step_starts[e] for e in train_idx))
     batches_per_epoch = max(1, -(-train_steps // (config.batch_size * config.seq_len)))
     total = batches_per_epoch * config.epochs
@@ -294,7 +296,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     lineage = state.get("lineage") or []
     step = resumed_from = int(state["step"])
     if step == 0 and starts_over_its_own_weights(out_dir, artifact_config["init_from"]):
-        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage}, WEIGHTS)
+        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage,
+                                                      "heldout": heldout}, WEIGHTS)
     atomic_write_json(out_dir / "config.json", artifact_config)
     history = History(out_dir / "history.jsonl")
     history.truncate_after("step", step)
@@ -305,7 +308,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
 
     def checkpoint() -> None:
         nonlocal last_ckpt
-        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total, "lineage": lineage}, WEIGHTS)
+        save_checkpoint(out_dir, model, optimizer,
+                        {"step": step, "total": total, "lineage": lineage, "heldout": heldout}, WEIGHTS)
         last_ckpt = step
 
     go_on = bool(on_progress(step, total, {"phase": "training"}))

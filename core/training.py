@@ -130,6 +130,16 @@ def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], sta
                             f"({'; '.join(diff)}); pass another --run-dir, or delete {out_dir} to start over")
 
 
+def recorded_heldout(out_dir: Path) -> list[str] | None:
+    """The held-out episodes the checkpoint in ``out_dir`` was trained beside (``heldout`` in its state), or
+    None: no checkpoint, or one from before they were recorded."""
+    path = out_dir / CHECKPOINT / "state.json"
+    if not path.exists():
+        return None
+    held = read_json(path, "checkpoint state").get("heldout")
+    return [str(name) for name in held] if isinstance(held, list) else None
+
+
 def check_new_run(out_dir: Path, weights_name: str, init_from: str, stage: str, wanted: dict) -> dict:
     """Checks for a new run (no checkpoint in ``out_dir``), made before any slow work so a typo costs nothing;
     returns the config of the weights it starts ``--init-from`` ({} for a resumed run or random weights).

@@ -26,7 +26,8 @@ from core.dataset import count_frames, iter_frames, load_episode, split_holdout,
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
-                           resume_or_start, save_checkpoint, starts_over_its_own_weights)
+                           recorded_heldout, resume_or_start, save_checkpoint,
+                           starts_over_its_own_weights)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -205,7 +206,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     check_new_run(out_dir, WEIGHTS, config.init_from, "VAE", {"z_size": config.z_size})
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")  # before reading every episode
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
-    train_paths, held_paths = split_holdout(paths, config.holdout, config.seed)
+    train_paths, held_paths = split_holdout(paths, config.holdout, config.seed, recorded_heldout(out_dir))
+    heldout = [str(p) for p in held_paths]
     frames_per_epoch = count_frames(train_paths, config.frame_stride)
     batches_per_epoch = -(-frames_per_epoch // config.batch_size)
     total = batches_per_epoch * config.epochs
@@ -220,7 +222,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     step = resumed_from = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if step == 0 and starts_over_its_own_weights(out_dir, started_from):
-        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage}, WEIGHTS)
+        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage,
+                                                      "heldout": heldout}, WEIGHTS)
     save_vae_artifact_config(out_dir, config)
     history = History(out_dir / "history.jsonl")
     history.truncate_after("step", step)
@@ -234,7 +237,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
 
     def checkpoint() -> None:
         nonlocal last_ckpt
-        save_checkpoint(out_dir, model, optimizer, {"step": step, "total": total, "lineage": lineage}, WEIGHTS)
+        save_checkpoint(out_dir, model, optimizer,
+                        {"step": step, "total": total, "lineage": lineage, "heldout": heldout}, WEIGHTS)
         last_ckpt = step
 
     if not on_progress(step, total, {}):

@@ -175,6 +175,33 @@ def test_a_resume_with_other_sizes_is_refused_before_the_episodes_are_read(stage
             train_rnn(rnn_config(tiny_data, run, hidden=32))
 
 
+@pytest.mark.parametrize("stage", ["vae", "rnn"])
+def test_episodes_collected_during_a_run_never_join_its_held_out_set(stage, trained, tiny_data, tmp_path):
+    """Stopped, then resumed after more collecting: the held-out episodes stay those it began with (a new
+    draw over the larger set would hold out episodes it has trained on)."""
+    episodes = list_episodes(tiny_data)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def add(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            shutil.copy(episodes[i % len(episodes)], data / f"ep_{i:07d}.npz")
+
+    add(0, 4)
+    run = copy_run(trained, tmp_path, parts=("vae",) if stage == "rnn" else ())
+    train = train_vae if stage == "vae" else train_rnn
+    config = (vae_config if stage == "vae" else rnn_config)(data, run, holdout=0.25, epochs=3)
+    first = train(config, on_progress=lambda step, total, metrics: metrics.get("phase") == "encoding" or step < 1)
+    assert not first["complete"]
+    state = json.loads((run / stage / CHECKPOINT / "state.json").read_text())
+    assert len(state["heldout"]) == 1
+    add(4, 8)  # 12 episodes now: a fresh draw would hold out 3
+    resumed = train(config)
+    assert resumed["complete"] and resumed["heldout_episodes"] == 1
+    assert json.loads((run / stage / CHECKPOINT / "state.json").read_text())["heldout"] == state["heldout"]
+    assert resumed["train_episodes"] == 11
+
+
 def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):
     run = copy_run(trained, tmp_path, parts=("vae",))
     reports = []
