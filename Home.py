@@ -87,7 +87,7 @@ def home() -> None:
                         line = (f"{gens} generation{'' if gens == 1 else 's'} · ships the {what}"
                                 f"{f' of generation {picked}' if picked is not None else ''}, picked outside its evolution")
                 # Training that was not started from the app (the command line) looks like a stopped run.
-                state = "complete" if art["complete"] else ("training" if art["training"] else "not finished")
+                state = "training" if art["training"] else ("complete" if art["complete"] else "not finished")
                 st.markdown(f"`{folder}/` · {state}" + (" · **loaded by default**" if folder == default else ""))
                 st.caption(f"{line} · {app_data.when(art['created'])}")
             if not folders:

@@ -15,6 +15,7 @@ controller of a run started ``--init-from``), and ``state.json`` says where it c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -25,9 +26,9 @@ import numpy as np
 from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
 from core.config import EVAL_SEED_BASE, ExportConfig, validate
 from core.controller import load_params_file, params_sha256, save_params
-from core.reports import read_report
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
+from core.reports import read_report
 from core.weights_cache import world_model_sha256
 
 PARTS = {
@@ -49,9 +50,12 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
     for flag, path in (("--params", config.params), ("--evaluation", config.evaluation)):
         if path and not Path(path).is_file():
             raise ArtifactError(f"{flag} {path}: no such file")
-    # An evolution writes its controller every generation: refuse (RunLock says so) rather than copy the
-    # state of one generation beside the CMA-ES state of the next.
-    with RunLock(src / "controller", "training"):
+    # Training writes its weights at every checkpoint and an evolution its controller every generation:
+    # refuse while any part is being written (RunLock says which) rather than copy parts of two moments.
+    with contextlib.ExitStack() as locks:
+        for kind in PARTS:
+            if (src / kind).is_dir():
+                locks.enter_context(RunLock(src / kind, "training"))
         return _export(config, src, dst, on_progress)
 
 

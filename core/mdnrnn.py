@@ -27,7 +27,7 @@ from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
-                           recorded_heldout, resume_or_start, save_checkpoint,
+                           mark_unfinished, recorded_heldout, resume_or_start, save_checkpoint,
                            starts_over_its_own_weights)
 
 WEIGHTS = "rnn.weights.h5"
@@ -313,6 +313,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
         last_ckpt = step
 
     go_on = bool(on_progress(step, total, {"phase": "training"}))
+    if step < total and go_on:
+        mark_unfinished(out_dir)
     while step < total and go_on:
         rng = np.random.default_rng([config.seed, step])  # batch contents depend only on (seed, step)
         episodes = rng.choice(train_idx, size=config.batch_size, replace=len(train_idx) < config.batch_size)

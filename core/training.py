@@ -130,6 +130,19 @@ def check_config_matches(out_dir: Path, config: dict, keys: tuple[str, ...], sta
                             f"({'; '.join(diff)}); pass another --run-dir, or delete {out_dir} to start over")
 
 
+def mark_unfinished(out_dir: Path) -> None:
+    """Turn ``complete`` off in the artifact's ``meta.json`` before training changes its weights again (a
+    finished run resumed for more epochs): until this session writes its own, the weights on disk are no
+    longer the ones it describes, and a run killed meanwhile must not leave them labelled finished."""
+    try:
+        meta = read_json(out_dir / "meta.json", "metadata")
+    except ArtifactError:
+        return
+    metrics = meta.get("metrics") if isinstance(meta, dict) else None
+    if isinstance(metrics, dict) and metrics.get("complete"):
+        atomic_write_json(out_dir / "meta.json", {**meta, "metrics": {**metrics, "complete": False}})
+
+
 def recorded_heldout(out_dir: Path) -> list[str] | None:
     """The held-out episodes the checkpoint in ``out_dir`` was trained beside (``heldout`` in its state), or
     None: no checkpoint, or one from before they were recorded."""

@@ -26,7 +26,7 @@ from core.dataset import count_frames, iter_frames, load_episode, split_holdout,
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
-                           recorded_heldout, resume_or_start, save_checkpoint,
+                           mark_unfinished, recorded_heldout, resume_or_start, save_checkpoint,
                            starts_over_its_own_weights)
 
 WEIGHTS = "vae.weights.h5"
@@ -243,6 +243,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
 
     if not on_progress(step, total, {}):
         stopped = True
+    if step < total and not stopped:
+        mark_unfinished(out_dir)
     while step < total and not stopped:
         epoch = step // batches_per_epoch
         remaining = batches_per_epoch - step % batches_per_epoch

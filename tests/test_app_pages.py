@@ -384,6 +384,10 @@ def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):
         text = " ".join(m.value for m in home(fresh_root).markdown)
         assert "`runs/` · training" in text
         assert "`runs/` · complete" in text  # V and M of runs/ are done
+        data["metrics"]["complete"] = True  # a finished evolution resumed for more generations
+        meta.write_text(json.dumps(data))
+        text = " ".join(m.value for m in home(fresh_root).markdown)
+        assert text.count("`runs/` · training") == 1
     finally:
         del registry._jobs[job.id]
 

@@ -194,6 +194,18 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
     assert (out / "controller" / "params.npz").read_bytes() == params
 
 
+@pytest.mark.parametrize("part", ["vae", "rnn", "controller"])
+def test_export_refuses_a_run_whose_part_is_being_trained(part, tiny_world_model, tmp_path):
+    """Training rewrites a part's weights at every checkpoint: an export then would ship parts of two moments."""
+    from core.artifacts import ArtifactError, RunLock
+    from core.config import ExportConfig
+    from core.export import export
+    with RunLock(tiny_world_model / part, "train"):
+        with pytest.raises(ArtifactError, match=f"{part}: another training run .* is writing here"):
+            export(ExportConfig(run_dir=str(tiny_world_model), out_dir=str(tmp_path / "models")))
+    assert not (tmp_path / "models").exists()
+
+
 def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model, tmp_path):
     """A CMA-ES mean screened outside the evolution (``--params``) ships with its evaluation; the shipped
     CMA-ES state holds it as the controller to beat, unscored, and a resumed evolution scores it first."""

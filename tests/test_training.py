@@ -87,6 +87,32 @@ def test_a_run_stopped_before_its_first_batch_keeps_the_previous_metrics(trained
     assert after["epoch"] == before["epoch"] and after["r_loss"] == before["r_loss"]
 
 
+@pytest.mark.parametrize("stage", ["vae", "rnn"])
+def test_a_finished_stage_resumed_and_killed_is_not_left_labelled_finished(stage, trained, tiny_data, tmp_path):
+    """Resumed for more epochs, the weights change at every checkpoint: until the session's own meta.json,
+    the finished run's one must not call them complete (Home, export and the model card read it)."""
+    run = copy_run(trained, tmp_path)
+    meta_path = run / stage / "meta.json"
+    before = json.loads(meta_path.read_text())["metrics"]
+    assert before["complete"]
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_a_batch(step, total, metrics):
+        if step > before["step"]:
+            raise Killed
+        return True
+
+    train = train_vae if stage == "vae" else train_rnn
+    config = (vae_config if stage == "vae" else rnn_config)(tiny_data, run, epochs=3)
+    with pytest.raises(Killed):
+        train(config, killed_after_a_batch)
+    after = json.loads(meta_path.read_text())["metrics"]
+    assert after["complete"] is False and after["step"] == before["step"]
+    assert train(config)["complete"] and json.loads(meta_path.read_text())["metrics"]["complete"]
+
+
 def test_metrics_of_another_step_are_not_reused(trained, tiny_data, tmp_path):
     """A longer run checkpointed past the finished one and was killed before its meta.json: a resume stopped
     at once does not label the checkpoint's weights with the finished run's losses."""
