@@ -28,6 +28,7 @@ draws the same candidates an uninterrupted run would have.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ from core.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_param
 from core.laps import OUTCOMES
 from core.progress import ProgressCallback, keep_going
 from core.rollout import RolloutPool, RolloutResult, RolloutSettings
+from core.weights_cache import world_model_sha256
+
+log = logging.getLogger(__name__)
 
 CMA_STATE = "cma_state.pkl"
 STATE = "state.json"
@@ -190,9 +194,12 @@ def average_against_mean(records: list[dict]) -> dict | None:
     return {"evaluations": len(leads), "lead": float(np.mean(leads)), "won": sum(d > 0 for d in leads)}
 
 
-def _shipped_meta(state: dict) -> dict | None:
-    """What meta.json keeps of an exported controller that is still the one shipped (``export --params``)."""
-    return {"shipped": state["shipped"]} if state.get("shipped") else None
+def _meta_extra(state: dict) -> dict:
+    """What meta.json keeps beside the metrics: the V and M the controller is evolving on
+    (``world_model_sha256``, which export checks), and for an exported controller that is still the one
+    shipped (``export --params``) where it came from."""
+    return {**({"world_model_sha256": state["world_model_sha256"]} if state.get("world_model_sha256") else {}),
+            **({"shipped": state["shipped"]} if state.get("shipped") else {})}
 
 
 def next_tracks(config: EvolveConfig, state: dict, kind: str) -> list[int]:
@@ -317,6 +324,11 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                  "start_pending": bool(config.init_from)}
         shipped = np.asarray(es.mean, np.float32)
         average = None
+    world = world_model_sha256(run_dir)
+    if state.get("world_model_sha256") and world and state["world_model_sha256"] != world:
+        log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
+                    "codes of the old ones (a fresh evolution --init-from it adapts it faster)", run_dir)
+    state["world_model_sha256"] = world
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
@@ -410,7 +422,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 atomic_write_json(state_path, state)
                 write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},
                            {**metrics, "generation": gen, "best_eval": state["best_eval"], "complete": False},
-                           seed=config.seed, extra=_shipped_meta(state))
+                           seed=config.seed, extra=_meta_extra(state))
                 go_on = bool(on_progress(gen, total, metrics))
         finally:
             if eval_pool is not None:
@@ -420,6 +432,6 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     if state["generation"] == 0:
         return final  # stopped before a first generation: no controller yet
     write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
-               seed=config.seed, extra=_shipped_meta(state))
+               seed=config.seed, extra=_meta_extra(state))
     load_controller(out_dir, z_size, hidden)  # what was written loads
     return final

@@ -82,6 +82,11 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
         read_meta(src / kind, kind)  # only finished (or cleanly stopped) stages export
     from core.agent import load_world_model
     weights, params = load_world_model(src)  # V, M and C load and fit together
+    evolved_on = read_json(src / "controller" / "meta.json", "controller metadata").get("world_model_sha256")
+    if evolved_on and evolved_on != world_model_sha256(src):
+        raise ArtifactError(f"{src}: its controller was evolved on other V and M than the ones there now (trained "
+                            "further since?), and would drive on codes it has never seen; evolve it on these "
+                            f"(python -m core evolve --run-dir {src} ...) before exporting")
     z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
     source = None
     if config.params:

@@ -206,6 +206,34 @@ def test_export_refuses_a_run_whose_part_is_being_trained(part, tiny_world_model
     assert not (tmp_path / "models").exists()
 
 
+def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_model, tiny_data, tmp_path, caplog):
+    """C drives on V's codes: trained on for another epoch, V gives other codes, and the C evolved on the
+    old ones must not ship with it (the iterative step measured 755 -> 299 for such a pair)."""
+    import json
+    import shutil
+
+    from core.artifacts import ArtifactError
+    from core.config import ExportConfig, VAEConfig
+    from core.export import export
+    from core.vae import train_vae
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model, run)
+    assert json.loads((run / "controller" / "meta.json").read_text())["world_model_sha256"]
+    export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "before")))
+    train_vae(VAEConfig(data_dir=str(tiny_data), run_dir=str(run), z_size=8, epochs=2, batch_size=32, holdout=0.0))
+    with pytest.raises(ArtifactError, match="evolved on other V and M than the ones there now"):
+        export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "after")))
+    assert not (tmp_path / "after").exists()
+    # Evolved on (with a warning that it started on the old codes), it is C for these V and M.
+    from core.config import EvolveConfig
+    from core.evolve import evolve
+    with caplog.at_level("WARNING", logger="core.evolve"):
+        evolve(EvolveConfig(run_dir=str(run), generations=2, popsize=4, rollouts=1, max_steps=20, eval_every=0,
+                            workers=1, env=TEST_ENV))
+    assert "V or M has changed since this evolution last ran" in caplog.text
+    export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "after")))
+
+
 def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model, tmp_path):
     """A CMA-ES mean screened outside the evolution (``--params``) ships with its evaluation; the shipped
     CMA-ES state holds it as the controller to beat, unscored, and a resumed evolution scores it first."""
