@@ -46,6 +46,7 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
     """Copy ``run_dir``'s vae/, rnn/ and controller/ into ``out_dir``; returns the files and their size."""
     validate(config)
     src, dst = Path(config.run_dir), Path(config.out_dir).resolve()
+    _recover_swap(dst)
     _check_destination(src, dst)
     for flag, path in (("--params", config.params), ("--evaluation", config.evaluation)):
         if path and not Path(path).is_file():
@@ -57,6 +58,15 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
             if (src / kind).is_dir():
                 locks.enter_context(RunLock(src / kind, "training"))
         return _export(config, src, dst, on_progress)
+
+
+def _recover_swap(dst: Path) -> None:
+    """Put back the previous model that a crash between the final two renames of an export left as
+    ``.<name>.old`` with nothing at ``dst``."""
+    old = dst.with_name(f".{dst.name}.old")
+    if old.is_dir() and not dst.exists():
+        log.warning("%s: restoring the model an interrupted export left in %s", dst, old)
+        old.rename(dst)
 
 
 def _check_destination(src: Path, dst: Path) -> None:

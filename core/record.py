@@ -57,10 +57,13 @@ def load_actions(path: Path | str) -> np.ndarray:
     try:
         if path.suffix == ".npy":
             actions = np.load(path, allow_pickle=False)
+            if not isinstance(actions, np.ndarray):  # an .npz under an .npy name
+                actions.close()
+                raise ValueError("an .npz archive, not one array")
         else:
             data = json.loads(path.read_text(encoding="utf-8"))
             actions = np.asarray(data["actions"] if isinstance(data, dict) else data, dtype=np.float32)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
         raise ArtifactError(f"{path}: not an action log ({e}); expected a JSON list of [steer, gas, brake]") from None
     if actions.ndim != 2 or actions.shape[1] != 3 or not np.isfinite(actions).all():
         raise ArtifactError(f"{path}: action log has shape {actions.shape}, expected (steps, 3) finite numbers")

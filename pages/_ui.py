@@ -90,8 +90,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def _encoding(record: dict) -> bool:
+    """Whether a progress record is of M's first phase, encoding the episodes with V (counted in episodes)."""
+    return record.get("phase") == "encoding"
+
+
 def _eta(snap: dict) -> str:
+    """Time left at the pace of the current phase (encoding episodes and training batches go at other rates
+    and count other things)."""
     hist = [r for r in snap["history"] if r.get("step")]
+    if hist:
+        hist = [r for r in hist if _encoding(r) == _encoding(hist[-1])]
     if len(hist) < 2 or not snap["total"]:
         return ""
     first, last = hist[0], hist[-1]
@@ -107,7 +116,8 @@ def job_status(snap: dict | None, unit: str = "steps") -> None:
         st.caption("No job has run on this page yet.")
         return
     status, step, total = snap["status"], snap["step"], snap["total"]
-    where = f"{step} of {total} {unit}" if total else "starting"
+    encoding = _encoding(snap["metrics"])
+    where = (f"{step} of {total} {'episodes encoded' if encoding else unit}") if total else "starting"
     if status == "starting":
         st.progress(0.0, text=f"Job {snap['id']}: starting the worker process…")
     elif status in ("running", "stopping"):
@@ -117,6 +127,9 @@ def job_status(snap: dict | None, unit: str = "steps") -> None:
         st.progress(snap["fraction"], text=text)
     elif status == "done":
         st.success(f"Job {snap['id']} finished: {where} in {_duration(snap['elapsed'])}.")
+    elif status == "stopped" and encoding:
+        st.info(f"Job {snap['id']} was stopped at {where}, before training began. Start it again with the "
+                "same folder: it encodes the episodes again first (encoding keeps no checkpoint).")
     elif status == "stopped":
         st.info(f"Job {snap['id']} was stopped at {where}. Start it again with the same folder to resume "
                 "from its checkpoint.")

@@ -701,3 +701,14 @@ def test_the_export_command_is_written_for_the_project_folder(monkeypatch, tmp_p
     assert app_data.export_command("runs", "runs/m.npz", "runs/m.json") == (
         f"python -m core export --run-dir '{tmp_path}/my root/runs' --params '{tmp_path}/my root/runs/m.npz' "
         f"--evaluation '{tmp_path}/my root/runs/m.json' --out-dir '{tmp_path}/my root/models'")
+
+
+def test_the_time_left_is_paced_by_the_current_phase():
+    """M encodes its episodes (counted in episodes), then trains (counted in batches): the time left of the
+    training must not be paced by the encoding, nor the other way round."""
+    from pages import _ui
+    encoding = [{"step": i, "total": 10, "time": float(i), "phase": "encoding", "encoded": i, "of": 10}
+                for i in range(1, 7)]
+    assert _ui._eta({"history": encoding, "step": 6, "total": 10}) == " · about 4 s left"
+    training = [{"step": s, "total": 1000, "time": 10 + s / 100, "mdn": 1.0} for s in range(100, 600, 100)]
+    assert _ui._eta({"history": encoding + training, "step": 500, "total": 1000}) == " · about 5 s left"

@@ -367,3 +367,31 @@ def test_a_stopped_recording_leaves_the_old_video_and_says_it_starts_over(tiny_w
                on_progress=lambda step, total, metrics: step < 100)
     assert out.read_bytes() == b"the previous video"
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_an_action_log_that_is_not_one_array_is_explained(tmp_path):
+    import numpy as np
+
+    from core.artifacts import ArtifactError
+    from core.record import load_actions
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    archive = tmp_path / "archive.npy"
+    with open(archive, "wb") as f:
+        np.savez(f, actions=np.zeros((3, 3), np.float32))
+    for path in (empty, archive):
+        with pytest.raises(ArtifactError, match="not an action log"):
+            load_actions(path)
+
+
+def test_a_model_left_aside_by_an_interrupted_export_is_put_back(tiny_world_model, tmp_path):
+    """A crash between export's two renames leaves the previous model as .models.old and no models/."""
+    import shutil
+
+    from core.artifacts import ArtifactError
+    from core.config import ExportConfig
+    from core.export import export
+    shutil.copytree(tiny_world_model, tmp_path / ".models.old", ignore=shutil.ignore_patterns("checkpoint", ".lock"))
+    with pytest.raises(ArtifactError):  # this export fails (no such run), after putting the model back
+        export(ExportConfig(run_dir=str(tmp_path / "no-run"), out_dir=str(tmp_path / "models")))
+    assert (tmp_path / "models" / "controller" / "params.npz").exists() and not (tmp_path / ".models.old").exists()
