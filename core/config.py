@@ -210,9 +210,10 @@ class EvolveConfig:
                               "2 cores)", minimum=2)
     rollouts: int = param(2, "episodes per candidate, fitness is their mean (paper: 16)", minimum=1)
     sigma0: float = param(0.1, "initial CMA-ES step size (paper: 0.1)", minimum=1e-6)
-    max_sigma: float = param(0.0, "cap on the CMA-ES step size, applied every generation, a resumed run's too "
-                                  "(0 = none): with noisy fitness the step-size control need not shrink it "
-                                  "as the mean nears an optimum", minimum=0.0)
+    max_sigma: float = param(0.0, "cap on the CMA-ES step of every parameter (sigma times its spread), applied "
+                                  "every generation, a resumed run's too (0 = none): with noisy fitness the "
+                                  "step-size control need not shrink it as the mean nears an optimum",
+                             minimum=0.0)
     diagonal: bool = param(True, "sep-CMA-ES: adapt only the covariance's diagonal, which learns about n "
                                  "times faster over C's 867 parameters and keeps the saved state at 0.5 MB "
                                  "instead of 12.5 MB (paper: full covariance)")

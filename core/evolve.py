@@ -153,9 +153,11 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
 
 
 def cap_step_size(es: cma.CMAEvolutionStrategy, max_sigma: float) -> None:
-    """Hold ``es.sigma`` at ``max_sigma`` at most (0: no cap)."""
-    if max_sigma and es.sigma > max_sigma:
-        es.sigma = max_sigma
+    """Hold the largest step of any parameter (``es.stds``: ``sigma`` times the square root of the
+    covariance's diagonal, which sep-CMA-ES adapts too) at ``max_sigma`` at most (0: no cap)."""
+    largest = float(np.max(es.stds))
+    if max_sigma and largest > max_sigma:
+        es.sigma *= max_sigma / largest
 
 
 def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
@@ -236,7 +238,8 @@ def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challeng
         return True, {}
     known = {"first_seed": CONFIRM_SEED_BASE, **(state.get("confirmed") or {})}  # older states: fixed tracks
     # what stored returns were measured on
-    same = {"first_seed": confirm_seeds[0], "tracks": len(confirm_seeds), "max_steps": max_steps}
+    same = {"first_seed": confirm_seeds[0], "tracks": len(confirm_seeds), "max_steps": max_steps,
+            "world_model_sha256": state.get("world_model_sha256")}
     fresh = (known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
              or "returns" not in known)  # a state from before per-track returns were kept
     driven = [challenger, shipped] if fresh else [challenger]
@@ -324,11 +327,10 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                  "start_pending": bool(config.init_from)}
         shipped = np.asarray(es.mean, np.float32)
         average = None
-    world = world_model_sha256(run_dir)
+    world = world_model_sha256(run_dir)  # recorded in the state by the first generation that runs on it
     if state.get("world_model_sha256") and world and state["world_model_sha256"] != world:
         log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
                     "codes of the old ones (a fresh evolution --init-from it adapts it faster)", run_dir)
-    state["world_model_sha256"] = world
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
@@ -346,6 +348,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
             while state["generation"] < total and go_on:
                 started = time.monotonic()
                 gen = state["generation"] + 1
+                state["world_model_sha256"] = world  # this generation evolves on these V and M
                 rng = np.random.default_rng([config.seed, gen])
                 seeds = [int(s) for s in rng.integers(0, TRAIN_EVAL_SEED_BASE, size=config.rollouts)]
                 candidates = es.ask()
@@ -357,6 +360,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                 best_i = int(np.argmax(fitness))
                 metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),
                            "worst": float(fitness.min()), "sigma": float(es.sigma),
+                           "max_std": float(np.max(es.stds)),
                            "early_stopped": float(np.mean([r.early_stopped for r in results])),
                            "laps": float(np.mean([r.ended == OUTCOMES[0] for r in results])),
                            "skipped": float(np.mean([r.skipped for r in results])),
@@ -389,6 +393,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                                                   scores[-1] if drive_shipped else None)
                     if config.fresh_tracks:  # these tracks are driven: the next evaluation takes others
                         state["tracks_next"]["periodic"] += len(eval_seeds)
+                    else:  # the same tracks every time; a resume with fresh tracks must start after them
+                        state["tracks_next"]["periodic"] = max(state["tracks_next"]["periodic"], len(eval_seeds))
                     if confirmed:
                         metrics.update(confirmed, confirm_episodes=len(confirm_seeds),
                                        confirm_first_seed=confirm_seeds[0])
@@ -396,6 +402,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                         state["episodes"] += confirmed["confirm_driven"]
                         if config.fresh_tracks:
                             state["tracks_next"]["confirm"] += len(confirm_seeds)
+                        else:
+                            state["tracks_next"]["confirm"] = max(state["tracks_next"]["confirm"], len(confirm_seeds))
                     if accept:
                         state["best_eval"] = scores[pick]
                         shipped = evaluated[pick]

@@ -224,9 +224,14 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     with pytest.raises(ArtifactError, match="evolved on other V and M than the ones there now"):
         export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "after")))
     assert not (tmp_path / "after").exists()
-    # Evolved on (with a warning that it started on the old codes), it is C for these V and M.
+    # A resume that runs no generation has evolved nothing on them: still refused.
     from core.config import EvolveConfig
     from core.evolve import evolve
+    evolve(EvolveConfig(run_dir=str(run), generations=1, popsize=4, rollouts=1, max_steps=20, eval_every=0,
+                        workers=1, env=TEST_ENV))
+    with pytest.raises(ArtifactError, match="evolved on other V and M"):
+        export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "after")))
+    # Evolved on (with a warning that it started on the old codes), it is C for these V and M.
     with caplog.at_level("WARNING", logger="core.evolve"):
         evolve(EvolveConfig(run_dir=str(run), generations=2, popsize=4, rollouts=1, max_steps=20, eval_every=0,
                             workers=1, env=TEST_ENV))

@@ -145,9 +145,9 @@ def test_a_step_size_cap_holds_from_the_first_generation_and_on_a_resumed_run(ti
     capped = _tiny_run(tiny_world_model, tmp_path / "capped")
     evolve(EvolveConfig(run_dir=str(capped.parent), generations=2, max_sigma=0.02, **config))
     # Capped before the first generation's candidates, so its step size is at most the cap after their update.
-    assert all(0.01 < r["sigma"] <= 0.02 for r in read_history(capped / "history.jsonl"))
+    assert all(0.01 < r["sigma"] <= r["max_std"] <= 0.02 for r in read_history(capped / "history.jsonl"))
     evolve(EvolveConfig(run_dir=str(free.parent), generations=3, max_sigma=0.03, **config))
-    assert 0.01 < read_history(free / "history.jsonl")[-1]["sigma"] <= 0.03
+    assert 0.01 < read_history(free / "history.jsonl")[-1]["max_std"] <= 0.03
 
 
 def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
@@ -350,7 +350,7 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
     assert info["confirm_driven"] == 6 and sorted({v for v, _ in pool.driven}) == [450.0, 500.0]
     assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset, "tracks": 3,
                                   "max_steps": 1000, "returns": [500.0 + s % 7 for s in seeds],
-                                  "first_seed": CONFIRM_SEED_BASE}
+                                  "first_seed": CONFIRM_SEED_BASE, "world_model_sha256": None}
     assert info["confirm_lead"] == -50.0 and info["confirm_needed"] == 0.0
 
     pool.driven.clear()
@@ -358,7 +358,7 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
     assert accept and info["confirm_driven"] == 3 and {v for v, _ in pool.driven} == {520.0}  # shipped known
     assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset, "tracks": 3,
                                   "max_steps": 1000, "returns": [520.0 + s % 7 for s in seeds],
-                                  "first_seed": CONFIRM_SEED_BASE}
+                                  "first_seed": CONFIRM_SEED_BASE, "world_model_sha256": None}
 
     # A state saved before confirmation returns carried their first track: they are of the fixed tracks.
     legacy = {k: v for k, v in state["confirmed"].items() if k != "first_seed"}
@@ -371,6 +371,10 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
         pool.driven.clear()
         accept, info = challenge(pool, dict(state), better, shipped, 800.0, other_tracks, other_steps)
         assert info["confirm_driven"] == 2 * len(other_tracks) and {v for v, _ in pool.driven} == {500.0, 520.0}
+    # ... or of other V and M (the evolution goes on after V or M was trained further): driven again.
+    pool.driven.clear()
+    accept, info = challenge(pool, {**state, "world_model_sha256": "f" * 64}, better, shipped, 800.0, seeds, 1000)
+    assert info["confirm_driven"] == 6 and {v for v, _ in pool.driven} == {500.0, 520.0}
 
     assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, [], 1000) == (True, {})
 
@@ -464,7 +468,12 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
             state = json.loads((ctrl / "state.json").read_text())
             fixed = {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(next_tracks(config, state, "confirm"))
             assert eval_driven <= fixed
-            assert state["tracks_next"] == {"periodic": 0, "confirm": 0}
+            tested = any("confirm_first_seed" in r for r in evaluations)
+            assert state["tracks_next"] == {"periodic": 2, "confirm": 3 if tested else 0}  # the tracks it drove
+            # Resumed with fresh tracks, it starts after them (the shipped controller was picked on those).
+            evolve(EvolveConfig(run_dir=config.run_dir, **{**settings, "generations": 8}))
+            resumed = read_history(ctrl / "history.jsonl")[-1]
+            assert resumed["generation"] == 8 and resumed["eval_first_seed"] == TRAIN_EVAL_SEED_BASE + 2
 
     # Resumed with other evaluation settings, an evolution never drives the same fresh tracks twice; a state
     # from before fresh tracks were counted starts past the first 1000 tracks of each range.
