@@ -299,13 +299,17 @@ def history(out_dir: Path | str) -> list[dict]:
 
 
 def data_summary(data_dir: Path | str = DEFAULT_DATA_DIR) -> dict:
-    """Episodes, frames and returns of a data folder, from its manifest (plus files not yet listed)."""
+    """Episodes, frames and returns of a data folder: the episodes are its files (those its manifest lists,
+    with their steps and returns, and any it does not list yet, ``unlisted``); listed files since deleted
+    do not count."""
     data_dir = resolve(data_dir)
     manifest = _read_json(data_dir / "manifest.json") or {}
-    entries = manifest.get("episodes") or []
     files = sorted(data_dir.glob("ep_*.npz")) if data_dir.is_dir() else []
+    names = {f.name for f in files}
+    entries = [e for e in manifest.get("episodes") or [] if isinstance(e, dict) and e.get("file") in names]
+    unlisted = len(names - {e["file"] for e in entries})
     returns = [float(e["return"]) for e in entries]
-    return {"path": str(data_dir), "episodes": len(entries), "files": len(files),
+    return {"path": str(data_dir), "episodes": len(entries) + unlisted, "unlisted": unlisted, "files": len(files),
             "frames": int(sum(e["steps"] + 1 for e in entries)), "returns": returns,
             "mean_return": float(np.mean(returns)) if returns else None, "entries": entries,
             "config": manifest.get("config") or {},

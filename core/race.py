@@ -74,8 +74,8 @@ class RaceConfig:
     resume_countdown_s: float = param(1.0, "seconds of countdown after a pause", minimum=0.0, maximum=10.0)
     max_races: int = param(_default_max_races(), "races driven at once; the next person is asked to wait "
                                                   "(env var WM_MAX_RACES)", minimum=1, maximum=64)
-    idle_timeout_s: float = param(600.0, "seconds a race without a connection is kept before it is dropped",
-                                  minimum=1.0)
+    idle_timeout_s: float = param(600.0, "seconds a race without a connection, or paused, is kept before it "
+                                         "is dropped", minimum=1.0)
     env: str = param("fast", "CarRacing implementation of the live race (fast: same frames, faster)",
                      choices=ENV_CHOICES)
     model_dir: str = param(SHIPPED_MODEL_DIR, "world model (vae/, rnn/, controller/) the AI drives with")
@@ -404,6 +404,7 @@ class RaceSession:
         self.version = 0  # grows whenever what the player sees changes
         self.connected = False
         self.last_seen = clock()
+        self.paused_at: float | None = None  # when it was last paused, while it is
         self.results: list[dict] | None = None  # the scored runs of the last finished attempt
         self.submit_error: str | None = None
         self._start()
@@ -452,12 +453,13 @@ class RaceSession:
         with self._lock:
             if self.status in ("countdown", "running"):
                 self.status, self.pause_reason = "paused", reason
+                self.paused_at = self._clock()
                 self.version += 1
 
     def resume(self) -> None:
         with self._lock:
             if self.status == "paused":
-                self.pause_reason = ""
+                self.pause_reason, self.paused_at = "", None
                 ticks = self.config.resume_ticks
                 self.status, self.countdown = ("countdown", ticks) if ticks > 0 else ("running", 0)
                 self.version += 1
@@ -715,8 +717,11 @@ class RaceRegistry:
 
     def _reap_locked(self) -> None:
         now = self._clock()
+        limit = self.config.idle_timeout_s
+        # Gone that long, or paused that long with its page still open (it would hold its slot for ever).
         stale = [t for t, s in self._races.items()
-                 if not s.connected and now - s.last_seen > self.config.idle_timeout_s]
+                 if (not s.connected and now - s.last_seen > limit)
+                 or (s.status == "paused" and s.paused_at is not None and now - s.paused_at > limit)]
         for token in stale:
             self._races.pop(token).close()
 

@@ -229,7 +229,15 @@ class RaceSocket:
                 await _send_json(ws, {"type": "error", "message": "this race was closed"})
                 await _close(ws, CLOSE_GONE, "race closed")
                 return
-            payload = await loop.run_in_executor(pool, encoder, session)
+            try:
+                payload = await loop.run_in_executor(pool, encoder, session)
+            except Exception as e:  # the race cannot step (the env or the AI failed): end it, and say so
+                log.exception("race %s stopped: a step failed", session.token[:8])
+                self.registry.close(session.token)
+                await _send_json(ws, {"type": "error", "message": f"the race stopped on a server error "
+                                                                 f"({type(e).__name__}: {e}); start a new race"})
+                await _close(ws, CLOSE_GONE, "race failed")
+                return
             if payload is not None:
                 await ws.send_bytes(payload)
             deadline += self.period

@@ -77,8 +77,8 @@ if mode in ("You", "The controller"):
         if st.button("New dream", icon=":material/refresh:", key="dream.new"):
             new_dream(start if episodes else "random", episode, int(step), int(seed))
     dream = st.session_state.get("dream")
-    if dream is None or st.session_state.get("dream.key") != (model_dir, id(model)):
-        dream = new_dream("real" if episodes else "random", str(episodes[0]) if episodes else None, 100, 0)
+    if dream is None or st.session_state.get("dream.key") != (model_dir, id(model)):  # another model: start over
+        dream = new_dream(start if episodes else "random", episode if episodes else None, int(step), int(seed))
     dream.tau = tau
 
 
@@ -162,9 +162,9 @@ def real_vs_dream() -> None:
         frames = hstack(upscale(out["real"]), upscale(out["dream"]))
         st.session_state["dream.sbs"] = {"gif": gif(with_captions(frames, captions), fps=fps, loop=True),
                                          "real": real_total.tolist(), "dream": dream_total.tolist(),
-                                         "done": out["done_prob"].tolist()}
+                                         "done": out["done_prob"].tolist(), "model": (model_dir, id(model))}
     result = st.session_state.get("dream.sbs")
-    if result:
+    if result and result.get("model") == (model_dir, id(model)):  # not another model's, nor a reloaded one's
         cols = st.columns([1, 1])
         cols[0].image(result["gif"], caption="Left: the real env. Right: the dream, on the same actions.")
         with cols[1]:

@@ -87,6 +87,8 @@ else:
         wait_for_scores(session.token)
     elif status["submit_error"]:
         st.error(status["submit_error"])
+    elif not status["results"] and session.mode == "watch":
+        st.info("Nothing to score: the AI's run was ended before it finished, and only finished runs count.")
     elif not status["results"]:
         st.info("Nothing to score: the race ended before anyone drove.")
     else:

@@ -1,26 +1,36 @@
 """Leaderboard: every finished race, people and AI, scored by the server's replay of each action log."""
 
+import sqlite3
+
 import pandas as pd
 import streamlit as st
 
 from core import race
-from core.leaderboard import Leaderboard, human_vs_ai_figure
+from core.leaderboard import Leaderboard, db_path, human_vs_ai_figure
+
+ALL_RUNS_SHOWN = 500  # rows of "All runs", best first
 
 st.title("Leaderboard")
-board = Leaderboard()
-tracks = board.tracks()
+try:
+    board = Leaderboard()
+    tracks = board.tracks()
+except (sqlite3.Error, OSError) as e:  # locked for long, unreadable, or not a database
+    st.error(f"The leaderboard database `{db_path()}` cannot be read ({e}). Reload in a moment; if it stays, "
+             "move the file aside (the app starts a new one) or point WM_LEADERBOARD_DB at another.")
+    st.stop()
 if not tracks:
     st.info("No runs yet. Drive one on the Race page: it shows up here when it ends.")
     st.stop()
 
 track_col, who_col, view_col = st.columns(3)
-track = track_col.selectbox("Track", [None, *tracks],
+track = track_col.selectbox("Track", [None, *tracks], key="leaderboard.track",
                             format_func=lambda s: "All tracks" if s is None else f"Track {s}")
-who = who_col.radio("Drivers", ["Everyone", "People", "AI"], horizontal=True)
-view = view_col.radio("Show", ["Best per player", "All runs"], horizontal=True)
+who = who_col.radio("Drivers", ["Everyone", "People", "AI"], horizontal=True, key="leaderboard.who")
+view = view_col.radio("Show", ["Best per player", "All runs"], horizontal=True, key="leaderboard.view")
 kind = {"Everyone": None, "People": "human", "AI": "ai"}[who]
 
-runs = board.best_per_player(track, kind) if view == "Best per player" else board.runs(track, kind)
+runs = (board.best_per_player(track, kind) if view == "Best per player"
+        else board.runs(track, kind, limit=ALL_RUNS_SHOWN))
 columns = {"player": "player", "kind": "driver", "model": "AI model", "seed": "track",
            "score": st.column_config.NumberColumn("score", format="%.1f"), "tiles": "tiles",
            "total_tiles": "of tiles", "steps": "steps", "outcome": "outcome",
@@ -28,6 +38,8 @@ columns = {"player": "player", "kind": "driver", "model": "AI model", "seed": "t
            "id": "run", "runs": "runs"}
 runs = runs.assign(created_at=pd.to_datetime(runs["created_at"], utc=True))
 st.dataframe(runs[[c for c in columns if c in runs.columns]], column_config=columns, hide_index=True)
+if view == "All runs" and len(runs) == ALL_RUNS_SHOWN:
+    st.caption(f"The best {ALL_RUNS_SHOWN} runs; pick a track or a kind of driver to see others.")
 
 figure = human_vs_ai_figure(board, track)
 if figure.data and any(len(trace.x) for trace in figure.data):

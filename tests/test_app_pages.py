@@ -712,3 +712,19 @@ def test_the_time_left_is_paced_by_the_current_phase():
     assert _ui._eta({"history": encoding, "step": 6, "total": 10}) == " · about 4 s left"
     training = [{"step": s, "total": 1000, "time": 10 + s / 100, "mdn": 1.0} for s in range(100, 600, 100)]
     assert _ui._eta({"history": encoding + training, "step": 500, "total": 1000}) == " · about 5 s left"
+
+
+def test_a_data_folder_counts_its_files_not_its_manifest(tmp_path, tiny_data):
+    """Episodes written after the manifest's last update count; listed files since deleted do not."""
+    import shutil
+
+    from core import app_data
+    data = tmp_path / "rollouts"
+    shutil.copytree(tiny_data, data)
+    listed = app_data.data_summary(data)
+    assert listed["episodes"] == 2 and listed["unlisted"] == 0 and len(listed["returns"]) == 2
+    shutil.copy(data / "ep_0000000.npz", data / "ep_0000007.npz")  # collected, manifest not yet updated
+    (data / "ep_0000001.npz").unlink()  # deleted by hand
+    summary = app_data.data_summary(data)
+    assert summary["episodes"] == 2 and summary["unlisted"] == 1
+    assert [e["file"] for e in summary["entries"]] == ["ep_0000000.npz"] and len(summary["returns"]) == 1

@@ -286,6 +286,23 @@ def test_registry_drops_races_whose_player_is_gone(registry):
     assert registry.get(s.token) is None
 
 
+def test_a_race_paused_with_its_page_open_gives_its_slot_back_in_the_end(registry):
+    s = registry.create(owner="a", player="Ann", seed=1, mode="solo")
+    s.attach()
+    s.pause()
+    registry._clock.now += 59
+    registry.reap()
+    assert registry.get(s.token) is s  # paused for 59 s of 60: kept
+    s.resume()
+    registry._clock.now += 3600
+    registry.reap()
+    assert registry.get(s.token) is s  # running with its page: kept however long
+    s.pause()
+    registry._clock.now += 61
+    registry.reap()
+    assert registry.get(s.token) is None and registry.active() == 0
+
+
 def test_finished_race_is_scored_by_replay_and_stored(registry):
     s = registry.create(owner="a", player="<b>Ann</b>", seed=8, mode="solo")
     run_until_done(s)

@@ -178,3 +178,25 @@ def test_a_race_against_the_ai_renders_either_car_or_both(registry, tiny_world_m
     next(b for b in at.button if "video" in b.label).click().run()
     assert not at.exception and at.get("download_button")
     assert one.proto.url != at.get("video")[0].proto.url  # one car, then both: another video
+
+
+def test_watching_the_ai_and_ending_early_says_why_nothing_was_scored(registry, tiny_world_model):
+    owner = "fedcba9876543210"
+    session = registry.create(owner=owner, player="", seed=5, mode="watch", model_dir=str(tiny_world_model))
+    session.tick()
+    session.end()
+    registry.wait_scored()
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
+    at.query_params["racer"] = owner
+    at.run()
+    assert not at.exception
+    assert any("the AI's run was ended before it finished" in m for m in messages(at, "info"))
+
+
+def test_a_leaderboard_file_that_is_not_a_database_is_explained(registry, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.sqlite3"
+    broken.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("WM_LEADERBOARD_DB", str(broken))
+    at = AppTest.from_file(str(ROOT / "pages" / "7_Leaderboard.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("cannot be read" in m and "WM_LEADERBOARD_DB" in m for m in messages(at, "error"))

@@ -240,3 +240,30 @@ def test_a_second_socket_takes_over_and_a_closed_race_ends_its_socket(server):
 
     replaced, gone = asyncio.run(go())
     assert replaced == race_server.CLOSE_REPLACED and gone == race_server.CLOSE_GONE
+
+
+def test_a_race_whose_step_fails_ends_with_a_message_not_a_reconnect_loop(server, monkeypatch, caplog):
+    """A failing step used to close the socket plainly: the page reconnected to a paused race that failed
+    again at every resume."""
+    registry, url = server
+    session = new_race(registry, "broken")
+
+    def broken_tick():
+        raise RuntimeError("the env fell over")
+
+    async def go():
+        ws = await join(url, session.token)
+        await frames(ws, 2)
+        monkeypatch.setattr(session, "tick", broken_tick)
+        error = None
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 5)
+                if isinstance(msg, str):
+                    error = json.loads(msg)
+        return error, closed.value.rcvd.code
+
+    error, code = asyncio.run(go())
+    assert error["type"] == "error" and "the env fell over" in error["message"]
+    assert code == race_server.CLOSE_GONE and registry.get(session.token) is None
+    assert "a step failed" in caplog.text

@@ -12,6 +12,7 @@ const KEY_BITS = {
   ArrowDown: 8, KeyS: 8,
 };
 const PAUSE_KEYS = new Set(["KeyP", "Escape"]);
+const DRIVING = new Set(["countdown", "running", "paused"]); // the statuses in which the race takes the keys
 const FINAL_CLOSE_CODES = new Set([4403, 4409, 4410, 1008]); // bad token, replaced, race closed, junk
 const OUTCOME_TEXT = { lap: "lap complete", "off-track": "off the map", time: "time up", ended: "ended" };
 const views = new WeakMap();
@@ -37,6 +38,7 @@ class RaceView {
     this.token = data.token;
     this.setTriggerValue = setTriggerValue;
     this.mask = 0;
+    this.held = new Set(); // codes of the driving keys held down: A and ArrowLeft both steer left
     this.seq = 0;
     this.frames = 0;
     this.drawn = -1;
@@ -47,10 +49,14 @@ class RaceView {
     this.build();
     this.onKeyDown = (e) => this.key(e, true);
     this.onKeyUp = (e) => this.key(e, false);
-    this.onBlur = () => this.setMask(0);
+    // Another tab or window takes the keyboard: let go of every key and pause, so the race does not run
+    // on (and get scored) with nobody at the wheel.
+    this.onBlur = () => this.leave();
+    this.onVisibility = () => { if (document.hidden) this.leave(); };
     window.addEventListener("keydown", this.onKeyDown, true);
     window.addEventListener("keyup", this.onKeyUp, true);
     window.addEventListener("blur", this.onBlur);
+    document.addEventListener("visibilitychange", this.onVisibility);
     this.connect();
   }
 
@@ -199,6 +205,7 @@ class RaceView {
     this.setStatus(head.status, message);
     if (head.status === "finished" && this.finishedAttempt !== head.attempt) {
       this.finishedAttempt = head.attempt;
+      this.held.clear();
       this.setMask(0);
       if (this.setTriggerValue) this.setTriggerValue("finished", `${this.token.slice(0, 8)}-${head.attempt}`);
     }
@@ -210,18 +217,38 @@ class RaceView {
     if (message !== undefined) this.message.textContent = message;
   }
 
+  leave() {
+    this.held.clear();
+    this.setMask(0);
+    if (this.status === "countdown" || this.status === "running") this.send({ type: "pause" });
+  }
+
   key(event, down) {
     if (this.closed || isTyping(event)) return;
     const bit = KEY_BITS[event.code];
+    if (bit !== undefined && !down && this.held.delete(event.code)) { // a release always lets go
+      this.setMask(this.maskOfHeld());
+      return;
+    }
+    // Only while the race is on, and never a shortcut (Ctrl+P prints, Cmd+S saves): once it is over the
+    // arrow keys scroll the page and seek the video again.
+    if (!DRIVING.has(this.status) || event.ctrlKey || event.metaKey || event.altKey) return;
     if (bit !== undefined && this.data.mode !== "watch") {
       event.preventDefault();
       event.stopPropagation();
-      this.setMask(down ? this.mask | bit : this.mask & ~bit);
+      if (down) this.held.add(event.code);
+      this.setMask(this.maskOfHeld());
     } else if (PAUSE_KEYS.has(event.code)) {
       event.preventDefault();
       event.stopPropagation();
       if (down && !event.repeat) this.send({ type: "toggle_pause" });
     }
+  }
+
+  maskOfHeld() {
+    let mask = 0;
+    for (const code of this.held) mask |= KEY_BITS[code];
+    return mask;
   }
 
   setMask(mask) {
@@ -241,6 +268,7 @@ class RaceView {
     window.removeEventListener("keydown", this.onKeyDown, true);
     window.removeEventListener("keyup", this.onKeyUp, true);
     window.removeEventListener("blur", this.onBlur);
+    document.removeEventListener("visibilitychange", this.onVisibility);
     if (this.ws) this.ws.close(1000, "left the page");
     this.root.remove();
   }

@@ -111,9 +111,21 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
     assert int(data(page, "step")) >= int(paused_step)
     page.keyboard.press("p")
     wait_status(page, "running")
+    # Another window takes the keyboard: the race lets go of the keys and pauses.
+    page.keyboard.down("ArrowUp")
+    page.evaluate("() => window.dispatchEvent(new Event('blur'))")
+    wait_status(page, "paused")
+    assert data(page, "mask") == "0"
+    page.keyboard.up("ArrowUp")
+    page.keyboard.press("p")
+    wait_status(page, "running")
 
     # The race runs out its 20 s: the AI's run counts only when it ends on its own, not cut short.
     wait_status(page, "finished", timeout=120_000)
+    # Over: the arrow keys are the page's again (scrolling, the video's seek bar).
+    taken = page.evaluate("() => { const e = new KeyboardEvent('keydown', {code: 'ArrowDown', key: 'ArrowDown', "
+                          "cancelable: true, bubbles: true}); window.dispatchEvent(e); return e.defaultPrevented; }")
+    assert taken is False
     page.get_by_role("button", name="Render the race as a video (MP4)").wait_for(timeout=30_000)
     cells = grid_cells(page, PLAYER, "AI")
     assert PLAYER in cells and "AI" in cells and "ai" in cells and "human" in cells
