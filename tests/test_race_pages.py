@@ -154,17 +154,23 @@ def test_leaderboard_page_filters_charts_and_renders(registry):
     assert board.count() == 4
 
 
+def page_of_finished_race(registry, owner: str) -> AppTest:
+    """The Race page its owner's reload opens once the race has been scored."""
+    registry.wait_scored()
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
+    at.query_params["racer"] = owner
+    at.run()
+    assert not at.exception
+    return at
+
+
 def test_a_race_against_the_ai_renders_either_car_or_both(registry, tiny_world_model):
     owner = "0123456789abcdef"
     session = registry.create(owner=owner, player="Ann", seed=5, mode="vs_ai", model_dir=str(tiny_world_model))
     while not session.finished:
         session.set_keys(KEY_GAS)
         session.tick()
-    registry.wait_scored()
-    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
-    at.query_params["racer"] = owner
-    at.run()
-    assert not at.exception
+    at = page_of_finished_race(registry, owner)
     assert at.dataframe[0].value["kind"].tolist() == ["human", "ai"]
     who = next(r for r in at.radio if r.label == "Video of")
     assert len(who.options) == 3 and who.options[0] == "Both, side by side"
@@ -185,11 +191,7 @@ def test_watching_the_ai_and_ending_early_says_why_nothing_was_scored(registry, 
     session = registry.create(owner=owner, player="", seed=5, mode="watch", model_dir=str(tiny_world_model))
     session.tick()
     session.end()
-    registry.wait_scored()
-    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
-    at.query_params["racer"] = owner
-    at.run()
-    assert not at.exception
+    at = page_of_finished_race(registry, owner)
     assert any("the AI's run was ended before it finished" in m for m in messages(at, "info"))
 
 
