@@ -12,6 +12,7 @@ const KEY_BITS = {
   ArrowDown: 8, KeyS: 8,
 };
 const PAUSE_KEYS = new Set(["KeyP", "Escape"]);
+const NEVER_CONNECTED_RETRIES = 4; // failed first connections (about 7 s) before the view says it cannot connect
 const DRIVING = new Set(["countdown", "running", "paused"]); // the statuses in which the race takes the keys
 const FINAL_CLOSE_CODES = new Set([4403, 4409, 4410, 1008]); // bad token, replaced, race closed, junk
 const OUTCOME_TEXT = { lap: "lap complete", "off-track": "off the map", time: "time up", ended: "ended" };
@@ -45,6 +46,7 @@ class RaceView {
     this.status = "connecting";
     this.closed = false;
     this.retries = 0;
+    this.everReady = false;
     this.finishedAttempt = 0;
     this.build();
     this.onKeyDown = (e) => this.key(e, true);
@@ -132,7 +134,14 @@ class RaceView {
       }
       this.retries += 1;
       const delay = Math.min(5000, 250 * 2 ** Math.min(this.retries, 5));
-      this.setStatus("reconnecting", "Connection lost: the race is paused. Reconnecting…");
+      if (!this.everReady && this.retries >= NEVER_CONNECTED_RETRIES) {
+        // Not one connection in all this time: something between the browser and the app (a proxy that
+        // does not pass WebSockets, say) blocks the race's socket. Keep trying, but say so.
+        this.setStatus("reconnecting", `The race cannot reach the server (${this.data.ws_path}): a proxy or ` +
+          "firewall may be blocking WebSockets. Still trying…");
+      } else {
+        this.setStatus("reconnecting", "Connection lost: the race is paused. Reconnecting…");
+      }
       this.banner.textContent = "PAUSED";
       this.timer = setTimeout(() => this.connect(), delay);
     };
@@ -141,6 +150,7 @@ class RaceView {
   control(msg) {
     if (msg.type === "ready") {
       this.ready = true;
+      this.everReady = true;
       this.retries = 0;
       this.root.dataset.connected = "true";
       this.send({ type: "keys", mask: this.mask, seq: ++this.seq });

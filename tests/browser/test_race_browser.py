@@ -150,3 +150,13 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
     cells = grid_cells(page, PLAYER, "AI")
     assert PLAYER in cells and "4242" in cells and "AI" in cells  # both runs of the race
     shot(page, SHOTS, "4-leaderboard")
+
+
+def test_a_race_socket_that_never_connects_is_explained(app_url, page):
+    """A proxy that does not pass WebSockets: the view says the race cannot reach the server."""
+    page.route_web_socket("**/api/race/ws", lambda ws: ws.close())
+    goto(page, app_url, "race")
+    page.get_by_label("Your name (for the leaderboard)").fill("Solo")
+    page.get_by_role("button", name="Start race").click()
+    page.get_by_text("The race cannot reach the server").wait_for(timeout=30_000)
+    assert data(page, "status") == "reconnecting"
