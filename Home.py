@@ -61,8 +61,10 @@ def home() -> None:
             for summary in summaries:
                 folder = app_data.relative(summary["path"])
                 where = f"`{folder}`: " if len(summaries) > 1 or folder != DEFAULT_DATA_DIR else ""
-                st.caption(f"{where}{summary['episodes']} episodes, {summary['frames']:,} frames · mean return "
-                           f"{_fmt(summary['mean_return'])} · {app_data.when(summary['updated'])}")
+                unlisted = (f" ({summary['unlisted']} not in its manifest yet: frames and returns are of the "
+                            "others)" if summary["unlisted"] else "")
+                st.caption(f"{where}{summary['episodes']} episodes{unlisted}, {summary['frames']:,} frames · mean "
+                           f"return {_fmt(summary['mean_return'])} · {app_data.when(summary['updated'])}")
         else:
             st.caption(f"No episodes in `{DEFAULT_DATA_DIR}` yet: start on the Collect page.")
     for col, kind, title, metric in zip(cols[1:], ("vae", "rnn", "controller"), ("V (VAE)", "M (MDN-RNN)", "C (controller)"),
@@ -105,7 +107,7 @@ def home() -> None:
                      "current one on the Evolve page.")
         elif report:
             score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
-                     f"evaluation tracks ({report['env']} env, {app_data.when(report.get('date'))}).")
+                     f"evaluation tracks ({report.get('env', '?')} env, {app_data.when(report.get('date'))}).")
         st.success(f"Dream and Race use {shipped} in `{default}/`.{score}")
         _how_it_learned(default, report)
     else:

@@ -265,7 +265,12 @@ def params_evaluation(report_path: Path | str) -> dict | None:
     report = _read_json(resolve(report_path))
     if not report or not isinstance(report.get("params_source"), dict):
         return None
-    return {**report, "out_path": str(resolve(report_path)), "params_file": report["params_source"].get("file")}
+    try:
+        report = check_report(report, str(report_path))
+    except ArtifactError:
+        return None
+    return {**report, **summarize(report["returns"]), "episodes": len(report["returns"]),
+            "out_path": str(resolve(report_path)), "params_file": report["params_source"].get("file")}
 
 
 def export_command(run_dir: Path | str, params_file: Path | str, report: Path | str) -> str:

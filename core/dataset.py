@@ -160,17 +160,19 @@ def usable_episodes(data_dir: Path | str, on_corrupt: str = "skip", max_episodes
 def split_holdout(paths: list, holdout: float, seed: int, kept: list[str] | None = None) -> tuple[list, list]:
     """(train, held-out) episodes; at least one training episode, held out only when there are two or more.
 
-    ``kept``: the held-out episodes (``str`` of each) of the run being resumed. Those still there stay held
+    ``kept``: the held-out episodes (their paths) of the run being resumed. Those still there stay held
     out and every other episode trains, so episodes collected since the run began never move one it has
     trained on into the held-out set (a new draw over more episodes would).
     """
     paths = list(paths)
     if kept is not None:
-        names = set(kept)
-        held = sorted(p for p in paths if str(p) in names)
-        train = sorted(p for p in paths if str(p) not in names)
-        if train:
+        names = {str(Path(k).resolve()) for k in kept}
+        held = sorted(p for p in paths if str(Path(p).resolve()) in names)
+        train = sorted(p for p in paths if str(Path(p).resolve()) not in names)
+        if train and (held or not kept):
             return train, held
+        log.warning("none of the %d held-out episodes this run began with is among the episodes now (another "
+                    "data folder?): drawing a new held-out set", len(kept))
     n_hold = int(round(len(paths) * holdout))
     if holdout > 0 and len(paths) >= 2:
         n_hold = max(1, n_hold)

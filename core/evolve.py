@@ -197,11 +197,20 @@ def average_against_mean(records: list[dict]) -> dict | None:
 
 
 def _meta_extra(state: dict) -> dict:
-    """What meta.json keeps beside the metrics: the V and M the controller is evolving on
-    (``world_model_sha256``, which export checks), and for an exported controller that is still the one
-    shipped (``export --params``) where it came from."""
-    return {**({"world_model_sha256": state["world_model_sha256"]} if state.get("world_model_sha256") else {}),
+    """What meta.json keeps beside the metrics: the V and M its controller (``params.npz``, the kept one) was
+    picked on (``world_model_sha256``, which export checks; ``state["shipped_world"]``), and for an exported
+    controller that is still the one shipped (``export --params``) where it came from."""
+    return {**({"world_model_sha256": state["shipped_world"]} if state.get("shipped_world") else {}),
             **({"shipped": state["shipped"]} if state.get("shipped") else {})}
+
+
+def _world_of(controller_dir: str | Path) -> str | None:
+    """The V and M the controller in ``controller_dir`` was picked on, as its meta.json names them."""
+    try:
+        meta = read_json(Path(controller_dir) / "meta.json", "controller metadata")
+    except ArtifactError:
+        return None
+    return meta.get("world_model_sha256") if isinstance(meta, dict) else None
 
 
 def next_tracks(config: EvolveConfig, state: dict, kind: str) -> list[int]:
@@ -324,10 +333,13 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                  "lineage": ancestry(config.init_from, es.mean) if config.init_from else [],
                  # A run from a trained controller ships it until its first periodic evaluation has scored
                  # it against the run's own controllers.
-                 "start_pending": bool(config.init_from)}
+                 "start_pending": bool(config.init_from),
+                 "shipped_world": _world_of(config.init_from) if config.init_from else None}
         shipped = np.asarray(es.mean, np.float32)
         average = None
     world = world_model_sha256(run_dir)  # recorded in the state by the first generation that runs on it
+    if "shipped_world" not in state:  # a state from before: the kept controller's V and M are not known
+        state["shipped_world"] = None
     if state.get("world_model_sha256") and world and state["world_model_sha256"] != world:
         log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
                     "codes of the old ones (a fresh evolution --init-from it adapts it faster)", run_dir)
@@ -407,6 +419,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     if accept:
                         state["best_eval"] = scores[pick]
                         shipped = evaluated[pick]
+                        state["shipped_world"] = world
                         state.pop("shipped", None)  # what an export put in as the controller to beat is beaten
                     metrics["eval_steps"] = eval_steps
                     state["env_steps"] += eval_steps
@@ -416,6 +429,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
                     state.pop("start_pending", None)
                     state.pop("shipped", None)
                     shipped = np.asarray(es.mean, np.float32)
+                    state["shipped_world"] = world
                 state["generation"] = gen
                 state["episodes"] += len(results)
                 state["env_steps"] += metrics["steps"]

@@ -92,11 +92,12 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
         read_meta(src / kind, kind)  # only finished (or cleanly stopped) stages export
     from core.agent import load_world_model
     weights, params = load_world_model(src)  # V, M and C load and fit together
-    evolved_on = read_json(src / "controller" / "meta.json", "controller metadata").get("world_model_sha256")
-    if evolved_on and evolved_on != world_model_sha256(src):
+    picked_on = read_json(src / "controller" / "meta.json", "controller metadata").get("world_model_sha256")
+    if not config.params and picked_on and picked_on != world_model_sha256(src):  # --params: its report's check
         raise ArtifactError(f"{src}: its controller was evolved on other V and M than the ones there now (trained "
                             "further since?), and would drive on codes it has never seen; evolve it on these "
-                            f"(python -m core evolve --run-dir {src} ...) before exporting")
+                            f"(python -m core evolve --run-dir {src} ...) until it keeps a controller of its own "
+                            "before exporting")
     z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
     source = None
     if config.params:
@@ -232,13 +233,15 @@ def _ship_params(src: Path, dst: Path, params: np.ndarray, source: dict, z_size:
         atomic_write_json(dst / STATE, state)
         written.append(f"controller/{STATE}")
     meta = read_meta(src, "controller")  # its metrics are the evolution's; its best_eval was the kept one's
+    world = world_model_sha256(src.parent)  # its report was driven on these (_report_mismatch)
     atomic_write_json(dst / "meta.json", {**meta, "metrics": {**meta["metrics"], "best_eval": None},
-                                          "shipped": state["shipped"] if state else source})
+                                          "shipped": state["shipped"] if state else source,
+                                          **({"world_model_sha256": world} if world else {})})
     return written + ["controller/meta.json"]
 
 
 def _as_shipped(state: dict, source: dict) -> dict:
     """An evolution state whose controller to beat is ``source``'s: unscored, unconfirmed, and named."""
     state = {k: v for k, v in state.items() if k != "confirmed"}
-    return {**state, "best_eval": None, "start_pending": True,
+    return {**state, "best_eval": None, "start_pending": True, "shipped_world": state.get("world_model_sha256"),
             "shipped": {**source, "generation_of_run": state.get("generation")}}

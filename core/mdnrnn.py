@@ -278,7 +278,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
         save_encoded(config.encoded_path, enc, key)
     del vae
 
-    names = [str(p) for p in paths]  # enc holds them in this order (its cache key is these files)
+    names = [str(Path(p).resolve()) for p in paths]  # enc holds them in this order (its key is these files)
     train_names, heldout = split_holdout(names, config.holdout, config.seed, recorded_heldout(out_dir))
     where = {name: i for i, name in enumerate(names)}
     train_idx = np.array(sorted(where[n] for n in train_names), dtype=int)

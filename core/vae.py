@@ -207,7 +207,7 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")  # before reading every episode
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
     train_paths, held_paths = split_holdout(paths, config.holdout, config.seed, recorded_heldout(out_dir))
-    heldout = [str(p) for p in held_paths]
+    heldout = [str(Path(p).resolve()) for p in held_paths]
     frames_per_epoch = count_frames(train_paths, config.frame_stride)
     batches_per_epoch = -(-frames_per_epoch // config.batch_size)
     total = batches_per_epoch * config.epochs

@@ -127,7 +127,7 @@ def live_evaluation(snap) -> None:
         returns = report["returns"]
         what = (f"the CMA-ES mean of generation {report['params_source'].get('generation', '?')} in `{shown}/`"
                 if of_mean else f"`{shown}/`")
-        source = (f"{what}, {report['episodes']} episodes, {report['env']} env, "
+        source = (f"{what}, {report['episodes']} episodes, {report.get('env', '?')} env, "
                   f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
                   f"(min {report['min']:.0f}, max {report['max']:.0f})")
         if report.get("current") is False:

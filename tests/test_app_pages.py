@@ -594,6 +594,12 @@ def test_a_file_that_is_not_an_evaluation_report_shows_no_score_and_breaks_no_pa
         at = open_page(start, "4_Evolve.py")
         assert not at.exception, [e.message for e in at.exception]
         assert not any("900.0" in m.value for m in (*start.markdown, *at.markdown))
+    mean_report = fresh_root / "mean.evaluation.json"  # evaluate --params's report, damaged
+    mean_report.write_text(json.dumps({"params_source": {"file": "latest.npz"}, "mean": 900.0}))
+    assert app_data.params_evaluation(mean_report) is None
+    mean_report.write_text(json.dumps({"params_source": {"file": "latest.npz"}, "seeds": [1_000_000],
+                                       "returns": [900.0]}))  # no env, no summary: recomputed, shown
+    assert app_data.params_evaluation(mean_report)["mean"] == 900.0
 
 
 def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_root):

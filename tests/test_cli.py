@@ -231,6 +231,16 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
                         workers=1, env=TEST_ENV))
     with pytest.raises(ArtifactError, match="evolved on other V and M"):
         export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "after")))
+    # The iterative step: a new evolution on the new V and M from the old controller ships that one until
+    # its first periodic evaluation, and generations run meanwhile do not make it the new V and M's.
+    step = tmp_path / "step"
+    shutil.copytree(run / "vae", step / "vae")
+    shutil.copytree(run / "rnn", step / "rnn")
+    evolve(EvolveConfig(run_dir=str(step), init_from=str(tiny_world_model / "controller"), generations=2,
+                        popsize=4, rollouts=1, max_steps=20, eval_every=5, eval_episodes=1, workers=1,
+                        env=TEST_ENV))
+    with pytest.raises(ArtifactError, match="evolved on other V and M"):
+        export(ExportConfig(run_dir=str(step), out_dir=str(tmp_path / "step-model")))
     # Evolved on (with a warning that it started on the old codes), it is C for these V and M.
     with caplog.at_level("WARNING", logger="core.evolve"):
         evolve(EvolveConfig(run_dir=str(run), generations=2, popsize=4, rollouts=1, max_steps=20, eval_every=0,

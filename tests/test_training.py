@@ -226,6 +226,11 @@ def test_episodes_collected_during_a_run_never_join_its_held_out_set(stage, trai
     assert resumed["complete"] and resumed["heldout_episodes"] == 1
     assert json.loads((run / stage / CHECKPOINT / "state.json").read_text())["heldout"] == state["heldout"]
     assert resumed["train_episodes"] == 11
+    # The same folder named another way (a link, a relative path) is the same episodes.
+    (tmp_path / "link").symlink_to(data)
+    again = train((vae_config if stage == "vae" else rnn_config)(tmp_path / "link", run, holdout=0.25, epochs=4))
+    assert again["heldout_episodes"] == 1
+    assert json.loads((run / stage / CHECKPOINT / "state.json").read_text())["heldout"] == state["heldout"]
 
 
 def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):

@@ -12,7 +12,7 @@ const KEY_BITS = {
   ArrowDown: 8, KeyS: 8,
 };
 const PAUSE_KEYS = new Set(["KeyP", "Escape"]);
-const NEVER_CONNECTED_RETRIES = 4; // failed first connections (about 7 s) before the view says it cannot connect
+const NEVER_CONNECTED_RETRIES = 5; // failed first connections (about 8 s of retries) before the view says it cannot
 const DRIVING = new Set(["countdown", "running", "paused"]); // the statuses in which the race takes the keys
 const FINAL_CLOSE_CODES = new Set([4403, 4409, 4410, 1008]); // bad token, replaced, race closed, junk
 const OUTCOME_TEXT = { lap: "lap complete", "off-track": "off the map", time: "time up", ended: "ended" };
