@@ -8,6 +8,8 @@ Frames are encoded to (mu, logvar) once; each batch resamples z from N(mu, exp(l
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -27,8 +29,10 @@ from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
-                           mark_unfinished, recorded_heldout, resume_or_start, save_checkpoint,
+                           checkpoint_state, mark_unfinished, recorded_heldout, resume_or_start, save_checkpoint,
                            starts_over_its_own_weights)
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "rnn.weights.h5"
 ACTION_SIZE = 3
@@ -271,6 +275,12 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae_file = config.vae_dir / VAE_WEIGHTS
+    with open(vae_file, "rb") as f:
+        vae_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    trained_on = checkpoint_state(out_dir).get("vae_sha256")
+    if trained_on and trained_on != vae_sha256:
+        log.warning("%s: V has changed since this MDN-RNN began training; it goes on from weights that learned "
+                    "the old V's codes (a fresh run --init-from it says so plainly)", out_dir)
     key = f"{hash_files(paths)}-{vae_file.stat().st_size}-{vae_file.stat().st_mtime_ns}"
     enc = load_encoded(config.encoded_path, key)
     if enc is None:
@@ -297,7 +307,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     step = resumed_from = int(state["step"])
     if step == 0 and starts_over_its_own_weights(out_dir, artifact_config["init_from"]):
         checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage,
-                                                      "heldout": heldout}, WEIGHTS)
+                                                      "heldout": heldout, "vae_sha256": vae_sha256}, WEIGHTS)
     atomic_write_json(out_dir / "config.json", artifact_config)
     history = History(out_dir / "history.jsonl")
     history.truncate_after("step", step)
@@ -309,7 +319,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     def checkpoint() -> None:
         nonlocal last_ckpt
         save_checkpoint(out_dir, model, optimizer,
-                        {"step": step, "total": total, "lineage": lineage, "heldout": heldout}, WEIGHTS)
+                        {"step": step, "total": total, "lineage": lineage, "heldout": heldout,
+                         "vae_sha256": vae_sha256}, WEIGHTS)
         last_ckpt = step
 
     go_on = bool(on_progress(step, total, {"phase": "training"}))

@@ -143,13 +143,17 @@ def mark_unfinished(out_dir: Path) -> None:
         atomic_write_json(out_dir / "meta.json", {**meta, "metrics": {**metrics, "complete": False}})
 
 
+def checkpoint_state(out_dir: Path) -> dict:
+    """The state of the checkpoint in ``out_dir`` ({} without one), read before a run sets up."""
+    path = out_dir / CHECKPOINT / "state.json"
+    state = read_json(path, "checkpoint state") if path.exists() else {}
+    return state if isinstance(state, dict) else {}
+
+
 def recorded_heldout(out_dir: Path) -> list[str] | None:
     """The held-out episodes the checkpoint in ``out_dir`` was trained beside (``heldout`` in its state), or
     None: no checkpoint, or one from before they were recorded."""
-    path = out_dir / CHECKPOINT / "state.json"
-    if not path.exists():
-        return None
-    held = read_json(path, "checkpoint state").get("heldout")
+    held = checkpoint_state(out_dir).get("heldout")
     return [str(name) for name in held] if isinstance(held, list) else None
 
 

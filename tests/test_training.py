@@ -233,6 +233,17 @@ def test_episodes_collected_during_a_run_never_join_its_held_out_set(stage, trai
     assert json.loads((run / stage / CHECKPOINT / "state.json").read_text())["heldout"] == state["heldout"]
 
 
+def test_an_mdn_rnn_resumed_on_a_changed_v_says_so(trained, tiny_data, tmp_path, caplog):
+    """M learns V's codes: going on after V was trained further is allowed, but not silently."""
+    run = copy_run(trained, tmp_path)
+    train_rnn(rnn_config(tiny_data, run, epochs=2))
+    assert "V has changed" not in caplog.text
+    train_vae(vae_config(tiny_data, run, epochs=2))
+    with caplog.at_level("WARNING", logger="core.mdnrnn"):
+        train_rnn(rnn_config(tiny_data, run, epochs=3))
+    assert "V has changed since this MDN-RNN began training" in caplog.text
+
+
 def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):
     run = copy_run(trained, tmp_path, parts=("vae",))
     reports = []
