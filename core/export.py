@@ -221,27 +221,28 @@ def _ship_params(src: Path, dst: Path, params: np.ndarray, source: dict, z_size:
     yet (``best_eval`` None, ``start_pending``), and ``shipped``: where it came from."""
     save_params(dst, params, z_size, hidden)
     written = ["controller/params.npz"]
+    world = world_model_sha256(src.parent)  # its report was driven on these (_report_mismatch)
     state = read_json(src / STATE, "evolution state") if (src / STATE).exists() else None
     if training_state and (src / CMA_STATE).exists():
         es, state, _, average = _load_es(src, state)
-        state = _as_shipped(state, source)
+        state = _as_shipped(state, source, world)
         _save_es(dst, es, state, params, average)
         written.append(f"controller/{CMA_STATE}")
     elif state is not None:
-        state = _as_shipped(state, source)
+        state = _as_shipped(state, source, world)
     if state is not None:
         atomic_write_json(dst / STATE, state)
         written.append(f"controller/{STATE}")
     meta = read_meta(src, "controller")  # its metrics are the evolution's; its best_eval was the kept one's
-    world = world_model_sha256(src.parent)  # its report was driven on these (_report_mismatch)
     atomic_write_json(dst / "meta.json", {**meta, "metrics": {**meta["metrics"], "best_eval": None},
                                           "shipped": state["shipped"] if state else source,
                                           **({"world_model_sha256": world} if world else {})})
     return written + ["controller/meta.json"]
 
 
-def _as_shipped(state: dict, source: dict) -> dict:
-    """An evolution state whose controller to beat is ``source``'s: unscored, unconfirmed, and named."""
+def _as_shipped(state: dict, source: dict, world: str | None) -> dict:
+    """An evolution state whose controller to beat is ``source``'s, picked on the V and M ``world``:
+    unscored, unconfirmed, and named."""
     state = {k: v for k, v in state.items() if k != "confirmed"}
-    return {**state, "best_eval": None, "start_pending": True, "shipped_world": state.get("world_model_sha256"),
+    return {**state, "best_eval": None, "start_pending": True, "shipped_world": world,
             "shipped": {**source, "generation_of_run": state.get("generation")}}

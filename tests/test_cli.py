@@ -296,6 +296,10 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
                         evaluation=str(doubtful)))
     result = export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=report["out"]))
     assert result["params_sha256"] == sha and result["evaluation"] == report["mean"]
+    from core.weights_cache import world_model_sha256
+    world = world_model_sha256(out)  # it was evaluated on these V and M, and says so wherever it is kept
+    assert read_json(out / "controller" / "meta.json")["world_model_sha256"] == world
+    assert read_json(out / "controller" / "state.json")["shipped_world"] == world
     doubts = [] if TEST_ENV == "stock" else [f"--evaluation {report['out']}: driven in the {TEST_ENV} env, not "
                                              "the stock CarRacing-v3 that published scores use"]
     assert result.get("notes", []) == doubts
