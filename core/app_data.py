@@ -23,7 +23,7 @@ import numpy as np
 from core.artifacts import ArtifactError, atomic_write_bytes, read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.controller import LATEST_FILE, params_sha256
-from core.reports import check_report, compare_reports, summarize
+from core.reports import check_report, compare_reports
 from core.training import newest_checkpoint
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -171,10 +171,10 @@ def controller_sha256(model_dir: Path | str) -> str | None:
 
 
 def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
-    """``report`` checked (``core.reports.check_report``; None for a file that is not an evaluation report),
-    its summary and ``endings`` recomputed from its per-track lists, with ``current``: True when it
-    evaluated the controller now in ``model_dir``, False when an earlier one (evolution has replaced
-    params.npz since), None when it cannot tell (no hash stored)."""
+    """``report`` checked (``core.reports.check_report``, which recomputes its summary and ``endings``; None
+    for a file that is not an evaluation report), with ``current``: True when it evaluated the controller
+    now in ``model_dir``, False when an earlier one (evolution has replaced params.npz since), None when it
+    cannot tell (no hash stored)."""
     if report is None:
         return None
     try:
@@ -182,8 +182,7 @@ def _for_controller(report: dict | None, model_dir: Path | str) -> dict | None:
     except ArtifactError:
         return None
     stored = report.get("params_sha256")
-    return {**report, **summarize(report["returns"]), "episodes": len(report["returns"]),
-            "current": None if not stored else stored == controller_sha256(model_dir)}
+    return {**report, "current": None if not stored else stored == controller_sha256(model_dir)}
 
 
 def evaluation(model_dir: Path | str) -> dict | None:
@@ -269,8 +268,7 @@ def params_evaluation(report_path: Path | str) -> dict | None:
         report = check_report(report, str(report_path))
     except ArtifactError:
         return None
-    return {**report, **summarize(report["returns"]), "episodes": len(report["returns"]),
-            "out_path": str(resolve(report_path)), "params_file": report["params_source"].get("file")}
+    return {**report, "out_path": str(resolve(report_path)), "params_file": report["params_source"].get("file")}
 
 
 def export_command(run_dir: Path | str, params_file: Path | str, report: Path | str) -> str:

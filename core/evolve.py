@@ -338,8 +338,6 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         shipped = np.asarray(es.mean, np.float32)
         average = None
     world = world_model_sha256(run_dir)  # recorded in the state by the first generation that runs on it
-    if "shipped_world" not in state:  # a state from before: the kept controller's V and M are not known
-        state["shipped_world"] = None
     if state.get("world_model_sha256") and world and state["world_model_sha256"] != world:
         log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
                     "codes of the old ones (a fresh evolution --init-from it adapts it faster)", run_dir)

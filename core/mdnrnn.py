@@ -277,7 +277,8 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     vae_file = config.vae_dir / VAE_WEIGHTS
     with open(vae_file, "rb") as f:
         vae_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    trained_on = checkpoint_state(out_dir).get("vae_sha256")
+    before = checkpoint_state(out_dir)  # of the run being resumed, if any
+    trained_on = before.get("vae_sha256")
     if trained_on and trained_on != vae_sha256:
         log.warning("%s: V has changed since this MDN-RNN began training; it goes on from weights that learned "
                     "the old V's codes (a fresh run --init-from it says so plainly)", out_dir)
@@ -289,7 +290,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     del vae
 
     names = [str(Path(p).resolve()) for p in paths]  # enc holds them in this order (its key is these files)
-    train_names, heldout = split_holdout(names, config.holdout, config.seed, recorded_heldout(out_dir))
+    train_names, heldout = split_holdout(names, config.holdout, config.seed, recorded_heldout(before))
     where = {name: i for i, name in enumerate(names)}
     train_idx = np.array(sorted(where[n] for n in train_names), dtype=int)
     held_idx = np.array(sorted(where[n] for n in heldout), dtype=int)

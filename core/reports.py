@@ -85,8 +85,9 @@ def read_reports(paths: str) -> dict:
 def check_report(data: object, where: str) -> dict:
     """``data`` as an evaluation report: per-track ``seeds`` (whole numbers) and ``returns`` (finite numbers)
     of equal length, any other per-track list (``EPISODE_FIELDS``) as long, no track twice (ArtifactError
-    naming ``where`` otherwise); seeds as int, returns as float, ``endings`` recomputed from the per-track
-    lists (left out where they do not give one)."""
+    naming ``where`` otherwise); seeds as int, returns as float, the summary (``summarize``, ``episodes``)
+    and ``endings`` recomputed from the per-track lists (``endings`` left out where they do not give one):
+    what a file says of them is not trusted."""
     what = f"{where}: not an evaluation report of python -m core evaluate"
     if not isinstance(data, dict) or not isinstance(data.get("seeds"), list) or not isinstance(
             data.get("returns"), list):
@@ -108,7 +109,8 @@ def check_report(data: object, where: str) -> dict:
         raise ArtifactError(f"{what} (its per-track {', '.join(odd)} do not match its {len(seeds)} tracks)")
     checked = {k: v for k, v in data.items() if k != "endings"}
     table = report_endings({**data, "returns": returns})  # recomputed: a table in the file is not trusted
-    return {**checked, "seeds": seeds, "returns": returns, **({"endings": table} if table is not None else {})}
+    return {**checked, **summarize(returns), "episodes": len(returns), "seeds": seeds, "returns": returns,
+            **({"endings": table} if table is not None else {})}
 
 
 def compare_reports(baseline: dict, challenger: dict) -> dict:

@@ -150,10 +150,10 @@ def checkpoint_state(out_dir: Path) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def recorded_heldout(out_dir: Path) -> list[str] | None:
-    """The held-out episodes the checkpoint in ``out_dir`` was trained beside (``heldout`` in its state), or
+def recorded_heldout(state: dict) -> list[str] | None:
+    """The held-out episodes a checkpoint was trained beside (``heldout`` in its ``checkpoint_state``), or
     None: no checkpoint, or one from before they were recorded."""
-    held = checkpoint_state(out_dir).get("heldout")
+    held = state.get("heldout")
     return [str(name) for name in held] if isinstance(held, list) else None
 
 

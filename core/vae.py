@@ -26,8 +26,8 @@ from core.dataset import count_frames, iter_frames, load_episode, split_holdout,
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
-                           mark_unfinished, recorded_heldout, resume_or_start, save_checkpoint,
-                           starts_over_its_own_weights)
+                           checkpoint_state, mark_unfinished, recorded_heldout, resume_or_start,
+                           save_checkpoint, starts_over_its_own_weights)
 
 WEIGHTS = "vae.weights.h5"
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -206,7 +206,8 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
     check_new_run(out_dir, WEIGHTS, config.init_from, "VAE", {"z_size": config.z_size})
     check_config_matches(out_dir, to_dict(config), ("z_size",), "VAE")  # before reading every episode
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes)
-    train_paths, held_paths = split_holdout(paths, config.holdout, config.seed, recorded_heldout(out_dir))
+    train_paths, held_paths = split_holdout(paths, config.holdout, config.seed,
+                                            recorded_heldout(checkpoint_state(out_dir)))
     heldout = [str(Path(p).resolve()) for p in held_paths]
     frames_per_epoch = count_frames(train_paths, config.frame_stride)
     batches_per_epoch = -(-frames_per_epoch // config.batch_size)
