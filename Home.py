@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
+from core.controller import PARAMS_KEYS
 
 DIAGRAM = """
 digraph world_models {
@@ -85,7 +86,7 @@ def home() -> None:
                     line = f"{gens} generation{'' if gens == 1 else 's'} · best evaluation {_fmt(m.get('best_eval'))}"
                     if art["shipped"]:  # picked outside the evolution's own evaluations
                         picked = art["shipped"].get("generation")
-                        what = "CMA-ES mean" if art["shipped"].get("key") == "mean" else "controller"
+                        what = PARAMS_KEYS.get(art["shipped"].get("key"), "controller")
                         line = (f"{gens} generation{'' if gens == 1 else 's'} · ships the {what}"
                                 f"{f' of generation {picked}' if picked is not None else ''}, picked outside its evolution")
                 # Training that was not started from the app (the command line) looks like a stopped run.

@@ -9,7 +9,6 @@ Nothing here raises for a missing or half-written artifact: the pages show what 
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import os
 import shlex
@@ -20,9 +19,9 @@ from typing import Iterable
 
 import numpy as np
 
-from core.artifacts import ArtifactError, atomic_write_bytes, read_history
+from core.artifacts import ArtifactError, read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
-from core.controller import LATEST_FILE, params_sha256
+from core.controller import LATEST_FILE, SNAPSHOT_FILE, params_sha256, snapshot_params
 from core.reports import check_report, compare_reports
 from core.training import newest_checkpoint
 
@@ -224,38 +223,23 @@ def against_shipped(report: dict | None, model_dir: Path | str) -> dict | None:
         return None
 
 
-MEAN_COPY = "mean-gen{generation}-{sha8}.npz"  # a copy of latest.npz in outputs_dir(), named by what it holds
-
-
 def cma_mean(model_dir: Path | str) -> dict | None:
     """The CMA-ES mean an evolution in ``model_dir`` saved last (``controller/latest.npz``, rewritten every
-    generation): ``generation``; None without a readable one (the shipped model keeps none)."""
+    generation): ``generation`` and ``average`` (whether it holds an averaged mean too); None without a
+    readable one (the shipped model keeps none)."""
     try:
         with np.load(resolve(model_dir) / "controller" / LATEST_FILE, allow_pickle=False) as f:
-            return {"generation": int(f["generation"])} if "mean" in f.files else None
+            return ({"generation": int(f["generation"]), "average": "average" in f.files} if "mean" in f.files
+                    else None)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
 
 
-def copy_cma_mean(model_dir: Path | str) -> Path:
-    """Copy the evolution's current CMA-ES mean to ``outputs_dir(model_dir)`` and return the copy's path.
-
-    Evolution rewrites ``latest.npz`` every generation, while an evaluation of the mean, and ``export
-    --params`` after it, must name a file that still holds what was driven. The copy is named by the
-    generation and the mean's hash (``mean-gen45-1a2b3c4d.npz``), written atomically, and kept as it is when
-    there already. ArtifactError without a readable latest.npz."""
-    source = resolve(model_dir) / "controller" / LATEST_FILE
-    try:
-        data = source.read_bytes()  # read once: evolution may replace the file meanwhile
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            generation, sha = int(f["generation"]), params_sha256(f["mean"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        raise ArtifactError(f"{source}: no readable CMA-ES mean ({e}); it appears after the first generation "
-                            "of an evolution") from None
-    copy = outputs_dir(model_dir) / MEAN_COPY.format(generation=generation, sha8=sha[:8])
-    if not copy.exists():
-        atomic_write_bytes(copy, data)
-    return copy
+def copy_cma_mean(model_dir: Path | str, which: str = "mean") -> Path:
+    """Freeze the evolution's current CMA-ES mean (or, ``which="average"``, its averaged mean) into
+    ``outputs_dir(model_dir)`` and return the copy's path (``snapshot_params``: named by the generation and
+    the hash, ``mean-gen45-1a2b3c4d.npz``, kept as it is when there already). ArtifactError without one."""
+    return snapshot_params(resolve(model_dir) / "controller", which, outputs_dir(model_dir))
 
 
 def params_evaluation(report_path: Path | str) -> dict | None:
@@ -288,10 +272,18 @@ def export_command(run_dir: Path | str, params_file: Path | str, report: Path | 
             + (f" --out-dir {out}" if out != SHIPPED_MODEL_DIR else ""))
 
 
-def latest_mean_evaluation(model_dir: Path | str) -> dict | None:
-    """The newest report of a copy of ``model_dir``'s CMA-ES mean (``copy_cma_mean``), or None."""
-    reports = [params_evaluation(p) for p in outputs_dir(model_dir).glob(MEAN_COPY.format(generation="*", sha8="*")
-                                                                          .replace(".npz", ".evaluation.json"))]
+def snapshot_kind(params_file: str | None) -> str | None:
+    """What a snapshot file (``copy_cma_mean``) holds, from its name: "mean", "average", or None for another
+    file (or none)."""
+    name = Path(params_file).name if params_file else ""
+    return next((which for which in ("mean", "average") if name.startswith(f"{which}-gen")), None)
+
+
+def latest_mean_evaluation(model_dir: Path | str, which: str = "mean") -> dict | None:
+    """The newest report of a copy of ``model_dir``'s CMA-ES mean (or averaged mean: ``copy_cma_mean``), or
+    None."""
+    pattern = SNAPSHOT_FILE.format(which=which, generation="*", sha8="*").replace(".npz", ".evaluation.json")
+    reports = [params_evaluation(p) for p in outputs_dir(model_dir).glob(pattern)]
     reports = [r for r in reports if r]
     return max(reports, key=lambda r: str(r.get("date", ""))) if reports else None
 

@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.config import STAGES, ConfigError, validate
@@ -21,6 +23,7 @@ DESCRIPTIONS = {
     "evaluate": "Evaluate a world model on the fixed evaluation tracks; writes a JSON report.",
     "record": "Render an episode (the agent, or an action log) to MP4.",
     "export": "Copy a trained world model (weights, configs, metadata, curves) into models/ for the app.",
+    "snapshot": "Freeze an evolution's current CMA-ES mean or averaged mean into a file, to evaluate and ship.",
     "compare": "Compare two evaluation reports track by track: is the challenger better than the baseline?",
 }
 
@@ -48,6 +51,9 @@ def _stage_function(stage: str) -> Callable:
     if stage == "compare":
         from core.evaluate import compare
         return compare
+    if stage == "snapshot":
+        from core.export import snapshot
+        return snapshot
     from core.record import record
     return record
 
@@ -85,6 +91,12 @@ def _summary(stage: str, result: dict) -> str:
                 f"(min {result['min']:.1f}, max {result['max']:.1f}{'; ' + ended if ended else ''}) -> {result['out']}")
     if stage == "compare":
         return compare_summary(result)
+    if stage == "snapshot":
+        run, file = shlex.quote(result["run_dir"]), shlex.quote(result["file"])
+        report = shlex.quote(str(Path(result["file"]).with_suffix(".evaluation.json")))
+        return (f"snapshot: the {result['holds']} of generation {result['generation']} -> {result['file']}\n"
+                f"  evaluate it: python -m core evaluate --model-dir {run} --params {file}\n"
+                f"  ship it:     python -m core export --run-dir {run} --params {file} --evaluation {report}")
     shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
     return f"{stage}: " + json.dumps(shown, default=str)
 
@@ -126,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bar = None if args.quiet or args.stage == "compare" else TerminalProgress(args.stage)  # compare is instant
+    bar = None if args.quiet or args.stage in ("compare", "snapshot") else TerminalProgress(args.stage)  # compare is instant
     stop = _install_stop_handlers()
 
     def progress(step: int, total: int, metrics) -> bool:

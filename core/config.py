@@ -305,6 +305,16 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SnapshotConfig:
+    """Freeze an evolution's current CMA-ES mean or averaged mean into a file, to evaluate and ship it."""
+
+    run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder whose evolution to take it from (its "
+                         "controller/latest.npz, rewritten every generation)", path=True)
+    which: str = param("average", "the CMA-ES mean, or its moving average over the last generations (--average "
+                       "of evolve), which drives better at a plateau", choices=("mean", "average"))
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """Two controllers' evaluation reports on the same tracks, compared track by track."""
 
@@ -323,5 +333,6 @@ STAGES: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "record": RecordConfig,
     "export": ExportConfig,
+    "snapshot": SnapshotConfig,
     "compare": CompareConfig,
 }

@@ -18,6 +18,11 @@ from core.artifacts import ArtifactError, atomic_save_npz, read_json, read_meta
 PARAMS_FILE = "params.npz"
 LATEST_FILE = "latest.npz"  # an evolution's CMA-ES mean, last generation's best candidate and averaged mean
 ACTION_SIZE = 3
+# The keys a controller file may hold its parameters under, in the order they are looked for, and what each
+# names: a params.npz, an evolution's latest.npz (its CMA-ES mean; it holds the averaged mean too), or a
+# snapshot of one of the two (snapshot_params).
+PARAMS_KEYS = {"params": "controller", "mean": "CMA-ES mean", "average": "averaged mean"}
+SNAPSHOT_FILE = "{which}-gen{generation}-{sha8}.npz"
 
 
 def num_params(z_size: int, hidden: int) -> int:
@@ -94,9 +99,10 @@ def load_controller(controller_dir: Path | str, z_size: int | None = None, hidde
 
 
 def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.ndarray, dict]:
-    """A controller's parameters from a file other than a run's ``params.npz``: a saved ``params.npz``, or an
-    evolution's ``latest.npz`` (its CMA-ES mean). Returns them with where they came from (``file``, ``key``
-    and the ``generation`` where the file names one), checked to fit V's z and M's h."""
+    """A controller's parameters from a file other than a run's ``params.npz``: a saved ``params.npz``, an
+    evolution's ``latest.npz`` (its CMA-ES mean), or a snapshot of its mean or averaged mean. Returns them
+    with where they came from (``file``, ``key`` from PARAMS_KEYS and the ``generation`` where the file names
+    one), checked to fit V's z and M's h."""
     path = Path(path)
     if path.is_dir():
         raise ArtifactError(f"{path}: a folder; give the file, e.g. {path / PARAMS_FILE}")
@@ -113,10 +119,11 @@ def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.nda
                             "evolution's latest.npz)")
     try:
         with f:
-            key = "params" if "params" in f.files else "mean" if "mean" in f.files else None
+            key = next((k for k in PARAMS_KEYS if k in f.files), None)
             if key is None:
                 raise ArtifactError(f"{path}: holds no controller parameters (no 'params' as in params.npz, no "
-                                    "'mean' as in an evolution's latest.npz)")
+                                    "'mean' as in an evolution's latest.npz, no 'average' as in a snapshot of "
+                                    "its averaged mean)")
             params = np.asarray(f[key], np.float32)
             sizes = {k: int(f[k]) for k in ("z_size", "hidden", "generation") if k in f.files}
     except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
@@ -135,3 +142,32 @@ def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.nda
 
 def controller_config(controller_dir: Path | str) -> dict:
     return read_json(Path(controller_dir) / "config.json", "controller config")
+
+
+def snapshot_params(controller_dir: Path | str, which: str = "mean", out_dir: Path | str | None = None) -> Path:
+    """Freeze the CMA-ES mean (``which="mean"``) or the averaged mean (``"average"``) that an evolution's
+    ``latest.npz`` in ``controller_dir`` holds into a file of its own, and return its path.
+
+    Evolution rewrites ``latest.npz`` every generation, while an evaluation of a controller, and ``export
+    --params`` after it, must name a file that still holds what was driven. The snapshot holds the one array
+    under its own key (``load_params_file`` names it) with the generation, is named by both and the
+    parameters' hash (``average-gen45-1a2b3c4d.npz``, in ``out_dir``, default ``controller_dir``), is written
+    atomically, and is kept as it is when there already. ArtifactError when ``latest.npz`` holds no such
+    controller."""
+    if which not in ("mean", "average"):
+        raise ValueError(f"which: 'mean' or 'average', not {which!r}")
+    source = Path(controller_dir) / LATEST_FILE
+    try:
+        with np.load(source, allow_pickle=False) as f:
+            generation = int(f["generation"])
+            params = np.asarray(f[which], np.float32) if which in f.files else None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{source}: no readable CMA-ES mean ({e}); it appears after the first generation "
+                            "of an evolution") from None
+    if params is None:  # the average appears with the first generation of an evolution that keeps one
+        raise ArtifactError(f"{source}: holds no averaged mean (an evolution run with --average 0 keeps none)")
+    copy = Path(out_dir or controller_dir) / SNAPSHOT_FILE.format(which=which, generation=generation,
+                                                                  sha8=params_sha256(params)[:8])
+    if not copy.exists():
+        atomic_save_npz(copy, **{which: params}, generation=np.int64(generation))
+    return copy

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
-from core.config import EVAL_SEED_BASE, ExportConfig, validate
-from core.controller import load_params_file, params_sha256, save_params
+from core.config import EVAL_SEED_BASE, ExportConfig, SnapshotConfig, validate
+from core.controller import PARAMS_KEYS, load_params_file, params_sha256, save_params, snapshot_params
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
 from core.reports import read_report
@@ -58,6 +58,27 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
             if (src / kind).is_dir():
                 locks.enter_context(RunLock(src / kind, "training"))
         return _export(config, src, dst, on_progress)
+
+
+def snapshot(config: SnapshotConfig, on_progress: ProgressCallback = keep_going) -> dict:
+    """Freeze ``run_dir``'s current CMA-ES mean or averaged mean into ``run_dir/controller/`` (see
+    ``snapshot_params``); returns the file, what it holds and its generation."""
+    validate(config)
+    controller_dir = Path(config.run_dir) / "controller"
+    path = snapshot_params(controller_dir, config.which)
+    params, source = load_params_file(path, *_controller_sizes(controller_dir))
+    on_progress(1, 1, {})
+    return {"run_dir": config.run_dir, "file": str(path), "holds": PARAMS_KEYS[source["key"]], "generation": source["generation"],
+            "params_sha256": source["params_sha256"]}
+
+
+def _controller_sizes(controller_dir: Path) -> tuple[int, int]:
+    """The z and h the evolution in ``controller_dir`` evolved its controller for (its config.json)."""
+    config = read_json(controller_dir / "config.json", "evolution config")
+    try:
+        return int(config["z_size"]), int(config["hidden"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{controller_dir / 'config.json'}: names no z_size and hidden") from None
 
 
 def _recover_swap(dst: Path) -> None:

@@ -79,54 +79,61 @@ else:
                              help="The folder whose vae/, rnn/ and controller/ drive.")
 # The shipped model's folder is never exported over itself: its mean (if any) is not offered.
 mean = app_data.cma_mean(model_dir) if model_dir and not app_data.is_shipped_model(model_dir) else None
-drive_mean = mean is not None and st.radio(
-    "Controller", ("kept", "mean"), horizontal=True, key="evaluate.controller",
-    format_func=lambda c: ("the kept controller (controller/params.npz)" if c == "kept" else
-                           f"the CMA-ES mean of generation {mean['generation']} (controller/latest.npz)"),
+DRIVEN = {"kept": "the kept controller (controller/params.npz)",
+          "mean": "the CMA-ES mean of generation {generation} (controller/latest.npz)",
+          "average": "the averaged mean of generation {generation} (controller/latest.npz)"}
+drive = "kept" if mean is None else st.radio(
+    "Controller", [c for c in DRIVEN if c != "average" or mean["average"]], horizontal=True,
+    key="evaluate.controller", format_func=lambda c: DRIVEN[c].format(**mean),
     help="The kept controller is the one evolution's gate kept: the app drives it and export ships it. The "
-         "mean of the search distribution often drives better than any single candidate, but evolution keeps "
-         "it only once it wins a periodic evaluation and a second test. Evaluating the mean copies it into "
-         "the folder's outputs, so that a good score can be shipped with it (the command is shown after)."
-) == "mean"
+         "mean of the search distribution often drives better than any single candidate, and its moving "
+         "average over the last generations (the averaged mean) better still at a plateau, where the mean "
+         "wanders with each generation's noisy selection; evolution keeps either only once it wins a periodic "
+         "evaluation and a second test. Evaluating one copies it into the folder's outputs, so that a good "
+         "score can be shipped with it (the command is shown after).")
 with st.expander("Evaluation settings"):
     outputs = app_data.outputs_dir(model_dir or run_dir)
     eval_config = _ui.config_form(EvaluateConfig, "evaluate", defaults={"episodes": 20}, hide=("out", "params"),
                                   fixed={"model_dir": model_dir or run_dir, "out": str(outputs / "evaluation.json")})
 
 
-def drive_the_mean(config: EvaluateConfig) -> EvaluateConfig:
-    """The evaluation of a copy of the current CMA-ES mean, its report beside the copy."""
-    copy = app_data.copy_cma_mean(config.model_dir)
+def drive_a_copy(config: EvaluateConfig) -> EvaluateConfig:
+    """The evaluation of a copy of the current CMA-ES mean or averaged mean, its report beside the copy."""
+    copy = app_data.copy_cma_mean(config.model_dir, drive)
     return dataclasses.replace(config, params=str(copy), out=str(copy.with_suffix(".evaluation.json")))
 
 
 if model_dir is not None:
-    _ui.start_button("evaluate", eval_config, noun="evaluation", prepare=drive_the_mean if drive_mean else None)
+    _ui.start_button("evaluate", eval_config, noun="evaluation", prepare=None if drive == "kept" else drive_a_copy)
+
+
+NAMES = {"mean": "the CMA-ES mean", "average": "the averaged mean"}
 
 
 def live_evaluation(snap) -> None:
     versus = report = None
     job = snap["config"] if snap is not None and snap.get("config") else None
     running = snap is not None and snap["status"] in ("starting", "running", "stopping")
-    # A running job shows what it drives; after it, the controller picked above (kept or mean) is shown.
-    of_mean = bool(job.get("params")) if running else drive_mean
+    # A running job shows what it drives; after it, the controller picked above is shown.
+    driven = (app_data.snapshot_kind(job.get("params")) or "kept") if running else drive
     if running:
         returns = [r["return"] for r in snap["history"] if "return" in r]
-        source = f"`{job['model_dir']}/`{', CMA-ES mean' * of_mean}: {len(returns)} episodes so far"
+        of = f", {NAMES[driven]}" if driven != "kept" else ""
+        source = f"`{job['model_dir']}/`{of}: {len(returns)} episodes so far"
     else:
         # The report of the world model of the job shown, else of the one picked above.
         shown = job["model_dir"] if job else model_dir
         if not shown:
             return
-        if of_mean:
-            report = app_data.latest_mean_evaluation(shown)
-        else:
+        if driven == "kept":
             report = app_data.latest_evaluation(shown)
+        else:
+            report = app_data.latest_mean_evaluation(shown, driven)
         if not report:
             return
         returns = report["returns"]
-        what = (f"the CMA-ES mean of generation {report['params_source'].get('generation', '?')} in `{shown}/`"
-                if of_mean else f"`{shown}/`")
+        what = (f"{NAMES[driven]} of generation {report['params_source'].get('generation', '?')} in `{shown}/`"
+                if driven != "kept" else f"`{shown}/`")
         source = (f"{what}, {report['episodes']} episodes, {report.get('env', '?')} env, "
                   f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
                   f"(min {report['min']:.0f}, max {report['max']:.0f})")
@@ -140,20 +147,21 @@ def live_evaluation(snap) -> None:
     if report and report.get("endings"):
         _ui.endings_table(report["endings"], key="evaluate.endings")
     if versus:
-        show_against_shipped(versus, "the CMA-ES mean" if of_mean else "this world model")
-    if of_mean and report:
+        show_against_shipped(versus, NAMES.get(driven, "this world model"))
+    if driven != "kept" and report:
         show_how_to_ship(report, shown)
 
 
 def show_how_to_ship(report: dict, model_dir: str) -> None:
-    """The command that ships an evaluated CMA-ES mean with its report, or why this report cannot."""
+    """The command that ships an evaluated CMA-ES mean (or averaged mean) with its report, or why this report
+    cannot."""
     if not report.get("complete"):
-        st.caption("This report cannot ship the mean: its evaluation stopped part way. Starting it again goes on "
-                   "where it stopped while the evolution is still at that generation; after that it evaluates "
-                   "the newer mean.")
+        st.caption("This report cannot ship this controller: its evaluation stopped part way. Starting it again "
+                   "goes on where it stopped while the evolution is still at that generation; after that it "
+                   "evaluates the newer one.")
         return
     if not report.get("held_out"):
-        st.caption("This report cannot ship the mean: it was not driven on the evaluation tracks (from "
+        st.caption("This report cannot ship this controller: it was not driven on the evaluation tracks (from "
                    "1,000,000).")
         return
     st.markdown("To ship this controller with the V and M it drove on, as the app's default model (the published "

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.artifacts import read_history, read_json, read_meta  # noqa: E402
+from core.controller import PARAMS_KEYS  # noqa: E402
 from core.laps import report_endings  # noqa: E402
 from core.training import training_seconds  # noqa: E402
 
@@ -133,7 +134,7 @@ def _shipped_line(state: dict) -> list[str]:
     shipped = state.get("shipped")
     if not shipped:
         return []
-    what = "CMA-ES mean" if shipped.get("key") == "mean" else "parameters"
+    what = PARAMS_KEYS.get(shipped.get("key"), "parameters")
     when = f" of generation {shipped['generation']}" if "generation" in shipped else ""
     return [f"- Shipped controller: the {what}{when} from `{shipped['file']}` (parameters "
             f"{shipped['params_sha256'][:12]}), picked outside the evolution rather than by its periodic "

@@ -72,6 +72,9 @@ def test_home_shows_the_default_models_scores(app_root, monkeypatch):
         at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT).run()
         captions = " ".join(c.value for c in at.caption)
         assert "ships the CMA-ES mean of generation 7, picked outside its evolution" in captions
+        meta_path.write_text(json.dumps({**json.loads(meta_text), "shipped": {"key": "average", "generation": 7}}))
+        at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=TIMEOUT).run()
+        assert "ships the averaged mean of generation 7" in " ".join(c.value for c in at.caption)
     finally:
         report.unlink()
         meta_path.write_text(meta_text)
@@ -642,7 +645,9 @@ def test_the_cma_mean_is_copied_once_per_generation_and_mean(fresh_root):
     assert app_data.cma_mean("runs")["generation"] == generation
     copy = app_data.copy_cma_mean("runs")
     assert copy.parent == app_data.outputs_dir("runs") and copy.name.startswith(f"mean-gen{generation}-")
-    assert copy.read_bytes() == latest.read_bytes()
+    with np.load(latest) as f, np.load(copy) as c:
+        assert np.array_equal(c["mean"], f["mean"]) and int(c["generation"]) == generation
+    assert app_data.snapshot_kind(str(copy)) == "mean" and app_data.snapshot_kind("runs/params.npz") is None
     stamp = copy.stat().st_mtime_ns
     assert app_data.copy_cma_mean("runs") == copy and copy.stat().st_mtime_ns == stamp
     with np.load(latest) as f:
@@ -656,18 +661,22 @@ def test_the_cma_mean_is_copied_once_per_generation_and_mean(fresh_root):
         app_data.copy_cma_mean("runs")
 
 
-def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_root):
-    """Pick the CMA-ES mean, evaluate it: the report of a frozen copy is shown, with the export command,
-    and that command ships exactly the mean that was driven."""
+@pytest.mark.parametrize("which, name", [("mean", "the CMA-ES mean"), ("average", "the averaged mean")])
+def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_root, which, name):
+    """Pick the CMA-ES mean (or the averaged mean), evaluate it: the report of a frozen copy is shown, with
+    the export command, and that command ships exactly the controller that was driven."""
     import shlex
 
     from core.cli import main
     from core.controller import load_controller, params_sha256
     assert (fresh_root / "models" / "controller" / "latest.npz").exists()  # the test's models/ has a mean too
     at = open_page(home(fresh_root), "4_Evolve.py")
-    at.radio(key="evaluate.controller").set_value("mean").run()
-    for name, value in {"episodes": 2, "max_steps": 15, "workers": 1}.items():
-        at.number_input(key=f"evaluate.{name}").set_value(value)
+    assert at.radio(key="evaluate.controller").options == [
+        "the kept controller (controller/params.npz)", "the CMA-ES mean of generation 1 (controller/latest.npz)",
+        "the averaged mean of generation 1 (controller/latest.npz)"]
+    at.radio(key="evaluate.controller").set_value(which).run()
+    for setting, value in {"episodes": 2, "max_steps": 15, "workers": 1}.items():
+        at.number_input(key=f"evaluate.{setting}").set_value(value)
     at.selectbox(key="evaluate.env").set_value(TEST_ENV)
     at.button(key="start.evaluate").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -676,21 +685,21 @@ def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_ro
         time.sleep(0.5)
         at.run()
     text = " ".join(m.value for m in at.markdown)
-    assert "the CMA-ES mean of generation 1 in `runs/`, 2 episodes" in text, text
+    assert f"{name} of generation 1 in `runs/`, 2 episodes" in text, text
     commands = [c.value for c in at.code if "core export" in c.value]
-    assert len(commands) == 1 and f"--params {fresh_root}/runs/controller/mean-gen1-" in commands[0], commands
+    assert len(commands) == 1 and f"--params {fresh_root}/runs/controller/{which}-gen1-" in commands[0], commands
     # The command as printed (the app root here is not the project folder: its paths are in full, and it
     # names the app's models/) ships exactly the mean that was driven.
     args = shlex.split(commands[0])
     assert args[:3] == ["python", "-m", "core"] and main([*args[3:], "--quiet"]) == 0
     with np.load(fresh_root / "runs" / "controller" / "latest.npz") as f:
-        mean = f["mean"]
-    assert params_sha256(load_controller(fresh_root / "models" / "controller").get_params()) == params_sha256(mean)
+        driven = f[which]
+    assert params_sha256(load_controller(fresh_root / "models" / "controller").get_params()) == params_sha256(driven)
     # Back on the kept controller, its own report is shown, with no command to ship the mean.
     at.radio(key="evaluate.controller").set_value("kept").run()
     assert not at.exception
     assert not any("core export" in c.value for c in at.code)
-    assert not any("CMA-ES mean of generation" in m.value for m in at.markdown)
+    assert not any(f"{name} of generation" in m.value for m in at.markdown)
     # The shipped model is never exported over itself: its folder offers no mean.
     at.selectbox(key="evolve.model_dir").set_value("models").run()
     assert not at.exception and not at.get("radio")

@@ -414,3 +414,25 @@ def test_a_model_left_aside_by_an_interrupted_export_is_put_back(tiny_world_mode
     with pytest.raises(ArtifactError):  # this export fails (no such run), after putting the model back
         export(ExportConfig(run_dir=str(tmp_path / "no-run"), out_dir=str(tmp_path / "models")))
     assert (tmp_path / "models" / "controller" / "params.npz").exists() and not (tmp_path / ".models.old").exists()
+
+
+def test_snapshot_freezes_the_averaged_mean_and_prints_how_to_ship_it(tiny_world_model, tmp_path):
+    import shutil
+
+    import numpy as np
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model, run)
+    proc = cli("snapshot", "--run-dir", str(run))  # the averaged mean by default
+    with np.load(run / "controller" / "latest.npz") as f:
+        generation, average = int(f["generation"]), f["average"]
+    frozen = next((run / "controller").glob(f"average-gen{generation}-*.npz"))
+    with np.load(frozen) as f:
+        assert np.array_equal(f["average"], average)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"snapshot: the averaged mean of generation {generation} -> {frozen}"
+    assert lines[2].split() == ["ship", "it:", "python", "-m", "core", "export", "--run-dir", str(run), "--params",
+                                str(frozen), "--evaluation", str(frozen.with_suffix(".evaluation.json"))]
+    assert "the CMA-ES mean of" in cli("snapshot", "--run-dir", str(run), "--which", "mean").stdout
+    (run / "controller" / "latest.npz").unlink()
+    proc = cli("snapshot", "--run-dir", str(run), check=False)
+    assert proc.returncode == 2 and "first generation" in proc.stderr and "Traceback" not in proc.stderr

@@ -53,6 +53,9 @@ def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
     assert np.array_equal(loaded, params * 2) and source == {
         "file": str(tmp_path / "latest.npz"), "key": "mean", "params_sha256": params_sha256(params * 2),
         "generation": 7}
+    np.savez(tmp_path / "average.npz", average=params * 3, generation=np.int64(8))  # a snapshot's
+    loaded, source = load_params_file(tmp_path / "average.npz", 4, 6)
+    assert np.array_equal(loaded, params * 3) and source["key"] == "average" and source["generation"] == 8
     with pytest.raises(ArtifactError, match="h = 8\) needs 39"):  # another world model's controller
         load_params_file(tmp_path / "params.npz", 4, 8)
     np.savez(tmp_path / "other.npz", weights=params)
@@ -533,3 +536,30 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
         assert -abs(float(shipped[0]) - peak) == pytest.approx(challenger - 3.5)
         assert state["best_eval"] == challenger and state["confirmed"]["score"] == record["confirm_challenger"]
         assert record["confirm_driven"] == 6 and state["episodes"] == 2 * 6 + 4 * 2 + 6
+
+
+def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
+    """latest.npz is rewritten every generation: a snapshot holds what it held, under its own key, named by
+    generation and hash; the same controller is written once, and a missing one is explained."""
+    from core.artifacts import ArtifactError
+    from core.controller import load_params_file, params_sha256, snapshot_params
+    params = np.linspace(-1, 1, num_params(4, 6)).astype(np.float32)
+    latest = tmp_path / "latest.npz"
+    np.savez(latest, mean=params, best_candidate=params * 0, average=params * 2, generation=np.int64(12))
+    mean, average = snapshot_params(tmp_path, "mean"), snapshot_params(tmp_path, "average", tmp_path / "out")
+    assert mean.name == f"mean-gen12-{params_sha256(params)[:8]}.npz" and mean.parent == tmp_path
+    assert average.name == f"average-gen12-{params_sha256(params * 2)[:8]}.npz" and average.parent.name == "out"
+    for path, key, want in ((mean, "mean", params), (average, "average", params * 2)):
+        loaded, source = load_params_file(path, 4, 6)
+        assert np.array_equal(loaded, want) and source["key"] == key and source["generation"] == 12
+    stamp = average.stat().st_mtime_ns
+    assert snapshot_params(tmp_path, "average", tmp_path / "out") == average
+    assert average.stat().st_mtime_ns == stamp
+    np.savez(latest, mean=params + 1, generation=np.int64(12))  # the next generation, no averaged mean kept
+    second = snapshot_params(tmp_path, "mean")
+    assert second != mean and mean.exists()
+    with pytest.raises(ArtifactError, match="no averaged mean"):
+        snapshot_params(tmp_path, "average")
+    latest.unlink()
+    with pytest.raises(ArtifactError, match="first generation"):
+        snapshot_params(tmp_path, "mean")
