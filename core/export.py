@@ -25,7 +25,7 @@ import numpy as np
 
 from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
 from core.config import EVAL_SEED_BASE, ExportConfig, SnapshotConfig, validate
-from core.controller import PARAMS_KEYS, load_params_file, params_sha256, save_params, snapshot_params
+from core.controller import PARAMS_FILE, PARAMS_KEYS, load_params_file, params_sha256, save_params, snapshot_params
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
 from core.reports import read_report
@@ -119,6 +119,7 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
                             "further since?), and would drive on codes it has never seen; evolve it on these "
                             f"(python -m core evolve --run-dir {src} ...) until it keeps a controller of its own "
                             "before exporting")
+    _check_checkpoint_complete(src / "controller", params)
     z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
     source = None
     if config.params:
@@ -172,6 +173,23 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
     if notes:
         result["notes"] = notes
     return result
+
+
+def _check_checkpoint_complete(controller_dir: Path, params: np.ndarray) -> None:
+    """Refuse a run whose last evolution checkpoint was cut short: its CMA-ES state (written first) names
+    another controller than its ``params.npz`` (a kill between the two writes). Shipping that pair would
+    send out a controller with the state of the next generation."""
+    if not (controller_dir / CMA_STATE).exists():
+        return
+    try:
+        _, state, saved, _ = _load_es(controller_dir, None)
+    except ArtifactError:  # a bare CMA-ES from before checkpoints kept their parameters: nothing to compare
+        return
+    if saved is not None and params_sha256(saved) != params_sha256(params):
+        raise ArtifactError(
+            f"{controller_dir}: its last checkpoint was cut short (its CMA-ES state is of generation "
+            f"{state['generation']}, its {PARAMS_FILE} of the one before); resume the evolution (python -m core "
+            f"evolve --run-dir {controller_dir.parent} ...), which completes it as it starts, then export")
 
 
 def _written_apart(other_params: bool) -> tuple[str, ...]:

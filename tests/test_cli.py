@@ -436,3 +436,27 @@ def test_snapshot_freezes_the_averaged_mean_and_prints_how_to_ship_it(tiny_world
     (run / "controller" / "latest.npz").unlink()
     proc = cli("snapshot", "--run-dir", str(run), check=False)
     assert proc.returncode == 2 and "first generation" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_refuses_a_checkpoint_cut_short_until_a_resume_completes_it(tiny_world_model, tmp_path):
+    """A kill between the CMA-ES state and params.npz leaves a state one generation ahead of its controller:
+    export refuses the pair, and a resumed evolution (here one that has nothing left to run) completes it."""
+    import shutil
+
+    import numpy as np
+
+    from core.controller import save_params
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model, run)
+    with np.load(run / "controller" / "params.npz") as f:
+        kept, z_size, hidden = f["params"], int(f["z_size"]), int(f["hidden"])
+    save_params(run / "controller", kept + 1, z_size, hidden)  # the generation before, as far as C goes
+    proc = cli("export", "--run-dir", str(run), "--out-dir", str(tmp_path / "out"), "--quiet", check=False)
+    assert proc.returncode == 2 and "cut short" in proc.stderr and not (tmp_path / "out").exists()
+    generation = json.loads((run / "controller" / "state.json").read_text())["generation"]
+    config = json.loads((run / "controller" / "config.json").read_text())
+    cli("evolve", "--run-dir", str(run), "--generations", str(generation), "--popsize", str(config["popsize"]),
+        "--workers", "1", "--env", TEST_ENV, "--quiet")
+    summary(cli("export", "--run-dir", str(run), "--out-dir", str(tmp_path / "out"), "--quiet"))
+    with np.load(tmp_path / "out" / "controller" / "params.npz") as f:
+        assert np.array_equal(f["params"], kept)
