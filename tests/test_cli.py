@@ -210,6 +210,7 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     """C drives on V's codes: trained on for another epoch, V gives other codes, and the C evolved on the
     old ones must not ship with it (the iterative step measured 755 -> 299 for such a pair)."""
     import json
+    import pickle
     import shutil
 
     from core.artifacts import ArtifactError
@@ -231,6 +232,20 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
                         workers=1, env=TEST_ENV))
     with pytest.raises(ArtifactError, match="evolved on other V and M"):
         export(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "after")))
+    # Its kept controller's score is of the old V and M: the next periodic evaluation scores it again on
+    # these and makes that the bar, even on fixed tracks (where it is not driven otherwise).
+    fixed = tmp_path / "fixed"
+    shutil.copytree(run, fixed)
+    state = json.loads((fixed / "controller" / "state.json").read_text())
+    (fixed / "controller" / "state.json").write_text(json.dumps({**state, "best_eval": 1e9}))  # an old bar
+    with (fixed / "controller" / "cma_state.pkl").open("rb") as f:
+        saved = pickle.load(f)
+    saved["state"]["best_eval"] = 1e9
+    (fixed / "controller" / "cma_state.pkl").write_bytes(pickle.dumps(saved))
+    evolve(EvolveConfig(run_dir=str(fixed), generations=state["generation"] + 1, popsize=4, rollouts=1,
+                        max_steps=20, eval_every=1, eval_episodes=1, fresh_tracks=False, workers=1, env=TEST_ENV))
+    last = json.loads((fixed / "controller" / "history.jsonl").read_text().splitlines()[-1])
+    assert "eval_start" in last and json.loads((fixed / "controller" / "state.json").read_text())["best_eval"] < 1e9
     # The iterative step: a new evolution on the new V and M from the old controller ships that one until
     # its first periodic evaluation, and generations run meanwhile do not make it the new V and M's.
     step = tmp_path / "step"
