@@ -21,7 +21,7 @@ import numpy as np
 
 from core.artifacts import ArtifactError, read_history
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
-from core.controller import LATEST_FILE, SNAPSHOT_FILE, params_sha256, snapshot_params
+from core.controller import LATEST_FILE, SNAPSHOT_FILE, SNAPSHOT_KINDS, params_sha256, snapshot_params
 from core.reports import check_report, compare_reports
 from core.training import newest_checkpoint
 
@@ -276,7 +276,7 @@ def snapshot_kind(params_file: str | None) -> str | None:
     """What a snapshot file (``copy_cma_mean``) holds, from its name: "mean", "average", or None for another
     file (or none)."""
     name = Path(params_file).name if params_file else ""
-    return next((which for which in ("mean", "average") if name.startswith(f"{which}-gen")), None)
+    return next((which for which in SNAPSHOT_KINDS if name.startswith(f"{which}-gen")), None)
 
 
 def latest_mean_evaluation(model_dir: Path | str, which: str = "mean") -> dict | None:

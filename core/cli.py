@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bar = None if args.quiet or args.stage in ("compare", "snapshot") else TerminalProgress(args.stage)  # compare is instant
+    instant = ("compare", "snapshot")  # no progress bar for these
+    bar = None if args.quiet or args.stage in instant else TerminalProgress(args.stage)
     stop = _install_stop_handlers()
 
     def progress(step: int, total: int, metrics) -> bool:

@@ -266,8 +266,9 @@ class EvaluateConfig:
                               "ones", choices=ENV_CHOICES)
     out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json, or "
                          "<params>.evaluation.json with --params)")
-    params: str = param("", "controller to drive instead of the model's own: a params.npz, or an evolution's "
-                            "latest.npz (its CMA-ES mean), on the model's V and M")
+    params: str = param("", "controller to drive instead of the model's own: a params.npz, an evolution's "
+                            "latest.npz (its CMA-ES mean) or a snapshot of it (python -m core snapshot), on "
+                            "the model's V and M")
 
 
 @dataclass(frozen=True)
@@ -293,8 +294,9 @@ class ExportConfig:
     out_dir: str = param(SHIPPED_MODEL_DIR, "destination; replaced as a whole, never left half written",
                          path=True)
     training_state: bool = param(True, "include the CMA-ES state so evolution can resume from the export")
-    params: str = param("", "controller to ship instead of the run's kept one: a params.npz, or an evolution's "
-                            "latest.npz (its CMA-ES mean); it needs --evaluation")
+    params: str = param("", "controller to ship instead of the run's kept one: a params.npz, an evolution's "
+                            "latest.npz (its CMA-ES mean) or a snapshot of it (python -m core snapshot); it "
+                            "needs --evaluation")
     evaluation: str = param("", "evaluation report (JSON) of the shipped controller, from python -m core "
                                 "evaluate; default: the run's own, left out if it is of another controller")
 

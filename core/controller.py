@@ -22,6 +22,7 @@ ACTION_SIZE = 3
 # names: a params.npz, an evolution's latest.npz (its CMA-ES mean; it holds the averaged mean too), or a
 # snapshot of one of the two (snapshot_params).
 PARAMS_KEYS = {"params": "controller", "mean": "CMA-ES mean", "average": "averaged mean"}
+SNAPSHOT_KINDS = ("mean", "average")  # what an evolution's latest.npz holds that snapshot_params freezes
 SNAPSHOT_FILE = "{which}-gen{generation}-{sha8}.npz"
 
 
@@ -107,7 +108,8 @@ def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.nda
     if path.is_dir():
         raise ArtifactError(f"{path}: a folder; give the file, e.g. {path / PARAMS_FILE}")
     if not path.is_file():
-        raise ArtifactError(f"{path}: no such file; give a params.npz or an evolution's latest.npz")
+        raise ArtifactError(f"{path}: no such file; give a params.npz, an evolution's latest.npz or a snapshot "
+                            "of it (python -m core snapshot)")
     try:
         f = np.load(path, allow_pickle=False)
     except ValueError:  # neither .npz nor .npy: NumPy takes it for a pickle, which it refuses
@@ -150,12 +152,18 @@ def snapshot_params(controller_dir: Path | str, which: str = "mean", out_dir: Pa
 
     Evolution rewrites ``latest.npz`` every generation, while an evaluation of a controller, and ``export
     --params`` after it, must name a file that still holds what was driven. The snapshot holds the one array
-    under its own key (``load_params_file`` names it) with the generation, is named by both and the
-    parameters' hash (``average-gen45-1a2b3c4d.npz``, in ``out_dir``, default ``controller_dir``), is written
-    atomically, and is kept as it is when there already. ArtifactError when ``latest.npz`` holds no such
-    controller."""
-    if which not in ("mean", "average"):
-        raise ValueError(f"which: 'mean' or 'average', not {which!r}")
+    under its own key (``load_params_file`` names it) with the generation and the z and h it was evolved for
+    (from the evolution's config.json), is named by what it holds, the generation and the parameters' hash
+    (``average-gen45-1a2b3c4d.npz``, in ``out_dir``, default ``controller_dir``), is written atomically once
+    checked, and is kept as it is when there already. ArtifactError when ``latest.npz`` holds no such
+    controller, or one that does not fit its evolution."""
+    if which not in SNAPSHOT_KINDS:
+        raise ValueError(f"which: one of {SNAPSHOT_KINDS}, not {which!r}")
+    config = controller_config(controller_dir)
+    try:
+        z_size, hidden = int(config["z_size"]), int(config["hidden"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{Path(controller_dir) / 'config.json'}: names no z_size and hidden") from None
     source = Path(controller_dir) / LATEST_FILE
     try:
         with np.load(source, allow_pickle=False) as f:
@@ -165,9 +173,14 @@ def snapshot_params(controller_dir: Path | str, which: str = "mean", out_dir: Pa
         raise ArtifactError(f"{source}: no readable CMA-ES mean ({e}); it appears after the first generation "
                             "of an evolution") from None
     if params is None:  # the average appears with the first generation of an evolution that keeps one
-        raise ArtifactError(f"{source}: holds no averaged mean (an evolution run with --average 0 keeps none)")
+        raise ArtifactError(f"{source}: holds no {PARAMS_KEYS[which]} (an evolution run with --average 0 or 1 "
+                            "keeps none); --which mean takes its CMA-ES mean")
+    if params.shape != (num_params(z_size, hidden),) or not np.all(np.isfinite(params)):
+        raise ArtifactError(f"{source}: its {PARAMS_KEYS[which]} is not {num_params(z_size, hidden)} finite "
+                            f"numbers, as z = {z_size}, h = {hidden} need")
     copy = Path(out_dir or controller_dir) / SNAPSHOT_FILE.format(which=which, generation=generation,
                                                                   sha8=params_sha256(params)[:8])
     if not copy.exists():
-        atomic_save_npz(copy, **{which: params}, generation=np.int64(generation))
+        atomic_save_npz(copy, **{which: params}, generation=np.int64(generation), z_size=np.int64(z_size),
+                        hidden=np.int64(hidden))
     return copy

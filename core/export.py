@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from core.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
-from core.config import EVAL_SEED_BASE, ExportConfig, SnapshotConfig, validate
+from core.config import EVAL_SEED_BASE, SHIPPED_MODEL_DIR, ExportConfig, SnapshotConfig, validate
 from core.controller import PARAMS_FILE, PARAMS_KEYS, load_params_file, params_sha256, save_params, snapshot_params
 from core.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
@@ -62,23 +62,19 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
 
 def snapshot(config: SnapshotConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Freeze ``run_dir``'s current CMA-ES mean or averaged mean into ``run_dir/controller/`` (see
-    ``snapshot_params``); returns the file, what it holds and its generation."""
+    ``snapshot_params``); returns the file, what it holds and its generation. The shipped model's folder is
+    refused: it stays as committed."""
     validate(config)
-    controller_dir = Path(config.run_dir) / "controller"
-    path = snapshot_params(controller_dir, config.which)
-    params, source = load_params_file(path, *_controller_sizes(controller_dir))
+    if Path(config.run_dir).resolve() == Path(SHIPPED_MODEL_DIR).resolve():
+        raise ArtifactError(f"{config.run_dir}: the shipped model, kept as committed; copy it into a run folder "
+                            f"to evolve it further (mkdir -p runs1 && cp -r {config.run_dir}/. runs1/) and take "
+                            "snapshots there")
+    path = snapshot_params(Path(config.run_dir) / "controller", config.which)
+    with np.load(path) as f:
+        generation, sha = int(f["generation"]), params_sha256(f[config.which])
     on_progress(1, 1, {})
-    return {"run_dir": config.run_dir, "file": str(path), "holds": PARAMS_KEYS[source["key"]], "generation": source["generation"],
-            "params_sha256": source["params_sha256"]}
-
-
-def _controller_sizes(controller_dir: Path) -> tuple[int, int]:
-    """The z and h the evolution in ``controller_dir`` evolved its controller for (its config.json)."""
-    config = read_json(controller_dir / "config.json", "evolution config")
-    try:
-        return int(config["z_size"]), int(config["hidden"])
-    except (KeyError, TypeError, ValueError):
-        raise ArtifactError(f"{controller_dir / 'config.json'}: names no z_size and hidden") from None
+    return {"run_dir": config.run_dir, "file": str(path), "holds": PARAMS_KEYS[config.which],
+            "generation": generation, "params_sha256": sha}
 
 
 def _recover_swap(dst: Path) -> None:

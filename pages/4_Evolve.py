@@ -7,6 +7,7 @@ import streamlit as st
 
 from core import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
+from core.controller import PARAMS_KEYS
 from core.reports import verdict_words
 from core.evolve import average_against_mean
 from core.jobs import out_dir_of
@@ -107,9 +108,6 @@ if model_dir is not None:
     _ui.start_button("evaluate", eval_config, noun="evaluation", prepare=None if drive == "kept" else drive_a_copy)
 
 
-NAMES = {"mean": "the CMA-ES mean", "average": "the averaged mean"}
-
-
 def live_evaluation(snap) -> None:
     versus = report = None
     job = snap["config"] if snap is not None and snap.get("config") else None
@@ -118,7 +116,8 @@ def live_evaluation(snap) -> None:
     driven = (app_data.snapshot_kind(job.get("params")) or "kept") if running else drive
     if running:
         returns = [r["return"] for r in snap["history"] if "return" in r]
-        of = f", {NAMES[driven]}" if driven != "kept" else ""
+        of = (f", the {PARAMS_KEYS[driven]}" if driven != "kept" else
+              f", controller `{job['params']}`" if job.get("params") else "")
         source = f"`{job['model_dir']}/`{of}: {len(returns)} episodes so far"
     else:
         # The report of the world model of the job shown, else of the one picked above.
@@ -132,7 +131,8 @@ def live_evaluation(snap) -> None:
         if not report:
             return
         returns = report["returns"]
-        what = (f"{NAMES[driven]} of generation {report['params_source'].get('generation', '?')} in `{shown}/`"
+        what = (f"the {PARAMS_KEYS[driven]} of generation {report['params_source'].get('generation', '?')} in "
+                f"`{shown}/`"
                 if driven != "kept" else f"`{shown}/`")
         source = (f"{what}, {report['episodes']} episodes, {report.get('env', '?')} env, "
                   f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
@@ -147,7 +147,7 @@ def live_evaluation(snap) -> None:
     if report and report.get("endings"):
         _ui.endings_table(report["endings"], key="evaluate.endings")
     if versus:
-        show_against_shipped(versus, NAMES.get(driven, "this world model"))
+        show_against_shipped(versus, f"the {PARAMS_KEYS[driven]}" if driven != "kept" else "this world model")
     if driven != "kept" and report:
         show_how_to_ship(report, shown)
 

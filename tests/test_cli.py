@@ -451,6 +451,9 @@ def test_snapshot_freezes_the_averaged_mean_and_prints_how_to_ship_it(tiny_world
     (run / "controller" / "latest.npz").unlink()
     proc = cli("snapshot", "--run-dir", str(run), check=False)
     assert proc.returncode == 2 and "first generation" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("snapshot", "--run-dir", "models", check=False)  # the shipped model stays as committed
+    assert proc.returncode == 2 and "copy it into a run folder" in proc.stderr
+    assert not list((ROOT / "models" / "controller").glob("*-gen*.npz"))
 
 
 def test_export_refuses_a_checkpoint_cut_short_until_a_resume_completes_it(tiny_world_model, tmp_path):

@@ -48,7 +48,8 @@ def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
     save_params(tmp_path, params, 4, 6)
     loaded, source = load_params_file(tmp_path / "params.npz", 4, 6)
     assert np.array_equal(loaded, params) and source["key"] == "params" and "generation" not in source
-    np.savez(tmp_path / "latest.npz", mean=params * 2, best_candidate=params, generation=np.int64(7))
+    np.savez(tmp_path / "latest.npz", mean=params * 2, best_candidate=params, average=params * 4,
+             generation=np.int64(7))  # as an evolution writes it: its CMA-ES mean is what it names
     loaded, source = load_params_file(tmp_path / "latest.npz", 4, 6)
     assert np.array_equal(loaded, params * 2) and source == {
         "file": str(tmp_path / "latest.npz"), "key": "mean", "params_sha256": params_sha256(params * 2),
@@ -539,11 +540,15 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
 
 
 def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
-    """latest.npz is rewritten every generation: a snapshot holds what it held, under its own key, named by
-    generation and hash; the same controller is written once, and a missing one is explained."""
+    """latest.npz is rewritten every generation: a snapshot holds what it held, under its own key, with the
+    sizes it was evolved for, named by generation and hash; the same controller is written once, and a
+    missing or broken one is explained without leaving a file behind."""
+    import json
+
     from core.artifacts import ArtifactError
     from core.controller import load_params_file, params_sha256, snapshot_params
     params = np.linspace(-1, 1, num_params(4, 6)).astype(np.float32)
+    (tmp_path / "config.json").write_text(json.dumps({"z_size": 4, "hidden": 6}))
     latest = tmp_path / "latest.npz"
     np.savez(latest, mean=params, best_candidate=params * 0, average=params * 2, generation=np.int64(12))
     mean, average = snapshot_params(tmp_path, "mean"), snapshot_params(tmp_path, "average", tmp_path / "out")
@@ -552,14 +557,20 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
     for path, key, want in ((mean, "mean", params), (average, "average", params * 2)):
         loaded, source = load_params_file(path, 4, 6)
         assert np.array_equal(loaded, want) and source["key"] == key and source["generation"] == 12
+    with pytest.raises(ArtifactError, match="z = 4, h = 6"):  # same count of parameters, other sizes
+        load_params_file(mean, 6, 4)
     stamp = average.stat().st_mtime_ns
     assert snapshot_params(tmp_path, "average", tmp_path / "out") == average
     assert average.stat().st_mtime_ns == stamp
     np.savez(latest, mean=params + 1, generation=np.int64(12))  # the next generation, no averaged mean kept
     second = snapshot_params(tmp_path, "mean")
     assert second != mean and mean.exists()
-    with pytest.raises(ArtifactError, match="no averaged mean"):
+    with pytest.raises(ArtifactError, match="no averaged mean .* --which mean"):
         snapshot_params(tmp_path, "average")
+    np.savez(latest, mean=params * np.nan, generation=np.int64(13))  # a diverged evolution
+    with pytest.raises(ArtifactError, match="not 33 finite numbers"):
+        snapshot_params(tmp_path, "mean")
+    assert not list(tmp_path.glob("mean-gen13-*"))
     latest.unlink()
     with pytest.raises(ArtifactError, match="first generation"):
         snapshot_params(tmp_path, "mean")

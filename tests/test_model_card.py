@@ -108,3 +108,17 @@ def test_the_shipped_models_readme_and_the_main_readme_carry_its_current_card():
     for line in card.splitlines():
         if line.startswith("- "):  # the summary lines (the README sets its own tables and histogram around them)
             assert line in readme, line[:80]
+
+
+def test_the_card_names_a_controller_shipped_from_a_snapshot(tiny_world_model, tmp_path):
+    """export --params of a snapshot of the averaged mean: the card says that is what ships."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world_model, model)
+    state_path = model / "controller" / "state.json"
+    shipped = {"file": "runs1/controller/average-gen205-1a8142ab.npz", "key": "average", "generation": 205,
+               "params_sha256": "1a8142ab" + "0" * 56, "generation_of_run": 207, "run_params_sha256": "e" * 64}
+    state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "shipped": shipped}))
+    out = subprocess.run([sys.executable, "scripts/model_card.py", str(model)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert ("- Shipped controller: the averaged mean of generation 205 from "
+            "`runs1/controller/average-gen205-1a8142ab.npz` (parameters 1a8142ab0000)") in out
