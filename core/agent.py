@@ -172,6 +172,10 @@ def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
         from core.mdnrnn import load_rnn
         from core.vae import load_vae
     except ImportError as e:
+        missing = [name for name in weights_cache.SOURCES if not (model_dir / name).is_file()]
+        if missing:  # nothing to look up without them
+            raise ArtifactError(f"{model_dir}: {', '.join(missing)} missing; a world model needs V's and M's "
+                                "configs, metadata and weights") from None
         entry = (weights_cache.entry_path(key) if key else None) or "no cache folder"
         raise ArtifactError(f"{model_dir}: V and M are not in the weights cache ({entry}), and loading them "
                             f"needs TensorFlow ({e}); load this world model once where TensorFlow is installed "

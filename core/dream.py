@@ -71,8 +71,12 @@ class WorldModel:
             controller = load_controller(model_dir / "controller", vae.z_size, rnn.hidden)
         return cls(vae, weights, controller, str(model_dir))
 
-    def encode(self, frames: np.ndarray) -> np.ndarray:
-        return encode_mu(self.w, np.asarray(frames, np.uint8))
+    def encode(self, frames: np.ndarray, batch: int = 128) -> np.ndarray:
+        """uint8 (N, 64, 64, 3) frames -> float32 (N, z_size), ``batch`` frames at a time: a whole episode at
+        once would need about 0.5 GB of convolution patches."""
+        frames = np.asarray(frames, np.uint8)
+        out = [encode_mu(self.w, frames[i:i + batch]) for i in range(0, len(frames), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.z_size), np.float32)
 
     def decode(self, z: np.ndarray, batch: int = 256) -> np.ndarray:
         z = np.asarray(z, np.float32).reshape(-1, self.z_size)
@@ -320,10 +324,9 @@ def gif(frames: np.ndarray, fps: int = DREAM_FPS, loop: bool = True) -> bytes:
 def dream_captions(dream: Dream, start: int = 0) -> list[str]:
     """Per-frame captions of a dream from step ``start``: step, predicted reward so far, end probability."""
     out = []
-    total = float(np.sum(dream.log.reward[:start]))
+    so_far = np.concatenate([[0.0], np.cumsum(dream.log.reward[:dream.t])])  # reward before frame t
     for t in range(start, dream.t + 1):
-        if t > 0:
-            total += dream.log.reward[t - 1]
+        total = float(so_far[t])
         done = dream.log.done_prob[t - 1] if t > 0 else 0.0
         end = "  END" if dream.ended_at is not None and t >= dream.ended_at else ""
         out.append(f"t={t:4d}  R={total:+7.1f}  end {done:4.0%}{end}")

@@ -6,6 +6,7 @@ observation stays crisp.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -65,6 +66,8 @@ def load_actions(path: Path | str) -> np.ndarray:
             actions = np.asarray(data["actions"] if isinstance(data, dict) else data, dtype=np.float32)
     except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
         raise ArtifactError(f"{path}: not an action log ({e}); expected a JSON list of [steer, gas, brake]") from None
+    if not (np.issubdtype(actions.dtype, np.integer) or np.issubdtype(actions.dtype, np.floating)):
+        raise ArtifactError(f"{path}: an array of {actions.dtype}, not an action log of numbers")
     if actions.ndim != 2 or actions.shape[1] != 3 or not np.isfinite(actions).all():
         raise ArtifactError(f"{path}: action log has shape {actions.shape}, expected (steps, 3) finite numbers")
     return np.clip(actions.astype(np.float32), [-1, 0, 0], [1, 1, 1])
@@ -126,5 +129,6 @@ def record(config: RecordConfig, on_progress: ProgressCallback = keep_going) -> 
                 raise InterruptedError(f"stopped at step {stats['steps']}; {config.out} was left as it was")
             yield upscale(obs, config.scale)
 
-    path = write_mp4(frames(), config.out, config.fps)
+    with contextlib.closing(source):  # a stop or a failed write closes its env now, not when collected
+        path = write_mp4(frames(), config.out, config.fps)
     return {"out": str(path), "return": stats["return"], "steps": stats["steps"], "seed": config.seed}

@@ -126,6 +126,17 @@ def test_damage_anywhere_in_an_episode_file_is_an_episode_error(tiny_data, tmp_p
     assert len(errors) >= 30
 
 
+def test_an_episode_of_the_wrong_shapes_is_an_episode_error(tiny_data, tmp_path):
+    """Readable arrays of other shapes (a scalar action, several seeds) are explained, not a TypeError."""
+    with np.load(list_episodes(tiny_data)[0]) as f:
+        arrays = dict(f)
+    for name, changed in (("action", np.float32(0.5)), ("seed", np.array([1, 2]))):
+        path = tmp_path / f"ep_{name}.npz"
+        np.savez(path, **{**arrays, name: changed})
+        with pytest.raises(EpisodeError, match="expected \\(T, 3\\) and one number"):
+            load_episode(path)
+
+
 def test_no_data_says_how_to_collect(tmp_path):
     with pytest.raises(NoDataError, match="python -m core collect"):
         usable_episodes(tmp_path / "nothing")

@@ -400,7 +400,7 @@ def test_a_stopped_recording_leaves_the_old_video_and_says_it_starts_over(tiny_w
         record(RecordConfig(model_dir=str(tiny_world_model), seed=3, out=str(out), max_steps=120, env=TEST_ENV),
                on_progress=lambda step, total, metrics: step < 100)
     assert out.read_bytes() == b"the previous video"
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert sorted(tmp_path.iterdir()) == [out]  # no half-written video left beside it
 
 
 def test_an_action_log_that_is_not_one_array_is_explained(tmp_path):
@@ -413,7 +413,10 @@ def test_an_action_log_that_is_not_one_array_is_explained(tmp_path):
     archive = tmp_path / "archive.npy"
     with open(archive, "wb") as f:
         np.savez(f, actions=np.zeros((3, 3), np.float32))
-    for path in (empty, archive):
+    words, pairs = tmp_path / "words.npy", tmp_path / "pairs.npy"
+    np.save(words, np.array([["left", "gas", "brake"]]))
+    np.save(pairs, np.zeros((3, 3), np.complex64))
+    for path in (empty, archive, words, pairs):
         with pytest.raises(ArtifactError, match="not an action log"):
             load_actions(path)
 

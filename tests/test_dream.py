@@ -83,6 +83,11 @@ def test_controller_drives_the_dream(model, episode):
     assert actions.shape == (15, 3)
     assert (actions >= [-1, 0, 0]).all() and (actions <= [1, 1, 1]).all()
     assert dream.frames().shape == (16, 64, 64, 3) and dream.frames(10).shape == (6, 64, 64, 3)
+    # Captions from a later step (the page captions each new chunk of a dream) are the same as those of the
+    # whole dream from that step on: R is the predicted reward before each frame.
+    captions = dream_captions(dream)
+    assert captions[0].startswith("t=   0  R=   +0.0") and dream_captions(dream, 10) == captions[10:]
+    assert f"R={sum(dream.log.reward[:10]):+7.1f}" in captions[10]
 
 
 def test_dream_ends_when_m_predicts_the_end(model, episode):
@@ -124,3 +129,9 @@ def test_gif_plays_every_frame_at_the_asked_rate(model, episode):
     assert data[:6] == b"GIF89a"
     image = Image.open(io.BytesIO(data))
     assert image.n_frames == 7 and image.info["duration"] == 40 and image.size == (2 * 128 + 4, 150)
+
+
+def test_frames_encode_the_same_in_batches(model, episode):
+    frames = episode.obs[:11]
+    np.testing.assert_allclose(model.encode(frames, batch=4), model.encode(frames, batch=64), atol=1e-5)
+    assert model.encode(frames[:0]).shape == (0, model.z_size)

@@ -211,3 +211,15 @@ sys.exit(main(["evaluate", "--model-dir", {str(run)!r}, "--episodes", "1", "--ma
 """, tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "not in the weights cache" in done.stderr and weights_cache.CACHE_ENV in done.stderr
+
+
+def test_without_tensorflow_a_cache_miss_or_a_missing_file_is_explained(run, cache, monkeypatch):
+    """Where TensorFlow is not installed, V and M load from the cache only: a miss says how to fill it, and
+    a model with a file missing names the file rather than the cache."""
+    monkeypatch.setitem(sys.modules, "core.mdnrnn", None)  # importing it raises ImportError, as without TF
+    with pytest.raises(ArtifactError, match="needs TensorFlow"):
+        load_world_model_weights(run)
+    (run / "vae" / "meta.json").unlink()
+    with pytest.raises(ArtifactError, match=r"vae/meta.json missing") as e:
+        load_world_model_weights(run)
+    assert "cache" not in str(e.value)
