@@ -109,8 +109,14 @@ def test_train_vae_page_shows_curves_reconstructions_and_the_latent_explorer(app
     assert any("reconstructions" in c for img in images for c in img.captions)
     sliders = [s for s in at.slider if s.label.startswith("z[")]
     assert len(sliders) == 8  # z = 8: every dimension
+
+    def explorer_image():
+        (image,) = [img for img in at.get("image") if any("decoded with your z" in c for c in img.captions)]
+        return [i.url for i in image.proto.imgs]
+
+    before = explorer_image()
     sliders[0].set_value(3.0).run()
-    assert not at.exception
+    assert not at.exception and explorer_image() != before  # the slider's z is what is decoded
 
 
 def test_train_rnn_page_shows_losses_and_one_step_predictions(app):
@@ -119,7 +125,8 @@ def test_train_rnn_page_shows_losses_and_one_step_predictions(app):
     assert len(at.get("plotly_chart")) == 3  # MDN, reward and episode-end losses
     assert any("M's prediction" in c for img in at.get("image") for c in img.captions)
     at.slider(key="rnn.pred_start").set_value(3).run()
-    assert not at.exception
+    assert not at.exception and not at.error
+    assert any(c.startswith("Steps 4–") for img in at.get("image") for c in img.captions)
 
 
 def test_evolve_page_shows_fitness_and_offers_evaluation_and_a_video(app):

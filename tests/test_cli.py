@@ -119,7 +119,7 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     (["record", "--actions", "/nonexistent.json"], "action log not found"),
     (["evolve", "--popsize", "1"], "--popsize=1 is too small"),
     (["train-vae", "--seed", "-1"], "--seed=-1 is too small"),
-    (["record", "--actions", str(ROOT / "README.md")], "README.md"),
+    (["record", "--actions", str(ROOT / "README.md")], "README.md: not an action log"),
     (["export", "--run-dir", "/nonexistent/run", "--out-dir", "."], "holds other folders"),
     (["export", "--out-dir", "."], "contains --run-dir"),
     (["train-vae", "--learning-rate", "nan"], "--learning-rate=nan is not a number"),
@@ -481,3 +481,26 @@ def test_export_refuses_a_checkpoint_cut_short_until_a_resume_completes_it(tiny_
     summary(cli("export", "--run-dir", str(run), "--out-dir", str(tmp_path / "out"), "--quiet"))
     with np.load(tmp_path / "out" / "controller" / "params.npz") as f:
         assert np.array_equal(f["params"], kept)
+
+
+def test_record_replays_an_action_log_on_its_track(tmp_path):
+    """record --actions drives the logged actions on the seed: the video has one frame per step and the
+    reset's, and the return is the env's for those actions."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from core.env import make_env
+    actions = [[0.0, 1.0, 0.0]] * 20 + [[-0.5, 0.5, 0.0]] * 10
+    log = tmp_path / "log.json"
+    log.write_text(json.dumps({"actions": actions}))
+    out = tmp_path / "replay.mp4"
+    result = json.loads(cli("record", "--actions", str(log), "--seed", "3", "--out", str(out), "--scale", "1",
+                            "--env", TEST_ENV, "--quiet").stdout.strip().split(": ", 1)[1])
+    env = make_env(TEST_ENV)
+    env.reset(seed=3)
+    want = sum(float(env.step(np.array(a, np.float32))[1]) for a in actions)
+    env.close()
+    assert result["steps"] == 30 and result["return"] == pytest.approx(want, abs=1e-6)
+    reader = imageio.get_reader(out)
+    assert sum(1 for _ in reader) == 31
+    reader.close()

@@ -58,7 +58,7 @@ def test_a_dream_step_follows_m(model, episode, tiny_world_model):
     want = np.take_along_axis(out["mu"].numpy()[0, 0], k[:, None], -1)[:, 0]
     np.testing.assert_allclose(z1, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(reward, out["reward"].numpy()[0, 0], rtol=1e-4, atol=1e-5)
-    assert 0.0 <= done <= 1.0
+    assert done == pytest.approx(1.0 / (1.0 + np.exp(-float(out["done_logit"].numpy()[0, 0]))), abs=1e-5)
     assert dream.t == 1 and len(dream.log.z) == 2 and dream.total_reward == pytest.approx(reward)
 
 
@@ -109,16 +109,35 @@ def test_one_step_predictions_line_up_with_the_episode(model, episode):
     for key in ("recon_next", "predicted"):
         assert out[key].shape == (6, 64, 64, 3) and out[key].dtype == np.uint8
     assert out["pred_reward"].shape == out["done_prob"].shape == (6,)
+    # V's picture of each real next frame, and M's prediction of it from the real past: the first is what a
+    # dream started at frame 5 predicts after the episode's own action 5 (tau = 0: the likeliest mean).
+    np.testing.assert_array_equal(out["recon_next"], model.decode(model.encode(episode.obs[6:12])))
+    dream = Dream(model, tau=0.0)
+    dream.reset_from_episode(episode, 5)
+    z6, reward, done = dream.step(episode.action[5])
+    assert np.abs(out["predicted"][0].astype(int) - model.decode(z6[None])[0]).max() <= 1
+    assert out["pred_reward"][0] == pytest.approx(reward, abs=1e-5)
+    assert out["done_prob"][0] == pytest.approx(done, abs=1e-5)
     near_end = one_step_predictions(model, episode, start=episode.steps - 2, count=8)
     assert len(near_end["predicted"]) == 2  # never past the last real frame
 
 
-def test_side_by_side_runs_the_same_actions(model):
+def test_side_by_side_runs_the_same_actions(model, monkeypatch):
+    taken = []
+    run = Dream.run
+    monkeypatch.setattr(Dream, "run", lambda self, n, actions, **kw: (taken.append(np.array(actions)),
+                                                                      run(self, n, actions, **kw))[1])
     out = side_by_side(model, seed=3, steps=12, driver="random", warmup=5, env_kind=TEST_ENV)
     assert out["real"].shape == out["dream"].shape == (13, 64, 64, 3)
     assert out["actions"].shape == (12, 3) and out["real_reward"].shape == out["dream_reward"].shape == (12,)
     # Both start from the same moment: the dream's first frame is V's picture of the real frame.
     np.testing.assert_array_equal(out["dream"][0], model.decode(model.encode(out["real"][:1]))[0])
+    # The actions are the collection policy's on this seed after the warm-up, and the dream took them.
+    from core.collect import BrownianPolicy
+    policy = BrownianPolicy(np.random.default_rng(3))
+    np.testing.assert_array_equal(out["actions"], np.stack([policy() for _ in range(17)])[5:])
+    assert len(taken) == 1
+    np.testing.assert_array_equal(taken[0], out["actions"])
 
 
 def test_gif_plays_every_frame_at_the_asked_rate(model, episode):

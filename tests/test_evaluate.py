@@ -141,6 +141,12 @@ def test_compare_uses_the_tracks_both_drove_and_refuses_other_settings(tmp_path)
     fast = read_report(_report(tmp_path / "fast.json", [500.0] * 30, env="fast"))
     with pytest.raises(ArtifactError, match="env: baseline stock, challenger fast"):
         compare_reports(base, fast)
+    short = read_report(_report(tmp_path / "short.json", [500.0] * 30, max_steps=500))
+    with pytest.raises(ArtifactError, match="max_steps: baseline 1000, challenger 500"):
+        compare_reports(base, short)
+    assert result["complete"]  # neither report says it stopped part way
+    stopped = read_report(_report(tmp_path / "stopped.json", [510.0] * 30, complete=False))
+    assert compare_reports(base, stopped)["complete"] is False
     (tmp_path / "bad.json").write_text(json.dumps({"seeds": [1, 2], "returns": [3.0]}))
     with pytest.raises(ArtifactError, match="2 seeds, 1 returns"):
         read_report(tmp_path / "bad.json")

@@ -316,6 +316,20 @@ def test_finished_race_is_scored_by_replay_and_stored(registry):
     np.testing.assert_array_equal(row["actions"], s.human.action_log())
 
 
+def test_the_stored_score_is_the_replays_not_the_browsers(tmp_path, caplog):
+    """A run's live score (which a tampered client or a live/replay mismatch could make anything) is not
+    what the leaderboard keeps: the server's replay of its actions is, and a disagreement is logged."""
+    board = Leaderboard(tmp_path / "board.sqlite3")
+    actions = np.tile(np.array([[0.0, 1.0, 0.0]], np.float32), (40, 1))
+    driver = {"label": "Ann", "kind": "human", "model": "", "score": 1e6, "steps": 40, "outcome": "time"}
+    with caplog.at_level("WARNING", logger="core.race"):
+        (result,) = race.score_and_record(race.FinishedRace(None, "r1", 1, 8, [(driver, actions)]), board)
+    replayed = race.replay_run(8, actions)
+    assert result["score"] == pytest.approx(replayed.score) and result["live_score"] == 1e6
+    assert board.get(result["run_id"])["score"] == pytest.approx(replayed.score) != 1e6
+    assert "scored 1000000.000 live but" in caplog.text
+
+
 def test_video_of_two_runs_side_by_side(tmp_path):
     import imageio.v2 as imageio
     gas = np.tile(np.array([[0, 1, 0]], np.float32), (12, 1))
@@ -402,7 +416,7 @@ def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
     shutil.copytree(tiny_world_model, model)
     first = race.load_agent(str(model))
     key = str(model.resolve())
-    cached = race._AGENT_CACHE[key]
+    cached, versions = race._AGENT_CACHE[key], len(race._AGENT_CACHE)
     later = os.stat(model / "controller" / "params.npz").st_mtime + 10
     os.utime(model / "controller" / "history.jsonl", (later, later))
     race.load_agent(str(model))
@@ -411,5 +425,5 @@ def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
     np.savez(model / "controller" / "params.npz", **{**params, "params": params["params"] + 1.0})
     os.utime(model / "controller" / "params.npz", (later, later))
     second = race.load_agent(str(model))
-    assert [k for k in race._AGENT_CACHE if k == key] == [key] and race._AGENT_CACHE[key] is not cached
+    assert len(race._AGENT_CACHE) == versions and race._AGENT_CACHE[key] is not cached  # replaced, not added
     assert np.allclose(second.controller.get_params(), first.controller.get_params() + 1.0)

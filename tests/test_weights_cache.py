@@ -177,8 +177,9 @@ def test_the_cache_keeps_the_most_recently_used_entries(run, cache, monkeypatch)
 
 def test_missing_model_files_are_reported_as_before(tmp_path, cache):
     """Without V's files there is nothing to fingerprint: Keras's loader says what is missing."""
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="train-vae") as e:
         load_world_model_weights(tmp_path / "nothing")
+    assert "cache" not in str(e.value)
 
 
 def _without_tensorflow(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
