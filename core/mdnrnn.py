@@ -282,7 +282,7 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     if trained_on and trained_on != vae_sha256:
         log.warning("%s: V has changed since this MDN-RNN began training; it goes on from weights that learned "
                     "the old V's codes (a fresh run --init-from it says so plainly)", out_dir)
-    key = f"{hash_files(paths)}-{vae_file.stat().st_size}-{vae_file.stat().st_mtime_ns}"
+    key = f"{hash_files(paths)}-{vae_sha256}"  # V's bytes: a copied or touched V is not encoded again
     enc = load_encoded(config.encoded_path, key)
     if enc is None:
         enc = encode_episodes(vae, paths, on_progress)

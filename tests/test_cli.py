@@ -140,7 +140,8 @@ def test_bad_input_gets_one_line_error_not_traceback(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # a kill, or a first Ctrl-C
+def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path, signum):
     import shutil
     run = tmp_path / "run"
     for part in ("vae", "rnn"):
@@ -153,10 +154,10 @@ def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path):
     deadline = time.monotonic() + 120
     while _state(state, "generation") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "stopped cleanly" in err
+    assert f"{signal.Signals(signum).name}: stopping after the current step" in err and "stopped cleanly" in err
     result = json.loads(out.strip().splitlines()[-1].split(": ", 1)[1])
     assert 1 <= result["generation"] < 50 and result["complete"] is False
     meta = read_json(run / "controller" / "meta.json")

@@ -2,6 +2,7 @@
 several data folders, fine-tuning from trained weights."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -236,12 +237,24 @@ def test_episodes_collected_during_a_run_never_join_its_held_out_set(stage, trai
 def test_an_mdn_rnn_resumed_on_a_changed_v_says_so(trained, tiny_data, tmp_path, caplog):
     """M learns V's codes: going on after V was trained further is allowed, but not silently."""
     run = copy_run(trained, tmp_path)
-    train_rnn(rnn_config(tiny_data, run, epochs=2))
+    encoded = []  # episodes encoded per run: the frames are encoded once per V and set of episodes
+
+    def count(step, total, metrics):
+        encoded[-1] += metrics.get("phase") == "encoding"
+        return True
+
+    for epochs in (2, 3):
+        encoded.append(0)
+        train_rnn(rnn_config(tiny_data, run, epochs=epochs), count)
+        os.utime(run / "vae" / "vae.weights.h5")  # touched (or copied), not changed: the cache still holds
+    assert encoded[1] == 0
     assert "V has changed" not in caplog.text
     train_vae(vae_config(tiny_data, run, epochs=2))
+    encoded.append(0)
     with caplog.at_level("WARNING", logger="core.mdnrnn"):
-        train_rnn(rnn_config(tiny_data, run, epochs=3))
+        train_rnn(rnn_config(tiny_data, run, epochs=4), count)
     assert "V has changed since this MDN-RNN began training" in caplog.text
+    assert encoded[2] == len(list_episodes(tiny_data))  # another V: encoded again
 
 
 def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):
