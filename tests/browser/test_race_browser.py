@@ -119,6 +119,19 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
     page.keyboard.up("ArrowUp")
     page.keyboard.press("p")
     wait_status(page, "running")
+    # A key with Ctrl, Cmd or Alt held is the browser's (Ctrl+R, Alt+Left), never the car's.
+    taken = page.evaluate("() => { const e = new KeyboardEvent('keydown', {code: 'ArrowUp', key: 'ArrowUp', "
+                          "ctrlKey: true, cancelable: true, bubbles: true}); window.dispatchEvent(e); "
+                          "return e.defaultPrevented; }")
+    page.wait_for_timeout(300)
+    assert taken is False and data(page, "mask") == "0"
+    # Another tab in front of this one: the race pauses too.
+    page.evaluate("() => { Object.defineProperty(document, 'hidden', {value: true, configurable: true}); "
+                  "document.dispatchEvent(new Event('visibilitychange')); }")
+    wait_status(page, "paused")
+    page.evaluate("() => Object.defineProperty(document, 'hidden', {value: false, configurable: true})")
+    page.keyboard.press("p")
+    wait_status(page, "running")
 
     # The race runs out its 20 s: the AI's run counts only when it ends on its own, not cut short.
     wait_status(page, "finished", timeout=120_000)
