@@ -172,8 +172,8 @@ def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
         from core.mdnrnn import load_rnn
         from core.vae import load_vae
     except ImportError as e:
-        missing = [name for name in weights_cache.SOURCES if not (model_dir / name).is_file()]
-        if missing:  # nothing to look up without them
+        if key is None:  # a file is missing: nothing to look up without it
+            missing = [name for name in weights_cache.SOURCES if not (model_dir / name).is_file()]
             raise ArtifactError(f"{model_dir}: {', '.join(missing)} missing; a world model needs V's and M's "
                                 "configs, metadata and weights") from None
         entry = (weights_cache.entry_path(key) if key else None) or "no cache folder"

@@ -81,9 +81,9 @@ def load_episode(path: Path | str) -> Episode:
         raise EpisodeError(f"{path}: unreadable episode file ({type(e).__name__}: {e}); delete it and "
                            "collect again") from None
     obs, action = data["obs"], data["action"]
-    if action.ndim != 2 or data["seed"].shape != ():
+    if action.ndim != 2 or data["seed"].shape != () or not np.issubdtype(data["seed"].dtype, np.integer):
         raise EpisodeError(f"{path}: action is {action.shape} and seed {data['seed'].shape}, expected (T, 3) "
-                           "and one number")
+                           "and one integer")
     steps = len(action)
     if obs.dtype != np.uint8 or obs.shape[1:] != (FRAME_SIZE, FRAME_SIZE, 3):
         raise EpisodeError(f"{path}: obs is {obs.dtype} {obs.shape}, expected uint8 (T+1, 64, 64, 3)")

@@ -341,9 +341,10 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
     if state.get("world_model_sha256") and world and state["world_model_sha256"] != world:
         log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
                     "codes of the old ones (a fresh evolution --init-from it adapts it faster)", run_dir)
-    if state.get("shipped_world") and world and state["shipped_world"] != world and state["best_eval"] is not None:
-        # The kept controller's score is of the old V and M: the next evaluation scores it again on these,
-        # and that is the bar (on fixed tracks it would otherwise stay the old one's).
+    if state.get("world_model_sha256") not in (None, world) and world and state["best_eval"] is not None:
+        # V or M changed since the last generation: the kept controller's score is of the old ones. The next
+        # evaluation scores it again on these, and that is the bar (on fixed tracks it would otherwise stay
+        # the old one's). Once per change: the next generation records these V and M.
         state["start_pending"] = True
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])

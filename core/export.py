@@ -115,7 +115,8 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
                             "further since?), and would drive on codes it has never seen; evolve it on these "
                             f"(python -m core evolve --run-dir {src} ...) until it keeps a controller of its own "
                             "before exporting")
-    _check_checkpoint_complete(src / "controller", params)
+    if config.training_state:  # without the CMA-ES state, params.npz agrees with the rest of what ships
+        _check_checkpoint_complete(src / "controller", params)
     z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
     source = None
     if config.params:
@@ -174,13 +175,12 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
 def _check_checkpoint_complete(controller_dir: Path, params: np.ndarray) -> None:
     """Refuse a run whose last evolution checkpoint was cut short: its CMA-ES state (written first) names
     another controller than its ``params.npz`` (a kill between the two writes). Shipping that pair would
-    send out a controller with the state of the next generation."""
+    send out a controller with the state of the next generation. (A CMA-ES state from before checkpoints
+    kept their parameters names none: nothing to compare.)"""
     if not (controller_dir / CMA_STATE).exists():
         return
-    try:
-        _, state, saved, _ = _load_es(controller_dir, None)
-    except ArtifactError:  # a bare CMA-ES from before checkpoints kept their parameters: nothing to compare
-        return
+    state = read_json(controller_dir / STATE, "evolution state") if (controller_dir / STATE).exists() else None
+    _, state, saved, _ = _load_es(controller_dir, state)  # a damaged state is refused, not shipped
     if saved is not None and params_sha256(saved) != params_sha256(params):
         raise ArtifactError(
             f"{controller_dir}: its last checkpoint was cut short (its CMA-ES state is of generation "

@@ -130,10 +130,11 @@ def test_an_episode_of_the_wrong_shapes_is_an_episode_error(tiny_data, tmp_path)
     """Readable arrays of other shapes (a scalar action, several seeds) are explained, not a TypeError."""
     with np.load(list_episodes(tiny_data)[0]) as f:
         arrays = dict(f)
-    for name, changed in (("action", np.float32(0.5)), ("seed", np.array([1, 2]))):
+    for name, changed in (("action", np.float32(0.5)), ("seed", np.array([1, 2])), ("seed", np.array("x")),
+                          ("seed", np.float64("nan"))):
         path = tmp_path / f"ep_{name}.npz"
         np.savez(path, **{**arrays, name: changed})
-        with pytest.raises(EpisodeError, match="expected \\(T, 3\\) and one number"):
+        with pytest.raises(EpisodeError, match="expected \\(T, 3\\) and one integer"):
             load_episode(path)
 
 

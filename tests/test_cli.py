@@ -1,6 +1,7 @@
 """The whole pipeline through ``python -m core`` on tiny settings, and resuming after ``kill -9``."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,14 +148,17 @@ def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path, signum)
     for part in ("vae", "rnn"):
         shutil.copytree(tiny_world_model / part, run / part)
     args = ["evolve", "--run-dir", str(run), "--generations", "50", "--popsize", "4", "--rollouts", "1",
-            "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env", TEST_ENV, "--quiet"]
+            "--max-steps", "15", "--eval-every", "0", "--workers", "2", "--env", TEST_ENV, "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     state = run / "controller" / "state.json"
     deadline = time.monotonic() + 120
     while _state(state, "generation") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signum)
+    if signum == signal.SIGINT:  # Ctrl-C in a terminal reaches the whole process group
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"{signal.Signals(signum).name}: stopping after the current step" in err and "stopped cleanly" in err
@@ -247,6 +251,10 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
                         max_steps=20, eval_every=1, eval_episodes=1, fresh_tracks=False, workers=1, env=TEST_ENV))
     last = json.loads((fixed / "controller" / "history.jsonl").read_text().splitlines()[-1])
     assert "eval_start" in last and json.loads((fixed / "controller" / "state.json").read_text())["best_eval"] < 1e9
+    evolve(EvolveConfig(run_dir=str(fixed), generations=state["generation"] + 2, popsize=4, rollouts=1,
+                        max_steps=20, eval_every=1, eval_episodes=1, fresh_tracks=False, workers=1, env=TEST_ENV))
+    last = json.loads((fixed / "controller" / "history.jsonl").read_text().splitlines()[-1])
+    assert "eval_start" not in last  # once per change of V or M, not at every resume
     # The iterative step: a new evolution on the new V and M from the old controller ships that one until
     # its first periodic evaluation, and generations run meanwhile do not make it the new V and M's.
     step = tmp_path / "step"
