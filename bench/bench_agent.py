@@ -12,8 +12,8 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one core per agent, as in a rollout worker
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    os.environ.setdefault(_var, "1")  # one core per agent, as in a rollout worker (before NumPy and TF load)
 
 import numpy as np  # noqa: E402
 

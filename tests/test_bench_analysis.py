@@ -45,3 +45,14 @@ def test_without_noise_both_gates_keep_the_best_controller_and_with_it_fresh_tra
     for fresh in (False, True):
         r = gate.simulate(fresh, 1.0, 50, np.random.default_rng(0))
         assert r["worse"] == 0 and r["gap"] > 0  # every better challenger passes, no worse one does
+
+
+def test_each_benchmark_section_runs_in_an_interpreter_of_its_own():
+    """A section's import-time settings (the agent's one BLAS thread) must take effect before NumPy loads
+    and must not reach the next section: each runs in a fresh interpreter, and a failing one is reported
+    in its place rather than stopping the others."""
+    from bench.run_all import run_section
+    section = run_section("bench.bench_gate", quick=True)
+    assert section.startswith("## Keeping a controller") and "| margin" in section
+    failed = run_section("bench.no_such_bench", quick=True)
+    assert failed.startswith("## bench.no_such_bench\n\nFailed (exit code 1)") and "No module named" in failed
