@@ -59,8 +59,8 @@ def serve(port: int, with_ai: bool) -> None:
     from core.race_server import race_routes
 
     config = RaceConfig(countdown_s=0.0, resume_countdown_s=0.0, max_races=len(PLAN), max_steps=1000)
-    registry = RaceRegistry(config, board_path=Path(tempfile.mkdtemp()) / "bench.sqlite3",
-                            agent_loader=_random_agent_loader)
+    board = tempfile.TemporaryDirectory(prefix="bench-race-")  # removed when the server stops
+    registry = RaceRegistry(config, board_path=Path(board.name) / "bench.sqlite3", agent_loader=_random_agent_loader)
     tokens = {}
     for i, role in enumerate(PLAN):
         if role == VERSUS and not with_ai:
@@ -70,8 +70,9 @@ def serve(port: int, with_ai: bool) -> None:
         tokens.setdefault(role, []).append(session.token)
     env = type(session.drivers[0].env.unwrapped).__name__
     print(json.dumps({"tokens": tokens, "env": env}), flush=True)
-    uvicorn.run(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port, log_level="warning",
-                ws="websockets-sansio", ws_per_message_deflate=False)
+    with board:
+        uvicorn.run(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port, log_level="warning",
+                    ws="websockets-sansio", ws_per_message_deflate=False)
 
 
 def _free_port() -> int:
@@ -181,11 +182,14 @@ def run(quick: bool = False) -> str:
     cmd = [sys.executable, "-m", "bench.bench_race", "--serve", str(port)] + ([] if with_ai else ["--no-ai"])
     # No OMP/OPENBLAS thread limits here: the app's server has none either (core.race limits BLAS itself).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", SDL_VIDEODRIVER="dummy")
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    errors = tempfile.TemporaryFile(mode="w+")  # the server's stderr, shown if it fails to start
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
         line = server.stdout.readline()
         if not line:
-            raise RuntimeError("the race server did not start")
+            server.wait(10)
+            errors.seek(0)
+            raise RuntimeError(f"the race server did not start:\n{errors.read()[-3000:]}")
         info = json.loads(line)
         url = f"ws://127.0.0.1:{port}/api/race/ws"
         deadline = time.monotonic() + 30
@@ -200,7 +204,12 @@ def run(quick: bool = False) -> str:
         r = _measure(url, info["tokens"], quick)
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        errors.close()
     lat = sorted(1000 * x for x in r["latency"])
     median = statistics.median(lat)
     p95 = lat[int(0.95 * (len(lat) - 1))]

@@ -1,6 +1,6 @@
 """Run every benchmark and write BENCHMARKS.md.
 
-    python -m bench.run_all [--quick] [--slow] [--out BENCHMARKS.md]
+    python -m bench.run_all [--quick] [--slow] [--out FILE]
 
 Each module in SECTIONS and SLOW_SECTIONS exposes ``run(quick) -> str`` (a Markdown section), and each
 runs in a fresh interpreter of its own (``--section``): what a module sets as it is imported (one BLAS and
@@ -54,9 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs, rougher figures")
     parser.add_argument("--slow", action="store_true", help="also run the slow sections (about 20 minutes)")
-    parser.add_argument("--out", default="BENCHMARKS.md")
+    parser.add_argument("--out", help="default: BENCHMARKS.md, or with --quick bench-quick.md (rough figures "
+                                      "never replace the measured ones by accident)")
     parser.add_argument("--section", help="run this one module and write its section alone to --out")
     args = parser.parse_args()
+    args.out = args.out or ("bench-quick.md" if args.quick else "BENCHMARKS.md")
     if args.section:
         section = importlib.import_module(args.section).run(quick=args.quick)
         Path(args.out).write_text(section, encoding="utf-8")

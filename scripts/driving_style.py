@@ -101,12 +101,14 @@ def outcome_lines(rows: list[dict]) -> list[str]:
         for e in table]
 
 
-def gas_shift_leads(model_dir: str, seeds: list[int], shifts: list[float], env_kind: str, workers: int) -> list[str]:
-    """Lines of the paired lead of each gas-bias shift over the controller itself on ``seeds``."""
+def gas_shift_leads(model_dir: str, seeds: list[int], shifts: list[float], env_kind: str, workers: int,
+                    max_steps: int = 1000) -> list[str]:
+    """Lines of the paired lead of each gas-bias shift over the controller itself on ``seeds``, in episodes of
+    at most ``max_steps`` steps (those of the table)."""
     weights, params = load_world_model(model_dir)
     candidates = [params] + [params + np.eye(1, params.size, params.size + GAS_BIAS, np.float32)[0] * s
                              for s in shifts]
-    with RolloutPool(weights, RolloutSettings(env=env_kind), workers) as pool:
+    with RolloutPool(weights, RolloutSettings(env=env_kind, max_steps=max_steps), workers) as pool:
         returns, _ = episode_returns(pool, candidates, seeds)
     own = {"seeds": seeds, "returns": list(returns[0])}
     lines = [f"gas bias +0 (the controller): mean {returns[0].mean():.1f}"]
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(outcome_lines(rows)))
     if shifts:
         print()
-        print("\n".join(gas_shift_leads(args.model_dir, seeds, shifts, args.env, args.workers)))
+        print("\n".join(gas_shift_leads(args.model_dir, seeds, shifts, args.env, args.workers,
+                                         args.max_steps)))
     return 0
 
 
