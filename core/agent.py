@@ -1,7 +1,7 @@
 """The agent's per-step path in plain NumPy: V's encoder, one LSTM step of M, and C.
 
-Calling Keras once per env step costs 17 ms (eager) to 88 ms (``predict``) here; these NumPy mirrors of
-the trained weights cost well under a millisecond, so a rollout's time is the env's. ``tests/test_agent.py``
+Calling Keras once per env step costs 8-11 ms (eager) to 106-119 ms (``predict``; BENCHMARKS.md); these
+NumPy mirrors of the trained weights cost well under a millisecond, so a rollout's time is the env's. ``tests/test_agent.py``
 checks them against the Keras models.
 
 Weights travel as ``WorldModelWeights`` (a dict of float32 arrays), so worker processes never import
