@@ -63,16 +63,16 @@ def agent_step_costs(repeats: int) -> dict[str, float]:
     weights = extract_weights(vae, rnn)
     agent = Agent(weights, controller.get_params())
     costs = {
-        "Keras `predict`": median_time(lambda: keras_step(lambda m, x: m.predict(x, verbose=0)),
+        "Keras `predict`, excl. crop+resize": median_time(lambda: keras_step(lambda m, x: m.predict(x, verbose=0)),
                                        max(3, repeats // 20)),
-        "Keras eager `model(x)`": median_time(lambda: keras_step(lambda m, x: m(x)), max(5, repeats // 5)),
-        "`tf.function`": median_time(tf_function_step, repeats),
+        "Keras eager `model(x)`, excl. crop+resize": median_time(lambda: keras_step(lambda m, x: m(x)), max(5, repeats // 5)),
+        "`tf.function`, excl. crop+resize": median_time(tf_function_step, repeats),
         "this project (NumPy), incl. crop+resize": median_time(lambda: agent.act(obs), repeats),
     }
     for n in BATCHES:
         batch = Agent(weights, controller.get_params(), n_envs=n)
         frames = np.random.default_rng(3).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-        costs[f"this project (NumPy), batch of {n} envs, per env"] = median_time(
+        costs[f"this project (NumPy), batch of {n} envs, per env, excl. crop+resize"] = median_time(
             lambda: batch.act_frames(frames), max(10, repeats // n)) / n
     return {k: v * 1000 for k, v in costs.items()}
 
