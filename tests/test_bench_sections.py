@@ -1,0 +1,35 @@
+"""The benchmarks that time the app still run end to end (``--quick``, each in its own interpreter as
+``bench.run_all`` runs them) and write the sections BENCHMARKS.md is made of. The figures themselves are
+not checked here: timings belong to the benchmarks, not to tests."""
+
+import re
+
+import pytest
+
+from bench.run_all import run_section
+
+NUMBER = r"\d+(?:\.\d+)?"
+
+
+def rows(section: str) -> list[list[str]]:
+    """The cells of every Markdown table row that holds a number, header and rule rows left out."""
+    out = []
+    for line in section.splitlines():
+        if line.startswith("|") and not set(line) <= set("|-: ") and re.search(NUMBER, line):
+            out.append([cell.strip() for cell in line.strip("|").split("|")])
+    return out
+
+
+@pytest.mark.parametrize("name, heading, rows_at_least, summary", [
+    ("bench.bench_env", "## CarRacing env: stock vs FastCarRacing", 6, rf"Speed-up: \*\*{NUMBER}x\*\*"),
+    ("bench.bench_dream", "## Dream frame rate", 8, rf"Slowest way: \*\*{NUMBER} frames/s\*\*"),
+    ("bench.bench_race", "## Race streaming", 4, r"\| 4 races at once, frames/s per race \(min / mean\) \| "
+                                                 rf"{NUMBER} / {NUMBER}"),
+])
+def test_a_timing_benchmark_writes_its_section(name, heading, rows_at_least, summary):
+    section = run_section(name, quick=True)
+    assert not section.startswith(f"## {name}\n\nFailed"), section
+    assert section.startswith(heading)
+    assert len(rows(section)) >= rows_at_least, section
+    assert re.search(summary, section), section
+    assert not re.search(r"\bnan\b", section, re.IGNORECASE), section  # a figure that was never measured
