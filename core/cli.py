@@ -58,30 +58,48 @@ def _stage_function(stage: str) -> Callable:
     return record
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per dataclass field: ``--field-name``, typed, with its help, default and choices."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: bool = True) -> None:
+    """One flag per dataclass field: ``--field-name``, typed, with its help, default and choices
+    (``defaults=False``: a flag not given is left out of the parsed arguments)."""
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         help_text = f"{meta.get('help', '')} (default: {f.default})"
+        default = f.default if defaults else argparse.SUPPRESS
         if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
-        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=meta.get("choices"),
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
                             help=help_text, metavar=None if meta.get("choices") else kind.__name__.upper())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="World Models for CarRacing-v3: "
                                      "collect -> train-vae -> train-rnn -> evolve -> evaluate -> record.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage, cls in STAGES.items():
         p = sub.add_parser(stage, help=DESCRIPTIONS[stage], description=DESCRIPTIONS[stage])
-        add_config_flags(p, cls)
+        add_config_flags(p, cls, defaults)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def stage_values(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, Any], list[str]]:
+    """The parsed arguments, the stage config's values, and the settings a resumed evolution kept from its
+    saved config (those not given on the command line; abbreviated flags count as given)."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(STAGES[args.stage])}
+    kept: list[str] = []
+    if args.stage == "evolve":
+        from core.evolve import saved_settings
+        given = vars(build_parser(defaults=False).parse_args(argv))
+        for name, value in saved_settings(values["run_dir"]).items():
+            if name not in given and value != values[name]:
+                values[name] = value
+                kept.append(f"--{name.replace('_', '-')} {value}")
+    return args, values, kept
 
 
 def _summary(stage: str, result: dict) -> str:
@@ -129,15 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.artifacts import ArtifactError
     from core.progress import TerminalProgress
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    cls = STAGES[args.stage]
-    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
     try:
-        config = validate(cls(**values))
-    except ConfigError as e:
+        args, values, kept = stage_values(argv)
+        config = validate(STAGES[args.stage](**values))
+    except (ConfigError, ArtifactError, TypeError) as e:  # TypeError: a saved setting of the wrong kind
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if kept:
+        print(f"resuming {config.run_dir} with its saved settings: {', '.join(kept)} (a flag given changes one)",
+              file=sys.stderr)
     instant = ("compare", "snapshot")  # no progress bar for these
     bar = None if args.quiet or args.stage in instant else TerminalProgress(args.stage)
     stop = _install_stop_handlers()

@@ -28,6 +28,7 @@ draws the same candidates an uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import time
@@ -113,6 +114,23 @@ def update_average(average: Average | None, mean: np.ndarray, span: int) -> Aver
     avg, count = average
     count += 1
     return avg + (mean - avg) * max(1.0 / count, 2.0 / (span + 1)), count
+
+
+# What a resumed evolution does not take from its saved settings: where it runs and what this machine gives it.
+NOT_KEPT_ON_RESUME = ("run_dir", "workers")
+
+
+def saved_settings(run_dir: str | Path) -> dict:
+    """The settings of the evolution in ``<run_dir>/controller`` when it can be resumed (its CMA-ES state is
+    there): a resume keeps them unless told otherwise, so that resuming a run (or the shipped model's
+    evolution, copied into a run folder) does not fall back to the defaults' rollouts, evaluations and step
+    cap. ``{}`` when there is nothing to resume."""
+    out_dir = Path(run_dir) / "controller"
+    if not (out_dir / CMA_STATE).exists() or not (out_dir / "config.json").exists():
+        return {}
+    saved = read_json(out_dir / "config.json", "evolution config")
+    names = {f.name for f in dataclasses.fields(EvolveConfig)} - set(NOT_KEPT_ON_RESUME)
+    return {k: v for k, v in saved.items() if k in names}
 
 
 def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:

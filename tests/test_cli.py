@@ -99,8 +99,11 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     _kill_when(proc, lambda: _state(state, "generation") >= 2)
     killed_at = _state(state, "generation")
-    out = summary(cli(*args))
+    resumed = cli(*[a for a in args if a not in ("--eval-every", "0")])  # a setting left out is kept
+    out = summary(resumed)
     assert out["resumed_from"] == killed_at >= 2 and out["generation"] == 8
+    assert "with its saved settings: --eval-every 0" in resumed.stderr
+    assert read_json(run / "controller" / "config.json", "config")["eval_every"] == 0
     gens = [r["generation"] for r in read_history(run / "controller" / "history.jsonl")]
     assert gens == list(range(1, 9))
     import numpy as np
@@ -111,6 +114,29 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     proc = cli(*changed, "--no-diagonal", check=False)
     assert proc.returncode == 2 and "--popsize 4 -> 6" in proc.stderr and "--diagonal True -> False" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_resumed_evolution_keeps_its_saved_settings_unless_a_flag_changes_them(tmp_path):
+    from core.cli import stage_values
+    from core.config import EvolveConfig
+    controller = tmp_path / "run" / "controller"
+    controller.mkdir(parents=True)
+    saved = {"run_dir": "elsewhere", "workers": 48, "generations": 400, "rollouts": 4, "eval_every": 5,
+             "max_sigma": 0.015, "early_stop": True, "z_size": 32}
+    (controller / "config.json").write_text(json.dumps(saved))
+    run = str(tmp_path / "run")
+    # Without a CMA-ES state there is nothing to resume: the defaults hold.
+    assert stage_values(["evolve", "--run-dir", run])[1]["rollouts"] == EvolveConfig().rollouts
+    (controller / "cma_state.pkl").write_bytes(b"saved")
+    _, values, kept = stage_values(["evolve", "--run-dir", run])
+    assert (values["generations"], values["rollouts"], values["eval_every"], values["max_sigma"]) == (400, 4, 5, 0.015)
+    # Where it runs and how many workers this machine has are not the saved run's to decide.
+    assert values["run_dir"] == run and values["workers"] == EvolveConfig().workers
+    assert sorted(kept) == ["--eval-every 5", "--generations 400", "--max-sigma 0.015", "--rollouts 4"]
+    _, values, kept = stage_values(["evolve", "--run-dir", run, "--roll", "7", "--no-early-stop",
+                                    "--generations=500"])
+    assert (values["rollouts"], values["early_stop"], values["generations"], values["eval_every"]) == (7, False, 500, 5)
+    assert sorted(kept) == ["--eval-every 5", "--max-sigma 0.015"]
 
 
 @pytest.mark.parametrize("args, message", [
