@@ -107,8 +107,12 @@ def home() -> None:
                      f"{app_data.when(report.get('date'))}) belongs to an earlier controller; evaluate the "
                      "current one on the Evolve page.")
         elif report:
+            planned = (report.get("config") or {}).get("episodes")
+            stopped = (f"; an evaluation stopped after {report['episodes']} of {planned} tracks"
+                       if report.get("complete") is False and planned else "")
             score = (f" It scored **{report['mean']:.0f} ± {report['std']:.0f}** over {report['episodes']} "
-                     f"evaluation tracks ({report.get('env', '?')} env, {app_data.when(report.get('date'))}).")
+                     f"evaluation tracks ({report.get('env', '?')} env, {app_data.when(report.get('date'))}"
+                     f"{stopped}).")
         st.success(f"Dream and Race use {shipped} in `{default}/`.{score}")
         _how_it_learned(default, report)
     else:

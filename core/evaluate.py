@@ -94,9 +94,10 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
               "max_steps": config.max_steps, "held_out": config.first_seed >= EVAL_SEED_BASE}
     if source is not None:  # --params: which file, which array, which generation
         report["params_source"] = source
-    if not report["complete"] and _holds_complete_report(out, key):
-        # A stopped re-run of an evaluation that already finished: keep the finished report; the episodes
-        # of this run stay in the partial file, and the next run continues from them.
+    if not report["complete"] and _holds_complete_report(out):
+        # A stopped run never replaces a finished report (of this controller or an earlier one, which the
+        # pages mark as such): the episodes of this run stay in the partial file, and the next run continues
+        # from them.
         report["out"] = str(partial)
         return report
     atomic_write_json(out, report)
@@ -106,13 +107,13 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     return report
 
 
-def _holds_complete_report(path: Path, key: dict) -> bool:
-    """Whether ``path`` holds a finished evaluation of the same controller, V and M, env and step limit."""
+def _holds_complete_report(path: Path) -> bool:
+    """Whether ``path`` holds a finished evaluation (of any controller)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and data.get("complete") is True and all(data.get(k) == v for k, v in key.items())
+    return isinstance(data, dict) and data.get("complete") is True
 
 
 def _read_partial(path: Path, key: dict) -> dict[int, dict]:

@@ -411,6 +411,9 @@ def test_an_evaluation_of_an_earlier_controller_is_not_shown_as_the_current_scor
     stored = fresh_root / "models" / "controller" / "evaluation.json"
     stored.write_text(json.dumps({**report, "params_sha256": app_data.controller_sha256("models")}))
     assert "scored **512 ± 10**" in home(fresh_root).success[0].value
+    stored.write_text(json.dumps({**report, "params_sha256": app_data.controller_sha256("models"),
+                                  "complete": False, "config": {"episodes": 100}}))
+    assert "an evaluation stopped after 2 of 100 tracks" in home(fresh_root).success[0].value
 
     stored.write_text(json.dumps({**report, "params_sha256": "0" * 64}))  # evolution replaced C since
     at = home(fresh_root)

@@ -43,6 +43,13 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_world_model, tm
     resumed = evaluate(config)
     assert resumed["complete"] and resumed["returns"] == full["returns"]
 
+    # Nor does a stopped evaluation of the next controller replace the last finished score.
+    earlier = {**json.loads(finished), "params_sha256": "an earlier controller"}
+    out.write_text(json.dumps(earlier))
+    stopped = evaluate(config, lambda step, total, m: step < 1)
+    assert stopped["out"].endswith(".partial") and json.loads(out.read_text()) == earlier
+    assert evaluate(config)["complete"] and json.loads(out.read_text())["params_sha256"] == full["params_sha256"]
+
 
 def test_a_partial_evaluation_of_another_controller_is_not_reused(tiny_world_model, tmp_path):
     out = tmp_path / "eval.json"
