@@ -109,6 +109,20 @@ def read_json(path: Path | str, what: str = "file") -> Any:
         raise ArtifactError(f"{path}: {what} is corrupt ({e}); delete it and re-run the stage that makes it")
 
 
+def checked_config(cls: type, data: Any, path: Path | str, what: str) -> Any:
+    """A stage config saved beside an artifact (``data``, read from ``path``), rebuilt and checked: one that
+    does not fit this version (not an object, a field of the wrong kind, a value out of range) is an
+    ArtifactError naming the file rather than a traceback."""
+    from core.config import from_dict
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        return from_dict(cls, data)
+    except (ValueError, TypeError, AttributeError) as e:  # ConfigError is a ValueError
+        raise ArtifactError(f"{path}: {what} does not fit this version of the project ({e}); retrain that stage, "
+                            "or restore the file it came with") from None
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -96,7 +96,10 @@ def load_controller(controller_dir: Path | str, z_size: int | None = None, hidde
     if (z_size is not None and cz != z_size) or (hidden is not None and ch != hidden):
         raise ArtifactError(f"{path}: controller expects z = {cz}, h = {ch} but the world model has z = {z_size}, "
                             f"h = {hidden}; evolve a controller for this V and M")
-    return Controller(cz, ch, params)
+    try:
+        return Controller(cz, ch, params)
+    except ValueError as e:  # parameters of another size than its z and h call for
+        raise ArtifactError(f"{path}: {e}") from None
 
 
 def load_params_file(path: Path | str, z_size: int, hidden: int) -> tuple[np.ndarray, dict]:

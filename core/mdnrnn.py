@@ -23,9 +23,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json, hash_files,  # noqa: E402
-                            read_json, read_meta, write_meta)
-from core.config import RNNConfig, from_dict, to_dict, validate  # noqa: E402
+from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json, checked_config,  # noqa: E402
+                            hash_files, read_json, read_meta, write_meta)
+from core.config import RNNConfig, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.training import (check_config_matches, check_new_run, checkpoint_start, previous_metrics,  # noqa: E402
@@ -236,8 +236,11 @@ def load_rnn(rnn_dir: Path | str, expect_z: int | None = None) -> MDNRNN:
         raise ArtifactError(f"{rnn_dir}: no MDN-RNN weights ({WEIGHTS}); train one first (python -m core "
                             "train-rnn)")
     info = read_json(rnn_dir / "config.json", "MDN-RNN config")
-    config = from_dict(RNNConfig, info)
-    z_size = int(info.get("z_size", 0))
+    config = checked_config(RNNConfig, info, rnn_dir / "config.json", "MDN-RNN config")
+    z_size = info.get("z_size")
+    if not isinstance(z_size, int) or z_size < 1:
+        raise ArtifactError(f"{rnn_dir / 'config.json'}: MDN-RNN config has no z size (z_size: {z_size!r}); "
+                            "retrain it with python -m core train-rnn")
     if expect_z is not None and z_size != expect_z:
         raise ArtifactError(f"{rnn_dir}: MDN-RNN was trained on z = {z_size} but the VAE has z = {expect_z}; "
                             "retrain it with python -m core train-rnn on this VAE")

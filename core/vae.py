@@ -19,9 +19,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.artifacts import (ArtifactError, History, RunLock, atomic_write_json, hash_files, read_json,  # noqa: E402
-                            read_meta, write_meta)
-from core.config import VAEConfig, from_dict, to_dict, validate  # noqa: E402
+from core.artifacts import (ArtifactError, History, RunLock, atomic_write_json, checked_config, hash_files,  # noqa: E402
+                            read_json, read_meta, write_meta)
+from core.config import VAEConfig, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
@@ -145,7 +145,8 @@ def load_vae(vae_dir: Path | str, expect_z: int | None = None) -> ConvVAE:
     if not (vae_dir / WEIGHTS).exists():
         raise ArtifactError(f"{vae_dir}: no VAE weights ({WEIGHTS}); train one first "
                             f"(python -m core train-vae)")
-    config = from_dict(VAEConfig, read_json(vae_dir / "config.json", "VAE config"))
+    config = checked_config(VAEConfig, read_json(vae_dir / "config.json", "VAE config"), vae_dir / "config.json",
+                            "VAE config")
     if expect_z is not None and config.z_size != expect_z:
         raise ArtifactError(f"{vae_dir}: VAE has z = {config.z_size} but {expect_z} was expected; retrain "
                             "the later stages with this VAE or point to the matching one")

@@ -427,3 +427,26 @@ def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
     second = race.load_agent(str(model))
     assert sum(k == key for k in race._AGENT_CACHE) == 1 and race._AGENT_CACHE[key] is not cached
     assert np.allclose(second.controller.get_params(), first.controller.get_params() + 1.0)
+
+
+@pytest.mark.parametrize("part, damage", [
+    ("vae/config.json", lambda c: {**c, "z_size": "thirty-two"}),
+    ("vae/config.json", lambda c: [c]),
+    ("rnn/config.json", lambda c: {**c, "hidden": -4}),
+    ("rnn/config.json", lambda c: {k: v for k, v in c.items() if k != "z_size"}),
+    ("controller/params.npz", None),
+])
+def test_a_model_whose_files_do_not_fit_is_a_race_error_not_a_traceback(part, damage, tiny_world_model, tmp_path):
+    import json
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world_model, model)
+    path = model / part
+    if damage is None:  # parameters of another size than the z and h stored with them
+        with np.load(path) as f:
+            saved = dict(f)
+        np.savez(path, **{**saved, "params": saved["params"][:-1]})
+    else:
+        path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    with pytest.raises(race.RaceError, match=f"cannot be loaded: .*{part.split('/')[0]}"):
+        race.load_agent(str(model))
