@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import sqlite3
 import tempfile
 import threading
 import time
@@ -866,7 +867,7 @@ def render_video(run_ids: Sequence[int], board: Leaderboard | None = None,
         with tempfile.TemporaryDirectory(prefix="race-video-") as tmp:
             path = render_leaderboard_runs(board, run_ids, Path(tmp) / "race.mp4", on_progress=on_progress)
             return path.read_bytes()
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, sqlite3.Error, ValueError) as e:  # ValueError: a damaged action log
         raise RaceError(f"the video could not be made ({type(e).__name__}: {e})") from e
 
 

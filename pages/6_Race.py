@@ -112,8 +112,9 @@ else:
         run_ids = results["run_id"].tolist()
         if len(run_ids) > 1:  # both cars side by side, or one of them
             labels = dict(zip(run_ids, results["label"]))
-            pick = st.radio("Video of", [None, *run_ids], horizontal=True, key=f"{video_key}_who",
-                            format_func=lambda i: "Both, side by side" if i is None else labels[i])
+            # A select box shows names as typed (a radio's labels are Markdown: "**x**" would show bold).
+            pick = st.selectbox("Video of", [None, *run_ids], key=f"{video_key}_who",
+                                format_func=lambda i: "Both, side by side" if i is None else labels[i])
             run_ids = run_ids if pick is None else [pick]
         if st.button("Render the race as a video (MP4)"):
             try:

@@ -10,14 +10,20 @@ from core.leaderboard import Leaderboard, db_path, human_vs_ai_figure
 
 ALL_RUNS_SHOWN = 500  # rows of "All runs", best first
 
+
+
+def unreadable(e: Exception) -> None:
+    st.error(f"The leaderboard database `{db_path()}` cannot be read ({e}). Reload in a moment; if it stays, "
+             "move the file aside (the app starts a new one) or point WM_LEADERBOARD_DB at another.")
+    st.stop()
+
+
 st.title("Leaderboard")
 try:
     board = Leaderboard()
     tracks = board.tracks()
 except (sqlite3.Error, OSError) as e:  # locked for long, unreadable, or not a database
-    st.error(f"The leaderboard database `{db_path()}` cannot be read ({e}). Reload in a moment; if it stays, "
-             "move the file aside (the app starts a new one) or point WM_LEADERBOARD_DB at another.")
-    st.stop()
+    unreadable(e)
 if not tracks:
     st.info("No runs yet. Drive one on the Race page: it shows up here when it ends.")
     st.stop()
@@ -29,8 +35,12 @@ who = who_col.radio("Drivers", ["Everyone", "People", "AI"], horizontal=True, ke
 view = view_col.radio("Show", ["Best per player", "All runs"], horizontal=True, key="leaderboard.view")
 kind = {"Everyone": None, "People": "human", "AI": "ai"}[who]
 
-runs = (board.best_per_player(track, kind) if view == "Best per player"
-        else board.runs(track, kind, limit=ALL_RUNS_SHOWN))
+try:  # a database damaged past its index reads its tracks and fails here
+    runs = (board.best_per_player(track, kind) if view == "Best per player"
+            else board.runs(track, kind, limit=ALL_RUNS_SHOWN))
+    figure = human_vs_ai_figure(board, track)
+except (sqlite3.Error, OSError) as e:
+    unreadable(e)
 columns = {"player": "player", "kind": "driver", "model": "AI model", "seed": "track",
            "score": st.column_config.NumberColumn("score", format="%.1f"), "tiles": "tiles",
            "total_tiles": "of tiles", "steps": "steps", "outcome": "outcome",
@@ -41,7 +51,6 @@ st.dataframe(runs[[c for c in columns if c in runs.columns]], column_config=colu
 if view == "All runs" and len(runs) == ALL_RUNS_SHOWN:
     st.caption(f"The best {ALL_RUNS_SHOWN} runs; pick a track or a kind of driver to see others.")
 
-figure = human_vs_ai_figure(board, track)
 if figure.data and any(len(trace.x) for trace in figure.data):
     st.plotly_chart(figure)
 else:

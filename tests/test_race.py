@@ -370,6 +370,12 @@ def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
     monkeypatch.setattr(race, "render_runs_mp4", disk_full)
     with pytest.raises(RaceError, match="could not be made.*No space left"):
         race.render_video([a], board)
+    # A stored action log that no longer reads as one (a damaged blob) is explained the same way.
+    monkeypatch.undo()
+    with board._connect() as db:
+        db.execute("UPDATE runs SET actions = ? WHERE id = ?", (b"\x01\x02", a))
+    with pytest.raises(RaceError, match="could not be made"):
+        race.render_video([a], board)
 
 
 def test_the_trained_agent_races(tiny_world_model, tmp_path):

@@ -166,20 +166,21 @@ def page_of_finished_race(registry, owner: str) -> AppTest:
 
 def test_a_race_against_the_ai_renders_either_car_or_both(registry, tiny_world_model):
     owner = "0123456789abcdef"
-    session = registry.create(owner=owner, player="Ann", seed=5, mode="vs_ai", model_dir=str(tiny_world_model))
+    session = registry.create(owner=owner, player="**Ann**", seed=5, mode="vs_ai", model_dir=str(tiny_world_model))
     while not session.finished:
         session.set_keys(KEY_GAS)
         session.tick()
     at = page_of_finished_race(registry, owner)
     assert at.dataframe[0].value["kind"].tolist() == ["human", "ai"]
-    who = next(r for r in at.radio if r.label == "Video of")
+    who = next(r for r in at.selectbox if r.label == "Video of")
     assert len(who.options) == 3 and who.options[0] == "Both, side by side"
+    assert who.options[1].startswith("**Ann**")  # shown as typed, in a widget that does not render Markdown
     ai_run = int(at.dataframe[0].value["run_id"].iloc[1])
     who.set_value(ai_run)
     next(b for b in at.button if "video" in b.label).click().run()
     assert not at.exception
     one = at.get("video")[0]
-    who = next(r for r in at.radio if r.label == "Video of")
+    who = next(r for r in at.selectbox if r.label == "Video of")
     who.set_value(None)
     next(b for b in at.button if "video" in b.label).click().run()
     assert not at.exception and at.get("download_button")
@@ -202,3 +203,16 @@ def test_a_leaderboard_file_that_is_not_a_database_is_explained(registry, tmp_pa
     at = AppTest.from_file(str(ROOT / "pages" / "7_Leaderboard.py"), default_timeout=60).run()
     assert not at.exception
     assert any("cannot be read" in m and "WM_LEADERBOARD_DB" in m for m in messages(at, "error"))
+
+
+def test_a_leaderboard_damaged_past_its_track_index_is_explained(registry, monkeypatch):
+    """``tracks()`` reads only the seed index; a table damaged beyond it fails on the next reads."""
+    import sqlite3
+    add(Leaderboard(), "Ann", "human", 4, 50.0)
+
+    def malformed(*args, **kwargs):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+    monkeypatch.setattr(Leaderboard, "best_per_player", malformed)
+    at = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
+    assert not at.exception and not at.dataframe
+    assert any("cannot be read (database disk image is malformed)" in m for m in messages(at, "error"))
