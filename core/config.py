@@ -132,8 +132,8 @@ class VAEConfig:
                           "(e.g. random and controller-driven episodes)", path=True)
     run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder; the VAE goes to <run_dir>/vae", path=True)
     z_size: int = param(32, "latent size z (paper: 32)", minimum=1, maximum=1024)
-    epochs: int = param(10, "passes over the training frames", minimum=1)
-    batch_size: int = param(100, "frames per batch (paper: 100)", minimum=1)
+    epochs: int = param(10, "passes over the training frames", minimum=1, maximum=10_000)
+    batch_size: int = param(100, "frames per batch (paper: 100)", minimum=1, maximum=4096)
     learning_rate: float = param(1e-4, "Adam learning rate (paper: 1e-4)", minimum=0.0, above_minimum=True)
     kl_tolerance: float = param(0.5, "KL is clamped below kl_tolerance * z_size nats (paper: 0.5)", minimum=0.0)
     holdout: float = param(0.05, "fraction of episodes held out to measure generalisation", minimum=0.0,
@@ -142,7 +142,7 @@ class VAEConfig:
     frame_stride: int = param(1, "use every k-th frame of each episode (neighbouring frames are alike)",
                               minimum=1)
     shuffle_buffer: int = param(20000, "frames in the streaming shuffle buffer (memory: 12 KiB each)",
-                                minimum=1)
+                                minimum=1, maximum=1_000_000)
     checkpoint_every: int = param(500, "batches between checkpoints", minimum=1)
     seed: int = param(0, "random seed of weights, shuffling and sampling", minimum=0, maximum=MAX_SEED)
     on_corrupt: str = param("skip", "a corrupt episode file: skip it with a warning, or stop",
@@ -168,8 +168,8 @@ class RNNConfig:
     mixtures: int = param(5, "Gaussians per latent dimension (paper: 5)", minimum=1, maximum=64)
     seq_len: int = param(100, "steps per training sequence (paper: 999; shorter trains faster on a CPU)",
                          minimum=2, maximum=1000)
-    batch_size: int = param(32, "sequences per batch (paper: 100)", minimum=1)
-    epochs: int = param(20, "passes over the training sequences", minimum=1)
+    batch_size: int = param(32, "sequences per batch (paper: 100)", minimum=1, maximum=4096)
+    epochs: int = param(20, "passes over the training sequences", minimum=1, maximum=10_000)
     learning_rate: float = param(1e-3, "Adam learning rate (paper: 1e-3)", minimum=0.0, above_minimum=True)
     grad_clip: float = param(1.0, "gradient norm clip (paper: 1.0)", minimum=0.0)
     reward_weight: float = param(1.0, "weight of the next-reward MSE in the loss", minimum=0.0)
@@ -205,10 +205,11 @@ class EvolveConfig:
 
     run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder: reads vae/ and rnn/, writes controller/",
                          path=True)
-    generations: int = param(100, "CMA-ES generations to reach (paper: ~1800)", minimum=1)
+    generations: int = param(100, "CMA-ES generations to reach (paper: ~1800)", minimum=1, maximum=100_000)
     popsize: int = param(16, "candidates per generation (paper: 64; 16 keeps a generation short on "
-                              "2 cores)", minimum=2)
-    rollouts: int = param(2, "episodes per candidate, fitness is their mean (paper: 16)", minimum=1)
+                              "2 cores)", minimum=2, maximum=1024)
+    rollouts: int = param(2, "episodes per candidate, fitness is their mean (paper: 16)", minimum=1,
+                          maximum=256)
     sigma0: float = param(0.1, "initial CMA-ES step size (paper: 0.1)", minimum=1e-6)
     max_sigma: float = param(0.0, "cap on the CMA-ES step of every parameter (sigma times its spread), applied "
                                   "every generation, a resumed run's too (0 = none): with noisy fitness the "
@@ -221,7 +222,7 @@ class EvolveConfig:
     early_stop: bool = param(True, "end a rollout early once it cannot recover (off the track for "
                                    "early_stop_steps steps)")
     early_stop_steps: int = param(50, "steps in a row with negative reward after which a rollout ends",
-                                  minimum=1)
+                                  minimum=1, maximum=1000)
     eval_every: int = param(10, "generations between evaluations of the CMA-ES mean (0 = never)",
                             minimum=0)
     eval_episodes: int = param(8, "episodes of each periodic evaluation", minimum=1, maximum=MAX_TEST_TRACKS)
@@ -257,7 +258,8 @@ class EvaluateConfig:
 
     model_dir: str = param(SHIPPED_MODEL_DIR, "world-model folder holding vae/, rnn/ and controller/",
                            path=True)
-    episodes: int = param(100, "episodes, on track seeds first_seed, first_seed + 1, ...", minimum=1)
+    episodes: int = param(100, "episodes, on track seeds first_seed, first_seed + 1, ...", minimum=1,
+                          maximum=100_000)
     first_seed: int = param(EVAL_SEED_BASE, "track seed of the first episode (the documented list "
                                              "starts at 1000000)", minimum=0)
     max_steps: int = param(1000, "env steps per episode at most", minimum=1, maximum=1000)
