@@ -71,6 +71,33 @@ _USER_ERRORS = ("ArtifactError", "ConfigError", "EpisodeError", "NoDataError", "
                 "NotADirectoryError", "PermissionError")
 
 
+class JobConflict(JobAlreadyRunning):
+    """An active job of another stage trains a V or M that this one reads, or reads the V or M this one
+    would train: run one after the other, or the reader sees weights change under it."""
+
+    def __init__(self, job: "Job", folder: str, writes: bool):
+        RuntimeError.__init__(self, f"the running {STAGE_TITLES.get(job.stage, job.stage)} job (job {job.id}) "
+                                    f"{'trains' if writes else 'reads'} `{folder}`, which this one "
+                                    f"{'reads' if writes else 'would train'}; wait for it to end or stop it "
+                                    "first")
+        self.job = job
+
+
+def world_model_inputs(stage: str, config: Mapping[str, Any]) -> set[str]:
+    """The V and M folders (``<run>/vae``, ``<run>/rnn``) a stage reads, normalised. Controllers are left out:
+    evaluate and record read a controller once at their start, so they may run beside its evolution."""
+    if stage == "train-rnn":
+        folders = [Path(config["run_dir"]) / "vae"]
+    elif stage == "evolve":
+        folders = [Path(config["run_dir"]) / part for part in ("vae", "rnn")]
+    elif (stage in ("evaluate",) or (stage == "record" and not config.get("actions"))
+          or (stage == "collect" and config.get("policy") == "controller")):
+        folders = [Path(config["model_dir"]) / part for part in ("vae", "rnn")]
+    else:
+        folders = []
+    return {os.path.normpath(f) for f in folders}
+
+
 def out_dir_of(stage: str, config: Mapping[str, Any]) -> str:
     """The folder a stage writes, from its config dict."""
     if stage == "collect":
@@ -321,7 +348,8 @@ class JobRegistry:
     def start(self, stage: str, config: Any) -> Job:
         """Validate ``config`` (a stage config dataclass) and run its stage in a child process.
 
-        Raises ``ConfigError`` for a bad value and ``JobAlreadyRunning`` when this stage has an active job.
+        Raises ``ConfigError`` for a bad value, ``JobAlreadyRunning`` when this stage has an active job, and
+        ``JobConflict`` when an active job trains a V or M this one reads, or reads the one it would train.
         """
         from core.config import STAGES, to_dict, validate
         if stage not in STAGE_FUNCTIONS:
@@ -334,8 +362,14 @@ class JobRegistry:
             running = next((j for j in self._jobs.values() if j.stage == stage and j.active), None)
             if running is not None:
                 raise JobAlreadyRunning(running)
-            job = Job(id=uuid.uuid4().hex[:8], stage=stage, config=config_dict,
-                      out_dir=out_dir_of(stage, config_dict))
+            out_dir = out_dir_of(stage, config_dict)
+            reads = world_model_inputs(stage, config_dict)
+            for other in (j for j in self._jobs.values() if j.active):
+                if os.path.normpath(other.out_dir) in reads:
+                    raise JobConflict(other, other.out_dir, writes=True)
+                if os.path.normpath(out_dir) in world_model_inputs(other.stage, other.config):
+                    raise JobConflict(other, out_dir, writes=False)
+            job = Job(id=uuid.uuid4().hex[:8], stage=stage, config=config_dict, out_dir=out_dir)
             self._jobs[job.id] = job
         try:
             self._launch(job)

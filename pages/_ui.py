@@ -14,7 +14,7 @@ import streamlit as st
 from core import app_data, jobs
 from core.artifacts import ArtifactError
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
-from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobRegistry, out_dir_of
+from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobConflict, JobRegistry, out_dir_of
 from core.laps import MEANINGS
 
 PAGES = {  # stage -> the page that runs it
@@ -63,6 +63,10 @@ def start_job(stage: str, config: Any) -> None:
     """Start ``stage`` with ``config`` and remember the job's id in this session; explain a refusal."""
     try:
         job = registry().start(stage, config)
+    except JobConflict as e:
+        st.warning(f"Not started: {e}.")
+        page_link(e.job.stage, f"Go to the running {e.job.title} job")
+        return
     except JobAlreadyRunning as e:
         st.warning(f"{e}. It is shown below; stop it first to start another.")
         page_link(e.job.stage, f"Go to the running {e.job.title} job")

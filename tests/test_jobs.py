@@ -156,3 +156,27 @@ def test_a_job_whose_server_is_gone_stops_cleanly_at_a_checkpoint(tmp_path, tiny
     assert proc.wait(120) == 0
     meta = read_json(tmp_path / "run" / "vae" / "meta.json")
     assert meta["metrics"]["complete"] is False and meta["metrics"]["step"] >= 1
+
+
+def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
+    """M encoded with a V still training (or an evolution whose V changes under it) would record weights it
+    never used: such jobs run one after the other. Evaluations beside an evolution are fine."""
+    from core.config import EvaluateConfig, EvolveConfig, RNNConfig
+    from core.jobs import Job, JobConflict, world_model_inputs
+    vae = Job(id="vae", stage="train-vae", config=to_dict(VAEConfig(run_dir="runs")), out_dir="runs/vae",
+              status="running")
+    registry._jobs[vae.id] = vae
+    with pytest.raises(JobConflict, match="trains `runs/vae`, which this one reads") as refused:
+        registry.start("train-rnn", RNNConfig(run_dir="runs/"))
+    assert refused.value.job is vae
+    with pytest.raises(JobConflict):
+        registry.start("evaluate", EvaluateConfig(model_dir="runs"))
+    vae.status = "done"
+    evolve = Job(id="evo", stage="evolve", config=to_dict(EvolveConfig(run_dir="runs")), out_dir="runs/controller",
+                 status="running")
+    registry._jobs[evolve.id] = evolve
+    with pytest.raises(JobConflict, match="reads `runs/vae`, which this one would train"):
+        registry.start("train-vae", VAEConfig(run_dir="runs"))
+    assert world_model_inputs("evaluate", to_dict(EvaluateConfig(model_dir="runs"))) == {"runs/vae", "runs/rnn"}
+    assert world_model_inputs("train-vae", to_dict(VAEConfig(run_dir="runs2"))) == set()  # reads only data
+    assert registry.active("train-vae") is None and registry.active("train-rnn") is None
