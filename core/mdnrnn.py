@@ -259,6 +259,11 @@ def train_rnn(config: RNNConfig, on_progress: ProgressCallback = keep_going) -> 
         return _train_rnn(config, on_progress)
 
 
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     from core.vae import WEIGHTS as VAE_WEIGHTS
     from core.vae import load_vae
@@ -266,7 +271,12 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     out_dir = config.out_dir
     start = check_new_run(out_dir, WEIGHTS, config.init_from, "MDN-RNN",
                           {"hidden": config.hidden, "mixtures": config.mixtures})
+    vae_file = config.vae_dir / VAE_WEIGHTS
+    vae_sha256 = _file_sha256(vae_file) if vae_file.exists() else None  # of the V loaded: hashed around it
     vae = load_vae(config.vae_dir)
+    if _file_sha256(vae_file) != vae_sha256:
+        raise ArtifactError(f"{vae_file} changed while it was being loaded (is V still training?); train M once "
+                            "V's training has ended")
     z_size = vae.z_size
     if start and start.get("z_size") != z_size:  # no flag of M's changes z: it is V's
         raise ArtifactError(f"--init-from {config.init_from}: that MDN-RNN was trained on z = {start.get('z_size')}, "
@@ -277,9 +287,6 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     check_config_matches(out_dir, artifact_config, ("z_size", "hidden", "mixtures"), "MDN-RNN")
     paths = usable_episodes(config.data_dir, config.on_corrupt, config.max_episodes, min_steps=2)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vae_file = config.vae_dir / VAE_WEIGHTS
-    with open(vae_file, "rb") as f:
-        vae_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     before = checkpoint_state(out_dir)  # of the run being resumed, if any
     trained_on = before.get("vae_sha256")
     if trained_on and trained_on != vae_sha256:

@@ -398,3 +398,21 @@ def test_starting_from_weights_of_another_size_says_which_flag_fits(trained, tin
     with pytest.raises(ArtifactError, match="that VAE has z_size = 8; give --z-size 8 to start from it"):
         train_vae(vae_config(tiny_data, tmp_path / "run", z_size=16, init_from=str(trained / "vae")))
     assert not list((tmp_path / "run" / "vae").glob("*.json"))  # refused before anything was written
+
+
+def test_an_mdn_rnn_refuses_a_v_rewritten_while_it_loads(trained, tiny_data, tmp_path, monkeypatch):
+    """The V whose codes M learns is the one its checkpoint names: a V checkpointed by a training still going
+    as M loads it would be recorded under the next V's hash."""
+    import core.vae
+    run = copy_run(trained, tmp_path, parts=("vae",))
+    load = core.vae.load_vae
+
+    def load_while_training(vae_dir, *args, **kwargs):
+        model = load(vae_dir, *args, **kwargs)
+        with open(run / "vae" / VAE_WEIGHTS, "ab") as f:  # the training's next checkpoint lands meanwhile
+            f.write(b"\0")
+        return model
+    monkeypatch.setattr(core.vae, "load_vae", load_while_training)
+    with pytest.raises(ArtifactError, match="changed while it was being loaded"):
+        train_rnn(rnn_config(tiny_data, run))
+    assert not list((run / "rnn").rglob("*.h5")) and not (run / "rnn" / "history.jsonl").exists()  # nothing trained
