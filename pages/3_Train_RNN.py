@@ -45,7 +45,8 @@ st.caption("M is fed the real past and asked for the next frame: its most likely
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def predictions(run_dir: str, versions: tuple, episode: str, start: int, count: int) -> dict:
+def predictions(run_dir: str, versions: tuple, episode: str, episode_version: float, start: int,
+                count: int) -> dict:
     model = _ui.load_world_model(run_dir, with_controller=False)
     return one_step_predictions(model, load_episode(episode), start=start, count=count)
 
@@ -91,7 +92,7 @@ def prediction_view() -> None:
     start = cols[1].slider("From step", 0, steps - 8, min(200, steps - 8), key="rnn.pred_start")
     versions = (parts["vae"]["updated"], parts["rnn"]["updated"])
     try:
-        out = predictions(run_dir, versions, str(path), int(start), 8)
+        out = predictions(run_dir, versions, str(path), app_data.mtime(path), int(start), 8)
     except Exception as e:  # M and V that do not fit together, a file being replaced: say so
         st.error(f"Could not predict with the model in `{run_dir}/`: {e}")
         return

@@ -488,6 +488,25 @@ def test_rnn_predictions_do_not_reread_the_episode_each_refresh(app, monkeypatch
     assert loads == []
 
 
+def test_rnn_predictions_follow_an_episode_collected_again_under_the_same_name(fresh_root, monkeypatch):
+    import os
+
+    import core.dataset
+    at = open_page(home(fresh_root), "3_Train_RNN.py")
+    episode = sorted((fresh_root / "data" / "rollouts").glob("ep_*.npz"))[0]
+    with np.load(episode) as f:
+        other = {k: (255 - f[k]) if k == "obs" else f[k] for k in f.files}
+    np.savez(episode, **other)
+    later = os.stat(episode).st_mtime + 5
+    os.utime(episode, (later, later))
+    loads = []
+    real_load = core.dataset.load_episode
+    monkeypatch.setattr(core.dataset, "load_episode", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
+    at.run()
+    assert not at.exception and any("M's prediction" in c for img in at.get("image") for c in img.captions)
+    assert loads.count(str(episode)) >= 2, "the old episode's predictions were shown"  # its steps, its predictions
+
+
 def test_dream_caption_gives_the_rate_the_animation_plays_at(app):
     at = open_page(app, "5_Dream.py")
     assert "25 frames a second" in at.get("image")[0].captions[0]
