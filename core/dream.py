@@ -11,6 +11,7 @@ the real env and in the dream side by side, and animated GIFs of frame sequences
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class WorldModel:
         self.vae = vae
         self.w = weights
         self.controller = controller
+        self.controller_error: str | None = None  # why a controller beside V and M was left out
         self.source = source
         self.z_size = int(weights["mu_w"].shape[1])
         self.hidden = int(weights["lstm_recurrent"].shape[0])
@@ -70,6 +72,12 @@ class WorldModel:
         if with_controller and (model_dir / "controller" / "params.npz").exists():
             controller = load_controller(model_dir / "controller", vae.z_size, rnn.hidden)
         return cls(vae, weights, controller, str(model_dir))
+
+    def with_controller(self, controller: Controller | None, error: str | None = None) -> "WorldModel":
+        """This V and M (shared, not copied) with another controller, or none and ``error`` saying why."""
+        other = copy.copy(self)
+        other.controller, other.controller_error = controller, error
+        return other
 
     def encode(self, frames: np.ndarray, batch: int = 128) -> np.ndarray:
         """uint8 (N, 64, 64, 3) frames -> float32 (N, z_size), ``batch`` frames at a time: a whole episode at

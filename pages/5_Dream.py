@@ -50,15 +50,19 @@ def new_dream(start: str, episode: str | None, step: int, seed: int) -> Dream:
         except EpisodeError as e:
             st.error(f"{e}. This dream starts from a random z instead; pick another episode for a real start.")
     st.session_state["dream"] = dream
-    st.session_state["dream.key"] = (model_dir, id(model))
+    st.session_state["dream.key"] = (model_dir, id(model.w))
     play(dream.frames(), dream_captions(dream), loop=False)
     return dream
 
 
 mode = st.segmented_control("Who drives", ["You", "The controller", "Real vs dream"], default="You",
                             key="dream.mode", required=True)
+if model.controller_error:
+    st.warning(f"The controller in `{model_dir}/` cannot drive these V and M ({model.controller_error}); you can "
+               "steer the dream yourself, or let a random driver run it beside the real env.")
 if mode == "The controller" and model.controller is None:
-    st.warning(f"`{model_dir}/` has no controller yet (evolve one on the Evolve page); you can steer yourself.")
+    if not model.controller_error:
+        st.warning(f"`{model_dir}/` has no controller yet (evolve one on the Evolve page); you can steer yourself.")
     mode = "You"
 
 if mode in ("You", "The controller"):
@@ -77,9 +81,10 @@ if mode in ("You", "The controller"):
         if st.button("New dream", icon=":material/refresh:", key="dream.new"):
             new_dream(start if episodes else "random", episode, int(step), int(seed))
     dream = st.session_state.get("dream")
-    if dream is None or st.session_state.get("dream.key") != (model_dir, id(model)):  # another model: start over
+    if dream is None or st.session_state.get("dream.key") != (model_dir, id(model.w)):  # other V or M: start over
         dream = new_dream(start if episodes else "random", episode if episodes else None, int(step), int(seed))
     dream.tau = tau
+    dream.model = model  # the same V and M; C as evolved by now
 
 
 @st.fragment
@@ -162,9 +167,9 @@ def real_vs_dream() -> None:
         frames = hstack(upscale(out["real"]), upscale(out["dream"]))
         st.session_state["dream.sbs"] = {"gif": gif(with_captions(frames, captions), fps=fps, loop=True),
                                          "real": real_total.tolist(), "dream": dream_total.tolist(),
-                                         "done": out["done_prob"].tolist(), "model": (model_dir, id(model))}
+                                         "done": out["done_prob"].tolist(), "model": (model_dir, id(model.w))}
     result = st.session_state.get("dream.sbs")
-    if result and result.get("model") == (model_dir, id(model)):  # not another model's, nor a reloaded one's
+    if result and result.get("model") == (model_dir, id(model.w)):  # not another V and M's, nor reloaded ones
         cols = st.columns([1, 1])
         cols[0].image(result["gif"], caption="Left: the real env. Right: the dream, on the same actions.")
         with cols[1]:

@@ -380,14 +380,30 @@ def load_vae(vae_dir: str):
 
 
 @st.cache_resource(show_spinner="Loading the world model…", max_entries=4)
-def _world_model(path: str, versions: tuple, with_controller: bool):
+def _world_model(path: str, versions: tuple):
     from core.dream import WorldModel
-    return WorldModel.load(path, with_controller=with_controller)
+    return WorldModel.load(path, with_controller=False)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _controller(path: str, version: float, z_size: int, hidden: int):
+    from core.controller import load_controller
+    return load_controller(path, z_size, hidden)
 
 
 def load_world_model(model_dir: str, with_controller: bool = True):
-    """V and M (and C) of ``model_dir`` for dreams and predictions, reloaded when a weights file changes."""
+    """V and M of ``model_dir`` for dreams and predictions, reloaded when their weights change, and its C, read
+    again when its file changes (an evolution rewrites it every generation; V and M stay loaded). A C that
+    does not load leaves the model without one, ``controller_error`` saying why: V and M still dream."""
     path = app_data.resolve(model_dir)
-    versions = tuple(app_data.mtime(path / part / name) for part, name in app_data.WEIGHT_FILES.items())
-    return _world_model(str(path), versions, with_controller)
+    versions = tuple(app_data.mtime(path / part / app_data.WEIGHT_FILES[part]) for part in ("vae", "rnn"))
+    model = _world_model(str(path), versions)
+    params = path / "controller" / app_data.WEIGHT_FILES["controller"]
+    if not with_controller or not params.exists():
+        return model
+    try:
+        return model.with_controller(_controller(str(params.parent), app_data.mtime(params), model.z_size,
+                                                 model.hidden))
+    except ArtifactError as e:
+        return model.with_controller(None, str(e))
 

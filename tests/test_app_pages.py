@@ -507,6 +507,33 @@ def test_rnn_predictions_follow_an_episode_collected_again_under_the_same_name(f
     assert loads.count(str(episode)) >= 2, "the old episode's predictions were shown"  # its steps, its predictions
 
 
+def test_a_dream_goes_on_when_the_controller_changes_and_dreams_without_one_that_does_not_fit(fresh_root):
+    """An evolution rewrites params.npz every generation: the dream keeps its V and M (no reload, no restart)
+    and the controller drives as evolved by now; a controller that does not fit leaves V and M dreaming."""
+    import os
+    at = open_page(home(fresh_root), "5_Dream.py")
+    at.button(key="dream.key.gas").click().run()
+    dream, weights = at.session_state["dream"], at.session_state["dream"].model.w
+    params_file = fresh_root / "models" / "controller" / "params.npz"
+    with np.load(params_file) as f:
+        saved = dict(f)
+
+    def rewrite(params):
+        np.savez(params_file, **{**saved, "params": params})
+        later = os.stat(params_file).st_mtime + 5
+        os.utime(params_file, (later, later))
+    rewrite(saved["params"] + 1.0)
+    at.run()
+    assert not at.exception and at.session_state["dream"] is dream and dream.model.w is weights
+    np.testing.assert_allclose(dream.model.controller.get_params(), saved["params"] + 1.0)
+    rewrite(saved["params"][:-1])  # parameters for another z or h
+    at.run()
+    assert not at.exception and at.session_state["dream"] is dream and dream.model.controller is None
+    assert any("cannot drive these V and M" in w.value for w in at.warning)
+    at.button(key="dream.new").click().run()  # you still steer: V and M dream on
+    assert not at.exception and at.session_state["dream"].t == 0 and labels(at.button)[:2] == ["New dream", "Left"]
+
+
 def test_dream_caption_gives_the_rate_the_animation_plays_at(app):
     at = open_page(app, "5_Dream.py")
     assert "25 frames a second" in at.get("image")[0].captions[0]
