@@ -26,6 +26,7 @@ PAGES = {  # stage -> the page that runs it
     "record": "pages/4_Evolve.py",
 }
 POLL_SECONDS = 1.0  # how often a running job's panel refreshes
+IDLE_POLL_SECONDS = 5.0  # how often a page with no running job looks for one started elsewhere (another tab)
 
 
 # --- jobs --------------------------------------------------------------------------------------------
@@ -180,6 +181,16 @@ def job_panel(stage: str, live: Callable[[dict | None], None] | None = None, uni
             st.rerun()
 
     panel()
+    if not running:
+        watch_for_job(stage)
+
+
+@st.fragment(run_every=IDLE_POLL_SECONDS)
+def watch_for_job(stage: str) -> None:
+    """Draws nothing; reruns the page once a job of ``stage`` is running that it did not show (started from
+    another tab, or by another visitor), so that its panel, Stop button and live view appear."""
+    if registry().active(stage) is not None:
+        st.rerun()
 
 
 # --- settings ----------------------------------------------------------------------------------------

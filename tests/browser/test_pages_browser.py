@@ -56,6 +56,9 @@ def test_every_page_renders_without_an_exception(app_url, page):
 
 
 def test_a_collect_job_survives_a_reload_and_stops_from_the_page(app_url, page):
+    other_tab = page.context.new_page()  # open before the job starts; it is never reloaded
+    other_tab.goto(app_url + "collect")
+    ready(other_tab)
     page.goto(app_url + "collect")
     ready(page)
     for label, value in (("Out dir", "data/browser"), ("Episodes", "50"), ("Workers", "1")):
@@ -69,6 +72,9 @@ def test_a_collect_job_survives_a_reload_and_stops_from_the_page(app_url, page):
     page.get_by_text("of 50 episodes").first.wait_for(timeout=60_000)
     no_exceptions(page, "collect, running")
     shot(page, SHOTS, "collect-running")
+    # The other tab notices the job on its own (it looks every 5 s) and shows its progress and Stop button.
+    other_tab.get_by_role("button", name="Stop collecting").wait_for(timeout=20_000)
+    other_tab.close()
     page.reload()  # a new browser session: the job lives in the server's registry, not in the session
     ready(page)
     stop.wait_for(timeout=60_000)
