@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,25 +133,55 @@ class EncodedEpisodes:
     files: list[str]
 
 
+def parts_dir(encoded_path: Path, vae_sha256: str) -> Path:
+    """Where episodes encoded by the V of ``vae_sha256`` wait, one file each, until the whole set is cached."""
+    return encoded_path.with_name(f"encoded-parts-{vae_sha256[:16]}")
+
+
+def _episode_id(path: Path) -> str:
+    """One version of one episode file: its place, size and modification time."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+def _load_part(part: Path, frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(part) as f:
+            mu, logvar = f["mu"], f["logvar"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # absent, or torn by a kill: encoded again
+    return (mu, logvar) if len(mu) == len(logvar) == frames else None
+
+
 def encode_episodes(vae, paths: list[Path], on_progress: ProgressCallback = keep_going,
-                    batch: int = 500) -> EncodedEpisodes:
+                    batch: int = 500, parts: Path | None = None) -> EncodedEpisodes:
     """Encode every frame of ``paths`` with V (z = mu, logvar kept for resampling).
 
     Reports ``on_progress(episodes encoded, episodes to encode, {"phase": "encoding", "encoded", "of"})``
-    after each episode; a falsy return raises InterruptedError (there is nothing to checkpoint yet).
+    after each episode; a falsy return raises InterruptedError. With ``parts`` (a folder of this V's, see
+    ``parts_dir``) each episode's encoding is saved there as it is made and reused by the next run, so a
+    stopped or killed encoding goes on where it was.
     """
     from core.vae import to_float
     encode = tf.function(lambda x: vae.encode(to_float(x)))
+    if parts is not None:
+        parts.mkdir(parents=True, exist_ok=True)
     mus, logvars, actions, rewards, dones, files = [], [], [], [], [], []
     for i, p in enumerate(paths):
         ep = load_episode(p)
-        m, lv = [], []
-        for j in range(0, len(ep.obs), batch):
-            a, b = encode(ep.obs[j:j + batch])
-            m.append(a.numpy())
-            lv.append(b.numpy())
-        mus.append(np.concatenate(m))
-        logvars.append(np.concatenate(lv))
+        part = parts / f"{_episode_id(Path(p))}.npz" if parts is not None else None
+        done = _load_part(part, len(ep.obs)) if part is not None else None
+        if done is None:
+            m, lv = [], []
+            for j in range(0, len(ep.obs), batch):
+                a, b = encode(ep.obs[j:j + batch])
+                m.append(a.numpy())
+                lv.append(b.numpy())
+            done = np.concatenate(m), np.concatenate(lv)
+            if part is not None:
+                atomic_save_npz(part, compressed=False, mu=done[0], logvar=done[1])
+        mus.append(done[0])
+        logvars.append(done[1])
         actions.append(ep.action)
         rewards.append(ep.reward)
         dones.append(ep.terminated.astype(np.float32))
@@ -295,8 +327,13 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     key = f"{hash_files(paths)}-{vae_sha256}"  # V's bytes: a copied or touched V is not encoded again
     enc = load_encoded(config.encoded_path, key)
     if enc is None:
-        enc = encode_episodes(vae, paths, on_progress)
+        parts = parts_dir(config.encoded_path, vae_sha256)
+        for old in out_dir.glob("encoded-parts-*"):  # of another V: never of use again
+            if old != parts:
+                shutil.rmtree(old, ignore_errors=True)
+        enc = encode_episodes(vae, paths, on_progress, parts=parts)
         save_encoded(config.encoded_path, enc, key)
+        shutil.rmtree(parts, ignore_errors=True)
     del vae
 
     names = [str(Path(p).resolve()) for p in paths]  # enc holds them in this order (its key is these files)

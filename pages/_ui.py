@@ -134,7 +134,7 @@ def job_status(snap: dict | None, unit: str = "steps") -> None:
         st.success(f"Job {snap['id']} finished: {where} in {_duration(snap['elapsed'])}.")
     elif status == "stopped" and encoding:
         st.info(f"Job {snap['id']} was stopped at {where}, before training began. Start it again with the "
-                "same folder: it encodes the episodes again first (encoding keeps no checkpoint).")
+                "same folder: it keeps the episodes encoded so far and encodes the rest first.")
     elif status == "stopped":
         st.info(f"Job {snap['id']} was stopped at {where}. Start it again with the same folder to resume "
                 "from its checkpoint.")

@@ -275,6 +275,38 @@ def test_train_rnn_reports_encoding_in_episodes(trained, tiny_data, tmp_path):
     assert training[-1][0] == training[-1][1] > 0 and "mdn" in training[-1][2]
 
 
+def test_a_stopped_encoding_goes_on_from_the_episodes_it_encoded(trained, tiny_data, tmp_path):
+    """Encoding a large data set takes minutes: a stop keeps the episodes encoded so far."""
+    run = copy_run(trained, tmp_path, parts=("vae",))
+    episodes = len(list_episodes(tiny_data))
+    assert episodes >= 2
+    with pytest.raises(InterruptedError):
+        train_rnn(rnn_config(tiny_data, run), lambda step, total, m: m.get("phase") != "encoding" or step < 1)
+    parts = list((run / "rnn").glob("encoded-parts-*/*.npz"))
+    assert len(parts) == 1  # the first episode, kept
+    with np.load(parts[0]) as f:
+        kept = {"mu": f["mu"] + 1000.0, "logvar": f["logvar"]}  # marked, to see that it is reused
+    np.savez(parts[0], **kept)
+    encoded = []
+
+    def count(step, total, metrics):
+        if metrics.get("phase") == "encoding":
+            encoded.append(step)
+        return True
+    train_rnn(rnn_config(tiny_data, run), count)
+    assert encoded == list(range(1, episodes + 1))  # every episode is still reported
+    fresh = copy_run(trained, tmp_path / "fresh", parts=("vae",))
+    train_rnn(rnn_config(tiny_data, fresh))
+    from core.mdnrnn import load_encoded
+    key = str(np.load(run / "rnn" / "encoded.npz")["key"])
+    resumed, whole = load_encoded(run / "rnn" / "encoded.npz", key), load_encoded(fresh / "rnn" / "encoded.npz", key)
+    first = int(resumed.frame_starts[1])
+    np.testing.assert_allclose(resumed.mu[:first], whole.mu[:first] + 1000.0)  # the kept episode, not re-encoded
+    np.testing.assert_array_equal(resumed.mu[first:], whole.mu[first:])  # the others, as a whole run encodes them
+    np.testing.assert_array_equal(resumed.logvar, whole.logvar)
+    assert not list((run / "rnn").glob("encoded-parts-*"))  # gone once the whole set is cached
+
+
 @pytest.mark.parametrize("stride", [1, 2, 3, 50])
 def test_count_frames_is_what_iter_frames_yields(stride, tiny_data):
     paths = list_episodes(tiny_data)
