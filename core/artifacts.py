@@ -117,7 +117,7 @@ def checked_config(cls: type, data: Any, path: Path | str, what: str) -> Any:
     try:
         if not isinstance(data, dict):
             raise TypeError(f"a JSON {type(data).__name__}, not an object")
-        return from_dict(cls, data)
+        return from_dict(cls, data, upper_bounds=False)
     except (ValueError, TypeError, AttributeError) as e:  # ConfigError is a ValueError
         raise ArtifactError(f"{path}: {what} does not fit this version of the project ({e}); retrain that stage, "
                             "or restore the file it came with") from None

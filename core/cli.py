@@ -98,7 +98,9 @@ def stage_values(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[s
         for name, value in saved_settings(values["run_dir"]).items():
             if name not in given and value != values[name]:
                 values[name] = value
-                kept.append(f"--{name.replace('_', '-')} {value}")
+                flag = name.replace("_", "-")
+                kept.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool)
+                            else f"--{flag} {shlex.quote(str(value))}")
     return args, values, kept
 
 

@@ -61,8 +61,10 @@ class ConfigError(ValueError):
     """A config value outside its allowed range; the message names the field and the value."""
 
 
-def validate(config: Any) -> Any:
-    """Check every field of a config against its metadata; return the config or raise ConfigError."""
+def validate(config: Any, upper_bounds: bool = True) -> Any:
+    """Check every field of a config against its metadata; return the config or raise ConfigError.
+    ``upper_bounds=False`` (a config saved with an artifact, read back) leaves out the maxima that only keep
+    a new run within reason, so that raising or adding one never makes a trained model unloadable."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         meta = f.metadata
@@ -77,7 +79,7 @@ def validate(config: Any) -> Any:
             raise ConfigError(f"{flag}={value!r} is too small: it must be greater than {meta['min']}")
         if meta.get("min") is not None and value < meta["min"]:
             raise ConfigError(f"{flag}={value!r} is too small: it must be at least {meta['min']}")
-        if meta.get("max") is not None and value > meta["max"]:
+        if upper_bounds and meta.get("max") is not None and value > meta["max"]:
             raise ConfigError(f"{flag}={value!r} is too large: it must be at most {meta['max']}")
     if hasattr(config, "check"):
         config.check()
@@ -88,10 +90,10 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls: type, data: dict) -> Any:
+def from_dict(cls: type, data: dict, upper_bounds: bool = True) -> Any:
     """Build ``cls`` from a dict, ignoring unknown keys (older or newer artifacts) and validating it."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return validate(cls(**{k: v for k, v in data.items() if k in names}))
+    return validate(cls(**{k: v for k, v in data.items() if k in names}), upper_bounds)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class VAEConfig:
     run_dir: str = param(DEFAULT_RUN_DIR, "world-model folder; the VAE goes to <run_dir>/vae", path=True)
     z_size: int = param(32, "latent size z (paper: 32)", minimum=1, maximum=1024)
     epochs: int = param(10, "passes over the training frames", minimum=1, maximum=10_000)
-    batch_size: int = param(100, "frames per batch (paper: 100)", minimum=1, maximum=4096)
+    batch_size: int = param(100, "frames per batch (paper: 100)", minimum=1, maximum=65536)
     learning_rate: float = param(1e-4, "Adam learning rate (paper: 1e-4)", minimum=0.0, above_minimum=True)
     kl_tolerance: float = param(0.5, "KL is clamped below kl_tolerance * z_size nats (paper: 0.5)", minimum=0.0)
     holdout: float = param(0.05, "fraction of episodes held out to measure generalisation", minimum=0.0,
@@ -168,7 +170,7 @@ class RNNConfig:
     mixtures: int = param(5, "Gaussians per latent dimension (paper: 5)", minimum=1, maximum=64)
     seq_len: int = param(100, "steps per training sequence (paper: 999; shorter trains faster on a CPU)",
                          minimum=2, maximum=1000)
-    batch_size: int = param(32, "sequences per batch (paper: 100)", minimum=1, maximum=4096)
+    batch_size: int = param(32, "sequences per batch (paper: 100)", minimum=1, maximum=65536)
     epochs: int = param(20, "passes over the training sequences", minimum=1, maximum=10_000)
     learning_rate: float = param(1e-3, "Adam learning rate (paper: 1e-3)", minimum=0.0, above_minimum=True)
     grad_clip: float = param(1.0, "gradient norm clip (paper: 1.0)", minimum=0.0)

@@ -40,7 +40,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
     ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
     done so far (``complete: false``), and writes that report over ``out`` unless ``out`` already holds a
-    finished evaluation of the same controller, which is kept; stopped before its first episode has
+    finished evaluation (of this controller or another), which is kept; stopped before its first episode has
     finished, it raises InterruptedError and writes nothing.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
     controller, V and M, env and step limit) skips the tracks already driven, so a killed run loses one

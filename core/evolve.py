@@ -126,11 +126,27 @@ def saved_settings(run_dir: str | Path) -> dict:
     evolution, copied into a run folder) does not fall back to the defaults' rollouts, evaluations and step
     cap. ``{}`` when there is nothing to resume."""
     out_dir = Path(run_dir) / "controller"
-    if not (out_dir / CMA_STATE).exists() or not (out_dir / "config.json").exists():
+    path = out_dir / "config.json"
+    if not (out_dir / CMA_STATE).exists() or not path.exists():
         return {}
-    saved = read_json(out_dir / "config.json", "evolution config")
-    names = {f.name for f in dataclasses.fields(EvolveConfig)} - set(NOT_KEPT_ON_RESUME)
-    return {k: v for k, v in saved.items() if k in names}
+    saved = read_json(path, "evolution config")
+    if not isinstance(saved, dict):
+        raise ArtifactError(f"{path}: evolution config is a JSON {type(saved).__name__}, not an object; restore it "
+                            "or give every setting on the command line after deleting it")
+    kept = {}
+    for f in dataclasses.fields(EvolveConfig):
+        if f.name in NOT_KEPT_ON_RESUME or f.name not in saved:
+            continue
+        value, kind = saved[f.name], type(f.default)
+        fits = (isinstance(value, bool) if kind is bool else
+                isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+                isinstance(value, kind) and not isinstance(value, bool))
+        if not fits:
+            words = {bool: "true or false", float: "a number", int: "a whole number"}.get(kind, "text")
+            raise ArtifactError(f"{path}: {f.name} is {value!r}, not {words}; fix it, or give "
+                                f"--{f.name.replace('_', '-')} on the command line after removing it")
+        kept[f.name] = float(value) if kind is float else value
+    return kept
 
 
 def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:

@@ -363,11 +363,11 @@ class JobRegistry:
             if running is not None:
                 raise JobAlreadyRunning(running)
             out_dir = out_dir_of(stage, config_dict)
-            reads = world_model_inputs(stage, config_dict)
+            reads = {self._place(p) for p in world_model_inputs(stage, config_dict)}
             for other in (j for j in self._jobs.values() if j.active):
-                if os.path.normpath(other.out_dir) in reads:
+                if self._place(other.out_dir) in reads:
                     raise JobConflict(other, other.out_dir, writes=True)
-                if os.path.normpath(out_dir) in world_model_inputs(other.stage, other.config):
+                if self._place(out_dir) in {self._place(p) for p in world_model_inputs(other.stage, other.config)}:
                     raise JobConflict(other, out_dir, writes=False)
             job = Job(id=uuid.uuid4().hex[:8], stage=stage, config=config_dict, out_dir=out_dir)
             self._jobs[job.id] = job
@@ -378,6 +378,11 @@ class JobRegistry:
                 job.status, job.error, job.ended_at = "failed", f"could not start the worker process: {e}", time.time()
             job._finished.set()
         return job
+
+    def _place(self, folder: str) -> str:
+        """One name per folder, however a config spells it: jobs run in ``cwd``, so relative paths start
+        there, and links are followed."""
+        return os.path.realpath(os.path.join(self.cwd, folder))
 
     def _launch(self, job: Job) -> None:
         if self.jobs_dir is not None:

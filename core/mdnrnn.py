@@ -326,11 +326,11 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
                     "the old V's codes (a fresh run --init-from it says so plainly)", out_dir)
     key = f"{hash_files(paths)}-{vae_sha256}"  # V's bytes: a copied or touched V is not encoded again
     enc = load_encoded(config.encoded_path, key)
+    parts = parts_dir(config.encoded_path, vae_sha256)
+    for old in out_dir.glob("encoded-parts-*"):  # of another V, or of this set, cached whole already
+        if old != parts or enc is not None:
+            shutil.rmtree(old, ignore_errors=True)
     if enc is None:
-        parts = parts_dir(config.encoded_path, vae_sha256)
-        for old in out_dir.glob("encoded-parts-*"):  # of another V: never of use again
-            if old != parts:
-                shutil.rmtree(old, ignore_errors=True)
         enc = encode_episodes(vae, paths, on_progress, parts=parts)
         save_encoded(config.encoded_path, enc, key)
         shutil.rmtree(parts, ignore_errors=True)

@@ -90,6 +90,9 @@ if mode in ("You", "The controller"):
 @st.fragment
 def drive() -> None:
     dream = st.session_state["dream"]
+    latest = _ui.load_world_model(model_dir)  # cached: a fragment rerun still drives with the newest C
+    if latest.w is dream.model.w:
+        dream.model = latest
     t0 = dream.t
     if mode == "You":
         chunk = st.slider("Steps a key press", 1, 50, 10, key="dream.chunk",

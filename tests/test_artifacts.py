@@ -162,3 +162,15 @@ def test_run_lock_refuses_a_second_writer_and_frees_on_exit(tmp_path):
                 pass
     with RunLock(tmp_path, "evolve"):  # released: a new run may start
         pass
+
+
+def test_a_saved_config_is_checked_but_not_held_to_the_limits_of_new_runs(tmp_path):
+    """The maxima keep a new run within reason; a model trained with more (before a bound was added) loads."""
+    from core.artifacts import ArtifactError, checked_config
+    from core.config import ConfigError, VAEConfig, from_dict, to_dict
+    saved = {**to_dict(VAEConfig()), "epochs": 10**6, "batch_size": 10**6, "a_newer_setting": 1}
+    with pytest.raises(ConfigError, match="--epochs=1000000 is too large"):
+        from_dict(VAEConfig, saved)
+    assert checked_config(VAEConfig, saved, tmp_path / "config.json", "VAE config").epochs == 10**6
+    with pytest.raises(ArtifactError, match="config.json: VAE config does not fit .*z-size=0 is too small"):
+        checked_config(VAEConfig, {**saved, "z_size": 0}, tmp_path / "config.json", "VAE config")

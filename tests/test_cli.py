@@ -122,7 +122,7 @@ def test_a_resumed_evolution_keeps_its_saved_settings_unless_a_flag_changes_them
     controller = tmp_path / "run" / "controller"
     controller.mkdir(parents=True)
     saved = {"run_dir": "elsewhere", "workers": 48, "generations": 400, "rollouts": 4, "eval_every": 5,
-             "max_sigma": 0.015, "early_stop": True, "z_size": 32}
+             "max_sigma": 0.015, "early_stop": True, "fresh_tracks": False, "z_size": 32}
     (controller / "config.json").write_text(json.dumps(saved))
     run = str(tmp_path / "run")
     # Without a CMA-ES state there is nothing to resume: the defaults hold.
@@ -132,11 +132,19 @@ def test_a_resumed_evolution_keeps_its_saved_settings_unless_a_flag_changes_them
     assert (values["generations"], values["rollouts"], values["eval_every"], values["max_sigma"]) == (400, 4, 5, 0.015)
     # Where it runs and how many workers this machine has are not the saved run's to decide.
     assert values["run_dir"] == run and values["workers"] == EvolveConfig().workers
-    assert sorted(kept) == ["--eval-every 5", "--generations 400", "--max-sigma 0.015", "--rollouts 4"]
+    assert sorted(kept) == ["--eval-every 5", "--generations 400", "--max-sigma 0.015", "--no-fresh-tracks",
+                            "--rollouts 4"]  # each as the flag that gives it
     _, values, kept = stage_values(["evolve", "--run-dir", run, "--roll", "7", "--no-early-stop",
                                     "--generations=500"])
     assert (values["rollouts"], values["early_stop"], values["generations"], values["eval_every"]) == (7, False, 500, 5)
-    assert sorted(kept) == ["--eval-every 5", "--max-sigma 0.015"]
+    assert sorted(kept) == ["--eval-every 5", "--max-sigma 0.015", "--no-fresh-tracks"]
+    # A saved config that is not one, or a setting of the wrong kind, is named rather than a traceback.
+    from core.artifacts import ArtifactError
+    for broken, message in (([saved], "a JSON list, not an object"), ({**saved, "rollouts": "4"}, "rollouts is '4'"),
+                            ({**saved, "generations": 400.0}, "generations is 400.0, not a whole number")):
+        (controller / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(ArtifactError, match=message):
+            stage_values(["evolve", "--run-dir", run])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -156,7 +164,7 @@ def test_a_resumed_evolution_keeps_its_saved_settings_unless_a_flag_changes_them
     (["evolve", "--workers", "160"], "--workers=160 is too large: it must be at most 64"),
     (["evaluate", "--episodes", str(10**12)], "--episodes=1000000000000 is too large: it must be at most 100000"),
     (["evolve", "--popsize", str(10**6)], "--popsize=1000000 is too large: it must be at most 1024"),
-    (["train-rnn", "--batch-size", str(10**9)], "--batch-size=1000000000 is too large: it must be at most 4096"),
+    (["train-rnn", "--batch-size", str(10**9)], "--batch-size=1000000000 is too large: it must be at most 65536"),
     (["collect", "--out-dir", " "], "--out-dir=' ' is empty"),
     (["collect", "--out-dir", "data/a,data/b"], "holds a comma: collect into one folder at a time"),
     (["record", "--out", ""], "--out='' is empty"),

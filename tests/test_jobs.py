@@ -167,10 +167,13 @@ def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
               status="running")
     registry._jobs[vae.id] = vae
     with pytest.raises(JobConflict, match="trains `runs/vae`, which this one reads") as refused:
-        registry.start("train-rnn", RNNConfig(run_dir="runs/"))
+        registry.start("train-rnn", RNNConfig(run_dir="runs"))
     assert refused.value.job is vae
-    with pytest.raises(JobConflict):
-        registry.start("evaluate", EvaluateConfig(model_dir="runs"))
+    (registry.cwd / "runs").mkdir()
+    (registry.cwd / "also-runs").symlink_to(registry.cwd / "runs")
+    for same in (str(registry.cwd / "runs"), "./runs/../runs", "also-runs"):  # one folder, other spellings
+        with pytest.raises(JobConflict):
+            registry.start("evaluate", EvaluateConfig(model_dir=same))
     vae.status = "done"
     evolve = Job(id="evo", stage="evolve", config=to_dict(EvolveConfig(run_dir="runs")), out_dir="runs/controller",
                  status="running")
@@ -180,3 +183,4 @@ def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
     assert world_model_inputs("evaluate", to_dict(EvaluateConfig(model_dir="runs"))) == {"runs/vae", "runs/rnn"}
     assert world_model_inputs("train-vae", to_dict(VAEConfig(run_dir="runs2"))) == set()  # reads only data
     assert registry.active("train-vae") is None and registry.active("train-rnn") is None
+    evolve.status = "done"  # it has no process for the registry to stop

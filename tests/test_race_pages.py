@@ -174,7 +174,7 @@ def test_a_race_against_the_ai_renders_either_car_or_both(registry, tiny_world_m
     assert at.dataframe[0].value["kind"].tolist() == ["human", "ai"]
     who = next(r for r in at.selectbox if r.label == "Video of")
     assert len(who.options) == 3 and who.options[0] == "Both, side by side"
-    assert who.options[1].startswith("**Ann**")  # shown as typed, in a widget that does not render Markdown
+    assert who.options[1].startswith("**Ann**")  # the name as typed (a select box shows it so; a radio would not)
     ai_run = int(at.dataframe[0].value["run_id"].iloc[1])
     who.set_value(ai_run)
     next(b for b in at.button if "video" in b.label).click().run()
