@@ -9,7 +9,8 @@ from core import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
 from core.controller import PARAMS_KEYS
 from core.reports import verdict_words
-from core.evolve import average_against_mean
+from core.artifacts import ArtifactError
+from core.evolve import average_against_mean, saved_settings
 from core.jobs import out_dir_of
 from pages import _ui
 
@@ -21,6 +22,26 @@ st.markdown("C is a single linear layer from [z, h] to steer, gas and brake: 867
 
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(EvolveConfig, "evolve")
+
+
+def use_settings(settings: dict) -> None:
+    for name, value in settings.items():
+        st.session_state[f"evolve.{name}"] = value
+
+
+if config is not None:  # a resumable evolution keeps its settings on the command line; here the form says
+    try:
+        saved = saved_settings(app_data.resolve(config.run_dir))
+    except ArtifactError as e:
+        st.error(f"{e}")
+        saved = {}
+    differ = {k: v for k, v in saved.items() if getattr(config, k) != v}
+    if differ:
+        st.info(f"The evolution in `{config.run_dir}/` last ran with other settings: "
+                + ", ".join(f"{_ui.label(k)} {v}" for k, v in differ.items())
+                + ". Resuming with this form's values changes them from now on.")
+        st.button("Use its saved settings", on_click=use_settings, args=(differ,), key="evolve.use_saved",
+                  icon=":material/settings_backup_restore:")
 _ui.start_button("evolve", config, noun="evolution")
 run_dir = (config or EvolveConfig()).run_dir
 

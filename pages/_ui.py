@@ -196,7 +196,7 @@ def watch_for_job(stage: str) -> None:
 # --- settings ----------------------------------------------------------------------------------------
 
 
-def _label(name: str) -> str:
+def label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
@@ -226,18 +226,18 @@ def config_form(cls: type, prefix: str, defaults: dict | None = None, hide: tupl
         meta = f.metadata
         with cols[i % columns]:
             if meta.get("choices"):
-                st.selectbox(_label(f.name), list(meta["choices"]), key=key, help=meta.get("help"))
+                st.selectbox(label(f.name), list(meta["choices"]), key=key, help=meta.get("help"))
             elif isinstance(f.default, bool):
-                st.checkbox(_label(f.name), key=key, help=meta.get("help"))
+                st.checkbox(label(f.name), key=key, help=meta.get("help"))
             elif isinstance(f.default, int):
-                st.number_input(_label(f.name), min_value=_num(meta.get("min"), int),
+                st.number_input(label(f.name), min_value=_num(meta.get("min"), int),
                                 max_value=_num(meta.get("max"), int), step=1, key=key, help=meta.get("help"))
             elif isinstance(f.default, float):
-                st.number_input(_label(f.name), min_value=_num(meta.get("min"), float),
+                st.number_input(label(f.name), min_value=_num(meta.get("min"), float),
                                 max_value=_num(meta.get("max"), float), step=_float_step(float(default)),
                                 format="%g", key=key, help=meta.get("help"))
             else:
-                st.text_input(_label(f.name), key=key, help=meta.get("help"))
+                st.text_input(label(f.name), key=key, help=meta.get("help"))
         values[f.name] = st.session_state[key]
         st.session_state[f"_keep.{key}"] = values[f.name]
     for f in dataclasses.fields(cls):

@@ -534,6 +534,25 @@ def test_a_dream_goes_on_when_the_controller_changes_and_dreams_without_one_that
     assert not at.exception and at.session_state["dream"].t == 0 and labels(at.button)[:2] == ["New dream", "Left"]
 
 
+def test_the_evolve_form_offers_the_settings_a_resumable_evolution_last_ran_with(fresh_root):
+    import json
+    from core.evolve import saved_settings
+    saved = saved_settings(fresh_root / "runs")
+    assert saved, "the tiny model's evolution can be resumed"
+    at = open_page(home(fresh_root), "4_Evolve.py")
+    info = next(i.value for i in at.info if "last ran with other settings" in i.value)
+    assert f"Popsize {saved['popsize']}" in info and f"Max steps {saved['max_steps']}" in info
+    at.button(key="evolve.use_saved").click().run()
+    assert not at.exception and not any("last ran with other settings" in i.value for i in at.info)
+    assert at.number_input(key="evolve.popsize").value == saved["popsize"]
+    assert at.number_input(key="evolve.max_steps").value == saved["max_steps"]
+    config = json.loads((fresh_root / "runs" / "controller" / "config.json").read_text())
+    config["rollouts"] = "four"  # a damaged saved config is named, and the form still works
+    (fresh_root / "runs" / "controller" / "config.json").write_text(json.dumps(config))
+    at.run()
+    assert not at.exception and any("rollouts is 'four'" in e.value for e in at.error)
+
+
 def test_dream_caption_gives_the_rate_the_animation_plays_at(app):
     at = open_page(app, "5_Dream.py")
     assert "25 frames a second" in at.get("image")[0].captions[0]
