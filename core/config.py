@@ -238,7 +238,8 @@ class EvolveConfig:
                                   maximum=MAX_TEST_TRACKS)
     confirm_margin: float = param(1.0, "in that second test the challenger's mean lead over the shipped "
                                        "controller, track by track, must exceed this many standard errors "
-                                       "of that lead (0 = any lead)", minimum=0.0)
+                                       "of that lead, whose spread is taken as at least that pooled over "
+                                       "the run's earlier second tests (0 = any lead)", minimum=0.0)
     fresh_tracks: bool = param(True, "each periodic evaluation and second test drives new tracks, and the "
                                      "shipped controller drives them too, so a challenger is measured against "
                                      "it rather than against the score it was picked with (off: the same "

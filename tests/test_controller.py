@@ -574,3 +574,33 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
     latest.unlink()
     with pytest.raises(ArtifactError, match="first generation"):
         snapshot_params(tmp_path, "mean")
+
+
+def test_a_second_test_whose_tracks_spread_less_than_the_runs_earlier_ones_is_held_to_those():
+    """24 tracks often miss the few where a controller loses hundreds of points, and such tests are the ones
+    that pass: once a run has had a few second tests, their pooled spread is a floor under each one's own."""
+    from core.evolve import CONFIRM_SEED_BASE, challenge, pooled_spread, spreads_from_history
+    seeds = [CONFIRM_SEED_BASE + i for i in range(16)]
+    shipped, steady = (np.full(4, v, np.float32) for v in (500.0, 520.0))
+
+    class Pool(_ScriptedPool):
+        def map(self, tasks):
+            for result in super().map(tasks):
+                if self.driven[-1][0] == 520.0:
+                    result.total_reward += 10.0 * (-1) ** result.seed  # leads by 20 ± 10: spread 10.3
+                yield result
+    fresh = {"best_eval": 700.0, "lineage": []}
+    accept, info = challenge(Pool(), fresh, shipped, steady, 720.0, seeds, 1000, 1.0)
+    assert accept and info["confirm_spread"] == info["confirm_spread_used"] == pytest.approx(10.33, abs=0.01)
+    assert fresh["lead_spreads"] == [info["confirm_spread"]]  # kept for the tests to come
+    seasoned = {"best_eval": 700.0, "lineage": [], "lead_spreads": [120.0, 150.0, 180.0]}
+    accept, info = challenge(Pool(), seasoned, shipped, steady, 720.0, seeds, 1000, 1.0)
+    assert not accept and info["confirm_spread_used"] == pytest.approx(np.sqrt((120**2 + 150**2 + 180**2) / 3))
+    assert info["confirm_needed"] == pytest.approx(info["confirm_spread_used"] / 4)  # one standard error, 16 tracks
+    assert len(seasoned["lead_spreads"]) == 4
+    assert pooled_spread([100.0]) is None and pooled_spread([30.0, 40.0]) == pytest.approx(np.sqrt(1250))
+    # A state from before the spreads were kept reads them back from its history.
+    records = [{"generation": 5}, {"confirm_needed": 30.0, "confirm_episodes": 24},
+               {"confirm_needed": 20.0, "confirm_episodes": 24, "confirm_spread": 97.0}]
+    assert spreads_from_history(records, 1.0) == pytest.approx([30.0 * np.sqrt(24), 97.0])
+    assert spreads_from_history(records, 0.0) == [97.0]  # no margin: nothing to read them back from
