@@ -108,12 +108,9 @@ async def _stream(url: str, token: str, seconds: float) -> dict:
         await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
         while (await _frame(ws))["status"] != "running":
             pass
-        start = last = pinged = time.perf_counter()
+        start = last = time.perf_counter()
         steps, gaps = [], []
         while time.perf_counter() - start < seconds:
-            if last - pinged > 1.0:  # as the page does: a race that hears nothing for seconds pauses
-                await ws.send(json.dumps({"type": "ping"}))
-                pinged = last
             meta = await _frame(ws)
             if meta["status"] != "running":
                 raise RuntimeError(f"the race stopped early: {meta['status']} at step {meta['step']}")

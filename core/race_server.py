@@ -230,8 +230,6 @@ class RaceSocket:
                 await _send_json(ws, {"type": "error", "message": "this race was closed"})
                 await _close(ws, CLOSE_GONE, "race closed")
                 return
-            if session.gone():  # silent past SILENT_GONE_S: a dropped network that closed nothing
-                session.pause("disconnected")
             try:
                 payload = await loop.run_in_executor(pool, encoder, session)
             except Exception as e:  # the race cannot step (the env or the AI failed): end it, and say so
