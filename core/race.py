@@ -55,8 +55,6 @@ BRAKE = 0.8  # brake while the brake key is held (Gymnasium's keyboard play: 0.8
 SEED_MAX = 2**31 - 1  # track seeds a player may pick: 0..SEED_MAX
 RANDOM_SEED_LIMIT = 1_000_000  # random tracks are drawn from [0, RANDOM_SEED_LIMIT)
 MAX_COMMANDS = 32  # queued control messages per session; more are dropped
-HEARTBEAT_S = 2.0  # a race page's socket says it is there this often, even with no key pressed
-SILENT_GONE_S = 6.0  # a socket silent this long has lost its network (no close frame came: a reload may reclaim)
 
 
 def _default_max_races() -> int:
@@ -497,18 +495,6 @@ class RaceSession:
             self.connected = True
             self.last_seen = self._clock()
 
-    def heard(self) -> None:
-        """A message came from the browser: it is still there."""
-        with self._lock:
-            self.last_seen = self._clock()
-
-    def gone(self) -> bool:
-        """Whether the browser has left: its socket closed, or it has said nothing for SILENT_GONE_S (a network
-        that dropped without a close frame, which the socket itself notices only after its keepalive
-        timeout, tens of seconds later)."""
-        with self._lock:
-            return not self.connected or self._clock() - self.last_seen > SILENT_GONE_S
-
     def detach(self) -> None:
         """The browser's socket went away: pause, so the race waits for the player to come back."""
         with self._lock:
@@ -700,12 +686,12 @@ class RaceRegistry:
 
     def reclaim(self, raw: object) -> str | None:
         """The owner id ``raw`` (from a page's URL) when it leads back to a race whose browser has gone: the
-        page was reloaded (or its network dropped), and its race waits. None otherwise: an id whose race still
-        hears from its browser is another tab's (a copied link must not take over, or end, someone's race),
-        and an id without a race has nothing to lead back to."""
+        page was reloaded, and its race waits paused. None otherwise: an id whose race still has its browser
+        is another tab's (a copied link must not take over, or end, someone's race), and an id without a
+        race has nothing to lead back to."""
         owner = parse_owner(raw)
         session = self.for_owner(owner) if owner else None
-        return owner if session is not None and session.gone() else None
+        return owner if session is not None and not session.connected else None
 
     def close(self, token: str) -> None:
         with self._lock:

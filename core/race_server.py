@@ -36,8 +36,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.env import FPS
-from core.race import (COMMANDS, HEARTBEAT_S, KEY_MASK_ALL, RaceRegistry, RaceSession, get_registry,
-                       single_threaded_blas)
+from core.race import COMMANDS, KEY_MASK_ALL, RaceRegistry, RaceSession, get_registry, single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def parse_message(text: object) -> dict | None:
     if kind == "hello":
         token = msg.get("token")
         return {"type": "hello", "token": token} if isinstance(token, str) and len(token) <= 64 else None
-    if kind in COMMANDS or kind == "ping":
+    if kind in COMMANDS:
         return {"type": kind}
     return None
 
@@ -260,12 +259,10 @@ class RaceSocket:
                 if dropped > MAX_DROPPED:
                     await _close(ws, CLOSE_POLICY, "too many invalid or excess messages")
                     return
+            elif msg["type"] == "keys":
+                session.set_keys(msg["mask"], msg["seq"])
             else:
-                session.heard()
-                if msg["type"] == "keys":
-                    session.set_keys(msg["mask"], msg["seq"])
-                elif msg["type"] != "ping":  # a ping only says the browser is there
-                    session.command(msg["type"])
+                session.command(msg["type"])
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a flooding socket cannot starve the other races' tickers
@@ -289,8 +286,7 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
 
 def component_data(session: RaceSession) -> dict:
     """What the race view component (assets/race/race.js) needs to connect to ``session``."""
-    return {"token": session.token, "ws_path": WS_PATH, "heartbeat_ms": int(HEARTBEAT_S * 1000),
-            "mode": session.mode, "seed": session.seed,
+    return {"token": session.token, "ws_path": WS_PATH, "mode": session.mode, "seed": session.seed,
             "labels": [d.label for d in session.drivers], "kinds": [d.kind for d in session.drivers]}
 
 

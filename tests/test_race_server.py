@@ -191,30 +191,9 @@ def test_junk_and_floods_are_dropped_without_touching_other_races(server):
 def test_parse_message_rejects_what_the_browser_never_sends():
     assert parse_message('{"type":"keys","mask":5,"seq":3}') == {"type": "keys", "mask": 5, "seq": 3}
     assert parse_message('{"type":"end"}') == {"type": "end"}
-    assert parse_message('{"type":"ping"}') == {"type": "ping"}  # the page's heartbeat
     for bad in (None, b"{}", "x" * 300, '{"type":"keys","mask":1.0}', '{"type":"keys","mask":16}', "null",
                 '{"type":"hello","token":5}'):
         assert parse_message(bad) is None
-
-
-def test_the_pages_heartbeat_tells_the_server_it_is_there_and_nothing_else(server):
-    registry, url = server
-    session = new_race(registry, "quiet")
-
-    async def go():
-        async with await join(url, session.token) as ws:
-            await frames(ws, 3)
-            before = session.last_seen
-            await asyncio.sleep(0.05)
-            await ws.send(json.dumps({"type": "ping"}))
-            deadline = time.monotonic() + 5
-            while session.last_seen == before and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            (meta, _), = await frames(ws, 1)
-            return before, meta
-
-    before, meta = asyncio.run(go())
-    assert session.last_seen > before and meta["status"] == "running" and not session._commands
 
 
 def test_a_dropped_connection_pauses_and_the_race_goes_on_after_reconnecting(server):

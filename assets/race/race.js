@@ -59,10 +59,6 @@ class RaceView {
     window.addEventListener("keyup", this.onKeyUp, true);
     window.addEventListener("blur", this.onBlur);
     document.addEventListener("visibilitychange", this.onVisibility);
-    // Say "still here" even with no key pressed: a network that drops without closing the socket then shows
-    // on the server within seconds, and a reload of this page can take its race back (send() skips it while
-    // not connected).
-    this.heartbeat = setInterval(() => this.send({ type: "ping" }), this.data.heartbeat_ms || 2000);
     this.connect();
   }
 
@@ -279,7 +275,6 @@ class RaceView {
   destroy() {
     this.closed = true;
     clearTimeout(this.timer);
-    clearInterval(this.heartbeat);
     window.removeEventListener("keydown", this.onKeyDown, true);
     window.removeEventListener("keyup", this.onKeyUp, true);
     window.removeEventListener("blur", this.onBlur);
