@@ -297,7 +297,8 @@ def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challeng
     if len(lead) > 1:
         state["lead_spreads"] = [*state.get("lead_spreads", []), spread]
     info = {"confirm_challenger": float(returns[0].mean()), "confirm_shipped": known["score"],
-            "confirm_lead": float(lead.mean()), "confirm_needed": needed, "confirm_spread": spread,
+            "confirm_lead": float(lead.mean()), "confirm_needed": needed, "confirm_margin": margin,
+            "confirm_spread": spread,
             "confirm_spread_used": used, "confirm_steps": steps, "confirm_driven": len(driven) * len(confirm_seeds)}
     accept = bool(lead.mean() > needed)
     info["confirm_accepted"] = accept
@@ -326,13 +327,15 @@ def pooled_spread(spreads: list[float]) -> float | None:
 
 def spreads_from_history(records: list[dict], margin: float) -> list[float]:
     """The lead spreads of the second tests in a run's history, for a state saved before they were kept:
-    ``confirm_spread`` where a record has it, else read back from ``confirm_needed`` at ``margin``."""
+    ``confirm_spread`` where a record has it, else read back from ``confirm_needed`` at the record's
+    ``confirm_margin`` or, in records from before it was kept, ``margin`` (the run's saved one)."""
     spreads = []
     for r in records:
+        at = float(r.get("confirm_margin", margin))
         if "confirm_spread" in r:
             spreads.append(float(r["confirm_spread"]))
-        elif r.get("confirm_needed") and margin > 0 and r.get("confirm_episodes", 0) > 1:
-            spreads.append(float(r["confirm_needed"]) * float(np.sqrt(r["confirm_episodes"])) / margin)
+        elif r.get("confirm_needed") and at > 0 and r.get("confirm_episodes", 0) > 1:
+            spreads.append(float(r["confirm_needed"]) * float(np.sqrt(r["confirm_episodes"])) / at)
     return spreads
 
 
@@ -418,8 +421,9 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
         state["start_pending"] = True
     if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
         history.truncate_after("generation", state["generation"])
-    if "lead_spreads" not in state:  # a state saved before they were kept
-        state["lead_spreads"] = spreads_from_history(history.read(), config.confirm_margin)
+    if "lead_spreads" not in state:  # a state saved before they were kept: at the margin it ran with
+        margin = saved_settings(run_dir).get("confirm_margin", config.confirm_margin)
+        state["lead_spreads"] = spreads_from_history(history.read(), margin)
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
 
     resumed_from = state["generation"]

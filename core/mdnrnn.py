@@ -25,8 +25,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json, checked_config,  # noqa: E402
-                            hash_files, read_json, read_meta, write_meta)
+from core.artifacts import (ArtifactError, History, RunLock, atomic_save_npz,  # noqa: E402
+                            atomic_write_json, checked_config, hash_files, read_json, read_meta, write_meta)
 from core.config import RNNConfig, to_dict, validate  # noqa: E402
 from core.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402

@@ -19,8 +19,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from core.artifacts import (ArtifactError, History, RunLock, atomic_write_json, checked_config, hash_files,  # noqa: E402
-                            read_json, read_meta, write_meta)
+from core.artifacts import (ArtifactError, History, RunLock, atomic_write_json, checked_config,  # noqa: E402
+                            hash_files, read_json, read_meta, write_meta)
 from core.config import VAEConfig, to_dict, validate  # noqa: E402
 from core.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 from core.env import FRAME_SIZE  # noqa: E402

@@ -24,23 +24,40 @@ with st.expander("Settings", expanded=True):
     config = _ui.config_form(EvolveConfig, "evolve")
 
 
-def use_settings(settings: dict) -> None:
-    for name, value in settings.items():
+FIXED_ON_RESUME = ("popsize", "diagonal")  # the saved CMA-ES state fixes them: another value is refused
+
+
+def differing_settings(run_dir: str, values: dict) -> dict:
+    """The settings the evolution in ``run_dir`` last ran with that ``values`` (the form's) change; the
+    generations to reach are the form's to raise, never offered back."""
+    saved = saved_settings(app_data.resolve(run_dir))
+    return {k: v for k, v in saved.items() if k != "generations" and values.get(k) != v}
+
+
+def use_settings() -> None:
+    """Set the form to the saved settings of the folder its Run dir names now (the click may come with an
+    edit of Run dir)."""
+    try:
+        differ = differing_settings(st.session_state["evolve.run_dir"], {})
+    except ArtifactError:
+        return  # the page says why on this rerun
+    for name, value in differ.items():
         st.session_state[f"evolve.{name}"] = value
 
 
 if config is not None:  # a resumable evolution keeps its settings on the command line; here the form says
     try:
-        saved = saved_settings(app_data.resolve(config.run_dir))
+        differ = differing_settings(config.run_dir, dataclasses.asdict(config))
     except ArtifactError as e:
         st.error(f"{e}")
-        saved = {}
-    differ = {k: v for k, v in saved.items() if getattr(config, k) != v}
+        differ = {}
     if differ:
+        fixed = [_ui.label(k) for k in FIXED_ON_RESUME if k in differ]
         st.info(f"The evolution in `{config.run_dir}/` last ran with other settings: "
                 + ", ".join(f"{_ui.label(k)} {v}" for k, v in differ.items())
-                + ". Resuming with this form's values changes them from now on.")
-        st.button("Use its saved settings", on_click=use_settings, args=(differ,), key="evolve.use_saved",
+                + (f". {' and '.join(fixed)} must stay as saved to resume it (its CMA-ES state fixes it); the "
+                   "others" if fixed else ". Resuming with this form's values") + " change from now on.")
+        st.button("Use its saved settings", on_click=use_settings, key="evolve.use_saved",
                   icon=":material/settings_backup_restore:")
 _ui.start_button("evolve", config, noun="evolution")
 run_dir = (config or EvolveConfig()).run_dir

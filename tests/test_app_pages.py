@@ -542,6 +542,8 @@ def test_the_evolve_form_offers_the_settings_a_resumable_evolution_last_ran_with
     at = open_page(home(fresh_root), "4_Evolve.py")
     info = next(i.value for i in at.info if "last ran with other settings" in i.value)
     assert f"Popsize {saved['popsize']}" in info and f"Max steps {saved['max_steps']}" in info
+    assert "Popsize must stay as saved to resume it" in info  # refused otherwise, not changed
+    assert "Generations" not in info  # the form's to raise
     at.button(key="evolve.use_saved").click().run()
     assert not at.exception and not any("last ran with other settings" in i.value for i in at.info)
     assert at.number_input(key="evolve.popsize").value == saved["popsize"]

@@ -601,6 +601,8 @@ def test_a_second_test_whose_tracks_spread_less_than_the_runs_earlier_ones_is_he
     assert pooled_spread([100.0]) is None and pooled_spread([30.0, 40.0]) == pytest.approx(np.sqrt(1250))
     # A state from before the spreads were kept reads them back from its history.
     records = [{"generation": 5}, {"confirm_needed": 30.0, "confirm_episodes": 24},
-               {"confirm_needed": 20.0, "confirm_episodes": 24, "confirm_spread": 97.0}]
-    assert spreads_from_history(records, 1.0) == pytest.approx([30.0 * np.sqrt(24), 97.0])
-    assert spreads_from_history(records, 0.0) == [97.0]  # no margin: nothing to read them back from
+               {"confirm_needed": 20.0, "confirm_episodes": 24, "confirm_spread": 97.0},
+               {"confirm_needed": 60.0, "confirm_episodes": 24, "confirm_margin": 2.0}]
+    assert spreads_from_history(records, 1.0) == pytest.approx([30.0 * np.sqrt(24), 97.0, 30.0 * np.sqrt(24)])
+    assert spreads_from_history(records, 0.0) == pytest.approx([97.0, 30.0 * np.sqrt(24)])  # no margin known
+    assert info["confirm_margin"] == 1.0  # what the next resume reads them back at
