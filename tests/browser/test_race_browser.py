@@ -173,3 +173,15 @@ def test_a_race_socket_that_never_connects_is_explained(app_url, page):
     page.get_by_role("button", name="Start race").click()
     page.get_by_text("The race cannot reach the server").wait_for(timeout=30_000)
     assert data(page, "status") == "reconnecting"
+
+
+def test_on_a_768_pixel_screen_the_race_and_its_buttons_fit_in_sight(app_url, page):
+    page.set_viewport_size({"width": 1366, "height": 768})
+    goto(page, app_url, "race")
+    page.get_by_label("Your name (for the leaderboard)").fill("Sam")
+    page.get_by_role("button", name="Start race").click()
+    wait_status(page, "countdown")
+    page.locator(".race").scroll_into_view_if_needed()
+    view, bar = (page.locator(f".race {part}").first.bounding_box() for part in (".view", ".bar"))
+    assert view["width"] >= 192 and bar["y"] + bar["height"] <= 768, (view, bar)
+    shot(page, SHOTS, "768-solo")
