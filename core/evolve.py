@@ -118,6 +118,7 @@ def update_average(average: Average | None, mean: np.ndarray, span: int) -> Aver
 
 # What a resumed evolution does not take from its saved settings: where it runs and what this machine gives it.
 NOT_KEPT_ON_RESUME = ("run_dir", "workers")
+FIXED_ON_RESUME = ("popsize", "diagonal")  # the saved CMA-ES state fixes them: another value is refused
 
 
 def saved_settings(run_dir: str | Path) -> dict:
@@ -153,7 +154,7 @@ def _check_resumable(out_dir: Path, config: EvolveConfig) -> None:
     """The saved CMA-ES state fixes the population size and the covariance's shape: refuse other values
     rather than quietly ignore them."""
     saved = read_json(out_dir / "config.json", "evolution config") if (out_dir / "config.json").exists() else {}
-    changed = [f"--{k.replace('_', '-')} {saved[k]} -> {getattr(config, k)}" for k in ("popsize", "diagonal")
+    changed = [f"--{k.replace('_', '-')} {saved[k]} -> {getattr(config, k)}" for k in FIXED_ON_RESUME
                if k in saved and saved[k] != getattr(config, k)]
     if changed:
         raise ArtifactError(f"{out_dir}: this evolution was started with other settings ({'; '.join(changed)}); "

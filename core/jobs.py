@@ -90,7 +90,7 @@ def world_model_inputs(stage: str, config: Mapping[str, Any]) -> set[str]:
         folders = [Path(config["run_dir"]) / "vae"]
     elif stage == "evolve":
         folders = [Path(config["run_dir"]) / part for part in ("vae", "rnn")]
-    elif (stage in ("evaluate",) or (stage == "record" and not config.get("actions"))
+    elif (stage == "evaluate" or (stage == "record" and not config.get("actions"))
           or (stage == "collect" and config.get("policy") == "controller")):
         folders = [Path(config["model_dir"]) / part for part in ("vae", "rnn")]
     else:

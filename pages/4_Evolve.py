@@ -10,7 +10,7 @@ from core.config import EvaluateConfig, EvolveConfig, RecordConfig
 from core.controller import PARAMS_KEYS
 from core.reports import verdict_words
 from core.artifacts import ArtifactError
-from core.evolve import average_against_mean, saved_settings
+from core.evolve import FIXED_ON_RESUME, average_against_mean, saved_settings
 from core.jobs import out_dir_of
 from pages import _ui
 
@@ -22,9 +22,6 @@ st.markdown("C is a single linear layer from [z, h] to steer, gas and brake: 867
 
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(EvolveConfig, "evolve")
-
-
-FIXED_ON_RESUME = ("popsize", "diagonal")  # the saved CMA-ES state fixes them: another value is refused
 
 
 def differing_settings(run_dir: str, values: dict) -> dict:

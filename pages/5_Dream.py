@@ -84,13 +84,12 @@ if mode in ("You", "The controller"):
     if dream is None or st.session_state.get("dream.key") != (model_dir, id(model.w)):  # other V or M: start over
         dream = new_dream(start if episodes else "random", episode if episodes else None, int(step), int(seed))
     dream.tau = tau
-    dream.model = model  # the same V and M; C as evolved by now
 
 
 @st.fragment
 def drive() -> None:
     dream = st.session_state["dream"]
-    latest = _ui.load_world_model(model_dir)  # cached: a fragment rerun still drives with the newest C
+    latest = _ui.load_world_model(model_dir)  # cached; on every run, full or of this fragment: the newest C
     if latest.w is dream.model.w:
         dream.model = latest
     t0 = dream.t
