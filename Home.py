@@ -8,9 +8,9 @@ builds the ASGI app that serves Streamlit together with the race WebSocket, on t
 
 import streamlit as st
 
-from core import app_data
+from core.app import app_data
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
-from core.controller import PARAMS_KEYS
+from core.models.controller import PARAMS_KEYS
 
 DIAGRAM = """
 digraph world_models {
@@ -180,5 +180,5 @@ elif __name__ != "__mp_main__":  # imported by uvicorn (not by a multiprocessing
     # With a pages/ folder, a server's first script run would otherwise use the legacy pages/ discovery: a
     # first visit to /Evolve (the file's name) would run that page alone, without this file's navigation.
     PagesManager.uses_pages_directory = False
-    from core.race_server import race_routes
+    from core.app.race.server import race_routes
     app = st.App(__file__, routes=race_routes())

@@ -22,8 +22,8 @@ from bench.common import machine_info, median_time  # noqa: E402
 
 def _models():
     import keras
-    from core.mdnrnn import MDNRNN
-    from core.vae import ConvVAE
+    from core.models.mdnrnn import MDNRNN
+    from core.models.vae import ConvVAE
     keras.utils.set_random_seed(0)
     return ConvVAE(32), MDNRNN(32, 256, 5)
 
@@ -33,8 +33,8 @@ def agent_step_costs(repeats: int) -> dict[str, float]:
     import keras
     import tensorflow as tf
 
-    from core.agent import Agent, extract_weights
-    from core.controller import Controller
+    from core.models.agent import Agent, extract_weights
+    from core.models.controller import Controller
     vae, rnn = _models()
     controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))
     frame = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
@@ -126,7 +126,7 @@ def parallel_compute_scaling(workers: int, seconds: float = 3.0) -> float:
     """Total GEMM rate of ``workers`` processes at once over one process's: 2.0 on two free cores."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from core.env import spawn_context
+    from core.envs.env import spawn_context
     one = _gemm_rate(seconds, 0.0)
     with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
         start_at = time.time() + 5.0  # after every process has started and imported NumPy
@@ -136,9 +136,9 @@ def parallel_compute_scaling(workers: int, seconds: float = 3.0) -> float:
 
 def rollout_throughput(steps: int, workers: int) -> dict[str, float]:
     """Env steps a second of whole rollouts (env + agent), fast env and stock env, 1 and N processes."""
-    from core.agent import Agent, extract_weights
-    from core.env import make_env
-    from core.rollout import RolloutPool, RolloutSettings, rollout
+    from core.models.agent import Agent, extract_weights
+    from core.envs.env import make_env
+    from core.pipeline.rollout import RolloutPool, RolloutSettings, rollout
     vae, rnn = _models()
     weights = extract_weights(vae, rnn)
     params = np.random.default_rng(0).normal(scale=0.1, size=867).astype(np.float32)
@@ -174,8 +174,8 @@ def tf_function_rollout_rate(steps: int, start_at: float = 0.0) -> float:
     (a ``time.time()``), the timed loop waits for that moment, so several processes run it together."""
     import tensorflow as tf
 
-    from core.controller import Controller
-    from core.env import make_env, preprocess
+    from core.models.controller import Controller
+    from core.envs.env import make_env, preprocess
     vae, rnn = _models()
     controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))
     encode = tf.function(lambda x: vae.encode(tf.cast(x, tf.float32) / 255.0)[0])
@@ -202,7 +202,7 @@ def tf_function_rollout_rate_parallel(steps: int, workers: int) -> float:
     """Total steps a second of ``workers`` baseline processes running at the same time."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from core.env import spawn_context
+    from core.envs.env import spawn_context
     start_at = time.time() + 40.0  # after every process has imported TensorFlow and traced its functions
     with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
         rates = list(pool.map(tf_function_rollout_rate, [steps] * workers, [start_at] * workers))

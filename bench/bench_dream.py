@@ -23,11 +23,11 @@ from bench.common import machine_info, median_time  # noqa: E402
 def _world_model():
     import keras
 
-    from core.agent import extract_weights
-    from core.controller import Controller
-    from core.dream import WorldModel
-    from core.mdnrnn import MDNRNN
-    from core.vae import ConvVAE
+    from core.models.agent import extract_weights
+    from core.models.controller import Controller
+    from core.pipeline.dream import WorldModel
+    from core.models.mdnrnn import MDNRNN
+    from core.models.vae import ConvVAE
     keras.utils.set_random_seed(0)
     vae, rnn = ConvVAE(32), MDNRNN(32, 256, 5)
     controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))
@@ -35,7 +35,7 @@ def _world_model():
 
 
 def _fresh_dream(model, seed: int = 0):
-    from core.dream import Dream
+    from core.pipeline.dream import Dream
     dream = Dream(model, tau=1.0, seed=seed)
     dream.reset_random()
     return dream
@@ -43,7 +43,7 @@ def _fresh_dream(model, seed: int = 0):
 
 def step_costs(model, repeats: int) -> dict[str, float]:
     """Milliseconds per frame of each part of a dream."""
-    from core.dream import KEY_ACTIONS, dream_captions, gif, upscale, with_captions
+    from core.pipeline.dream import KEY_ACTIONS, dream_captions, gif, upscale, with_captions
     dream = _fresh_dream(model)
     costs = {
         "M step + sampling (NumPy), user drives": median_time(lambda: dream.step(KEY_ACTIONS["gas"]), repeats),
@@ -67,7 +67,7 @@ def step_costs(model, repeats: int) -> dict[str, float]:
 def page_frame_rates(model, repeats: int) -> dict[str, float]:
     """Frames a second the page makes for its three ways to drive, everything included
     (dream steps, decoding, GIF encoding)."""
-    from core.dream import dream_captions, gif, upscale, with_captions
+    from core.pipeline.dream import dream_captions, gif, upscale, with_captions
 
     def key_press(chunk: int = 10):
         dream = _fresh_dream(model)
@@ -100,7 +100,7 @@ def page_frame_rates(model, repeats: int) -> dict[str, float]:
 
 
 def run(quick: bool = False) -> str:
-    from core.dream import DREAM_FPS
+    from core.pipeline.dream import DREAM_FPS
     repeats = 100 if quick else 500
     model = _world_model()
     costs = step_costs(model, repeats)

@@ -63,7 +63,7 @@ def time_steps(env, seed: int, actions: list[np.ndarray]) -> float:
 
 def compare(runs: int, steps: int) -> dict[str, list[float]]:
     """Steps a second of each env, ``runs`` runs of ``steps`` steps each, interleaved ABBA."""
-    from core.fast_car_racing import make_car_racing
+    from core.envs.fast_car_racing import make_car_racing
 
     envs = {"stock": make_car_racing(fast=False), "fast": make_car_racing(fast=True)}
     for env in envs.values():  # first frame loads fonts and sets pygame up; keep it out of the timings
@@ -82,7 +82,7 @@ def compare(runs: int, steps: int) -> dict[str, list[float]]:
 
 def profile_fast(steps: int) -> tuple[float, list[tuple[str, float]]]:
     """cProfile of the fast env over ``steps`` steps: (profiled ms a step, [(part, ms a step)])."""
-    from core.fast_car_racing import make_car_racing
+    from core.envs.fast_car_racing import make_car_racing
 
     env = make_car_racing(fast=True)
     env.reset(seed=7)

@@ -9,7 +9,7 @@ same controller on the same track (evaluation is deterministic). Track difficult
 gates compare controllers on the same tracks, where it cancels. Each periodic evaluation scores three
 candidates (the CMA-ES mean, the best candidate, the averaged mean: qualities spread by 20 around the
 mean's, which moves by ``climb`` per evaluation) on 8 tracks; the best challenges the kept controller,
-as ``core.evolve.challenge`` decides: it must beat the kept controller's 8-track score, then lead it on 24
+as ``core.pipeline.evolve.challenge`` decides: it must beat the kept controller's 8-track score, then lead it on 24
 other tracks by more than one standard error of the lead.
 
 - fixed tracks: the kept controller's 8-track score is the one it was picked with, and its 24-track

@@ -1,5 +1,5 @@
 """Loading the agent's world model (V and M as NumPy weights, and C) in a fresh process: with Keras, and
-from the weights cache (``core.weights_cache``).
+from the weights cache (``core.storage.weights_cache``).
 
     python -m bench.bench_load [--quick] [--model-dir models]
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _LOAD = """
 import time
 t = time.perf_counter()
-from core.agent import load_world_model
+from core.models.agent import load_world_model
 load_world_model({path!r})
 print(time.perf_counter() - t)
 """
@@ -33,7 +33,7 @@ print(time.perf_counter() - t)
 def _load_seconds(model: Path, cache: Path, *, cached: bool) -> float:
     """Seconds for one fresh process to import the loader and load ``model`` (with an empty cache folder
     unless ``cached``)."""
-    from core.weights_cache import CACHE_ENV
+    from core.storage.weights_cache import CACHE_ENV
     if not cached:
         shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", CACHE_ENV: str(cache)}
@@ -53,7 +53,7 @@ def run(quick: bool = False, model_dir: str = "models") -> str:
     k, c = statistics.median(keras), statistics.median(cache)
     return "\n".join([
         "## Loading the agent (V, M, C) in a fresh process", "", machine_info(), "",
-        f"`core.agent.load_world_model` on `{model_dir}/`, median of {repeats} new processes each:", "",
+        f"`core.models.agent.load_world_model` on `{model_dir}/`, median of {repeats} new processes each:", "",
         "| from | seconds |", "|---|---:|",
         f"| Keras files (imports TensorFlow; writes the cache) | {k:.2f} |",
         f"| weights cache ({cache_mb:.1f} MB, found by the SHA-256 of V's and M's files) | {c:.2f} |",

@@ -3,7 +3,7 @@
     python -m bench.bench_race [--quick]
 
 The server runs in its own process (as under ``streamlit run``: uvicorn with the websockets-sansio
-protocol, ``core.race_server.race_routes``), so the client's work here does not share its GIL. The client
+protocol, ``core.app.race.server.race_routes``), so the client's work here does not share its GIL. The client
 drives in circles (gas and left, so the car stays on the map) and counts the frames of running races it
 receives; the latency test flips the gas key at random moments and times each flip to the first frame
 whose ``ack`` shows the step used it. Other work on the machine shows directly in these figures: the
@@ -41,10 +41,10 @@ def _random_agent_loader(model_dir: str):
     depend on what it learned."""
     import numpy as np
 
-    from core.agent import Agent, extract_weights
-    from core.controller import num_params
-    from core.mdnrnn import MDNRNN
-    from core.vae import ConvVAE
+    from core.models.agent import Agent, extract_weights
+    from core.models.controller import num_params
+    from core.models.mdnrnn import MDNRNN
+    from core.models.vae import ConvVAE
     weights = extract_weights(ConvVAE(32), MDNRNN(32, 256, 5))
     params = np.random.default_rng(0).normal(scale=0.1, size=num_params(32, 256)).astype(np.float32)
     return Agent(weights, params)
@@ -55,8 +55,9 @@ def serve(port: int, with_ai: bool) -> None:
     import uvicorn
     from starlette.applications import Starlette
 
-    from core.race import RaceConfig, RaceRegistry
-    from core.race_server import race_routes
+    from core.app.race.session import RaceConfig
+    from core.app.race.registry import RaceRegistry
+    from core.app.race.server import race_routes
 
     config = RaceConfig(countdown_s=0.0, resume_countdown_s=0.0, max_races=len(PLAN), max_steps=1000)
     board = tempfile.TemporaryDirectory(prefix="bench-race-")  # removed when the server stops
@@ -92,7 +93,7 @@ async def _join(url: str, token: str):
 
 
 async def _frame(ws) -> dict:
-    from core.race_server import decode_frame
+    from core.app.race.server import decode_frame
     while True:
         msg = await asyncio.wait_for(ws.recv(), 10)
         if isinstance(msg, bytes):
@@ -102,7 +103,7 @@ async def _frame(ws) -> dict:
 async def _stream(url: str, token: str, seconds: float) -> dict:
     """Drive in circles (gas and left: the car stays on the map) for ``seconds`` of a running race; frames
     a second, skipped steps and the 95th percentile of the gaps between frames."""
-    from core.race import KEY_GAS, KEY_LEFT
+    from core.app.race.session import KEY_GAS, KEY_LEFT
     ws = await _join(url, token)
     try:
         await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
@@ -130,7 +131,7 @@ async def _latency(url: str, token: str, presses: int) -> list[float]:
     """Seconds from sending a key change to the first frame whose step used it, per press. Presses go out
     on their own clock, 50 to 150 ms apart, not just after a frame arrives (which would always land right
     after a tick and measure a full tick)."""
-    from core.race import KEY_GAS, KEY_LEFT
+    from core.app.race.session import KEY_GAS, KEY_LEFT
     rng = random.Random(0)
     ws = await _join(url, token)
     acked = {"seq": 0}
@@ -180,7 +181,7 @@ def run(quick: bool = False) -> str:
     with_ai = True
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, "-m", "bench.bench_race", "--serve", str(port)] + ([] if with_ai else ["--no-ai"])
-    # No OMP/OPENBLAS thread limits here: the app's server has none either (core.race limits BLAS itself).
+    # No OMP/OPENBLAS thread limits here: the app's server has none either (core.app.race.session limits BLAS itself).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", SDL_VIDEODRIVER="dummy")
     errors = tempfile.TemporaryFile(mode="w+")  # the server's stderr, shown if it fails to start
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)

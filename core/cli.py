@@ -31,30 +31,30 @@ DESCRIPTIONS = {
 def _stage_function(stage: str) -> Callable:
     """Import lazily: ``--help`` and flag errors answer without loading TensorFlow."""
     if stage == "collect":
-        from core.collect import collect
+        from core.pipeline.collect import collect
         return collect
     if stage == "train-vae":
-        from core.vae import train_vae
+        from core.pipeline.train_vae import train_vae
         return train_vae
     if stage == "train-rnn":
-        from core.mdnrnn import train_rnn
+        from core.pipeline.train_rnn import train_rnn
         return train_rnn
     if stage == "evolve":
-        from core.evolve import evolve
+        from core.pipeline.evolve import evolve
         return evolve
     if stage == "evaluate":
-        from core.evaluate import evaluate
+        from core.pipeline.evaluate import evaluate
         return evaluate
     if stage == "export":
-        from core.export import export
+        from core.pipeline.export import export
         return export
     if stage == "compare":
-        from core.evaluate import compare
+        from core.pipeline.compare import compare
         return compare
     if stage == "snapshot":
-        from core.export import snapshot
+        from core.pipeline.snapshot import snapshot
         return snapshot
-    from core.record import record
+    from core.pipeline.record import record
     return record
 
 
@@ -93,7 +93,7 @@ def stage_values(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[s
     values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(STAGES[args.stage])}
     kept: list[str] = []
     if args.stage == "evolve":
-        from core.evolve import saved_settings
+        from core.pipeline.evolve import saved_settings
         given = vars(build_parser(defaults=False).parse_args(argv))
         for name, value in saved_settings(values["run_dir"]).items():
             if name not in given and value != values[name]:
@@ -123,7 +123,7 @@ def _summary(stage: str, result: dict) -> str:
 
 def compare_summary(result: dict) -> str:
     """A comparison in words: the means, the lead with its 95% interval, the tracks won, the verdict."""
-    from core.reports import verdict_words
+    from core.storage.reports import verdict_words
     lines = [f"compare: {result['tracks']} tracks in common (seeds {result['first_seed']}..{result['last_seed']})",
              f"  baseline   {result['baseline_mean']:7.1f}  {result['baseline']}",
              f"  challenger {result['challenger_mean']:7.1f}  {result['challenger']}"]
@@ -146,8 +146,8 @@ def compare_summary(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.artifacts import ArtifactError
     from core.progress import TerminalProgress
+    from core.storage.artifacts import ArtifactError
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:

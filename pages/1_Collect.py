@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import app_data
+from core.app import app_data
 from core.config import CollectConfig
 from pages import _ui
 

@@ -3,9 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from core import app_data
+from core.app import app_data
 from core.config import VAEConfig
-from core.jobs import out_dir_of
+from core.app.jobs import out_dir_of
 from pages import _ui
 
 st.title("Train VAE (V)")

@@ -3,11 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from core import app_data
+from core.app import app_data
 from core.config import RNNConfig
-from core.dataset import EpisodeError, load_episode
-from core.dream import one_step_predictions
-from core.jobs import out_dir_of
+from core.storage.dataset import EpisodeError, load_episode
+from core.pipeline.dream import one_step_predictions
+from core.app.jobs import out_dir_of
 from pages import _ui
 
 st.title("Train RNN (M)")

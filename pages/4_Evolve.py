@@ -5,13 +5,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import app_data
+from core.app import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
-from core.controller import PARAMS_KEYS
-from core.reports import verdict_words
-from core.artifacts import ArtifactError
-from core.evolve import FIXED_ON_RESUME, average_against_mean, saved_settings
-from core.jobs import out_dir_of
+from core.models.controller import PARAMS_KEYS
+from core.storage.reports import verdict_words
+from core.storage.artifacts import ArtifactError
+from core.pipeline.evolve import FIXED_ON_RESUME, average_against_mean, saved_settings
+from core.app.jobs import out_dir_of
 from pages import _ui
 
 st.title("Evolve (C)")

@@ -4,10 +4,9 @@ with the real env on the same actions."""
 import numpy as np
 import streamlit as st
 
-from core import app_data
-from core.dataset import EpisodeError, load_episode
-from core.dream import (DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale,
-                        with_captions)
+from core.app import app_data
+from core.storage.dataset import EpisodeError, load_episode
+from core.pipeline.dream import DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale, with_captions
 from pages import _ui
 
 st.title("Dream")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import race
-from core.leaderboard import NAME_MAX_CHARS, InvalidName
-from core.race_server import component_data
+from core.app.race import session as race
+from core.app.leaderboard import NAME_MAX_CHARS, InvalidName
+from core.app.race.server import component_data
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "race"
 race_view = st.components.v2.component(

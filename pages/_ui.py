@@ -11,11 +11,11 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import app_data, jobs
-from core.artifacts import ArtifactError
+from core.app import app_data, jobs
+from core.storage.artifacts import ArtifactError
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
-from core.jobs import STAGE_TITLES, JobAlreadyRunning, JobConflict, JobRegistry, out_dir_of
-from core.laps import MEANINGS
+from core.app.jobs import STAGE_TITLES, JobAlreadyRunning, JobConflict, JobRegistry, out_dir_of
+from core.envs.laps import MEANINGS
 
 PAGES = {  # stage -> the page that runs it
     "collect": "pages/1_Collect.py",
@@ -353,7 +353,7 @@ def histogram(values: list[float], title: str, x_title: str, key: str | None = N
 
 
 def endings_table(endings: list[dict], key: str | None = None) -> None:
-    """How a report's episodes ended (``core.laps.endings`` rows): episodes, mean return, tiles skipped."""
+    """How a report's episodes ended (``core.envs.laps.endings`` rows): episodes, mean return, tiles skipped."""
     st.dataframe([{"how it ended": e["ended"], "which means": MEANINGS.get(e["ended"], ""), "episodes": e["episodes"],
                    "mean return": round(e["mean_return"], 1), "tiles skipped (mean)": round(e["mean_skipped"], 1)}
                   for e in endings],
@@ -380,7 +380,7 @@ def paired_scatter(seeds: list[int], base: list[float], other: list[float], base
 
 @st.cache_resource(show_spinner="Loading V…", max_entries=4)
 def _vae(path: str, version: float):
-    from core.vae import load_vae
+    from core.models.vae import load_vae
     return load_vae(path)
 
 
@@ -392,13 +392,13 @@ def load_vae(vae_dir: str):
 
 @st.cache_resource(show_spinner="Loading the world model…", max_entries=4)
 def _world_model(path: str, versions: tuple):
-    from core.dream import WorldModel
+    from core.pipeline.dream import WorldModel
     return WorldModel.load(path, with_controller=False)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _controller(path: str, version: float, z_size: int, hidden: int):
-    from core.controller import load_controller
+    from core.models.controller import load_controller
     return load_controller(path, z_size, hidden)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.artifacts import read_history, read_json, read_meta  # noqa: E402
-from core.controller import PARAMS_KEYS  # noqa: E402
-from core.laps import report_endings  # noqa: E402
-from core.training import training_seconds  # noqa: E402
+from core.storage.artifacts import read_history, read_json, read_meta  # noqa: E402
+from core.models.controller import PARAMS_KEYS  # noqa: E402
+from core.envs.laps import report_endings  # noqa: E402
+from core.storage.checkpoints import training_seconds  # noqa: E402
 
 HIST_BIN = 100  # width of a score bin in the histogram
 BAR_CHARS = 40  # characters of the longest histogram bar

@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-# The agent's weights cache (core.agent) goes to a folder of the test run's own, never the user's.
+# The agent's weights cache (core.models.agent) goes to a folder of the test run's own, never the user's.
 os.environ["WORLD_MODELS_CACHE"] = tempfile.mkdtemp(prefix="wm-test-cache-")
 atexit.register(shutil.rmtree, os.environ["WORLD_MODELS_CACHE"], True)
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 def _fast_env_available() -> bool:
     try:
-        import core.fast_car_racing  # noqa: F401
+        import core.envs.fast_car_racing  # noqa: F401
         return True
     except ImportError:
         return False
@@ -35,7 +35,7 @@ TEST_ENV = "fast" if _fast_env_available() else "stock"
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Two Brownian episodes of 40 steps in the real env."""
-    from core.collect import collect
+    from core.pipeline.collect import collect
     from core.config import CollectConfig
     out = tmp_path_factory.mktemp("data") / "rollouts"
     collect(CollectConfig(out_dir=str(out), episodes=2, max_steps=40, workers=1, env=TEST_ENV))
@@ -46,9 +46,9 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_world_model(tiny_data, tmp_path_factory) -> Path:
     """A run folder with vae/, rnn/ and controller/ trained on ``tiny_data`` in seconds."""
     from core.config import EvolveConfig, RNNConfig, VAEConfig
-    from core.evolve import evolve
-    from core.mdnrnn import train_rnn
-    from core.vae import train_vae
+    from core.pipeline.evolve import evolve
+    from core.pipeline.train_rnn import train_rnn
+    from core.pipeline.train_vae import train_vae
     run = tmp_path_factory.mktemp("run")
     train_vae(VAEConfig(data_dir=str(tiny_data), run_dir=str(run), z_size=8, epochs=1, batch_size=32,
                         holdout=0.0))

@@ -3,12 +3,12 @@
 import numpy as np
 import tensorflow as tf
 
-from core.agent import Agent, encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
-from core.controller import load_controller
-from core.dataset import list_episodes, load_episode
-from core.env import make_env
-from core.mdnrnn import load_rnn
-from core.vae import load_vae, to_float
+from core.models.agent import Agent, encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
+from core.models.controller import load_controller
+from core.storage.dataset import list_episodes, load_episode
+from core.envs.env import make_env
+from core.models.mdnrnn import load_rnn
+from core.models.vae import load_vae, to_float
 from tests.conftest import TEST_ENV
 
 
@@ -52,7 +52,7 @@ def test_agent_actions_match_keras_pipeline_in_the_real_env(tiny_world_model):
     env = make_env(TEST_ENV)
     obs, _ = env.reset(seed=5)
     state = None
-    from core.env import preprocess
+    from core.envs.env import preprocess
     for _ in range(15):
         action = agent.act(obs)
         mu = vae.encode(to_float(preprocess(obs)[None]))[0].numpy()

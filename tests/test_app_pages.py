@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.app_data import ROOT_ENV
-from core.dataset import load_episode
-from core.dream import KEY_ACTIONS
+from core.app.app_data import ROOT_ENV
+from core.storage.dataset import load_episode
+from core.pipeline.dream import KEY_ACTIONS
 from tests.conftest import ROOT, TEST_ENV, make_app_root
 
 TIMEOUT = 120  # seconds a script run may take (the first one loads TensorFlow)
@@ -176,7 +176,7 @@ def test_dream_page_steers_with_keys_and_runs_the_dream_beside_the_real_env(app)
 def test_the_app_never_writes_into_the_shipped_model(app_root, monkeypatch):
     import json
 
-    from core import app_data
+    from core.app import app_data
     monkeypatch.setenv(ROOT_ENV, str(app_root))
     assert app_data.outputs_dir("models") == app_root / "runs" / "shipped-model"
     assert app_data.outputs_dir("runs") == app_root / "runs" / "controller"
@@ -265,7 +265,7 @@ def write_job_record(root, stage: str, config) -> None:
     import dataclasses
     import json
 
-    from core.jobs import out_dir_of
+    from core.app.jobs import out_dir_of
     config = dataclasses.asdict(config)
     jobs = root / "runs" / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def test_job_panels_show_the_folders_of_the_job_not_of_the_form(fresh_root):
 def test_vae_reconstructions_follow_new_frames(fresh_root, monkeypatch):
     """An episode replaced by another with as many frames: the real row changes, and so do the reconstructions
     (they are not taken from the cache of the old frames)."""
-    from core import app_data
+    from core.app import app_data
     at = open_page(home(fresh_root), "2_Train_VAE.py")
     reconstructed = []
     real_reconstruct = app_data.reconstruct
@@ -337,7 +337,7 @@ def test_vae_reconstructions_follow_new_frames(fresh_root, monkeypatch):
 def test_training_pages_read_several_data_folders(fresh_root, monkeypatch):
     """A data folder field naming two folders: the VAE page reconstructs frames of both, the RNN page lists
     the episodes of both (told apart by folder, since their file names are the same)."""
-    from core import app_data
+    from core.app import app_data
     second = fresh_root / "data" / "second"
     shutil.copytree(fresh_root / "data" / "rollouts", second)
     for episode in second.glob("ep_*.npz"):  # frames no episode of the first folder has
@@ -370,7 +370,7 @@ def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):
     """Evolution writes meta.json (complete: false) every generation: a running one is still training."""
     import json
 
-    from core.jobs import Job
+    from core.app.jobs import Job
     from pages import _ui
     meta = fresh_root / "runs" / "controller" / "meta.json"
     data = json.loads(meta.read_text())
@@ -405,7 +405,7 @@ def test_home_says_training_while_an_app_job_writes_the_folder(fresh_root):
 def test_an_evaluation_of_an_earlier_controller_is_not_shown_as_the_current_score(fresh_root):
     import json
 
-    from core import app_data
+    from core.app import app_data
     report = {"mean": 512.0, "std": 10.0, "min": 502.0, "max": 522.0, "episodes": 2, "env": "stock",
               "returns": [502, 522], "seeds": [1_000_000, 1_000_001], "date": "2026-01-01T00:00:00Z"}
     stored = fresh_root / "models" / "controller" / "evaluation.json"
@@ -473,16 +473,16 @@ def test_the_forms_refuse_the_shipped_model_folder(app):
 
 def test_rnn_predictions_do_not_reread_the_episode_each_refresh(app, monkeypatch):
     """The view refreshes every second while M trains; the episode's step count is read once per file."""
-    import core.dataset
+    import core.storage.dataset
     at = open_page(app, "3_Train_RNN.py")
     loads = []
-    real_load = core.dataset.load_episode
+    real_load = core.storage.dataset.load_episode
 
     def load_episode(path, *args, **kwargs):
         loads.append(path)
         return real_load(path, *args, **kwargs)
 
-    monkeypatch.setattr(core.dataset, "load_episode", load_episode)
+    monkeypatch.setattr(core.storage.dataset, "load_episode", load_episode)
     at.run()
     assert not at.exception and any("M's prediction" in c for img in at.get("image") for c in img.captions)
     assert loads == []
@@ -491,7 +491,7 @@ def test_rnn_predictions_do_not_reread_the_episode_each_refresh(app, monkeypatch
 def test_rnn_predictions_follow_an_episode_collected_again_under_the_same_name(fresh_root, monkeypatch):
     import os
 
-    import core.dataset
+    import core.storage.dataset
     at = open_page(home(fresh_root), "3_Train_RNN.py")
     episode = sorted((fresh_root / "data" / "rollouts").glob("ep_*.npz"))[0]
     with np.load(episode) as f:
@@ -500,8 +500,8 @@ def test_rnn_predictions_follow_an_episode_collected_again_under_the_same_name(f
     later = os.stat(episode).st_mtime + 5
     os.utime(episode, (later, later))
     loads = []
-    real_load = core.dataset.load_episode
-    monkeypatch.setattr(core.dataset, "load_episode", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
+    real_load = core.storage.dataset.load_episode
+    monkeypatch.setattr(core.storage.dataset, "load_episode", lambda path, *a, **k: loads.append(path) or real_load(path, *a, **k))
     at.run()
     assert not at.exception and any("M's prediction" in c for img in at.get("image") for c in img.captions)
     assert loads.count(str(episode)) >= 2, "the old episode's predictions were shown"  # its steps, its predictions
@@ -536,7 +536,7 @@ def test_a_dream_goes_on_when_the_controller_changes_and_dreams_without_one_that
 
 def test_the_evolve_form_offers_the_settings_a_resumable_evolution_last_ran_with(fresh_root):
     import json
-    from core.evolve import saved_settings
+    from core.pipeline.evolve import saved_settings
     saved = saved_settings(fresh_root / "runs")
     assert saved, "the tiny model's evolution can be resumed"
     at = open_page(home(fresh_root), "4_Evolve.py")
@@ -569,7 +569,8 @@ def test_world_models_in_other_run_folders_can_be_picked(fresh_root):
     """runs2/ (the README's second evolution) and runs/mine/ hold world models: every page offers them."""
     import shutil
 
-    from core import app_data, race
+    from core.app import app_data
+    from core.app.race import session as race
     for folder in ("runs2", "runs/mine"):
         for part in ("vae", "rnn", "controller"):
             shutil.copytree(fresh_root / "runs" / part, fresh_root / folder / part)
@@ -609,7 +610,7 @@ def test_home_and_dream_show_every_data_folder(fresh_root):
     """Controller-driven episodes go to a folder of their own (data/rollouts-controller): Home counts them
     with the default folder's, and Dream can start from a frame of either; folders without episodes are
     left out."""
-    from core import app_data
+    from core.app import app_data
     shutil.copytree(fresh_root / "data" / "rollouts", fresh_root / "data" / "rollouts-controller")
     (fresh_root / "data" / "empty").mkdir()
     assert app_data.data_folders_found() == ["data/rollouts", "data/rollouts-controller"]
@@ -632,7 +633,7 @@ def test_an_evaluation_is_compared_track_by_track_with_the_shipped_model(fresh_r
     and its verdict, and plots the tracks one against the other."""
     import json
 
-    from core import app_data
+    from core.app import app_data
     seeds = list(range(1_000_000, 1_000_030))
     shipped = [500.0 + 10 * (i % 7) for i in range(30)]
     report = {"std": 1.0, "min": 0.0, "max": 1.0, "episodes": 30, "env": "stock", "max_steps": 1000,
@@ -663,7 +664,7 @@ def test_a_file_that_is_not_an_evaluation_report_shows_no_score_and_breaks_no_pa
     and a bare summary): the pages show no score instead of failing on a missing key."""
     import json
 
-    from core import app_data
+    from core.app import app_data
     foreign = [{"tracks": 2, "seeds": [1_000_000, 1_000_001], "baseline_returns": [1.0, 2.0], "lead": 3.0},
                {"mean": 900.0}, ["not", "a", "dict"]]
     for data in foreign:
@@ -688,7 +689,7 @@ def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_roo
     older report without them shows none, whatever table it claims."""
     import json
 
-    from core import app_data
+    from core.app import app_data
     seeds = [1_000_000, 1_000_001, 1_000_002]
     report = {"mean": 800.0, "std": 1.0, "min": 700.0, "max": 910.0, "episodes": 3, "env": "stock",
               "max_steps": 1000, "date": "2026-01-01T00:00:00Z", "seeds": seeds, "returns": [910.0, 790.0, 700.0],
@@ -714,8 +715,8 @@ def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_roo
 def test_the_cma_mean_is_copied_once_per_generation_and_mean(fresh_root):
     """``copy_cma_mean`` freezes what latest.npz holds into the folder's outputs: the same mean is copied
     once, a new one gets its own file, and a folder without latest.npz is explained."""
-    from core import app_data
-    from core.artifacts import ArtifactError
+    from core.app import app_data
+    from core.storage.artifacts import ArtifactError
     latest = fresh_root / "runs" / "controller" / "latest.npz"
     with np.load(latest) as f:
         generation = int(f["generation"])
@@ -745,7 +746,7 @@ def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_ro
     import shlex
 
     from core.cli import main
-    from core.controller import load_controller, params_sha256
+    from core.models.controller import load_controller, params_sha256
     assert (fresh_root / "models" / "controller" / "latest.npz").exists()  # the test's models/ has a mean too
     at = open_page(home(fresh_root), "4_Evolve.py")
     assert at.radio(key="evaluate.controller").options == [
@@ -783,7 +784,7 @@ def test_the_evolve_page_evaluates_the_cma_mean_and_says_how_to_ship_it(fresh_ro
 
 
 def test_the_export_command_is_written_for_the_project_folder(monkeypatch, tmp_path):
-    from core import app_data
+    from core.app import app_data
     monkeypatch.delenv(ROOT_ENV, raising=False)  # the app's root is the project folder
     mean, report = "runs/controller/mean-gen3-ab.npz", "runs/controller/mean-gen3-ab.evaluation.json"
     assert app_data.export_command("runs", mean, report) == (
@@ -810,7 +811,7 @@ def test_a_data_folder_counts_its_files_not_its_manifest(tmp_path, tiny_data):
     """Episodes written after the manifest's last update count; listed files since deleted do not."""
     import shutil
 
-    from core import app_data
+    from core.app import app_data
     data = tmp_path / "rollouts"
     shutil.copytree(tiny_data, data)
     listed = app_data.data_summary(data)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.artifacts import read_history, read_json
+from core.storage.artifacts import read_history, read_json
 from tests.conftest import ROOT, TEST_ENV
 
 
@@ -139,7 +139,7 @@ def test_a_resumed_evolution_keeps_its_saved_settings_unless_a_flag_changes_them
     assert (values["rollouts"], values["early_stop"], values["generations"], values["eval_every"]) == (7, False, 500, 5)
     assert sorted(kept) == ["--eval-every 5", "--max-sigma 0.015", "--no-fresh-tracks"]
     # A saved config that is not one, or a setting of the wrong kind, is named rather than a traceback.
-    from core.artifacts import ArtifactError
+    from core.storage.artifacts import ArtifactError
     for broken, message in (([saved], "a JSON list, not an object"), ({**saved, "rollouts": "4"}, "rollouts is '4'"),
                             ({**saved, "generations": 400.0}, "generations is 400.0, not a whole number")):
         (controller / "config.json").write_text(json.dumps(broken))
@@ -206,7 +206,7 @@ def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path, signum)
 
 
 def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
-    from core.agent import Agent
+    from core.models.agent import Agent
     out = tmp_path / "models"
     out.mkdir()
     (out / "README.md").write_text("kept")
@@ -239,9 +239,9 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
 @pytest.mark.parametrize("part", ["vae", "rnn", "controller"])
 def test_export_refuses_a_run_whose_part_is_being_trained(part, tiny_world_model, tmp_path):
     """Training rewrites a part's weights at every checkpoint: an export then would ship parts of two moments."""
-    from core.artifacts import ArtifactError, RunLock
+    from core.storage.artifacts import ArtifactError, RunLock
     from core.config import ExportConfig
-    from core.export import export
+    from core.pipeline.export import export
     with RunLock(tiny_world_model / part, "train"):
         with pytest.raises(ArtifactError, match=f"{part}: another training run .* is writing here"):
             export(ExportConfig(run_dir=str(tiny_world_model), out_dir=str(tmp_path / "models")))
@@ -255,10 +255,10 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     import pickle
     import shutil
 
-    from core.artifacts import ArtifactError
+    from core.storage.artifacts import ArtifactError
     from core.config import ExportConfig, VAEConfig
-    from core.export import export
-    from core.vae import train_vae
+    from core.pipeline.export import export
+    from core.pipeline.train_vae import train_vae
     run = tmp_path / "run"
     shutil.copytree(tiny_world_model, run)
     assert json.loads((run / "controller" / "meta.json").read_text())["world_model_sha256"]
@@ -269,7 +269,7 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     assert not (tmp_path / "after").exists()
     # A resume that runs no generation has evolved nothing on them: still refused.
     from core.config import EvolveConfig
-    from core.evolve import evolve
+    from core.pipeline.evolve import evolve
     evolve(EvolveConfig(run_dir=str(run), generations=1, popsize=4, rollouts=1, max_steps=20, eval_every=0,
                         workers=1, env=TEST_ENV))
     with pytest.raises(ArtifactError, match="evolved on other V and M"):
@@ -303,7 +303,7 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     with pytest.raises(ArtifactError, match="evolved on other V and M"):
         export(ExportConfig(run_dir=str(step), out_dir=str(tmp_path / "step-model")))
     # Evolved on (with a warning that it started on the old codes), it is C for these V and M.
-    with caplog.at_level("WARNING", logger="core.evolve"):
+    with caplog.at_level("WARNING", logger="core.pipeline.evolve"):
         evolve(EvolveConfig(run_dir=str(run), generations=2, popsize=4, rollouts=1, max_steps=20, eval_every=0,
                             workers=1, env=TEST_ENV))
     assert "V or M has changed since this evolution last ran" in caplog.text
@@ -317,12 +317,12 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
 
     import numpy as np
 
-    from core.artifacts import ArtifactError
+    from core.storage.artifacts import ArtifactError
     from core.config import ConfigError, EvaluateConfig, EvolveConfig, ExportConfig
-    from core.controller import params_sha256
-    from core.evaluate import evaluate
-    from core.evolve import evolve
-    from core.export import export
+    from core.models.controller import params_sha256
+    from core.pipeline.evaluate import evaluate
+    from core.pipeline.evolve import evolve
+    from core.pipeline.export import export
     run = tmp_path / "run"
     shutil.copytree(tiny_world_model, run)
     mean = tmp_path / "mean.npz"  # as an evolution's latest.npz, with a mean other than the kept controller
@@ -357,7 +357,7 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
                         evaluation=str(doubtful)))
     result = export(ExportConfig(run_dir=str(run), out_dir=str(out), params=str(mean), evaluation=report["out"]))
     assert result["params_sha256"] == sha and result["evaluation"] == report["mean"]
-    from core.weights_cache import world_model_sha256
+    from core.storage.weights_cache import world_model_sha256
     world = world_model_sha256(out)  # it was evaluated on these V and M, and says so wherever it is kept
     assert read_json(out / "controller" / "meta.json")["world_model_sha256"] == world
     assert read_json(out / "controller" / "state.json")["shipped_world"] == world
@@ -439,7 +439,7 @@ def test_a_model_of_another_z_size_is_explained(tiny_world_model, tmp_path):
 
 def test_a_stopped_recording_leaves_the_old_video_and_says_it_starts_over(tiny_world_model, tmp_path):
     from core.config import RecordConfig
-    from core.record import record
+    from core.pipeline.record import record
     out = tmp_path / "drive.mp4"
     out.write_bytes(b"the previous video")
     with pytest.raises(InterruptedError, match="left as it was"):
@@ -452,8 +452,8 @@ def test_a_stopped_recording_leaves_the_old_video_and_says_it_starts_over(tiny_w
 def test_an_action_log_that_is_not_one_array_is_explained(tmp_path):
     import numpy as np
 
-    from core.artifacts import ArtifactError
-    from core.record import load_actions
+    from core.storage.artifacts import ArtifactError
+    from core.pipeline.record import load_actions
     empty = tmp_path / "empty.npy"
     empty.write_bytes(b"")
     archive = tmp_path / "archive.npy"
@@ -471,9 +471,9 @@ def test_a_model_left_aside_by_an_interrupted_export_is_put_back(tiny_world_mode
     """A crash between export's two renames leaves the previous model as .models.old and no models/."""
     import shutil
 
-    from core.artifacts import ArtifactError
+    from core.storage.artifacts import ArtifactError
     from core.config import ExportConfig
-    from core.export import export
+    from core.pipeline.export import export
     shutil.copytree(tiny_world_model, tmp_path / ".models.old", ignore=shutil.ignore_patterns("checkpoint", ".lock"))
     with pytest.raises(ArtifactError):  # this export fails (no such run), after putting the model back
         export(ExportConfig(run_dir=str(tmp_path / "no-run"), out_dir=str(tmp_path / "models")))
@@ -512,7 +512,7 @@ def test_export_refuses_a_checkpoint_cut_short_until_a_resume_completes_it(tiny_
 
     import numpy as np
 
-    from core.controller import save_params
+    from core.models.controller import save_params
     run = tmp_path / "run"
     shutil.copytree(tiny_world_model, run)
     with np.load(run / "controller" / "params.npz") as f:
@@ -535,7 +535,7 @@ def test_record_replays_an_action_log_on_its_track(tmp_path):
     import imageio.v2 as imageio
     import numpy as np
 
-    from core.env import make_env
+    from core.envs.env import make_env
     actions = [[0.0, 1.0, 0.0]] * 20 + [[-0.5, 0.5, 0.0]] * 10
     log = tmp_path / "log.json"
     log.write_text(json.dumps({"actions": actions}))

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from core.controller import Controller, num_params, squash
+from core.models.controller import Controller, num_params, squash
 
 
 def test_paper_controller_has_867_parameters():
@@ -41,8 +41,8 @@ def test_wrong_parameter_count_is_refused():
 
 
 def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
-    from core.artifacts import ArtifactError
-    from core.controller import load_params_file, params_sha256, save_params
+    from core.storage.artifacts import ArtifactError
+    from core.models.controller import load_params_file, params_sha256, save_params
     n = num_params(4, 6)
     params = np.linspace(-1, 1, n).astype(np.float32)
     save_params(tmp_path, params, 4, 6)
@@ -75,10 +75,10 @@ def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
 def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, tmp_path):
     """--init-from puts a fresh CMA-ES mean at a trained controller (say, to restart with another
     population size); a controller for another world model is refused with a clear message."""
-    from core.artifacts import ArtifactError
+    from core.storage.artifacts import ArtifactError
     from core.config import EvolveConfig
-    from core.controller import load_controller, save_params
-    from core.evolve import new_es
+    from core.models.controller import load_controller, save_params
+    from core.pipeline.evolve import new_es
     config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
     z, h = config["z_size"], config["hidden"]
     trained = load_controller(tiny_world_model / "controller", z, h).get_params()
@@ -113,9 +113,9 @@ def _tiny_run(tiny_world_model, run):
 def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_model, tmp_path):
     """The random state CMA-ES samples candidates from travels in the checkpoint: a resumed run draws the
     candidates, scores and shipped parameters of an uninterrupted one, whatever else drew from NumPy."""
-    from core.artifacts import read_history
+    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.evolve import evolve
+    from core.pipeline.evolve import evolve
     from tests.conftest import TEST_ENV
     config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=2, eval_episodes=1, workers=1, env=TEST_ENV)
     straight = _tiny_run(tiny_world_model, tmp_path / "straight")
@@ -138,9 +138,9 @@ def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_mo
 def test_a_step_size_cap_holds_from_the_first_generation_and_on_a_resumed_run(tiny_world_model, tmp_path):
     """Without a cap the step size stays near sigma0 over a few generations; with one it never exceeds it,
     including when the cap is first given to a resumed run."""
-    from core.artifacts import read_history
+    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.evolve import evolve
+    from core.pipeline.evolve import evolve
     from tests.conftest import TEST_ENV
     config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1, env=TEST_ENV, sigma0=0.1)
     free = _tiny_run(tiny_world_model, tmp_path / "free")
@@ -156,7 +156,7 @@ def test_a_step_size_cap_holds_from_the_first_generation_and_on_a_resumed_run(ti
 
 def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
     """With a span of 7 each new mean ends up weighing 2/8, as much as the lag of a 7-generation window."""
-    from core.evolve import update_average
+    from core.pipeline.evolve import update_average
     means = [np.full(3, float(v)) for v in (1, 2, 3, 4, 10, 20)]
     average = None
     for m in means[:4]:
@@ -168,7 +168,7 @@ def test_the_averaged_mean_is_the_plain_average_then_an_exponential_one():
 
 
 def test_the_averaged_mean_is_set_against_the_mean_evaluation_by_evaluation():
-    from core.evolve import average_against_mean
+    from core.pipeline.evolve import average_against_mean
     records = [{"generation": 5, "eval_mean_params": 700.0},  # before the average was kept
                {"generation": 10, "eval_mean_params": 700.0, "eval_mean_average": 730.0},
                {"generation": 15, "eval_mean_params": 760.0, "eval_mean_average": 750.0},
@@ -181,9 +181,9 @@ def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average
     """The averaged mean travels in the checkpoint: after three generations, stopped and resumed after each,
     it is the plain average of the three means (all fewer than ``average``), and it is evaluated with the
     mean and the best candidate. ``--average 0`` keeps none."""
-    from core.artifacts import read_history
+    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.evolve import evolve
+    from core.pipeline.evolve import evolve
     from tests.conftest import TEST_ENV
     config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=3, eval_episodes=1, workers=1, env=TEST_ENV)
     ctrl = _tiny_run(tiny_world_model, tmp_path / "run")
@@ -200,7 +200,7 @@ def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average
     assert json.loads((ctrl / "state.json").read_text())["episodes"] == 3 * 4 + 3  # three evaluated on one track
     import pickle
 
-    from core.artifacts import ArtifactError
+    from core.storage.artifacts import ArtifactError
     saved = pickle.loads((ctrl / "cma_state.pkl").read_bytes())
     (ctrl / "cma_state.pkl").write_bytes(pickle.dumps({**saved, "average": (saved["average"][0], 0)}))
     with pytest.raises(ArtifactError, match="averaged mean does not fit"):
@@ -219,9 +219,9 @@ def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_m
     still resumes with its state.json."""
     import pickle
 
-    from core.artifacts import read_history
+    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.evolve import evolve
+    from core.pipeline.evolve import evolve
     from tests.conftest import TEST_ENV
     ctrl = _tiny_run(tiny_world_model, tmp_path / "run")
     config = dict(run_dir=str(ctrl.parent), popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1,
@@ -260,7 +260,7 @@ def test_an_evolution_from_a_trained_controller_keeps_its_lineage(tiny_world_mod
     import shutil
 
     from core.config import EvolveConfig
-    from core.evolve import evolve, params_sha256
+    from core.pipeline.evolve import evolve, params_sha256
     from tests.conftest import TEST_ENV
     settings = dict(popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1, env=TEST_ENV)
     parent = json.loads((tiny_world_model / "controller" / "state.json").read_text())
@@ -309,7 +309,7 @@ class _ScriptedPool:
         self.driven = []
 
     def map(self, tasks):
-        from core.rollout import RolloutResult
+        from core.pipeline.rollout import RolloutResult
         for params, seed in tasks:
             self.driven.append((float(params[0]), seed))
             yield RolloutResult(seed, self.quality(params) + (seed % 7), 10, False, 1)
@@ -336,8 +336,8 @@ class _StandInPool(_ScriptedPool):
 
 
 def test_a_new_best_controller_must_win_again_on_other_tracks():
-    from core.evolve import CONFIRM_SEED_BASE, challenge
-    from core.controller import params_sha256
+    from core.pipeline.gate import CONFIRM_SEED_BASE, challenge
+    from core.models.controller import params_sha256
     seeds = [CONFIRM_SEED_BASE + i for i in range(3)]
     offset = np.mean([s % 7 for s in seeds])
     shipped, lucky, better = (np.full(4, v, np.float32) for v in (500.0, 450.0, 520.0))
@@ -391,7 +391,7 @@ def test_a_new_best_controller_must_win_again_on_other_tracks():
 def test_a_challenger_must_lead_by_more_than_the_noise_of_its_lead():
     """Near a plateau controllers differ by less than tracks do: a lead of 5 points whose track-by-track
     differences swing by 60 is not enough with a margin of one standard error, a steady one is."""
-    from core.evolve import CONFIRM_SEED_BASE, challenge
+    from core.pipeline.gate import CONFIRM_SEED_BASE, challenge
     seeds = [CONFIRM_SEED_BASE + i for i in range(8)]
     shipped, noisy, steady = (np.full(4, v, np.float32) for v in (500.0, 505.0, 506.0))
 
@@ -427,16 +427,17 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
     """With fresh tracks each periodic evaluation drives the next tracks, the shipped controller with the
     candidates (its score there is the bar), and a second test drives new confirmation tracks; without,
     the same tracks every time and the shipped controller's score from when it was picked."""
-    import core.evolve
-    from core.artifacts import read_history
+    import core.pipeline.evolve
+    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.evolve import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, evolve, next_tracks
+    from core.pipeline.gate import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, next_tracks
+    from core.pipeline.evolve import evolve
     from tests.conftest import TEST_ENV
 
     class Pool(_StandInPool):
         instances: list = []
 
-    monkeypatch.setattr(core.evolve, "RolloutPool", Pool)
+    monkeypatch.setattr(core.pipeline.evolve, "RolloutPool", Pool)
     settings = dict(generations=6, popsize=6, rollouts=1, sigma0=1.0, eval_every=2, eval_episodes=2,
                     confirm_episodes=3, confirm_margin=0.0, workers=1, env=TEST_ENV)
     for fresh in (True, False):
@@ -499,17 +500,17 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
     before it is shipped."""
     import shutil
 
-    import core.evolve
-    from core.artifacts import read_history
+    import core.pipeline.evolve
+    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.controller import load_controller, save_params
-    from core.evolve import evolve
+    from core.models.controller import load_controller, save_params
+    from core.pipeline.evolve import evolve
     from tests.conftest import TEST_ENV
 
     class Pool(_StandInPool):
         instances: list = []
 
-    monkeypatch.setattr(core.evolve, "RolloutPool", Pool)
+    monkeypatch.setattr(core.pipeline.evolve, "RolloutPool", Pool)
     config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
     z, h = config["z_size"], config["hidden"]
     start_dir = tmp_path / "start"
@@ -545,8 +546,8 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
     missing or broken one is explained without leaving a file behind."""
     import json
 
-    from core.artifacts import ArtifactError
-    from core.controller import load_params_file, params_sha256, snapshot_params
+    from core.storage.artifacts import ArtifactError
+    from core.models.controller import load_params_file, params_sha256, snapshot_params
     params = np.linspace(-1, 1, num_params(4, 6)).astype(np.float32)
     (tmp_path / "config.json").write_text(json.dumps({"z_size": 4, "hidden": 6}))
     latest = tmp_path / "latest.npz"
@@ -579,7 +580,7 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
 def test_a_second_test_whose_tracks_spread_less_than_the_runs_earlier_ones_is_held_to_those():
     """24 tracks often miss the few where a controller loses hundreds of points, and such tests are the ones
     that pass: once a run has had a few second tests, their pooled spread is a floor under each one's own."""
-    from core.evolve import CONFIRM_SEED_BASE, challenge, pooled_spread, spreads_from_history
+    from core.pipeline.gate import CONFIRM_SEED_BASE, challenge, pooled_spread, spreads_from_history
     seeds = [CONFIRM_SEED_BASE + i for i in range(16)]
     shipped, steady = (np.full(4, v, np.float32) for v in (500.0, 520.0))
 

@@ -5,9 +5,9 @@ import io
 import numpy as np
 import pytest
 
-from core.dataset import list_episodes, load_episode
-from core.dream import (KEY_ACTIONS, Dream, WorldModel, dream_captions, gif, hstack, one_step_predictions,
-                        side_by_side, upscale, with_captions)
+from core.storage.dataset import list_episodes, load_episode
+from core.pipeline.dream import (KEY_ACTIONS, Dream, WorldModel, dream_captions, gif, hstack, one_step_predictions,
+                                 side_by_side, upscale, with_captions)
 from tests.conftest import TEST_ENV
 
 
@@ -32,7 +32,7 @@ def test_world_model_encodes_and_decodes_frames(model, episode):
 
 
 def test_warm_start_memory_matches_keras_lstm(model, episode, tiny_world_model):
-    from core.mdnrnn import load_rnn
+    from core.models.mdnrnn import load_rnn
     rnn = load_rnn(tiny_world_model / "rnn")
     t = 12
     dream = Dream(model)
@@ -46,7 +46,7 @@ def test_warm_start_memory_matches_keras_lstm(model, episode, tiny_world_model):
 
 
 def test_a_dream_step_follows_m(model, episode, tiny_world_model):
-    from core.mdnrnn import load_rnn
+    from core.models.mdnrnn import load_rnn
     rnn = load_rnn(tiny_world_model / "rnn")
     dream = Dream(model, tau=0.0)
     dream.reset_from_frame(episode.obs[0])
@@ -133,7 +133,7 @@ def test_side_by_side_runs_the_same_actions(model, monkeypatch):
     # Both start from the same moment: the dream's first frame is V's picture of the real frame.
     np.testing.assert_array_equal(out["dream"][0], model.decode(model.encode(out["real"][:1]))[0])
     # The actions are the collection policy's on this seed after the warm-up, and the dream took them.
-    from core.collect import BrownianPolicy
+    from core.pipeline.collect import BrownianPolicy
     policy = BrownianPolicy(np.random.default_rng(3))
     np.testing.assert_array_equal(out["actions"], np.stack([policy() for _ in range(17)])[5:])
     assert len(taken) == 1

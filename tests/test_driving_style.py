@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from driving_style import GAS_BIAS, drive, main, outcome_lines  # noqa: E402
 
-from core.laps import OUTCOMES  # noqa: E402
+from core.envs.laps import OUTCOMES  # noqa: E402
 
 
 def test_the_endings_table_groups_episodes_by_how_they_ended():
@@ -27,7 +27,7 @@ def test_the_endings_table_groups_episodes_by_how_they_ended():
 def test_a_full_throttle_controller_is_measured_as_one(tiny_world_model):
     """Zero weights and a large gas bias: gas 1 on every step, no steering, no braking, and the car gains
     speed."""
-    from core.agent import Agent, load_world_model
+    from core.models.agent import Agent, load_world_model
     weights, params = load_world_model(tiny_world_model)
     flat_out = np.zeros_like(params)
     flat_out[GAS_BIAS] = 10.0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.config import EvaluateConfig
-from core.evaluate import evaluate
+from core.pipeline.evaluate import evaluate
 from tests.conftest import TEST_ENV
 
 
@@ -66,9 +66,9 @@ def test_a_partial_evaluation_of_another_controller_is_not_reused(tiny_world_mod
 def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world_model, tmp_path, caplog):
     """A partial file from before endings were kept: its episodes are reused, and the report leaves out the
     per-episode lists that not every episode has."""
-    from core.agent import load_world_model
-    from core.controller import params_sha256
-    from core.weights_cache import world_model_sha256
+    from core.models.agent import load_world_model
+    from core.models.controller import params_sha256
+    from core.storage.weights_cache import world_model_sha256
     _, params = load_world_model(tiny_world_model)
     out = tmp_path / "eval.json"
     (tmp_path / "eval.json.partial").write_text(json.dumps(
@@ -76,7 +76,7 @@ def test_episodes_of_an_older_partial_run_without_endings_still_count(tiny_world
          "env": TEST_ENV, "max_steps": 15, "episodes": {"1000000": {"return": 5.0, "steps": 15, "tiles": 2}}}))
     config = EvaluateConfig(model_dir=str(tiny_world_model), episodes=2, max_steps=15, workers=1, env=TEST_ENV,
                             out=str(out))
-    with caplog.at_level("WARNING", logger="core.evaluate"):
+    with caplog.at_level("WARNING", logger="core.pipeline.evaluate"):
         report = evaluate(config)
     assert "older partial run" in caplog.text
     assert report["returns"][0] == 5.0 and report["steps"] == [15, 15] and report["tiles"][0] == 2
@@ -112,7 +112,7 @@ def _report(path, returns, first_seed=1_000_000, **extra):
 
 def test_compare_pairs_tracks_and_gives_a_verdict_only_when_the_lead_is_clear(tmp_path):
     from core.config import CompareConfig
-    from core.evaluate import compare
+    from core.pipeline.compare import compare
 
     rng = np.random.default_rng(0)
     track = rng.normal(800, 150, 60)  # track difficulty: far larger than the controllers' difference
@@ -134,8 +134,8 @@ def test_compare_pairs_tracks_and_gives_a_verdict_only_when_the_lead_is_clear(tm
 
 
 def test_compare_uses_the_tracks_both_drove_and_refuses_other_settings(tmp_path):
-    from core.artifacts import ArtifactError
-    from core.reports import compare_reports, read_report
+    from core.storage.artifacts import ArtifactError
+    from core.storage.reports import compare_reports, read_report
 
     base = read_report(_report(tmp_path / "base.json", [500.0] * 30))
     shifted = read_report(_report(tmp_path / "shifted.json", [510.0] * 30, first_seed=1_000_025))
@@ -163,7 +163,7 @@ def test_compare_uses_the_tracks_both_drove_and_refuses_other_settings(tmp_path)
 
 
 def test_the_interval_is_students_t_and_the_suggested_tracks_have_power(tmp_path):
-    from core.reports import compare_reports, read_report, t_95
+    from core.storage.reports import compare_reports, read_report, t_95
 
     assert [round(t_95(df), 3) for df in (1, 4, 9, 19, 29)] == [12.706, 2.776, 2.262, 2.093, 2.045]
     base = read_report(_report(tmp_path / "base.json", [500.0] * 10))
@@ -186,8 +186,8 @@ def test_the_interval_is_students_t_and_the_suggested_tracks_have_power(tmp_path
 @pytest.mark.parametrize("seeds, returns", [([True, 2], [1.0, 2.0]), ([1.5, 2], [1.0, 2.0]),
                                             ([1, 2], [1.0, [2.0]]), ([1, 2], [1.0, 10 ** 400])])
 def test_a_report_of_odd_numbers_is_refused_in_one_line(tmp_path, seeds, returns):
-    from core.artifacts import ArtifactError
-    from core.reports import read_report
+    from core.storage.artifacts import ArtifactError
+    from core.storage.reports import read_report
 
     path = tmp_path / "odd.json"
     path.write_text(json.dumps({"seeds": seeds, "returns": returns}))
@@ -197,9 +197,9 @@ def test_a_report_of_odd_numbers_is_refused_in_one_line(tmp_path, seeds, returns
 
 def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_path):
     from core.config import CompareConfig
-    from core.artifacts import ArtifactError
-    from core.evaluate import compare
-    from core.reports import read_reports
+    from core.storage.artifacts import ArtifactError
+    from core.pipeline.compare import compare
+    from core.storage.reports import read_reports
     first = _report(tmp_path / "a.json", [800.0, 700.0], steps=[1000, 900], complete=True)
     second = _report(tmp_path / "b.json", [600.0, 900.0], first_seed=1_000_002, steps=[1000, 950], complete=True)
     joined = read_reports(f"{first}, {second}")

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from gymnasium.envs.box2d.car_racing import PLAYFIELD, CarRacing  # noqa: E402
 
-from core.fast_car_racing import ENV_ID, FastCarRacing, make_car_racing, register  # noqa: E402
+from core.envs.fast_car_racing import ENV_ID, FastCarRacing, make_car_racing, register  # noqa: E402
 
 LOW = np.array([-1.0, 0.0, 0.0])
 HIGH = np.array([1.0, 1.0, 1.0])
@@ -113,7 +113,7 @@ def test_registering_again_is_a_no_op(recwarn):
     spec = gym.spec(ENV_ID)
     register()
     assert gym.spec(ENV_ID) is spec
-    assert spec.entry_point == "core.fast_car_racing:FastCarRacing"
+    assert spec.entry_point == "core.envs.fast_car_racing:FastCarRacing"
     assert not [w for w in recwarn if "already" in str(w.message).lower()]
 
 

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from core import app_data
-from core.artifacts import read_history, read_json
+from core.app import app_data
+from core.storage.artifacts import read_history, read_json
 from core.config import CollectConfig, VAEConfig, to_dict
-from core.jobs import JobAlreadyRunning, JobRegistry
+from core.app.jobs import JobAlreadyRunning, JobRegistry
 from tests.conftest import TEST_ENV
 
 
@@ -64,7 +64,7 @@ def test_second_start_is_refused_and_stop_ends_the_job_cleanly(registry, tmp_pat
 
 def test_a_stop_clicked_before_the_worker_process_exists_still_reaches_it(registry, tmp_path):
     """Stop can land between the job's creation and its process's start; it must not be lost."""
-    from core.jobs import Job
+    from core.app.jobs import Job
     config = CollectConfig(out_dir="data", episodes=30, max_steps=1000, workers=1, env=TEST_ENV)
     job = Job(id="early", stage="collect", config=to_dict(config), out_dir="data")
     registry._jobs[job.id] = job
@@ -79,7 +79,7 @@ def test_a_stop_clicked_before_the_worker_process_exists_still_reaches_it(regist
 
 def test_the_app_shares_one_registry_per_folder(tmp_path):
     """Pages get the registry from here, not from a Streamlit cache that "Clear cache" would empty."""
-    from core.jobs import shared_registry
+    from core.app.jobs import shared_registry
     first = shared_registry(tmp_path / "jobs", tmp_path)
     assert shared_registry(tmp_path / "jobs" / ".." / "jobs", tmp_path) is first
     assert shared_registry(tmp_path / "other", tmp_path) is not first
@@ -139,7 +139,7 @@ def test_a_job_whose_server_is_gone_stops_cleanly_at_a_checkpoint(tmp_path, tiny
     config = VAEConfig(data_dir=str(tiny_data), run_dir="run", z_size=8, epochs=3, batch_size=16, holdout=0.0)
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "core.jobs", "train-vae", str(write_fd)], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "core.app.jobs", "train-vae", str(write_fd)], cwd=tmp_path, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             pass_fds=(write_fd,))
     os.close(write_fd)
@@ -162,7 +162,7 @@ def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
     """M encoded with a V still training (or an evolution whose V changes under it) would record weights it
     never used: such jobs run one after the other. Evaluations beside an evolution are fine."""
     from core.config import EvaluateConfig, EvolveConfig, RNNConfig
-    from core.jobs import Job, JobConflict, world_model_inputs
+    from core.app.jobs import Job, JobConflict, world_model_inputs
     vae = Job(id="vae", stage="train-vae", config=to_dict(VAEConfig(run_dir="runs")), out_dir="runs/vae",
               status="running")
     registry._jobs[vae.id] = vae

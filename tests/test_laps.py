@@ -1,11 +1,11 @@
-"""core.laps: how an episode ended, from the tiles the car touched; and its endings in real episodes."""
+"""core.envs.laps: how an episode ended, from the tiles the car touched; and its endings in real episodes."""
 
 import subprocess
 import sys
 
 import numpy as np
 
-from core.laps import LOST_ROAD_STEPS, MEANINGS, OUTCOMES, LapTracker, endings, outcome
+from core.envs.laps import LOST_ROAD_STEPS, MEANINGS, OUTCOMES, LapTracker, endings, outcome
 from tests.conftest import ROOT, TEST_ENV
 
 
@@ -93,8 +93,8 @@ def test_endings_group_in_outcome_order_with_means_of_any_per_episode_list():
 def test_a_rollout_says_how_it_ended(tiny_world_model):
     """A car that brakes and never moves: out of steps on a real track, no tile skipped; the same car with an
     early stop is stopped early."""
-    from core.agent import load_world_model
-    from core.rollout import RolloutSettings, rollout
+    from core.models.agent import load_world_model
+    from core.pipeline.rollout import RolloutSettings, rollout
     weights, params = load_world_model(tiny_world_model)
     parked = np.zeros_like(params)
     parked[-3:] = (0.0, -10.0, 10.0)  # no steering, no gas, full brake
@@ -106,10 +106,10 @@ def test_a_rollout_says_how_it_ended(tiny_world_model):
 
 
 def test_reading_a_report_for_the_pages_does_not_load_the_env():
-    """The endings table Home shows comes from core.laps alone: reading the shipped report pulls in neither
+    """The endings table Home shows comes from core.envs.laps alone: reading the shipped report pulls in neither
     the evaluation code nor Gymnasium."""
-    code = ("import sys; from core import app_data; r = app_data.evaluation('models'); "
-            "print(bool(r['endings']), 'gymnasium' in sys.modules, 'core.evaluate' in sys.modules)")
+    code = ("import sys; from core.app import app_data; r = app_data.evaluation('models'); "
+            "print(bool(r['endings']), 'gymnasium' in sys.modules, 'core.pipeline.evaluate' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          check=True).stdout.split()
     assert out == ["True", "False", "False"]

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from core.leaderboard import (NAME_MAX_CHARS, InvalidName, Leaderboard, Run, blob_to_actions, actions_to_blob,
-                              db_path, human_vs_ai_figure, plot_text, validate_player_name)
+from core.app.leaderboard import (NAME_MAX_CHARS, InvalidName, Leaderboard, Run, blob_to_actions, actions_to_blob,
+                                  db_path, human_vs_ai_figure, plot_text, validate_player_name)
 
 
 def make_run(player="Ann", kind="human", seed=1, score=10.0, model="", steps=5):

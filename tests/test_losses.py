@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-from core.mdnrnn import mdn_nll
-from core.vae import kl_divergence, kl_with_tolerance, reconstruction_loss
+from core.models.mdnrnn import mdn_nll
+from core.models.vae import kl_divergence, kl_with_tolerance, reconstruction_loss
 
 
 def test_mdn_nll_matches_numpy_loop():

@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import race
-from core.leaderboard import InvalidName, Leaderboard
-from core.race import (KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceError, RaceFull, RaceRegistry,
-                       RaceSession, keys_to_action, replay_run)
+from core.app.race import session as race
+from core.app.leaderboard import InvalidName, Leaderboard
+from core.app.race.session import (KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceError, RaceFull,
+                                   RaceSession, keys_to_action)
+from core.app.race.registry import RaceRegistry
+from core.app.race.replay import replay_run
 
 FAST = RaceConfig(max_steps=40, countdown_s=0.1, resume_countdown_s=0.04)  # 5-tick countdown, 2 after a pause
 
 
 class ScriptedAgent:
-    """Stands in for core.agent.Agent: a fixed action, and a check of what it is shown."""
+    """Stands in for core.models.agent.Agent: a fixed action, and a check of what it is shown."""
 
     def __init__(self, action=(0.0, 0.5, 0.0)):
         self.action = np.array(action, np.float32)
@@ -322,7 +324,7 @@ def test_the_stored_score_is_the_replays_not_the_browsers(tmp_path, caplog):
     board = Leaderboard(tmp_path / "board.sqlite3")
     actions = np.tile(np.array([[0.0, 1.0, 0.0]], np.float32), (40, 1))
     driver = {"label": "Ann", "kind": "human", "model": "", "score": 1e6, "steps": 40, "outcome": "time"}
-    with caplog.at_level("WARNING", logger="core.race"):
+    with caplog.at_level("WARNING", logger="core.app.race.session"):
         (result,) = race.score_and_record(race.FinishedRace(None, "r1", 1, 8, [(driver, actions)]), board)
     replayed = race.replay_run(8, actions)
     assert result["score"] == pytest.approx(replayed.score) and result["live_score"] == 1e6
@@ -346,7 +348,7 @@ def test_video_of_two_runs_side_by_side(tmp_path):
 
 
 def test_video_of_stored_runs_refuses_mixed_tracks(tmp_path):
-    from core.leaderboard import Run
+    from core.app.leaderboard import Run
     board = Leaderboard(tmp_path / "b.sqlite3")
     acts = np.zeros((3, 3), np.float32)
     a = board.add(Run("Ann", "human", "", 1, 0.0, 3, 0, 1, "ended", acts))
@@ -360,7 +362,7 @@ def test_video_of_stored_runs_refuses_mixed_tracks(tmp_path):
 
 def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
     """The pages explain RaceError; a full disk or a failing encoder must not reach them as a traceback."""
-    from core.leaderboard import Run
+    from core.app.leaderboard import Run
     board = Leaderboard(tmp_path / "b.sqlite3")
     a = board.add(Run("Ann", "human", "", 1, 0.0, 3, 0, 1, "ended", np.zeros((3, 3), np.float32)))
 
@@ -379,7 +381,7 @@ def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
 
 
 def test_the_trained_agent_races(tiny_world_model, tmp_path):
-    """The real core.agent.Agent, loaded from a world-model folder, drives next to the player."""
+    """The real core.models.agent.Agent, loaded from a world-model folder, drives next to the player."""
     assert race.is_world_model(tiny_world_model)
     app = tmp_path / "app"
     (app / "runs").mkdir(parents=True)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import race
-from core.leaderboard import Leaderboard, Run
-from core.race import KEY_GAS, RaceConfig, RaceRegistry
+from core.app.race import session as race
+from core.app.leaderboard import Leaderboard, Run
+from core.app.race.session import KEY_GAS, RaceConfig
+from core.app.race.registry import RaceRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 RACE_PAGE = str(ROOT / "pages" / "6_Race.py")

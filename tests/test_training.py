@@ -8,14 +8,16 @@ import shutil
 import numpy as np
 import pytest
 
-from core.artifacts import ArtifactError
+from core.storage.artifacts import ArtifactError
 from core.config import RNNConfig, VAEConfig
-from core.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
-from core.mdnrnn import load_rnn, train_rnn
-from core.training import (CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint,
-                           training_seconds)
-from core.vae import WEIGHTS as VAE_WEIGHTS
-from core.vae import ConvVAE, load_vae, train_vae
+from core.storage.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
+from core.models.mdnrnn import load_rnn
+from core.pipeline.train_rnn import train_rnn
+from core.storage.checkpoints import (CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint,
+                                      training_seconds)
+from core.models.vae import WEIGHTS as VAE_WEIGHTS
+from core.models.vae import ConvVAE, load_vae
+from core.pipeline.train_vae import train_vae
 
 
 def vae_config(data, run, **changes) -> VAEConfig:
@@ -187,13 +189,13 @@ def test_a_resume_with_other_sizes_is_refused_before_the_episodes_are_read(stage
                                                                            monkeypatch):
     """Reading (and for M, encoding) every episode takes minutes on a real data set; a resume that cannot
     go on must say so first."""
-    import core.mdnrnn
-    import core.vae
+    import core.models.mdnrnn
+    import core.models.vae
 
     def read_episodes(*args, **kwargs):
         raise AssertionError("the episodes were read before the settings were checked")
 
-    monkeypatch.setattr(core.vae if stage == "vae" else core.mdnrnn, "usable_episodes", read_episodes)
+    monkeypatch.setattr(core.models.vae if stage == "vae" else core.models.mdnrnn, "usable_episodes", read_episodes)
     run = copy_run(trained, tmp_path)
     with pytest.raises(ArtifactError, match="other settings"):
         if stage == "vae":
@@ -251,7 +253,7 @@ def test_an_mdn_rnn_resumed_on_a_changed_v_says_so(trained, tiny_data, tmp_path,
     assert "V has changed" not in caplog.text
     train_vae(vae_config(tiny_data, run, epochs=2))
     encoded.append(0)
-    with caplog.at_level("WARNING", logger="core.mdnrnn"):
+    with caplog.at_level("WARNING", logger="core.models.mdnrnn"):
         train_rnn(rnn_config(tiny_data, run, epochs=4), count)
     assert "V has changed since this MDN-RNN began training" in caplog.text
     assert encoded[2] == len(list_episodes(tiny_data))  # another V: encoded again
@@ -297,7 +299,7 @@ def test_a_stopped_encoding_goes_on_from_the_episodes_it_encoded(trained, tiny_d
     assert encoded == list(range(1, episodes + 1))  # every episode is still reported
     fresh = copy_run(trained, tmp_path / "fresh", parts=("vae",))
     train_rnn(rnn_config(tiny_data, fresh))
-    from core.mdnrnn import load_encoded
+    from core.pipeline.train_rnn import load_encoded
     key = str(np.load(run / "rnn" / "encoded.npz")["key"])
     resumed, whole = load_encoded(run / "rnn" / "encoded.npz", key), load_encoded(fresh / "rnn" / "encoded.npz", key)
     first = int(resumed.frame_starts[1])
@@ -435,16 +437,16 @@ def test_starting_from_weights_of_another_size_says_which_flag_fits(trained, tin
 def test_an_mdn_rnn_refuses_a_v_rewritten_while_it_loads(trained, tiny_data, tmp_path, monkeypatch):
     """The V whose codes M learns is the one its checkpoint names: a V checkpointed by a training still going
     as M loads it would be recorded under the next V's hash."""
-    import core.vae
+    import core.models.vae
     run = copy_run(trained, tmp_path, parts=("vae",))
-    load = core.vae.load_vae
+    load = core.models.vae.load_vae
 
     def load_while_training(vae_dir, *args, **kwargs):
         model = load(vae_dir, *args, **kwargs)
         with open(run / "vae" / VAE_WEIGHTS, "ab") as f:  # the training's next checkpoint lands meanwhile
             f.write(b"\0")
         return model
-    monkeypatch.setattr(core.vae, "load_vae", load_while_training)
+    monkeypatch.setattr(core.models.vae, "load_vae", load_while_training)
     with pytest.raises(ArtifactError, match="changed while it was being loaded"):
         train_rnn(rnn_config(tiny_data, run))
     assert not list((run / "rnn").rglob("*.h5")) and not (run / "rnn" / "history.jsonl").exists()  # nothing trained

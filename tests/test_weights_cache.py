@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import weights_cache
-from core.agent import Agent, extract_weights, load_world_model, load_world_model_weights
-from core.artifacts import ArtifactError, atomic_save_npz
-from core.mdnrnn import load_rnn
-from core.vae import load_vae
+from core.storage import weights_cache
+from core.models.agent import Agent, extract_weights, load_world_model, load_world_model_weights
+from core.storage.artifacts import ArtifactError, atomic_save_npz
+from core.models.mdnrnn import load_rnn
+from core.models.vae import load_vae
 from tests.conftest import TEST_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def snapshot(folder: Path) -> dict:
 def _no_keras(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("loaded with Keras although the cache holds these weights")
-    monkeypatch.setattr("core.vae.load_vae", refuse)
+    monkeypatch.setattr("core.models.vae.load_vae", refuse)
 
 
 def test_weights_are_cached_then_read_without_keras(run, cache, monkeypatch, tmp_path):
@@ -79,7 +79,7 @@ def test_changed_files_or_format_are_not_served_from_the_cache(run, cache, monke
     assert changed != before and weights_cache.read(changed) is None
     load_world_model_weights(run)
     assert len(list(cache.iterdir())) == 2
-    monkeypatch.setattr("core.weights_cache.FORMAT_VERSION", 99)
+    monkeypatch.setattr("core.storage.weights_cache.FORMAT_VERSION", 99)
     assert weights_cache.fingerprint(run) not in (before, changed)
     (run / "vae" / "meta.json").unlink()
     assert weights_cache.fingerprint(run) is None
@@ -95,7 +95,7 @@ def test_files_rewritten_while_loading_are_not_cached(run, cache, monkeypatch):
         with open(run / "vae" / "vae.weights.h5", "ab") as f:
             f.write(b"\0")
         return vae
-    monkeypatch.setattr("core.vae.load_vae", load_then_retrain)
+    monkeypatch.setattr("core.models.vae.load_vae", load_then_retrain)
     assert load_world_model_weights(run)["mu_w"].shape[1] == 8
     assert not cache.exists() or not list(cache.iterdir())
 
@@ -105,7 +105,7 @@ def test_an_entry_of_other_files_is_refused(run, cache, caplog):
     key = weights_cache.fingerprint(run)
     fake = {k: (v if k == "mixtures" else np.zeros_like(v)) for k, v in real.items()}
     atomic_save_npz(weights_cache.entry_path(key), fingerprint=np.array("0" * 64), **fake)  # a name clash
-    caplog.set_level("WARNING", logger="core.weights_cache")
+    caplog.set_level("WARNING", logger="core.storage.weights_cache")
     got = load_world_model_weights(run)
     np.testing.assert_array_equal(got["mu_w"], real["mu_w"])
     assert got["mu_w"].any() and "other files" in caplog.text
@@ -134,7 +134,7 @@ def test_a_damaged_entry_falls_back_to_keras(run, cache, caplog, damage):
         else:
             bad["conv1_w"] = bad["conv1_w"][:-16]
         atomic_save_npz(weights_cache.entry_path(key), fingerprint=np.array(key), **bad)
-    caplog.set_level("WARNING", logger="core.weights_cache")
+    caplog.set_level("WARNING", logger="core.storage.weights_cache")
     got = load_world_model_weights(run)
     for k in real:
         np.testing.assert_array_equal(got[k], real[k])
@@ -147,7 +147,7 @@ def test_an_unwritable_cache_folder_or_no_home_still_loads(run, tmp_path, monkey
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(weights_cache.CACHE_ENV, str(blocker / "cache"))
-    caplog.set_level("WARNING", logger="core.weights_cache")
+    caplog.set_level("WARNING", logger="core.storage.weights_cache")
     assert load_world_model_weights(run)["mu_w"].shape[1] == 8
     assert not caplog.text  # a cache that cannot exist is no cause for a warning
     for name in (weights_cache.CACHE_ENV, "XDG_CACHE_HOME", "HOME"):
@@ -164,7 +164,7 @@ def test_an_unwritable_cache_folder_or_no_home_still_loads(run, tmp_path, monkey
 def test_the_cache_keeps_the_most_recently_used_entries(run, cache, monkeypatch):
     weights = load_world_model_weights(run)
     shutil.rmtree(cache)
-    monkeypatch.setattr("core.weights_cache.CACHE_KEEP", 3)
+    monkeypatch.setattr("core.storage.weights_cache.CACHE_KEEP", 3)
     for i in range(5):
         path = weights_cache.write(weights, str(i) * 64)
         os.utime(path, (1000 + i, 1000 + i))  # distinct times, whatever the file system's resolution
@@ -217,7 +217,7 @@ sys.exit(main(["evaluate", "--model-dir", {str(run)!r}, "--episodes", "1", "--ma
 def test_without_tensorflow_a_cache_miss_or_a_missing_file_is_explained(run, cache, monkeypatch):
     """Where TensorFlow is not installed, V and M load from the cache only: a miss says how to fill it, and
     a model with a file missing names the file rather than the cache."""
-    monkeypatch.setitem(sys.modules, "core.mdnrnn", None)  # importing it raises ImportError, as without TF
+    monkeypatch.setitem(sys.modules, "core.models.mdnrnn", None)  # importing it raises ImportError, as without TF
     with pytest.raises(ArtifactError, match="needs TensorFlow"):
         load_world_model_weights(run)
     (run / "vae" / "meta.json").unlink()

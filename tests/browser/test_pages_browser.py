@@ -114,7 +114,7 @@ def test_a_dream_is_steered_with_the_arrow_keys_and_plays_at_25_fps(app_url, pag
 def test_the_race_websocket_is_served_on_the_app_port(app_url):
     from websockets.sync.client import connect
 
-    from core.race_server import WS_PATH
+    from core.app.race.server import WS_PATH
     with connect(app_url.replace("http://", "ws://").rstrip("/") + WS_PATH, open_timeout=10) as ws:
         assert ws.protocol.state.name == "OPEN"
 

@@ -1,0 +1,9 @@
+"""The race's errors: each message is for the player, shown as it is."""
+
+
+class RaceError(ValueError):
+    """A race that cannot start or go on; the message is for the player."""
+
+
+class RaceFull(RaceError):
+    """Every race slot is taken; the player should wait and try again."""

@@ -1,0 +1,603 @@
+"""CarRacing-v3 with the same frames, rewards and physics as Gymnasium's, rendered several times faster.
+
+Gymnasium's ``CarRacing._render`` spends almost all of a step in Python: it rotates, offsets and culls
+about 800 polygons one vertex at a time (about 90 survive), loads a font from disk every frame, draws a
+1000x800 picture, flips it upside down and scales it to 96x96. ``FastCarRacing`` keeps the physics, the
+track generation and the rasterisers of the original (SDL_gfx through ``pygame.gfxdraw``,
+``pygame.draw``, ``smoothscale``) and feeds them the same numbers; it only stops doing work whose
+result is thrown away:
+
+* Geometry. The grass patches and track polygons are one float64 array per track. Each frame rotates,
+  zooms and translates all of them at once with NumPy, with the very cos/sin pygame's
+  ``Vector2.rotate_rad`` uses, so every vertex is bit-for-bit the stock one. A polygon is drawn only if
+  its pixels can reach the part of the window that ends up in the frame (the stock code draws anything
+  within 381 pixels of it). The car's vertices get the same treatment; Box2D's float32 transform is
+  reproduced in float32.
+* Fills. The background polygon is replaced by a plain fill when the window lies well inside it, and
+  the rows that the HUD bar paints over are neither filled nor copied.
+* Scaling. ``smoothscale`` shrinks along x, then along y, row by row and column by column, so shrinking
+  each band separately and stacking them gives the same bytes as shrinking the whole frame. The
+  upside-down flip is therefore applied to the 96-pixel-wide band instead of the 1000-pixel frame, and
+  the HUD is drawn on its own band.
+* Caching. The font, the rendered score text and the window-sized surfaces are made once; the stock
+  code loads the font from disk and allocates two 1000x800 surfaces every frame.
+
+Where an assumption behind a shortcut does not hold (the camera zooms out at the start, the window
+reaches past the edge of the field, an indicator grows above the HUD bar) that part falls back to the
+stock way of drawing. ``tests/test_fast_env.py`` checks the frames byte for byte against
+``gymnasium.make("CarRacing-v3")``.
+
+Importing this module registers ``FastCarRacing-v3`` (same wrappers, limits and threshold as stock).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pygame
+from gymnasium.envs.box2d.car_dynamics import SIZE, WHEEL_R, WHEEL_W, WHEEL_WHITE
+from gymnasium.envs.box2d.car_racing import (
+    GRASS_DIM,
+    MAX_SHAPE_DIM,
+    PLAYFIELD,
+    SCALE,
+    STATE_H,
+    STATE_W,
+    VIDEO_H,
+    VIDEO_W,
+    WINDOW_H,
+    WINDOW_W,
+    ZOOM,
+    CarRacing,
+)
+from pygame import gfxdraw
+
+ENV_ID = "FastCarRacing-v3"
+STOCK_ENV_ID = "CarRacing-v3"
+FONT_SIZE = 42  # points, the stock HUD score font
+SCORE_CENTER = (60, WINDOW_H - WINDOW_H * 2.5 / 40.0)  # pixels, where the stock HUD centres the score
+# The stock culling box: the window grown by the largest polygon diagonal, in pixels.
+CULL_LO = -MAX_SHAPE_DIM
+CULL_HI_X = WINDOW_W + MAX_SHAPE_DIM
+CULL_HI_Y = WINDOW_H + MAX_SHAPE_DIM
+# Pixels a gfxdraw polygon may reach beyond its vertices: one for the antialiased outline, one for the
+# truncation of float vertices to whole pixels.
+REACH = 2.0
+FIELD_MARGIN = 4.0  # pixels the window must clear the field outline by before a plain fill replaces it
+WINDOW_CORNERS = ((0.0, 0.0), (WINDOW_W, 0.0), (0.0, WINDOW_H), (WINDOW_W, WINDOW_H))  # pixels
+HUD_BAR_H = 5 * WINDOW_H / 40.0  # pixels, height of the stock black HUD bar
+
+
+def _grass_polygons() -> np.ndarray:
+    """float64 (400, 4, 2): the stock grass patches in world units, in the stock drawing order."""
+    polys = []
+    for x in range(-20, 20, 2):
+        for y in range(-20, 20, 2):
+            polys.append(
+                [
+                    (GRASS_DIM * x + GRASS_DIM, GRASS_DIM * y + 0),
+                    (GRASS_DIM * x + 0, GRASS_DIM * y + 0),
+                    (GRASS_DIM * x + 0, GRASS_DIM * y + GRASS_DIM),
+                    (GRASS_DIM * x + GRASS_DIM, GRASS_DIM * y + GRASS_DIM),
+                ]
+            )
+    return np.array(polys, dtype=np.float64)
+
+
+GRASS_POLYS = _grass_polygons()
+FIELD_POLY = [(PLAYFIELD, PLAYFIELD), (PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, PLAYFIELD)]
+HUD_BAR = [(WINDOW_W, WINDOW_H), (WINDOW_W, WINDOW_H - HUD_BAR_H), (0, WINDOW_H - HUD_BAR_H), (0, WINDOW_H)]
+
+
+_hud_tops: dict[tuple, int] = {}  # pixel format -> first row the HUD bar covers
+
+
+def _first_row_covered_by_hud(like: pygame.Surface) -> int:
+    """First row from which the stock HUD bar, drawn black over the flipped frame, paints every pixel.
+
+    Measured by drawing it once per pixel format, so a different rasteriser gives a different (still
+    correct) answer.
+    """
+    key = _pixel_format(like)
+    if key not in _hud_tops:
+        probe = pygame.Surface(like.get_size(), 0, like)
+        probe.fill((255, 255, 255))
+        pygame.draw.polygon(probe, color=(0, 0, 0), points=HUD_BAR)
+        row_black = (pygame.surfarray.array2d(probe) == probe.map_rgb((0, 0, 0))).all(axis=0)  # [x, y] -> y
+        top = WINDOW_H
+        while top > 0 and row_black[top - 1]:
+            top -= 1
+        _hud_tops[key] = top
+    return _hud_tops[key]
+
+
+def _pixel_format(surface: pygame.Surface) -> tuple:
+    return surface.get_bitsize(), surface.get_masks(), surface.get_size()
+
+
+_font: pygame.font.Font | None = None  # the HUD font, loaded once (the stock code loads it every frame)
+
+
+def _hud_font() -> pygame.font.Font:
+    global _font
+    if _font is None:
+        _font = pygame.font.Font(pygame.font.get_default_font(), FONT_SIZE)
+    return _font
+
+
+def _forget_font() -> None:
+    """Drop the cached font: after ``pygame.quit()`` or ``pygame.font.quit()`` it can no longer render."""
+    global _font
+    _font = None
+
+
+pygame.register_quit(_forget_font)
+
+
+def _view(surface: pygame.Surface) -> np.ndarray:
+    """uint32 (H, W) view of a 32-bit surface's pixels. The surface stays locked while it lives."""
+    return np.asarray(surface.get_view("2")).T
+
+
+class _Canvas:
+    """The window-sized surfaces one env draws on, kept across frames.
+
+    ``world``: the track and car as the stock code draws them, before its upside-down flip.
+    ``hud``: the frame's HUD rows (``hud_top`` and below), in frame coordinates.
+    """
+
+    def __init__(self) -> None:
+        # Made exactly like the stock per-frame surface, so they get the same pixel format.
+        self.world = pygame.Surface((WINDOW_W, WINDOW_H))
+        self.hud = pygame.Surface((WINDOW_W, WINDOW_H))
+        self.hud_top = _first_row_covered_by_hud(self.hud)
+        # The band shortcut reads pixels as 32-bit words; other formats take the stock path.
+        self.banded = self.world.get_bytesize() == 4 and 0 < self.hud_top < WINDOW_H
+        self._bands: dict[tuple[int, int], _Bands] = {}
+
+    def matches_default_format(self) -> bool:
+        """Whether a new ``pygame.Surface`` would still get this canvas's pixel format."""
+        return _pixel_format(pygame.Surface((WINDOW_W, WINDOW_H))) == _pixel_format(self.world)
+
+    def bands(self, size: tuple[int, int]) -> _Bands:
+        if size not in self._bands:
+            self._bands[size] = _Bands(self, size)
+        return self._bands[size]
+
+
+class _Bands:
+    """``smoothscale(frame, size)`` of the stock frame, computed band by band.
+
+    The stock frame is the world picture flipped upside down, with the HUD drawn over rows ``hud_top``
+    and below (which its black bar covers entirely). smoothscale shrinks every row along x, then every
+    column of the result along y (pygame's ``scalesmooth``: ``filter_shrink_X`` into a buffer, then
+    ``filter_shrink_Y``); a one-axis call runs just that filter. Rows do not mix in the first pass, so
+    x-shrinking the world rows and the HUD rows separately, flipping the narrow world band and
+    stacking the two gives the first pass's buffer byte for byte, at a tenth of the width to flip.
+    """
+
+    def __init__(self, canvas: _Canvas, size: tuple[int, int]) -> None:
+        top = canvas.hud_top
+        width, _ = size
+        self.size = size
+        self.top = top
+        self.world_band = canvas.world.subsurface((0, WINDOW_H - top, WINDOW_W, top))
+        self.hud_band = canvas.hud.subsurface((0, top, WINDOW_W, WINDOW_H - top))
+        self.narrow_world = pygame.Surface((width, top), 0, self.world_band)
+        self.narrow_hud = pygame.Surface((width, WINDOW_H - top), 0, self.hud_band)
+        self.narrow = pygame.Surface((width, WINDOW_H), 0, canvas.world)
+        self.out = pygame.Surface(size, 0, self.narrow)
+        # Views lock their surfaces; these are never blitted to, which is all a lock forbids.
+        self._narrow_world_px = _view(self.narrow_world)
+        self._narrow_hud_px = _view(self.narrow_hud)
+        self._narrow_px = _view(self.narrow)
+        self._out_rgb = pygame.surfarray.pixels3d(self.out)
+
+    def shrink(self) -> np.ndarray:
+        """uint8 (height, width, 3): the frame as ``CarRacing._create_image_array`` returns it."""
+        smoothscale = pygame.transform.smoothscale
+        top = self.top
+        smoothscale(self.world_band, (self.size[0], top), self.narrow_world)
+        smoothscale(self.hud_band, (self.size[0], WINDOW_H - top), self.narrow_hud)
+        self._narrow_px[:top] = self._narrow_world_px[::-1]
+        self._narrow_px[top:] = self._narrow_hud_px
+        smoothscale(self.narrow, self.size, self.out)
+        return np.transpose(np.array(self._out_rgb), axes=(1, 0, 2))
+
+
+class FastCarRacing(CarRacing):
+    """Gymnasium's ``CarRacing`` with a faster renderer; same constructor, spaces and outputs.
+
+    ``render_mode`` "rgb_array" and "state_pixels" and every step's observation use the fast path;
+    "human" uses the stock one. Observations: uint8 (96, 96, 3), bit-identical to
+    ``gymnasium.make("CarRacing-v3")`` for the same seed and actions.
+    """
+
+    _score_cache: tuple[str, pygame.Surface, pygame.Rect] | None = None
+    _canvas: _Canvas | None = None
+    _fill_cache: tuple[tuple[float, ...], pygame.Color] | None = None
+    _car_cache: tuple[Any, np.ndarray, np.ndarray, list[tuple[int, int, int]]] | None = None
+
+    # ---- track ---------------------------------------------------------------------------------------
+
+    def _create_track(self) -> bool:
+        ok = super()._create_track()
+        if ok:
+            self._index_track()
+        return ok
+
+    def _index_track(self) -> None:
+        """Gather this track's polygons into arrays: grass first, then road tiles and kerbs, stock order.
+
+        Road tile colours change during an episode: ``FrictionDetector`` writes ``tile.color[:] =
+        road_color`` when the car touches a tile. Each tile's ``color`` becomes a row view of one
+        (N, 3) array, so those writes land where the renderer reads them, with the same values.
+        """
+        n = len(self.road_poly)
+        road_xy = np.array([poly for poly, _ in self.road_poly], dtype=np.float64).reshape(n, 4, 2)
+        colors = np.array([np.asarray(color, dtype=np.float64) for _, color in self.road_poly]).reshape(n, 3)
+        tiles = {id(t.color): t for t in self.road}
+        for k, (poly, color) in enumerate(self.road_poly):
+            tile = tiles.get(id(color))
+            if tile is not None:
+                tile.color = colors[k]
+                self.road_poly[k] = (poly, colors[k])
+        self._road_colors = colors
+        self._polys = np.concatenate([GRASS_POLYS, road_xy])
+        self._centers = self._polys.mean(axis=1)
+        self._radii = np.sqrt(((self._polys - self._centers[:, None, :]) ** 2).sum(axis=2)).max(axis=1)
+        self._n_grass = len(GRASS_POLYS)
+        if self._canvas is not None and not self._canvas.matches_default_format():
+            self._canvas = None  # the stock code's per-frame surface would now get another format
+
+    # ---- frame ---------------------------------------------------------------------------------------
+
+    def _render(self, mode: str):
+        if mode not in ("state_pixels", "rgb_array"):
+            return super()._render(mode)
+        if not pygame.font.get_init():
+            _forget_font()
+            pygame.font.init()
+        if self.clock is None:
+            self.clock = pygame.time.Clock()
+        if "t" not in self.__dict__:
+            return None  # reset() not called yet
+
+        canvas = self._canvases()
+        world = canvas.world
+        assert self.car is not None
+        angle = -self.car.hull.angle
+        # Animating first second zoom (stock formula, same float operations).
+        zoom = 0.1 * SCALE * max(1 - self.t, 0) + ZOOM * SCALE * min(self.t, 1)
+        scroll_x = -(self.car.hull.position[0]) * zoom
+        scroll_y = -(self.car.hull.position[1]) * zoom
+        trans = pygame.math.Vector2((scroll_x, scroll_y)).rotate_rad(angle)
+        trans = (WINDOW_W / 2 + trans[0], WINDOW_H / 4 + trans[1])
+
+        # Only world rows that land above the HUD bar after the flip are ever seen.
+        top = canvas.hud_top
+        self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
+        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
+        self.surf = world
+
+        size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
+        if canvas.banded and self._draw_hud(canvas.hud, top):
+            return canvas.bands(size).shrink()
+        return self._shrink_whole(canvas, size)
+
+    def _canvases(self) -> _Canvas:
+        """Window-sized surfaces kept across frames and episodes (the stock code makes one per frame)."""
+        if self._canvas is None:
+            self._canvas = _Canvas()
+        return self._canvas
+
+    def _draw_hud(self, hud: pygame.Surface, top: int) -> bool:
+        """Draw the stock HUD (bar, indicators, score) on ``hud`` in frame coordinates.
+
+        Returns True when all of it lies in rows ``top`` and below, which the bar covers entirely, so
+        the band above can come from the world picture alone. Otherwise draws nothing and returns False.
+        """
+        polygons, highest = self._indicator_polygons()
+        text, rect = self._score_text()
+        if rect.top < top or highest < top:
+            return False
+        # The bar paints every pixel of rows top and below, and no other row of ``hud`` is used,
+        # so a fill of that band is the same picture.
+        hud.fill((0, 0, 0), (0, top, WINDOW_W, WINDOW_H - top))
+        polygon = pygame.draw.polygon
+        for points, color in polygons:
+            polygon(hud, color=color, points=points)
+        hud.blit(text, rect)
+        return True
+
+    def _shrink_whole(self, canvas: _Canvas, size: tuple[int, int]) -> np.ndarray:
+        """The stock tail: flip the whole world picture, draw the HUD on it, smoothscale the lot."""
+        frame = pygame.transform.flip(canvas.world, False, True)
+        self.surf = frame
+        self._render_indicators(WINDOW_W, WINDOW_H)
+        text, rect = self._score_text()
+        frame.blit(text, rect)
+        return self._create_image_array(frame, size)
+
+    # ---- HUD -----------------------------------------------------------------------------------------
+
+    def _indicator_polygons(self) -> tuple[list[tuple[list[tuple[float, float]], tuple[int, int, int]]], float]:
+        """The indicator polygons ``CarRacing._render_indicators`` draws over its black bar, in order,
+        with the same float arithmetic, and the smallest y (highest point) among them.
+
+        (``math.sqrt(x*x + y*y)`` is the stock ``np.sqrt(np.square(x) + np.square(y))``: both are
+        correctly rounded.)
+        """
+        W, H = WINDOW_W, WINDOW_H
+        s = W / 40.0
+        h = H / 40.0
+        polygons = []
+        highest = H - 4 * h  # the horizontal indicators' top edge
+
+        def vertical_ind(place, val, color):
+            nonlocal highest
+            y = H - (h + h * val)
+            polygons.append((
+                [(place * s, y), ((place + 1) * s, y), ((place + 1) * s, H - h), ((place + 0) * s, H - h)],
+                color,
+            ))
+            highest = min(highest, y)
+
+        def horiz_ind(place, val, color):
+            polygons.append((
+                [
+                    ((place + 0) * s, H - 4 * h),
+                    ((place + val) * s, H - 4 * h),
+                    ((place + val) * s, H - 2 * h),
+                    ((place + 0) * s, H - 2 * h),
+                ],
+                color,
+            ))
+
+        car = self.car
+        vx, vy = car.hull.linearVelocity
+        true_speed = math.sqrt(vx * vx + vy * vy)
+        # Stock ``render_if_min``: an indicator is drawn only when its value exceeds 1e-4 in size.
+        if abs(true_speed) > 1e-4:
+            vertical_ind(5, 0.02 * true_speed, (255, 255, 255))
+        wheels = car.wheels
+        for place, wheel, color in ((7, wheels[0], (0, 0, 255)), (8, wheels[1], (0, 0, 255)),
+                                    (9, wheels[2], (51, 0, 255)), (10, wheels[3], (51, 0, 255))):
+            omega = wheel.omega
+            if abs(omega) > 1e-4:
+                vertical_ind(place, 0.01 * omega, color)
+        joint_angle = wheels[0].joint.angle
+        if abs(joint_angle) > 1e-4:
+            horiz_ind(20, -10.0 * joint_angle, (0, 255, 0))
+        angular_velocity = car.hull.angularVelocity
+        if abs(angular_velocity) > 1e-4:
+            horiz_ind(30, -0.8 * angular_velocity, (255, 0, 0))
+        return polygons, highest
+
+    def _score_text(self) -> tuple[pygame.Surface, pygame.Rect]:
+        """The HUD score as the stock code renders it, rendered again only when its text changes."""
+        label = f"{self.reward:04.0f}"
+        cached = self._score_cache
+        if cached is not None and cached[0] == label:
+            return cached[1], cached[2]
+        try:
+            text = _hud_font().render(label, True, (255, 255, 255), (0, 0, 0))
+        except pygame.error:  # the font module was quit and started again since the font was loaded
+            _forget_font()
+            text = _hud_font().render(label, True, (255, 255, 255), (0, 0, 0))
+        rect = text.get_rect()
+        rect.center = SCORE_CENTER
+        self._score_cache = (label, text, rect)
+        return text, rect
+
+    # ---- world ---------------------------------------------------------------------------------------
+
+    def _render_road_fast(self, surf: pygame.Surface, zoom: float, translation: tuple[float, float],
+                          angle: float, first_row: int) -> None:
+        """The stock ``_render_road`` (background, grass, road) as the same gfxdraw calls, culled in bulk.
+
+        Only rows ``first_row`` and below of ``surf`` must come out right; rows above may keep old pixels.
+        """
+        # pygame's own cos/sin for this angle, including its exact 0/90/180/270 degree cases:
+        # rotating (1, 0) returns exactly (cos, sin), and c*x - s*y, s*x + c*y is its formula.
+        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
+        tx, ty = translation
+
+        if self._window_inside_field(zoom, tx, ty, cos_a, sin_a):
+            # The field polygon would paint every pixel and its outline falls outside the window.
+            surf.fill(self._mapped_bg_color(), (0, first_row, WINDOW_W, WINDOW_H - first_row))
+        else:
+            surf.fill((0, 0, 0))  # what a new stock surface holds where the field does not reach
+            field = [pygame.math.Vector2(c).rotate_rad(angle) for c in FIELD_POLY]
+            field = [(c[0] * zoom + tx, c[1] * zoom + ty) for c in field]
+            gfxdraw.aapolygon(surf, field, self.bg_color)
+            gfxdraw.filled_polygon(surf, field, self.bg_color)
+
+        # Coarse pass over polygon centres (radius + 1 pixel of slack): everything that might reach
+        # the seen rows. Then the stock vertex test (which keeps the stock drawing order and selection)
+        # and an exact reach test on those few, with the stock float arithmetic.
+        cx = (cos_a * self._centers[:, 0] - sin_a * self._centers[:, 1]) * zoom + tx
+        cy = (sin_a * self._centers[:, 0] + cos_a * self._centers[:, 1]) * zoom + ty
+        slack = self._radii * zoom + (REACH + 1.0)
+        near = np.flatnonzero(
+            (cx >= -slack) & (cx <= (WINDOW_W - 1) + slack) & (cy >= first_row - slack) & (cy <= (WINDOW_H - 1) + slack)
+        )
+        if near.size == 0:
+            return
+        px = self._polys[near, :, 0]
+        py = self._polys[near, :, 1]
+        sx = (cos_a * px - sin_a * py) * zoom + tx
+        sy = (sin_a * px + cos_a * py) * zoom + ty
+        stock = ((sx >= CULL_LO) & (sx <= CULL_HI_X) & (sy >= CULL_LO) & (sy <= CULL_HI_Y)).any(axis=1)
+        reaches = (
+            (sx.min(axis=1) <= WINDOW_W - 1 + REACH)
+            & (sx.max(axis=1) >= -REACH)
+            & (sy.min(axis=1) <= WINDOW_H - 1 + REACH)
+            & (sy.max(axis=1) >= first_row - REACH)
+        )
+        keep = np.flatnonzero(stock & reaches)
+        if keep.size == 0:
+            return
+        visible = near[keep]
+        sx = sx[keep]
+        sy = sy[keep]
+        points = np.stack([sx, sy], axis=-1).tolist()
+        n_grass = self._n_grass
+        grass_color = self.grass_color
+        road_colors = self._road_colors[visible[visible >= n_grass] - n_grass].astype(np.int64).tolist()
+        aapolygon = gfxdraw.aapolygon
+        filled_polygon = gfxdraw.filled_polygon
+        r = 0
+        for k, poly in zip(visible.tolist(), points):
+            if k < n_grass:
+                color = grass_color
+            else:
+                color = road_colors[r]
+                r += 1
+            aapolygon(surf, poly, color)
+            filled_polygon(surf, poly, color)
+
+    @staticmethod
+    def _window_inside_field(zoom: float, tx: float, ty: float, cos_a: float, sin_a: float) -> bool:
+        """True when all four window corners lie at least ``FIELD_MARGIN`` pixels inside the field.
+
+        Screen = R(angle) world * zoom + t, so world * zoom = R(-angle) (screen - t). The margin absorbs
+        the truncation of vertices to whole pixels and the one-pixel reach of the outline.
+        """
+        limit = PLAYFIELD * zoom - FIELD_MARGIN
+        for x, y in WINDOW_CORNERS:
+            dx = x - tx
+            dy = y - ty
+            if abs(cos_a * dx + sin_a * dy) >= limit or abs(-sin_a * dx + cos_a * dy) >= limit:
+                return False
+        return True
+
+    def _mapped_bg_color(self) -> pygame.Color:
+        """The pixel gfxdraw writes for ``bg_color`` (it truncates float channels), found by drawing one."""
+        key = tuple(float(c) for c in self.bg_color)
+        if self._fill_cache is None or self._fill_cache[0] != key:
+            probe = pygame.Surface((1, 1))
+            gfxdraw.pixel(probe, 0, 0, self.bg_color)
+            self._fill_cache = (key, probe.get_at((0, 0)))
+        return self._fill_cache[1]
+
+    # ---- car -----------------------------------------------------------------------------------------
+
+    def _car_vertices(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+        """The car's fixture vertices, fixed for its life and so cached per car.
+
+        float32 (M, 2) vertices body after body in ``drawlist`` order, intp (M,) body index of each,
+        and per fixture (first vertex, vertex count, body index).
+        """
+        car = self.car
+        if self._car_cache is None or self._car_cache[0] is not car:
+            verts: list[tuple[float, float]] = []
+            spans: list[tuple[int, int, int]] = []
+            for b, obj in enumerate(car.drawlist):
+                for f in obj.fixtures:
+                    v = f.shape.vertices
+                    spans.append((len(verts), len(v), b))
+                    verts.extend(v)
+            body_of = np.array([b for _, count, b in spans for _ in range(count)], dtype=np.intp)
+            self._car_cache = (car, np.array(verts, dtype=np.float32), body_of, spans)
+        return self._car_cache[1], self._car_cache[2], self._car_cache[3]
+
+    def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
+                  draw_particles: bool) -> None:
+        """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
+
+        Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
+        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``.
+        """
+        car = self.car
+        if draw_particles:
+            for p in car.particles:
+                poly = [pygame.math.Vector2(c).rotate_rad(angle) for c in p.poly]
+                poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
+                pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False)
+
+        base, base_body, spans = self._car_vertices()
+        bodies = car.drawlist
+        frames = []
+        colors = []
+        for obj in bodies:
+            t = obj.transform
+            q = t.q
+            p = t.position
+            frames.append((q.c, q.s, p[0], p[1]))
+            colors.append([int(c * 255) for c in obj.color])
+        # Wheel stripes: the stock formulas in float64, then float32 as Box2D receives them.
+        stripes: dict[int, int] = {}  # body index -> first stripe vertex
+        extra: list[tuple[float, float]] = []
+        for b, obj in enumerate(bodies):
+            if "phase" not in obj.__dict__:
+                continue
+            a1 = obj.phase
+            a2 = obj.phase + 1.2  # radians
+            s1 = math.sin(a1)
+            s2 = math.sin(a2)
+            c1 = math.cos(a1)
+            c2 = math.cos(a2)
+            if s1 > 0 and s2 > 0:
+                continue
+            if s1 > 0:
+                c1 = np.sign(c1)
+            if s2 > 0:
+                c2 = np.sign(c2)
+            stripes[b] = len(base) + len(extra)
+            extra += [
+                (-WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
+                (+WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
+                (+WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
+                (-WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
+            ]
+        frame = np.array(frames, dtype=np.float32)
+        if extra:
+            verts = np.concatenate([base, np.array(extra, dtype=np.float64).astype(np.float32)])
+            body_of = np.concatenate([base_body, np.repeat(np.fromiter(stripes, np.intp, len(stripes)), 4)])
+            frame = frame[body_of]
+        else:
+            verts = base
+            frame = frame[base_body]
+        c32, s32, px32, py32 = frame.T
+        vx, vy = verts.T
+        wx = ((c32 * vx - s32 * vy) + px32).astype(np.float64)
+        wy = ((s32 * vx + c32 * vy) + py32).astype(np.float64)
+        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
+        sx = (cos_a * wx - sin_a * wy) * zoom + translation[0]
+        sy = (sin_a * wx + cos_a * wy) * zoom + translation[1]
+        points = np.stack([sx, sy], axis=-1).tolist()
+
+        polygon = pygame.draw.polygon
+        for start, count, b in spans:
+            polygon(surface, color=colors[b], points=points[start : start + count])
+            if b in stripes:  # the stock draws a wheel's stripe right after each of its fixtures
+                first = stripes[b]
+                polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4])
+
+
+def register() -> None:
+    """Register ``FastCarRacing-v3`` with the stock spec's limits; a no-op when already registered."""
+    if ENV_ID in gym.registry:
+        return
+    gym.register(
+        id=ENV_ID,
+        entry_point="core.envs.fast_car_racing:FastCarRacing",
+        max_episode_steps=1000,
+        reward_threshold=900,
+    )
+
+
+register()
+
+
+def make_car_racing(fast: bool = True, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` of ``FastCarRacing-v3`` (``fast=True``) or the stock ``CarRacing-v3``.
+
+    Keyword arguments (``render_mode``, ``continuous``, ``domain_randomize``, ``lap_complete_percent``,
+    ``max_episode_steps``...) go to ``gymnasium.make`` unchanged.
+    """
+    return gym.make(ENV_ID if fast else STOCK_ENV_ID, **kwargs)

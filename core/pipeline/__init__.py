@@ -1,0 +1,9 @@
+"""The stages, one module per CLI stage and named as the CLI names it: ``collect``, ``train_vae``,
+``train_rnn``, ``evolve`` (with its acceptance ``gate``), ``evaluate``, ``compare``, ``record``,
+``export``, ``snapshot`` and ``dream``; ``rollout`` is the pure function (params, seed, settings) ->
+result that evolve and evaluate run in worker processes.
+
+Each stage is a function ``stage(config, on_progress) -> dict``: it validates its config, holds the run
+folder's lock, resumes from its checkpoint, reports progress through the callback (a falsy return asks it
+to stop cleanly) and returns its final metrics. ``core.stages`` lists them for the CLI, jobs and pages.
+"""
