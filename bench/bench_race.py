@@ -55,8 +55,7 @@ def serve(port: int, with_ai: bool) -> None:
     import uvicorn
     from starlette.applications import Starlette
 
-    from core.app.race.session import RaceConfig
-    from core.app.race.registry import RaceRegistry
+    from core.app.race import RaceConfig, RaceRegistry
     from core.app.race.server import race_routes
 
     config = RaceConfig(countdown_s=0.0, resume_countdown_s=0.0, max_races=len(PLAN), max_steps=1000)
@@ -103,7 +102,7 @@ async def _frame(ws) -> dict:
 async def _stream(url: str, token: str, seconds: float) -> dict:
     """Drive in circles (gas and left: the car stays on the map) for ``seconds`` of a running race; frames
     a second, skipped steps and the 95th percentile of the gaps between frames."""
-    from core.app.race.session import KEY_GAS, KEY_LEFT
+    from core.app.race import KEY_GAS, KEY_LEFT
     ws = await _join(url, token)
     try:
         await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
@@ -131,7 +130,7 @@ async def _latency(url: str, token: str, presses: int) -> list[float]:
     """Seconds from sending a key change to the first frame whose step used it, per press. Presses go out
     on their own clock, 50 to 150 ms apart, not just after a frame arrives (which would always land right
     after a tick and measure a full tick)."""
-    from core.app.race.session import KEY_GAS, KEY_LEFT
+    from core.app.race import KEY_GAS, KEY_LEFT
     rng = random.Random(0)
     ws = await _join(url, token)
     acked = {"seq": 0}

@@ -11,51 +11,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from core.config import STAGES, ConfigError, validate
-
-DESCRIPTIONS = {
-    "collect": "Collect random-policy episodes (resumes: existing episodes are kept).",
-    "train-vae": "Train the ConvVAE (V) on collected frames (resumes from its checkpoint).",
-    "train-rnn": "Encode frames with V, train the MDN-RNN (M) (resumes from its checkpoint).",
-    "evolve": "Evolve the controller (C) with CMA-ES in the real env (resumes each generation).",
-    "evaluate": "Evaluate a world model on the fixed evaluation tracks; writes a JSON report.",
-    "record": "Render an episode (the agent, or an action log) to MP4.",
-    "export": "Copy a trained world model (weights, configs, metadata, curves) into models/ for the app.",
-    "snapshot": "Freeze an evolution's current CMA-ES mean or averaged mean into a file, to evaluate and ship.",
-    "compare": "Compare two evaluation reports track by track: is the challenger better than the baseline?",
-}
-
-
-def _stage_function(stage: str) -> Callable:
-    """Import lazily: ``--help`` and flag errors answer without loading TensorFlow."""
-    if stage == "collect":
-        from core.pipeline.collect import collect
-        return collect
-    if stage == "train-vae":
-        from core.pipeline.train_vae import train_vae
-        return train_vae
-    if stage == "train-rnn":
-        from core.pipeline.train_rnn import train_rnn
-        return train_rnn
-    if stage == "evolve":
-        from core.pipeline.evolve import evolve
-        return evolve
-    if stage == "evaluate":
-        from core.pipeline.evaluate import evaluate
-        return evaluate
-    if stage == "export":
-        from core.pipeline.export import export
-        return export
-    if stage == "compare":
-        from core.pipeline.compare import compare
-        return compare
-    if stage == "snapshot":
-        from core.pipeline.snapshot import snapshot
-        return snapshot
-    from core.pipeline.record import record
-    return record
+from core.config import ConfigError, validate
+from core.stages import STAGES
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: bool = True) -> None:
@@ -79,9 +38,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="World Models for CarRacing-v3: "
                                      "collect -> train-vae -> train-rnn -> evolve -> evaluate -> record.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage, cls in STAGES.items():
-        p = sub.add_parser(stage, help=DESCRIPTIONS[stage], description=DESCRIPTIONS[stage])
-        add_config_flags(p, cls, defaults)
+    for name, stage in STAGES.items():
+        p = sub.add_parser(name, help=stage.description, description=stage.description)
+        add_config_flags(p, stage.config, defaults)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -90,7 +49,7 @@ def stage_values(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[s
     """The parsed arguments, the stage config's values, and the settings a resumed evolution kept from its
     saved config (those not given on the command line; abbreviated flags count as given)."""
     args = build_parser().parse_args(argv)
-    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(STAGES[args.stage])}
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(STAGES[args.stage].config)}
     kept: list[str] = []
     if args.stage == "evolve":
         from core.pipeline.evolve import saved_settings
@@ -152,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         args, values, kept = stage_values(argv)
-        config = validate(STAGES[args.stage](**values))
+        config = validate(STAGES[args.stage].config(**values))
     except (ConfigError, ArtifactError, TypeError) as e:  # TypeError: a saved setting of the wrong kind
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -169,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return not stop.is_set()
 
     try:
-        result = _stage_function(args.stage)(config, progress)
+        result = STAGES[args.stage].function()(config, progress)
     except (KeyboardInterrupt, InterruptedError):  # InterruptedError: stopped where no checkpoint is written
         if args.stage == "record":
             print("\nstopped; no video was written (--out is as it was): a recording starts over when run "

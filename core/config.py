@@ -331,15 +331,3 @@ class CompareConfig:
                                 "evaluate --model-dir <run> --out <file>; several joined with commas", path=True)
     out: str = param("", "JSON file for the comparison; empty: printed only")
 
-
-STAGES: dict[str, type] = {
-    "collect": CollectConfig,
-    "train-vae": VAEConfig,
-    "train-rnn": RNNConfig,
-    "evolve": EvolveConfig,
-    "evaluate": EvaluateConfig,
-    "record": RecordConfig,
-    "export": ExportConfig,
-    "snapshot": SnapshotConfig,
-    "compare": CompareConfig,
-}

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.app import app_data
 from core.config import VAEConfig
-from core.app.jobs import out_dir_of
+from core.stages import STAGES
 from pages import _ui
 
 st.title("Train VAE (V)")
@@ -39,7 +39,7 @@ def reconstructions(vae_dir: str, version: float, real: np.ndarray) -> np.ndarra
 
 def live(snap) -> None:
     shown = _ui.shown_config(snap, config, VAEConfig)
-    vae_dir, data_dir = out_dir_of("train-vae", shown), shown["data_dir"]
+    vae_dir, data_dir = STAGES["train-vae"].out_dir(shown), shown["data_dir"]
     records = app_data.history(vae_dir)
     train = [r for r in records if "r_loss" in r]
     val = [r for r in records if "val_r_loss" in r]

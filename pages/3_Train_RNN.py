@@ -5,9 +5,9 @@ import streamlit as st
 
 from core.app import app_data
 from core.config import RNNConfig
-from core.storage.dataset import EpisodeError, load_episode
 from core.pipeline.dream import one_step_predictions
-from core.app.jobs import out_dir_of
+from core.stages import STAGES
+from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
 
 st.title("Train RNN (M)")
@@ -25,7 +25,7 @@ def live(snap) -> None:
     if snap and snap["status"] in ("starting", "running") and "encoded" in snap["metrics"]:
         m = snap["metrics"]
         st.caption(f"Encoding the episodes with V first: {m['encoded']} of {m['of']}.")
-    records = app_data.history(out_dir_of("train-rnn", _ui.shown_config(snap, config, RNNConfig)))
+    records = app_data.history(STAGES["train-rnn"].out_dir(_ui.shown_config(snap, config, RNNConfig)))
     if not records:
         return
     cols = st.columns(3)

@@ -8,10 +8,10 @@ import streamlit as st
 from core.app import app_data
 from core.config import EvaluateConfig, EvolveConfig, RecordConfig
 from core.models.controller import PARAMS_KEYS
-from core.storage.reports import verdict_words
-from core.storage.artifacts import ArtifactError
 from core.pipeline.evolve import FIXED_ON_RESUME, average_against_mean, saved_settings
-from core.app.jobs import out_dir_of
+from core.stages import STAGES
+from core.storage.artifacts import ArtifactError
+from core.storage.reports import verdict_words
 from pages import _ui
 
 st.title("Evolve (C)")
@@ -61,7 +61,7 @@ run_dir = (config or EvolveConfig()).run_dir
 
 
 def live(snap) -> None:
-    records = app_data.history(out_dir_of("evolve", _ui.shown_config(snap, config, EvolveConfig)))
+    records = app_data.history(STAGES["evolve"].out_dir(_ui.shown_config(snap, config, EvolveConfig)))
     if not records:
         return
     _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",

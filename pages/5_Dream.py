@@ -5,8 +5,8 @@ import numpy as np
 import streamlit as st
 
 from core.app import app_data
-from core.storage.dataset import EpisodeError, load_episode
 from core.pipeline.dream import DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale, with_captions
+from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
 
 st.title("Dream")

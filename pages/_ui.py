@@ -12,19 +12,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.app import app_data, jobs
-from core.storage.artifacts import ArtifactError
+from core.app.jobs import JobAlreadyRunning, JobConflict, JobRegistry
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
-from core.app.jobs import STAGE_TITLES, JobAlreadyRunning, JobConflict, JobRegistry, out_dir_of
 from core.envs.laps import MEANINGS
+from core.stages import STAGES, TRAINING_STAGES
+from core.storage.artifacts import ArtifactError
 
-PAGES = {  # stage -> the page that runs it
-    "collect": "pages/1_Collect.py",
-    "train-vae": "pages/2_Train_VAE.py",
-    "train-rnn": "pages/3_Train_RNN.py",
-    "evolve": "pages/4_Evolve.py",
-    "evaluate": "pages/4_Evolve.py",
-    "record": "pages/4_Evolve.py",
-}
 POLL_SECONDS = 1.0  # how often a running job's panel refreshes
 IDLE_POLL_SECONDS = 5.0  # how often a page with no running job looks for one started elsewhere (another tab)
 
@@ -43,13 +36,10 @@ def current_job(stage: str):
     return reg.active(stage) or reg.get(st.session_state.get(f"job.{stage}")) or reg.latest(stage)
 
 
-ARTIFACT_STAGES = ("train-vae", "train-rnn", "evolve")  # the stages that write V, M and C
-
-
 def active_out_dirs() -> list[str]:
     """The artifact folders the app's running training jobs write (relative to the data root, as in their
     configs); an evaluation writes into a controller folder too, but does not change the controller."""
-    return [job.out_dir for job in registry().jobs() if job.active and job.stage in ARTIFACT_STAGES]
+    return [job.out_dir for job in registry().jobs() if job.active and job.stage in TRAINING_STAGES]
 
 
 def shown_config(snap: dict | None, config: Any, cls: type) -> dict:
@@ -81,9 +71,9 @@ def start_job(stage: str, config: Any) -> None:
 
 def page_link(stage: str, label: str) -> None:
     try:
-        st.page_link(PAGES[stage], label=label, icon=":material/arrow_forward:")
+        st.page_link(STAGES[stage].page, label=label, icon=":material/arrow_forward:")
     except Exception:  # outside st.navigation (a page run on its own) there is no page to link to
-        st.caption(f"{label}: the {STAGE_TITLES[stage]} page")
+        st.caption(f"{label}: the {STAGES[stage].title} page")
 
 
 def _duration(seconds: float) -> str:
@@ -256,12 +246,6 @@ def _num(value, kind):
     return None if value is None else kind(value)
 
 
-# The stages that write into the folder of their settings, each with what to change on its form to get more
-# out of a folder that is done: (the field to raise, the field naming the folder).
-_GO_ON = {"collect": ("Episodes", "Out dir"), "train-vae": ("Epochs", "Run dir"),
-          "train-rnn": ("Epochs", "Run dir"), "evolve": ("Generations", "Run dir")}
-
-
 def start_button(stage: str, config, noun: str | None = None, key: str | None = None,
                  prepare: Callable[[Any], Any] | None = None) -> None:
     """Start (or Resume, when an earlier run of the same folder stopped part way) ``stage``. Refuses a
@@ -269,8 +253,8 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
     click, returns the config to start (for what must happen then and not on every rerun, such as copying
     a file the job reads); an ArtifactError from it is shown."""
     values = dataclasses.asdict(config) if config is not None else None
-    out = out_dir_of(stage, values) if values is not None else None
-    if stage in _GO_ON and out is not None and app_data.is_shipped_model(out):
+    out = STAGES[stage].out_dir(values) if values is not None else None
+    if STAGES[stage].go_on and out is not None and app_data.is_shipped_model(out):
         further = (f"to fine-tune the shipped {'V' if stage == 'train-vae' else 'M'}, give a new folder and set "
                    f"**Init from** to `{out}`" if stage in ("train-vae", "train-rnn") else
                    f"to train the shipped model further, copy it first (`cp -r {SHIPPED_MODEL_DIR} "
@@ -281,7 +265,7 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
     resume = app_data.resume_point(stage, values) if values is not None else None
     finished = resume is not None and resume["finished"]
     if finished:
-        raise_field, folder_field = _GO_ON[stage]
+        raise_field, folder_field = STAGES[stage].go_on
         if stage == "collect":
             done = f"`{out}` already holds {resume['done']} episodes, as many as asked for."
         elif stage == "evolve":
@@ -294,7 +278,7 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
         st.info(f"{done} To go on from there, raise **{raise_field}**. To start a new run from scratch, set "
                 f"**{folder_field}** to another folder.")
     label = "Resume" if resume and not finished else "Start"
-    noun = noun or STAGE_TITLES[stage].lower()
+    noun = noun or STAGES[stage].title.lower()
     help_text = None
     if label == "Resume":
         help_text = (f"An earlier run stopped at {resume['done']} of {resume['total']} {resume['unit']}; "

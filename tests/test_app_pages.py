@@ -265,14 +265,14 @@ def write_job_record(root, stage: str, config) -> None:
     import dataclasses
     import json
 
-    from core.app.jobs import out_dir_of
+    from core.stages import STAGES
     config = dataclasses.asdict(config)
     jobs = root / "runs" / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     now = time.time()
     (jobs / f"{stage}.json").write_text(json.dumps({
         "id": f"{stage}-1", "stage": stage, "status": "done", "step": 1, "total": 1, "config": config,
-        "out_dir": out_dir_of(stage, config), "started_at": now - 60, "ended_at": now}))
+        "out_dir": STAGES[stage].out_dir(config), "started_at": now - 60, "ended_at": now}))
 
 
 def chart_specs(at: AppTest) -> str:
@@ -570,7 +570,7 @@ def test_world_models_in_other_run_folders_can_be_picked(fresh_root):
     import shutil
 
     from core.app import app_data
-    from core.app.race import session as race
+    from core.app import race
     for folder in ("runs2", "runs/mine"):
         for part in ("vae", "rnn", "controller"):
             shutil.copytree(fresh_root / "runs" / part, fresh_root / folder / part)

@@ -162,7 +162,8 @@ def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
     """M encoded with a V still training (or an evolution whose V changes under it) would record weights it
     never used: such jobs run one after the other. Evaluations beside an evolution are fine."""
     from core.config import EvaluateConfig, EvolveConfig, RNNConfig
-    from core.app.jobs import Job, JobConflict, world_model_inputs
+    from core.app.jobs import Job, JobConflict
+    from core.stages import STAGES
     vae = Job(id="vae", stage="train-vae", config=to_dict(VAEConfig(run_dir="runs")), out_dir="runs/vae",
               status="running")
     registry._jobs[vae.id] = vae
@@ -180,7 +181,7 @@ def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
     registry._jobs[evolve.id] = evolve
     with pytest.raises(JobConflict, match="reads `runs/vae`, which this one would train"):
         registry.start("train-vae", VAEConfig(run_dir="runs"))
-    assert world_model_inputs("evaluate", to_dict(EvaluateConfig(model_dir="runs"))) == {"runs/vae", "runs/rnn"}
-    assert world_model_inputs("train-vae", to_dict(VAEConfig(run_dir="runs2"))) == set()  # reads only data
+    assert STAGES["evaluate"].world_model_inputs(to_dict(EvaluateConfig(model_dir="runs"))) == {"runs/vae", "runs/rnn"}
+    assert STAGES["train-vae"].world_model_inputs(to_dict(VAEConfig(run_dir="runs2"))) == set()  # reads only data
     assert registry.active("train-vae") is None and registry.active("train-rnn") is None
     evolve.status = "done"  # it has no process for the registry to stop

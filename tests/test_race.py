@@ -5,12 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.app.race import session as race
+from core.app import race
 from core.app.leaderboard import InvalidName, Leaderboard
-from core.app.race.session import (KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceError, RaceFull,
-                                   RaceSession, keys_to_action)
-from core.app.race.registry import RaceRegistry
-from core.app.race.replay import replay_run
+from core.app.race import (
+    KEY_BRAKE,
+    KEY_GAS,
+    KEY_LEFT,
+    KEY_RIGHT,
+    RaceConfig,
+    RaceError,
+    RaceFull,
+    RaceRegistry,
+    RaceSession,
+    keys_to_action,
+    replay_run,
+)
 
 FAST = RaceConfig(max_steps=40, countdown_s=0.1, resume_countdown_s=0.04)  # 5-tick countdown, 2 after a pause
 
@@ -369,7 +378,7 @@ def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(race, "render_runs_mp4", disk_full)
+    monkeypatch.setattr(race.video, "render_runs_mp4", disk_full)
     with pytest.raises(RaceError, match="could not be made.*No space left"):
         race.render_video([a], board)
     # A stored action log that no longer reads as one (a damaged blob) is explained the same way.
@@ -411,8 +420,8 @@ def test_blas_can_be_limited_to_one_thread():
 def test_wm_max_races_is_kept_in_range(monkeypatch, value, expected):
     from core.config import validate
     monkeypatch.setenv("WM_MAX_RACES", value)
-    assert race._default_max_races() == expected
-    validate(RaceConfig(max_races=race._default_max_races()))  # the default config stays valid
+    assert race.session._default_max_races() == expected
+    validate(RaceConfig(max_races=race.session._default_max_races()))  # the default config stays valid
 
 
 def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
@@ -424,16 +433,16 @@ def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
     shutil.copytree(tiny_world_model, model)
     first = race.load_agent(str(model))
     key = str(model.resolve())
-    cached = race._AGENT_CACHE[key]
+    cached = race.ai._AGENT_CACHE[key]
     later = os.stat(model / "controller" / "params.npz").st_mtime + 10
     os.utime(model / "controller" / "history.jsonl", (later, later))
     race.load_agent(str(model))
-    assert race._AGENT_CACHE[key] is cached
+    assert race.ai._AGENT_CACHE[key] is cached
     params = np.load(model / "controller" / "params.npz")
     np.savez(model / "controller" / "params.npz", **{**params, "params": params["params"] + 1.0})
     os.utime(model / "controller" / "params.npz", (later, later))
     second = race.load_agent(str(model))
-    assert sum(k == key for k in race._AGENT_CACHE) == 1 and race._AGENT_CACHE[key] is not cached
+    assert sum(k == key for k in race.ai._AGENT_CACHE) == 1 and race.ai._AGENT_CACHE[key] is not cached
     assert np.allclose(second.controller.get_params(), first.controller.get_params() + 1.0)
 
 

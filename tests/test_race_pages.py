@@ -3,17 +3,15 @@ covered by tests/browser/test_race_browser.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.app.race import session as race
+from core.app import race
 from core.app.leaderboard import Leaderboard, Run
-from core.app.race.session import KEY_GAS, RaceConfig
-from core.app.race.registry import RaceRegistry
+from core.app.race import KEY_GAS, RaceConfig, RaceRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 RACE_PAGE = str(ROOT / "pages" / "6_Race.py")
@@ -24,7 +22,7 @@ CONFIG = RaceConfig(max_steps=20, countdown_s=0.0, max_races=2)
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     reg = RaceRegistry(CONFIG, board_path=tmp_path / "board.sqlite3")
-    monkeypatch.setattr(race, "_REGISTRY", reg)
+    monkeypatch.setattr(race.registry, "_REGISTRY", reg)
     monkeypatch.setattr(race, "warm_up", lambda model_dir: None)  # no TensorFlow load in the background
     monkeypatch.setenv("WM_LEADERBOARD_DB", str(tmp_path / "board.sqlite3"))
     yield reg

@@ -15,9 +15,8 @@ import uvicorn
 import websockets
 from starlette.applications import Starlette
 
+from core.app.race import KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceRegistry
 from core.app.race import server as race_server
-from core.app.race.session import KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig
-from core.app.race.registry import RaceRegistry
 from core.app.race.server import WS_PATH, decode_frame, parse_message, race_routes
 
 CONFIG = RaceConfig(max_steps=400, countdown_s=0.0, resume_countdown_s=0.0, max_races=6)

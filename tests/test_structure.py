@@ -27,7 +27,7 @@ def test_repo_has_the_design_card_layout():
 def test_every_config_field_documents_itself():
     import dataclasses
 
-    from core.config import STAGES
-    for stage, cls in STAGES.items():
-        for f in dataclasses.fields(cls):
+    from core.stages import STAGES
+    for stage, entry in STAGES.items():
+        for f in dataclasses.fields(entry.config):
             assert f.metadata.get("help"), f"{stage}: --{f.name} has no help text"

@@ -22,6 +22,7 @@ import numpy as np
 from core import CODE_ROOT
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.models.controller import LATEST_FILE, SNAPSHOT_FILE, SNAPSHOT_KINDS, params_sha256, snapshot_params
+from core.stages import STAGES
 from core.storage.artifacts import ArtifactError, read_history
 from core.storage.checkpoints import newest_checkpoint
 from core.storage.reports import check_report, compare_reports
@@ -348,7 +349,7 @@ def resume_point(stage: str, config: dict) -> dict | None:
         return ({"done": have, "total": len(wanted), "unit": "episodes", "finished": have == len(wanted)}
                 if have else None)
     if stage in ("train-vae", "train-rnn"):
-        out = resolve(config["run_dir"]) / ("vae" if stage == "train-vae" else "rnn")
+        out = resolve(STAGES[stage].out_dir(config))
         ckpt = newest_checkpoint(out)  # where the next run resumes from, even after a crash mid-swap
         state = _read_json(ckpt / "state.json") if ckpt is not None else None
         if not state:

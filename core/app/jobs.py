@@ -21,7 +21,6 @@ folder).
 from __future__ import annotations
 
 import collections
-import importlib
 import json
 import os
 import subprocess
@@ -35,19 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core import CODE_ROOT
+from core.stages import JOB_STAGES, STAGES
 from core.storage.artifacts import atomic_write_text
-
-# stage -> (module, function); imported only in the child, so the server never loads TensorFlow for a job.
-STAGE_FUNCTIONS = {
-    "collect": ("core.pipeline.collect", "collect"),
-    "train-vae": ("core.models.vae", "train_vae"),
-    "train-rnn": ("core.models.mdnrnn", "train_rnn"),
-    "evolve": ("core.pipeline.evolve", "evolve"),
-    "evaluate": ("core.pipeline.evaluate", "evaluate"),
-    "record": ("core.pipeline.record", "record"),
-}
-STAGE_TITLES = {"collect": "Collect", "train-vae": "Train VAE", "train-rnn": "Train RNN", "evolve": "Evolve",
-                "evaluate": "Evaluate", "record": "Record"}
 
 ACTIVE = ("starting", "running", "stopping")  # statuses of a job whose process is (still) alive
 FINISHED = ("done", "stopped", "failed", "interrupted")
@@ -56,11 +44,15 @@ HISTORY_POINTS = 5000  # progress records kept in memory; older ones are thinned
 SAVE_INTERVAL = 2.0  # seconds between writes of a running job's record
 
 
+def _title(stage: str) -> str:
+    return STAGES[stage].title if stage in STAGES else stage
+
+
 class JobAlreadyRunning(RuntimeError):
     """A job of this stage is active; ``job`` is the one to watch instead."""
 
     def __init__(self, job: "Job"):
-        super().__init__(f"a {STAGE_TITLES.get(job.stage, job.stage)} job is already running "
+        super().__init__(f"a {_title(job.stage)} job is already running "
                          f"(job {job.id}, step {job.step} of {job.total or '?'})")
         self.job = job
 
@@ -75,38 +67,11 @@ class JobConflict(JobAlreadyRunning):
     would train: run one after the other, or the reader sees weights change under it."""
 
     def __init__(self, job: "Job", folder: str, writes: bool):
-        RuntimeError.__init__(self, f"the running {STAGE_TITLES.get(job.stage, job.stage)} job (job {job.id}) "
+        RuntimeError.__init__(self, f"the running {_title(job.stage)} job (job {job.id}) "
                                     f"{'trains' if writes else 'reads'} `{folder}`, which this one "
                                     f"{'reads' if writes else 'would train'}; wait for it to end or stop it "
                                     "first")
         self.job = job
-
-
-def world_model_inputs(stage: str, config: Mapping[str, Any]) -> set[str]:
-    """The V and M folders (``<run>/vae``, ``<run>/rnn``) a stage reads, normalised. Controllers are left out:
-    evaluate and record read a controller once at their start, so they may run beside its evolution."""
-    if stage == "train-rnn":
-        folders = [Path(config["run_dir"]) / "vae"]
-    elif stage == "evolve":
-        folders = [Path(config["run_dir"]) / part for part in ("vae", "rnn")]
-    elif (stage == "evaluate" or (stage == "record" and not config.get("actions"))
-          or (stage == "collect" and config.get("policy") == "controller")):
-        folders = [Path(config["model_dir"]) / part for part in ("vae", "rnn")]
-    else:
-        folders = []
-    return {os.path.normpath(f) for f in folders}
-
-
-def out_dir_of(stage: str, config: Mapping[str, Any]) -> str:
-    """The folder a stage writes, from its config dict."""
-    if stage == "collect":
-        return str(config["out_dir"])
-    if stage in ("train-vae", "train-rnn", "evolve"):
-        sub = {"train-vae": "vae", "train-rnn": "rnn", "evolve": "controller"}[stage]
-        return str(Path(config["run_dir"]) / sub)
-    if stage == "evaluate":
-        return str(Path(config["model_dir"]) / "controller")
-    return str(Path(config["out"]).parent)
 
 
 @dataclass
@@ -140,7 +105,7 @@ class Job:
 
     @property
     def title(self) -> str:
-        return STAGE_TITLES.get(self.stage, self.stage)
+        return _title(self.stage)
 
     @property
     def active(self) -> bool:
@@ -350,23 +315,24 @@ class JobRegistry:
         Raises ``ConfigError`` for a bad value, ``JobAlreadyRunning`` when this stage has an active job, and
         ``JobConflict`` when an active job trains a V or M this one reads, or reads the one it would train.
         """
-        from core.config import STAGES, to_dict, validate
-        if stage not in STAGE_FUNCTIONS:
-            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_FUNCTIONS)}")
-        if not isinstance(config, STAGES[stage]):
-            raise TypeError(f"{stage} takes a {STAGES[stage].__name__}, got {type(config).__name__}")
+        from core.config import to_dict, validate
+        if stage not in JOB_STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(JOB_STAGES)}")
+        if not isinstance(config, STAGES[stage].config):
+            raise TypeError(f"{stage} takes a {STAGES[stage].config.__name__}, got {type(config).__name__}")
         validate(config)
         config_dict = to_dict(config)
         with self._lock:
             running = next((j for j in self._jobs.values() if j.stage == stage and j.active), None)
             if running is not None:
                 raise JobAlreadyRunning(running)
-            out_dir = out_dir_of(stage, config_dict)
-            reads = {self._place(p) for p in world_model_inputs(stage, config_dict)}
+            out_dir = STAGES[stage].out_dir(config_dict)
+            reads = {self._place(p) for p in STAGES[stage].world_model_inputs(config_dict)}
             for other in (j for j in self._jobs.values() if j.active):
                 if self._place(other.out_dir) in reads:
                     raise JobConflict(other, other.out_dir, writes=True)
-                if self._place(out_dir) in {self._place(p) for p in world_model_inputs(other.stage, other.config)}:
+                other_reads = STAGES[other.stage].world_model_inputs(other.config)
+                if self._place(out_dir) in {self._place(p) for p in other_reads}:
                     raise JobConflict(other, out_dir, writes=False)
             job = Job(id=uuid.uuid4().hex[:8], stage=stage, config=config_dict, out_dir=out_dir)
             self._jobs[job.id] = job
@@ -510,11 +476,10 @@ def _child(stage: str, fd: int) -> int:
         stop.set()
 
     try:
-        from core.config import STAGES, from_dict
-        config = from_dict(STAGES[stage], json.loads(sys.stdin.readline()))
+        from core.config import from_dict
+        config = from_dict(STAGES[stage].config, json.loads(sys.stdin.readline()))
         threading.Thread(target=watch_stdin, daemon=True, name="stop-watch").start()
-        module, name = STAGE_FUNCTIONS[stage]
-        function = getattr(importlib.import_module(module), name)
+        function = STAGES[stage].function()
 
         def on_progress(step: int, total: int, metrics: Mapping[str, object]) -> bool:
             send({"event": "progress", "step": int(step), "total": int(total), "metrics": dict(metrics)})
@@ -530,7 +495,7 @@ def _child(stage: str, fd: int) -> int:
         return 0
     except Exception as e:  # reported to the page: plain words for user errors, the traceback for bugs
         user_error = any(cls.__name__ in _USER_ERRORS for cls in type(e).__mro__)
-        message = str(e) if user_error else f"{STAGE_TITLES.get(stage, stage)} failed: {type(e).__name__}: {e}"
+        message = str(e) if user_error else f"{_title(stage)} failed: {type(e).__name__}: {e}"
         send({"event": "error", "message": message,
               "traceback": None if user_error else traceback.format_exc()})
         return 1
