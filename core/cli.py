@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config import ConfigError, validate
+from core.config import validate
+from core.errors import UserError
 from core.stages import STAGES
 
 
@@ -106,13 +107,12 @@ def compare_summary(result: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from core.progress import TerminalProgress
-    from core.storage.artifacts import ArtifactError
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         args, values, kept = stage_values(argv)
         config = validate(STAGES[args.stage].config(**values))
-    except (ConfigError, ArtifactError, TypeError) as e:  # TypeError: a saved setting of the wrong kind
+    except (UserError, TypeError) as e:  # TypeError: a saved setting of the wrong kind
         print(f"error: {e}", file=sys.stderr)
         return 2
     if kept:
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("\nstopped; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-    except (ArtifactError, ConfigError, OSError) as e:  # OSError: an unwritable --out, a full disk, ...
+    except (UserError, OSError) as e:  # OSError: an unwritable --out, a full disk, ...
         if bar is not None:
             bar.close()
         print(f"error: {e}", file=sys.stderr)

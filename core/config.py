@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
+
 DEFAULT_DATA_DIR = "data/rollouts"
 DEFAULT_RUN_DIR = "runs"
 SHIPPED_MODEL_DIR = "models"
@@ -57,7 +59,7 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value outside its allowed range; the message names the field and the value."""
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.app.leaderboard import NAME_MAX_CHARS, InvalidName
 from core.app import race
+from core.app.leaderboard import NAME_MAX_CHARS, InvalidName
 from core.app.race.server import component_data
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "race"

@@ -5,8 +5,8 @@ import sqlite3
 import pandas as pd
 import streamlit as st
 
-from core.app.leaderboard import Leaderboard, db_path, human_vs_ai_figure
 from core.app import race
+from core.app.leaderboard import Leaderboard, db_path, human_vs_ai_figure
 
 ALL_RUNS_SHOWN = 500  # rows of "All runs", best first
 

@@ -16,7 +16,7 @@ from core.app.jobs import JobAlreadyRunning, JobConflict, JobRegistry
 from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
 from core.envs.laps import MEANINGS
 from core.stages import STAGES, TRAINING_STAGES
-from core.storage.artifacts import ArtifactError
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError
 
 POLL_SECONDS = 1.0  # how often a running job's panel refreshes
 IDLE_POLL_SECONDS = 5.0  # how often a page with no running job looks for one started elsewhere (another tab)
@@ -371,7 +371,7 @@ def _vae(path: str, version: float):
 def load_vae(vae_dir: str):
     """The VAE in ``vae_dir`` (reloaded when its weights change, e.g. at a training checkpoint)."""
     path = app_data.resolve(vae_dir)
-    return _vae(str(path), app_data.mtime(path / "vae.weights.h5"))
+    return _vae(str(path), app_data.mtime(path / WEIGHT_FILES["vae"]))
 
 
 @st.cache_resource(show_spinner="Loading the world model…", max_entries=4)

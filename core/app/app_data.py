@@ -23,13 +23,11 @@ from core import CODE_ROOT
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.models.controller import LATEST_FILE, SNAPSHOT_FILE, SNAPSHOT_KINDS, params_sha256, snapshot_params
 from core.stages import STAGES
-from core.storage.artifacts import ArtifactError, read_history
+from core.storage.artifacts import PARTS, WEIGHT_FILES, ArtifactError, read_history
 from core.storage.checkpoints import newest_checkpoint
 from core.storage.reports import check_report, compare_reports
 
 ROOT_ENV = "WORLD_MODELS_ROOT"  # environment variable overriding the folder relative paths start from
-PARTS = ("vae", "rnn", "controller")
-WEIGHT_FILES = {"vae": "vae.weights.h5", "rnn": "rnn.weights.h5", "controller": "params.npz"}
 
 
 def data_root() -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core import CODE_ROOT
+from core.errors import is_user_error
 from core.stages import JOB_STAGES, STAGES
 from core.storage.artifacts import atomic_write_text
 
@@ -55,11 +56,6 @@ class JobAlreadyRunning(RuntimeError):
         super().__init__(f"a {_title(job.stage)} job is already running "
                          f"(job {job.id}, step {job.step} of {job.total or '?'})")
         self.job = job
-
-
-# Errors whose message is meant for the user as it is; anything else is a bug and keeps its traceback.
-_USER_ERRORS = ("ArtifactError", "ConfigError", "EpisodeError", "NoDataError", "FileNotFoundError",
-                "NotADirectoryError", "PermissionError")
 
 
 class JobConflict(JobAlreadyRunning):
@@ -494,7 +490,7 @@ def _child(stage: str, fd: int) -> int:
         send({"event": "error", "message": "stopped", "stopped": True})
         return 0
     except Exception as e:  # reported to the page: plain words for user errors, the traceback for bugs
-        user_error = any(cls.__name__ in _USER_ERRORS for cls in type(e).__mro__)
+        user_error = is_user_error(e)
         message = str(e) if user_error else f"{_title(stage)} failed: {type(e).__name__}: {e}"
         send({"event": "error", "message": message,
               "traceback": None if user_error else traceback.format_exc()})

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core import CODE_ROOT
+from core.errors import UserError
 
 ROOT = CODE_ROOT
 DB_ENV_VAR = "WM_LEADERBOARD_DB"
@@ -63,7 +64,7 @@ _PREPARED: set[Path] = set()  # database files whose table this process has made
 _PREPARED_LOCK = threading.Lock()
 
 
-class InvalidName(ValueError):
+class InvalidName(UserError, ValueError):
     """A player name that cannot be stored; the message says why without repeating the name."""
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.storage.artifacts import ArtifactError, atomic_save_npz, read_json, read_meta
+from core.envs.env import ACTION_SIZE
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError, atomic_save_npz, read_json, read_meta
 
-PARAMS_FILE = "params.npz"
+PARAMS_FILE = WEIGHT_FILES["controller"]
 LATEST_FILE = "latest.npz"  # an evolution's CMA-ES mean, last generation's best candidate and averaged mean
-ACTION_SIZE = 3
 # The keys a controller file may hold its parameters under, in the order they are looked for, and what each
 # names: a params.npz, an evolution's latest.npz (its CMA-ES mean; it holds the averaged mean too), or a
 # snapshot of one of the two (snapshot_params).

@@ -20,13 +20,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from core.config import RNNConfig  # noqa: E402
-from core.storage.artifacts import ArtifactError, checked_config, read_json, read_meta
+from core.envs.env import ACTION_SIZE
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, read_json, read_meta
 
 log = logging.getLogger(__name__)
 
 
-WEIGHTS = "rnn.weights.h5"
-ACTION_SIZE = 3
+WEIGHTS = WEIGHT_FILES["rnn"]
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 REWARD_CLIP = 10.0  # rewards are clipped to [-REWARD_CLIP, REWARD_CLIP] for the reward head
 

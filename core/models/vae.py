@@ -20,9 +20,9 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import VAEConfig  # noqa: E402
 from core.envs.env import FRAME_SIZE  # noqa: E402
-from core.storage.artifacts import ArtifactError, checked_config, read_json, read_meta
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, read_json, read_meta
 
-WEIGHTS = "vae.weights.h5"
+WEIGHTS = WEIGHT_FILES["vae"]
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
 DECODER_DECONVS = ((128, 5), (64, 5), (32, 6))  # (filters, kernel), stride 2, then 3 filters kernel 6
 

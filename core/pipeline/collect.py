@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import CollectConfig, to_dict, validate
-from core.envs.env import make_env, preprocess, spawn_context, worker_setup
+from core.envs.env import ACTION_HIGH, ACTION_LOW, make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import ArtifactError, RunLock
 from core.storage.dataset import (
@@ -52,8 +52,6 @@ OU_SIGMA = np.array([0.12, 0.06, 0.06], dtype=np.float32)
 # nudge lasts about 1 / NOISE_THETA steps (a fifth of a second) instead of cancelling out at once.
 NOISE_THETA = 0.1
 NOISE_SIGMA = float(np.sqrt(2 * NOISE_THETA - NOISE_THETA ** 2))  # stationary standard deviation 1
-ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
-ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 
 
 # What an episode on a given track depends on besides its seed; a data folder holds one value of each.

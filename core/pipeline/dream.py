@@ -23,6 +23,7 @@ import numpy as np
 from core.envs.env import ACTION_HIGH, ACTION_LOW
 from core.models.agent import encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
 from core.models.controller import Controller
+from core.storage.artifacts import WEIGHT_FILES
 from core.storage.dataset import Episode
 
 DONE_THRESHOLD = 0.5  # predicted episode-end probability above which a dream ends
@@ -69,7 +70,7 @@ class WorldModel:
         rnn = load_rnn(model_dir / "rnn", expect_z=vae.z_size)
         weights = extract_weights(vae, rnn)
         controller = None
-        if with_controller and (model_dir / "controller" / "params.npz").exists():
+        if with_controller and (model_dir / "controller" / WEIGHT_FILES["controller"]).exists():
             controller = load_controller(model_dir / "controller", vae.z_size, rnn.hidden)
         return cls(vae, weights, controller, str(model_dir))
 

@@ -27,21 +27,21 @@ from core.config import EVAL_SEED_BASE, ExportConfig, validate
 from core.models.controller import PARAMS_FILE, load_params_file, params_sha256, save_params
 from core.pipeline.evolve import CMA_STATE, STATE, _load_es, _save_es
 from core.progress import ProgressCallback, keep_going
-from core.storage.artifacts import ArtifactError, RunLock, atomic_write_json, read_json, read_meta
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError, RunLock, atomic_write_json, read_json, read_meta
 from core.storage.reports import read_report
 from core.storage.weights_cache import world_model_sha256
 
 log = logging.getLogger(__name__)
 
 
-PARTS = {
-    "vae": ("vae.weights.h5", "config.json", "meta.json", "history.jsonl"),
-    "rnn": ("rnn.weights.h5", "config.json", "meta.json", "history.jsonl"),
-    "controller": ("params.npz", "latest.npz", "config.json", "meta.json", "history.jsonl", "evaluation.json",
+SHIPPED_FILES = {  # what an export copies of each part
+    "vae": (WEIGHT_FILES["vae"], "config.json", "meta.json", "history.jsonl"),
+    "rnn": (WEIGHT_FILES["rnn"], "config.json", "meta.json", "history.jsonl"),
+    "controller": (WEIGHT_FILES["controller"], "latest.npz", "config.json", "meta.json", "history.jsonl", "evaluation.json",
                    "state.json"),
 }
 TRAINING_STATE = (CMA_STATE,)
-REQUIRED = {"vae.weights.h5", "rnn.weights.h5", "params.npz", "config.json"}
+REQUIRED = {*WEIGHT_FILES.values(), "config.json"}
 
 
 def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> dict:
@@ -56,7 +56,7 @@ def export(config: ExportConfig, on_progress: ProgressCallback = keep_going) -> 
     # Training writes its weights at every checkpoint and an evolution its controller every generation:
     # refuse while any part is being written (RunLock says which) rather than copy parts of two moments.
     with contextlib.ExitStack() as locks:
-        for kind in PARTS:
+        for kind in SHIPPED_FILES:
             if (src / kind).is_dir():
                 locks.enter_context(RunLock(src / kind, "training"))
         return _export(config, src, dst, on_progress)
@@ -81,7 +81,7 @@ def _check_destination(src: Path, dst: Path) -> None:
         raise ArtifactError(f"--out-dir {dst} contains --run-dir {src}; export into a folder of its own")
     if dst.exists() and not dst.is_dir():
         raise ArtifactError(f"--out-dir {dst} is a file; export needs a folder")
-    if dst.is_dir() and not any((dst / kind).is_dir() for kind in PARTS):
+    if dst.is_dir() and not any((dst / kind).is_dir() for kind in SHIPPED_FILES):
         folders = sorted(p.name for p in dst.iterdir() if p.is_dir())
         if folders:  # a model card beside the model is fine; other folders mean this is not a model folder
             raise ArtifactError(f"--out-dir {dst} holds other folders ({', '.join(folders[:3])}) and no world "
@@ -90,7 +90,7 @@ def _check_destination(src: Path, dst: Path) -> None:
 
 
 def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCallback) -> dict:
-    for kind in PARTS:
+    for kind in SHIPPED_FILES:
         read_meta(src / kind, kind)  # only finished (or cleanly stopped) stages export
     from core.models.agent import load_world_model
     weights, params = load_world_model(src)  # V, M and C load and fit together
@@ -117,7 +117,7 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.new."))
     copied, total_bytes = [], 0
     try:
-        for i, (kind, names) in enumerate(PARTS.items()):
+        for i, (kind, names) in enumerate(SHIPPED_FILES.items()):
             (staging / kind).mkdir()
             wanted = names + (TRAINING_STATE if kind == "controller" and config.training_state else ())
             for name in wanted:
@@ -128,7 +128,7 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
                     copied.append(f"{kind}/{name}")
                 elif name in REQUIRED:
                     raise ArtifactError(f"{src / kind / name}: missing; finish that stage before exporting")
-            on_progress(i + 1, len(PARTS), {"part": kind})
+            on_progress(i + 1, len(SHIPPED_FILES), {"part": kind})
         if source is not None:
             copied += _ship_params(src / "controller", staging / "controller", params, source, z_size, hidden,
                                    config.training_state)
@@ -136,7 +136,7 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
             atomic_write_json(staging / "controller" / "evaluation.json", report)
             copied.append("controller/evaluation.json")
         total_bytes = sum((staging / name).stat().st_size for name in copied)
-        keep = [p for p in dst.iterdir() if p.name not in PARTS] if dst.exists() else []
+        keep = [p for p in dst.iterdir() if p.name not in SHIPPED_FILES] if dst.exists() else []
         for p in keep:  # files of the folder that are not part of the model (a README, say) stay
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, staging / p.name)
         old = dst.with_name(f".{dst.name}.old")

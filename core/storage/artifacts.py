@@ -19,10 +19,15 @@ from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 
+from core.errors import UserError
+
 FORMAT_VERSION = 1  # bump when an artifact's layout changes incompatibly
 
 
-class ArtifactError(RuntimeError):
+PARTS = ("vae", "rnn", "controller")  # a world model's folders: V, M and C
+WEIGHT_FILES = {"vae": "vae.weights.h5", "rnn": "rnn.weights.h5", "controller": "params.npz"}  # in each part
+
+class ArtifactError(UserError, RuntimeError):
     """A missing, corrupt or incompatible artifact; the message says which file and how to fix it."""
 
 

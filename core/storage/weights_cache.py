@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from core.storage.artifacts import FORMAT_VERSION, atomic_save_npz
+from core.storage.artifacts import FORMAT_VERSION, WEIGHT_FILES, atomic_save_npz
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "WORLD_MODELS_CACHE"
 CACHE_KEEP = 16  # entries kept (4.4 MB each at the paper's sizes)
 CACHE_VERSION = 1  # bump when extract_weights changes what it returns
-SOURCES = ("vae/config.json", "vae/meta.json", "vae/vae.weights.h5",
-           "rnn/config.json", "rnn/meta.json", "rnn/rnn.weights.h5")
+SOURCES = tuple(f"{part}/{name}" for part in ("vae", "rnn") for name in ("config.json", "meta.json", WEIGHT_FILES[part]))
 KEYS = ("mu_w", "mu_b", "lstm_kernel", "lstm_recurrent", "lstm_bias", "mdn_w", "mdn_b", "reward_w", "reward_b",
         "done_w", "done_b", "mixtures")
 CONVS = 4  # V's encoder: four 4x4 stride-2 convolutions (core.models.agent.encode_mu)
@@ -67,7 +66,7 @@ def world_model_sha256(model_dir: Path | str) -> str | None:
     """SHA-256 of V's and M's weights files in ``model_dir``: names the V and M an evaluation report was
     driven with (an export copies them byte for byte); None if one is missing."""
     h = hashlib.sha256()
-    for name in ("vae/vae.weights.h5", "rnn/rnn.weights.h5"):
+    for name in (f"{part}/{WEIGHT_FILES[part]}" for part in ("vae", "rnn")):
         try:
             with open(Path(model_dir) / name, "rb") as f:
                 hashlib.file_digest(f, lambda: h)

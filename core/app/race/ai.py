@@ -13,7 +13,7 @@ import numpy as np
 
 from core.app import app_data
 from core.app.race.errors import RaceError
-from core.storage.artifacts import ArtifactError
+from core.storage.artifacts import PARTS, WEIGHT_FILES, ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ _AGENT_CACHE: dict[str, tuple[tuple[float, ...], dict, np.ndarray]] = {}  # fold
 _AGENT_LOCK = threading.Lock()
 
 
-WEIGHT_FILES = ("vae/vae.weights.h5", "rnn/rnn.weights.h5", "controller/params.npz")  # what the AI drives with
+WEIGHT_PATHS = tuple(f"{part}/{WEIGHT_FILES[part]}" for part in PARTS)  # what the AI drives with
 
 
 def _model_stamp(model_dir: Path) -> tuple[float, ...]:
     """The version of a model's weights: their modification times (an evolution also rewrites history,
     meta and state files every generation, which change nothing the AI loads)."""
     stamps = []
-    for name in WEIGHT_FILES:
+    for name in WEIGHT_PATHS:
         try:
             stamps.append((model_dir / name).stat().st_mtime)
         except OSError:
@@ -81,7 +81,7 @@ def _model_stamp(model_dir: Path) -> tuple[float, ...]:
 def is_world_model(path: Path | str) -> bool:
     path = Path(path)
     return all((path / sub).is_dir() for sub in ("vae", "rnn", "controller")) and \
-        (path / "controller" / "params.npz").exists()
+        (path / "controller" / WEIGHT_FILES["controller"]).exists()
 
 
 def available_models(root: Path | str | None = None) -> list[str]:

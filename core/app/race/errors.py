@@ -1,7 +1,9 @@
 """The race's errors: each message is for the player, shown as it is."""
 
+from core.errors import UserError
 
-class RaceError(ValueError):
+
+class RaceError(UserError, ValueError):
     """A race that cannot start or go on; the message is for the player."""
 
 
