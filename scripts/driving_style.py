@@ -9,7 +9,7 @@ round but tiles skipped, or with tiles still ahead), the tiles it skipped and th
 (and how often above 0.9), how often it brakes (brake above 0.1), its mean |steer| and its mean and top
 speed (Box2D units of the car's hull); then a table of the endings. With ``--gas-shifts`` it also drives
 copies of the controller whose gas bias is raised by each amount, on the same tracks, and prints their
-paired lead: whether more throttle alone would help. The README's "What holds it back" quotes this
+paired lead: whether more throttle alone would help. docs/TRAINING.md's "What holds it back" quotes this
 script's output. The fast env gives the stock env's episodes exactly, so ``--first-seed 1000000 --tracks
 100`` explains the evaluation report's episodes.
 """

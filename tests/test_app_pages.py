@@ -566,7 +566,7 @@ def test_dream_caption_gives_the_rate_the_animation_plays_at(app):
 
 
 def test_world_models_in_other_run_folders_can_be_picked(fresh_root):
-    """runs2/ (the README's second evolution) and runs/mine/ hold world models: every page offers them."""
+    """runs2/ (docs/CLI.md's second evolution) and runs/mine/ hold world models: every page offers them."""
     import shutil
 
     from core.app import app_data

@@ -1,4 +1,4 @@
-"""scripts/driving_style.py: the action and speed statistics the README quotes, and the gas-shift leads."""
+"""scripts/driving_style.py: the action and speed statistics docs/TRAINING.md quotes, and the gas-shift leads."""
 
 import sys
 

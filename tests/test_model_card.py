@@ -1,10 +1,11 @@
-"""scripts/model_card.py: the README's model summary comes from the artifacts' own files."""
+"""scripts/model_card.py: the model card (models/README.md, docs/MODEL_CARD.md) comes from the artifacts' own files."""
 
 import json
 import shutil
 import subprocess
 import sys
 
+from core.storage.reports import summarize
 from tests.conftest import ROOT
 
 
@@ -97,18 +98,58 @@ def test_the_card_adds_up_fine_tuned_v_and_m(tiny_world_model, tmp_path):
     assert "fine-tuned" not in m_line
 
 
-def test_the_shipped_models_readme_and_the_main_readme_carry_its_current_card():
-    """models/README.md and the main README quote the card of what models/ holds now (regenerate them with
-    `python scripts/model_card.py models` after an export)."""
+def test_the_shipped_models_readme_the_model_card_page_and_the_main_readme_carry_its_current_card():
+    """models/README.md quotes the card of what models/ holds now, docs/MODEL_CARD.md is its page as the script
+    writes it, and the main README quotes its score and links the page (regenerate both after an export with
+    `python scripts/model_card.py models` and `python scripts/model_card.py models --write docs/MODEL_CARD.md`)."""
     out = subprocess.run([sys.executable, "scripts/model_card.py", "models"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     card = out.split("\n", 2)[2]  # after the title line and the blank line
     assert card.strip() in (ROOT / "models" / "README.md").read_text(encoding="utf-8")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     summary = [line for line in card.splitlines() if line.startswith("- ")]
     assert len(summary) >= 6  # score, V, M, C, compute, ... (an empty card would match anything)
-    for line in summary:  # the README sets its own tables and histogram around them
-        assert line in readme, line[:80]
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from model_card import page
+    written = (ROOT / "docs" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert written == page(ROOT / "models"), "docs/MODEL_CARD.md is stale: regenerate it"
+    for line in summary:
+        if not line.startswith("- How its episodes ended"):  # the page tables the endings instead
+            assert line in written, line[:80]
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    score = next(line for line in summary if line.startswith("- **Score: "))
+    assert score.split("**")[1].removeprefix("Score: ") in readme  # "859.6 ± 90.5", say
+    assert "(docs/MODEL_CARD.md)" in readme
+
+
+def test_the_card_page_compares_the_model_with_the_reports_it_keeps(tiny_world_model, tmp_path):
+    """--write: the whole page, with the lead over an earlier controller whose report is in reports/."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world_model, model)
+    seeds = list(range(1000000, 1000012))
+    own = [800.0 + 10 * i for i in range(12)]
+    earlier = [r - 20 - 10 * (i % 2) for i, r in enumerate(own)]  # 20 or 30 behind on every track
+    base = {"env": "stock", "max_steps": 1000, "episodes": 12, "seeds": seeds}
+    (model / "controller" / "evaluation.json").write_text(json.dumps(
+        {**base, "returns": own, "params_sha256": "a" * 64, **summarize(own)}))
+    (model / "reports").mkdir()
+    (model / "reports" / "earlier-model-1000000.json").write_text(json.dumps(
+        {**base, "returns": earlier, "params_sha256": "b" * 64, **summarize(earlier)}))
+    out = tmp_path / "MODEL_CARD.md"
+    subprocess.run([sys.executable, "scripts/model_card.py", str(model), "--write", str(out)], cwd=ROOT,
+                   capture_output=True, text=True, timeout=120, check=True)
+    text = out.read_text(encoding="utf-8")
+    for heading in ("# Model card: the world model in `model/`", "## What it is", "## Score",
+                    "## Against earlier models", "## Training"):
+        assert heading in text.splitlines(), heading
+    assert "| this model | earlier model |" in text
+    assert "| tracks 1000000..1000011 (the evaluation tracks) | **855.0 ± 34.5** | 830.0 ± 34.2 |" in text
+    # the differences are 20 and 30, six of each: lead 25, standard error sqrt(300 / 11) / sqrt(12)
+    assert ("- over the earlier model, tracks 1000000..1000011: **+25.0 ± 1.5** (95% interval +21.7 to +28.3; "
+            "won 12, lost 0, tied 0): better than the earlier model") in text
+    assert "python -m core compare --baseline model/reports/earlier-model-1000000.json" in text
+    assert "- Training in all: " in text
 
 
 def test_the_card_names_a_controller_shipped_from_a_snapshot(tiny_world_model, tmp_path):

@@ -125,7 +125,7 @@ def default_model_dir() -> str:
 
 def _candidate_dirs(root: Path) -> list[Path]:
     """Where world models live: ``models/``, ``runs/``, the folders in ``runs/`` (``runs/mine``) and the
-    project's other run folders named ``runs*`` (``runs2``, which the README uses for a second evolution)."""
+    project's other run folders named ``runs*`` (``runs2``, which docs/CLI.md uses for a second evolution)."""
     runs = root / DEFAULT_RUN_DIR
     found = [root / SHIPPED_MODEL_DIR, runs]
     if runs.is_dir():
