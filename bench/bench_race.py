@@ -232,7 +232,7 @@ def run(quick: bool = False) -> str:
         rows.append(("1 race vs the AI (two cars + V, M, C each step), frames/s",
                      f"{r['versus']['fps']:.1f} (skipped steps {r['versus']['skipped']})", "(no goal)", ""))
     lines = [
-        "## Race streaming (core/race_server.py)",
+        "## Race streaming (core/app/race/server.py)",
         "",
         f"`python -m bench.bench_race{' --quick' if quick else ''}`: a race server process (uvicorn, "
         f"websockets-sansio, env `{info['env']}`, 96x96 PNG frames) and a Python WebSocket client on "
