@@ -23,16 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from core.envs.env import make_env, spawn_context, tiles_visited, worker_setup
+from core.envs.laps import LapTracker, endings
+from core.models.agent import Agent, load_world_model
+from core.pipeline.rollout import RolloutPool, RolloutSettings, episode_returns
+from core.storage.artifacts import ArtifactError
+from core.storage.reports import compare_reports
 
-from core.models.agent import Agent, load_world_model  # noqa: E402
-from core.storage.artifacts import ArtifactError  # noqa: E402
-from core.envs.env import make_env, spawn_context, tiles_visited, worker_setup  # noqa: E402
-from core.storage.reports import compare_reports  # noqa: E402
-from core.pipeline.rollout import episode_returns  # noqa: E402
-from core.envs.laps import LapTracker, endings  # noqa: E402
-from core.pipeline.rollout import RolloutPool, RolloutSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GAS_BIAS = -2  # the gas unit's bias among C's flat parameters (steer, gas, brake biases come last)
 

@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from core.envs.laps import MEANINGS, report_endings
+from core.models.controller import PARAMS_KEYS
+from core.storage.artifacts import atomic_write_text, read_history, read_json, read_meta
+from core.storage.checkpoints import training_seconds
+from core.storage.reports import compare_reports, read_reports, verdict_words
 
-from core.envs.laps import MEANINGS, report_endings  # noqa: E402
-from core.models.controller import PARAMS_KEYS  # noqa: E402
-from core.storage.artifacts import atomic_write_text, read_history, read_json, read_meta  # noqa: E402
-from core.storage.checkpoints import training_seconds  # noqa: E402
-from core.storage.reports import compare_reports, read_reports, verdict_words  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HIST_BIN = 100  # width of a score bin in the histogram
 BAR_CHARS = 40  # characters of the longest histogram bar

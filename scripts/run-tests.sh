@@ -10,6 +10,7 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "note: chromium missing and not root; the browser tests will be skipped" >&2
     fi
 fi
-python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+source scripts/python-env.sh
+install_requirements requirements-dev.txt
 export SDL_VIDEODRIVER=dummy TF_CPP_MIN_LOG_LEVEL=2
-python3 -m pytest "$@"
+exec "$PY" -m pytest "$@"

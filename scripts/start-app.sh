@@ -2,6 +2,7 @@
 # Install the app's dependencies and start it on http://localhost:8501 (arguments go to streamlit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check -r requirements.txt
+source scripts/python-env.sh
+install_requirements requirements.txt
 export SDL_VIDEODRIVER=dummy TF_CPP_MIN_LOG_LEVEL=2
-exec python3 -m streamlit run Home.py "$@"
+exec "$PY" -m streamlit run Home.py "$@"

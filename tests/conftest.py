@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,8 +16,6 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ["WORLD_MODELS_CACHE"] = tempfile.mkdtemp(prefix="wm-test-cache-")
 atexit.register(shutil.rmtree, os.environ["WORLD_MODELS_CACHE"], True)
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def _fast_env_available() -> bool:
@@ -35,8 +32,8 @@ TEST_ENV = "fast" if _fast_env_available() else "stock"
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Two Brownian episodes of 40 steps in the real env."""
-    from core.pipeline.collect import collect
     from core.config import CollectConfig
+    from core.pipeline.collect import collect
     out = tmp_path_factory.mktemp("data") / "rollouts"
     collect(CollectConfig(out_dir=str(out), episodes=2, max_steps=40, workers=1, env=TEST_ENV))
     return out

@@ -6,9 +6,9 @@ import time
 import pytest
 
 from core.app import app_data
-from core.storage.artifacts import read_history, read_json
-from core.config import CollectConfig, VAEConfig, to_dict
 from core.app.jobs import JobAlreadyRunning, JobRegistry
+from core.config import CollectConfig, VAEConfig, to_dict
+from core.storage.artifacts import read_history, read_json
 from tests.conftest import TEST_ENV
 
 
@@ -135,10 +135,9 @@ def test_a_job_whose_server_is_gone_stops_cleanly_at_a_checkpoint(tmp_path, tiny
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
     config = VAEConfig(data_dir=str(tiny_data), run_dir="run", z_size=8, epochs=3, batch_size=16, holdout=0.0)
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "core.app.jobs", "train-vae", str(write_fd)], cwd=tmp_path, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             pass_fds=(write_fd,))
@@ -161,8 +160,8 @@ def test_a_job_whose_server_is_gone_stops_cleanly_at_a_checkpoint(tmp_path, tiny
 def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
     """M encoded with a V still training (or an evolution whose V changes under it) would record weights it
     never used: such jobs run one after the other. Evaluations beside an evolution are fine."""
-    from core.config import EvaluateConfig, EvolveConfig, RNNConfig
     from core.app.jobs import Job, JobConflict
+    from core.config import EvaluateConfig, EvolveConfig, RNNConfig
     from core.stages import STAGES
     vae = Job(id="vae", stage="train-vae", config=to_dict(VAEConfig(run_dir="runs")), out_dir="runs/vae",
               status="running")

@@ -7,19 +7,8 @@ import pytest
 
 from core.app import race
 from core.app.leaderboard import InvalidName, Leaderboard
-from core.app.race import (
-    KEY_BRAKE,
-    KEY_GAS,
-    KEY_LEFT,
-    KEY_RIGHT,
-    RaceConfig,
-    RaceError,
-    RaceFull,
-    RaceRegistry,
-    RaceSession,
-    keys_to_action,
-    replay_run,
-)
+from core.app.race import (KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceError, RaceFull, RaceRegistry,
+                           RaceSession, keys_to_action, replay_run)
 
 FAST = RaceConfig(max_steps=40, countdown_s=0.1, resume_countdown_s=0.04)  # 5-tick countdown, 2 after a pause
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core import CODE_ROOT
 from core.errors import is_user_error
 from core.stages import JOB_STAGES, STAGES
 from core.storage.artifacts import atomic_write_text
@@ -352,7 +351,6 @@ class JobRegistry:
             job._log_file = open(self.jobs_dir / f"{job.id}.log", "a", encoding="utf-8")
         read_fd, write_fd = os.pipe()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("SDL_VIDEODRIVER", "dummy")

@@ -28,16 +28,8 @@ from core.config import CollectConfig, to_dict, validate
 from core.envs.env import ACTION_HIGH, ACTION_LOW, make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import ArtifactError, RunLock
-from core.storage.dataset import (
-    Episode,
-    EpisodeError,
-    episode_path,
-    list_episodes,
-    load_episode,
-    read_manifest,
-    save_episode,
-    write_manifest,
-)
+from core.storage.dataset import (Episode, EpisodeError, episode_path, list_episodes, load_episode, read_manifest,
+                                  save_episode, write_manifest)
 
 log = logging.getLogger(__name__)
 

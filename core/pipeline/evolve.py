@@ -43,16 +43,8 @@ from core.models.controller import LATEST_FILE, PARAMS_FILE, load_controller, nu
 from core.pipeline.gate import TRACK_RANGES, TRAIN_EVAL_SEED_BASE, challenge, next_tracks, spreads_from_history
 from core.pipeline.rollout import RolloutPool, RolloutSettings, drive_grid, evaluate_params
 from core.progress import ProgressCallback, keep_going
-from core.storage.artifacts import (
-    ArtifactError,
-    History,
-    RunLock,
-    atomic_save_npz,
-    atomic_write_bytes,
-    atomic_write_json,
-    read_json,
-    write_meta,
-)
+from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_bytes,
+                                    atomic_write_json, read_json, write_meta)
 from core.storage.weights_cache import world_model_sha256
 
 log = logging.getLogger(__name__)

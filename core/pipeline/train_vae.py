@@ -25,18 +25,9 @@ from core.envs.env import FRAME_SIZE  # noqa: E402
 from core.models.vae import WEIGHTS, ConvVAE, kl_divergence, reconstruction_loss, to_float
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.storage.artifacts import ArtifactError, History, RunLock, atomic_write_json, hash_files, write_meta
-from core.storage.checkpoints import (
-    check_config_matches,
-    check_new_run,
-    checkpoint_start,
-    checkpoint_state,
-    mark_unfinished,
-    previous_metrics,
-    recorded_heldout,
-    resume_or_start,
-    save_checkpoint,
-    starts_over_its_own_weights,
-)
+from core.storage.checkpoints import (check_config_matches, check_new_run, checkpoint_start, checkpoint_state,
+                                      mark_unfinished, previous_metrics, recorded_heldout, resume_or_start,
+                                      save_checkpoint, starts_over_its_own_weights)
 from core.storage.dataset import count_frames, iter_frames, load_episode, split_holdout, usable_episodes  # noqa: E402
 
 

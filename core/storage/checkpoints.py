@@ -17,15 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.storage.artifacts import (
-    ArtifactError,
-    atomic_save_keras,
-    atomic_save_npz,
-    atomic_write_json,
-    read_history,
-    read_json,
-    read_meta,
-)
+from core.storage.artifacts import (ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json,
+                                    read_history, read_json, read_meta)
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def streamlit_app(root: Path) -> Iterator[str]:
     """``streamlit run Home.py`` with ``root`` as WORLD_MODELS_ROOT and its own leaderboard; yields the URL."""
     port = free_port()
     env = dict(os.environ, WORLD_MODELS_ROOT=str(root), WM_LEADERBOARD_DB=str(root / "board.sqlite3"),
-               PYTHONPATH=str(ROOT), SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2")
+               SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2")
     log_path = root / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "Home.py"), "--server.port",
