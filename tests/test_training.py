@@ -189,13 +189,14 @@ def test_a_resume_with_other_sizes_is_refused_before_the_episodes_are_read(stage
                                                                            monkeypatch):
     """Reading (and for M, encoding) every episode takes minutes on a real data set; a resume that cannot
     go on must say so first."""
-    import core.models.mdnrnn
-    import core.models.vae
+    import core.pipeline.train_rnn
+    import core.pipeline.train_vae
 
     def read_episodes(*args, **kwargs):
         raise AssertionError("the episodes were read before the settings were checked")
 
-    monkeypatch.setattr(core.models.vae if stage == "vae" else core.models.mdnrnn, "usable_episodes", read_episodes)
+    monkeypatch.setattr(core.pipeline.train_vae if stage == "vae" else core.pipeline.train_rnn, "usable_episodes",
+                        read_episodes)
     run = copy_run(trained, tmp_path)
     with pytest.raises(ArtifactError, match="other settings"):
         if stage == "vae":
