@@ -15,8 +15,8 @@ The names below are the race's public face: pages use ``from core.app import rac
 
 from core.app.race.ai import available_models, is_world_model, load_agent, model_label, single_threaded_blas, warm_up
 from core.app.race.errors import RaceError, RaceFull
-from core.app.race.registry import RaceRegistry, get_registry
-from core.app.race.replay import ReplayResult, make_race_env, replay_run, score_and_record
+from core.app.race.registry import RaceRegistry, get_registry, score_and_record
+from core.app.race.replay import ReplayResult, make_race_env, replay_run
 from core.app.race.session import (BRAKE, GAS, KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_MASK_ALL, KEY_RIGHT, MODE_LABELS,
                                    MODES, SEED_MAX, Driver, FinishedRace, RaceConfig, RaceSession, check_seed,
                                    keys_to_action, parse_owner, random_seed)

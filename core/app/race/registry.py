@@ -12,14 +12,39 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from core.app.leaderboard import Leaderboard, validate_player_name
+from core.app.leaderboard import Leaderboard, Run, validate_player_name
 from core.app.race.ai import load_agent, single_threaded_blas
 from core.app.race.errors import RaceError, RaceFull
-from core.app.race.replay import score_and_record
+from core.app.race.replay import replay_run
 from core.app.race.session import MODES, FinishedRace, RaceConfig, RaceSession, check_seed, parse_owner
 from core.config import validate
 
 log = logging.getLogger(__name__)
+
+
+def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
+    """Replay each run of a finished race on its seed and store the replayed score.
+
+    Returns one dict per run: label, kind, model, score (the replay's), live_score, steps, tiles,
+    total_tiles, skipped (tiles left behind, live), outcome, run_id.
+    """
+    results = []
+    for driver, actions in race.runs:
+        replay = replay_run(race.seed, actions)
+        if abs(replay.score - driver["score"]) > 1e-6 or replay.steps != driver["steps"]:
+            log.warning("race %s: %s scored %.3f live but %.3f in the replay (%d vs %d steps)", race.race_id,
+                        driver["label"], driver["score"], replay.score, driver["steps"], replay.steps)
+        outcome = replay.outcome or driver["outcome"] or "ended"
+        player = driver["label"] if driver["kind"] == "human" else "AI"
+        run_id = board.add(Run(player=player, kind=driver["kind"], model=driver["model"], seed=race.seed,
+                               score=replay.score, steps=replay.steps, tiles=replay.tiles,
+                               total_tiles=replay.total_tiles, outcome=outcome, actions=actions[:replay.steps],
+                               race_id=race.race_id))
+        results.append({"label": driver["label"], "kind": driver["kind"], "model": driver["model"],
+                        "score": replay.score, "live_score": driver["score"], "steps": replay.steps,
+                        "tiles": replay.tiles, "total_tiles": replay.total_tiles,
+                        "skipped": driver.get("skipped", 0), "outcome": outcome, "run_id": run_id})
+    return results
 
 
 class RaceRegistry:

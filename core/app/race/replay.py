@@ -1,6 +1,6 @@
 """Replays: a finished run's action log driven again on its track seed, headless.
 
-What the leaderboard stores is what this replay scores (``score_and_record``), never a number a browser
+What the leaderboard stores is what this replay scores (``registry.score_and_record``), never a number a browser
 sent; ``make_race_env`` gives the live races the fast env when it is there.
 """
 
@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.app.leaderboard import Leaderboard, Run
 from core.envs.env import make_env, tiles_visited
-
-if TYPE_CHECKING:
-    from core.app.race.session import FinishedRace
 
 log = logging.getLogger(__name__)
 
@@ -81,28 +76,3 @@ def replay_run(seed: int, actions: np.ndarray, render: bool = False) -> ReplayRe
 
 # --------------------------------------------------------------------------------------------------
 # Scoring and the registry of live races
-
-
-def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
-    """Replay each run of a finished race on its seed and store the replayed score.
-
-    Returns one dict per run: label, kind, model, score (the replay's), live_score, steps, tiles,
-    total_tiles, skipped (tiles left behind, live), outcome, run_id.
-    """
-    results = []
-    for driver, actions in race.runs:
-        replay = replay_run(race.seed, actions)
-        if abs(replay.score - driver["score"]) > 1e-6 or replay.steps != driver["steps"]:
-            log.warning("race %s: %s scored %.3f live but %.3f in the replay (%d vs %d steps)", race.race_id,
-                        driver["label"], driver["score"], replay.score, driver["steps"], replay.steps)
-        outcome = replay.outcome or driver["outcome"] or "ended"
-        player = driver["label"] if driver["kind"] == "human" else "AI"
-        run_id = board.add(Run(player=player, kind=driver["kind"], model=driver["model"], seed=race.seed,
-                               score=replay.score, steps=replay.steps, tiles=replay.tiles,
-                               total_tiles=replay.total_tiles, outcome=outcome, actions=actions[:replay.steps],
-                               race_id=race.race_id))
-        results.append({"label": driver["label"], "kind": driver["kind"], "model": driver["model"],
-                        "score": replay.score, "live_score": driver["score"], "steps": replay.steps,
-                        "tiles": replay.tiles, "total_tiles": replay.total_tiles,
-                        "skipped": driver.get("skipped", 0), "outcome": outcome, "run_id": run_id})
-    return results
