@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from core import race
 from core.leaderboard import Leaderboard, Run
 from core.race import KEY_GAS, RaceConfig, RaceRegistry
+from tests.test_leaderboard import damage_runs_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RACE_PAGE = str(ROOT / "pages" / "6_Race.py")
@@ -205,14 +206,12 @@ def test_a_leaderboard_file_that_is_not_a_database_is_explained(registry, tmp_pa
     assert any("cannot be read" in m and "WM_LEADERBOARD_DB" in m for m in messages(at, "error"))
 
 
-def test_a_leaderboard_damaged_past_its_track_index_is_explained(registry, monkeypatch):
+def test_a_leaderboard_damaged_past_its_track_index_is_explained(registry):
     """``tracks()`` reads only the seed index; a table damaged beyond it fails on the next reads."""
-    import sqlite3
-    add(Leaderboard(), "Ann", "human", 4, 50.0)
-
-    def malformed(*args, **kwargs):
-        raise sqlite3.DatabaseError("database disk image is malformed")
-    monkeypatch.setattr(Leaderboard, "best_per_player", malformed)
+    board = Leaderboard()
+    for i in range(40):
+        add(board, "Ann", "human", 4, float(i))
+    damage_runs_table(board.path)
     at = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
     assert not at.exception and not at.dataframe
     assert any("cannot be read (database disk image is malformed)" in m for m in messages(at, "error"))
