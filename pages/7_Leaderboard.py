@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import race
 from core.leaderboard import Leaderboard, LeaderboardError, human_vs_ai_figure
+from pages import _ui
 
 ALL_RUNS_SHOWN = 500  # rows of "All runs", best first
 
@@ -14,7 +15,8 @@ def unreadable(e: LeaderboardError) -> None:
     if e.backend == "sqlite":
         fix = "move the file aside (the app starts a new one) or point WM_LEADERBOARD_DB at another"
     else:
-        fix = "check that the database server is up and that its URL in WM_LEADERBOARD_URL is right"
+        fix = ("check that the database server is up and that its URL (`url` under `[connections.leaderboard]` "
+               "in the app's secrets, or WM_LEADERBOARD_URL) is right")
     st.error(f"The leaderboard database `{e.where}` cannot be {e.action} ({e.reason}). Reload in a moment; "
              f"if it stays, {fix}.")
     st.stop()
@@ -22,7 +24,7 @@ def unreadable(e: LeaderboardError) -> None:
 
 st.title("Leaderboard")
 try:
-    board = Leaderboard()
+    board = Leaderboard(_ui.leaderboard_url())
     tracks = board.tracks()
 except LeaderboardError as e:  # locked for long, unreachable, unreadable, or not a database
     unreadable(e)
