@@ -13,6 +13,7 @@ import streamlit as st
 from core.app import race
 from core.app.leaderboard import NAME_MAX_CHARS, InvalidName
 from core.app.race.server import component_data
+from pages import _ui
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "race"
 race_view = st.components.v2.component(
@@ -22,7 +23,7 @@ race_view = st.components.v2.component(
 )
 
 st.title("Race")
-registry = race.get_registry()
+registry = race.get_registry(_ui.leaderboard_url())
 # The owner id also lives in the URL (?racer=...): a reload starts a new Streamlit session, and the id in
 # the URL leads it back to the race it left, which waits paused, instead of stranding it. Only such a race:
 # a link copied from a tab whose race is still connected gets an owner of its own (RaceRegistry.reclaim).

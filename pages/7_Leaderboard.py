@@ -1,28 +1,32 @@
 """Leaderboard: every finished race, people and AI, scored by the server's replay of each action log."""
 
-import sqlite3
-
 import pandas as pd
 import streamlit as st
 
 from core.app import race
-from core.app.leaderboard import Leaderboard, db_path, human_vs_ai_figure
+from core.app.leaderboard import Leaderboard, LeaderboardError, human_vs_ai_figure
+from pages import _ui
 
 ALL_RUNS_SHOWN = 500  # rows of "All runs", best first
 
 
 
-def unreadable(e: Exception) -> None:
-    st.error(f"The leaderboard database `{db_path()}` cannot be read ({e}). Reload in a moment; if it stays, "
-             "move the file aside (the app starts a new one) or point WM_LEADERBOARD_DB at another.")
+def unreadable(e: LeaderboardError) -> None:
+    if e.backend == "sqlite":
+        fix = "move the file aside (the app starts a new one) or point WM_LEADERBOARD_DB at another"
+    else:
+        fix = ("check that the database server is up and that its URL (`url` under `[connections.leaderboard]` "
+               "in the app's secrets, or WM_LEADERBOARD_URL) is right")
+    st.error(f"The leaderboard database `{e.where}` cannot be {e.action} ({e.reason}). Reload in a moment; "
+             f"if it stays, {fix}.")
     st.stop()
 
 
 st.title("Leaderboard")
 try:
-    board = Leaderboard()
+    board = Leaderboard(_ui.leaderboard_url())
     tracks = board.tracks()
-except (sqlite3.Error, OSError) as e:  # locked for long, unreadable, or not a database
+except LeaderboardError as e:  # locked for long, unreachable, unreadable, or not a database
     unreadable(e)
 if not tracks:
     st.info("No runs yet. Drive one on the Race page: it shows up here when it ends.")
@@ -39,7 +43,7 @@ try:  # a database damaged past its index reads its tracks and fails here
     runs = (board.best_per_player(track, kind) if view == "Best per player"
             else board.runs(track, kind, limit=ALL_RUNS_SHOWN))
     figure = human_vs_ai_figure(board, track)
-except (sqlite3.Error, OSError) as e:
+except LeaderboardError as e:
     unreadable(e)
 columns = {"player": "player", "kind": "driver", "model": "AI model", "seed": "track",
            "score": st.column_config.NumberColumn("score", format="%.1f"), "tiles": "tiles",

@@ -22,6 +22,21 @@ POLL_SECONDS = 1.0  # how often a running job's panel refreshes
 IDLE_POLL_SECONDS = 5.0  # how often a page with no running job looks for one started elsewhere (another tab)
 
 
+# --- leaderboard -------------------------------------------------------------------------------------
+
+
+def leaderboard_url() -> str | None:
+    """The leaderboard's database URL from the app's secrets: ``url`` under ``[connections.leaderboard]``, the
+    shape ``st.connection("leaderboard", type="sql")`` reads. None without one: ``core.app.leaderboard`` then
+    uses WM_LEADERBOARD_URL, WM_LEADERBOARD_DB or its SQLite file."""
+    try:
+        url = st.secrets.get("connections", {}).get("leaderboard", {}).get("url")
+    except FileNotFoundError:  # no secrets file (StreamlitSecretNotFoundError), or one that does not parse
+        return None
+    url = str(url or "").strip()
+    return url or None
+
+
 # --- jobs --------------------------------------------------------------------------------------------
 
 

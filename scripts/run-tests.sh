@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian machine (Python packages, Chromium for the
-# browser tests), then run the whole suite. Extra arguments go to pytest.
+# browser tests, PostgreSQL for the leaderboard's tests on PostgreSQL), then run the whole suite.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null 2>&1; then
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "note: chromium missing and not root; the browser tests will be skipped" >&2
+        echo "note: ${missing[*]} missing and not root; the tests that need them will be skipped" >&2
     fi
 fi
 source scripts/python-env.sh

@@ -15,6 +15,9 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 # The agent's weights cache (core.models.agent) goes to a folder of the test run's own, never the user's.
 os.environ["WORLD_MODELS_CACHE"] = tempfile.mkdtemp(prefix="wm-test-cache-")
 atexit.register(shutil.rmtree, os.environ["WORLD_MODELS_CACHE"], True)
+# A test names its own leaderboard; none may reach the user's (a PostgreSQL URL in the shell, say).
+os.environ.pop("WM_LEADERBOARD_URL", None)
+os.environ.pop("WM_LEADERBOARD_DB", None)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,3 +67,27 @@ def make_app_root(root: Path, tiny_data: Path, tiny_world_model: Path) -> Path:
             shutil.copytree(tiny_world_model / part, root / folder / part,
                             ignore=shutil.ignore_patterns("checkpoint", "encoded.npz", ".lock"))
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this test session's own on 127.0.0.1 (tests/postgres_server.py), stopped at
+    the end. Skips where Debian's postgresql package is missing (scripts/run-tests.sh installs it)."""
+    from tests.postgres_server import PostgresServer, find_bindir
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL's initdb is not installed (/usr/lib/postgresql/*/bin/initdb): "
+                    "apt-get install postgresql, as scripts/run-tests.sh does")
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def leaderboard_at(request, tmp_path) -> str:
+    """Where a test's leaderboard lives, once per backend: a new SQLite file, or a new database on the
+    session's PostgreSQL server (its URL)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "board.sqlite3")
+    return request.getfixturevalue("postgres").new_database()

@@ -7,8 +7,19 @@ import pytest
 
 from core.app import race
 from core.app.leaderboard import InvalidName, Leaderboard
-from core.app.race import (KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceError, RaceFull, RaceRegistry,
-                           RaceSession, keys_to_action, replay_run)
+from core.app.race import (
+    KEY_BRAKE,
+    KEY_GAS,
+    KEY_LEFT,
+    KEY_RIGHT,
+    RaceConfig,
+    RaceError,
+    RaceFull,
+    RaceRegistry,
+    RaceSession,
+    keys_to_action,
+    replay_run,
+)
 
 FAST = RaceConfig(max_steps=40, countdown_s=0.1, resume_countdown_s=0.04)  # 5-tick countdown, 2 after a pause
 
@@ -303,7 +314,8 @@ def test_a_race_paused_with_its_page_open_gives_its_slot_back_in_the_end(registr
     assert registry.get(s.token) is None and registry.active() == 0
 
 
-def test_finished_race_is_scored_by_replay_and_stored(registry):
+def test_finished_race_is_scored_by_replay_and_stored(registry, leaderboard_at):
+    registry.board_path = leaderboard_at  # once on SQLite, once on PostgreSQL
     s = registry.create(owner="a", player="<b>Ann</b>", seed=8, mode="solo")
     run_until_done(s)
     registry.wait_scored()
@@ -316,10 +328,10 @@ def test_finished_race_is_scored_by_replay_and_stored(registry):
     np.testing.assert_array_equal(row["actions"], s.human.action_log())
 
 
-def test_the_stored_score_is_the_replays_not_the_browsers(tmp_path, caplog):
+def test_the_stored_score_is_the_replays_not_the_browsers(leaderboard_at, caplog):
     """A run's live score (which a tampered client or a live/replay mismatch could make anything) is not
     what the leaderboard keeps: the server's replay of its actions is, and a disagreement is logged."""
-    board = Leaderboard(tmp_path / "board.sqlite3")
+    board = Leaderboard(leaderboard_at)
     actions = np.tile(np.array([[0.0, 1.0, 0.0]], np.float32), (40, 1))
     driver = {"label": "Ann", "kind": "human", "model": "", "score": 1e6, "steps": 40, "outcome": "time"}
     with caplog.at_level("WARNING", logger="core.app.race.session"):
@@ -345,9 +357,9 @@ def test_video_of_two_runs_side_by_side(tmp_path):
     assert np.abs(left.astype(int) - right.astype(int)).mean() > 1  # the two cars went different ways
 
 
-def test_video_of_stored_runs_refuses_mixed_tracks(tmp_path):
+def test_video_of_stored_runs_refuses_mixed_tracks(leaderboard_at):
     from core.app.leaderboard import Run
-    board = Leaderboard(tmp_path / "b.sqlite3")
+    board = Leaderboard(leaderboard_at)
     acts = np.zeros((3, 3), np.float32)
     a = board.add(Run("Ann", "human", "", 1, 0.0, 3, 0, 1, "ended", acts))
     b = board.add(Run("Bob", "human", "", 2, 0.0, 3, 0, 1, "ended", acts))
@@ -358,10 +370,12 @@ def test_video_of_stored_runs_refuses_mixed_tracks(tmp_path):
     assert race.render_video([a], board)[4:8] == b"ftyp"
 
 
-def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
+def test_a_video_that_cannot_be_written_is_a_race_error(leaderboard_at, monkeypatch):
     """The pages explain RaceError; a full disk or a failing encoder must not reach them as a traceback."""
-    from core.app.leaderboard import Run
-    board = Leaderboard(tmp_path / "b.sqlite3")
+    import sqlalchemy as sa
+
+    from core.app.leaderboard import Run, runs_table
+    board = Leaderboard(leaderboard_at)
     a = board.add(Run("Ann", "human", "", 1, 0.0, 3, 0, 1, "ended", np.zeros((3, 3), np.float32)))
 
     def disk_full(*args, **kwargs):
@@ -372,8 +386,8 @@ def test_a_video_that_cannot_be_written_is_a_race_error(tmp_path, monkeypatch):
         race.render_video([a], board)
     # A stored action log that no longer reads as one (a damaged blob) is explained the same way.
     monkeypatch.undo()
-    with board._connect() as db:
-        db.execute("UPDATE runs SET actions = ? WHERE id = ?", (b"\x01\x02", a))
+    with board._connect(write=True) as db:
+        db.execute(sa.update(runs_table).where(runs_table.c.id == a).values(actions=b"\x01\x02"))
     with pytest.raises(RaceError, match="could not be made"):
         race.render_video([a], board)
 

@@ -3,6 +3,7 @@ covered by tests/browser/test_race_browser.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.app import race
 from core.app.leaderboard import Leaderboard, Run
-from core.app.race import KEY_GAS, RaceConfig, RaceRegistry
+from core.app.race import KEY_GAS, RaceConfig
+from core.app.race.registry import RaceRegistry
+from tests.test_leaderboard import damage_runs_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RACE_PAGE = str(ROOT / "pages" / "6_Race.py")
@@ -125,11 +128,19 @@ def add(board, player, kind, seed, score, model=""):
     return board.add(Run(player, kind, model, seed, score, 10, 2, 300, "time", actions))
 
 
-def test_leaderboard_page_filters_charts_and_renders(registry):
-    at = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
+@pytest.mark.parametrize("where", ["WM_LEADERBOARD_DB", "secrets"])
+def test_leaderboard_page_filters_charts_and_renders(registry, where, request):
+    """Once on the SQLite file the environment names, once on PostgreSQL named by the app's secrets."""
+    at = AppTest.from_file(BOARD_PAGE, default_timeout=60)
+    if where == "secrets":
+        url = request.getfixturevalue("postgres").new_database()
+        at.secrets["connections"] = {"leaderboard": {"url": url}}
+        board = Leaderboard(url)
+    else:
+        board = Leaderboard()
+    at.run()
     assert not at.exception and any("No runs yet" in m for m in messages(at, "info"))
 
-    board = Leaderboard()
     add(board, "<img src=x onerror=alert(1)>"[:24], "human", 4, 50.0)
     add(board, "<img src=x onerror=alert(1)>"[:24], "human", 4, 70.0)
     add(board, "Bob'); DROP TABLE runs;--"[:24], "human", 5, 10.0)
@@ -204,14 +215,43 @@ def test_a_leaderboard_file_that_is_not_a_database_is_explained(registry, tmp_pa
     assert any("cannot be read" in m and "WM_LEADERBOARD_DB" in m for m in messages(at, "error"))
 
 
-def test_a_leaderboard_damaged_past_its_track_index_is_explained(registry, monkeypatch):
+def test_a_leaderboard_damaged_past_its_track_index_is_explained(registry):
     """``tracks()`` reads only the seed index; a table damaged beyond it fails on the next reads."""
-    import sqlite3
-    add(Leaderboard(), "Ann", "human", 4, 50.0)
-
-    def malformed(*args, **kwargs):
-        raise sqlite3.DatabaseError("database disk image is malformed")
-    monkeypatch.setattr(Leaderboard, "best_per_player", malformed)
+    board = Leaderboard()
+    for i in range(40):
+        add(board, "Ann", "human", 4, float(i))
+    damage_runs_table(board.path)
     at = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
     assert not at.exception and not at.dataframe
     assert any("cannot be read (database disk image is malformed)" in m for m in messages(at, "error"))
+
+
+def test_an_unreachable_leaderboard_server_is_explained_without_its_password(registry):
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = AppTest.from_file(BOARD_PAGE, default_timeout=60)
+    at.secrets["connections"] = {"leaderboard": {"url": f"postgresql+psycopg://ann:hunter2@127.0.0.1:{port}/lb"}}
+    at.run()
+    assert not at.exception and not at.dataframe
+    (error,) = messages(at, "error")
+    assert f"postgresql+psycopg://ann:***@127.0.0.1:{port}/lb` cannot be reached" in error
+    assert "[connections.leaderboard]" in error and "hunter2" not in error
+
+
+def test_races_are_stored_where_the_secrets_say(registry, postgres):
+    """The Race page hands the secrets' database URL to the race registry, which stores finished runs there."""
+    url = postgres.new_database()
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
+    at.secrets["connections"] = {"leaderboard": {"url": url}}
+    at.run()
+    assert not at.exception and registry.board_path == url
+    session = registry.create(owner="abc", player="Ann", seed=3, mode="solo")
+    while not session.finished:
+        session.set_keys(KEY_GAS)
+        session.tick()
+    registry.wait_scored()
+    runs = Leaderboard(url).runs()
+    assert runs["player"].tolist() == ["Ann"] and runs["seed"].tolist() == [3]
+    assert Leaderboard(os.environ["WM_LEADERBOARD_DB"]).count() == 0  # nothing went to the SQLite file

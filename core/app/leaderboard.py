@@ -1,12 +1,28 @@
-"""The leaderboard: every finished race run, people and AI, in one SQLite file.
+"""The leaderboard: every finished race run, people and AI, in one database table.
 
 A run is stored with its action log (float32 (steps, 3), little-endian bytes) and the track seed, so
 anyone can replay it; its score is what the server's own replay of that log scored
 (``core.app.race.session.replay_run``), never a number a browser sent.
 
-The file is ``leaderboard.sqlite3`` in the repository root (git-ignored) unless ``WM_LEADERBOARD_DB``
-names another. Player names are validated here (``validate_player_name``) and stored as typed; pages
-show them as text, never as HTML or Markdown, and every query binds its values as parameters.
+Where the table lives (``Leaderboard(location)``, ``db_url``), first match wins:
+
+1. ``location``: a database URL (``postgresql+psycopg://user:password@host:5432/dbname``, or
+   ``sqlite:///path``) or a SQLite file path. The app passes ``url`` from ``[connections.leaderboard]`` in
+   its Streamlit secrets here; this module never reads Streamlit's secrets itself.
+2. ``$WM_LEADERBOARD_URL``: a database URL.
+3. ``$WM_LEADERBOARD_DB``: a SQLite file path.
+4. ``leaderboard.sqlite3`` in the app's data root (``core.app.app_data.data_root()``: ``$WORLD_MODELS_ROOT``
+   when set, else the repository root; git-ignored).
+
+SQLite is the embedded default (one file, WAL journal: readers never wait for a writer); PostgreSQL holds
+the leaderboard where files do not survive a restart (Streamlit Community Cloud). Both go through
+SQLAlchemy Core with the same queries, every value bound as a parameter. The schema is versioned in a
+``schema_version`` table (``SCHEMA_VERSION``, ``_MIGRATIONS``); a file made before that table existed
+(``PRAGMA user_version = 1``) opens as version 0 and is brought up to date in place, keeping its rows.
+
+Player names are validated here (``validate_player_name``) and stored as typed; pages show them as text,
+never as HTML or Markdown. A database that cannot be reached, read or written raises
+``LeaderboardError``, one line naming the database with any password masked.
 """
 
 from __future__ import annotations
@@ -14,58 +30,98 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import re
 import sqlite3
 import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 
-from core import CODE_ROOT
+from core.app.app_data import data_root
 from core.errors import UserError
 
-ROOT = CODE_ROOT
-DB_ENV_VAR = "WM_LEADERBOARD_DB"
-DEFAULT_DB = ROOT / "leaderboard.sqlite3"
+URL_ENV_VAR = "WM_LEADERBOARD_URL"  # a database URL
+DB_ENV_VAR = "WM_LEADERBOARD_DB"  # a SQLite file path
+DB_FILE = "leaderboard.sqlite3"  # the default file's name, in the data root
+BACKENDS = ("sqlite", "postgresql")
 NAME_MAX_CHARS = 24  # characters (code points) in a player name
 KINDS = ("human", "ai")
 OUTCOMES = ("lap", "off-track", "time", "ended")  # lap done, left the playfield, out of steps, gave up
 MAX_STEPS = 1000  # CarRacing's own episode limit; longer logs are rejected
-SCHEMA_VERSION = 1
+SEED_LIMIT = 2**63  # track seeds are 0 <= seed < SEED_LIMIT (a signed 64-bit column)
+BUSY_TIMEOUT_S = 10.0  # seconds a SQLite writer waits for another's lock before giving up
+CONNECT_TIMEOUT_S = 10  # seconds to wait for a PostgreSQL server to answer
+REASON_MAX_CHARS = 300  # characters of a database's own error message kept in a LeaderboardError
+_MIGRATION_LOCK_KEY = 0x574D4C42  # PostgreSQL advisory lock held while the schema is upgraded ('WMLB')
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    player      TEXT    NOT NULL,
-    kind        TEXT    NOT NULL CHECK (kind IN ('human', 'ai')),
-    model       TEXT    NOT NULL DEFAULT '',
-    seed        INTEGER NOT NULL,
-    score       REAL    NOT NULL,
-    steps       INTEGER NOT NULL,
-    tiles       INTEGER NOT NULL,
-    total_tiles INTEGER NOT NULL,
-    outcome     TEXT    NOT NULL,
-    created_at  TEXT    NOT NULL,
-    race_id     TEXT    NOT NULL DEFAULT '',
-    actions     BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_seed ON runs (seed);
-CREATE INDEX IF NOT EXISTS runs_kind_score ON runs (kind, score);
-"""
+_metadata = sa.MetaData()
+runs_table = sa.Table(
+    "runs", _metadata,
+    # SQLite's rowid alias must be exactly INTEGER; AUTOINCREMENT (as the first schema had) never reuses ids.
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("player", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, sa.CheckConstraint("kind IN ('human', 'ai')"), nullable=False),
+    sa.Column("model", sa.Text, nullable=False, server_default=""),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("tiles", sa.Integer, nullable=False),
+    sa.Column("total_tiles", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),  # ISO 8601 UTC, 2024-05-01T12:00:00Z
+    sa.Column("race_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("actions", sa.LargeBinary, nullable=False),  # float32 (steps, 3), little-endian
+    sa.Index("runs_seed", "seed"),
+    sa.Index("runs_kind_score", "kind", "score"),
+    sqlite_autoincrement=True,
+)
+version_table = sa.Table(
+    "schema_version", _metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),  # one row per step applied
+    sa.Column("applied_at", sa.Text, nullable=False),
+)
+_COLUMN_NAMES = ("id", "player", "kind", "model", "seed", "score", "steps", "tiles", "total_tiles", "outcome",
+                 "created_at", "race_id")
+_COLUMNS = [runs_table.c[name] for name in _COLUMN_NAMES]
 
-_COLUMNS = "id, player, kind, model, seed, score, steps, tiles, total_tiles, outcome, created_at, race_id"
+
+def _create_runs(con: sa.Connection) -> None:
+    """Version 1: the runs table and its indexes. A file made before versioning has them already."""
+    runs_table.create(con, checkfirst=True)
 
 
-_PREPARED: set[Path] = set()  # database files whose table this process has made sure of
+# Step i takes the schema from version i to i + 1. To change the schema, append a step; never edit one.
+_MIGRATIONS: tuple[Callable[[sa.Connection], None], ...] = (_create_runs,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_PREPARED: set[tuple] = set()  # databases whose schema this process has made sure of
 _PREPARED_LOCK = threading.Lock()
+_ENGINES: dict[tuple[str, int], sa.Engine] = {}  # (URL, pid) -> engine; a forked child makes its own
+_ENGINES_LOCK = threading.Lock()
 
 
 class InvalidName(UserError, ValueError):
     """A player name that cannot be stored; the message says why without repeating the name."""
+
+
+class LeaderboardError(UserError, RuntimeError):
+    """The leaderboard's database cannot be used. ``str()`` is one line naming it (password masked).
+
+    ``where``: the SQLite file or the masked URL; ``backend``: 'sqlite', 'postgresql' or '' (a URL that names
+    no usable database); ``action``: what failed ('opened', 'reached', 'read', 'written', 'used');
+    ``reason``: the database's own message, on one line.
+    """
+
+    def __init__(self, where: str, backend: str, action: str, reason: str):
+        self.where, self.backend, self.action, self.reason = where, backend, action, reason
+        super().__init__(f"the leaderboard database {where} cannot be {action} ({reason})")
 
 
 def validate_player_name(raw: object) -> str:
@@ -94,10 +150,93 @@ def validate_player_name(raw: object) -> str:
 
 
 def db_path(path: Path | str | None = None) -> Path:
-    """The database file: ``path``, else ``$WM_LEADERBOARD_DB``, else leaderboard.sqlite3 at the root."""
+    """The SQLite file: ``path``, else ``$WM_LEADERBOARD_DB``, else leaderboard.sqlite3 in the data root."""
     if path:
         return Path(path)
-    return Path(os.environ.get(DB_ENV_VAR) or DEFAULT_DB)
+    return Path(os.environ.get(DB_ENV_VAR) or data_root() / DB_FILE)
+
+
+def is_url(location: object) -> bool:
+    """Whether ``location`` reads as a database URL (``scheme://...``) rather than a file path."""
+    return isinstance(location, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", location) is not None
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``; works on a URL that
+    does not parse, since it is the one an error message must name."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
+
+
+def db_url(location: Path | str | None = None) -> str:
+    """The leaderboard's database URL (with its password): ``location`` (a URL or a SQLite file path), else
+    ``$WM_LEADERBOARD_URL``, else the SQLite file of ``db_path()``."""
+    if is_url(location):
+        return str(location)
+    if location:
+        return sa.URL.create("sqlite", database=str(location)).render_as_string(hide_password=False)
+    url = os.environ.get(URL_ENV_VAR, "").strip()
+    if url:
+        return url
+    return sa.URL.create("sqlite", database=str(db_path())).render_as_string(hide_password=False)
+
+
+def _parse_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL of ``url``, with PostgreSQL's driver made psycopg (3) when none is named.
+    Raises LeaderboardError for a URL that names no database this leaderboard can use."""
+    def refuse(reason: str) -> LeaderboardError:
+        return LeaderboardError(mask_password(url), "", "used", reason)
+
+    try:
+        parsed = sa.make_url(url)
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise refuse("not a database URL; expected postgresql+psycopg://user:password@host:5432/dbname "
+                     "or sqlite:///path/to/file.sqlite3") from None
+    backend = "postgresql" if parsed.drivername in ("postgres", "postgresql") else parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise refuse(f"the leaderboard keeps its runs in {' or '.join(BACKENDS)}, not {backend!r}")
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise refuse("a SQLite leaderboard needs a file (sqlite:///path/to/file.sqlite3), not memory")
+    return parsed
+
+
+def _engine(url: sa.URL) -> sa.Engine:
+    """One engine per database and process. SQLite connects per use (NullPool), so a file that is moved
+    aside is never written through an old handle; PostgreSQL keeps a small pool, checked before use."""
+    key = (url.render_as_string(hide_password=False), os.getpid())
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is not None:
+            return engine
+        if url.get_backend_name() == "sqlite":
+            engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+            @sa.event.listens_for(engine, "connect")
+            def _no_implicit_transactions(dbapi_con, record):
+                dbapi_con.isolation_level = None  # transactions begin where SQLAlchemy says, below
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(con):
+                # A writer takes the write lock up front: a read-then-write transaction that lost a race in
+                # WAL mode fails at once instead of waiting its turn.
+                immediate = con.get_execution_options().get("sqlite_write_lock")
+                con.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8,
+                                      connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        _ENGINES[key] = engine
+        return engine
+
+
+def _one_line(e: BaseException, password: str | None) -> str:
+    """The database's own message (not SQLAlchemy's, which repeats the statement and its parameters)."""
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else (e.args[0] if e.args else e))
+    text = " ".join(text.split()) or type(e).__name__
+    if password:
+        text = text.replace(password, "***")
+    return text if len(text) <= REASON_MAX_CHARS else text[:REASON_MAX_CHARS - 1] + "…"
 
 
 def actions_to_blob(actions: np.ndarray) -> bytes:
@@ -107,6 +246,13 @@ def actions_to_blob(actions: np.ndarray) -> bytes:
 def blob_to_actions(blob: bytes) -> np.ndarray:
     """float32 (steps, 3) from a stored action log."""
     return np.frombuffer(blob, dtype="<f4").reshape(-1, 3).astype(np.float32)
+
+
+def _check_seed(seed: object) -> int:
+    seed = int(seed)
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"track seed {seed} is out of range (0 to {SEED_LIMIT - 1})")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -127,36 +273,98 @@ class Run:
 
 
 class Leaderboard:
-    """Runs in SQLite. Each call opens its own connection, so any thread may use one instance."""
+    """Runs in SQLite or PostgreSQL. Each call uses its own connection, so any thread may use one instance.
 
-    def __init__(self, path: Path | str | None = None):
-        self.path = db_path(path)
+    ``location``: a database URL or a SQLite file path; None reads the environment (module docstring).
+    ``path`` is the SQLite file (None on PostgreSQL); ``where`` names the database for people (a file
+    path, or the URL with its password masked). Raises LeaderboardError when the database cannot be used.
+    """
+
+    def __init__(self, location: Path | str | None = None):
+        url = db_url(location)
+        self._url = _parse_url(url)
+        self.backend = self._url.get_backend_name()
+        self.path = Path(self._url.database) if self.backend == "sqlite" else None
+        self.where = str(self.path) if self.path is not None else self._url.render_as_string(hide_password=True)
+        self._engine = _engine(self._url)
         self._prepare()
 
-    def _prepare(self) -> None:
-        """Create the table (once per file and process): a page that only reads must not write, or wait
-        for a writer's lock, on every view."""
-        key = self.path.resolve()
-        with _PREPARED_LOCK:
-            if key in _PREPARED and self.path.exists():
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as con:
-                if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                    con.execute("PRAGMA journal_mode = WAL")  # kept in the file: readers never block a writer
-                    con.executescript(_SCHEMA)
-                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            _PREPARED.add(key)
+    def __repr__(self) -> str:
+        return f"Leaderboard({self.where!r})"
+
+    def _error(self, action: str, e: BaseException) -> LeaderboardError:
+        return LeaderboardError(self.where, self.backend, action, _one_line(e, self._url.password))
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection for one block: committed when the block ends (rolled back if it raises), then closed."""
-        con = sqlite3.connect(self.path, timeout=10.0)
+    def _connect(self, action: str = "read", write: bool = False) -> Iterator[sa.Connection]:
+        """A connection in a transaction for one block: committed when the block ends (rolled back if it
+        raises). ``write`` takes SQLite's write lock at the start. Database errors become LeaderboardError."""
         try:
-            with con:
+            con = self._engine.connect()
+        except (sa_exc.SQLAlchemyError, sqlite3.Error, OSError) as e:
+            raise self._error("reached" if self.backend != "sqlite" else "opened", e) from e
+        try:
+            with con.execution_options(sqlite_write_lock=write).begin():
                 yield con
+        except (sa_exc.SQLAlchemyError, sqlite3.Error, OSError) as e:
+            raise self._error(action, e) from e
         finally:
             con.close()
+
+    def _prepare(self) -> None:
+        """Bring the schema to SCHEMA_VERSION (once per database and process). A page that only reads must
+        not write, or wait for a writer's lock, on every view: the version is read first, and only an
+        out-of-date schema takes the lock to upgrade it."""
+        key = (self.backend, self.path.resolve() if self.path is not None
+               else self._url.render_as_string(hide_password=False))
+        with _PREPARED_LOCK:
+            if key in _PREPARED and (self.path is None or self.path.exists()):
+                return
+            if self.path is not None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise self._error("opened", e) from e
+            with self._connect("read") as con:
+                version = self._check_version(con)
+            if version < SCHEMA_VERSION:
+                self._upgrade()
+            _PREPARED.add(key)
+
+    def _check_version(self, con: sa.Connection) -> int:
+        version = _schema_version(con)
+        if version > SCHEMA_VERSION:
+            raise LeaderboardError(self.where, self.backend, "used",
+                                   f"its schema is version {version}, newer than this app's {SCHEMA_VERSION}: "
+                                   "run a newer version of the app, or point it at another database")
+        return version
+
+    def _upgrade(self) -> None:
+        """Apply the missing migration steps under a lock, so processes starting together upgrade once."""
+        if self.backend == "sqlite":
+            # Kept in the file: readers never block a writer. Not allowed inside a transaction, so it goes
+            # straight to the driver.
+            try:
+                raw = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+                try:
+                    raw.execute("PRAGMA journal_mode = WAL")
+                finally:
+                    raw.close()
+            except sqlite3.Error as e:
+                raise self._error("written", e) from e
+        with self._connect("written", write=True) as con:
+            if self.backend == "postgresql":
+                con.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            version_table.create(con, checkfirst=True)
+            version = self._check_version(con)  # again, under the lock: another process may have upgraded
+            for step in range(version, SCHEMA_VERSION):
+                _MIGRATIONS[step](con)
+                con.execute(sa.insert(version_table).values(version=step + 1, applied_at=_now()))
+
+    def schema_version(self) -> int:
+        """The database's schema version (SCHEMA_VERSION once opened)."""
+        with self._connect() as con:
+            return _schema_version(con)
 
     def add(self, run: Run) -> int:
         """Store ``run``; returns its id. Raises ValueError for a run that is not a valid one."""
@@ -168,83 +376,93 @@ class Leaderboard:
         actions = np.asarray(run.actions, dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != 3 or len(actions) > MAX_STEPS:
             raise ValueError(f"action log has shape {actions.shape}, expected (steps <= {MAX_STEPS}, 3)")
-        if not (0 <= int(run.seed) < 2**63):
-            raise ValueError(f"track seed {run.seed} is out of range")
-        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with self._connect() as con:
-            cur = con.execute(
-                "INSERT INTO runs (player, kind, model, seed, score, steps, tiles, total_tiles, outcome, "
-                "created_at, race_id, actions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (player, run.kind, run.model[:200], int(run.seed), float(run.score), int(run.steps),
-                 int(run.tiles), int(run.total_tiles), run.outcome, created, run.race_id[:64],
-                 actions_to_blob(actions)))
-            return int(cur.lastrowid)
+        seed = _check_seed(run.seed)
+        row = dict(player=player, kind=run.kind, model=run.model[:200], seed=seed, score=float(run.score),
+                   steps=int(run.steps), tiles=int(run.tiles), total_tiles=int(run.total_tiles),
+                   outcome=run.outcome, created_at=_now(), race_id=run.race_id[:64],
+                   actions=actions_to_blob(actions))
+        with self._connect("written", write=True) as con:
+            result = con.execute(sa.insert(runs_table).values(**row))
+            return int(result.inserted_primary_key[0])
 
-    def _where(self, seed: int | None, kind: str | None, player: str | None) -> tuple[str, list]:
-        clauses, args = [], []
+    def _where(self, seed: int | None, kind: str | None, player: str | None) -> list:
+        clauses = []
         if seed is not None:
-            clauses.append("seed = ?")
-            args.append(int(seed))
+            clauses.append(runs_table.c.seed == _check_seed(seed))
         if kind is not None:
             if kind not in KINDS:
                 raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-            clauses.append("kind = ?")
-            args.append(kind)
+            clauses.append(runs_table.c.kind == kind)
         if player is not None:
-            clauses.append("player = ?")
-            args.append(player)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+            clauses.append(runs_table.c.player == player)
+        return clauses
+
+    def _frame(self, query) -> pd.DataFrame:
+        with self._connect() as con:
+            result = con.execute(query)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
     def runs(self, seed: int | None = None, kind: str | None = None, player: str | None = None,
              limit: int = 500) -> pd.DataFrame:
         """Runs, best score first (then oldest first), without their action logs."""
-        where, args = self._where(seed, kind, player)
-        with self._connect() as con:
-            return pd.read_sql_query(
-                f"SELECT {_COLUMNS} FROM runs{where} ORDER BY score DESC, id ASC LIMIT ?", con,
-                params=[*args, int(limit)])
+        return self._frame(sa.select(*_COLUMNS).where(*self._where(seed, kind, player))
+                           .order_by(runs_table.c.score.desc(), runs_table.c.id).limit(int(limit)))
 
     def best_per_player(self, seed: int | None = None, kind: str | None = None) -> pd.DataFrame:
         """Each player's (each AI model's) best run, best first, with how many runs they made."""
-        where, args = self._where(seed, kind, None)
-        query = (f"SELECT {_COLUMNS}, runs FROM ("
-                 f"  SELECT {_COLUMNS},"
-                 f"    ROW_NUMBER() OVER (PARTITION BY kind, player, model ORDER BY score DESC, id ASC) AS rank,"
-                 f"    COUNT(*) OVER (PARTITION BY kind, player, model) AS runs"
-                 f"  FROM runs{where}) WHERE rank = 1 ORDER BY score DESC, id ASC")
-        with self._connect() as con:
-            return pd.read_sql_query(query, con, params=args)
+        r = runs_table.c
+        who = (r.kind, r.player, r.model)
+        ranked = (sa.select(*_COLUMNS,
+                            sa.func.row_number().over(partition_by=who, order_by=(r.score.desc(), r.id))
+                            .label("place"),
+                            sa.func.count().over(partition_by=who).label("runs"))
+                  .where(*self._where(seed, kind, None)).subquery("ranked"))
+        return self._frame(sa.select(*[ranked.c[name] for name in _COLUMN_NAMES], ranked.c.runs)
+                           .where(ranked.c.place == 1).order_by(ranked.c.score.desc(), ranked.c.id))
 
     def tracks(self) -> list[int]:
         """Track seeds with at least one run, most raced first."""
+        seed = runs_table.c.seed
         with self._connect() as con:
-            rows = con.execute("SELECT seed FROM runs GROUP BY seed ORDER BY COUNT(*) DESC, seed").fetchall()
+            rows = con.execute(sa.select(seed).group_by(seed).order_by(sa.func.count().desc(), seed)).fetchall()
         return [int(r[0]) for r in rows]
 
     def human_vs_ai(self, seed: int | None = None) -> pd.DataFrame:
         """Per track (and per kind): best and mean score and the number of runs; columns seed, kind,
         best, mean, runs. Only tracks both people and an AI drove."""
-        where, args = self._where(seed, None, None)
-        query = (f"SELECT seed, kind, MAX(score) AS best, AVG(score) AS mean, COUNT(*) AS runs FROM runs{where} "
-                 "GROUP BY seed, kind HAVING seed IN (SELECT seed FROM runs GROUP BY seed "
-                 "HAVING COUNT(DISTINCT kind) = 2) ORDER BY seed, kind")
-        with self._connect() as con:
-            return pd.read_sql_query(query, con, params=args)
+        r = runs_table.c
+        both = sa.select(r.seed).group_by(r.seed).having(sa.func.count(sa.distinct(r.kind)) == 2)
+        return self._frame(
+            sa.select(r.seed, r.kind, sa.func.max(r.score).label("best"),
+                      sa.cast(sa.func.avg(r.score), sa.Double).label("mean"), sa.func.count().label("runs"))
+            .where(*self._where(seed, None, None), r.seed.in_(both))
+            .group_by(r.seed, r.kind).order_by(r.seed, r.kind))
 
     def get(self, run_id: int) -> dict | None:
         """One run with its action log (``actions`` float32 (steps, 3)), or None."""
         with self._connect() as con:
-            con.row_factory = sqlite3.Row
-            row = con.execute(f"SELECT {_COLUMNS}, actions FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+            row = con.execute(sa.select(*_COLUMNS, runs_table.c.actions)
+                              .where(runs_table.c.id == int(run_id))).mappings().fetchone()
         if row is None:
             return None
         run = dict(row)
-        run["actions"] = blob_to_actions(run["actions"])
+        run["actions"] = blob_to_actions(bytes(run["actions"]))
         return run
 
     def count(self) -> int:
         with self._connect() as con:
-            return int(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+            return int(con.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar_one())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _schema_version(con: sa.Connection) -> int:
+    """The highest migration step recorded; 0 for an empty database and for a file made before versioning."""
+    if not sa.inspect(con).has_table(version_table.name):
+        return 0
+    return int(con.execute(sa.select(sa.func.max(version_table.c.version))).scalar() or 0)
 
 
 def plot_text(text: str) -> str:

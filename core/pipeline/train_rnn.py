@@ -26,8 +26,8 @@ import tensorflow as tf  # noqa: E402
 from core.config import RNNConfig, to_dict, validate  # noqa: E402
 from core.models.mdnrnn import ACTION_SIZE, MDNRNN, REWARD_CLIP, WEIGHTS
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json, hash_files,
-                                    write_meta)
+from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json,
+                                    hash_files, write_meta)
 from core.storage.checkpoints import (check_config_matches, check_new_run, checkpoint_start, checkpoint_state,
                                       mark_unfinished, previous_metrics, recorded_heldout, resume_or_start,
                                       save_checkpoint, starts_over_its_own_weights)

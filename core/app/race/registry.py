@@ -52,6 +52,7 @@ class RaceRegistry:
 
     A race counts against ``max_races`` until it finishes. A race whose browser has been gone longer
     than ``idle_timeout_s`` is dropped. Each Streamlit session (``owner``) has at most one race.
+    Finished runs go to ``Leaderboard(board_path)``: a SQLite file, a database URL, or None for the default.
     """
 
     def __init__(self, config: RaceConfig | None = None, board_path: Path | str | None = None,
@@ -193,10 +194,14 @@ _REGISTRY: RaceRegistry | None = None
 _REGISTRY_LOCK = threading.Lock()
 
 
-def get_registry() -> RaceRegistry:
-    """The process-wide registry the race WebSocket and the pages share."""
+def get_registry(board_path: Path | str | None = None) -> RaceRegistry:
+    """The process-wide registry the race WebSocket and the pages share. ``board_path``: where finished runs
+    go (a SQLite file or a database URL, as ``Leaderboard`` takes; the app passes its secrets' URL); None
+    leaves it as it is (at first, the environment's choice)."""
     global _REGISTRY
     with _REGISTRY_LOCK:
         if _REGISTRY is None:
-            _REGISTRY = RaceRegistry()
+            _REGISTRY = RaceRegistry(board_path=board_path)
+        elif board_path is not None:
+            _REGISTRY.board_path = board_path
         return _REGISTRY
