@@ -15,11 +15,10 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from core.envs.actions import ACTION_HIGH, ACTION_LOW, ACTION_SIZE  # noqa: F401 - part of env's face
+
 FRAME_SIZE = 64  # pixels, V's input side
 CROP_ROWS = 84  # rows of the 96-row observation kept (paper: 0:84 drops the HUD)
-ACTION_SIZE = 3  # steer, gas, brake
-ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)  # steer, gas, brake
-ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 FPS = 50  # CarRacing's simulation steps a second
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.envs.env import ACTION_SIZE
+from core.envs.actions import ACTION_SIZE
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError, atomic_save_npz, read_json, read_meta
 
 PARAMS_FILE = WEIGHT_FILES["controller"]

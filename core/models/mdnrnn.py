@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from core.config import RNNConfig  # noqa: E402
-from core.envs.env import ACTION_SIZE
+from core.envs.actions import ACTION_SIZE
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, read_json, read_meta
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from core.config import CollectConfig, to_dict, validate
-from core.envs.env import ACTION_HIGH, ACTION_LOW, make_env, preprocess, spawn_context, worker_setup
+from core.envs.actions import ACTION_HIGH, ACTION_LOW
+from core.envs.env import make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import ArtifactError, RunLock
 from core.storage.dataset import (Episode, EpisodeError, episode_path, list_episodes, load_episode, read_manifest,

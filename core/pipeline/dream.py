@@ -20,7 +20,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from core.envs.env import ACTION_HIGH, ACTION_LOW
+from core.envs.actions import ACTION_HIGH, ACTION_LOW
 from core.models.agent import encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
 from core.models.controller import Controller
 from core.storage.artifacts import WEIGHT_FILES
