@@ -490,3 +490,74 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
     latest.unlink()
     with pytest.raises(ArtifactError, match="first generation"):
         snapshot_params(tmp_path, "mean")
+
+
+def test_the_shipped_evolution_state_loads_as_it_was_saved():
+    """models/controller/state.json, read as a resume reads it, is written back as it was, but for what the
+    version that saved it did not keep yet: the lead spreads (read back from its history) and the V and M of
+    its last generation (unknown: no generation has run since)."""
+    from core.config import EvolveConfig
+    from core.models.controller import load_controller
+    from core.pipeline.evolve import STATE, _load_es, upgrade_state
+    from core.pipeline.gate import spreads_from_history
+    from core.storage.artifacts import History, read_json
+    from tests.conftest import ROOT
+    controller = ROOT / "models" / "controller"
+    saved_json = read_json(controller / STATE, "evolution state")
+    es, saved, params, _ = _load_es(controller, saved_json)
+    assert saved == saved_json  # the checkpoint's copy is the same
+    sizes = read_json(controller / "config.json", "evolution config")
+    history = History(controller / "history.jsonl")
+    state = upgrade_state(saved, params, es, EvolveConfig(run_dir=str(ROOT / "models")), sizes["z_size"],
+                          sizes["hidden"], history)
+    written = state.to_json()
+    assert {k: v for k, v in written.items() if k not in ("lead_spreads", "world_model_sha256")} == saved_json
+    assert written["world_model_sha256"] is None and "lead_spreads" not in saved_json
+    assert written["lead_spreads"] == spreads_from_history(history.read(), 1.0) and len(written["lead_spreads"]) > 10
+    assert np.array_equal(state.gate.params, load_controller(controller).get_params())
+    assert state.gate.start_pending and state.gate.shipped_from == saved_json["shipped"]
+
+
+def test_an_evolution_state_of_any_earlier_version_is_brought_up_to_date_as_it_is_loaded(tiny_world_model, tmp_path):
+    """A state this version wrote reads back whole; one from before ``tracks_next``, ``lineage``,
+    ``lead_spreads``, ``shipped_world`` and ``world_model_sha256`` were kept, from a checkpoint without its
+    parameters, gets each of them from what the run folder says."""
+    import shutil
+
+    from core.config import MAX_TEST_TRACKS, EvolveConfig
+    from core.models.controller import load_controller, params_sha256
+    from core.pipeline.evolve import STATE, _load_es, upgrade_state
+    from core.pipeline.gate import CONFIRM_SEED_BASE
+    from core.storage.artifacts import History, read_json
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model / "controller", run / "controller")
+    controller = run / "controller"
+    sizes = read_json(controller / "config.json", "evolution config")
+    z, h = sizes["z_size"], sizes["hidden"]
+    es, saved, params, _ = _load_es(controller, None)
+    history = History(controller / "history.jsonl")
+    config = EvolveConfig(run_dir=str(run))
+    current = upgrade_state(saved, params, es, config, z, h, history)
+    assert current.to_json() == saved == read_json(controller / STATE, "evolution state")
+    assert np.array_equal(current.gate.params, params)
+
+    source = tmp_path / "source"  # the controller it was started from, replaced since: only its hash is known
+    (controller / "config.json").write_text(json.dumps({**sizes, "init_from": str(source), "confirm_margin": 2.0}))
+    shutil.copytree(tiny_world_model / "controller", source)
+    history.append({"generation": saved["generation"], "confirm_needed": 30.0, "confirm_episodes": 24})
+    legacy = {k: v for k, v in saved.items()
+              if k not in ("tracks_next", "lineage", "lead_spreads", "shipped_world", "world_model_sha256")}
+    record = {"params_sha256": "e" * 64, "score": 1.0, "returns": [0.0, 2.0], "tracks": 2, "max_steps": 1000}
+    state = upgrade_state({**legacy, "confirmed": record}, None, es, config, z, h, history)
+    assert state.gate.tracks_next == {"periodic": MAX_TEST_TRACKS, "confirm": MAX_TEST_TRACKS}
+    assert state.lineage == ({"init_from": str(source), "params_sha256": params_sha256(es.x0)},)
+    assert state.gate.lead_spreads == pytest.approx((30.0 * np.sqrt(24) / 2.0,))  # at the run's margin
+    assert state.gate.shipped_world is None and state.world_model_sha256 is None
+    assert np.array_equal(state.gate.params, load_controller(controller, z, h).get_params())  # its params.npz
+    confirmed = state.gate.confirmed  # from before fresh tracks: of the fixed ones
+    assert confirmed.first_seed == CONFIRM_SEED_BASE and confirmed.returns == (0.0, 2.0)
+    assert confirmed.world_model_sha256 is None
+    # A record from before the returns were kept track by track cannot stand in for the shipped controller.
+    older = {k: v for k, v in record.items() if k != "returns"}
+    assert upgrade_state({**legacy, "confirmed": older}, params, es, config, z, h, history).gate.confirmed is None
+    assert set(state.to_json()) == set(saved) | {"confirmed"}  # written in the current format
