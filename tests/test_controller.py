@@ -335,93 +335,6 @@ class _StandInPool(_ScriptedPool):
         pass
 
 
-def test_a_new_best_controller_must_win_again_on_other_tracks():
-    from core.pipeline.gate import CONFIRM_SEED_BASE, challenge
-    from core.models.controller import params_sha256
-    seeds = [CONFIRM_SEED_BASE + i for i in range(3)]
-    offset = np.mean([s % 7 for s in seeds])
-    shipped, lucky, better = (np.full(4, v, np.float32) for v in (500.0, 450.0, 520.0))
-    pool = _ScriptedPool()
-
-    state = {"best_eval": None, "lineage": []}  # a fresh run's first evaluation: nothing to defend
-    assert challenge(pool, state, shipped, lucky, 10.0, seeds, 1000) == (True, {}) and not pool.driven
-
-    state = {"best_eval": 700.0, "lineage": []}
-    assert challenge(pool, state, shipped, better, 700.0, seeds, 1000) == (False, {}) and not pool.driven
-
-    accept, info = challenge(pool, state, shipped, lucky, 720.0, seeds, 1000)  # lucky on the periodic tracks only
-    assert not accept and info["confirm_challenger"] == 450.0 + offset and info["confirm_shipped"] == 500.0 + offset
-    assert info["confirm_driven"] == 6 and sorted({v for v, _ in pool.driven}) == [450.0, 500.0]
-    assert state["confirmed"] == {"params_sha256": params_sha256(shipped), "score": 500.0 + offset, "tracks": 3,
-                                  "max_steps": 1000, "returns": [500.0 + s % 7 for s in seeds],
-                                  "first_seed": CONFIRM_SEED_BASE, "world_model_sha256": None}
-    assert info["confirm_lead"] == -50.0 and info["confirm_needed"] == 0.0
-
-    pool.driven.clear()
-    accept, info = challenge(pool, state, shipped, better, 710.0, seeds, 1000)
-    assert accept and info["confirm_driven"] == 3 and {v for v, _ in pool.driven} == {520.0}  # shipped known
-    assert state["confirmed"] == {"params_sha256": params_sha256(better), "score": 520.0 + offset, "tracks": 3,
-                                  "max_steps": 1000, "returns": [520.0 + s % 7 for s in seeds],
-                                  "first_seed": CONFIRM_SEED_BASE, "world_model_sha256": None}
-
-    # A state saved before confirmation returns carried their first track: they are of the fixed tracks.
-    legacy = {k: v for k, v in state["confirmed"].items() if k != "first_seed"}
-    pool.driven.clear()
-    challenge(pool, {"best_eval": 700.0, "lineage": [], "confirmed": legacy}, better, lucky, 720.0, seeds, 1000)
-    assert {v for v, _ in pool.driven} == {450.0}
-
-    # A score of other tracks (fewer, or the next ones as with fresh tracks) or steps: driven again.
-    for other_tracks, other_steps in ((seeds[:2], 1000), ([s + 3 for s in seeds], 1000), (seeds, 500)):
-        pool.driven.clear()
-        accept, info = challenge(pool, dict(state), better, shipped, 800.0, other_tracks, other_steps)
-        assert info["confirm_driven"] == 2 * len(other_tracks) and {v for v, _ in pool.driven} == {500.0, 520.0}
-    # ... or of other V and M (the evolution goes on after V or M was trained further): driven again.
-    pool.driven.clear()
-    accept, info = challenge(pool, {**state, "world_model_sha256": "f" * 64}, better, shipped, 800.0, seeds, 1000)
-    assert info["confirm_driven"] == 6 and {v for v, _ in pool.driven} == {500.0, 520.0}
-
-    assert challenge(pool, {"best_eval": 700.0, "lineage": []}, shipped, lucky, 720.0, [], 1000) == (True, {})
-
-    # The shipped controller's score on this evaluation's own tracks, when it drove them, is the bar.
-    state = {"best_eval": 700.0, "lineage": []}
-    assert challenge(pool, state, shipped, better, 650.0, [], 1000, shipped_screen=640.0) == (True, {})
-    assert challenge(pool, state, shipped, better, 720.0, [], 1000, shipped_screen=730.0) == (False, {})
-
-
-def test_a_challenger_must_lead_by_more_than_the_noise_of_its_lead():
-    """Near a plateau controllers differ by less than tracks do: a lead of 5 points whose track-by-track
-    differences swing by 60 is not enough with a margin of one standard error, a steady one is."""
-    from core.pipeline.gate import CONFIRM_SEED_BASE, challenge
-    seeds = [CONFIRM_SEED_BASE + i for i in range(8)]
-    shipped, noisy, steady = (np.full(4, v, np.float32) for v in (500.0, 505.0, 506.0))
-
-    class Pool(_ScriptedPool):
-        @staticmethod
-        def quality(params):
-            return float(params[0])
-
-        def map(self, tasks):
-            for result in super().map(tasks):
-                value = self.driven[-1][0]
-                swing = 60.0 * (-1) ** result.seed if value == 505.0 else 0.0  # +60, -60, ... around its mean
-                result.total_reward += swing
-                yield result
-    for margin, accepted in ((1.0, False), (0.0, True)):
-        state = {"best_eval": 700.0, "lineage": []}
-        accept, info = challenge(Pool(), state, shipped, noisy, 720.0, seeds, 1000, margin)
-        assert accept is accepted and info["confirm_lead"] == pytest.approx(5.0)
-        assert info["confirm_needed"] == pytest.approx(margin * 60.0 * np.sqrt(8 / 7) / np.sqrt(8))
-    state = {"best_eval": 700.0, "lineage": []}
-    accept, info = challenge(Pool(), state, shipped, steady, 720.0, seeds, 1000, 1.0)
-    assert accept and info["confirm_lead"] == pytest.approx(6.0) and info["confirm_needed"] == 0.0
-    # A state saved before returns were kept (its shipped score only): the shipped controller is driven again.
-    state = {"best_eval": 700.0, "lineage": [], "confirmed": {"params_sha256": state["confirmed"]["params_sha256"],
-                                                              "score": 512.0, "tracks": 8, "max_steps": 1000}}
-    pool = Pool()
-    challenge(pool, state, steady, shipped, 720.0, seeds, 1000, 1.0)
-    assert {v for v, _ in pool.driven} == {500.0, 506.0}
-
-
 def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_new_tracks(tiny_world_model,
                                                                                           tmp_path, monkeypatch):
     """With fresh tracks each periodic evaluation drives the next tracks, the shipped controller with the
@@ -456,7 +369,8 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
             assert tests == [CONFIRM_SEED_BASE + 3 * i for i in range(len(tests))]  # each test on new tracks
             state = json.loads((ctrl / "state.json").read_text())
             assert state["tracks_next"] == {"periodic": 6, "confirm": 3 * len(tests)}
-            assert next_tracks(config, state, "periodic") == [TRAIN_EVAL_SEED_BASE + 6, TRAIN_EVAL_SEED_BASE + 7]
+            assert next_tracks(config, state["tracks_next"], "periodic") == [TRAIN_EVAL_SEED_BASE + 6,
+                                                                             TRAIN_EVAL_SEED_BASE + 7]
             # Nothing to defend at the first evaluation; after it the shipped controller drives every one.
             assert "eval_shipped" not in evaluations[0]
             assert all("eval_shipped" in r for r in evaluations[1:])
@@ -471,7 +385,8 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
             assert firsts == [TRAIN_EVAL_SEED_BASE] * 3
             assert not any("eval_shipped" in r for r in evaluations)
             state = json.loads((ctrl / "state.json").read_text())
-            fixed = {TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1} | set(next_tracks(config, state, "confirm"))
+            fixed = ({TRAIN_EVAL_SEED_BASE, TRAIN_EVAL_SEED_BASE + 1}
+                     | set(next_tracks(config, state["tracks_next"], "confirm")))
             assert eval_driven <= fixed
             tested = any("confirm_first_seed" in r for r in evaluations)
             assert state["tracks_next"] == {"periodic": 2, "confirm": 3 if tested else 0}  # the tracks it drove
@@ -577,33 +492,72 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
         snapshot_params(tmp_path, "mean")
 
 
-def test_a_second_test_whose_tracks_spread_less_than_the_runs_earlier_ones_is_held_to_those():
-    """24 tracks often miss the few where a controller loses hundreds of points, and such tests are the ones
-    that pass: once a run has had a few second tests, their pooled spread is a floor under each one's own."""
-    from core.pipeline.gate import CONFIRM_SEED_BASE, challenge, pooled_spread, spreads_from_history
-    seeds = [CONFIRM_SEED_BASE + i for i in range(16)]
-    shipped, steady = (np.full(4, v, np.float32) for v in (500.0, 520.0))
+def test_the_shipped_evolution_state_loads_as_it_was_saved():
+    """models/controller/state.json, read as a resume reads it, is written back as it was, but for what the
+    version that saved it did not keep yet: the lead spreads (read back from its history) and the V and M of
+    its last generation (unknown: no generation has run since)."""
+    from core.config import EvolveConfig
+    from core.models.controller import load_controller
+    from core.pipeline.evolve import STATE, _load_es, upgrade_state
+    from core.pipeline.gate import spreads_from_history
+    from core.storage.artifacts import History, read_json
+    from tests.conftest import ROOT
+    controller = ROOT / "models" / "controller"
+    saved_json = read_json(controller / STATE, "evolution state")
+    es, saved, params, _ = _load_es(controller, saved_json)
+    assert saved == saved_json  # the checkpoint's copy is the same
+    sizes = read_json(controller / "config.json", "evolution config")
+    history = History(controller / "history.jsonl")
+    state = upgrade_state(saved, params, es, EvolveConfig(run_dir=str(ROOT / "models")), sizes["z_size"],
+                          sizes["hidden"], history)
+    written = state.to_json()
+    assert {k: v for k, v in written.items() if k not in ("lead_spreads", "world_model_sha256")} == saved_json
+    assert written["world_model_sha256"] is None and "lead_spreads" not in saved_json
+    assert written["lead_spreads"] == spreads_from_history(history.read(), 1.0) and len(written["lead_spreads"]) > 10
+    assert np.array_equal(state.gate.params, load_controller(controller).get_params())
+    assert state.gate.start_pending and state.gate.shipped_from == saved_json["shipped"]
 
-    class Pool(_ScriptedPool):
-        def map(self, tasks):
-            for result in super().map(tasks):
-                if self.driven[-1][0] == 520.0:
-                    result.total_reward += 10.0 * (-1) ** result.seed  # leads by 20 ± 10: spread 10.3
-                yield result
-    fresh = {"best_eval": 700.0, "lineage": []}
-    accept, info = challenge(Pool(), fresh, shipped, steady, 720.0, seeds, 1000, 1.0)
-    assert accept and info["confirm_spread"] == info["confirm_spread_used"] == pytest.approx(10.33, abs=0.01)
-    assert fresh["lead_spreads"] == [info["confirm_spread"]]  # kept for the tests to come
-    seasoned = {"best_eval": 700.0, "lineage": [], "lead_spreads": [120.0, 150.0, 180.0]}
-    accept, info = challenge(Pool(), seasoned, shipped, steady, 720.0, seeds, 1000, 1.0)
-    assert not accept and info["confirm_spread_used"] == pytest.approx(np.sqrt((120**2 + 150**2 + 180**2) / 3))
-    assert info["confirm_needed"] == pytest.approx(info["confirm_spread_used"] / 4)  # one standard error, 16 tracks
-    assert len(seasoned["lead_spreads"]) == 4
-    assert pooled_spread([100.0]) is None and pooled_spread([30.0, 40.0]) == pytest.approx(np.sqrt(1250))
-    # A state from before the spreads were kept reads them back from its history.
-    records = [{"generation": 5}, {"confirm_needed": 30.0, "confirm_episodes": 24},
-               {"confirm_needed": 20.0, "confirm_episodes": 24, "confirm_spread": 97.0},
-               {"confirm_needed": 60.0, "confirm_episodes": 24, "confirm_margin": 2.0}]
-    assert spreads_from_history(records, 1.0) == pytest.approx([30.0 * np.sqrt(24), 97.0, 30.0 * np.sqrt(24)])
-    assert spreads_from_history(records, 0.0) == pytest.approx([97.0, 30.0 * np.sqrt(24)])  # no margin known
-    assert info["confirm_margin"] == 1.0  # what the next resume reads them back at
+
+def test_an_evolution_state_of_any_earlier_version_is_brought_up_to_date_as_it_is_loaded(tiny_world_model, tmp_path):
+    """A state this version wrote reads back whole; one from before ``tracks_next``, ``lineage``,
+    ``lead_spreads``, ``shipped_world`` and ``world_model_sha256`` were kept, from a checkpoint without its
+    parameters, gets each of them from what the run folder says."""
+    import shutil
+
+    from core.config import MAX_TEST_TRACKS, EvolveConfig
+    from core.models.controller import load_controller, params_sha256
+    from core.pipeline.evolve import STATE, _load_es, upgrade_state
+    from core.pipeline.gate import CONFIRM_SEED_BASE
+    from core.storage.artifacts import History, read_json
+    run = tmp_path / "run"
+    shutil.copytree(tiny_world_model / "controller", run / "controller")
+    controller = run / "controller"
+    sizes = read_json(controller / "config.json", "evolution config")
+    z, h = sizes["z_size"], sizes["hidden"]
+    es, saved, params, _ = _load_es(controller, None)
+    history = History(controller / "history.jsonl")
+    config = EvolveConfig(run_dir=str(run))
+    current = upgrade_state(saved, params, es, config, z, h, history)
+    assert current.to_json() == saved == read_json(controller / STATE, "evolution state")
+    assert np.array_equal(current.gate.params, params)
+
+    source = tmp_path / "source"  # the controller it was started from, replaced since: only its hash is known
+    (controller / "config.json").write_text(json.dumps({**sizes, "init_from": str(source), "confirm_margin": 2.0}))
+    shutil.copytree(tiny_world_model / "controller", source)
+    history.append({"generation": saved["generation"], "confirm_needed": 30.0, "confirm_episodes": 24})
+    legacy = {k: v for k, v in saved.items()
+              if k not in ("tracks_next", "lineage", "lead_spreads", "shipped_world", "world_model_sha256")}
+    record = {"params_sha256": "e" * 64, "score": 1.0, "returns": [0.0, 2.0], "tracks": 2, "max_steps": 1000}
+    state = upgrade_state({**legacy, "confirmed": record}, None, es, config, z, h, history)
+    assert state.gate.tracks_next == {"periodic": MAX_TEST_TRACKS, "confirm": MAX_TEST_TRACKS}
+    assert state.lineage == ({"init_from": str(source), "params_sha256": params_sha256(es.x0)},)
+    assert state.gate.lead_spreads == pytest.approx((30.0 * np.sqrt(24) / 2.0,))  # at the run's margin
+    assert state.gate.shipped_world is None and state.world_model_sha256 is None
+    assert np.array_equal(state.gate.params, load_controller(controller, z, h).get_params())  # its params.npz
+    confirmed = state.gate.confirmed  # from before fresh tracks: of the fixed ones
+    assert confirmed.first_seed == CONFIRM_SEED_BASE and confirmed.returns == (0.0, 2.0)
+    assert confirmed.world_model_sha256 is None
+    # A record from before the returns were kept track by track cannot stand in for the shipped controller.
+    older = {k: v for k, v in record.items() if k != "returns"}
+    assert upgrade_state({**legacy, "confirmed": older}, params, es, config, z, h, history).gate.confirmed is None
+    assert set(state.to_json()) == set(saved) | {"confirmed"}  # written in the current format

@@ -20,10 +20,14 @@ An evolution started from a trained controller (``init_from``) keeps that contro
 state as ``lineage``: the earlier evolutions' generations, episodes, env steps and wall time, so what a
 controller cost stays with it after the folder it came from is gone.
 
-Each generation writes a checkpoint: its history line and ``latest.npz``, then ``cma_state.pkl`` (the
-CMA-ES with the random state it samples candidates from, the run's counters and the parameters to ship), then ``params.npz`` and ``state.json`` (readable copies). The pickle is the commit point: re-running
-the same command resumes from it wherever a kill landed, loses at most the generation in progress, and
-draws the same candidates an uninterrupted run would have.
+Each generation asks the CMA-ES for candidates, drives them, tells it their fitness, averages its mean,
+runs the gate (``core.pipeline.gate``) and writes a checkpoint: its history line and ``latest.npz``, then
+``cma_state.pkl`` (the CMA-ES with the random state it samples candidates from, the run's counters and the
+parameters to ship), then ``params.npz`` and ``state.json`` (readable copies). The pickle is the commit
+point: re-running the same command resumes from it wherever a kill landed, loses at most the generation in
+progress, and draws the same candidates an uninterrupted run would have. The counters and the gate's state
+are an ``EvolutionState``; a state saved by any earlier version is brought up to date in one place,
+``upgrade_state``, as it is loaded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import dataclasses
 import logging
 import pickle
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import cma
@@ -40,8 +46,9 @@ import numpy as np
 from core.config import MAX_TEST_TRACKS, EvolveConfig, to_dict, validate
 from core.envs.laps import OUTCOMES
 from core.models.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
-from core.pipeline.gate import TRACK_RANGES, TRAIN_EVAL_SEED_BASE, challenge, next_tracks, spreads_from_history
-from core.pipeline.rollout import RolloutPool, RolloutSettings, drive_grid, evaluate_params
+from core.pipeline.gate import (CONFIRM_SEED_BASE, MEAN, TRACK_RANGES, TRAIN_EVAL_SEED_BASE, GateDecision, GateState,
+                                spreads_from_history)
+from core.pipeline.rollout import RolloutPool, RolloutResult, RolloutSettings, drive_grid
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_bytes,
                                     atomic_write_json, read_json, write_meta)
@@ -224,18 +231,20 @@ def average_against_mean(records: list[dict]) -> dict | None:
     tracks each time): ``evaluations``, its mean ``lead`` and the evaluations it ``won``; ``None`` before
     the first evaluation that had both."""
     leads = [r["eval_mean_average"] - r["eval_mean_params"] for r in records
-             if isinstance(r.get("eval_mean_average"), (int, float)) and isinstance(r.get("eval_mean_params"), (int, float))]
+             if isinstance(r.get("eval_mean_average"), (int, float))
+             and isinstance(r.get("eval_mean_params"), (int, float))]
     if not leads:
         return None
     return {"evaluations": len(leads), "lead": float(np.mean(leads)), "won": sum(d > 0 for d in leads)}
 
 
-def _meta_extra(state: dict) -> dict:
+def _meta_extra(state: EvolutionState) -> dict:
     """What meta.json keeps beside the metrics: the V and M its controller (``params.npz``, the kept one) was
-    picked on (``world_model_sha256``, which export checks; ``state["shipped_world"]``), and for an exported
-    controller that is still the one shipped (``export --params``) where it came from."""
-    return {**({"world_model_sha256": state["shipped_world"]} if state.get("shipped_world") else {}),
-            **({"shipped": state["shipped"]} if state.get("shipped") else {})}
+    picked on (``world_model_sha256``, which export checks; ``shipped_world`` in the state), and for an
+    exported controller that is still the one shipped (``export --params``) where it came from."""
+    gate = state.gate
+    return {**({"world_model_sha256": gate.shipped_world} if gate.shipped_world else {}),
+            **({"shipped": gate.shipped_from} if gate.shipped_from else {})}
 
 
 def _world_of(controller_dir: str | Path) -> str | None:
@@ -247,6 +256,74 @@ def _world_of(controller_dir: str | Path) -> str | None:
     return meta.get("world_model_sha256") if isinstance(meta, dict) else None
 
 
+@dataclass(frozen=True)
+class EvolutionState:
+    """Where an evolution stands: its counters, the evolutions it started from, and its gate. ``to_json``
+    is ``state.json`` (the CMA-ES checkpoint holds a copy); ``upgrade_state`` reads either back."""
+
+    generation: int  # generations done
+    n_params: int  # C's parameters, which V's z and M's h fix
+    gate: GateState  # the controller shipped and what the gate knows of it
+    episodes: int = 0  # episodes driven, the periodic evaluations' and second tests' included
+    env_steps: int = 0  # env steps driven, the periodic evaluations' and second tests' included
+    train_seconds: float = 0.0  # wall seconds spent in generations
+    lineage: tuple[dict, ...] = ()  # the evolutions its start came from (--init-from), oldest first: ancestry()
+    world_model_sha256: str | None = None  # the V and M its last generation ran on
+
+    def after(self, generation: int, results: list[RolloutResult], decision: GateDecision, world: str | None,
+              seconds: float) -> EvolutionState:
+        """The state once ``generation`` has driven the training rollouts ``results`` on the V and M ``world``
+        and the gate has made ``decision``, in ``seconds``."""
+        return dataclasses.replace(self, generation=generation, gate=decision.state, world_model_sha256=world,
+                                   episodes=self.episodes + decision.episodes + len(results),
+                                   env_steps=self.env_steps + decision.steps + sum(r.steps for r in results),
+                                   train_seconds=self.train_seconds + seconds)
+
+    def to_json(self) -> dict:
+        return {"generation": self.generation, "n_params": self.n_params, "episodes": self.episodes,
+                "env_steps": self.env_steps, "train_seconds": self.train_seconds, "lineage": list(self.lineage),
+                "world_model_sha256": self.world_model_sha256, **self.gate.to_json()}
+
+    @classmethod
+    def from_json(cls, saved: dict, params: np.ndarray) -> EvolutionState:
+        """A state saved in the current format (``upgrade_state`` brings older ones to it) shipping ``params``."""
+        return cls(saved["generation"], saved["n_params"], GateState.from_json(saved, params), saved["episodes"],
+                   saved["env_steps"], saved["train_seconds"], tuple(saved["lineage"]), saved["world_model_sha256"])
+
+
+def upgrade_state(saved: dict, params: np.ndarray | None, es: cma.CMAEvolutionStrategy, config: EvolveConfig,
+                  z_size: int, hidden: int, history: History) -> EvolutionState:
+    """The state ``saved`` (``state.json``, or its copy in the CMA-ES checkpoint), shipping ``params``, in the
+    current format. Every older format is brought up to date here, as it is loaded; the next checkpoint
+    writes it in the current one. ``history``: the run's, cut back to the checkpoint.
+
+    What older states lack: ``params`` (None: the checkpoint did not keep them; its params.npz is the
+    controller to ship); ``tracks_next``, ``lineage``, ``lead_spreads``, ``shipped_world`` and
+    ``world_model_sha256`` (each from before it was kept); and in ``confirmed``, the first track (from before
+    fresh tracks: the fixed ones) or the returns track by track (then it cannot stand in for the shipped
+    controller, which is driven again, as for a state without it).
+    """
+    state = dict(saved)
+    if params is None:
+        params = load_controller(config.out_dir, z_size, hidden).get_params()
+    # A run from before fresh tracks were counted drove at most the first MAX_TEST_TRACKS of each range (the
+    # most --eval-episodes and --confirm-episodes allow): its fresh tracks start after them.
+    state.setdefault("tracks_next", {kind: MAX_TEST_TRACKS for kind in TRACK_RANGES})
+    if "lineage" not in state:  # its start is in its config
+        config_path = config.out_dir / "config.json"
+        started_from = read_json(config_path, "evolution config").get("init_from") if config_path.exists() else ""
+        state["lineage"] = ancestry(started_from, es.x0) if started_from else []
+    if "lead_spreads" not in state:  # read back from its history, at the margin it ran with
+        margin = saved_settings(config.run_dir).get("confirm_margin", config.confirm_margin)
+        state["lead_spreads"] = spreads_from_history(history.read(), margin)
+    state.setdefault("shipped_world", None)
+    state.setdefault("world_model_sha256", None)
+    confirmed = state.pop("confirmed", None)
+    if confirmed and "returns" in confirmed:
+        state["confirmed"] = {"first_seed": CONFIRM_SEED_BASE, "world_model_sha256": None, **confirmed}
+    return EvolutionState.from_json(state, params)
+
+
 def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Run CMA-ES until ``config.generations`` generations are done; resumes from ``<out_dir>``."""
     validate(config)
@@ -255,167 +332,162 @@ def evolve(config: EvolveConfig, on_progress: ProgressCallback = keep_going) -> 
 
 
 def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
-    run_dir = Path(config.run_dir)
-    out_dir = config.out_dir
-    weights = _load_world_model(run_dir)
+    weights = _load_world_model(Path(config.run_dir))
     z_size, hidden = weights["mu_w"].shape[1], weights["lstm_recurrent"].shape[0]
-    n = num_params(z_size, hidden)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    history = History(out_dir / "history.jsonl")
+    world = world_model_sha256(config.run_dir)  # recorded in the state by each generation that runs on it
+    history = History(config.out_dir / "history.jsonl")
+    es, state, average = _start_or_resume(config, z_size, hidden, history, world)
+    resumed_from, metrics = state.generation, {}
+    with _rollout_pools(weights, config) as (pool, eval_pool):
+        go_on = bool(on_progress(state.generation, config.generations, {}))
+        while state.generation < config.generations and go_on:
+            started, generation = time.monotonic(), state.generation + 1
+            candidates = es.ask()
+            results, returns = drive_grid(pool, candidates, training_tracks(config, generation))
+            fitness = returns.mean(axis=1)
+            tell(es, candidates, fitness, config.max_sigma)
+            average = update_average(average, es.mean, config.average)
+            best_candidate = candidates[int(np.argmax(fitness))]
+            decision = state.gate.step(eval_pool, challengers(es, best_candidate, average), generation, config, world)
+            seconds = time.monotonic() - started
+            state = state.after(generation, results, decision, world, seconds)
+            metrics = {**generation_metrics(generation, fitness, results, es, config.rollouts), **decision.metrics,
+                       "seconds": round(seconds, 2)}
+            _checkpoint(config, z_size, hidden, history, metrics, state, es, best_candidate, average)
+            go_on = bool(on_progress(generation, config.generations, metrics))
+    return _finish(config, z_size, hidden, state, metrics, resumed_from)
 
-    state_path = out_dir / STATE
+
+def training_tracks(config: EvolveConfig, generation: int) -> list[int]:
+    """The ``config.rollouts`` tracks every candidate of ``generation`` drives (common random numbers: fitness
+    differences come from the controllers, not the tracks); the run's seed and the generation fix them."""
+    rng = np.random.default_rng([config.seed, generation])
+    return [int(s) for s in rng.integers(0, TRAIN_EVAL_SEED_BASE, size=config.rollouts)]
+
+
+def tell(es: cma.CMAEvolutionStrategy, candidates: list[np.ndarray], fitness: np.ndarray, max_sigma: float) -> None:
+    """Update the CMA-ES with the candidates' ``fitness`` (mean returns) and cap its step (``cap_step_size``)."""
+    es.tell(candidates, list(-fitness))  # cma minimises
+    cap_step_size(es, max_sigma)
+
+
+def challengers(es: cma.CMAEvolutionStrategy, best_candidate: np.ndarray, average: Average | None) -> dict:
+    """What a periodic evaluation scores, by the name of its score in the history: the CMA-ES mean, the
+    generation's best candidate and the averaged mean."""
+    named = {MEAN: es.mean, "eval_best_candidate": best_candidate}
+    if average is not None and average[1] > 1:  # after one generation it is the mean
+        named["eval_mean_average"] = average[0]
+    return named
+
+
+def generation_metrics(generation: int, fitness: np.ndarray, results: list[RolloutResult],
+                       es: cma.CMAEvolutionStrategy, rollouts: int) -> dict:
+    """A generation's line of the history before its evaluation's: its candidates' fitness (best, mean,
+    worst), the CMA-ES step after them (``sigma``, ``max_std``), the shares of its rollouts that stopped
+    early or finished the lap and of the tiles they skipped, and the env steps they drove."""
+    return {"generation": generation, "best": float(fitness.max()), "mean": float(fitness.mean()),
+            "worst": float(fitness.min()), "sigma": float(es.sigma), "max_std": float(np.max(es.stds)),
+            "early_stopped": float(np.mean([r.early_stopped for r in results])),
+            "laps": float(np.mean([r.ended == OUTCOMES[0] for r in results])),
+            "skipped": float(np.mean([r.skipped for r in results])),
+            "rollouts": rollouts, "steps": int(sum(r.steps for r in results))}
+
+
+def _checkpoint(config: EvolveConfig, z_size: int, hidden: int, history: History, metrics: dict,
+                state: EvolutionState, es: cma.CMAEvolutionStrategy, best_candidate: np.ndarray,
+                average: Average | None) -> None:
+    """Write the generation just done: its history line and ``latest.npz``, then the CMA-ES state (the
+    commit point), then the readable copies: ``params.npz``, ``state.json`` and ``meta.json``."""
+    out_dir, saved = config.out_dir, state.to_json()
+    history.append(metrics)
+    atomic_save_npz(out_dir / LATEST_FILE, mean=np.asarray(es.mean, np.float32),
+                    best_candidate=np.asarray(best_candidate, np.float32), generation=np.int64(state.generation),
+                    **({} if average is None else {"average": np.asarray(average[0], np.float32)}))
+    _save_es(out_dir, es, saved, state.gate.params, average)  # the checkpoint is complete
+    save_params(out_dir, state.gate.params, z_size, hidden)
+    atomic_write_json(out_dir / STATE, saved)
+    write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},
+               {**metrics, "generation": state.generation, "best_eval": state.gate.best_eval, "complete": False},
+               seed=config.seed, extra=_meta_extra(state))
+
+
+def _finish(config: EvolveConfig, z_size: int, hidden: int, state: EvolutionState, metrics: dict,
+            resumed_from: int) -> dict:
+    """The run's summary (``metrics``: its last generation's); once there is a controller, its meta.json
+    says so too, ``complete`` when every generation asked for is done."""
+    final = {**metrics, "generation": state.generation, "best_eval": state.gate.best_eval,
+             "episodes": state.episodes, "env_steps": state.env_steps, "train_seconds": state.train_seconds,
+             "complete": state.generation >= config.generations, "n_params": state.n_params,
+             "resumed_from": resumed_from}
+    if state.generation == 0:
+        return final  # stopped before a first generation: no controller yet
+    write_meta(config.out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
+               seed=config.seed, extra=_meta_extra(state))
+    load_controller(config.out_dir, z_size, hidden)  # what was written loads
+    return final
+
+
+@contextmanager
+def _rollout_pools(weights, config: EvolveConfig):
+    """The pool of the training rollouts (hopeless ones end early) and that of the periodic evaluations and
+    second tests (whole episodes; None without evaluations)."""
+    settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
+    with RolloutPool(weights, settings, config.workers) as pool:
+        if not config.eval_every:
+            yield pool, None
+            return
+        with RolloutPool(weights, RolloutSettings(config.env, config.max_steps, early_stop=False),
+                         config.workers) as eval_pool:
+            yield pool, eval_pool
+
+
+def _start_or_resume(config: EvolveConfig, z_size: int, hidden: int, history: History,
+                     world: str | None) -> tuple[cma.CMAEvolutionStrategy, EvolutionState, Average | None]:
+    """The CMA-ES, state and averaged mean of the evolution in ``config.out_dir``: the saved ones
+    (``_resume``), or a new evolution's. Its history is cut back to them, and its config.json written."""
+    out_dir = config.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     _check_not_orphaned(out_dir)
     if (out_dir / CMA_STATE).exists():
-        saved_state = read_json(state_path, "evolution state") if state_path.exists() else None
-        es, state, shipped, average = _load_es(out_dir, saved_state)
-        if state.get("n_params") != n:
-            raise ArtifactError(f"{out_dir}: holds a controller of {state.get('n_params')} parameters, this world "
-                                f"model needs {n}; pass another --run-dir or delete {out_dir}")
-        _check_resumable(out_dir, config)
-        if shipped is None:  # an older checkpoint: its params.npz is the one to ship
-            shipped = load_controller(out_dir, z_size, hidden).get_params()
-        save_params(out_dir, shipped, z_size, hidden)
-        # A run from before fresh tracks were counted drove at most the first MAX_TEST_TRACKS of each range
-        # (the most --eval-episodes and --confirm-episodes allow): its fresh tracks start after them.
-        state.setdefault("tracks_next", {kind: MAX_TEST_TRACKS for kind in TRACK_RANGES})
-        if "lineage" not in state:  # a run from before lineages were kept: its start is in its config
-            started_from = (read_json(out_dir / "config.json", "evolution config").get("init_from")
-                            if (out_dir / "config.json").exists() else "")
-            state["lineage"] = ancestry(started_from, es.x0) if started_from else []
+        es, state, average = _resume(config, z_size, hidden, history, world)
     else:
-        es = new_es(config, z_size, hidden)
-        state = {"generation": 0, "n_params": n, "best_eval": None, "episodes": 0, "env_steps": 0,
-                 "train_seconds": 0.0, "tracks_next": {kind: 0 for kind in TRACK_RANGES},
-                 "lineage": ancestry(config.init_from, es.mean) if config.init_from else [],
-                 # A run from a trained controller ships it until its first periodic evaluation has scored
-                 # it against the run's own controllers.
-                 "start_pending": bool(config.init_from),
-                 "shipped_world": _world_of(config.init_from) if config.init_from else None}
-        shipped = np.asarray(es.mean, np.float32)
-        average = None
-    world = world_model_sha256(run_dir)  # recorded in the state by the first generation that runs on it
-    if state.get("world_model_sha256") and world and state["world_model_sha256"] != world:
-        log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
-                    "codes of the old ones (a fresh evolution --init-from it adapts it faster)", run_dir)
-    if state.get("world_model_sha256") not in (None, world) and world and state["best_eval"] is not None:
-        # V or M changed since the last generation: the kept controller's score is of the old ones. The next
-        # evaluation scores it again on these, and that is the bar (on fixed tracks it would otherwise stay
-        # the old one's). Once per change: the next generation records these V and M.
-        state["start_pending"] = True
-    if history.path.exists():  # drop generations after the checkpoint (all of them if there is none yet)
-        history.truncate_after("generation", state["generation"])
-    if "lead_spreads" not in state:  # a state saved before they were kept: at the margin it ran with
-        margin = saved_settings(run_dir).get("confirm_margin", config.confirm_margin)
-        state["lead_spreads"] = spreads_from_history(history.read(), margin)
+        es, average = new_es(config, z_size, hidden), None
+        state = EvolutionState(
+            generation=0, n_params=num_params(z_size, hidden),
+            lineage=tuple(ancestry(config.init_from, es.mean)) if config.init_from else (),
+            # A run from a trained controller ships it until its first periodic evaluation has scored it
+            # against the run's own controllers.
+            gate=GateState(np.asarray(es.mean, np.float32), start_pending=bool(config.init_from),
+                           shipped_world=_world_of(config.init_from) if config.init_from else None))
+        if history.path.exists():  # the start of a run killed in its first generation
+            history.truncate_after("generation", 0)
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
+    return es, state, average
 
-    resumed_from = state["generation"]
-    cap_step_size(es, config.max_sigma)
-    settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
-    eval_settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
-    total = config.generations
-    metrics: dict = {}
-    with RolloutPool(weights, settings, config.workers) as pool:
-        eval_pool = RolloutPool(weights, eval_settings, config.workers) if config.eval_every else None
-        try:
-            go_on = bool(on_progress(state["generation"], total, {}))
-            while state["generation"] < total and go_on:
-                started = time.monotonic()
-                gen = state["generation"] + 1
-                state["world_model_sha256"] = world  # this generation evolves on these V and M
-                rng = np.random.default_rng([config.seed, gen])
-                seeds = [int(s) for s in rng.integers(0, TRAIN_EVAL_SEED_BASE, size=config.rollouts)]
-                candidates = es.ask()
-                results, returns = drive_grid(pool, candidates, seeds)
-                fitness = returns.mean(axis=1)
-                es.tell(candidates, list(-fitness))  # cma minimises
-                cap_step_size(es, config.max_sigma)
-                average = update_average(average, es.mean, config.average)
-                best_i = int(np.argmax(fitness))
-                metrics = {"generation": gen, "best": float(fitness.max()), "mean": float(fitness.mean()),
-                           "worst": float(fitness.min()), "sigma": float(es.sigma),
-                           "max_std": float(np.max(es.stds)),
-                           "early_stopped": float(np.mean([r.early_stopped for r in results])),
-                           "laps": float(np.mean([r.ended == OUTCOMES[0] for r in results])),
-                           "skipped": float(np.mean([r.skipped for r in results])),
-                           "rollouts": config.rollouts,
-                           "steps": int(sum(r.steps for r in results))}
-                if eval_pool is not None and gen % config.eval_every == 0:
-                    named = {"eval_mean_params": es.mean, "eval_best_candidate": candidates[best_i]}
-                    if average is not None and average[1] > 1:  # after one generation it is the mean
-                        named["eval_mean_average"] = average[0]
-                    evaluated = [np.asarray(p, np.float32) for p in named.values()]
-                    eval_seeds, confirm_seeds = (next_tracks(config, state, kind) for kind in TRACK_RANGES)
-                    score_start = state.pop("start_pending", False)  # the controller this run started from
-                    # On fresh tracks the shipped controller drives them too: its score when it was picked
-                    # was the best of many on other tracks, a bar no better challenger clears reliably.
-                    drive_shipped = score_start or (config.fresh_tracks and state["best_eval"] is not None)
-                    if drive_shipped:
-                        evaluated.append(shipped)
-                    scores, eval_steps = evaluate_params(eval_pool, evaluated, eval_seeds)
-                    metrics.update(zip(named, scores), eval_episodes=len(eval_seeds),
-                                   eval_first_seed=eval_seeds[0])
-                    state["episodes"] += len(evaluated) * len(eval_seeds)
-                    if drive_shipped:
-                        metrics["eval_shipped"] = scores[-1]
-                    if score_start:  # it is the one to beat
-                        state["best_eval"] = metrics["eval_start"] = scores[-1]
-                    pick = int(np.argmax(scores[:len(named)]))
-                    metrics["eval_pick"] = list(named)[pick]
-                    accept, confirmed = challenge(eval_pool, state, shipped, evaluated[pick], scores[pick],
-                                                  confirm_seeds, config.max_steps, config.confirm_margin,
-                                                  scores[-1] if drive_shipped else None)
-                    if config.fresh_tracks:  # these tracks are driven: the next evaluation takes others
-                        state["tracks_next"]["periodic"] += len(eval_seeds)
-                    else:  # the same tracks every time; a resume with fresh tracks must start after them
-                        state["tracks_next"]["periodic"] = max(state["tracks_next"]["periodic"], len(eval_seeds))
-                    if confirmed:
-                        metrics.update(confirmed, confirm_episodes=len(confirm_seeds),
-                                       confirm_first_seed=confirm_seeds[0])
-                        eval_steps += confirmed["confirm_steps"]
-                        state["episodes"] += confirmed["confirm_driven"]
-                        if config.fresh_tracks:
-                            state["tracks_next"]["confirm"] += len(confirm_seeds)
-                        else:
-                            state["tracks_next"]["confirm"] = max(state["tracks_next"]["confirm"], len(confirm_seeds))
-                    if accept:
-                        state["best_eval"] = scores[pick]
-                        shipped = evaluated[pick]
-                        state["shipped_world"] = world
-                        state.pop("shipped", None)  # what an export put in as the controller to beat is beaten
-                    metrics["eval_steps"] = eval_steps
-                    state["env_steps"] += eval_steps
-                elif state["best_eval"] is None and not (state.get("start_pending") and eval_pool is not None):
-                    # Nothing evaluated yet: ship the mean. (A run from a trained controller keeps shipping that
-                    # one until its first evaluation; without evaluations, it ships the mean like any run.)
-                    state.pop("start_pending", None)
-                    state.pop("shipped", None)
-                    shipped = np.asarray(es.mean, np.float32)
-                    state["shipped_world"] = world
-                state["generation"] = gen
-                state["episodes"] += len(results)
-                state["env_steps"] += metrics["steps"]
-                state["train_seconds"] += time.monotonic() - started
-                metrics["seconds"] = round(time.monotonic() - started, 2)
-                history.append(metrics)
-                atomic_save_npz(out_dir / LATEST_FILE, mean=np.asarray(es.mean, np.float32),
-                                best_candidate=np.asarray(candidates[best_i], np.float32), generation=np.int64(gen),
-                                **({} if average is None else {"average": np.asarray(average[0], np.float32)}))
-                _save_es(out_dir, es, state, shipped, average)  # the checkpoint is complete
-                save_params(out_dir, shipped, z_size, hidden)
-                atomic_write_json(state_path, state)
-                write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden},
-                           {**metrics, "generation": gen, "best_eval": state["best_eval"], "complete": False},
-                           seed=config.seed, extra=_meta_extra(state))
-                go_on = bool(on_progress(gen, total, metrics))
-        finally:
-            if eval_pool is not None:
-                eval_pool.close()
-    final = {**metrics, **{k: state[k] for k in ("generation", "best_eval", "episodes", "env_steps", "train_seconds")},
-             "complete": state["generation"] >= total, "n_params": n, "resumed_from": resumed_from}
-    if state["generation"] == 0:
-        return final  # stopped before a first generation: no controller yet
-    write_meta(out_dir, "controller", {**to_dict(config), "z_size": z_size, "hidden": hidden}, final,
-               seed=config.seed, extra=_meta_extra(state))
-    load_controller(out_dir, z_size, hidden)  # what was written loads
-    return final
+
+def _resume(config: EvolveConfig, z_size: int, hidden: int, history: History,
+            world: str | None) -> tuple[cma.CMAEvolutionStrategy, EvolutionState, Average | None]:
+    """The saved evolution, its state brought up to date (``upgrade_state``) and its checkpoint completed
+    (``params.npz``, should a kill have cut it short), its history cut back to it (generations after it are
+    run again)."""
+    out_dir = config.out_dir
+    saved_json = read_json(out_dir / STATE, "evolution state") if (out_dir / STATE).exists() else None
+    es, saved, params, average = _load_es(out_dir, saved_json)
+    n = num_params(z_size, hidden)
+    if saved.get("n_params") != n:
+        raise ArtifactError(f"{out_dir}: holds a controller of {saved.get('n_params')} parameters, this world "
+                            f"model needs {n}; pass another --run-dir or delete {out_dir}")
+    _check_resumable(out_dir, config)
+    if history.path.exists():
+        history.truncate_after("generation", saved["generation"])
+    state = upgrade_state(saved, params, es, config, z_size, hidden, history)
+    save_params(out_dir, state.gate.params, z_size, hidden)
+    if state.world_model_sha256 not in (None, world) and world:
+        log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
+                    "codes of the old ones (a fresh evolution --init-from it adapts it faster)", config.run_dir)
+        if state.gate.best_eval is not None:
+            # The kept controller's score is of the old V and M. The next evaluation scores it again on these, and
+            # that is the bar (on fixed tracks it would otherwise stay the old one's). Once per change: the next
+            # generation records these V and M.
+            state = dataclasses.replace(state, gate=dataclasses.replace(state.gate, start_pending=True))
+    return es, state, average

@@ -5,17 +5,23 @@ periodic evaluation) must beat the shipped controller's score there, then lead i
 other tracks by more than ``confirm_margin`` standard errors of its track-by-track lead, with the spread
 floored by the one pooled over the run's earlier second tests. The tracks of both tests come from their
 own ranges (``TRACK_RANGES``), fresh each time with ``fresh_tracks``.
+
+What the gate knows between generations is a ``GateState``; ``GateState.step`` runs the gate for one
+generation and returns a ``GateDecision`` (the new state among it) rather than changing anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
 from core.config import TRAIN_SEED_LIMIT, EvolveConfig
 from core.models.controller import params_sha256
-from core.pipeline.rollout import RolloutPool, episode_returns
+from core.pipeline.rollout import RolloutPool, episode_returns, evaluate_params
 
 log = logging.getLogger(__name__)
 
@@ -23,68 +29,182 @@ log = logging.getLogger(__name__)
 TRAIN_EVAL_SEED_BASE = TRAIN_SEED_LIMIT  # tracks of the periodic evaluations: 900000..909999
 CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
 TRACK_RANGES = {"periodic": (TRAIN_EVAL_SEED_BASE, 10_000), "confirm": (CONFIRM_SEED_BASE, 40_000)}  # first, size
+POOL_MIN_TESTS = 2  # earlier second tests (24 tracks each) before their pooled spread is a floor
+MEAN = "eval_mean_params"  # the challenger that is the CMA-ES mean, shipped until anything has been scored
 
 
-def next_tracks(config: EvolveConfig, state: dict, kind: str) -> list[int]:
+def next_tracks(config: EvolveConfig, tracks_next: Mapping[str, int], kind: str) -> list[int]:
     """The tracks of the next periodic evaluation (``kind`` "periodic") or second test ("confirm"): the same
     ones every time, or with ``fresh_tracks`` the next ones of their range (``TRACK_RANGES``) not driven
-    yet (``state["tracks_next"]``)."""
+    yet (``tracks_next[kind]`` of them are)."""
     first, size = TRACK_RANGES[kind]
     count = config.eval_episodes if kind == "periodic" else config.confirm_episodes
-    start = state["tracks_next"][kind] if config.fresh_tracks else 0
+    start = tracks_next[kind] if config.fresh_tracks else 0
     return [first + (start + i) % size for i in range(count)]
 
 
-def challenge(eval_pool: RolloutPool, state: dict, shipped: np.ndarray, challenger: np.ndarray,
-              screen: float, confirm_seeds: list[int], max_steps: int, margin: float = 0.0,
-              shipped_screen: float | None = None) -> tuple[bool, dict]:
-    """Whether ``challenger`` (``screen``: its periodic evaluation score) should replace ``shipped``, and
-    what deciding that measured (``confirm_challenger``, ``confirm_shipped``, ``confirm_lead`` and
-    ``confirm_needed``, ``confirm_accepted``, ``confirm_steps`` and ``confirm_driven``, the episodes it
-    drove).
-
-    It must beat the shipped controller's periodic score, ``shipped_screen`` when it drove the same tracks
-    in this evaluation, else ``state["best_eval"]`` (its score when it was picked), and then, with
-    ``confirm_seeds``, lead the shipped controller there: its mean lead, track by track, must exceed
-    ``margin`` standard errors of that lead. (Track-to-track differences of 100-200 points dwarf the 10-30
-    points that separate controllers near a plateau; a plain "higher mean" on 24 tracks lets a controller
-    that is no better through about half the time.) The shipped controller's returns there are kept in
-    ``state["confirmed"]`` (with its parameters' hash, the first track, the number of tracks and the step
-    limit), so it is driven once for as long as those stay the same.
-    """
-    bar = shipped_screen if shipped_screen is not None else state["best_eval"]
-    if bar is not None and screen <= bar:
-        return False, {}
-    if not confirm_seeds or bar is None:
-        return True, {}
-    known = {"first_seed": CONFIRM_SEED_BASE, **(state.get("confirmed") or {})}  # older states: fixed tracks
-    # what stored returns were measured on
-    same = {"first_seed": confirm_seeds[0], "tracks": len(confirm_seeds), "max_steps": max_steps,
-            "world_model_sha256": state.get("world_model_sha256")}
-    fresh = (known.get("params_sha256") != params_sha256(shipped) or any(known.get(k) != v for k, v in same.items())
-             or "returns" not in known)  # a state from before per-track returns were kept
-    driven = [challenger, shipped] if fresh else [challenger]
-    returns, steps = episode_returns(eval_pool, driven, confirm_seeds)
-    if fresh:
-        known = _confirmed(shipped, returns[1], same)
-    lead = returns[0] - np.asarray(known["returns"])
-    spread = float(lead.std(ddof=1)) if len(lead) > 1 else 0.0
-    pooled = pooled_spread(state.get("lead_spreads", []))
-    used = max(spread, pooled) if pooled is not None else spread
-    needed = margin * used / float(np.sqrt(len(lead))) if len(lead) > 1 else 0.0
-    if len(lead) > 1:
-        state["lead_spreads"] = [*state.get("lead_spreads", []), spread]
-    info = {"confirm_challenger": float(returns[0].mean()), "confirm_shipped": known["score"],
-            "confirm_lead": float(lead.mean()), "confirm_needed": needed, "confirm_margin": margin,
-            "confirm_spread": spread,
-            "confirm_spread_used": used, "confirm_steps": steps, "confirm_driven": len(driven) * len(confirm_seeds)}
-    accept = bool(lead.mean() > needed)
-    info["confirm_accepted"] = accept
-    state["confirmed"] = _confirmed(challenger, returns[0], same) if accept else known
-    return accept, info
+def _counted(tracks_next: Mapping[str, int], kind: str, driven: int, fresh: bool) -> dict[str, int]:
+    """``tracks_next`` once ``driven`` tracks of ``kind`` are driven: with fresh tracks the next test takes
+    others; on the same tracks every time, a resume with fresh tracks must start after them."""
+    count = tracks_next[kind] + driven if fresh else max(tracks_next[kind], driven)
+    return {**tracks_next, kind: count}
 
 
-POOL_MIN_TESTS = 2  # earlier second tests (24 tracks each) before their pooled spread is a floor
+@dataclass(frozen=True)
+class Confirmed:
+    """A controller's returns in a second test and what they were measured on: they stand in for the shipped
+    controller in later second tests for as long as all of it stays the same, so it is driven there once."""
+
+    params_sha256: str
+    score: float  # the mean of ``returns``
+    returns: tuple[float, ...]  # one per track
+    first_seed: int  # the first of the tracks
+    tracks: int
+    max_steps: int
+    world_model_sha256: str | None  # the V and M it drove with
+
+    def fits(self, params: np.ndarray, seeds: list[int], max_steps: int, world: str | None) -> bool:
+        """Whether these are the returns ``params`` would drive on ``seeds`` now."""
+        return (self.params_sha256, self.first_seed, self.tracks, self.max_steps, self.world_model_sha256) == (
+            params_sha256(params), seeds[0], len(seeds), max_steps, world)
+
+    @classmethod
+    def of(cls, params: np.ndarray, returns: np.ndarray, seeds: list[int], max_steps: int,
+           world: str | None) -> Confirmed:
+        return cls(params_sha256(params), float(returns.mean()), tuple(float(r) for r in returns), seeds[0],
+                   len(seeds), max_steps, world)
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "returns": list(self.returns)}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: ``params`` is an array (compare states field by field)
+class GateState:
+    """What the gate knows between generations; all of it but ``params`` is kept in ``state.json``."""
+
+    params: np.ndarray  # float32 (n_params,): the controller shipped (params.npz)
+    best_eval: float | None = None  # its periodic score: the bar on fixed tracks (None: nothing scored yet)
+    # It has no periodic score on this run's V and M yet (a run --init-from a controller, an export's
+    # controller, V or M changed): the next evaluation drives it and its score there is the bar.
+    start_pending: bool = False
+    shipped_world: str | None = None  # the V and M it was picked on (world_model_sha256)
+    shipped_from: dict | None = None  # where an exported controller came from ("shipped"), until it is replaced
+    confirmed: Confirmed | None = None  # the shipped controller's returns in the last second test
+    lead_spreads: tuple[float, ...] = ()  # each earlier second test's spread of the lead (pooled_spread)
+    tracks_next: Mapping[str, int] = field(  # of each range of TRACK_RANGES, the tracks driven so far
+        default_factory=lambda: {kind: 0 for kind in TRACK_RANGES})
+
+    def step(self, eval_pool: RolloutPool | None, challengers: dict[str, np.ndarray], generation: int,
+             config: EvolveConfig, world: str | None) -> GateDecision:
+        """The gate after ``generation``: its periodic evaluation when one is due (every ``config.eval_every``
+        generations, driven by ``eval_pool``), else, until anything has been scored, the CMA-ES mean shipped.
+
+        ``challengers``: float (n_params,) parameters by the name their score gets in the history
+        (``MEAN`` first). The best of them on the periodic tracks must beat the shipped controller's score:
+        its score on those same tracks when it drove them (with fresh tracks, or not scored yet), else
+        ``best_eval``; then win the second test (``_second_test``). ``world``: the V and M driving.
+        """
+        if not (config.eval_every and generation % config.eval_every == 0):
+            return GateDecision(False, self._unscored(challengers[MEAN], world, evaluating=bool(config.eval_every)))
+        names, candidates = list(challengers), [np.asarray(p, np.float32) for p in challengers.values()]
+        seeds, confirm_seeds = (next_tracks(config, self.tracks_next, kind) for kind in TRACK_RANGES)
+        # On fresh tracks the shipped controller drives them too: its score when it was picked was the best of
+        # many on other tracks, a bar no better challenger clears reliably.
+        drive_shipped = self.start_pending or (config.fresh_tracks and self.best_eval is not None)
+        driven = candidates + [self.params] if drive_shipped else candidates
+        scores, steps = evaluate_params(eval_pool, driven, seeds)
+        metrics = {**dict(zip(names, scores)), "eval_episodes": len(seeds), "eval_first_seed": seeds[0]}
+        if drive_shipped:
+            metrics["eval_shipped"] = scores[-1]
+        if self.start_pending:  # it is the one to beat
+            metrics["eval_start"] = scores[-1]
+        pick = int(np.argmax(scores[:len(names)]))
+        metrics["eval_pick"] = names[pick]
+        state = dataclasses.replace(self, best_eval=metrics.get("eval_start", self.best_eval), start_pending=False,
+                                    tracks_next=_counted(self.tracks_next, "periodic", len(seeds), config.fresh_tracks))
+        bar = scores[-1] if drive_shipped else state.best_eval  # None: nothing to defend yet
+        accepted, test = not (bar is not None and scores[pick] <= bar), None  # no better there: no second test
+        if accepted and bar is not None and confirm_seeds:  # with nothing to defend, the screen alone decides
+            test = state._second_test(eval_pool, candidates[pick], confirm_seeds, config, world)
+            accepted, state = test.accepted, test.state
+            metrics.update(test.metrics, confirm_episodes=len(confirm_seeds), confirm_first_seed=confirm_seeds[0])
+        if accepted:
+            state = dataclasses.replace(state, params=candidates[pick], best_eval=scores[pick], shipped_world=world,
+                                        shipped_from=None)  # what an export put in as the one to beat is beaten
+        metrics["eval_steps"] = steps + (test.steps if test else 0)
+        return GateDecision(accepted, state, metrics, len(driven) * len(seeds) + (test.episodes if test else 0),
+                            metrics["eval_steps"])
+
+    def _unscored(self, mean: np.ndarray, world: str | None, evaluating: bool) -> GateState:
+        """Nothing scored yet: the CMA-ES ``mean`` is shipped. (A run from a trained controller keeps shipping
+        that one until its first evaluation; without evaluations, it ships the mean like any run.)"""
+        if self.best_eval is not None or (self.start_pending and evaluating):
+            return self
+        return dataclasses.replace(self, params=np.asarray(mean, np.float32), start_pending=False,
+                                   shipped_from=None, shipped_world=world)
+
+    def _second_test(self, eval_pool: RolloutPool, challenger: np.ndarray, seeds: list[int], config: EvolveConfig,
+                     world: str | None) -> GateDecision:
+        """Whether ``challenger``, which beat the shipped controller in the periodic evaluation, leads it on
+        ``seeds`` by more than ``config.confirm_margin`` standard errors of its mean lead, track by track.
+
+        Track-to-track differences of 100-200 points dwarf the 10-30 points that separate controllers near a
+        plateau; a plain "higher mean" on 24 tracks lets a controller that is no better through about half the
+        time. The spread of the lead is taken as at least the one pooled over earlier tests (``pooled_spread``).
+        The shipped controller's returns there are kept (``confirmed``), so it is driven once for as long as
+        its parameters, the tracks, the step limit and V and M stay the same.
+        """
+        known = self.confirmed
+        fresh = known is None or not known.fits(self.params, seeds, config.max_steps, world)
+        driven = [challenger, self.params] if fresh else [challenger]
+        returns, steps = episode_returns(eval_pool, driven, seeds)
+        if fresh:
+            known = Confirmed.of(self.params, returns[1], seeds, config.max_steps, world)
+        lead = returns[0] - np.asarray(known.returns)
+        spread = float(lead.std(ddof=1)) if len(lead) > 1 else 0.0
+        pooled = pooled_spread(list(self.lead_spreads))
+        used = max(spread, pooled) if pooled is not None else spread
+        needed = config.confirm_margin * used / float(np.sqrt(len(lead))) if len(lead) > 1 else 0.0
+        accepted = bool(lead.mean() > needed)
+        metrics = {"confirm_challenger": float(returns[0].mean()), "confirm_shipped": known.score,
+                   "confirm_lead": float(lead.mean()), "confirm_needed": needed,
+                   "confirm_margin": config.confirm_margin, "confirm_spread": spread, "confirm_spread_used": used,
+                   "confirm_steps": steps, "confirm_driven": len(driven) * len(seeds), "confirm_accepted": accepted}
+        state = dataclasses.replace(
+            self, confirmed=Confirmed.of(challenger, returns[0], seeds, config.max_steps, world) if accepted else known,
+            lead_spreads=(*self.lead_spreads, spread) if len(lead) > 1 else self.lead_spreads,
+            tracks_next=_counted(self.tracks_next, "confirm", len(seeds), config.fresh_tracks))
+        return GateDecision(accepted, state, metrics, metrics["confirm_driven"], steps)
+
+    def to_json(self) -> dict:
+        """The gate's part of ``state.json`` (its ``params`` are saved apart, in params.npz and the CMA-ES
+        checkpoint); ``from_json`` reads it back."""
+        return {"best_eval": self.best_eval, "shipped_world": self.shipped_world,
+                "lead_spreads": list(self.lead_spreads), "tracks_next": dict(self.tracks_next),
+                **({"start_pending": True} if self.start_pending else {}),
+                **({"shipped": self.shipped_from} if self.shipped_from is not None else {}),
+                **({"confirmed": self.confirmed.to_json()} if self.confirmed is not None else {})}
+
+    @classmethod
+    def from_json(cls, saved: dict, params: np.ndarray) -> GateState:
+        """The gate of a ``state.json`` in the current format (``core.pipeline.evolve.upgrade_state`` brings
+        older ones to it) that ships ``params``."""
+        confirmed = saved.get("confirmed")
+        return cls(np.asarray(params, np.float32), saved["best_eval"], bool(saved.get("start_pending", False)),
+                   saved["shipped_world"], saved.get("shipped"),
+                   None if confirmed is None else Confirmed(**{**confirmed, "returns": tuple(confirmed["returns"])}),
+                   tuple(saved["lead_spreads"]), dict(saved["tracks_next"]))
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What one step of the gate decided, and what it measured and drove to decide it."""
+
+    accepted: bool  # a challenger replaced the shipped controller (now ``state.params``)
+    state: GateState  # the gate after it
+    metrics: dict = field(default_factory=dict)  # for the generation's history record: eval_*, confirm_*
+    episodes: int = 0  # episodes driven
+    steps: int = 0  # env steps driven
 
 
 def pooled_spread(spreads: list[float]) -> float | None:
@@ -115,8 +235,3 @@ def spreads_from_history(records: list[dict], margin: float) -> list[float]:
         elif r.get("confirm_needed") and at > 0 and r.get("confirm_episodes", 0) > 1:
             spreads.append(float(r["confirm_needed"]) * float(np.sqrt(r["confirm_episodes"])) / at)
     return spreads
-
-
-def _confirmed(params: np.ndarray, returns: np.ndarray, same: dict) -> dict:
-    return {"params_sha256": params_sha256(params), "score": float(returns.mean()),
-            "returns": [float(r) for r in returns], **same}
