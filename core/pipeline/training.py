@@ -8,8 +8,8 @@ checkpoints every ``checkpoint_every`` batches, reports ``on_progress(step, tota
 batch (a falsy return stops it cleanly, after a checkpoint) and ends with ``meta.json`` and the final metrics.
 
 A checkpoint holds the weights and the optimizer's moments, so a run stopped and resumed trains exactly as
-one never stopped when its batches depend only on the step they start at (M's do; V's shuffle draws anew
-for the rest of a resumed epoch).
+one never stopped when its batches depend only on the step they start at and its training step draws no
+random numbers (M's; V's shuffle and z samples draw anew after a resume).
 """
 
 from __future__ import annotations
@@ -135,9 +135,10 @@ def checkpoint(plan: TrainingPlan, start: Start, step: int, total: int) -> None:
 
 def history_lines(plan: TrainingPlan, step: int, total: int, metrics: dict, heldout: dict,
                   seconds: float) -> list[dict]:
-    """The ``history.jsonl`` lines of batch ``step``: the training metrics every ``plan.log_every`` batches,
-    and the held-out metrics at an epoch's end, on a line of their own (``plan.heldout_apart``, with the
-    last batch's training line) or in that batch's line. ``time`` is seconds since this session began."""
+    """The ``history.jsonl`` lines of batch ``step``. The training metrics come every ``plan.log_every``
+    batches; the held-out ones at an epoch's end join that batch's line, written then whatever the count
+    (M), or with ``plan.heldout_apart`` take a line of their own beside training lines every ``log_every``
+    batches and at the last (V). ``time`` is seconds since this session began."""
     if not plan.heldout_apart:
         due = step % plan.log_every == 0 or step % plan.batches_per_epoch == 0
         return [{"step": step, **metrics, **heldout, "time": seconds}] if due else []
