@@ -1,5 +1,5 @@
-"""Training V and M: resuming (learning rate, metrics, checkpoints a crash interrupted), progress, frame counts,
-several data folders, fine-tuning from trained weights."""
+"""Training V and M: the loop they share (on a tiny model), resuming (learning rate, metrics, checkpoints a crash
+interrupted), progress, frame counts, several data folders, fine-tuning from trained weights."""
 
 import json
 import os
@@ -8,16 +8,166 @@ import shutil
 import numpy as np
 import pytest
 
-from core.storage.artifacts import ArtifactError
+from core.storage.artifacts import ArtifactError, read_history
 from core.config import RNNConfig, VAEConfig
 from core.storage.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
 from core.models.mdnrnn import load_rnn
+from core.pipeline import training
 from core.pipeline.train_rnn import train_rnn
 from core.storage.checkpoints import (CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint,
                                       training_seconds)
 from core.models.vae import WEIGHTS as VAE_WEIGHTS
 from core.models.vae import ConvVAE, load_vae
 from core.pipeline.train_vae import train_vae
+
+
+LINE_WEIGHTS = "line.weights.h5"
+
+
+def line_model():
+    """y = w . x + b fitted by squared error: a Keras model with its own ``train_step`` and ``Mean`` tracker,
+    the smallest the shared loop can train (in seconds)."""
+    import keras
+    import tensorflow as tf
+
+    class Line(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(1)
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            self.build((None, 2))
+
+        def build(self, input_shape):
+            self.dense.build(input_shape)
+            self.built = True
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker]
+
+        def call(self, x):
+            return self.dense(x)[:, 0]
+
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(self(x) - y))
+            self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+            self.loss_tracker.update_state(loss)
+            return {"loss": self.loss_tracker.result()}
+
+    keras.utils.set_random_seed(0)
+    model = Line()
+    model.compile(optimizer=keras.optimizers.Adam(0.05))
+    return model
+
+
+def line_data(seed: int, n: int = 8):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    return x, (x @ np.array([2.0, -1.0]) + 0.5 + 0.1 * rng.normal(size=n)).astype(np.float32)
+
+
+def line_plan(out_dir, **changes) -> training.TrainingPlan:
+    """Three epochs of four batches, each batch drawn from its step alone (as M's are)."""
+    held_x, held_y = line_data(seed=10_000, n=32)
+
+    def batches(step, count):
+        for s in range(step, step + count):
+            yield line_data(seed=s)
+
+    def heldout_metrics(model):
+        return {"val_loss": float(np.mean((model(held_x).numpy() - held_y) ** 2))}
+
+    return training.TrainingPlan(**{
+        "kind": "line", "weights": LINE_WEIGHTS, "out_dir": out_dir, "model": line_model(),
+        "config": {"seed": 0, "init_from": ""}, "seed": 0, "epochs": 3, "batches_per_epoch": 4,
+        "checkpoint_every": 2, "batches": batches, "heldout_metrics": heldout_metrics, "state": {"heldout": ["h"]},
+        "data_hash": "lines", "summary": {"train_episodes": 1}, "log_every": 3, **changes})
+
+
+def line_weights(out_dir):
+    model = line_model()
+    model.load_weights(out_dir / LINE_WEIGHTS)
+    return model.get_weights()
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_run_resumed_from_its_checkpoint_ends_with_the_weights_of_one_never_stopped(how, tmp_path):
+    """Stopped (a falsy report: checkpointed where it stopped) or killed (the last periodic checkpoint, every
+    2 batches) at batch 7, in the middle of an epoch, then run again: it goes on from that checkpoint, weights and Adam's moments, and
+    trains the batches an uninterrupted run trains, logging each batch once."""
+    class Killed(Exception):
+        pass
+
+    whole = training.train(line_plan(tmp_path / "whole"))
+    assert whole["complete"] and whole["step"] == whole["total_steps"] == 12 and whole["resumed_from"] == 0
+
+    def interrupt(step, total, metrics):
+        if step == 7 and how == "killed":
+            raise Killed
+        return step < 7
+
+    if how == "killed":
+        with pytest.raises(Killed):
+            training.train(line_plan(tmp_path / "run"), interrupt)
+    else:
+        assert training.train(line_plan(tmp_path / "run"), interrupt)["step"] == 7
+    checkpointed = 7 if how == "stopped" else 6
+    assert json.loads((tmp_path / "run" / CHECKPOINT / "state.json").read_text()) == {
+        "step": checkpointed, "total": 12, "lineage": [], "heldout": ["h"]}
+    resumed = training.train(line_plan(tmp_path / "run"))
+    assert resumed["complete"] and resumed["resumed_from"] == checkpointed and resumed["step"] == 12
+    for a, b in zip(line_weights(tmp_path / "whole"), line_weights(tmp_path / "run")):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    steps = [r["step"] for r in read_history(tmp_path / "run" / "history.jsonl") if "loss" in r]
+    assert steps == [r["step"] for r in read_history(tmp_path / "whole" / "history.jsonl") if "loss" in r]
+
+
+def test_a_falsy_report_stops_the_loop_after_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    reports = []
+
+    def stop_at_3(step, total, metrics):
+        reports.append(step)
+        return step < 3
+
+    stopped = training.train(line_plan(out, checkpoint_every=100), stop_at_3)
+    assert reports == [0, 1, 2, 3]  # asked once to stop, never called again
+    assert not stopped["complete"] and stopped["step"] == 3 and stopped["total_steps"] == 12
+    assert json.loads((out / CHECKPOINT / "state.json").read_text())["step"] == 3
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "line" and meta["metrics"] == stopped and meta["data_hash"] == "lines"
+    assert stopped["train_episodes"] == 1 and "loss" in stopped and "val_loss" in stopped
+    assert len(line_weights(out)) == 2  # the artifact's own weights, written with the checkpoint
+    # Stopped before the first batch: nothing trained, the checkpoint stays where it was.
+    again = training.train(line_plan(out), lambda step, total, metrics: False)
+    assert again["step"] == again["resumed_from"] == 3 and again["loss"] == stopped["loss"]
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_held_out_metrics_are_recorded_at_each_epochs_end(apart, tmp_path):
+    """In the line of the epoch's last batch (M's history), or on lines of their own beside the training ones
+    (V's); training lines every ``log_every`` batches either way."""
+    out = tmp_path / "run"
+    reports = {}
+    result = training.train(line_plan(out, heldout_apart=apart, phase=None if apart else "training"),
+                            lambda step, total, metrics: reports.setdefault(step, dict(metrics)) is not None)
+    assert reports[0] == ({} if apart else {"phase": "training"})
+    assert [s for s, m in reports.items() if "val_loss" in m] == [4, 8, 12]
+    history = read_history(out / "history.jsonl")
+    held = [r for r in history if "val_loss" in r]
+    trained = [r for r in history if "loss" in r]
+    assert [r["step"] for r in held] == [4, 8, 12]
+    if apart:
+        assert [r["step"] for r in trained] == [3, 6, 9, 12]
+        assert all(sorted(r) == ["epoch", "step", "val_loss"] for r in held)
+    else:
+        assert [r["step"] for r in trained] == [3, 4, 6, 8, 9, 12]
+        assert all(list(r) == ["step", "loss", "epoch", "val_loss", "time"] for r in held)
+    assert [r["epoch"] for r in held] == [1.0, 2.0, 3.0]
+    assert result["val_loss"] == held[-1]["val_loss"] < held[0]["val_loss"]  # it learns
 
 
 def vae_config(data, run, **changes) -> VAEConfig:

@@ -2,7 +2,8 @@
 
 Frames are encoded to (mu, logvar) once, with V's hash in the cache's name, each episode kept as it is
 encoded, so a stopped encoding goes on where it was; each batch resamples z from N(mu, exp(logvar)).
-The model and the MDN loss live in ``core.models.mdnrnn``.
+The model and the MDN loss live in ``core.models.mdnrnn``, the training loop it shares with V in
+``core.pipeline.training``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,10 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import RNNConfig, to_dict, validate  # noqa: E402
 from core.models.mdnrnn import ACTION_SIZE, MDNRNN, REWARD_CLIP, WEIGHTS
+from core.pipeline.training import TrainingPlan, train  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
-from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_json,
-                                    hash_files, write_meta)
-from core.storage.checkpoints import (check_config_matches, check_new_run, checkpoint_start, checkpoint_state,
-                                      mark_unfinished, previous_metrics, recorded_heldout, resume_or_start,
-                                      save_checkpoint, starts_over_its_own_weights)
+from core.storage.artifacts import ArtifactError, RunLock, atomic_save_npz, hash_files  # noqa: E402
+from core.storage.checkpoints import check_config_matches, check_new_run, checkpoint_state, recorded_heldout
 from core.storage.dataset import load_episode, split_holdout, usable_episodes  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -188,19 +186,52 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
+def _load_v(config: RNNConfig):
+    """V and the SHA-256 of its weights file, refused if that file changed as it loaded (V checkpointing)."""
     from core.models.vae import WEIGHTS as VAE_WEIGHTS
     from core.models.vae import load_vae
 
-    out_dir = config.out_dir
-    start = check_new_run(out_dir, WEIGHTS, config.init_from, "MDN-RNN",
-                          {"hidden": config.hidden, "mixtures": config.mixtures})
     vae_file = config.vae_dir / VAE_WEIGHTS
     vae_sha256 = _file_sha256(vae_file) if vae_file.exists() else None  # of the V loaded: hashed around it
     vae = load_vae(config.vae_dir)
     if _file_sha256(vae_file) != vae_sha256:
         raise ArtifactError(f"{vae_file} changed while it was being loaded (is V still training?); train M once "
                             "V's training has ended")
+    return vae, vae_sha256
+
+
+def _encode_once(config: RNNConfig, vae, vae_sha256: str, paths: list[Path], on_progress: ProgressCallback
+                 ) -> tuple[EncodedEpisodes, str]:
+    """The episodes as this V encodes them, from the cache when it holds them, and the cache's key."""
+    key = f"{hash_files(paths)}-{vae_sha256}"  # V's bytes: a copied or touched V is not encoded again
+    enc = load_encoded(config.encoded_path, key)
+    parts = parts_dir(config.encoded_path, vae_sha256)
+    for old in config.out_dir.glob("encoded-parts-*"):  # of another V, or of this set, cached whole already
+        if old != parts or enc is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    if enc is None:
+        enc = encode_episodes(vae, paths, on_progress, parts=parts)
+        save_encoded(config.encoded_path, enc, key)
+        shutil.rmtree(parts, ignore_errors=True)
+    return enc, key
+
+
+def _split_episodes(paths: list[Path], config: RNNConfig, kept: list[str] | None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Indices into the encoded episodes of the training and held-out ones, and the held-out ones' paths."""
+    names = [str(Path(p).resolve()) for p in paths]  # enc holds them in this order (its key is these files)
+    train_names, heldout = split_holdout(names, config.holdout, config.seed, kept)
+    where = {name: i for i, name in enumerate(names)}
+    train_idx = np.array(sorted(where[n] for n in train_names), dtype=int)
+    held_idx = np.array(sorted(where[n] for n in heldout), dtype=int)
+    return train_idx, held_idx, heldout
+
+
+def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
+    out_dir = config.out_dir
+    start = check_new_run(out_dir, WEIGHTS, config.init_from, "MDN-RNN",
+                          {"hidden": config.hidden, "mixtures": config.mixtures})
+    vae, vae_sha256 = _load_v(config)
     z_size = vae.z_size
     if start and start.get("z_size") != z_size:  # no flag of M's changes z: it is V's
         raise ArtifactError(f"--init-from {config.init_from}: that MDN-RNN was trained on z = {start.get('z_size')}, "
@@ -216,82 +247,26 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
     if trained_on and trained_on != vae_sha256:
         log.warning("%s: V has changed since this MDN-RNN began training; it goes on from weights that learned "
                     "the old V's codes (a fresh run --init-from it says so plainly)", out_dir)
-    key = f"{hash_files(paths)}-{vae_sha256}"  # V's bytes: a copied or touched V is not encoded again
-    enc = load_encoded(config.encoded_path, key)
-    parts = parts_dir(config.encoded_path, vae_sha256)
-    for old in out_dir.glob("encoded-parts-*"):  # of another V, or of this set, cached whole already
-        if old != parts or enc is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    if enc is None:
-        enc = encode_episodes(vae, paths, on_progress, parts=parts)
-        save_encoded(config.encoded_path, enc, key)
-        shutil.rmtree(parts, ignore_errors=True)
+    enc, key = _encode_once(config, vae, vae_sha256, paths, on_progress)
     del vae
 
-    names = [str(Path(p).resolve()) for p in paths]  # enc holds them in this order (its key is these files)
-    train_names, heldout = split_holdout(names, config.holdout, config.seed, recorded_heldout(before))
-    where = {name: i for i, name in enumerate(names)}
-    train_idx = np.array(sorted(where[n] for n in train_names), dtype=int)
-    held_idx = np.array(sorted(where[n] for n in heldout), dtype=int)
+    train_idx, held_idx, heldout = _split_episodes(paths, config, recorded_heldout(before))
     train_steps = int(sum(enc.step_starts[e + 1] - enc.step_starts[e] for e in train_idx))
-    batches_per_epoch = max(1, -(-train_steps // (config.batch_size * config.seq_len)))
-    total = batches_per_epoch * config.epochs
+
+    def batches(step: int, count: int):
+        for s in range(step, step + count):
+            rng = np.random.default_rng([config.seed, s])  # batch contents depend only on (seed, step)
+            episodes = rng.choice(train_idx, size=config.batch_size, replace=len(train_idx) < config.batch_size)
+            yield make_batch(enc, episodes, config.seq_len, rng)
 
     keras.utils.set_random_seed(config.seed)
     model = MDNRNN(z_size, config.hidden, config.mixtures, config.reward_weight, config.done_weight)
-    optimizer = keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.grad_clip or None)
-    model.compile(optimizer=optimizer)
-    state, artifact_config["init_from"] = resume_or_start(out_dir, model, optimizer, WEIGHTS, config.init_from,
-                                                          "rnn")
-    lineage = state.get("lineage") or []
-    step = resumed_from = int(state["step"])
-    if step == 0 and starts_over_its_own_weights(out_dir, artifact_config["init_from"]):
-        checkpoint_start(out_dir, model, optimizer, {"step": 0, "total": total, "lineage": lineage,
-                                                      "heldout": heldout, "vae_sha256": vae_sha256}, WEIGHTS)
-    atomic_write_json(out_dir / "config.json", artifact_config)
-    history = History(out_dir / "history.jsonl")
-    history.truncate_after("step", step)
-    train_fn = tf.function(model.train_step)
-    metrics: dict = {}
-    last_ckpt = step
-    started = time.monotonic()
-
-    def checkpoint() -> None:
-        nonlocal last_ckpt
-        save_checkpoint(out_dir, model, optimizer,
-                        {"step": step, "total": total, "lineage": lineage, "heldout": heldout,
-                         "vae_sha256": vae_sha256}, WEIGHTS)
-        last_ckpt = step
-
-    go_on = bool(on_progress(step, total, {"phase": "training"}))
-    if step < total and go_on:
-        mark_unfinished(out_dir)
-    while step < total and go_on:
-        rng = np.random.default_rng([config.seed, step])  # batch contents depend only on (seed, step)
-        episodes = rng.choice(train_idx, size=config.batch_size, replace=len(train_idx) < config.batch_size)
-        logs = train_fn(make_batch(enc, episodes, config.seq_len, rng))
-        step += 1
-        metrics = {k: float(v) for k, v in logs.items()}
-        metrics["epoch"] = step / batches_per_epoch
-        if step % batches_per_epoch == 0:
-            for m in model.metrics:
-                m.reset_state()
-            val = evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed)
-            metrics.update(val)
-            history.append({"step": step, **metrics, "time": round(time.monotonic() - started, 2)})
-        elif step % 5 == 0:
-            history.append({"step": step, **metrics, "time": round(time.monotonic() - started, 2)})
-        if step - last_ckpt >= config.checkpoint_every:
-            checkpoint()
-        go_on = bool(on_progress(step, total, metrics))
-    checkpoint()
-    # No batch trained in this call (the run was complete, or stopped at once): the weights are the ones
-    # the previous call's training metrics describe.
-    final = previous_metrics(out_dir, step) if resumed_from and step == resumed_from else {}
-    final.update(metrics)
-    final.update(evaluate_rnn(model, enc, held_idx, config.seq_len, config.seed))
-    final.update({"step": step, "total_steps": total, "resumed_from": resumed_from, "complete": step >= total,
-                  "train_episodes": len(train_idx), "heldout_episodes": len(held_idx), "z_size": z_size})
-    write_meta(out_dir, "rnn", artifact_config, final, seed=config.seed, data_hash=key, extra={"lineage": lineage})
-    return final
-
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.grad_clip or None))
+    return train(TrainingPlan(
+        kind="rnn", weights=WEIGHTS, out_dir=out_dir, model=model, config=artifact_config, seed=config.seed,
+        epochs=config.epochs, batches_per_epoch=max(1, -(-train_steps // (config.batch_size * config.seq_len))),
+        checkpoint_every=config.checkpoint_every, batches=batches,
+        heldout_metrics=lambda rnn: evaluate_rnn(rnn, enc, held_idx, config.seq_len, config.seed),
+        state={"heldout": heldout, "vae_sha256": vae_sha256}, data_hash=key,
+        summary={"train_episodes": len(train_idx), "heldout_episodes": len(held_idx), "z_size": z_size},
+        log_every=5, phase="training"), on_progress)
