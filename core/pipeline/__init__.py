@@ -1,7 +1,8 @@
 """The stages, one module per CLI stage and named as the CLI names it: ``collect``, ``train_vae``,
 ``train_rnn``, ``evolve`` (with its acceptance ``gate``), ``evaluate``, ``compare``, ``record``,
 ``export``, ``snapshot`` and ``dream``; ``rollout`` is the pure function (params, seed, settings) ->
-result that evolve and evaluate run in worker processes.
+result that evolve and evaluate run in worker processes, and ``training`` the one training loop that
+train-vae and train-rnn share (checkpoints, resume, held-out metrics, progress).
 
 Each stage is a function ``stage(config, on_progress) -> dict``: it validates its config, holds the run
 folder's lock, resumes from its checkpoint, reports progress through the callback (a falsy return asks it
