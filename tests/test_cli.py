@@ -76,7 +76,7 @@ def _state(path: Path, key: str) -> int:
 
 def test_train_vae_resumes_after_kill_9(tiny_data, tmp_path):
     args = ["train-vae", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path), "--z-size", "8",
-            "--epochs", "8", "--batch-size", "4", "--checkpoint-every", "10", "--holdout", "0", "--quiet"]
+            "--epochs", "4", "--batch-size", "4", "--checkpoint-every", "10", "--holdout", "0", "--quiet"]
     state = tmp_path / "vae" / "checkpoint" / "state.json"
     proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     _kill_when(proc, lambda: _state(state, "step") >= 20)
@@ -93,7 +93,7 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     run = tmp_path / "run"
     for part in ("vae", "rnn"):
         shutil.copytree(tiny_world_model / part, run / part)
-    args = ["evolve", "--run-dir", str(run), "--generations", "8", "--popsize", "4", "--rollouts", "1",
+    args = ["evolve", "--run-dir", str(run), "--generations", "5", "--popsize", "4", "--rollouts", "1",
             "--max-steps", "15", "--eval-every", "0", "--workers", "1", "--env", TEST_ENV, "--quiet"]
     state = run / "controller" / "state.json"
     proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -101,16 +101,16 @@ def test_evolve_resumes_after_kill_9(tiny_world_model, tmp_path):
     killed_at = _state(state, "generation")
     resumed = cli(*[a for a in args if a not in ("--eval-every", "0")])  # a setting left out is kept
     out = summary(resumed)
-    assert out["resumed_from"] == killed_at >= 2 and out["generation"] == 8
+    assert out["resumed_from"] == killed_at >= 2 and out["generation"] == 5
     assert "with its saved settings: --eval-every 0" in resumed.stderr
     assert read_json(run / "controller" / "config.json", "config")["eval_every"] == 0
     gens = [r["generation"] for r in read_history(run / "controller" / "history.jsonl")]
-    assert gens == list(range(1, 9))
+    assert gens == list(range(1, 6))
     import numpy as np
     with np.load(run / "controller" / "latest.npz") as f:
-        assert int(f["generation"]) == 8 and f["mean"].shape == f["best_candidate"].shape == (out["n_params"],)
+        assert int(f["generation"]) == 5 and f["mean"].shape == f["best_candidate"].shape == (out["n_params"],)
     # The saved CMA-ES state fixes the population and the covariance: other values are refused, not ignored.
-    changed = [a if a != "4" else "6" for a in args] + ["--generations", "9"]
+    changed = [a if a != "4" else "6" for a in args] + ["--generations", "6"]
     proc = cli(*changed, "--no-diagonal", check=False)
     assert proc.returncode == 2 and "--popsize 4 -> 6" in proc.stderr and "--diagonal True -> False" in proc.stderr
     assert "Traceback" not in proc.stderr
