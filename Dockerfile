@@ -24,13 +24,14 @@ ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements.txt /tmp/requirements.txt
 # `python3 -m venv`: the python:3.11 images have /usr/local/bin/python3, Debian's has /usr/bin/python3.
+# Then out (about 0.6 GB of 2.6 GB): C++ headers for building extensions (tensorflow/include alone is
+# 287 MB), the packages' own test suites, and the static symbol tables (.symtab/.strtab) of TensorFlow's
+# and Arrow's shared libraries; their dynamic symbols, which loading needs, stay (as in Debian's own
+# packages). One step, so that the build cache holds the venv once. The imports at the end check that the
+# stripped libraries still load.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -q -r /tmp/requirements.txt
-# Out (about 0.6 GB of 2.6 GB): C++ headers for building extensions (tensorflow/include alone is 287 MB),
-# the packages' own test suites, and the static symbol tables (.symtab/.strtab) of TensorFlow's and
-# Arrow's shared libraries; their dynamic symbols, which loading needs, stay (as in Debian's own packages).
-# The imports at the end check that the stripped libraries still load.
-RUN cd /opt/venv/lib/python3*/site-packages \
+ && /opt/venv/bin/pip install -q -r /tmp/requirements.txt \
+ && cd /opt/venv/lib/python3*/site-packages \
  && rm -rf tensorflow/include pyarrow/include pyarrow/src \
  && find . -type d -name tests -prune -exec rm -rf {} + \
  && find tensorflow pyarrow -type f -name '*.so*' -exec strip --strip-unneeded {} + \
