@@ -46,7 +46,10 @@ COPY --from=build /opt/venv /opt/venv
 # The code and the shipped model stay root's: the app never writes there.
 COPY . /app
 WORKDIR /app
+# PYTHONPATH: the app's jobs run `python -m core.app.jobs` in /data, and the CLI anywhere (the scripts
+# install the project in editable mode for the same reason).
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     WORLD_MODELS_ROOT=/data \
     WM_LEADERBOARD_DB=/data/leaderboard.sqlite3 \
