@@ -6,8 +6,9 @@ user other than root.
 The image builds on ``$WM_DOCKER_BASE_IMAGE`` (default ``wm-base:bookworm``, made by
 scripts/make-base-image.sh from this machine's apt mirror when missing, as root). pip inside the build
 gets the package index settings this machine's pip uses (``pip config`` and ``PIP_*``), where they are
-URLs a container can reach. The built image stays tagged ``world-models:test`` for the next run (the
-build is cached); the container and the volume are removed. Screenshots and the measured times go to
+URLs a container can reach. The built image stays tagged ``world-models:test`` (and its build stage
+``world-models:test-build``) for the next run, whose build is then cached; the container and the volume
+are removed. Screenshots and the measured times go to
 test-output/docker/.
 """
 
@@ -26,12 +27,15 @@ from pathlib import Path
 
 import pytest
 
+from core.app.race import KEY_GAS, KEY_LEFT
+from core.app.race.server import WS_PATH, decode_frame
 from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
 from tests.browser.test_pages_browser import PAGES, no_exceptions
 from tests.browser.test_race_browser import goto, grid_cells, wait_status
 from tests.conftest import ROOT
 
 IMAGE = "world-models:test"
+BUILD_STAGE = "world-models:test-build"  # the Dockerfile's build stage, tagged so that its cache is kept
 BASE_IMAGE = os.environ.get("WM_DOCKER_BASE_IMAGE", "wm-base:bookworm")
 OUT = ROOT / "test-output" / "docker"
 PLAYER = "Docker racer"
@@ -120,8 +124,9 @@ def image_id(ref: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def image(docker_daemon, tmp_path_factory) -> str:
-    """``world-models:test`` built from the Dockerfile (cached layers reused); the image it replaces, if
-    any, is removed."""
+    """``world-models:test`` built from the Dockerfile (cached layers reused), its build stage tagged
+    ``world-models:test-build`` so the next build finds the venv in the cache; the images these tags
+    pointed to before, if any, are removed."""
     if image_id(BASE_IMAGE) is None:
         if BASE_IMAGE != "wm-base:bookworm" or os.geteuid() != 0 or shutil.which("debootstrap") is None:
             pytest.skip(f"the base image {BASE_IMAGE} is missing; make it with scripts/make-base-image.sh "
@@ -129,18 +134,20 @@ def image(docker_daemon, tmp_path_factory) -> str:
         made = subprocess.run(["bash", str(ROOT / "scripts" / "make-base-image.sh"), BASE_IMAGE],
                               capture_output=True, text=True, timeout=1200)
         assert made.returncode == 0, made.stderr[-3000:]
-    before = image_id(IMAGE)
+    before = {tag: image_id(tag) for tag in (BUILD_STAGE, IMAGE)}
     log = tmp_path_factory.mktemp("build") / "build.log"
+    args = ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *pip_build_args()]
     start = time.monotonic()
     with open(log, "w") as out:
-        built = subprocess.run(["docker", "build", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *pip_build_args(),
-                                "-t", IMAGE, str(ROOT)], stdout=out, stderr=subprocess.STDOUT, timeout=1500)
+        for target in (["--target", "build", "-t", BUILD_STAGE], ["-t", IMAGE]):
+            built = subprocess.run(["docker", "build", *args, *target, str(ROOT)], stdout=out,
+                                   stderr=subprocess.STDOUT, timeout=1500)
+            assert built.returncode == 0, f"docker build failed:\n{log.read_text()[-5000:]}"
     TIMES["build_s"] = time.monotonic() - start
-    assert built.returncode == 0, f"docker build failed:\n{log.read_text()[-5000:]}"
-    after = image_id(IMAGE)
     TIMES["image_bytes"] = float(docker("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
-    if before and before != after:
-        docker("image", "rm", before, check=False)  # still in use elsewhere: then it stays
+    for tag, old in before.items():
+        if old and old != image_id(tag):
+            docker("image", "rm", old, check=False)  # still in use elsewhere: then it stays
     return IMAGE
 
 
@@ -202,7 +209,7 @@ def leaderboard_rows(name: str) -> list[list]:
     return json.loads(in_container(name, "python3", "-c", script))
 
 
-def test_the_app_runs_as_a_user_other_than_root_with_the_shipped_model_in_reach(container):
+def test_the_app_runs_as_a_user_other_than_root_with_the_shipped_model_and_the_cli_in_reach(container):
     name = container
     assert in_container(name, "id", "-u") != "0"
     assert docker("image", "inspect", "--format", "{{.Config.User}}", IMAGE).stdout.strip() not in ("", "root", "0")
@@ -210,6 +217,11 @@ def test_the_app_runs_as_a_user_other_than_root_with_the_shipped_model_in_reach(
     assert in_container(name, "readlink", "/data/models") == "/app/models"
     # Nothing of the app is writable by it but the volume.
     assert in_container(name, "sh", "-c", "touch /app/x 2>/dev/null && echo writable || echo read-only") == "read-only"
+    # The CLI runs in the data root, as the app's jobs do (python -m core.app.jobs there), and writes into it.
+    docker("exec", "-w", "/data", name, "python3", "-m", "core", "collect", "--out-dir", "data/docker-check",
+           "--episodes", "1", "--max-steps", "30", "--workers", "1", "--quiet", timeout=300)
+    files = in_container(name, "ls", "/data/data/docker-check").split()
+    assert "manifest.json" in files and sum(f.startswith("ep_") and f.endswith(".npz") for f in files) == 1, files
 
 
 def test_every_page_renders_through_the_containers_port(container, page):
@@ -229,8 +241,6 @@ async def _drive(ws_url: str, token: str) -> dict:
     race after END_AFTER_STEPS steps and read frames until it is over; what arrived."""
     import websockets
 
-    from core.race import KEY_GAS, KEY_LEFT
-    from core.race_server import decode_frame
     async with websockets.connect(ws_url, max_size=2**22, open_timeout=20) as ws:
         await ws.send(json.dumps({"type": "hello", "token": token}))
         ready_msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
@@ -293,7 +303,7 @@ def test_a_race_over_the_websocket_lands_on_the_leaderboard_in_the_volume_and_su
     # over with the token: it resumes and drives. (Chromium drawing the race on this machine's cores would
     # slow the container's race down by half or more.)
     page.goto("about:blank")
-    ws_url = url.replace("http://", "ws://").rstrip("/") + "/api/race/ws"
+    ws_url = url.replace("http://", "ws://").rstrip("/") + WS_PATH
     start = time.monotonic()
     with ThreadPoolExecutor(1) as pool:  # its own thread and event loop, apart from Playwright's
         seen = pool.submit(asyncio.run, _drive(ws_url, tokens[-1])).result(RACE_TIMEOUT_S + 60)
