@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian machine (Python packages, Chromium for the
-# browser tests, PostgreSQL for the leaderboard's tests on PostgreSQL), then run the whole suite.
-# Extra arguments go to pytest.
+# browser tests, PostgreSQL for the leaderboard's tests on PostgreSQL, Docker and debootstrap for the
+# image's test), then run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+{ command -v docker && command -v dockerd; } >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -14,7 +16,23 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "note: ${missing[*]} missing and not root; the tests that need them will be skipped" >&2
     fi
 fi
+# Docker for tests/test_docker.py (as root): Debian's daemon, started here when none answers and stopped
+# at the end, and the local base image the test builds on (no container registry needed).
+if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
+    if ! docker info >/dev/null 2>&1; then
+        dockerd >/var/log/dockerd.log 2>&1 &
+        dockerd_pid=$!
+        trap 'kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true' EXIT
+        for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        echo "note: the Docker daemon did not start (see /var/log/dockerd.log); the docker tests will be skipped" >&2
+    elif ! docker image inspect wm-base:bookworm >/dev/null 2>&1; then
+        bash scripts/make-base-image.sh >/dev/null \
+            || echo "note: the base image could not be made; tests/test_docker.py will say why" >&2
+    fi
+fi
 source scripts/python-env.sh
 install_requirements requirements-dev.txt
 export SDL_VIDEODRIVER=dummy TF_CPP_MIN_LOG_LEVEL=2
-exec "$PY" -m pytest "$@"
+"$PY" -m pytest "$@"  # not exec: the trap above stops a Docker daemon started here
