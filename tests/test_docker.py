@@ -32,7 +32,7 @@ from core.app.race.server import WS_PATH, decode_frame
 from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
 from tests.browser.test_pages_browser import PAGES, no_exceptions
 from tests.browser.test_race_browser import goto, grid_cells, wait_status
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_process
 
 IMAGE = "world-models:test"
 BUILD_STAGE = "world-models:test-build"  # the Dockerfile's build stage, tagged so that its cache is kept
@@ -82,11 +82,7 @@ def docker_daemon(tmp_path_factory):
             time.sleep(0.5)
         yield
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_process(daemon, 30)
         log.close()
 
 
