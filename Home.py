@@ -8,8 +8,9 @@ builds the ASGI app that serves Streamlit together with the race WebSocket, on t
 
 import streamlit as st
 
-from core.app import app_data
+from core.app import app_data, race
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
+from core.machine import SMALL_MACHINE_ENV, small_machine
 from core.models.controller import PARAMS_KEYS
 
 DIAGRAM = """
@@ -97,6 +98,8 @@ def home() -> None:
                 st.caption("Not trained yet.")
 
     model = app_data.world_model(default)
+    if small_machine():  # load the AI's weights now, before a job can run beside the load (core.machine)
+        race.warm_up(default)
     report = model["evaluation"]
     if model["usable"]:
         shipped = "the shipped world model" if default == SHIPPED_MODEL_DIR else "your trained world model"
@@ -129,6 +132,9 @@ def home() -> None:
         "6. **Race** the AI on the same track, and put your time on the **Leaderboard**.")
     st.caption("Every stage runs as a background job: it keeps going when you change page or reload, and "
                "resumes from its checkpoint after a stop.")
+    if small_machine():
+        st.caption(f"This app runs with the small-machine setting (`{SMALL_MACHINE_ENV}`): one job at a time, "
+                   "each with one thread per math library, so that it fits a host with little memory.")
 
 
 def _how_it_learned(model_dir: str, report: dict | None) -> None:

@@ -245,6 +245,35 @@ def test_a_second_socket_takes_over_and_a_closed_race_ends_its_socket(server):
     assert replaced == race_server.CLOSE_REPLACED and gone == race_server.CLOSE_GONE
 
 
+def test_the_socket_answers_under_a_path_prefix_too(server):
+    """Behind a proxy that serves the app under a prefix (Community Cloud's /~/+/) or with
+    server.baseUrlPath, the page asks for <base>/api/race/ws: the same socket, and a socket under one path
+    replaces that race's socket under another. Other paths are no socket."""
+    registry, url = server
+    session = new_race(registry, "prefixed")
+    root = url.removesuffix(WS_PATH)
+
+    async def go():
+        first = await join(root + "/~/+" + WS_PATH, session.token)
+        await frames(first, 3)
+        second = await join(root + "/some/base" + WS_PATH, session.token)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(first.recv(), 5)
+        await frames(second, 3)
+        await second.close()
+        refused = []
+        for path in ("/api/race/wsx", "/~/+/api/race", "/api/race/ws/more"):
+            with pytest.raises(websockets.InvalidStatus) as status:
+                await websockets.connect(root + path)
+            refused.append(status.value.response.status_code)
+        return closed.value.rcvd.code, refused
+
+    replaced, refused = asyncio.run(go())
+    assert replaced == race_server.CLOSE_REPLACED
+    assert refused == [403, 403, 403]  # Starlette refuses a socket no route takes with 403
+
+
 def test_a_race_whose_step_fails_ends_with_a_message_not_a_reconnect_loop(server, monkeypatch, caplog):
     """A failing step used to close the socket plainly: the page reconnected to a paused race that failed
     again at every resume."""

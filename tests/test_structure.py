@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 
 # core's packages, lowest first: a module may import from its own layer and those below, never above.
-LAYERS = {"core": 0, "core.config": 0, "core.progress": 0, "core.errors": 0, "core.stages": 0,
+LAYERS = {"core": 0, "core.config": 0, "core.progress": 0, "core.errors": 0, "core.stages": 0, "core.machine": 0,
           "core.envs": 1, "core.storage": 2, "core.models": 3, "core.pipeline": 4, "core.app": 5,
           "core.cli": 6, "core.__main__": 6}
 PACKAGES = ("models", "envs", "pipeline", "storage", "app", "app/race")

@@ -111,10 +111,21 @@ class RaceView {
     this.parent.append(root);
   }
 
+  // The socket's URL: ws_path is relative, resolved against the page as Streamlit resolves its own assets
+  // ("./static/..."). A page is served at <base>/<page> (or at <base>/, the default page), so this gives
+  // <base>/api/race/ws under any path prefix: server.baseUrlPath, or a proxy's such as Community Cloud's
+  // /~/+/. From the site root (/api/race/ws) the socket would miss the app behind such a proxy.
+  socketUrl() {
+    const url = new URL(this.data.ws_path, document.baseURI);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.search = "";
+    url.hash = "";
+    return url;
+  }
+
   connect() {
     if (this.closed) return;
-    const url = new URL(this.data.ws_path, window.location.href);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const url = this.socketUrl();
     const ws = new WebSocket(url.href);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
@@ -137,7 +148,7 @@ class RaceView {
       if (!this.everReady && this.retries >= NEVER_CONNECTED_RETRIES) {
         // Not one connection in all this time: something between the browser and the app (a proxy that
         // does not pass WebSockets, say) blocks the race's socket. Keep trying, but say so.
-        this.setStatus("reconnecting", `The race cannot reach the server (${this.data.ws_path}): a proxy or ` +
+        this.setStatus("reconnecting", `The race cannot reach the server (${url.pathname}): a proxy or ` +
           "firewall may be blocking WebSockets. Still trying…");
       } else {
         this.setStatus("reconnecting", "Connection lost: the race is paused. Reconnecting…");

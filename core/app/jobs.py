@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.errors import is_user_error
+from core.machine import SMALL_MACHINE_ENV, job_env, max_jobs
 from core.stages import JOB_STAGES, STAGES
 from core.storage.artifacts import atomic_write_text
 
@@ -66,6 +67,17 @@ class JobConflict(JobAlreadyRunning):
                                     f"{'trains' if writes else 'reads'} `{folder}`, which this one "
                                     f"{'reads' if writes else 'would train'}; wait for it to end or stop it "
                                     "first")
+        self.job = job
+
+
+class JobLimit(JobConflict):
+    """The small-machine setting (``core.machine``) runs at most ``limit`` jobs at once, all stages together,
+    and that many are running; ``job`` is one of them."""
+
+    def __init__(self, job: "Job", limit: int):
+        RuntimeError.__init__(self, f"this app runs {limit} job{'' if limit == 1 else 's'} at a time "
+                                    f"({SMALL_MACHINE_ENV}=1: a small machine), and the {_title(job.stage)} job "
+                                    f"(job {job.id}) is running; wait for it to end or stop it first")
         self.job = job
 
 
@@ -307,8 +319,9 @@ class JobRegistry:
     def start(self, stage: str, config: Any) -> Job:
         """Validate ``config`` (a stage config dataclass) and run its stage in a child process.
 
-        Raises ``ConfigError`` for a bad value, ``JobAlreadyRunning`` when this stage has an active job, and
-        ``JobConflict`` when an active job trains a V or M this one reads, or reads the one it would train.
+        Raises ``ConfigError`` for a bad value, ``JobAlreadyRunning`` when this stage has an active job,
+        ``JobConflict`` when an active job trains a V or M this one reads, or reads the one it would train,
+        and ``JobLimit`` when the small-machine setting's number of jobs are running (``core.machine``).
         """
         from core.config import to_dict, validate
         if stage not in JOB_STAGES:
@@ -321,6 +334,9 @@ class JobRegistry:
             running = next((j for j in self._jobs.values() if j.stage == stage and j.active), None)
             if running is not None:
                 raise JobAlreadyRunning(running)
+            limit, active = max_jobs(), [j for j in self._jobs.values() if j.active]
+            if limit is not None and len(active) >= limit:
+                raise JobLimit(min(active, key=lambda j: j.started_at), limit)
             out_dir = STAGES[stage].out_dir(config_dict)
             reads = {self._place(p) for p in STAGES[stage].world_model_inputs(config_dict)}
             for other in (j for j in self._jobs.values() if j.active):
@@ -350,7 +366,7 @@ class JobRegistry:
             job._record_path = self.jobs_dir / f"{job.id}.json"
             job._log_file = open(self.jobs_dir / f"{job.id}.log", "a", encoding="utf-8")
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ)
+        env = job_env(os.environ)  # with the small-machine setting, fewer threads (core.machine)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("SDL_VIDEODRIVER", "dummy")

@@ -10,14 +10,22 @@ TensorFlow: the parent extracts them once and sends them along.
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from core import CODE_ROOT
 from core.envs.env import preprocess
+from core.machine import SMALL_MACHINE_ENV, small_machine
 from core.models.controller import Controller, load_controller
 from core.storage import weights_cache
 from core.storage.artifacts import ArtifactError
+
+log = logging.getLogger(__name__)
 
 WorldModelWeights = dict  # str -> float32 ndarray; see extract_weights
 
@@ -168,6 +176,13 @@ def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
     cached = weights_cache.read(key) if key else None
     if cached is not None:
         return cached
+    if key and small_machine() and "tensorflow" not in sys.modules:
+        # TensorFlow stays in memory once imported (~0.65 GB): on a small machine a child process pays it,
+        # fills the cache and exits. If it cannot, the load below runs here and reports why.
+        _cache_in_child(model_dir)
+        cached = weights_cache.read(key)
+        if cached is not None:
+            return cached
     try:
         from core.models.mdnrnn import load_rnn
         from core.models.vae import load_vae
@@ -187,3 +202,26 @@ def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
     if key and weights_cache.fingerprint(model_dir) == key:  # not rewritten while loading (a checkpoint, say)
         weights_cache.write(weights, key)
     return weights
+
+
+CACHE_CHILD_TIMEOUT_S = 600  # seconds a child loading V and M may take (TensorFlow's import on a busy machine)
+
+
+def _cache_in_child(model_dir: Path) -> bool:
+    """Load ``model_dir``'s V and M in a child process, which writes them to the weights cache; returns
+    whether the child succeeded. The child runs with the small-machine setting off, so it loads in place."""
+    env = dict(os.environ, **{SMALL_MACHINE_ENV: "0"})
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from core.models.agent import "
+                               "load_world_model_weights; load_world_model_weights(sys.argv[1])",
+                               str(model_dir.resolve())],
+                              cwd=CODE_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=CACHE_CHILD_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("loading %s in a child process failed (%s); loading it here", model_dir, e)
+        return False
+    if done.returncode != 0:
+        log.warning("loading %s in a child process failed (exit %s); loading it here:\n%s", model_dir,
+                    done.returncode, done.stderr.decode(errors="replace")[-2000:])
+    return done.returncode == 0

@@ -35,18 +35,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_app(root: Path) -> Iterator[str]:
-    """``streamlit run Home.py`` with ``root`` as WORLD_MODELS_ROOT and its own leaderboard; yields the URL."""
+def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> Iterator[str]:
+    """``streamlit run Home.py`` with ``root`` as WORLD_MODELS_ROOT and its own leaderboard; yields the URL.
+    With ``base_url_path`` the app runs with ``--server.baseUrlPath`` and the URL ends with that path;
+    ``args`` go to ``streamlit run`` as well, ``env`` adds to its environment."""
     port = free_port()
-    env = dict(os.environ, WORLD_MODELS_ROOT=str(root), WM_LEADERBOARD_DB=str(root / "board.sqlite3"),
-               SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2")
+    base = base_url_path.strip("/") + "/" if base_url_path.strip("/") else ""
+    env = {**os.environ, "WORLD_MODELS_ROOT": str(root), "WM_LEADERBOARD_DB": str(root / "board.sqlite3"),
+           "SDL_VIDEODRIVER": "dummy", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     log_path = root / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "Home.py"), "--server.port",
-                                 str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                                 str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                                 *(["--server.baseUrlPath", base] if base else []), *args],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            url = f"http://127.0.0.1:{port}/"
+            url = f"http://127.0.0.1:{port}/{base}"
             deadline = time.monotonic() + 60
             while True:
                 try:

@@ -4,7 +4,8 @@
 ``streamlit run Home.py`` serves with uvicorn. A custom component's value would cost a script rerun
 (about 80 ms) per key press; a socket carries keys in well under a tick.
 
-Protocol (``WS_PATH``):
+Protocol (``WS_PATH``, at the app's root or under any path prefix, such as ``server.baseUrlPath`` or a
+proxy's; the page connects to ``api/race/ws`` relative to its own URL):
 
 * The browser's first message is ``{"type": "hello", "token": "..."}``, the token its page got when it
   started the race. An unknown token is answered ``{"type": "error", ...}`` and closed (code 4403); a
@@ -288,11 +289,17 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
 
 def component_data(session: RaceSession) -> dict:
     """What the race view component (assets/race/race.js) needs to connect to ``session``."""
-    return {"token": session.token, "ws_path": WS_PATH, "mode": session.mode, "seed": session.seed,
+    return {"token": session.token, "ws_path": WS_PATH.lstrip("/"), "mode": session.mode, "seed": session.seed,
             "labels": [d.label for d in session.drivers], "kinds": [d.kind for d in session.drivers]}
 
 
 def race_routes(registry: RaceRegistry | Callable[[], RaceRegistry] = get_registry) -> list[BaseRoute]:
-    """The Starlette routes of the race: one WebSocket at ``WS_PATH`` over ``registry`` (the process-wide
-    one by default, which the Race page fills)."""
-    return [WebSocketRoute(WS_PATH, RaceSocket(registry).endpoint, name="race_ws")]
+    """The Starlette routes of the race: one WebSocket over ``registry`` (the process-wide one by default,
+    which the Race page fills), at ``WS_PATH`` and at ``WS_PATH`` under any path prefix.
+
+    ``st.App`` serves its routes as given, not under ``server.baseUrlPath``; and a proxy that serves the app
+    under a prefix (Community Cloud's ``/~/+/``) may pass that prefix on or cut it off. The page asks for
+    the socket under its own base (``<base>/api/race/ws``), which arrives here either way."""
+    endpoint = RaceSocket(registry).endpoint  # one endpoint, so a reconnect by either path replaces the other
+    return [WebSocketRoute(WS_PATH, endpoint, name="race_ws"),
+            WebSocketRoute("/{prefix:path}" + WS_PATH, endpoint, name="race_ws_prefixed")]

@@ -1,0 +1,50 @@
+"""The small-machine setting, for a host with little memory such as Streamlit Community Cloud (an app gets
+at most 2.7 GB and up to 2 cores there).
+
+Turn it on with ``WM_SMALL_MACHINE=1`` in the server's environment, or as a root-level Streamlit secret
+(``WM_SMALL_MACHINE = "1"`` in ``.streamlit/secrets.toml`` or in Community Cloud's secrets box): Streamlit
+makes root-level secrets environment variables when its server starts, so it is read here, at each use,
+from the environment. What it changes (figures: BENCHMARKS.md, "Memory"):
+
+- The app runs one job at a time, all stages together (``core.app.jobs.JobRegistry``): every training job
+  holds its own TensorFlow, about 0.65 GB before it trains.
+- Jobs start with one thread per math library (BLAS, OpenMP, TensorFlow's two pools; ``JOB_ENV``), so a
+  training job leaves the other core to the server, whose race steps 50 times a second. (This saves no
+  memory to speak of; measured: the same peak for a VAE job.)
+- The race's AI reads V's and M's weights from the weights cache; when they are not cached yet (after a
+  reboot, say), a child process loads them with Keras and fills the cache (``core.models.agent``), so the
+  server does not import TensorFlow for a race. The Home page starts that load at the first visit, before
+  a job can run beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+SMALL_MACHINE_ENV = "WM_SMALL_MACHINE"
+TRUE_WORDS = ("1", "true", "yes", "on")
+SMALL_MACHINE_MAX_JOBS = 1  # jobs running at once, all stages together
+JOB_ENV = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}  # a job's threads
+
+
+def small_machine(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the small-machine setting is on (``WM_SMALL_MACHINE`` is 1, true, yes or on)."""
+    value = (os.environ if environ is None else environ).get(SMALL_MACHINE_ENV, "")
+    return value.strip().lower() in TRUE_WORDS
+
+
+def max_jobs() -> int | None:
+    """Jobs the app runs at once, all stages together; None: no limit beyond one per stage."""
+    return SMALL_MACHINE_MAX_JOBS if small_machine() else None
+
+
+def job_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a job's process starts with: ``env``, plus ``JOB_ENV`` on a small machine (a value
+    already set in ``env`` is kept)."""
+    out = dict(env)
+    if small_machine(env):
+        for var, value in JOB_ENV.items():
+            out.setdefault(var, value)
+    return out
