@@ -438,6 +438,11 @@ def section(results: list[Scenario], quick: bool, episodes: int, seconds: float)
         lines.append(f"| {r.stage} | {r.setting} | {_gb(r.server_idle_kb)} | {_gb(s.peak_role['server'])} | "
                      f"{_gb(s.peak_role['job'])} | **{_gb(s.peak_total)}** | {_gb(s.peak_once)} | "
                      f"{'met' if s.peak_total * 1024 <= GOAL_GB * GB else '**missed**'} |")
+    lines.append("")
+    for setting in dict.fromkeys(r.setting for r in results):
+        worst = max((r for r in results if r.setting == setting), key=lambda r: r.sampler.peak_total)
+        lines.append(f"- Highest peak, setting `{setting}`: **{_gb(worst.sampler.peak_total)} GB** ({worst.stage}; "
+                     f"{_gb(worst.sampler.peak_once)} GB with mapped files counted once).")
     lines += ["", "The largest processes of each run (each one's own peak, VmHWM, GB), how long the race took "
                   "(a 20 s race runs in slow motion while a job takes the cores), how far the job got, and the "
                   "load average (1 min) before and after:", ""]

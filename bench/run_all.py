@@ -53,7 +53,7 @@ def run_section(name: str, quick: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs, rougher figures")
-    parser.add_argument("--slow", action="store_true", help="also run the slow sections (about 80 minutes)")
+    parser.add_argument("--slow", action="store_true", help="also run the slow sections (about 40 minutes)")
     parser.add_argument("--out", help="default: BENCHMARKS.md, or with --quick bench-quick.md (rough figures "
                                       "never replace the measured ones by accident)")
     parser.add_argument("--section", help="run this one module and write its section alone to --out")
