@@ -19,8 +19,8 @@ venv_python() {
                 exit 1
             fi
         fi
-        echo "note: made a virtual environment in $dir (python3 here refuses pip installs); the app and" \
-             "tests run from it: $dir/bin/python" >&2
+        echo "note: made a virtual environment in $PWD/$dir (python3 here refuses pip installs); the app and" \
+             "tests run from it: $PWD/$dir/bin/python" >&2
     fi
     PY="$dir/bin/python"
 }
