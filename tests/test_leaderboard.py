@@ -5,6 +5,7 @@ the PostgreSQL server is the test session's own)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -250,11 +251,14 @@ def test_a_file_that_is_not_a_database_is_explained(tmp_path):
 
 def damage_runs_table(path) -> None:
     """Overwrite the pages of a SQLite leaderboard's runs table (not its indexes) with garbage."""
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page_size = con.execute("PRAGMA page_size").fetchone()[0]
-    pages = [p for (p,) in con.execute("SELECT pageno FROM dbstat WHERE name = 'runs' AND pagetype = 'leaf'")]
-    con.close()
+    # In a fresh interpreter: once TensorFlow is loaded in this one, sqlite3 may run on the SQLite that
+    # TensorFlow carries, which is built without the dbstat table.
+    script = ("import json, sqlite3, sys; con = sqlite3.connect(sys.argv[1]); "
+              "con.execute('PRAGMA wal_checkpoint(TRUNCATE)'); "
+              "print(json.dumps([con.execute('PRAGMA page_size').fetchone()[0], [p for (p,) in con.execute("
+              "\"SELECT pageno FROM dbstat WHERE name = 'runs' AND pagetype = 'leaf'\")]]))")
+    page_size, pages = json.loads(subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                                                 capture_output=True, text=True).stdout)
     assert pages
     with open(path, "r+b") as f:
         for page in pages:
