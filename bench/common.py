@@ -1,12 +1,21 @@
-"""Helpers shared by the benchmarks: machine description and robust timing."""
+"""Helpers shared by the benchmarks, and by the tests that start the same servers: machine description,
+robust timing, and ``streamlit run Home.py`` on a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from typing import Callable
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine_info() -> str:
@@ -39,3 +48,51 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> floa
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """End a server started here (by its Popen): ask, wait up to ``timeout`` seconds, then kill."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def streamlit_server(root: Path, env: dict[str, str], base: str = "", args: tuple[str, ...] = (),
+                     timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``streamlit run Home.py`` on 127.0.0.1 with ``env`` (its whole environment), logging to
+    ``root/streamlit.log``; yields (its URL, its process) once its health check answers. ``base``: a path
+    prefix given as ``--server.baseUrlPath`` (the URL ends with it); ``args`` go to ``streamlit run``. A
+    server that does not answer within ``timeout`` seconds is a RuntimeError with the end of its log."""
+    port = free_port()
+    base = base.strip("/") + "/" if base.strip("/") else ""
+    log_path = root / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "Home.py"), "--server.port",
+                                 str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+                                 "--browser.gatherUsageStats", "false",
+                                 *(["--server.baseUrlPath", base] if base else []), *args],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}/{base}"
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(url + "_stcore/health", timeout=1).read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()[-3000:]}") from None
+                    time.sleep(0.3)
+            yield url, proc
+        finally:
+            stop_process(proc, 30)

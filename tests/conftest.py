@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -92,13 +91,3 @@ def leaderboard_at(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "board.sqlite3")
     return request.getfixturevalue("postgres").new_database()
-
-
-def stop_process(proc, timeout: float = 20) -> None:
-    """End a server a test started (by its Popen): ask, wait up to ``timeout`` seconds, then kill."""
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -16,13 +16,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+
+from bench.common import free_port
 
 USER = "wm"  # the cluster's superuser
 START_TIMEOUT_S = 30.0  # seconds to wait for the server to accept connections
@@ -34,12 +35,6 @@ def find_bindir() -> Path | None:
     found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
     found.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
     return found[-1] if found else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as() -> dict:
@@ -77,7 +72,7 @@ class PostgresServer:
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed ({init.returncode}): {init.stderr.strip()[-2000:]}")
         for attempt in range(3):  # another process may take the free port between the probe and the bind
-            self.port = _free_port()
+            self.port = free_port()
             log = open(self.folder / "server.log", "ab")
             self.proc = subprocess.Popen(
                 [self.bindir / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(self.port), "-k", self.folder,

@@ -26,12 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.common import stop_process
 from core.app.race import KEY_GAS, KEY_LEFT
 from core.app.race.server import WS_PATH, decode_frame
 from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
 from tests.browser.test_pages_browser import PAGES, no_exceptions
 from tests.browser.test_race_browser import goto, grid_cells, wait_status
-from tests.conftest import ROOT, stop_process
+from tests.conftest import ROOT
 
 IMAGE = "world-models:test"
 BUILD_STAGE = "world-models:test-build"  # the Dockerfile's build stage, tagged so that its cache is kept

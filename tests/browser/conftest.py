@@ -4,18 +4,14 @@ Debian's Chromium (/usr/bin/chromium) driven by Playwright, with the flags this 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, make_app_root, stop_process
+from bench.common import streamlit_server
+from tests.conftest import make_app_root
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,42 +24,16 @@ BROWSER_MARKS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (),
                   env: dict[str, str] | None = None) -> Iterator[str]:
     """``streamlit run Home.py`` with ``root`` as WORLD_MODELS_ROOT and its own leaderboard; yields the URL.
     With ``base_url_path`` the app runs with ``--server.baseUrlPath`` and the URL ends with that path;
     ``args`` go to ``streamlit run`` as well, ``env`` adds to its environment."""
-    port = free_port()
-    base = base_url_path.strip("/") + "/" if base_url_path.strip("/") else ""
     env = {**os.environ, "WORLD_MODELS_ROOT": str(root), "WM_LEADERBOARD_DB": str(root / "board.sqlite3"),
            "SDL_VIDEODRIVER": "dummy", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    log_path = root / "streamlit.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "Home.py"), "--server.port",
-                                 str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                                 *(["--server.baseUrlPath", base] if base else []), *args],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}/{base}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(url + "_stcore/health", timeout=1).read()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-                    time.sleep(0.3)
-            yield url
-        finally:
-            stop_process(proc)
+    with streamlit_server(root, env, base_url_path, args, timeout=60) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
