@@ -56,7 +56,8 @@ KINDS = ("human", "ai")
 OUTCOMES = ("lap", "off-track", "time", "ended")  # lap done, left the playfield, out of steps, gave up
 MAX_STEPS = 1000  # CarRacing's own episode limit; longer logs are rejected
 SEED_LIMIT = 2**63  # track seeds are 0 <= seed < SEED_LIMIT (a signed 64-bit column)
-BUSY_TIMEOUT_S = 10.0  # seconds a SQLite writer waits for another's lock before giving up
+BUSY_TIMEOUT_S = 30.0  # seconds a SQLite writer waits for another's lock before giving up; a finished run is
+# worth the wait on a loaded machine
 CONNECT_TIMEOUT_S = 10  # seconds to wait for a PostgreSQL server to answer
 REASON_MAX_CHARS = 300  # characters of a database's own error message kept in a LeaderboardError
 _MIGRATION_LOCK_KEY = 0x574D4C42  # PostgreSQL advisory lock held while the schema is upgraded ('WMLB')
