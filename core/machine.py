@@ -25,8 +25,11 @@ from typing import Mapping
 SMALL_MACHINE_ENV = "WM_SMALL_MACHINE"
 TRUE_WORDS = ("1", "true", "yes", "on")
 SMALL_MACHINE_MAX_JOBS = 1  # jobs running at once, all stages together
-JOB_ENV = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}  # a job's threads
+# One thread per math library: worker processes always start so (core.envs.env.spawn_context), jobs on a
+# small machine too.
+SINGLE_THREAD_ENV = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                          "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+JOB_ENV = SINGLE_THREAD_ENV  # what a job's process adds to its environment on a small machine
 
 
 def small_machine(environ: Mapping[str, str] | None = None) -> bool:

@@ -16,14 +16,13 @@ import gymnasium as gym
 import numpy as np
 
 from core.envs.actions import ACTION_HIGH, ACTION_LOW, ACTION_SIZE  # noqa: F401 - part of env's face
+from core.machine import SINGLE_THREAD_ENV
 
 FRAME_SIZE = 64  # pixels, V's input side
 CROP_ROWS = 84  # rows of the 96-row observation kept (paper: 0:84 drops the HUD)
 FPS = 50  # CarRacing's simulation steps a second
 
 
-SINGLE_THREAD_ENV = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                           "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
 
 
 def spawn_context():
