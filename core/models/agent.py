@@ -207,9 +207,10 @@ def load_world_model_weights(model_dir: Path | str) -> WorldModelWeights:
 CACHE_CHILD_TIMEOUT_S = 600  # seconds a child loading V and M may take (TensorFlow's import on a busy machine)
 
 
-def _cache_in_child(model_dir: Path) -> bool:
-    """Load ``model_dir``'s V and M in a child process, which writes them to the weights cache; returns
-    whether the child succeeded. The child runs with the small-machine setting off, so it loads in place."""
+def _cache_in_child(model_dir: Path) -> None:
+    """Load ``model_dir``'s V and M in a child process, which writes them to the weights cache (the caller
+    reads the cache afterwards: that is the test of success). The child runs with the small-machine setting
+    off, so it loads in place."""
     env = dict(os.environ, **{SMALL_MACHINE_ENV: "0"})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -220,8 +221,7 @@ def _cache_in_child(model_dir: Path) -> bool:
                               stderr=subprocess.PIPE, timeout=CACHE_CHILD_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as e:
         log.warning("loading %s in a child process failed (%s); loading it here", model_dir, e)
-        return False
+        return
     if done.returncode != 0:
         log.warning("loading %s in a child process failed (exit %s); loading it here:\n%s", model_dir,
                     done.returncode, done.stderr.decode(errors="replace")[-2000:])
-    return done.returncode == 0
