@@ -2,7 +2,7 @@
 
 The CLI builds a subcommand per entry (its flags from ``config``), the job runner imports ``entry`` in its
 child process and names jobs by ``title``, the pages link a running job to ``page`` and refuse the
-shipped model as ``writes``, and conflicts between jobs come from ``reads`` and ``writes``. Adding a
+shipped model as ``out_dir``, and conflicts between jobs come from ``reads`` and ``out_dir``. Adding a
 stage means adding one entry here (and its module under ``core.pipeline``).
 
 Entry points are named, not imported: ``python -m core --help``, a flag error and the app's server answer
@@ -48,7 +48,7 @@ class Stage:
     entry: str  # "module:function" taking (config, on_progress) and returning a dict of final metrics
     title: str  # how pages and messages name it
     description: str  # one line for the CLI's help
-    writes: Callable[[Settings], str]  # the folder it writes, from its settings
+    out_dir: Callable[[Settings], str]  # the folder it writes, from its settings
     reads: Callable[[Settings], list[str]] = lambda c: []  # the V and M folders it reads (job conflicts);
     # controllers are left out: evaluate and record read one once at their start, beside its evolution
     page: str | None = None  # the page that runs it as a background job; None: CLI only
@@ -60,9 +60,6 @@ class Stage:
         module, name = self.entry.split(":")
         return getattr(importlib.import_module(module), name)
 
-    def out_dir(self, settings: Settings) -> str:
-        return self.writes(settings)
-
     def world_model_inputs(self, settings: Settings) -> set[str]:
         """The V and M folders this stage reads, normalised."""
         return {os.path.normpath(f) for f in self.reads(settings)}
@@ -71,36 +68,36 @@ class Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("collect", CollectConfig, "core.pipeline.collect:collect", "Collect",
           "Collect random-policy episodes (resumes: existing episodes are kept).",
-          writes=lambda c: str(c["out_dir"]), reads=_collect_reads, page="pages/1_Collect.py", unit="episodes",
+          out_dir=lambda c: str(c["out_dir"]), reads=_collect_reads, page="pages/1_Collect.py", unit="episodes",
           go_on=("Episodes", "Out dir")),
     Stage("train-vae", VAEConfig, "core.pipeline.train_vae:train_vae", "Train VAE",
           "Train the ConvVAE (V) on collected frames (resumes from its checkpoint).",
-          writes=_in_run("vae"), page="pages/2_Train_VAE.py", part="vae", unit="batches",
+          out_dir=_in_run("vae"), page="pages/2_Train_VAE.py", part="vae", unit="batches",
           go_on=("Epochs", "Run dir")),
     Stage("train-rnn", RNNConfig, "core.pipeline.train_rnn:train_rnn", "Train RNN",
           "Encode frames with V, train the MDN-RNN (M) (resumes from its checkpoint).",
-          writes=_in_run("rnn"), reads=_world_model("run_dir", "vae"), page="pages/3_Train_RNN.py", part="rnn",
+          out_dir=_in_run("rnn"), reads=_world_model("run_dir", "vae"), page="pages/3_Train_RNN.py", part="rnn",
           unit="batches", go_on=("Epochs", "Run dir")),
     Stage("evolve", EvolveConfig, "core.pipeline.evolve:evolve", "Evolve",
           "Evolve the controller (C) with CMA-ES in the real env (resumes each generation).",
-          writes=_in_run("controller"), reads=_world_model("run_dir", "vae", "rnn"), page="pages/4_Evolve.py",
+          out_dir=_in_run("controller"), reads=_world_model("run_dir", "vae", "rnn"), page="pages/4_Evolve.py",
           part="controller", unit="generations", go_on=("Generations", "Run dir")),
     Stage("evaluate", EvaluateConfig, "core.pipeline.evaluate:evaluate", "Evaluate",
           "Evaluate a world model on the fixed evaluation tracks; writes a JSON report.",
-          writes=lambda c: str(Path(c["model_dir"]) / "controller"), reads=_world_model("model_dir", "vae", "rnn"),
+          out_dir=lambda c: str(Path(c["model_dir"]) / "controller"), reads=_world_model("model_dir", "vae", "rnn"),
           page="pages/4_Evolve.py", unit="episodes"),
     Stage("record", RecordConfig, "core.pipeline.record:record", "Record",
           "Render an episode (the agent, or an action log) to MP4.",
-          writes=lambda c: str(Path(c["out"]).parent), reads=_record_reads, page="pages/4_Evolve.py"),
+          out_dir=lambda c: str(Path(c["out"]).parent), reads=_record_reads, page="pages/4_Evolve.py"),
     Stage("export", ExportConfig, "core.pipeline.export:export", "Export",
           "Copy a trained world model (weights, configs, metadata, curves) into models/ for the app.",
-          writes=lambda c: str(c["out_dir"])),
+          out_dir=lambda c: str(c["out_dir"])),
     Stage("snapshot", SnapshotConfig, "core.pipeline.snapshot:snapshot", "Snapshot",
           "Freeze an evolution's current CMA-ES mean or averaged mean into a file, to evaluate and ship.",
-          writes=_in_run("controller")),
+          out_dir=_in_run("controller")),
     Stage("compare", CompareConfig, "core.pipeline.compare:compare", "Compare",
           "Compare two evaluation reports track by track: is the challenger better than the baseline?",
-          writes=lambda c: str(Path(c["out"]).parent) if c.get("out") else ""),
+          out_dir=lambda c: str(Path(c["out"]).parent) if c.get("out") else ""),
 )}
 
 JOB_STAGES = tuple(name for name, s in STAGES.items() if s.page)  # the stages the app runs as background jobs
