@@ -157,17 +157,47 @@ def test_race_against_the_ai_steps_both_cars_on_the_same_track():
     np.testing.assert_allclose(runs[1][1], np.tile(agent.action, (FAST.max_steps, 1)))
 
 
-def test_ending_early_keeps_the_person_and_drops_the_cut_short_ai():
+def test_ending_early_hands_the_ais_run_over_to_be_driven_to_its_end():
     finished = []
-    s = RaceSession(seed=5, mode="vs_ai", player="Ann", config=FAST, agent=ScriptedAgent(),
-                    on_finish=finished.append)
+    agent = ScriptedAgent()
+    s = RaceSession(seed=5, mode="vs_ai", player="Ann", config=FAST, agent=agent, on_finish=finished.append)
     for _ in range(FAST.countdown_ticks + 8):
         s.set_keys(KEY_GAS)
         s.tick()
+    seen_frame = s.view()[2][1].copy()
     s.command("end")
     s.tick()
     assert s.finished and [d.outcome for d in s.drivers] == ["ended", "ended"]
-    assert [r[0]["kind"] for r in finished[0].runs] == ["human"]
+    (race_over,) = finished
+    assert [r[0]["kind"] for r in race_over.runs] == ["human"]  # the AI's run is not over: it goes on
+    (rest,) = race_over.going_on
+    assert rest.kind == "ai" and rest.steps == 8 and not rest.done and s.drivers[1].env is None
+    rest.drive_to_end(FAST.max_steps)
+    assert rest.outcome == "time" and rest.steps == FAST.max_steps and agent.seen == FAST.max_steps
+    np.testing.assert_array_equal(rest.action_log()[:8], s.drivers[1].action_log())
+    # What the player saw when the race ended stays as it was.
+    assert s.drivers[1].steps == 8 and s.status_dict()["drivers"][1]["outcome"] == "ended"
+    np.testing.assert_array_equal(s.view()[2][1], seen_frame)
+    s.close()  # the handed-over env is its new driver's to close
+
+
+def test_a_race_ended_in_its_countdown_or_abandoned_drives_nothing_on():
+    for record in (True, False):
+        finished = []
+        s = RaceSession(seed=5, mode="vs_ai", player="Ann", config=FAST, agent=ScriptedAgent(),
+                        on_finish=finished.append)
+        s.tick()
+        s.end(record=record)
+        assert s.finished and all(race.going_on == [] for race in finished) and s.drivers[1].env is not None
+
+
+def test_a_persons_run_ended_too_soon_is_scored_but_not_recorded():
+    summary = {"label": "Ann", "kind": "human", "steps": 2, "outcome": "ended"}
+    assert "ended after 2 steps" in race.unrecorded_reason(summary, 250)
+    assert "250 steps (5 s)" in race.unrecorded_reason(summary, 250)
+    assert race.unrecorded_reason(dict(summary, steps=250), 250) == ""
+    assert race.unrecorded_reason(dict(summary, outcome="off-track"), 250) == ""  # over on its own: it counts
+    assert race.unrecorded_reason(dict(summary, kind="ai"), 250) == ""
 
 
 def test_watch_mode_needs_an_ai():
@@ -326,6 +356,72 @@ def test_finished_race_is_scored_by_replay_and_stored(registry, leaderboard_at):
     assert row["player"] == "<b>Ann</b>" and row["kind"] == "human" and row["seed"] == 8
     assert row["outcome"] == "time" and row["race_id"] == s.race_id
     np.testing.assert_array_equal(row["actions"], s.human.action_log())
+
+
+class GatedAgent(ScriptedAgent):
+    """A ScriptedAgent that, once ``gate_after`` actions are taken, waits for ``gate`` before each next one."""
+
+    def __init__(self, gate_after: int):
+        super().__init__(action=(-0.3, 0.6, 0.0))
+        import threading
+        self.gate, self.gate_after = threading.Event(), gate_after
+
+    def act(self, obs):
+        if self.seen >= self.gate_after:
+            assert self.gate.wait(30)
+        return super().act(obs)
+
+
+def test_a_race_against_the_ai_ended_early_records_both_whole_runs(leaderboard_at):
+    """The player ends the race at step 12 of 40: their run is recorded as it is, and the AI's run is driven
+    on to step 40 in the background, replayed and recorded; the results compare both cars at step 12 and at
+    the end of the AI's run, and the track now has runs of both kinds."""
+    agent = GatedAgent(gate_after=20)
+    reg = RaceRegistry(dataclass_replace(FAST, min_steps=10), board_path=leaderboard_at,
+                       agent_loader=lambda model_dir: agent)
+    try:
+        s = reg.create(owner="a", player="Ann", seed=6, mode="vs_ai", model_dir="models")
+        while s.steps < 12:
+            s.set_keys(KEY_GAS)
+            s.tick()
+        at_end = [d.score for d in s.drivers]
+        s.end()
+        reg._scorer.submit(lambda: None).result(30)
+        status = s.status_dict()
+        assert status["ai_pending"] and [r["kind"] for r in status["results"]] == ["human"]
+        assert race.versus_ai(status)[-1]["ai"] is None  # the AI's final score is on its way
+        agent.gate.set()
+        reg.wait_scored()
+        status = s.status_dict()
+        assert not status["ai_pending"] and status["submit_error"] is None
+        human, ai = status["results"]
+        assert human["steps"] == 12 and human["outcome"] == "ended" and human["unrecorded"] == ""
+        assert ai["kind"] == "ai" and ai["steps"] == FAST.max_steps and ai["outcome"] == "time"
+        board = Leaderboard(leaderboard_at)
+        stored = board.get(ai["run_id"])
+        replayed = replay_run(6, stored["actions"])
+        assert stored["race_id"] == s.race_id and stored["steps"] == FAST.max_steps
+        assert stored["score"] == pytest.approx(replayed.score) and ai["live_score"] == pytest.approx(replayed.score)
+        assert board.human_vs_ai(6)["kind"].tolist() == ["ai", "human"]  # the People vs AI chart has the track
+        when_ended, at_the_end = race.versus_ai(status)
+        assert [when_ended["you"], when_ended["ai"]] == pytest.approx(at_end) and "step 12" in when_ended["when"]
+        assert at_the_end["ai"] == pytest.approx(ai["score"]) and at_the_end["gap"] == pytest.approx(
+            human["score"] - ai["score"])
+    finally:
+        agent.gate.set()
+        reg.shutdown()
+
+
+def test_a_persons_run_ended_after_a_few_steps_stays_off_the_board(registry):
+    s = registry.create(owner="a", player="Ann", seed=8, mode="solo")
+    while s.steps < 2:
+        s.set_keys(KEY_GAS)
+        s.tick()
+    s.end()
+    registry.wait_scored()
+    (result,) = s.status_dict()["results"]
+    assert result["run_id"] is None and "ended after 2 steps" in result["unrecorded"]
+    assert registry.board().count() == 0
 
 
 def test_the_stored_score_is_the_replays_not_the_browsers(leaderboard_at, caplog):

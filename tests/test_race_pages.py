@@ -19,7 +19,7 @@ from tests.test_leaderboard import damage_runs_table
 ROOT = Path(__file__).resolve().parents[1]
 RACE_PAGE = str(ROOT / "pages" / "6_Race.py")
 BOARD_PAGE = str(ROOT / "pages" / "7_Leaderboard.py")
-CONFIG = RaceConfig(max_steps=20, countdown_s=0.0, max_races=2)
+CONFIG = RaceConfig(max_steps=20, min_steps=8, countdown_s=0.0, max_races=2)
 
 
 @pytest.fixture
@@ -197,13 +197,69 @@ def test_a_race_against_the_ai_renders_either_car_or_both(registry, tiny_world_m
     assert one.proto.url != at.get("video")[0].proto.url  # one car, then both: another video
 
 
-def test_watching_the_ai_and_ending_early_says_why_nothing_was_scored(registry, tiny_world_model):
+def drive(session, steps: int) -> None:
+    while session.steps < steps:
+        session.set_keys(KEY_GAS)
+        session.tick()
+
+
+def test_watching_the_ai_and_ending_early_still_records_its_whole_run(registry, tiny_world_model):
     owner = "fedcba9876543210"
     session = registry.create(owner=owner, player="", seed=5, mode="watch", model_dir=str(tiny_world_model))
     session.tick()
     session.end()
     at = page_of_finished_race(registry, owner)
-    assert any("the AI's run was ended before it finished" in m for m in messages(at, "info"))
+    table = at.dataframe[0].value
+    assert table["kind"].tolist() == ["ai"] and table["steps"].tolist() == [CONFIG.max_steps]
+    assert table["outcome"].tolist() == ["time"] and table["run_id"].notna().all()
+
+
+def test_a_race_against_the_ai_ended_early_compares_both_cars_and_fills_the_chart(registry, tiny_world_model):
+    """Ended at step 10 of 20: the page shows the person's run at once and the AI's whole run when the server
+    has driven it on; the Leaderboard's People vs AI chart then has the track."""
+    from tests.test_race import GatedAgent
+    agent = GatedAgent(gate_after=15)
+    registry._load_agent = lambda model_dir: agent
+    owner = "00112233445566ff"
+    session = registry.create(owner=owner, player="Ann", seed=9, mode="vs_ai", model_dir=str(tiny_world_model))
+    drive(session, 10)
+    session.end()
+    registry._scorer.submit(lambda: None).result(30)
+    at = AppTest.from_file(RACE_PAGE, default_timeout=60)
+    at.query_params["racer"] = owner
+    at.run()
+    assert not at.exception and at.dataframe[0].value["kind"].tolist() == ["human"]
+    assert any("drives its run on to the end" in c.value for c in at.caption)
+    versus = at.dataframe[1].value
+    assert versus["when"].tolist() == ["when the race ended (step 10)", "at the end of the AI's run"]
+    assert versus["ai"].isna().tolist() == [False, True]
+
+    agent.gate.set()
+    registry.wait_scored()
+    at.run()
+    assert not at.exception and at.dataframe[0].value["kind"].tolist() == ["human", "ai"]
+    assert at.dataframe[0].value["steps"].tolist() == [10, CONFIG.max_steps]
+    versus = at.dataframe[1].value
+    assert versus["when"].tolist()[1] == f"at the end of the AI's run (step {CONFIG.max_steps})"
+    assert versus["ai"].notna().all()
+    assert any("beat the AI" in m for m in messages(at, "success")) or \
+        any("The AI wins" in m for m in messages(at, "info"))
+
+    board_page = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
+    assert not board_page.exception and board_page.get("plotly_chart")
+    assert not any("race the AI to fill it" in c.value for c in board_page.caption)
+
+
+def test_a_run_ended_too_soon_says_why_it_is_not_on_the_leaderboard(registry):
+    owner = "0a1b2c3d4e5f6071"
+    session = registry.create(owner=owner, player="Ann", seed=3, mode="solo")
+    drive(session, 2)
+    session.end()
+    at = page_of_finished_race(registry, owner)
+    (warning,) = messages(at, "warning")
+    assert warning.startswith("Ann's run is not on the Leaderboard: it was ended after 2 steps")
+    assert f"needs {CONFIG.min_steps} steps" in warning
+    assert not any("video" in b.label for b in at.button) and registry.board().count() == 0
 
 
 def test_a_leaderboard_file_that_is_not_a_database_is_explained(registry, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from core.app.race.registry import RaceRegistry, get_registry, score_and_record
 from core.app.race.replay import ReplayResult, make_race_env, replay_run
 from core.app.race.session import (BRAKE, GAS, KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_MASK_ALL, KEY_RIGHT, MODE_LABELS,
                                    MODES, SEED_MAX, Driver, FinishedRace, RaceConfig, RaceSession, check_seed,
-                                   keys_to_action, parse_owner, random_seed)
+                                   keys_to_action, parse_owner, random_seed, unrecorded_reason, versus_ai)
 from core.app.race.video import (LABEL_BAR, VIDEO_SCALE, race_frames, render_leaderboard_runs, render_runs_mp4,
                                  render_video)
 from core.config import ConfigError
@@ -30,5 +30,5 @@ __all__ = [
     "SEED_MAX", "keys_to_action", "replay_run", "make_race_env", "score_and_record", "get_registry",
     "available_models", "is_world_model", "load_agent", "warm_up", "parse_owner", "model_label", "check_seed",
     "random_seed", "single_threaded_blas", "render_runs_mp4", "render_leaderboard_runs", "render_video",
-    "race_frames", "LABEL_BAR", "VIDEO_SCALE", "ConfigError",
+    "race_frames", "LABEL_BAR", "VIDEO_SCALE", "ConfigError", "unrecorded_reason", "versus_ai",
 ]

@@ -1,5 +1,6 @@
 """The races a server holds: who owns which (a random owner id in the page's URL), how many may run at
-once, and what happens to a finished one (scored by replay, recorded on the leaderboard).
+once, and what happens to a finished one (scored by replay, recorded on the leaderboard, and the AI's run,
+when the player ended the race before it was over, driven on to its end in the background and recorded too).
 """
 
 from __future__ import annotations
@@ -16,17 +17,28 @@ from core.app.leaderboard import Leaderboard, Run, validate_player_name
 from core.app.race.ai import load_agent, single_threaded_blas
 from core.app.race.errors import RaceError, RaceFull
 from core.app.race.replay import replay_run
-from core.app.race.session import MODES, FinishedRace, RaceConfig, RaceSession, check_seed, parse_owner
+from core.app.race.session import (
+    MODES,
+    Driver,
+    FinishedRace,
+    RaceConfig,
+    RaceSession,
+    check_seed,
+    parse_owner,
+    unrecorded_reason,
+)
 from core.config import validate
 
 log = logging.getLogger(__name__)
 
 
 def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
-    """Replay each run of a finished race on its seed and store the replayed score.
+    """Replay each run of a finished race on its seed and store the replayed score of each run that counts
+    (``session.unrecorded_reason``: a person's run ended after fewer than ``race.min_steps`` steps does not).
 
     Returns one dict per run: label, kind, model, score (the replay's), live_score, steps, tiles,
-    total_tiles, skipped (tiles left behind, live), outcome, run_id.
+    total_tiles, skipped (tiles left behind, live), outcome, run_id (None when not recorded) and
+    unrecorded (why not, or "").
     """
     results = []
     for driver, actions in race.runs:
@@ -35,15 +47,17 @@ def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
             log.warning("race %s: %s scored %.3f live but %.3f in the replay (%d vs %d steps)", race.race_id,
                         driver["label"], driver["score"], replay.score, driver["steps"], replay.steps)
         outcome = replay.outcome or driver["outcome"] or "ended"
+        why_not = unrecorded_reason(dict(driver, steps=replay.steps, outcome=outcome), race.min_steps)
         player = driver["label"] if driver["kind"] == "human" else "AI"
-        run_id = board.add(Run(player=player, kind=driver["kind"], model=driver["model"], seed=race.seed,
-                               score=replay.score, steps=replay.steps, tiles=replay.tiles,
-                               total_tiles=replay.total_tiles, outcome=outcome, actions=actions[:replay.steps],
-                               race_id=race.race_id))
+        run_id = None if why_not else board.add(
+            Run(player=player, kind=driver["kind"], model=driver["model"], seed=race.seed, score=replay.score,
+                steps=replay.steps, tiles=replay.tiles, total_tiles=replay.total_tiles, outcome=outcome,
+                actions=actions[:replay.steps], race_id=race.race_id))
         results.append({"label": driver["label"], "kind": driver["kind"], "model": driver["model"],
                         "score": replay.score, "live_score": driver["score"], "steps": replay.steps,
                         "tiles": replay.tiles, "total_tiles": replay.total_tiles,
-                        "skipped": driver.get("skipped", 0), "outcome": outcome, "run_id": run_id})
+                        "skipped": driver.get("skipped", 0), "outcome": outcome, "run_id": run_id,
+                        "unrecorded": why_not})
     return results
 
 
@@ -65,6 +79,9 @@ class RaceRegistry:
         self._lock = threading.Lock()
         self._pending = 0  # slots reserved by races being built
         self._scorer = ThreadPoolExecutor(1, thread_name_prefix="race-score")
+        # The AI's runs that players cut short, driven on one at a time beside the live races.
+        self._driver = ThreadPoolExecutor(1, thread_name_prefix="race-ai-drive")
+        self._driving = 0  # runs queued or being driven on (at most config.max_races)
 
     def board(self) -> Leaderboard:
         return Leaderboard(self.board_path)
@@ -165,14 +182,48 @@ class RaceRegistry:
         except Exception as e:  # a broken database must not take the race server down
             log.exception("scoring race %s failed", race.race_id)
             results, error = [], f"the run could not be saved: {e}"
+        going_on = list(race.going_on)
+        with self._lock:
+            room = max(0, self.config.max_races - self._driving)
+            self._driving += min(room, len(going_on))
+        for rest in going_on[room:]:  # players ending race after race faster than the AI's runs are driven
+            rest.env.close()
+            error = error or "the server is busy: the AI's run was not driven on to its end, so it is not recorded"
+        self._set_results(race, results, error, pending=room > 0 and bool(going_on))
+        for rest in going_on[:room]:
+            self._driver.submit(self._drive_on, race, rest)
+
+    def _set_results(self, race: FinishedRace, results: list[dict], error: str | None, pending: bool) -> None:
         session = race.session
         with session._lock:
             if session.attempt == race.attempt:
-                session.results, session.submit_error = results, error
+                session.results = (session.results or []) + results
+                session.submit_error = session.submit_error or error
+                session.ai_pending = pending
 
-    def wait_scored(self, timeout: float = 30.0) -> None:
-        """Block until scoring queued so far is done (tests, benchmarks)."""
+    def _drive_on(self, race: FinishedRace, rest: Driver) -> None:
+        """Drive the AI's cut-short run to its own end, then score and record it like any finished run."""
+        try:
+            rest.drive_to_end(race.max_steps, self._pace)
+            scored = dataclasses.replace(race, runs=[(rest.summary(), rest.action_log())], going_on=[])
+            results, error = score_and_record(scored, self.board()), None
+        except Exception as e:  # a broken database or a failing step must not take the race server down
+            log.exception("driving on the AI's run of race %s failed", race.race_id)
+            results, error = [], f"the AI's run could not be finished and saved: {e}"
+        finally:
+            with self._lock:
+                self._driving -= 1
+        self._set_results(race, results, error, pending=False)
+
+    def _pace(self, seconds: float) -> None:
+        """Between two steps of an AI run driven on: while live races tick, rest as long as the step took, so
+        it takes at most half a core and leaves the GIL to their 50 Hz tickers; else only yield it."""
+        time.sleep(seconds if self.active() else 0.0)
+
+    def wait_scored(self, timeout: float = 60.0) -> None:
+        """Block until scoring queued so far is done, and the AI's runs it drives on (tests, benchmarks)."""
         self._scorer.submit(lambda: None).result(timeout)
+        self._driver.submit(lambda: None).result(timeout)
 
     def close_all(self) -> None:
         with self._lock:
@@ -184,6 +235,7 @@ class RaceRegistry:
     def shutdown(self) -> None:
         self.close_all()
         self._scorer.shutdown(wait=True)
+        self._driver.shutdown(wait=True)
 
 
 def _replace(config: RaceConfig, **changes) -> RaceConfig:

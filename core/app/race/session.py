@@ -15,6 +15,7 @@ track), ``watch`` (the AI alone).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -65,6 +66,9 @@ class RaceConfig:
 
     max_steps: int = param(1000, "env steps a run may take at most (CarRacing's own limit: 1000 = 20 s)",
                            minimum=1, maximum=1000)
+    min_steps: int = param(250, "env steps a person's run needs to go on the leaderboard when the player ends it "
+                                "(250 = 5 s); a run that ends on its own (lap, off the map, time up) always counts",
+                           minimum=0, maximum=1000)
     countdown_s: float = param(3.0, "seconds of countdown before the start", minimum=0.0, maximum=10.0)
     resume_countdown_s: float = param(1.0, "seconds of countdown after a pause", minimum=0.0, maximum=10.0)
     max_races: int = param(_default_max_races(), "races driven at once; the next person is asked to wait "
@@ -82,6 +86,10 @@ class RaceConfig:
     @property
     def resume_ticks(self) -> int:
         return int(round(self.resume_countdown_s * FPS))
+
+    @property
+    def min_seconds(self) -> float:
+        return self.min_steps / FPS
 
 
 def keys_to_action(mask: int) -> np.ndarray:
@@ -160,6 +168,29 @@ class Driver:
     def action_log(self) -> np.ndarray:
         return np.array(self.actions, dtype=np.float32).reshape(-1, 3)
 
+    def hand_over(self) -> Driver:
+        """A Driver that carries this car's run on from here, with this one's env and agent; this one keeps
+        what the player saw (its last frame, score and steps) and no longer holds the env.
+
+        The AI's run is deterministic, so when the player ends a race the AI's car can be driven on to the
+        end of its own run without anyone watching (``drive_to_end``, on the registry's background thread)."""
+        rest = copy.copy(self)
+        rest.actions = list(self.actions)
+        self.obs = self.obs.copy()  # the env may write its next frame into the same array
+        self.env = self.agent = None
+        return rest
+
+    def drive_to_end(self, max_steps: int, between_steps: Callable[[float], None] = lambda seconds: None) -> None:
+        """Let the agent drive until the run is over, then close the env. ``between_steps(seconds)`` is called
+        after each step with the seconds it took (the registry paces the drive with it)."""
+        try:
+            while not self.done:
+                start = time.perf_counter()
+                self.step(self.agent.act(self.obs), max_steps)
+                between_steps(time.perf_counter() - start)
+        finally:
+            self.env.close()
+
     def summary(self) -> dict:
         return {"label": self.label, "kind": self.kind, "model": self.model, "score": self.score,
                 "steps": self.steps, "tiles": self.tiles, "total_tiles": self.total_tiles,
@@ -206,6 +237,7 @@ class RaceSession:
         self.paused_at: float | None = None  # when it was last paused, while it is
         self.results: list[dict] | None = None  # the scored runs of the last finished attempt
         self.submit_error: str | None = None
+        self.ai_pending = False  # the AI's run is being driven on to its end, after the player ended the race
         self._start()
 
     # -- state ------------------------------------------------------------------------------------
@@ -217,7 +249,7 @@ class RaceSession:
         self.pause_reason = ""
         self.ack = 0  # seq of the last key state applied to a step
         self.version += 1
-        self.results, self.submit_error = None, None
+        self.results, self.submit_error, self.ai_pending = None, None, False
 
     @property
     def race_id(self) -> str:
@@ -271,22 +303,29 @@ class RaceSession:
             self._start()
 
     def end(self, record: bool = True) -> None:
-        """The player gives up: runs still going end now and the race is over. With ``record=False``
-        (a race abandoned for another) nothing goes to the leaderboard."""
+        """The player gives up: runs still going end now and the race is over. The AI's run, once it has
+        started, is handed over to be driven on to its own end in the background (``Driver.hand_over``).
+        With ``record=False`` (a race abandoned for another) nothing goes to the leaderboard."""
         with self._lock:
             if self.status == "finished":
                 return
+            going_on = []
             for d in self.drivers:
                 if not d.done:
+                    if record and d.kind == "ai" and d.steps > 0 and self._on_finish is not None:
+                        going_on.append(d.hand_over())
                     d.outcome = "ended"
-            self._finish(record)
+            self._finish(record, going_on)
 
-    def _finish(self, record: bool = True) -> None:
+    def _finish(self, record: bool = True, going_on: list[Driver] | None = None) -> None:
         self.status, self.pause_reason = "finished", ""
         self.version += 1
         if record and self._on_finish is not None:
+            self.ai_pending = bool(going_on)  # the registry clears it once the AI's run is scored
             # A snapshot: the player may restart before the runs are scored.
-            self._on_finish(FinishedRace(self, self.race_id, self.attempt, self.seed, self.finished_runs()))
+            self._on_finish(FinishedRace(self, self.race_id, self.attempt, self.seed, self.finished_runs(),
+                                         going_on=going_on or [], min_steps=self.config.min_steps,
+                                         max_steps=self.config.max_steps))
 
     def attach(self) -> None:
         with self._lock:
@@ -357,16 +396,19 @@ class RaceSession:
             return self.version, meta, [d.obs for d in self.drivers]
 
     def status_dict(self) -> dict:
-        """What the page shows: status, scores so far and, once scored, the leaderboard runs."""
+        """What the page shows: status, scores so far (once finished: as they stood when the race ended) and,
+        once scored, the scored runs; ``ai_pending`` while the AI's run is still being driven to its end."""
         with self._lock:
             return {"status": self.status, "reason": self.pause_reason, "seed": self.seed, "mode": self.mode,
                     "connected": self.connected, "steps": self.steps, "attempt": self.attempt,
-                    "drivers": [d.summary() for d in self.drivers], "results": self.results,
-                    "submit_error": self.submit_error}
+                    "drivers": [d.summary() for d in self.drivers],
+                    "results": None if self.results is None else list(self.results),
+                    "submit_error": self.submit_error, "ai_pending": self.ai_pending,
+                    "min_steps": self.config.min_steps}
 
     def finished_runs(self) -> list[tuple[dict, np.ndarray]]:
-        """(driver summary, action log) of the runs that go to the leaderboard: every person's run with a
-        step, and the AI's when it ended on its own (not cut short by the player ending the race)."""
+        """(driver summary, action log) of the runs that are over: every person's run with a step, and the
+        AI's when it ended on its own (one cut short by the player goes on in the background)."""
         with self._lock:
             return [(d.summary(), d.action_log()) for d in self.drivers
                     if d.steps > 0 and (d.kind == "human" or d.outcome != "ended")]
@@ -374,15 +416,51 @@ class RaceSession:
     def close(self) -> None:
         with self._lock:
             for d in self.drivers:
-                d.env.close()
+                if d.env is not None:  # a handed-over env is closed by whoever drives it on
+                    d.env.close()
 
 
 @dataclass(frozen=True)
 class FinishedRace:
     """The runs of one finished attempt, copied when it finished."""
 
-    session: RaceSession
+    session: RaceSession | None
     race_id: str
     attempt: int
     seed: int
     runs: list  # [(summary dict of the driver, float32 (steps, 3) action log)]
+    going_on: list = ()  # [Driver]: the AI's runs the player cut short, to be driven on to their end
+    min_steps: int = 0  # a person's run the player ended counts from this many steps (RaceConfig.min_steps)
+    max_steps: int = 1000  # the race's limit, for the runs driven on
+
+
+def unrecorded_reason(driver: dict, min_steps: int) -> str:
+    """Why a scored run stays off the leaderboard, or "" when it goes on. ``driver``: its summary, with the
+    replay's steps and outcome. A person's run the player ended needs ``min_steps`` steps; a run that ended
+    on its own (lap, off the map, time up) always counts, as does every AI run."""
+    if driver["kind"] != "human" or driver["outcome"] != "ended" or driver["steps"] >= min_steps:
+        return ""
+    return (f"it was ended after {driver['steps']} steps ({driver['steps'] / FPS:.1f} s of race time), and a "
+            f"run ended before its time needs {min_steps} steps ({min_steps / FPS:g} s) to count")
+
+
+def versus_ai(status: dict) -> list[dict]:
+    """The person against the AI, from a finished race's ``RaceSession.status_dict()``: rows of ``when``,
+    ``you``, ``ai`` (None while the AI's run is still being driven) and ``gap`` (you - AI). When the player
+    ended the race before the AI's run was over, one row for the moment it ended (the live scores) and one
+    for the end of the AI's own run (the scored runs); else one row, the end. [] without both cars."""
+    at_end = {d["kind"]: d for d in status["drivers"]}
+    scored = {r["kind"]: r for r in status["results"] or []}
+    if "human" not in scored or "ai" not in at_end:
+        return []
+    rows = []
+    if at_end["ai"]["outcome"] == "ended":
+        rows.append({"when": f"when the race ended (step {status['steps']})", "you": at_end["human"]["score"],
+                     "ai": at_end["ai"]["score"]})
+    ai = scored.get("ai")
+    if ai is not None:
+        rows.append({"when": f"at the end of the AI's run (step {ai['steps']})", "you": scored["human"]["score"],
+                     "ai": ai["score"]})
+    elif status["ai_pending"]:
+        rows.append({"when": "at the end of the AI's run", "you": scored["human"]["score"], "ai": None})
+    return [dict(r, gap=None if r["ai"] is None else r["you"] - r["ai"]) for r in rows]
