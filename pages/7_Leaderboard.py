@@ -61,10 +61,21 @@ else:
     st.caption("The chart compares people and the AI on tracks both have driven; race the AI to fill it.")
 
 with st.expander("Watch runs of one track as a video"):
-    choices = runs["id"].tolist()
-    labels = {int(r.id): f"run {r.id} · {r.player} · track {r.seed} · {r.score:.1f}" for r in runs.itertuples()}
-    picked = st.multiselect("Runs (up to two, on the same track)", choices, max_selections=2,
-                            format_func=lambda i: labels.get(int(i), str(i)))
+    # A video shows runs of one track side by side: the track comes first, and the runs offered are its own
+    # (no "Select all", at most two), so runs of two tracks can never be picked together.
+    shown_tracks = [seed for seed in tracks if seed in set(runs["seed"].astype(int))]  # most raced first
+    if track is None and len(shown_tracks) > 1:
+        st.caption("A video shows runs of one track side by side: pick the track, then one or two of its runs.")
+        video_track = st.selectbox("Track of the video", shown_tracks, key="leaderboard.video_track",
+                                   format_func=lambda s: f"Track {s}")
+    else:
+        video_track = track if track is not None else next(iter(shown_tracks), None)
+    of_track = runs[runs["seed"] == video_track]
+    labels = {int(r.id): f"run {r.id} · {r.player} · {r.score:.1f}" for r in of_track.itertuples()}
+    picked = st.multiselect(f"Runs of track {video_track} (one, or two side by side)" if labels
+                            else "Runs (none with these filters)", list(labels),
+                            max_selections=2, select_all=False, key=f"leaderboard.video_runs.{video_track}",
+                            format_func=lambda i: labels.get(int(i), str(i)), disabled=not labels)
     picked = [int(i) for i in picked]
     if st.button("Render video", disabled=not picked):
         try:

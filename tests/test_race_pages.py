@@ -164,6 +164,25 @@ def test_leaderboard_page_filters_charts_and_renders(registry, where, request):
     assert board.count() == 4
 
 
+def test_the_video_picker_offers_runs_of_one_track_only(registry):
+    """Runs of two tracks cannot be picked together: the track comes first, its runs second (at most two, and
+    no "Select all", which used to pick runs of two tracks and fail)."""
+    board = Leaderboard()
+    on_4 = [add(board, name, "human", 4, score) for name, score in (("Ann", 50.0), ("Bob", 40.0), ("Cy", 30.0))]
+    on_5 = add(board, "Dee", "human", 5, 60.0)
+    at = AppTest.from_file(BOARD_PAGE, default_timeout=60).run()
+    assert not at.exception
+    picker = at.multiselect[0]
+    assert picker.proto.max_selections == 2 and picker.proto.select_all == 0
+    assert at.selectbox(key="leaderboard.video_track").value == 4  # the most raced track first
+    assert sorted(int(o.split()[1]) for o in picker.options) == sorted(on_4)
+    at.selectbox(key="leaderboard.video_track").set_value(5).run()
+    assert [int(o.split()[1]) for o in at.multiselect[0].options] == [on_5]
+    at.multiselect[0].set_value([on_5]).run()
+    next(b for b in at.button if b.label == "Render video").click().run()
+    assert not at.exception and not at.error and at.get("video")
+
+
 def page_of_finished_race(registry, owner: str) -> AppTest:
     """The Race page its owner's reload opens once the race has been scored."""
     registry.wait_scored()
