@@ -159,22 +159,27 @@ def _how_it_learned(model_dir: str, report: dict | None) -> None:
                 _ui.endings_table(report["endings"], key="home.endings")
 
 
+# The pages under Home, by section: (file, title, icon, url_path).
+PAGES = {
+    "Train": [
+        ("pages/1_Collect.py", "Collect", ":material/sports_motorsports:", "collect"),
+        ("pages/2_Train_VAE.py", "Train VAE", ":material/visibility:", "train_vae"),
+        ("pages/3_Train_RNN.py", "Train RNN", ":material/memory:", "train_rnn"),
+        ("pages/4_Evolve.py", "Evolve", ":material/genetics:", "evolve"),
+    ],
+    "Play": [
+        ("pages/5_Dream.py", "Dream", ":material/bedtime:", "dream"),
+        ("pages/6_Race.py", "Race", ":material/flag:", "race"),
+        ("pages/7_Leaderboard.py", "Leaderboard", ":material/leaderboard:", "leaderboard"),
+    ],
+}
+
+
 def navigation():
-    pages = {
-        "World Models": [st.Page(home, title="Home", icon=":material/home:", default=True)],
-        "Train": [
-            st.Page("pages/1_Collect.py", title="Collect", icon=":material/sports_motorsports:", url_path="collect"),
-            st.Page("pages/2_Train_VAE.py", title="Train VAE", icon=":material/visibility:", url_path="train_vae"),
-            st.Page("pages/3_Train_RNN.py", title="Train RNN", icon=":material/memory:", url_path="train_rnn"),
-            st.Page("pages/4_Evolve.py", title="Evolve", icon=":material/genetics:", url_path="evolve"),
-        ],
-        "Play": [
-            st.Page("pages/5_Dream.py", title="Dream", icon=":material/bedtime:", url_path="dream"),
-            st.Page("pages/6_Race.py", title="Race", icon=":material/flag:", url_path="race"),
-            st.Page("pages/7_Leaderboard.py", title="Leaderboard", icon=":material/leaderboard:",
-                    url_path="leaderboard"),
-        ],
-    }
+    pages = {"World Models": [st.Page(home, title="Home", icon=":material/home:", default=True)]}
+    for section, entries in PAGES.items():
+        pages[section] = [st.Page(file, title=title, icon=icon, url_path=url_path)
+                          for file, title, icon, url_path in entries]
     return st.navigation(pages)
 
 
@@ -186,5 +191,11 @@ elif __name__ != "__mp_main__":  # imported by uvicorn (not by a multiprocessing
     # With a pages/ folder, a server's first script run would otherwise use the legacy pages/ discovery: a
     # first visit to /Evolve (the file's name) would run that page alone, without this file's navigation.
     PagesManager.uses_pages_directory = False
+    from pathlib import Path
+
+    from streamlit.file_util import get_static_dir
+
+    from core.app.page_html import page_routes
     from core.app.race.server import race_routes
-    app = st.App(__file__, routes=race_routes())
+    url_paths = [url_path for entries in PAGES.values() for *_, url_path in entries]
+    app = st.App(__file__, routes=race_routes() + page_routes(url_paths, Path(get_static_dir()) / "index.html"))

@@ -37,10 +37,15 @@ def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_data, tiny_world_model):
-    """The app served over a temporary root with the tiny data and world model, one server per test module."""
-    root = make_app_root(tmp_path_factory.mktemp("browser_root"), tiny_data, tiny_world_model)
-    with streamlit_app(root) as url:
+def app_root(tmp_path_factory, tiny_data, tiny_world_model) -> Path:
+    """A temporary app root with the tiny data and world model; its leaderboard is board.sqlite3 in it."""
+    return make_app_root(tmp_path_factory.mktemp("browser_root"), tiny_data, tiny_world_model)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_root):
+    """The app served over ``app_root``, one server per test module."""
+    with streamlit_app(app_root) as url:
         yield url
 
 
