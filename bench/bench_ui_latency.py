@@ -97,8 +97,6 @@ def explorer_moves(page, url: str, moves: int) -> list[float]:
     page.get_by_text("decoded with your z").first.wait_for(timeout=180_000)
     _ready(page)
     thumb = page.get_by_role("slider", name="z[").first
-    if thumb.count() == 0:
-        thumb = page.locator("[data-testid='stSlider'] [role='slider']").first
     thumb.scroll_into_view_if_needed()
     out = []
     for i in range(moves + WARMUP):

@@ -51,7 +51,7 @@ def test_c_s_action_on_a_real_moment_is_the_controller_s(model, tiny_world_model
     action = app_data.controller_action(controller, z[t], h)
     assert list(action) == ["steer", "gas", "brake"]
     np.testing.assert_allclose(list(action.values()), controller.act(z[t], h), rtol=1e-6)
-    # ...and what the agent driving that episode would have done there, had it seen the same past.
+    # ...which is the paper's squashing of W [z, h] + b.
     raw = controller.weight @ np.concatenate([z[t], h]) + controller.bias
     np.testing.assert_allclose(action["steer"], np.tanh(raw[0]), rtol=1e-5)
     np.testing.assert_allclose(action["gas"], (np.tanh(raw[1]) + 1) / 2, rtol=1e-5)
