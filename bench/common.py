@@ -68,20 +68,21 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 @contextmanager
 def streamlit_server(root: Path, env: dict[str, str], base: str = "", args: tuple[str, ...] = (),
-                     timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+                     timeout: float = 90, code: Path = ROOT) -> Iterator[tuple[str, subprocess.Popen]]:
     """``streamlit run Home.py`` on 127.0.0.1 with ``env`` (its whole environment), logging to
     ``root/streamlit.log``; yields (its URL, its process) once its health check answers. ``base``: a path
     prefix given as ``--server.baseUrlPath`` (the URL ends with it); ``args`` go to ``streamlit run``. A
-    server that does not answer within ``timeout`` seconds is a RuntimeError with the end of its log."""
+    server that does not answer within ``timeout`` seconds is a RuntimeError with the end of its log. ``code``:
+    the checkout whose app runs (default this one; a benchmark may compare another)."""
     port = free_port()
     base = base.strip("/") + "/" if base.strip("/") else ""
     log_path = root / "streamlit.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "Home.py"), "--server.port",
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(code / "Home.py"), "--server.port",
                                  str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
                                  "--browser.gatherUsageStats", "false",
                                  *(["--server.baseUrlPath", base] if base else []), *args],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}/{base}"
             deadline = time.monotonic() + timeout

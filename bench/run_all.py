@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_load", "bench.bench_dream", "bench.bench_race",
-            "bench.bench_gate")
+            "bench.bench_gate", "bench.bench_ui_latency")
 SLOW_SECTIONS = ("bench.bench_selection", "bench.bench_memory")
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 from core.app import app_data
 from core.config import VAEConfig
 from core.stages import STAGES
+from core.storage.artifacts import ArtifactError
 from pages import _ui
 
 st.title("Train VAE (V)")
@@ -70,8 +71,51 @@ def live(snap) -> None:
 _ui.job_panel("train-vae", live, unit="batches", stop_label="Stop training")
 
 st.subheader("Latent explorer")
-st.caption("Move along single dimensions of z and see what V has learned they mean. The dimensions V uses "
-           "most (the largest spread of their codes over real frames) come first.")
+st.caption("Move along single dimensions of z and see what V has learned they mean, and what C would do on "
+           "seeing it. The dimensions V uses most (the largest spread of their codes over real frames) come first.")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def moments(data_dir: str, version: float) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    return app_data.sample_moments(data_dir, count=8, seed=1)  # the frames of the reconstructions above
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def start_points(vae_key: tuple, data_key: tuple, _vae, _real: np.ndarray) -> dict:
+    # Computed once for a V and a set of frames, not on every slider move.
+    return app_data.explorer_start(_vae, _real)
+
+
+@st.cache_data(show_spinner="M reads the episode up to this frame…", max_entries=64)
+def memory(model_key: tuple, episode: str, step: int, _model) -> np.ndarray:
+    return app_data.memory_at(_model, episode, step)
+
+
+def what_c_does(z: np.ndarray, parts: dict, model, moment: tuple[str, int] | None, model_note: str | None) -> None:
+    """C's action on the z of the sliders and M's memory at the start's moment of a real drive."""
+    st.markdown("**What C would do**")
+    if model is None:
+        st.caption(model_note or "C acts on z and M's memory h: its action appears here once this run has an M "
+                   "too (Train RNN).")
+        return
+    if parts["controller_dir"] is None:
+        st.caption("No controller to ask yet: evolve one on the Evolve page.")
+        return
+    try:
+        controller = _ui.load_controller(parts["controller_dir"], model.z_size, model.hidden)
+    except ArtifactError as e:
+        st.caption(f"The controller in `{parts['controller_dir']}` cannot act on this V and M: {e}")
+        return
+    if moment is not None:
+        h = memory((parts["model_dir"], id(model.w)), moment[0], moment[1], model)
+        where = f"M's memory h at this frame ({app_data.relative(moment[0])}, step {moment[1]})"
+    else:
+        h = np.zeros(model.hidden, np.float32)
+        where = "an empty memory (h = 0, as at the start of an episode)"
+    _ui.action_bars(app_data.controller_action(controller, z, h))
+    whose = (f"C of `{parts['controller_dir']}` (this run has none yet)" if parts["shipped_controller"]
+             else f"C of `{parts['controller_dir']}`")
+    st.caption(f"{whose}, on your z and {where}.")
 
 
 @st.fragment
@@ -80,24 +124,26 @@ def explorer() -> None:
     if art is None:
         st.caption(f"No VAE in `{vae_dir}` yet.")
         return
-    real = frames(data_dir)
+    parts = app_data.explorer_parts(vae_dir)
+    model, model_note = None, None
+    if parts["model_dir"]:
+        try:  # V and M of the run together: M's memory for C, and V from the same load
+            model = _ui.load_world_model(parts["model_dir"], with_controller=False)
+        except Exception as e:  # an M of another V (another z), a file being replaced: V alone still explores
+            model_note = f"C's action needs M's memory, and the M in `{parts['model_dir']}` does not load: {e}"
     try:
-        vae = _ui.load_vae(vae_dir)
+        vae = model.vae if model is not None else _ui.load_vae(vae_dir)
     except Exception as e:
         st.error(f"Could not load V from `{vae_dir}`: {e}")
         return
+    data_key = (data_dir, app_data.data_version(data_dir))
+    real, where = moments(*data_key)
+    start = start_points((vae_dir, art["updated"], id(vae)), data_key, vae, real)
     options = ["random z (prior)"] + [f"real frame {i + 1}" for i in range(len(real))]
-    start = st.selectbox("Start from", options, index=1 if len(real) else 0, key="vae.explore_start")
-    if start.startswith("real") and len(real):
-        i = int(start.split()[-1]) - 1
-        base = np.asarray(vae.encode(real[i:i + 1].astype(np.float32) / 255.0)[0])[0]
-    else:
-        base = np.random.default_rng(0).standard_normal(vae.z_size).astype(np.float32)
-    if len(real):
-        _, spread = app_data.latent_spread(vae, real)
-        order = list(np.argsort(-spread))
-    else:
-        spread, order = np.ones(vae.z_size), list(range(vae.z_size))
+    choice = st.selectbox("Start from", options, index=1 if len(real) else 0, key="vae.explore_start")
+    i = options.index(choice) - 1  # -1: the prior
+    base = start["z"][i] if i >= 0 else start["prior"]
+    spread, order = start["spread"], start["order"]
     dims = st.multiselect("Dimensions", order, default=order[:min(8, vae.z_size)], key="vae.explore_dims",
                           format_func=lambda d: f"z[{d}] (spread {spread[d]:.2f})")
     z = base.copy()
@@ -107,13 +153,14 @@ def explorer() -> None:
         for j, d in enumerate(dims):
             with slider_cols[j % 2]:
                 z[d] = st.slider(f"z[{d}]", -4.0, 4.0, float(np.clip(base[d], -4, 4)), 0.05,
-                                 key=f"vae.z.{start}.{d}")
+                                 key=f"vae.z.{choice}.{d}")
     with cols[1]:
-        shown = [app_data.decode(vae, base[None])[0], app_data.decode(vae, z[None])[0]]
-        if start.startswith("real") and len(real):
-            shown = [real[int(start.split()[-1]) - 1]] + shown
+        shown = [start["decoded"][i] if i >= 0 else start["prior_decoded"], app_data.decode(vae, z[None])[0]]
+        if i >= 0:
+            shown = [real[i]] + shown
         st.image(app_data.grid([np.stack(shown)], scale=3),
-                 caption=("real · " if len(shown) == 3 else "") + "decoded start · decoded with your z")
+                 caption=("real · " if i >= 0 else "") + "decoded start · decoded with your z")
+        what_c_does(z, parts, model, where[i] if i >= 0 else None, model_note)
 
 
 explorer()

@@ -5,7 +5,17 @@ import numpy as np
 import streamlit as st
 
 from core.app import app_data
-from core.pipeline.dream import DREAM_FPS, Dream, dream_captions, gif, hstack, side_by_side, upscale, with_captions
+from core.pipeline.dream import (
+    DREAM_FPS,
+    Dream,
+    dream_captions,
+    dream_records,
+    gif,
+    hstack,
+    side_by_side,
+    upscale,
+    with_captions,
+)
 from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
 
@@ -112,9 +122,9 @@ def drive() -> None:
         if st.button("Let the controller drive", icon=":material/smart_toy:", key="dream.controller",
                      disabled=dream.ended):
             dream.run(steps, "controller")
-    if dream.t > t0:
+    if dream.t > t0:  # only the new steps are decoded and encoded
         start = max(0, t0)
-        play(dream.frames(start), dream_captions(dream, start), loop=False)
+        play(dream.frames(start), dream_captions(dream, start, actions=mode == "The controller"), loop=False)
     show(dream)
 
 
@@ -130,15 +140,26 @@ def show(dream: Dream) -> None:
         if dream.ended:
             st.warning(f"M predicts that the episode ends at step {dream.ended_at}. Start a new dream to go on.")
         if dream.t and st.button("Replay the whole dream", key="dream.replay", icon=":material/replay:"):
-            play(dream.frames(), dream_captions(dream), loop=True)
+            play(dream.frames(), dream_captions(dream, actions=mode == "The controller"), loop=True)
             st.rerun(scope="fragment")
     with cols[1]:
         st.metric("Predicted return so far", f"{dream.total_reward:+.1f}", help="the sum of M's predicted rewards")
         if dream.t:
-            records = [{"step": i + 1, "reward": r, "end": d, "return": float(np.sum(dream.log.reward[:i + 1]))}
-                       for i, (r, d) in enumerate(zip(dream.log.reward, dream.log.done_prob))]
-            _ui.line_chart(records, "step", {"predicted reward": "reward", "probability the episode ends": "end"},
-                           "What M predicts at each step", key="dream.predictions", height=260)
+            # Charts take the browser longer to draw than a key press takes to dream: drawn only while open,
+            # closed at first while you steer.
+            controller = mode == "The controller"
+            charts = st.expander("C's actions and M's predictions, step by step" if controller else
+                                 "M's predictions, step by step", expanded=controller, key=f"dream.charts.{mode}",
+                                 on_change="rerun")
+            if charts.open:
+                records = dream_records(dream)
+                with charts:
+                    if controller:
+                        _ui.line_chart(records, "step", {"steer": "steer", "gas": "gas", "brake": "brake"},
+                                       "The action taken at each step", key="dream.actions", height=240)
+                    _ui.line_chart(records, "step", {"predicted reward": "reward",
+                                                     "probability the episode ends": "end"},
+                                   "What M predicts at each step", key="dream.predictions", height=240)
 
 
 @st.fragment

@@ -3,7 +3,9 @@ plots, and cached model loads. The page layer only: widgets in, one call into ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import itertools
 import math
 from typing import Any, Callable
@@ -344,6 +346,34 @@ def line_chart(records: list[dict], x: str, series: dict[str, str], title: str, 
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
 
 
+ACTION_BARS_CSS = """<style>
+.wm-action { display: grid; grid-template-columns: 3.5em 1fr 3.2em; gap: 4px 8px; align-items: center;
+             font-size: 0.85rem; max-width: 22rem; }
+.wm-action-track { position: relative; height: 0.7rem; background: #eceff3; border-radius: 3px; }
+.wm-action-track.centred::after { content: ""; position: absolute; left: 50%; top: -2px; bottom: -2px;
+                                   border-left: 1px solid #7f7f7f; }
+.wm-action-bar { position: absolute; top: 0; bottom: 0; border-radius: 3px; }
+.wm-action-value { font-variant-numeric: tabular-nums; text-align: right; }
+</style>"""
+ACTION_COLORS = {"steer": SERIES_COLORS[0], "gas": SERIES_COLORS[2], "brake": SERIES_COLORS[3]}
+
+
+def action_bars(action: dict[str, float]) -> None:
+    """An action (``core.app.app_data.controller_action``) as three bars: steer from the middle (left is
+    negative), gas and brake from the left. Plain HTML: no chart library to load on every slider move."""
+    rows = []
+    for name, value in action.items():
+        if name == "steer":
+            left, width, track = 50 + 50 * min(0.0, value), 50 * abs(value), "wm-action-track centred"
+        else:
+            left, width, track = 0.0, 100 * value, "wm-action-track"
+        rows.append(f'<span>{name}</span><div class="{track}"><div class="wm-action-bar" data-action="{name}" '
+                    f'data-value="{value:.3f}" style="left: {left:.1f}%; width: {width:.1f}%; '
+                    f'background: {ACTION_COLORS.get(name, SERIES_COLORS[0])}"></div></div>'
+                    f'<span class="wm-action-value">{value:+.2f}</span>')
+    st.html(ACTION_BARS_CSS + f'<div class="wm-action">{"".join(rows)}</div>')
+
+
 def histogram(values: list[float], title: str, x_title: str, key: str | None = None, bins: int = 30) -> None:
     fig = go.Figure(go.Histogram(x=values, nbinsx=bins, marker={"color": SERIES_COLORS[0]}))
     fig.update_layout(title=title, height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=x_title,
@@ -377,10 +407,27 @@ def paired_scatter(seeds: list[int], base: list[float], other: list[float], base
 # --- models, cached per file version -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _kept_out_of_gc():
+    """Streamlit runs Python's full garbage collection after every script and fragment run, twice once Keras
+    is loaded (``keras.backend.clear_session`` collects too). Over the ~400,000 objects of TensorFlow, Keras and
+    a loaded model each collection costs about 0.2 s of CPU (0.6 s of waiting on a busy 2-core machine): most
+    of what a slider move or a key press took. Loaded models live as long as the server, so once one is loaded
+    everything alive is moved to the collector's permanent generation (``gc.freeze``) and is no longer scanned.
+    Unfreezing first lets this one collection reclaim models dropped from the cache since the last load."""
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+
+
 @st.cache_resource(show_spinner="Loading V…", max_entries=4)
 def _vae(path: str, version: float):
     from core.models.vae import load_vae
-    return load_vae(path)
+    with _kept_out_of_gc():
+        return load_vae(path)
 
 
 def load_vae(vae_dir: str):
@@ -392,13 +439,22 @@ def load_vae(vae_dir: str):
 @st.cache_resource(show_spinner="Loading the world model…", max_entries=4)
 def _world_model(path: str, versions: tuple):
     from core.pipeline.dream import WorldModel
-    return WorldModel.load(path, with_controller=False)
+    with _kept_out_of_gc():
+        return WorldModel.load(path, with_controller=False)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _controller(path: str, version: float, z_size: int, hidden: int):
     from core.models.controller import load_controller
     return load_controller(path, z_size, hidden)
+
+
+def load_controller(controller_dir: str, z_size: int, hidden: int):
+    """The controller in ``controller_dir`` for a V of ``z_size`` and an M of ``hidden``, read again when its
+    file changes; ArtifactError when there is none or it does not fit."""
+    path = app_data.resolve(controller_dir)
+    params = path / app_data.WEIGHT_FILES["controller"]
+    return _controller(str(path), app_data.mtime(params), z_size, hidden)
 
 
 def load_world_model(model_dir: str, with_controller: bool = True):

@@ -100,7 +100,7 @@ def test_collect_page_builds_settings_from_the_config_and_runs_a_job(app, app_ro
     assert (app_root / "data" / "fresh" / "ep_0000000.npz").exists()
 
 
-def test_train_vae_page_shows_curves_reconstructions_and_the_latent_explorer(app):
+def test_train_vae_page_shows_curves_reconstructions_and_the_latent_explorer(app, app_root):
     at = open_page(app, "2_Train_VAE.py")
     assert {"Z size", "Epochs", "Batch size", "Learning rate", "Kl tolerance"} <= set(labels(at.number_input))
     assert at.button(key="start.train-vae").label.endswith("training")
@@ -114,9 +114,28 @@ def test_train_vae_page_shows_curves_reconstructions_and_the_latent_explorer(app
         (image,) = [img for img in at.get("image") if any("decoded with your z" in c for c in img.captions)]
         return [i.url for i in image.proto.imgs]
 
-    before = explorer_image()
+    def action():
+        (html,) = [h.proto.body for h in at.get("html") if "wm-action" in h.proto.body]
+        return {name: float(html.split(f'data-action="{name}" data-value="')[1].split('"')[0])
+                for name in ("steer", "gas", "brake")}
+
+    before, acted = explorer_image(), action()
     sliders[0].set_value(3.0).run()
     assert not at.exception and explorer_image() != before  # the slider's z is what is decoded
+    # C acts on the sliders' z and M's memory at the real frame's moment of its episode: as the controller does.
+    from core.app import app_data
+    from core.models.controller import load_controller
+    from core.models.vae import load_vae
+    frames, where = app_data.sample_moments(app_root / "data" / "rollouts", count=8, seed=1)
+    vae = load_vae(app_root / "runs" / "vae")
+    z = np.array(vae.encode(frames[:1].astype(np.float32) / 255.0)[0])[0]
+    z[int(sliders[0].label[2:-1])] = 3.0
+    from core.pipeline.dream import WorldModel
+    h = app_data.memory_at(WorldModel.load(app_root / "runs", with_controller=False), *where[0])
+    want = load_controller(app_root / "runs" / "controller", 8, 16).act(z, h)
+    np.testing.assert_allclose(list(action().values()), want, atol=1e-3)
+    assert action() != acted
+    assert any("runs/controller" in c.value and "step" in c.value for c in at.caption)
 
 
 def test_train_rnn_page_shows_losses_and_one_step_predictions(app):
@@ -157,7 +176,10 @@ def test_dream_page_steers_with_keys_and_runs_the_dream_beside_the_real_env(app)
     assert dream.t == 10 or (dream.ended and dream.t == dream.ended_at and "ends" in at.warning[0].value)
     assert f"Dream step {dream.t}" in at.get("image")[0].captions[0]
     np.testing.assert_array_equal(dream.log.action[0], KEY_ACTIONS["gas"])
-    assert len(at.get("plotly_chart")) == 1  # predicted reward and end probability
+    assert not at.get("plotly_chart")  # closed while you steer: a chart costs the browser more than a key press
+    at.session_state["dream.charts.You"] = True  # opened
+    at.run()
+    assert len(at.get("plotly_chart")) == 1 and "What M predicts" in chart_specs(at)
     at.get("button_group")[0].set_value("The controller").run()
     at.button(key="dream.new").click().run()
     at.button(key="dream.controller").click().run()
@@ -165,6 +187,8 @@ def test_dream_page_steers_with_keys_and_runs_the_dream_beside_the_real_env(app)
     dream = at.session_state["dream"]
     assert dream.t == 150 or (dream.ended and dream.t == dream.ended_at)
     assert f"Dream step {dream.t}" in at.get("image")[0].captions[0]
+    # C's action at each step: open with the controller driving, beside M's predictions.
+    assert len(at.get("plotly_chart")) == 2 and "The action taken at each step" in chart_specs(at)
     at.get("button_group")[0].set_value("Real vs dream").run()
     at.number_input(key="dream.sbs_steps").set_value(25)
     at.number_input(key="dream.sbs_warmup").set_value(10)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.storage.dataset import list_episodes, load_episode
-from core.pipeline.dream import (KEY_ACTIONS, Dream, WorldModel, dream_captions, gif, hstack, one_step_predictions,
-                                 side_by_side, upscale, with_captions)
+from core.pipeline.dream import (KEY_ACTIONS, Dream, WorldModel, dream_captions, dream_records, gif, hstack,
+                                 one_step_predictions, side_by_side, upscale, with_captions)
 from tests.conftest import TEST_ENV
 
 
@@ -88,6 +88,17 @@ def test_controller_drives_the_dream(model, episode):
     captions = dream_captions(dream)
     assert captions[0].startswith("t=   0  R=   +0.0") and dream_captions(dream, 10) == captions[10:]
     assert f"R={sum(dream.log.reward[:10]):+7.1f}" in captions[10]
+    # With actions: C's action on each frame under it (none yet on the last), and the same in the chart records.
+    with_actions = dream_captions(dream, actions=True)
+    steer, gas, brake = dream.log.action[3]
+    assert with_actions[3] == f"{captions[3]}\nsteer {steer:+.2f}  gas {gas:.2f}  brake {brake:.2f}"
+    assert with_actions[-1] == captions[-1] + "\n"
+    records = dream_records(dream)
+    assert len(records) == 15 and records[3]["step"] == 4
+    np.testing.assert_allclose([records[3][k] for k in ("steer", "gas", "brake")], dream.log.action[3])
+    np.testing.assert_allclose(records[-1]["return"], sum(dream.log.reward), rtol=1e-6)
+    frames = with_captions(upscale(dream.frames(), 2), with_actions)
+    assert frames.shape == (16, 128 + 2 * 22, 128, 3)  # two caption lines under every frame
 
 
 def test_dream_ends_when_m_predicts_the_end(model, episode):

@@ -331,6 +331,18 @@ def episode_files(data_dir: Path | str) -> list[Path]:
     return [p for folder in folders for p in list_episodes(resolve(folder))]
 
 
+def data_version(data_dir: Path | str) -> float:
+    """A cache key that changes when episodes come or go in ``data_dir`` (one folder or several separated by
+    commas): the newest modification time of its folders, which an episode written or removed updates. One
+    stat a folder, not one a file."""
+    from core.storage.dataset import NoDataError, data_folders
+    try:
+        folders = data_folders(str(data_dir))
+    except NoDataError:
+        return 0.0
+    return max((mtime(folder) for folder in folders), default=0.0)
+
+
 def resume_point(stage: str, config: dict) -> dict | None:
     """How far an earlier run of ``stage`` into the same folder got: ``{"done": n, "total": m, "unit": ...,
     "finished": bool}``; None when there is nothing to resume. ``finished``: the run reached what it was set
@@ -370,17 +382,17 @@ def resume_point(stage: str, config: dict) -> dict | None:
 # --- frames, pictures and videos ------------------------------------------------------------------------
 
 
-def sample_frames(data_dir: Path | str, count: int = 8, seed: int = 0) -> np.ndarray:
+def sample_moments(data_dir: Path | str, count: int = 8, seed: int = 0) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """``count`` uint8 (64, 64, 3) frames spread over the episodes of ``data_dir`` (one folder or several
-    separated by commas; fewer frames if there are fewer episodes); the same frames for the same folders
-    and seed."""
+    separated by commas; fewer frames if there are fewer episodes), and where each is: (episode file, step).
+    The same frames for the same folders and seed."""
     from core.storage.dataset import EpisodeError, load_episode
     paths = episode_files(data_dir)
     if not paths:
-        return np.zeros((0, 64, 64, 3), np.uint8)
+        return np.zeros((0, 64, 64, 3), np.uint8), []
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
-    frames = []
+    frames, where = [], []
     for i in sorted(chosen):
         try:
             obs = load_episode(paths[i]).obs
@@ -388,8 +400,15 @@ def sample_frames(data_dir: Path | str, count: int = 8, seed: int = 0) -> np.nda
             continue
         # Skip the zoom-in of the first second: those frames show the track from far away.
         lo = min(60, len(obs) - 1)
-        frames.append(obs[int(rng.integers(lo, len(obs)))])
-    return np.stack(frames) if frames else np.zeros((0, 64, 64, 3), np.uint8)
+        t = int(rng.integers(lo, len(obs)))
+        frames.append(obs[t])
+        where.append((str(paths[i]), t))
+    return (np.stack(frames) if frames else np.zeros((0, 64, 64, 3), np.uint8)), where
+
+
+def sample_frames(data_dir: Path | str, count: int = 8, seed: int = 0) -> np.ndarray:
+    """The frames of ``sample_moments``: uint8 (N, 64, 64, 3)."""
+    return sample_moments(data_dir, count, seed)[0]
 
 
 def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
@@ -402,18 +421,75 @@ def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def latent_spread(vae, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and spread (std) of V's mu over ``frames``: float32 (z,) each. Dimensions with a large spread
-    are the ones V uses; the rest stay near the prior and change little when moved."""
-    x = frames.astype(np.float32) / 255.0
-    mu = np.asarray(vae.encode(x)[0])
-    return mu.mean(axis=0), mu.std(axis=0)
-
-
 def decode(vae, z: np.ndarray) -> np.ndarray:
-    """uint8 (N, 64, 64, 3) frames for float32 (N, z) latents."""
-    out = np.asarray(vae.decode(np.asarray(z, np.float32).reshape(-1, vae.z_size)))
+    """uint8 (N, 64, 64, 3) frames for float32 (N, z) latents, with V's decoder compiled once (``tf.function``:
+    a few milliseconds a call instead of tens, eager)."""
+    compiled = vae.__dict__.get("_compiled_decode")
+    if compiled is None:
+        import tensorflow as tf
+        compiled = tf.function(vae.decode, input_signature=[tf.TensorSpec((None, vae.z_size), tf.float32)])
+        object.__setattr__(vae, "_compiled_decode", compiled)  # past Keras's tracking of attributes
+    out = compiled(np.asarray(z, np.float32).reshape(-1, vae.z_size)).numpy()
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# --- the latent explorer: z -> frame, and (z, h) -> C's action -------------------------------------------
+
+EXPLORER_PRIOR_SEED = 0  # the explorer's "random z" start: the same draw from N(0, I) every time
+
+
+def explorer_start(vae, frames: np.ndarray) -> dict:
+    """What the latent explorer starts from, for V and uint8 (N, 64, 64, 3) real ``frames``; computed once
+    for a V and a set of frames, not on every slider move. ``z`` float32 (N, z): V's codes (mu) of the frames;
+    ``decoded`` uint8 (N, 64, 64, 3): those codes decoded; ``spread`` float32 (z,): the codes' std per
+    dimension (1 without frames); ``order``: the dimensions by spread, largest first (the ones V uses most);
+    ``prior`` float32 (z,): a draw from N(0, I), and ``prior_decoded`` uint8 (64, 64, 3) its frame."""
+    prior = np.random.default_rng(EXPLORER_PRIOR_SEED).standard_normal(vae.z_size).astype(np.float32)
+    if len(frames):
+        z = np.asarray(vae.encode(frames.astype(np.float32) / 255.0)[0], np.float32)
+        spread = z.std(axis=0)
+    else:
+        z, spread = np.zeros((0, vae.z_size), np.float32), np.ones(vae.z_size, np.float32)
+    decoded = decode(vae, np.concatenate([z, prior[None]]))
+    return {"z": z, "decoded": decoded[:-1], "spread": spread, "order": [int(d) for d in np.argsort(-spread, kind="stable")],
+            "prior": prior, "prior_decoded": decoded[-1]}
+
+
+def explorer_parts(vae_dir: Path | str) -> dict:
+    """Where the explorer's M and C come from, for V in ``vae_dir`` (a run's ``vae/``): ``model_dir``, V's own
+    run folder when it holds an M too (M gives h; else None), and ``controller_dir``, the C that acts: that
+    run's, else the shipped model's (``shipped_controller`` True then); None without either."""
+    run = resolve(vae_dir).parent
+    model_dir = relative(run) if (run / "rnn" / WEIGHT_FILES["rnn"]).is_file() else None
+    own = run / "controller"
+    shipped = resolve(SHIPPED_MODEL_DIR) / "controller"
+    if (own / WEIGHT_FILES["controller"]).is_file():
+        controller_dir, borrowed = own, False
+    elif (shipped / WEIGHT_FILES["controller"]).is_file():
+        controller_dir, borrowed = shipped, own.resolve() != shipped.resolve()
+    else:
+        controller_dir, borrowed = None, False
+    return {"model_dir": model_dir, "controller_dir": relative(controller_dir) if controller_dir else None,
+            "shipped_controller": borrowed}
+
+
+def memory_at(model, episode_path: Path | str, t: int) -> np.ndarray:
+    """M's memory h float32 (hidden,) at step ``t`` of a real episode: what C sees beside frame t's code, after
+    M has read the episode's frames (V's codes) and actions 0..t-1. ``model``: a ``core.pipeline.dream.WorldModel``."""
+    from core.models.agent import remember
+    from core.storage.dataset import load_episode
+    episode = load_episode(resolve(episode_path))
+    t = int(np.clip(t, 0, episode.steps))
+    z = model.encode(episode.obs[:t])
+    return remember(model.w, z, episode.action[:t])[0]
+
+
+def controller_action(controller, z: np.ndarray, h: np.ndarray) -> dict[str, float]:
+    """C's action for code z float32 (z,) and memory h float32 (hidden,), by name: ``steer`` in [-1, 1],
+    ``gas`` and ``brake`` in [0, 1] (``core.models.controller.Controller.act``)."""
+    from core.envs.actions import ACTION_NAMES
+    action = controller.act(np.asarray(z, np.float32)[None], np.asarray(h, np.float32)[None])[0]
+    return {name: float(v) for name, v in zip(ACTION_NAMES, action)}
 
 
 def grid(rows: list[np.ndarray], gap: int = 2, scale: int = 2) -> np.ndarray:

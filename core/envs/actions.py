@@ -7,5 +7,6 @@ size) does not import Gymnasium and OpenCV.
 import numpy as np
 
 ACTION_SIZE = 3  # steer, gas, brake
+ACTION_NAMES = ("steer", "gas", "brake")
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)  # steer, gas, brake
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)

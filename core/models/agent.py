@@ -88,6 +88,17 @@ def lstm_step(w: WorldModelWeights, x: np.ndarray, h: np.ndarray, c: np.ndarray)
     return h, c
 
 
+def remember(w: WorldModelWeights, z: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M's memory after reading a real past: codes z float32 (T, z) and the actions taken after each (T, 3)
+    -> (h, c) float32 (hidden,) each, the state C sees with the next code (zeros for T = 0)."""
+    hidden = w["lstm_recurrent"].shape[0]
+    h = np.zeros((1, hidden), np.float32)
+    c = h.copy()
+    for t in range(len(z)):
+        h, c = lstm_step(w, np.concatenate([z[t], actions[t]])[None].astype(np.float32), h, c)
+    return h[0], c[0]
+
+
 def mdn_heads(w: WorldModelWeights, h: np.ndarray) -> dict:
     """M's outputs for hidden states h (N, hidden): ``log_pi``, ``mu``, ``log_sigma`` (N, z, K), ``reward``
     (N,) and ``done`` probability (N,)."""

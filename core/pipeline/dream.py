@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from core.envs.actions import ACTION_HIGH, ACTION_LOW
-from core.models.agent import encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
+from core.models.agent import encode_mu, extract_weights, lstm_step, mdn_heads, remember, sample_z
 from core.models.controller import Controller
 from core.storage.artifacts import WEIGHT_FILES
 from core.storage.dataset import Episode
@@ -142,11 +142,8 @@ class Dream:
         """Start from frame ``t`` of a real episode, M's memory warmed up on frames and actions 0..t-1."""
         t = int(np.clip(t, 0, episode.steps))
         z = self.model.encode(episode.obs[:t + 1])
-        h = np.zeros((1, self.model.hidden), np.float32)
-        c = h.copy()
-        for i in range(t):
-            h, c = lstm_step(self.model.w, np.concatenate([z[i], episode.action[i]])[None], h, c)
-        self._reset(z[t], h[0], c[0])
+        h, c = remember(self.model.w, z[:t], episode.action[:t])
+        self._reset(z[t], h, c)
 
     # --- stepping ----------------------------------------------------------------------------------
 
@@ -294,16 +291,24 @@ def upscale(frames: np.ndarray, scale: int = FRAME_SCALE) -> np.ndarray:
     return np.repeat(np.repeat(frames, scale, axis=-3), scale, axis=-2)
 
 
-def caption_strip(width: int, text: str, height: int = 22) -> np.ndarray:
-    """A dark uint8 (height, width, 3) band with ``text`` in it, to go under a frame."""
-    strip = np.full((height, width, 3), 24, np.uint8)
-    cv2.putText(strip, text, (4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
+CAPTION_LINE = 22  # pixels a line of caption under a frame takes
+
+
+def caption_strip(width: int, text: str, lines: int = 1) -> np.ndarray:
+    """A dark uint8 (lines * 22, width, 3) band with ``text`` (lines separated by newlines) in it, to go under
+    a frame."""
+    strip = np.full((lines * CAPTION_LINE, width, 3), 24, np.uint8)
+    for i, line in enumerate(text.split("\n")[:lines]):
+        cv2.putText(strip, line, (4, (i + 1) * CAPTION_LINE - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235),
+                    1, cv2.LINE_AA)
     return strip
 
 
 def with_captions(frames: np.ndarray, captions: list[str]) -> np.ndarray:
-    """Each frame (N, H, W, 3) with its caption underneath -> (N, H + 22, W, 3)."""
-    return np.stack([np.concatenate([f, caption_strip(f.shape[1], s)]) for f, s in zip(frames, captions)])
+    """Each frame (N, H, W, 3) with its caption underneath -> (N, H + 22 * lines, W, 3), ``lines`` those of
+    the longest caption."""
+    lines = max((c.count("\n") + 1 for c in captions), default=1)
+    return np.stack([np.concatenate([f, caption_strip(f.shape[1], s, lines)]) for f, s in zip(frames, captions)])
 
 
 def hstack(*sequences: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -330,13 +335,28 @@ def gif(frames: np.ndarray, fps: int = DREAM_FPS, loop: bool = True) -> bytes:
     return buf.getvalue()
 
 
-def dream_captions(dream: Dream, start: int = 0) -> list[str]:
-    """Per-frame captions of a dream from step ``start``: step, predicted reward so far, end probability."""
+def dream_captions(dream: Dream, start: int = 0, actions: bool = False) -> list[str]:
+    """Per-frame captions of a dream from step ``start``: step, predicted reward so far, end probability; with
+    ``actions`` a second line with the action taken on that frame (C's, when C drives)."""
     out = []
     so_far = np.concatenate([[0.0], np.cumsum(dream.log.reward[:dream.t])])  # reward before frame t
     for t in range(start, dream.t + 1):
         total = float(so_far[t])
         done = dream.log.done_prob[t - 1] if t > 0 else 0.0
         end = "  END" if dream.ended_at is not None and t >= dream.ended_at else ""
-        out.append(f"t={t:4d}  R={total:+7.1f}  end {done:4.0%}{end}")
+        caption = f"t={t:4d}  R={total:+7.1f}  end {done:4.0%}{end}"
+        if actions:  # the last frame has no action yet
+            steer, gas, brake = dream.log.action[t] if t < dream.t else (0.0, 0.0, 0.0)
+            caption += f"\nsteer {steer:+.2f}  gas {gas:.2f}  brake {brake:.2f}" if t < dream.t else "\n"
+        out.append(caption)
     return out
+
+
+def dream_records(dream: Dream) -> list[dict]:
+    """One record a dream step, for charts: ``step`` (1..T), M's predicted ``reward`` after it, the ``end``
+    probability, the predicted ``return`` so far, and the action taken (``steer``, ``gas``, ``brake``)."""
+    from core.envs.actions import ACTION_NAMES
+    so_far = np.cumsum(dream.log.reward[:dream.t]) if dream.t else []
+    return [{"step": i + 1, "reward": float(r), "end": float(d), "return": float(total),
+             **{name: float(v) for name, v in zip(ACTION_NAMES, a)}}
+            for i, (r, d, total, a) in enumerate(zip(dream.log.reward, dream.log.done_prob, so_far, dream.log.action))]

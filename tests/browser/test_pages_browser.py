@@ -111,6 +111,42 @@ def test_a_dream_is_steered_with_the_arrow_keys_and_plays_at_25_fps(app_url, pag
     shot(page, SHOTS, "dream-side-by-side")
 
 
+def test_the_latent_explorer_shows_c_s_action_live_as_a_slider_moves(app_url, page):
+    page.goto(app_url + "train_vae")
+    ready(page)
+    page.get_by_text("decoded with your z").first.wait_for(timeout=60_000)
+    ready(page)
+    bars = page.locator(".wm-action-bar")
+    assert [bars.nth(i).get_attribute("data-action") for i in range(bars.count())] == ["steer", "gas", "brake"]
+
+    def shown() -> dict:
+        """Each bar's value and its drawn width as a fraction of its track."""
+        out = {}
+        for i in range(3):
+            bar = bars.nth(i)
+            track = bar.locator("xpath=..").bounding_box()
+            out[bar.get_attribute("data-action")] = (float(bar.get_attribute("data-value")),
+                                                     bar.bounding_box()["width"] / track["width"])
+        return out
+
+    before = shown()
+    for name, (value, width) in before.items():  # steer is drawn from the middle, gas and brake from the left
+        assert width == pytest.approx(abs(value) / 2 if name == "steer" else value, abs=0.02), name
+    thumb = page.get_by_role("slider", name="z[").first
+    thumb.focus()
+    page.keyboard.press("End")  # the first dimension to +4
+    page.wait_for_function("v => document.querySelector(\".wm-action-bar[data-action='gas']\")"
+                           ".getAttribute('data-value') !== v", arg=bars.nth(1).get_attribute("data-value"),
+                           timeout=60_000)
+    ready(page)
+    after = shown()
+    assert after != before
+    for name, (value, width) in after.items():
+        assert width == pytest.approx(abs(value) / 2 if name == "steer" else value, abs=0.02), name
+    no_exceptions(page, "latent explorer")
+    shot(page, SHOTS, "train_vae-explorer-action")
+
+
 def test_the_race_websocket_is_served_on_the_app_port(app_url):
     from websockets.sync.client import connect
 
