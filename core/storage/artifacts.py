@@ -14,6 +14,8 @@ import os
 import platform
 import subprocess
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -67,6 +69,34 @@ def atomic_save_npz(path: Path | str, compressed: bool = True, **arrays: np.ndar
     """Write a .npz atomically (np.savez appends .npz to names without it, so write to a handle)."""
     with _atomic_file(path) as f:
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+JSON_KEY = "json"  # the entry of an arrays-and-JSON .npz that holds its JSON document
+# What NumPy raises for a damaged .npz: a truncated or zero-byte file, a bad member, a pickle in disguise.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def atomic_save_arrays_json(path: Path | str, document: Any, arrays: dict[str, np.ndarray]) -> None:
+    """One .npz of ``arrays`` and a JSON ``document`` (its UTF-8 bytes as the array ``json``), written
+    atomically: a checkpoint whose parts can never come from two moments."""
+    text = json.dumps(document, default=_json_default).encode("utf-8")
+    atomic_save_npz(path, **{JSON_KEY: np.frombuffer(text, np.uint8)}, **arrays)
+
+
+def load_arrays_json(path: Path | str, what: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """The JSON document and the arrays of a file ``atomic_save_arrays_json`` wrote. Read with
+    ``allow_pickle=False``: nothing in it can run code. A missing or damaged file is an ArtifactError."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: {what} not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        document = json.loads(arrays.pop(JSON_KEY).tobytes().decode("utf-8"))
+    except (*NPZ_ERRORS, RecursionError) as e:  # RecursionError: JSON nested beyond reason
+        raise ArtifactError(f"{path}: {what} is unreadable ({type(e).__name__}: {e}); restore it from a copy "
+                            "or delete it and run the stage again") from None
+    return document, arrays
 
 
 def atomic_save_keras(model: Any, path: Path | str) -> None:
