@@ -88,7 +88,7 @@ def load_controller(controller_dir: Path | str, z_size: int | None = None, hidde
         raise ArtifactError(f"{controller_dir}: no controller ({PARAMS_FILE}); evolve one first "
                             "(python -m core evolve)")
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             params, cz, ch = f["params"], int(f["z_size"]), int(f["hidden"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactError(f"{path}: unreadable controller ({e})") from None

@@ -554,7 +554,11 @@ def _resume(config: EvolveConfig, z_size: int, hidden: int, history: History,
     _check_resumable(out_dir, config)
     if history.path.exists():
         history.truncate_after("generation", saved["generation"])
-    state = upgrade_state(saved, params, es, config, z_size, hidden, history)
+    try:
+        state = upgrade_state(saved, params, es, config, z_size, hidden, history)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of another kind
+        raise ArtifactError(f"{out_dir / CMA_STATE}: its evolution state does not fit this version "
+                            f"({type(e).__name__}: {e}); delete {out_dir} to start over") from None
     save_params(out_dir, state.gate.params, z_size, hidden)
     if state.world_model_sha256 not in (None, world) and world:
         log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "
