@@ -293,12 +293,27 @@ def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
         return [entry]
     if params_sha256(here) != entry["params_sha256"]:
         return [entry]
-    state = read_json(folder / STATE, "evolution state") if (folder / STATE).exists() else {}
+    state = read_state(folder) if (folder / STATE).exists() else {}
     config = read_json(folder / "config.json", "evolution config") if (folder / "config.json").exists() else {}
     entry.update({k: state[k] for k in ("generation", "episodes", "env_steps", "train_seconds", "best_eval")
                   if k in state})
     entry.update({k: config[k] for k in ("popsize", "rollouts", "workers", "seed") if k in config})
     return [*state.get("lineage", []), entry]
+
+
+STATE_COUNTERS = {"generation": int, "n_params": int, "episodes": int, "env_steps": int, "train_seconds": (int, float)}
+
+
+def read_state(controller_dir: Path) -> dict:
+    """An evolution's ``state.json``, its counters checked: one of another shape is an ArtifactError naming it."""
+    path = Path(controller_dir) / STATE
+    state = read_json(path, "evolution state")
+    odd = [k for k, kind in STATE_COUNTERS.items()
+           if k in state and (not isinstance(state[k], kind) or isinstance(state[k], bool) or state[k] < 0)]
+    if odd or not isinstance(state.get("generation"), int) or not isinstance(state.get("lineage", []), list):
+        raise ArtifactError(f"{path}: not an evolution state of this project ({', '.join(odd) or 'generation'} "
+                            "missing or of another kind); restore it from a copy")
+    return state
 
 
 def average_against_mean(records: list[dict]) -> dict | None:

@@ -35,6 +35,12 @@ class ArtifactError(UserError, RuntimeError):
     """A missing, corrupt or incompatible artifact; the message says which file and how to fix it."""
 
 
+def one_line(error: BaseException, limit: int = 240) -> str:
+    """A library's error message (Keras's run over many lines) as one line of at most ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class WriteError(ArtifactError):
     """A file that could not be written because the disk is full or its folder is read-only. What was there
     before is as it was (every write is atomic): free some space, or make the folder writable, and run the
