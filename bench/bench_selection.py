@@ -39,12 +39,10 @@ DRAWS = 4000  # random track subsets per k
 def drive(model_dir: Path, tracks: int, workers: int, quick: bool) -> dict:
     """Returns of one generation's candidates and of the CMA-ES mean, on the same tracks."""
     from core.models.agent import load_world_model_weights
-    from core.storage.artifacts import read_json
-    from core.pipeline.evolve import STATE, _load_es
+    from core.pipeline.evolve import _load_es
     from core.pipeline.rollout import RolloutPool, RolloutSettings
     controller = model_dir / "controller"
-    es, state, _, _ = _load_es(controller, read_json(controller / STATE, "evolution state")
-                               if (controller / STATE).exists() else None)
+    es, state, _, _ = _load_es(controller)
     es = copy.deepcopy(es)
     candidates = [np.asarray(c, np.float32) for c in es.ask()]
     mean = np.asarray(es.mean, np.float32)

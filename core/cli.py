@@ -43,6 +43,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=stage.description, description=stage.description)
         add_config_flags(p, stage.config, defaults)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "evolve":
+            p.add_argument("--trust-pickle", action="store_true", help="convert the pickled checkpoint of an earlier "
+                           "version (controller/cma_state.pkl) to cma_state.npz first; unpickling runs any code "
+                           "in the file, so only for a run folder of your own")
     return parser
 
 
@@ -62,6 +66,16 @@ def stage_values(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[s
                 kept.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool)
                             else f"--{flag} {shlex.quote(str(value))}")
     return args, values, kept
+
+
+def _convert_trusted_pickle(argv: Sequence[str] | None) -> None:
+    """``evolve --trust-pickle``: convert the run's pickled checkpoint before its saved settings are read."""
+    args = build_parser().parse_args(argv)
+    if args.stage == "evolve" and args.trust_pickle:
+        from core.pipeline.evolve import convert_pickled_checkpoint
+        if convert_pickled_checkpoint(args.run_dir):
+            print(f"converted {Path(args.run_dir) / 'controller' / 'cma_state.pkl'} to cma_state.npz "
+                  "(the pickle is gone)", file=sys.stderr)
 
 
 def _summary(stage: str, result: dict) -> str:
@@ -110,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
+        _convert_trusted_pickle(argv)
         args, values, kept = stage_values(argv)
         config = validate(STAGES[args.stage].config(**values))
     except (UserError, TypeError) as e:  # TypeError: a saved setting of the wrong kind

@@ -26,8 +26,9 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
+    from core.storage.artifacts import WriteError
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(WriteError, match=r"a.json: not written, the disk is full \(No space"):
         atomic_write_json(tmp_path / "a.json", {"x": 2, "pad": "y" * 10_000})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert os.listdir(tmp_path) == ["a.json"]

@@ -127,7 +127,7 @@ def test_a_resumed_evolution_keeps_its_saved_settings_unless_a_flag_changes_them
     run = str(tmp_path / "run")
     # Without a CMA-ES state there is nothing to resume: the defaults hold.
     assert stage_values(["evolve", "--run-dir", run])[1]["rollouts"] == EvolveConfig().rollouts
-    (controller / "cma_state.pkl").write_bytes(b"saved")
+    (controller / "cma_state.npz").write_bytes(b"saved")
     _, values, kept = stage_values(["evolve", "--run-dir", run])
     assert (values["generations"], values["rollouts"], values["eval_every"], values["max_sigma"]) == (400, 4, 5, 0.015)
     # Where it runs and how many workers this machine has are not the saved run's to decide.
@@ -213,7 +213,7 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
     first = summary(cli("export", "--run-dir", str(tiny_world_model), "--out-dir", str(out), "--quiet"))
     assert first["files"] >= 10
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert "controller/cma_state.pkl" in names and "vae/vae.weights.h5" in names
+    assert "controller/cma_state.npz" in names and "vae/vae.weights.h5" in names
     assert not any("checkpoint" in n or "encoded" in n for n in names)
     assert (out / "README.md").read_text() == "kept"
     Agent.load(out)
@@ -226,13 +226,13 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
     assert resumed["resumed_from"] == 1 and resumed["generation"] == 2
     summary(cli("export", "--run-dir", str(tiny_world_model), "--out-dir", str(out), "--no-training-state",
                 "--quiet"))
-    assert not (out / "controller" / "cma_state.pkl").exists() and (out / "README.md").exists()
+    assert not (out / "controller" / "cma_state.npz").exists() and (out / "README.md").exists()
     assert not list(tmp_path.glob(".models*"))  # no staging folders left behind
     # A lean export cannot resume: evolving it is refused, and its trained controller stays as it was.
     params = (out / "controller" / "params.npz").read_bytes()
     lean = cli("evolve", "--run-dir", str(out), "--generations", "3", "--popsize", "4", "--workers", "1",
                "--env", TEST_ENV, "--quiet", check=False)
-    assert lean.returncode != 0 and "cma_state.pkl missing" in lean.stderr and "Traceback" not in lean.stderr
+    assert lean.returncode != 0 and "cma_state.npz missing" in lean.stderr and "Traceback" not in lean.stderr
     assert (out / "controller" / "params.npz").read_bytes() == params
 
 
@@ -252,7 +252,6 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     """C drives on V's codes: trained on for another epoch, V gives other codes, and the C evolved on the
     old ones must not ship with it (the iterative step measured 755 -> 299 for such a pair)."""
     import json
-    import pickle
     import shutil
 
     from core.storage.artifacts import ArtifactError
@@ -280,10 +279,8 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     shutil.copytree(run, fixed)
     state = json.loads((fixed / "controller" / "state.json").read_text())
     (fixed / "controller" / "state.json").write_text(json.dumps({**state, "best_eval": 1e9}))  # an old bar
-    with (fixed / "controller" / "cma_state.pkl").open("rb") as f:
-        saved = pickle.load(f)
-    saved["state"]["best_eval"] = 1e9
-    (fixed / "controller" / "cma_state.pkl").write_bytes(pickle.dumps(saved))
+    from tests.test_controller import edit_checkpoint
+    edit_checkpoint(fixed / "controller", lambda document, arrays: document["state"].update(best_eval=1e9))
     evolve(EvolveConfig(run_dir=str(fixed), generations=state["generation"] + 1, popsize=4, rollouts=1,
                         max_steps=20, eval_every=1, eval_episodes=1, fresh_tracks=False, workers=1, env=TEST_ENV))
     last = json.loads((fixed / "controller" / "history.jsonl").read_text().splitlines()[-1])

@@ -94,13 +94,18 @@ def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, t
 def _forget_in_state(controller_dir, key: str) -> None:
     """Make a saved evolution look like one from before ``key`` was kept: gone from state.json and from
     the state in its CMA-ES checkpoint."""
-    import pickle
     state = json.loads((controller_dir / "state.json").read_text())
     del state[key]
     (controller_dir / "state.json").write_text(json.dumps(state))
-    saved = pickle.loads((controller_dir / "cma_state.pkl").read_bytes())
-    del saved["state"][key]
-    (controller_dir / "cma_state.pkl").write_bytes(pickle.dumps(saved))
+    edit_checkpoint(controller_dir, lambda document, arrays: document["state"].pop(key))
+
+
+def edit_checkpoint(controller_dir, change) -> None:
+    """Rewrite the evolution checkpoint (cma_state.npz) after ``change(document, arrays)`` edits its parts."""
+    from core.storage.artifacts import atomic_save_arrays_json, load_arrays_json
+    document, arrays = load_arrays_json(controller_dir / "cma_state.npz", "checkpoint")
+    change(document, arrays)
+    atomic_save_arrays_json(controller_dir / "cma_state.npz", document, arrays)
 
 
 def _tiny_run(tiny_world_model, run):
@@ -198,11 +203,8 @@ def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average
     assert {"eval_mean_params", "eval_best_candidate", "eval_mean_average"} <= set(record)
     assert record["eval_pick"] in ("eval_mean_params", "eval_best_candidate", "eval_mean_average")
     assert json.loads((ctrl / "state.json").read_text())["episodes"] == 3 * 4 + 3  # three evaluated on one track
-    import pickle
-
     from core.storage.artifacts import ArtifactError
-    saved = pickle.loads((ctrl / "cma_state.pkl").read_bytes())
-    (ctrl / "cma_state.pkl").write_bytes(pickle.dumps({**saved, "average": (saved["average"][0], 0)}))
+    edit_checkpoint(ctrl, lambda document, arrays: document.update(average_generations=0))
     with pytest.raises(ArtifactError, match="averaged mean does not fit"):
         evolve(EvolveConfig(run_dir=str(ctrl.parent), generations=4, average=5, **config))
     off = _tiny_run(tiny_world_model, tmp_path / "off")
@@ -213,10 +215,10 @@ def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average
 
 
 def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_model, tmp_path):
-    """The pickled CMA-ES state carries the run's counters and the parameters to ship, and is written
-    before params.npz and state.json: whichever of those a kill left behind, the run resumes from the
-    pickle, runs no generation twice and counts every episode once. A pickle of a bare CMA-ES (older runs)
-    still resumes with its state.json."""
+    """The CMA-ES checkpoint (cma_state.npz) carries the run's counters and the parameters to ship, and is
+    written before params.npz and state.json: whichever of those a kill left behind, the run resumes from
+    it, runs no generation twice and counts every episode once. A pickle of a bare CMA-ES (older runs),
+    converted with its state.json as --trust-pickle does, still resumes."""
     import pickle
 
     from core.storage.artifacts import read_history
@@ -234,7 +236,7 @@ def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_m
     evolve(EvolveConfig(generations=2, **config))
     episodes_2, params_2 = json.loads((ctrl / "state.json").read_text())["episodes"], (ctrl / "params.npz").read_bytes()
     assert params_2 != params_1
-    # Killed after the pickle of generation 2, before its params.npz and state.json.
+    # Killed after the checkpoint of generation 2, before its params.npz and state.json.
     (ctrl / "state.json").write_text(state_1)
     (ctrl / "params.npz").write_bytes(params_1)
     assert evolve(EvolveConfig(generations=2, **config))["resumed_from"] == 2
@@ -244,11 +246,13 @@ def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_m
     assert [r["generation"] for r in read_history(ctrl / "history.jsonl")] == [1, 2, 3]
     assert json.loads((ctrl / "state.json").read_text())["generation"] == 3
 
-    (ctrl / "state.json").unlink()  # killed before a first state.json: the pickle alone resumes
+    (ctrl / "state.json").unlink()  # killed before a first state.json: the checkpoint alone resumes
     assert evolve(EvolveConfig(generations=4, **config))["resumed_from"] == 3
 
-    saved = pickle.loads((ctrl / "cma_state.pkl").read_bytes())
-    (ctrl / "cma_state.pkl").write_bytes(pickle.dumps(saved["es"]))  # the older format: CMA-ES alone
+    from core.pipeline.evolve import _load_es, convert_pickled_checkpoint
+    (ctrl / "cma_state.pkl").write_bytes(pickle.dumps(_load_es(ctrl)[0]))  # the oldest format: CMA-ES alone
+    (ctrl / "cma_state.npz").unlink()
+    assert convert_pickled_checkpoint(ctrl.parent) and not (ctrl / "cma_state.pkl").exists()
     out = evolve(EvolveConfig(generations=5, **config))
     assert out["resumed_from"] == 4 and out["generation"] == 5
     assert [r["generation"] for r in read_history(ctrl / "history.jsonl")] == [1, 2, 3, 4, 5]
@@ -504,7 +508,7 @@ def test_the_shipped_evolution_state_loads_as_it_was_saved():
     from tests.conftest import ROOT
     controller = ROOT / "models" / "controller"
     saved_json = read_json(controller / STATE, "evolution state")
-    es, saved, params, _ = _load_es(controller, saved_json)
+    es, saved, params, _ = _load_es(controller)
     assert saved == saved_json  # the checkpoint's copy is the same
     sizes = read_json(controller / "config.json", "evolution config")
     history = History(controller / "history.jsonl")
@@ -534,7 +538,7 @@ def test_an_evolution_state_of_any_earlier_version_is_brought_up_to_date_as_it_i
     controller = run / "controller"
     sizes = read_json(controller / "config.json", "evolution config")
     z, h = sizes["z_size"], sizes["hidden"]
-    es, saved, params, _ = _load_es(controller, None)
+    es, saved, params, _ = _load_es(controller)
     history = History(controller / "history.jsonl")
     config = EvolveConfig(run_dir=str(run))
     current = upgrade_state(saved, params, es, config, z, h, history)

@@ -161,7 +161,7 @@ def controller_sha256(model_dir: Path | str) -> str | None:
     """The hash an evaluation report stores of the controller it drove (of C's float32 parameters), for the
     controller now in ``model_dir``; None without a readable one."""
     try:
-        with np.load(resolve(model_dir) / "controller" / WEIGHT_FILES["controller"]) as f:
+        with np.load(resolve(model_dir) / "controller" / WEIGHT_FILES["controller"], allow_pickle=False) as f:
             params = f["params"]
     except (OSError, ValueError, KeyError):
         return None

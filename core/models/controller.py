@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from core.envs.actions import ACTION_SIZE
-from core.storage.artifacts import WEIGHT_FILES, ArtifactError, atomic_save_npz, read_json, read_meta
+from core.storage.artifacts import NPZ_ERRORS, WEIGHT_FILES, ArtifactError, atomic_save_npz, read_json, read_meta
 
 PARAMS_FILE = WEIGHT_FILES["controller"]
 LATEST_FILE = "latest.npz"  # an evolution's CMA-ES mean, last generation's best candidate and averaged mean
@@ -88,10 +88,10 @@ def load_controller(controller_dir: Path | str, z_size: int | None = None, hidde
         raise ArtifactError(f"{controller_dir}: no controller ({PARAMS_FILE}); evolve one first "
                             "(python -m core evolve)")
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             params, cz, ch = f["params"], int(f["z_size"]), int(f["hidden"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ArtifactError(f"{path}: unreadable controller ({e})") from None
+    except (*NPZ_ERRORS, TypeError) as e:  # TypeError: z_size or hidden not one number
+        raise ArtifactError(f"{path}: unreadable controller ({type(e).__name__}: {e})") from None
     if (z_size is not None and cz != z_size) or (hidden is not None and ch != hidden):
         raise ArtifactError(f"{path}: controller expects z = {cz}, h = {ch} but the world model has z = {z_size}, "
                             f"h = {hidden}; evolve a controller for this V and M")

@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import RNNConfig  # noqa: E402
 from core.envs.actions import ACTION_SIZE
-from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, read_json, read_meta
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, one_line, read_json, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,6 @@ def load_rnn(rnn_dir: Path | str, expect_z: int | None = None) -> MDNRNN:
     try:
         model.load_weights(rnn_dir / WEIGHTS)
     except (ValueError, OSError) as e:
-        raise ArtifactError(f"{rnn_dir / WEIGHTS}: weights do not fit this MDN-RNN ({e})") from None
+        raise ArtifactError(f"{rnn_dir / WEIGHTS}: weights do not fit this MDN-RNN ({one_line(e)})") from None
     return model
 

@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import VAEConfig  # noqa: E402
 from core.envs.env import FRAME_SIZE  # noqa: E402
-from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, read_json, read_meta
+from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, one_line, read_json, read_meta
 
 WEIGHTS = WEIGHT_FILES["vae"]
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -143,5 +143,5 @@ def load_vae(vae_dir: Path | str, expect_z: int | None = None) -> ConvVAE:
     try:
         model.load_weights(vae_dir / WEIGHTS)
     except (ValueError, OSError) as e:
-        raise ArtifactError(f"{vae_dir / WEIGHTS}: weights do not fit a z = {config.z_size} VAE ({e})") from None
+        raise ArtifactError(f"{vae_dir / WEIGHTS}: weights do not fit a z = {config.z_size} VAE ({one_line(e)})") from None
     return model

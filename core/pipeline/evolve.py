@@ -22,10 +22,16 @@ controller cost stays with it after the folder it came from is gone.
 
 Each generation asks the CMA-ES for candidates, drives them, tells it their fitness, averages its mean,
 runs the gate (``core.pipeline.gate``) and writes a checkpoint: its history line and ``latest.npz``, then
-``cma_state.pkl`` (the CMA-ES with the random state it samples candidates from, the run's counters and the
-parameters to ship), then ``params.npz`` and ``state.json`` (readable copies). The pickle is the commit
-point: re-running the same command resumes from it wherever a kill landed, loses at most the generation in
-progress, and draws the same candidates an uninterrupted run would have. The counters and the gate's state
+``cma_state.npz`` (the CMA-ES with the random state it samples candidates from, the run's counters and the
+parameters to ship, as arrays and JSON: ``core.storage.cma_state``), then ``params.npz`` and ``state.json``
+(readable copies). ``cma_state.npz`` is the commit point: re-running the same command resumes from it
+wherever a kill landed, loses at most the generation in progress, and draws the same candidates an
+uninterrupted run would have.
+
+Checkpoints of earlier versions were pickles (``cma_state.pkl``). Unpickling a file runs whatever code it
+names, and a run folder may come from someone else, so a pickle is never loaded on its own: the message
+says so, and ``convert_pickled_checkpoint`` (``evolve --trust-pickle``) turns one the user trusts into
+``cma_state.npz`` once. The counters and the gate's state
 are an ``EvolutionState``; a state saved by any earlier version is brought up to date in one place,
 ``upgrade_state``, as it is loaded.
 """
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
+import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,14 +56,17 @@ from core.pipeline.gate import (CONFIRM_SEED_BASE, MEAN, TRACK_RANGES, TRAIN_EVA
                                 spreads_from_history)
 from core.pipeline.rollout import RolloutPool, RolloutResult, RolloutSettings, drive_grid
 from core.progress import ProgressCallback, keep_going
-from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_npz, atomic_write_bytes,
-                                    atomic_write_json, read_json, write_meta)
+from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_arrays_json, atomic_save_npz,
+                                    atomic_write_json, load_arrays_json, read_json, write_meta)
+from core.storage.cma_state import es_from_arrays, es_to_arrays, new_sampler, same_state
+from core.storage.cma_state import new_es as new_cma_es
 from core.storage.weights_cache import world_model_sha256
 
 log = logging.getLogger(__name__)
 
 
-CMA_STATE = "cma_state.pkl"
+CMA_STATE = "cma_state.npz"
+PICKLED_CMA_STATE = "cma_state.pkl"  # the checkpoint of earlier versions, only read by convert_pickled_checkpoint
 STATE = "state.json"
 Average = tuple  # (the averaged CMA-ES mean as float64, the number of generations it has seen)
 
@@ -69,41 +78,107 @@ def _load_world_model(run_dir: Path):
 
 def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy, state: dict, params: np.ndarray,
              average: Average | None) -> None:
-    """The CMA-ES, the run's counters, the shipped parameters and the averaged mean in one atomic file, so
-    they can never disagree. (The CMA-ES pickles its sampler's ``RandomState`` with it.)"""
-    atomic_write_bytes(out_dir / CMA_STATE, pickle.dumps({
-        "es": es, "state": dict(state), "params": np.asarray(params, np.float32), "average": average}))
+    """The CMA-ES (with the random state it samples from), the run's counters, the shipped parameters and the
+    averaged mean in one atomic file, so they can never disagree: arrays, and JSON under ``json``."""
+    es_json, es_arrays = es_to_arrays(es)
+    document = {"es": es_json, "state": dict(state), "average_generations": None if average is None else average[1]}
+    arrays = {**es_arrays, "params": np.asarray(params, np.float32)}
+    if average is not None:
+        arrays["average"] = np.asarray(average[0], np.float64)
+    atomic_save_arrays_json(out_dir / CMA_STATE, document, arrays)
 
 
-def _load_es(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrategy, dict, np.ndarray | None,
-                                                         Average | None]:
+def has_checkpoint(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds an evolution checkpoint to resume; a pickled one of an earlier version is an
+    ArtifactError that says how to convert it (it is never loaded unasked: unpickling can run code)."""
+    pickled = out_dir / PICKLED_CMA_STATE
+    if pickled.exists():
+        raise ArtifactError(f"{pickled}: an evolution checkpoint of an earlier version, a pickle, which is never "
+                            "loaded unasked (unpickling a file can run any code in it); if it is yours, convert it "
+                            f"once: python -m core evolve --run-dir {shlex.quote(str(out_dir.parent))} --trust-pickle")
+    return (out_dir / CMA_STATE).exists()
+
+
+def _load_es(out_dir: Path) -> tuple[cma.CMAEvolutionStrategy, dict, np.ndarray, Average | None]:
     """The saved CMA-ES, the counters of the generation it belongs to, the parameters to ship and the
-    averaged mean (``None`` in checkpoints from before it was kept: the average then starts afresh).
+    averaged mean (``None`` when the run keeps none).
 
-    The counters come from the pickle, which is written before ``state.json``: after a kill between the
-    two it is one generation ahead, or ``state.json`` is not there yet. A pickle of a bare
-    ``CMAEvolutionStrategy`` (runs from before the counters went into it) goes with ``state``
-    (``state.json``), which it then needs, and its ``params.npz`` stays as it is.
+    The counters come from ``cma_state.npz``, which is written before ``state.json``: after a kill between
+    the two it is one generation ahead, or ``state.json`` is not there yet. Nothing in the file is code; one
+    that is damaged or does not fit is an ArtifactError naming it.
     """
+    path = out_dir / CMA_STATE
+    document, arrays = load_arrays_json(path, "CMA-ES checkpoint")
+    if not (isinstance(document, dict) and isinstance(document.get("state"), dict)
+            and type(document["state"].get("generation")) is int and document["state"]["generation"] >= 0):
+        raise ArtifactError(f"{path}: not a CMA-ES checkpoint of this project (no state with a generation); "
+                            f"delete {out_dir} to start over")
+    params, average_generations = arrays.pop("params", None), document.get("average_generations")
+    es = es_from_arrays(document.get("es"), arrays, path)
+    if not (isinstance(params, np.ndarray) and params.dtype == np.float32 and params.shape == es.mean.shape
+            and np.all(np.isfinite(params))):
+        raise ArtifactError(f"{path}: its parameters to ship (params) are missing or do not fit its CMA-ES of "
+                            f"{es.mean.shape[0]}; delete {out_dir} to start over")
+    average = arrays.get("average")
+    if average_generations is None and average is None:
+        return es, document["state"], params, None
+    if not (type(average_generations) is int and average_generations >= 1 and isinstance(average, np.ndarray)
+            and average.shape == es.mean.shape and average.dtype == np.float64 and np.all(np.isfinite(average))):
+        raise ArtifactError(f"{path}: its averaged mean does not fit its CMA-ES; delete {out_dir} to start over")
+    return es, document["state"], params, (average, average_generations)
+
+
+def _unpickle_checkpoint(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvolutionStrategy, dict,
+                                                                    np.ndarray | None, Average | None]:
+    """What a pickled checkpoint of an earlier version holds, as ``_load_es`` returns it (``params`` None: a
+    pickle of a bare CMA-ES, from before the counters went into it, which goes with ``state``, its
+    ``state.json``, and whose ``params.npz`` is the controller to ship). Runs the pickle: trusted files only."""
+    import pickle
+    path = out_dir / PICKLED_CMA_STATE
     try:
-        saved = pickle.loads((out_dir / CMA_STATE).read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as e:
-        raise ArtifactError(f"{out_dir / CMA_STATE}: unreadable CMA-ES state ({e}); delete {out_dir} to start "
-                            "over") from None
+        saved = pickle.loads(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - a pickle can raise anything; the user trusted it, say what it did
+        raise ArtifactError(f"{path}: unreadable CMA-ES state ({type(e).__name__}: {e}); delete {out_dir} to "
+                            "start over") from None
     if isinstance(saved, cma.CMAEvolutionStrategy) and state is not None:
         return saved, state, None, None
     if not (isinstance(saved, dict) and isinstance(saved.get("es"), cma.CMAEvolutionStrategy)
             and isinstance(saved.get("state"), dict) and isinstance(saved["state"].get("generation"), int)):
-        raise ArtifactError(f"{out_dir / CMA_STATE}: not a CMA-ES checkpoint of this project, or one without its "
-                            f"{STATE}; delete {out_dir} to start over")
+        raise ArtifactError(f"{path}: not a CMA-ES checkpoint of this project, or one without its {STATE}; "
+                            f"delete {out_dir} to start over")
     average = saved.get("average")
     if not (average is None or (isinstance(average, tuple) and len(average) == 2
                                 and np.shape(average[0]) == np.shape(saved["es"].mean)
                                 and np.all(np.isfinite(average[0]))
                                 and isinstance(average[1], int) and average[1] >= 1)):
-        raise ArtifactError(f"{out_dir / CMA_STATE}: its averaged mean does not fit its CMA-ES; delete {out_dir} "
-                            "to start over")
+        raise ArtifactError(f"{path}: its averaged mean does not fit its CMA-ES; delete {out_dir} to start over")
     return saved["es"], saved["state"], saved.get("params"), average
+
+
+def convert_pickled_checkpoint(run_dir: str | Path) -> bool:
+    """Turn the pickled checkpoint of an earlier version in ``<run_dir>/controller`` (``cma_state.pkl``) into
+    ``cma_state.npz``, once, for a user who trusts it (``evolve --trust-pickle``); False when there is none.
+
+    The new file is read back and must rebuild the very CMA-ES the pickle held (every array and number of
+    it, and its random state) before the pickle is deleted; a kill before that leaves the pickle, and
+    converting again gives the same file."""
+    out_dir = Path(run_dir) / "controller"
+    pickled = out_dir / PICKLED_CMA_STATE
+    if not pickled.exists():
+        return False
+    with RunLock(out_dir, "evolve"):
+        log.warning("%s: unpickling the checkpoint of an earlier version, as --trust-pickle asked, and converting "
+                    "it to %s", pickled, CMA_STATE)
+        state = read_json(out_dir / STATE, "evolution state") if (out_dir / STATE).exists() else None
+        es, saved, params, average = _unpickle_checkpoint(out_dir, state)
+        if params is None:  # a bare CMA-ES: its params.npz is the controller it ships
+            params = load_controller(out_dir).get_params()
+        _save_es(out_dir, es, saved, params, average)
+        if not same_state(_load_es(out_dir)[0], es):
+            raise ArtifactError(f"{out_dir / CMA_STATE}: does not rebuild the CMA-ES of {pickled}, which is kept; "
+                                "report this with the versions of numpy and cma")
+        pickled.unlink()
+    return True
 
 
 def update_average(average: Average | None, mean: np.ndarray, span: int) -> Average | None:
@@ -134,7 +209,7 @@ def saved_settings(run_dir: str | Path) -> dict:
     cap. ``{}`` when there is nothing to resume."""
     out_dir = Path(run_dir) / "controller"
     path = out_dir / "config.json"
-    if not (out_dir / CMA_STATE).exists() or not path.exists():
+    if not has_checkpoint(out_dir) or not path.exists():
         return {}
     saved = read_json(path, "evolution config")
     if not isinstance(saved, dict):
@@ -175,7 +250,7 @@ def _check_not_orphaned(out_dir: Path) -> None:
     hand) cannot be resumed; starting a new evolution there would overwrite its ``params.npz`` and append
     a second generation 1 to its history. Refuse instead.
     """
-    if (out_dir / CMA_STATE).exists():
+    if has_checkpoint(out_dir):
         return
     if (out_dir / STATE).exists() or ((out_dir / PARAMS_FILE).exists() and not (out_dir / "history.jsonl").exists()):
         have = [name for name in (STATE, PARAMS_FILE, "history.jsonl") if (out_dir / name).exists()]
@@ -189,8 +264,8 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
     start = np.zeros(num_params(z_size, hidden))
     if config.init_from:  # load_controller explains a missing file or one made for another z or h
         start = load_controller(config.init_from, z_size, hidden).get_params().astype(np.float64)
-    return cma.CMAEvolutionStrategy(start, config.sigma0, {"popsize": config.popsize, "seed": config.seed + 1,
-                                                           "verbose": -9, "CMA_diagonal": config.diagonal})
+    # Its own random state, seeded as cma would seed NumPy's global one with {"seed": config.seed + 1}.
+    return new_cma_es(start, config.sigma0, config.popsize, config.diagonal, new_sampler(config.seed + 1))
 
 
 def cap_step_size(es: cma.CMAEvolutionStrategy, max_sigma: float) -> None:
@@ -218,12 +293,27 @@ def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
         return [entry]
     if params_sha256(here) != entry["params_sha256"]:
         return [entry]
-    state = read_json(folder / STATE, "evolution state") if (folder / STATE).exists() else {}
+    state = read_state(folder) if (folder / STATE).exists() else {}
     config = read_json(folder / "config.json", "evolution config") if (folder / "config.json").exists() else {}
     entry.update({k: state[k] for k in ("generation", "episodes", "env_steps", "train_seconds", "best_eval")
                   if k in state})
     entry.update({k: config[k] for k in ("popsize", "rollouts", "workers", "seed") if k in config})
     return [*state.get("lineage", []), entry]
+
+
+STATE_COUNTERS = {"generation": int, "n_params": int, "episodes": int, "env_steps": int, "train_seconds": (int, float)}
+
+
+def read_state(controller_dir: Path) -> dict:
+    """An evolution's ``state.json``, its counters checked: one of another shape is an ArtifactError naming it."""
+    path = Path(controller_dir) / STATE
+    state = read_json(path, "evolution state")
+    odd = [k for k, kind in STATE_COUNTERS.items()
+           if k in state and (not isinstance(state[k], kind) or isinstance(state[k], bool) or state[k] < 0)]
+    if odd or not isinstance(state.get("generation"), int) or not isinstance(state.get("lineage", []), list):
+        raise ArtifactError(f"{path}: not an evolution state of this project ({', '.join(odd) or 'generation'} "
+                            "missing or of another kind); restore it from a copy")
+    return state
 
 
 def average_against_mean(records: list[dict]) -> dict | None:
@@ -448,7 +538,7 @@ def _start_or_resume(config: EvolveConfig, z_size: int, hidden: int, history: Hi
     out_dir = config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_not_orphaned(out_dir)
-    if (out_dir / CMA_STATE).exists():
+    if has_checkpoint(out_dir):
         es, state, average = _resume(config, z_size, hidden, history, world)
     else:
         es, average = new_es(config, z_size, hidden), None
@@ -471,8 +561,7 @@ def _resume(config: EvolveConfig, z_size: int, hidden: int, history: History,
     (``params.npz``, should a kill have cut it short), its history cut back to it (generations after it are
     run again)."""
     out_dir = config.out_dir
-    saved_json = read_json(out_dir / STATE, "evolution state") if (out_dir / STATE).exists() else None
-    es, saved, params, average = _load_es(out_dir, saved_json)
+    es, saved, params, average = _load_es(out_dir)
     n = num_params(z_size, hidden)
     if saved.get("n_params") != n:
         raise ArtifactError(f"{out_dir}: holds a controller of {saved.get('n_params')} parameters, this world "
@@ -480,7 +569,11 @@ def _resume(config: EvolveConfig, z_size: int, hidden: int, history: History,
     _check_resumable(out_dir, config)
     if history.path.exists():
         history.truncate_after("generation", saved["generation"])
-    state = upgrade_state(saved, params, es, config, z_size, hidden, history)
+    try:
+        state = upgrade_state(saved, params, es, config, z_size, hidden, history)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of another kind
+        raise ArtifactError(f"{out_dir / CMA_STATE}: its evolution state does not fit this version "
+                            f"({type(e).__name__}: {e}); delete {out_dir} to start over") from None
     save_params(out_dir, state.gate.params, z_size, hidden)
     if state.world_model_sha256 not in (None, world) and world:
         log.warning("%s: V or M has changed since this evolution last ran; its controller was evolved on the "

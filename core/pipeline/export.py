@@ -25,7 +25,7 @@ import numpy as np
 
 from core.config import EVAL_SEED_BASE, ExportConfig, validate
 from core.models.controller import PARAMS_FILE, load_params_file, params_sha256, save_params
-from core.pipeline.evolve import CMA_STATE, STATE, _load_es, _save_es
+from core.pipeline.evolve import CMA_STATE, STATE, _load_es, _save_es, has_checkpoint
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError, RunLock, atomic_write_json, read_json, read_meta
 from core.storage.reports import read_report
@@ -160,13 +160,11 @@ def _export(config: ExportConfig, src: Path, dst: Path, on_progress: ProgressCal
 def _check_checkpoint_complete(controller_dir: Path, params: np.ndarray) -> None:
     """Refuse a run whose last evolution checkpoint was cut short: its CMA-ES state (written first) names
     another controller than its ``params.npz`` (a kill between the two writes). Shipping that pair would
-    send out a controller with the state of the next generation. (A CMA-ES state from before checkpoints
-    kept their parameters names none: nothing to compare.)"""
-    if not (controller_dir / CMA_STATE).exists():
+    send out a controller with the state of the next generation."""
+    if not has_checkpoint(controller_dir):  # a pickled one of an earlier version is refused: convert it first
         return
-    state = read_json(controller_dir / STATE, "evolution state") if (controller_dir / STATE).exists() else None
-    _, state, saved, _ = _load_es(controller_dir, state)  # a damaged state is refused, not shipped
-    if saved is not None and params_sha256(saved) != params_sha256(params):
+    _, state, saved, _ = _load_es(controller_dir)  # a damaged state is refused, not shipped
+    if params_sha256(saved) != params_sha256(params):
         raise ArtifactError(
             f"{controller_dir}: its last checkpoint was cut short (its CMA-ES state is of generation "
             f"{state['generation']}, its {PARAMS_FILE} of the one before); resume the evolution (python -m core "
@@ -243,8 +241,8 @@ def _ship_params(src: Path, dst: Path, params: np.ndarray, source: dict, z_size:
     written = ["controller/params.npz"]
     world = world_model_sha256(src.parent)  # its report was driven on these (_report_mismatch)
     state = read_json(src / STATE, "evolution state") if (src / STATE).exists() else None
-    if training_state and (src / CMA_STATE).exists():
-        es, state, _, average = _load_es(src, state)
+    if training_state and has_checkpoint(src):
+        es, state, _, average = _load_es(src)
         state = _as_shipped(state, source, world)
         _save_es(dst, es, state, params, average)
         written.append(f"controller/{CMA_STATE}")

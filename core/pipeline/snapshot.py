@@ -27,7 +27,7 @@ def snapshot(config: SnapshotConfig, on_progress: ProgressCallback = keep_going)
                             f"to evolve it further (mkdir -p runs1 && cp -r {config.run_dir}/. runs1/) and take "
                             "snapshots there")
     path = snapshot_params(Path(config.run_dir) / "controller", config.which)
-    with np.load(path) as f:
+    with np.load(path, allow_pickle=False) as f:
         generation, sha = int(f["generation"]), params_sha256(f[config.which])
     on_progress(1, 1, {})
     return {"run_dir": config.run_dir, "file": str(path), "holds": PARAMS_KEYS[config.which],

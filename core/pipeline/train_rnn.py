@@ -61,7 +61,7 @@ def _episode_id(path: Path) -> str:
 
 def _load_part(part: Path, frames: int) -> tuple[np.ndarray, np.ndarray] | None:
     try:
-        with np.load(part) as f:
+        with np.load(part, allow_pickle=False) as f:
             mu, logvar = f["mu"], f["logvar"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # absent, or torn by a kill: encoded again
@@ -120,7 +120,7 @@ def load_encoded(path: Path, key: str) -> EncodedEpisodes | None:
     if not path.exists():
         return None
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             if str(f["key"]) != key:
                 return None
             return EncodedEpisodes(f["mu"], f["logvar"], f["action"], f["reward"], f["done"], f["frame_starts"],

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -31,23 +35,70 @@ class ArtifactError(UserError, RuntimeError):
     """A missing, corrupt or incompatible artifact; the message says which file and how to fix it."""
 
 
+def one_line(error: BaseException, limit: int = 240) -> str:
+    """A library's error message (Keras's run over many lines) as one line of at most ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class WriteError(ArtifactError):
+    """A file that could not be written because the disk is full or its folder is read-only. What was there
+    before is as it was (every write is atomic): free some space, or make the folder writable, and run the
+    stage again to go on from its last checkpoint."""
+
+
+DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+READ_ONLY = {errno.EROFS: "the folder is read-only", errno.EACCES: "the folder is not writable",
+             errno.EPERM: "the folder is not writable"}
+
+
+def write_error(path: Path | str, error: BaseException) -> BaseException:
+    """``error``, met while writing ``path``, as a WriteError if the disk is full or the folder read-only
+    (h5py's errors carry the errno in their text only); any other error as it is."""
+    number = getattr(error, "errno", None)
+    if number is None:
+        text = str(error)
+        number = next((n for n in (*DISK_FULL, *READ_ONLY) if f"errno = {n}," in text or os.strerror(n) in text),
+                      None)
+    reason = DISK_FULL.get(number) or READ_ONLY.get(number)
+    if reason is None:
+        return error
+    fix = "free some space" if number in DISK_FULL else "make it writable or give another folder"
+    return WriteError(f"{path}: not written, {reason} ({os.strerror(number)}); {fix} and run the stage again: "
+                      "what was saved before is as it was, and the stage goes on from its last checkpoint")
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a full disk or a read-only folder met in the block into a WriteError naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:  # RuntimeError: h5py's, for some failed writes
+        error = write_error(path, e)
+        if error is e:
+            raise
+        raise error from None
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path | str) -> Iterator[IO[bytes]]:
     """A binary handle on a temporary file beside ``path``, synced and renamed over it when the block
-    ends; if the block raises, the temporary file goes and ``path`` is untouched."""
+    ends; if the block raises, the temporary file goes and ``path`` is untouched. A full disk or a
+    read-only folder is a WriteError naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -69,6 +120,37 @@ def atomic_save_npz(path: Path | str, compressed: bool = True, **arrays: np.ndar
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
+JSON_KEY = "json"  # the entry of an arrays-and-JSON .npz that holds its JSON document
+# What NumPy raises for a damaged .npz: a truncated or zero-byte file, a bad member, a pickle in disguise.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def atomic_save_arrays_json(path: Path | str, document: Any, arrays: dict[str, np.ndarray]) -> None:
+    """One .npz of ``arrays`` and a JSON ``document`` (its UTF-8 bytes as the array ``json``), written
+    atomically: a checkpoint whose parts can never come from two moments."""
+    text = json.dumps(document, default=_json_default).encode("utf-8")
+    atomic_save_npz(path, **{JSON_KEY: np.frombuffer(text, np.uint8)}, **arrays)
+
+
+def load_arrays_json(path: Path | str, what: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """The JSON document and the arrays of a file ``atomic_save_arrays_json`` wrote. Read with
+    ``allow_pickle=False``: nothing in it can run code. A missing or damaged file is an ArtifactError."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: {what} not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        document = json.loads(arrays.pop(JSON_KEY).tobytes().decode("utf-8"))
+    except (*NPZ_ERRORS, RecursionError) as e:  # RecursionError: JSON nested beyond reason
+        raise ArtifactError(f"{path}: {what} is unreadable ({type(e).__name__}: {e}); restore it from a copy "
+                            "or delete it and run the stage again") from None
+    return document, arrays
+
+
+H5_OVERHEAD_BYTES = 1 << 20  # room an .h5 weights file needs beyond its arrays (names, layout), generously
+
+
 def atomic_save_keras(model: Any, path: Path | str) -> None:
     """Save a Keras model's own weights (``.weights.h5``) atomically.
 
@@ -76,20 +158,26 @@ def atomic_save_keras(model: Any, path: Path | str) -> None:
     the weights are copied into an uncompiled twin first so the file holds the model alone.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if getattr(model, "optimizer", None) is not None:
         twin = model.__class__(**model.get_config())
         twin.set_weights(model.get_weights())
         model = twin
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # HDF5 can crash the process (SIGSEGV in h5py's close) when the disk fills during a write: make sure of
+        # the room first. (Another writer can still take it meanwhile.)
+        needed = int(1.1 * sum(np.asarray(w).nbytes for w in model.get_weights())) + H5_OVERHEAD_BYTES
+        if shutil.disk_usage(path.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".weights.h5")
+        os.close(fd)
+        try:
+            model.save_weights(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _json_default(obj: Any) -> Any:
@@ -104,14 +192,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_json(path: Path | str, what: str = "file") -> Any:
+def read_json(path: Path | str, what: str = "file") -> dict:
+    """The JSON object in ``path``; missing, unreadable, not JSON, or JSON of another kind (a list where an
+    object belongs, say) is an ArtifactError naming the file."""
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:  # not JSON, not UTF-8, or a number too long to read
-        raise ArtifactError(f"{path}: {what} is corrupt ({e}); delete it and re-run the stage that makes it")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, a number too long to read, nested too deep
+        raise ArtifactError(f"{path}: {what} is corrupt ({type(e).__name__}: {e}); delete it and re-run the stage "
+                            "that makes it") from None
+    except OSError as e:  # a folder where the file belongs, say
+        raise ArtifactError(f"{path}: {what} cannot be read ({e})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: {what} is a JSON {type(data).__name__}, not an object; restore it or delete it "
+                            "and re-run the stage that makes it")
+    return data
 
 
 def checked_config(cls: type, data: Any, path: Path | str, what: str) -> Any:
@@ -207,12 +304,19 @@ class History:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, default=_json_default)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Add ``record`` as one line; a line a full disk cut short is taken back, so none is ever torn."""
+        line = (json.dumps(record, default=_json_default) + "\n").encode("utf-8")
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as f:
+                size = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(size)
+                    raise
 
     def read(self) -> list[dict]:
         return read_history(self.path)
@@ -224,16 +328,18 @@ class History:
 
 
 def read_history(path: Path | str) -> list[dict]:
-    """Records of a ``history.jsonl``; a torn last line (crash mid-write) is ignored."""
+    """Records of a ``history.jsonl``; a torn line (crash mid-write) or one that is not an object is ignored."""
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if isinstance(record, dict):  # a line of another kind is no record either
+            records.append(record)
     return records
 
 
@@ -250,9 +356,10 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         import fcntl
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(path):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -260,8 +367,9 @@ class RunLock:
             os.close(fd)
             raise ArtifactError(f"{self.folder}: another {self.what} run (pid {owner}) is writing here; wait for "
                                 "it to finish or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError):  # the pid only names the owner in the message above; a full disk
+            os.ftruncate(fd, 0)             # may refuse it
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
         return self
 

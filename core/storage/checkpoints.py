@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.storage.artifacts import (ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json,
-                                    read_history, read_json, read_meta)
+from core.storage.artifacts import (NPZ_ERRORS, ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json,
+                                    one_line, read_history, read_json, read_meta, writing)
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,19 @@ def save_checkpoint(out_dir: Path, model, optimizer, state: dict, weights_name: 
     ckpt, tmp, old = out_dir / CHECKPOINT, out_dir / CHECKPOINT_TMP, out_dir / CHECKPOINT_OLD
     recover_checkpoint(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    atomic_save_keras(model, tmp / weights_name)
-    atomic_save_npz(tmp / "optimizer.npz", compressed=False,
-                    **{f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
-    # state.json is written last: it is what says the checkpoint folder is complete.
-    atomic_write_json(tmp / "state.json", state)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
+    try:
+        atomic_save_keras(model, tmp / weights_name)
+        atomic_save_npz(tmp / "optimizer.npz", compressed=False,
+                        **{f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+        # state.json is written last: it is what says the checkpoint folder is complete.
+        atomic_write_json(tmp / "state.json", state)
+    except BaseException:  # a full disk, say (a WriteError): the previous checkpoint stays, the space comes back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    with writing(ckpt):
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
     shutil.rmtree(old, ignore_errors=True)
     atomic_save_keras(model, out_dir / weights_name)
 
@@ -89,14 +94,19 @@ def load_checkpoint(out_dir: Path, model, optimizer, weights_name: str) -> dict 
     try:
         model.load_weights(ckpt / weights_name)
     except (ValueError, OSError) as e:
-        raise ArtifactError(f"{ckpt}: checkpoint does not fit this model ({e}); use another --run-dir or "
+        raise ArtifactError(f"{ckpt}: checkpoint does not fit this model ({one_line(e)}); use another --run-dir or "
                             f"delete {out_dir} to start over") from None
     optimizer.build(model.trainable_variables)
-    with np.load(ckpt / "optimizer.npz") as f:
-        values = [f[k] for k in sorted(f.files)]
-    if len(values) != len(optimizer.variables):
-        raise ArtifactError(f"{ckpt}: optimizer state has {len(values)} variables, expected "
-                            f"{len(optimizer.variables)}; delete {out_dir} to start over")
+    try:
+        with np.load(ckpt / "optimizer.npz", allow_pickle=False) as f:
+            values = [f[k] for k in sorted(f.files)]
+    except NPZ_ERRORS as e:
+        raise ArtifactError(f"{ckpt / 'optimizer.npz'}: unreadable optimizer state ({one_line(e)}); delete {out_dir} "
+                            "to start over") from None
+    shapes = [tuple(v.shape) for v in optimizer.variables]
+    if [value.shape for value in values] != shapes:
+        raise ArtifactError(f"{ckpt / 'optimizer.npz'}: optimizer state has {len(values)} variables that do not fit "
+                            f"the {len(shapes)} of this model; delete {out_dir} to start over")
     learning_rate = float(optimizer.learning_rate)
     for var, value in zip(optimizer.variables, values):
         var.assign(value)
@@ -203,7 +213,7 @@ def resume_or_start(out_dir: Path, model, optimizer, weights_name: str, init_fro
         try:
             model.load_weights(Path(init_from) / weights_name)
         except (ValueError, OSError) as e:
-            raise ArtifactError(f"--init-from {init_from}: its weights do not fit this model ({e})") from None
+            raise ArtifactError(f"--init-from {init_from}: its weights do not fit this model ({one_line(e)})") from None
         return {"step": 0, "lineage": start_lineage(init_from, kind)}, init_from
     lineage = state.get("lineage") or []
     start = lineage[-1]["init_from"] if lineage else ""
