@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.app import app_data, jobs
 from core.app.jobs import JobAlreadyRunning, JobConflict, JobRegistry
-from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
+from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
 from core.envs.laps import MEANINGS
 from core.stages import STAGES, TRAINING_STAGES
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError
@@ -63,6 +63,32 @@ def shown_config(snap: dict | None, config: Any, cls: type) -> dict:
     if snap is not None and snap.get("config"):
         return dict(snap["config"])
     return dataclasses.asdict(config if config is not None else cls())
+
+
+def shown_folders(stage: str, snap: dict | None, config: Any, cls: type) -> app_data.Shown:
+    """The folders a training page shows (``app_data.shown_folders``) for the settings of ``shown_config``:
+    the run's own part, or the shipped model read-only; its episodes, or the app's sample frames."""
+    settings = shown_config(snap, config, cls)
+    return app_data.shown_folders(settings["run_dir"], settings.get("data_dir", DEFAULT_DATA_DIR),
+                                  STAGES[stage].part, active_out_dirs())
+
+
+def current_snapshot(stage: str) -> dict | None:
+    """The snapshot of the job a page shows (``current_job``), or None."""
+    job = current_job(stage)
+    return job.snapshot() if job is not None else None
+
+
+def shipped_note(shown: app_data.Shown, what: str, frames: bool = True) -> None:
+    """Says that the page shows the shipped model, read-only, because the run folder has no ``what`` yet (and,
+    with ``frames``, where the frames shown come from)."""
+    why = ("" if shown.run_dir == shown.model_dir else f": `{shown.run_dir}/` has no {what} of its own yet")
+    samples = app_data.SAMPLE_DATA_DIR.relative_to(app_data.CODE_ROOT)
+    frames = (f" The frames are samples shipped with the app (`{samples}/`): no episodes are collected yet."
+              if frames and shown.sample else "")
+    st.info(f"**The shipped model, read-only** (`{shown.model_dir}/`){why}. Train your own with the form below, "
+            f"in a run folder of your own: the page shows yours once its training starts.{frames}",
+            icon=":material/visibility:")
 
 
 def start_job(stage: str, config: Any) -> None:
