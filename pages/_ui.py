@@ -378,13 +378,16 @@ def histogram(values: list[float], title: str, x_title: str, key: str | None = N
 
 
 def endings_table(endings: list[dict], key: str | None = None) -> None:
-    """How a report's episodes ended (``core.envs.laps.endings`` rows): episodes, mean return, tiles skipped."""
-    st.dataframe([{"how it ended": e["ended"], "which means": MEANINGS.get(e["ended"], ""), "episodes": e["episodes"],
-                   "mean return": round(e["mean_return"], 1), "tiles skipped (mean)": round(e["mean_skipped"], 1)}
-                  for e in endings],
-                 hide_index=True, key=key, width="stretch")
-    st.caption("An episode ends before the step limit only when every tile is visited (or the car leaves the "
-               "playfield, -100): one tile skipped on a corner and the car drives on to the limit.")
+    """How a report's episodes ended (``core.envs.laps.endings`` rows): episodes, mean return, tiles skipped;
+    four short columns, so that the table fits half of a 1366-pixel-wide page, and the meanings below it."""
+    st.dataframe([{"how it ended": e["ended"], "episodes": e["episodes"], "mean return": round(e["mean_return"], 1),
+                   "tiles skipped": round(e["mean_skipped"], 1)} for e in endings],
+                 hide_index=True, key=key, width="stretch",
+                 column_config={"tiles skipped": st.column_config.NumberColumn(
+                     help="tiles of the lap left behind, mean per episode")})
+    meanings = "; ".join(f"*{e['ended']}*: {MEANINGS[e['ended']]}" for e in endings if e["ended"] in MEANINGS)
+    st.caption(f"{meanings}. An episode ends before the step limit only when every tile is visited (or the car "
+               "leaves the playfield, -100): one tile skipped on a corner and the car drives on to the limit.")
 
 
 def paired_scatter(seeds: list[int], base: list[float], other: list[float], base_name: str, other_name: str,

@@ -705,9 +705,10 @@ def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_roo
         assert not at.exception and len(at.dataframe) == tables
         for table in at.dataframe:
             table = table.value
+            assert list(table.columns) == ["how it ended", "episodes", "mean return", "tiles skipped"]
             assert list(table["how it ended"]) == ["lap finished", "out of steps"]
-            assert table["which means"][1] == "at the step limit, still on its way round"
-            assert list(table["episodes"]) == [1, 2] and list(table["tiles skipped (mean)"]) == [0.0, 2.5]
+            assert list(table["episodes"]) == [1, 2] and list(table["tiles skipped"]) == [0.0, 2.5]
+        assert any("*out of steps*: at the step limit, still on its way round" in c.value for c in at.caption)
     (fresh_root / "runs" / "controller" / "evaluation.json").write_text(json.dumps(
         {k: v for k, v in {**report, "params_sha256": app_data.controller_sha256("runs")}.items()
          if k not in ("ended", "skipped")}))
@@ -920,3 +921,16 @@ def test_the_published_score_stands_beside_the_users_own_evaluation(fresh_root):
     (own,) = [m.value for m in evolve.markdown if m.value.startswith("**Your evaluation**")]
     assert "none of `models/` yet" in own and "`runs/shipped-model/evaluation.json`" in own
 
+
+def test_home_calls_the_shipped_controller_shipped(fresh_root):
+    """The shipped controller's evolution stopped before its configured generations (it was exported by
+    choice): Home says it is the shipped one, not "not finished"; a run folder in the same state is."""
+    import json
+    for folder in ("models", "runs"):
+        meta = fresh_root / folder / "controller" / "meta.json"
+        data = json.loads(meta.read_text())
+        data["metrics"]["complete"] = False
+        meta.write_text(json.dumps(data))
+    text = " ".join(m.value for m in home(fresh_root).markdown)
+    assert text.count("`models/` · shipped") == 3 and "`models/` · not finished" not in text
+    assert "`runs/` · not finished" in text
