@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from core.envs.env import make_env, preprocess
+from core.models.agent import Agent
+from core.storage.artifacts import atomic_save_npz
+from core.storage.dataset import Episode, episode_path, load_episode, save_episode
 
-from core.envs.env import make_env, preprocess  # noqa: E402
-from core.models.agent import Agent  # noqa: E402
-from core.storage.artifacts import atomic_save_npz  # noqa: E402
-from core.storage.dataset import Episode, episode_path, load_episode, save_episode  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FIRST_SEED = 950_000  # the first validation track (core.config: 950000..999999 are never trained on)
 TRACKS = 8

@@ -108,7 +108,7 @@ def test_an_evaluation_of_the_shipped_model_never_writes_into_it(tiny_world_mode
         return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path("models").rglob("*"))
                 if p.is_file()}
     before = files()
-    settings = dict(episodes=1, max_steps=15, workers=1, env=TEST_ENV)
+    settings = {"episodes": 1, "max_steps": 15, "workers": 1, "env": TEST_ENV}
     report = evaluate(EvaluateConfig(model_dir="models", **settings))
     assert report["out"] == "runs/shipped-model/evaluation.json" and Path(report["out"]).is_file()
     params = evaluate(EvaluateConfig(model_dir="models", params="models/controller/params.npz", **settings))
