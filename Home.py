@@ -90,8 +90,10 @@ def home() -> None:
                         what = PARAMS_KEYS.get(art["shipped"].get("key"), "controller")
                         line = (f"{gens} generation{'' if gens == 1 else 's'} · ships the {what}"
                                 f"{f' of generation {picked}' if picked is not None else ''}, picked outside its evolution")
-                # Training that was not started from the app (the command line) looks like a stopped run.
-                state = "training" if art["training"] else ("complete" if art["complete"] else "not finished")
+                # Training that was not started from the app (the command line) looks like a stopped run. The
+                # shipped model is what it is: its evolution was exported before its last generation, by choice.
+                state = ("shipped" if app_data.is_shipped_model(folder) else "training" if art["training"] else
+                         "complete" if art["complete"] else "not finished")
                 st.markdown(f"`{folder}/` · {state}" + (" · **loaded by default**" if folder == default else ""))
                 st.caption(f"{line} · {app_data.when(art['created'])}")
             if not folders:

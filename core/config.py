@@ -25,6 +25,8 @@ from core.errors import UserError
 DEFAULT_DATA_DIR = "data/rollouts"
 DEFAULT_RUN_DIR = "runs"
 SHIPPED_MODEL_DIR = "models"
+# Where evaluations and videos of the shipped model go: its own folder stays exactly as committed.
+SHIPPED_OUTPUTS_DIR = f"{DEFAULT_RUN_DIR}/shipped-model"
 
 # Track seeds: training and collection draw tracks below EVAL_SEED_BASE; evaluation uses
 # EVAL_SEED_BASE, EVAL_SEED_BASE + 1, ... so evaluation tracks are never seen in training.
@@ -272,7 +274,8 @@ class EvaluateConfig:
     env: str = param("stock", "CarRacing implementation; stock makes scores comparable with published "
                               "ones", choices=ENV_CHOICES)
     out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json, or "
-                         "<params>.evaluation.json with --params)")
+                         f"<params>.evaluation.json with --params; never inside {SHIPPED_MODEL_DIR}/, whose "
+                         f"reports go to {SHIPPED_OUTPUTS_DIR}/)")
     params: str = param("", "controller to drive instead of the model's own: a params.npz, an evolution's "
                             "latest.npz (its CMA-ES mean) or a snapshot of it (python -m core snapshot), on "
                             "the model's V and M")

@@ -1,11 +1,12 @@
 """Train VAE: V learns to squeeze a frame into z and back; loss curves, reconstructions, latent explorer."""
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
 from core.app import app_data
 from core.config import VAEConfig
-from core.stages import STAGES
 from core.storage.artifacts import ArtifactError
 from pages import _ui
 
@@ -15,11 +16,16 @@ st.markdown("V is a convolutional variational autoencoder: it encodes each 64x64
             "the **KL** divergence that keeps the codes close to a standard normal (clamped below a free "
             "budget, as in the paper), so that M can later predict and sample them.")
 
+shipped_view = st.container()  # the shipped V, read-only, while the run folder has no V of its own
+
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(VAEConfig, "vae", defaults={"checkpoint_every": 100})
 _ui.start_button("train-vae", config, noun="training")
-vae_dir = str((config or VAEConfig()).out_dir)  # what the latent explorer shows: the form's folders
-data_dir = (config or VAEConfig()).data_dir
+# What the page and its latent explorer show: the V of the job shown (else of the form's run folder), or the
+# shipped one while that folder has none; its episodes, or the sample frames while none are collected.
+shown = _ui.shown_folders("train-vae", _ui.current_snapshot("train-vae"), config, VAEConfig)
+vae_dir = str(Path(shown.model_dir) / "vae")
+data_dir = shown.data_dir
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -38,9 +44,9 @@ def reconstructions(vae_dir: str, version: float, real: np.ndarray) -> np.ndarra
     return app_data.reconstruct(_ui.load_vae(vae_dir), real)
 
 
-def live(snap) -> None:
-    shown = _ui.shown_config(snap, config, VAEConfig)
-    vae_dir, data_dir = STAGES["train-vae"].out_dir(shown), shown["data_dir"]
+def show_training(shown: app_data.Shown, key: str) -> None:
+    """V's loss curves and its reconstructions of real frames."""
+    vae_dir, data_dir = str(Path(shown.model_dir) / "vae"), shown.data_dir
     records = app_data.history(vae_dir)
     train = [r for r in records if "r_loss" in r]
     val = [r for r in records if "val_r_loss" in r]
@@ -49,10 +55,10 @@ def live(snap) -> None:
         with cols[0]:
             _ui.line_chart(train + val, "step", {"reconstruction (train)": "r_loss",
                                                  "reconstruction (held out)": "val_r_loss"},
-                           "Reconstruction loss (summed squared error a frame)", key="vae.r_loss")
+                           "Reconstruction loss (summed squared error a frame)", key=f"{key}.r_loss")
         with cols[1]:
             _ui.line_chart(train + val, "step", {"KL (train, clamped)": "kl", "KL (held out)": "val_kl"},
-                           "KL divergence (nats a frame)", key="vae.kl")
+                           "KL divergence (nats a frame)", key=f"{key}.kl")
     art = app_data.artifact(vae_dir, "vae")
     real = frames(data_dir)
     if art is None or len(real) == 0:
@@ -63,11 +69,23 @@ def live(snap) -> None:
     except Exception as e:  # weights of another shape, a file being replaced: say so, keep the page
         st.warning(f"Could not load V from `{vae_dir}` for reconstructions: {e}")
         return
+    source = "sample frames of 8 tracks, shipped with the app" if shown.sample else f"real frames of `{data_dir}`"
     st.image(app_data.grid([real, recon], scale=2),
-             caption=f"Top: real frames of `{data_dir}`. Bottom: V's reconstructions (`{vae_dir}`, "
+             caption=f"Top: {source}. Bottom: V's reconstructions (`{vae_dir}`, "
                      f"weights of {app_data.when(art['updated'])}).")
 
 
+def live(snap) -> None:
+    shown = _ui.shown_folders("train-vae", snap, config, VAEConfig)
+    if not shown.shipped:  # the shipped V is shown at the top of the page
+        show_training(shown, key="vae")
+
+
+if shown.shipped:
+    with shipped_view:
+        _ui.shipped_note(shown, "V")
+        show_training(shown, key="vae.shipped")
+        st.subheader("Train your own")
 _ui.job_panel("train-vae", live, unit="batches", stop_label="Stop training")
 
 st.subheader("Latent explorer")

@@ -1,12 +1,13 @@
 """Train RNN: M learns what comes next; loss curves and its one-step predictions against the real frames."""
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
 from core.app import app_data
 from core.config import RNNConfig
 from core.pipeline.dream import one_step_predictions
-from core.stages import STAGES
 from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
 
@@ -16,16 +17,15 @@ st.markdown("M is an LSTM with a **mixture density** output: from the code z of 
             "log-likelihood), plus the **reward** that follows and whether the episode **ends**. The frames "
             "are encoded by V once, then M trains on sequences of codes.")
 
+shipped_view = st.container()  # the shipped M, read-only, while the run folder has no M of its own
+
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(RNNConfig, "rnn")
 _ui.start_button("train-rnn", config, noun="training")
 
 
-def live(snap) -> None:
-    if snap and snap["status"] in ("starting", "running") and "encoded" in snap["metrics"]:
-        m = snap["metrics"]
-        st.caption(f"Encoding the episodes with V first: {m['encoded']} of {m['of']}.")
-    records = app_data.history(STAGES["train-rnn"].out_dir(_ui.shown_config(snap, config, RNNConfig)))
+def show_losses(model_dir: str, key: str) -> None:
+    records = app_data.history(Path(model_dir) / "rnn")
     if not records:
         return
     cols = st.columns(3)
@@ -33,15 +33,24 @@ def live(snap) -> None:
                                          ("reward", "Reward loss (squared error)"),
                                          ("done", "Episode-end loss (cross-entropy)"))):
         with col:
-            _ui.line_chart(records, "step", {"train": name, "held out": f"val_{name}"}, title, key=f"rnn.{name}")
+            _ui.line_chart(records, "step", {"train": name, "held out": f"val_{name}"}, title, key=f"{key}.{name}")
 
 
+def live(snap) -> None:
+    if snap and snap["status"] in ("starting", "running") and "encoded" in snap["metrics"]:
+        m = snap["metrics"]
+        st.caption(f"Encoding the episodes with V first: {m['encoded']} of {m['of']}.")
+    shown = _ui.shown_folders("train-rnn", snap, config, RNNConfig)
+    if not shown.shipped:  # the shipped M is shown at the top of the page
+        show_losses(shown.model_dir, key="rnn")
+
+
+top = _ui.shown_folders("train-rnn", _ui.current_snapshot("train-rnn"), config, RNNConfig)
+if top.shipped:
+    with shipped_view:
+        _ui.shipped_note(top, "M")
+        show_losses(top.model_dir, key="rnn.shipped")
 _ui.job_panel("train-rnn", live, unit="batches", stop_label="Stop training")
-
-st.subheader("One-step predictions")
-st.caption("M is fed the real past and asked for the next frame: its most likely next z, decoded by V, next to "
-           "the real next frame and V's own reconstruction of it (the best M can do). Refreshes when the "
-           "weights change.")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -62,9 +71,10 @@ def episode_steps(path: str, version: float) -> tuple[int, str | None]:
 
 
 job = _ui.current_job("train-rnn")
-# While M trains, the view follows the job's folders (the form may have been reset by a reload since).
-shown = _ui.shown_config(job.snapshot() if job is not None and job.active else None, config, RNNConfig)
-run_dir, data_dir = shown["run_dir"], shown["data_dir"]
+# While M trains, the view follows the job's folders (the form may have been reset by a reload since); the
+# shipped model's V and M while the run folder has no M, the sample episode while no episodes are collected.
+shown = _ui.shown_folders("train-rnn", job.snapshot() if job is not None and job.active else None, config, RNNConfig)
+run_dir, data_dir = shown.model_dir, shown.data_dir
 
 
 @st.fragment(run_every=_ui.POLL_SECONDS if job is not None and job.active else None)
@@ -96,12 +106,22 @@ def prediction_view() -> None:
     except Exception as e:  # M and V that do not fit together, a file being replaced: say so
         st.error(f"Could not predict with the model in `{run_dir}/`: {e}")
         return
+    whose = f"V and M of `{run_dir}/`" + (", the shipped model, read-only" if shown.shipped else "")
+    source = ", on the sample episode shipped with the app (no episodes are collected yet)" if shown.sample else ""
     st.image(app_data.grid([out["real_next"], out["recon_next"], out["predicted"]], scale=2),
              caption=f"Steps {out['steps'][0]}–{out['steps'][-1]}. Rows: real next frame · V's reconstruction · "
-                     f"M's prediction (V and M of `{run_dir}/`).")
+                     f"M's prediction ({whose}{source}).")
     rewards = " · ".join(f"{p:+.2f} ({r:+.2f})" for p, r in zip(out["pred_reward"], out["real_reward"]))
     st.caption(f"Predicted reward (real): {rewards}. Highest predicted end probability: "
                f"{np.max(out['done_prob']):.0%}.")
 
 
-prediction_view()
+# Beside the shipped M's curves while it is shown (above the form), else below the job.
+with shipped_view if top.shipped else st.container():
+    st.subheader("One-step predictions")
+    st.caption("M is fed the real past and asked for the next frame: its most likely next z, decoded by V, next "
+               "to the real next frame and V's own reconstruction of it (the best M can do). Refreshes when the "
+               "weights change.")
+    prediction_view()
+    if top.shipped:
+        st.subheader("Train your own")

@@ -6,10 +6,9 @@ from pathlib import Path
 import streamlit as st
 
 from core.app import app_data
-from core.config import EvaluateConfig, EvolveConfig, RecordConfig
+from core.config import SHIPPED_MODEL_DIR, EvaluateConfig, EvolveConfig, RecordConfig
 from core.models.controller import PARAMS_KEYS
 from core.pipeline.evolve import FIXED_ON_RESUME, average_against_mean, saved_settings
-from core.stages import STAGES
 from core.storage.artifacts import ArtifactError
 from core.storage.reports import verdict_words
 from pages import _ui
@@ -19,6 +18,8 @@ st.markdown("C is a single linear layer from [z, h] to steer, gas and brake: 867
             "sizes. **CMA-ES** proposes a population of parameter vectors, each drives the real CarRacing "
             "(seeing it through V and M), and the distribution moves towards the vectors that scored best. "
             "The fitness of a candidate is its mean return over a few tracks.")
+
+shipped_view = st.container()  # the shipped C's evolution, read-only, while the run folder has no C of its own
 
 with st.expander("Settings", expanded=True):
     config = _ui.config_form(EvolveConfig, "evolve")
@@ -60,8 +61,9 @@ _ui.start_button("evolve", config, noun="evolution")
 run_dir = (config or EvolveConfig()).run_dir
 
 
-def live(snap) -> None:
-    records = app_data.history(STAGES["evolve"].out_dir(_ui.shown_config(snap, config, EvolveConfig)))
+def show_evolution(model_dir: str, key: str) -> None:
+    """Fitness per generation, how the training rollouts ended, and the gate's second tests."""
+    records = app_data.history(Path(model_dir) / "controller")
     if not records:
         return
     _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",
@@ -72,7 +74,7 @@ def live(snap) -> None:
                                            "evaluated: shipped controller": "eval_shipped",
                                            "second test: challenger": "confirm_challenger",
                                            "second test: shipped": "confirm_shipped"},
-                   "Fitness per generation (mean return of a candidate)", "return", key="evolve.fitness")
+                   "Fitness per generation (mean return of a candidate)", "return", key=f"{key}.fitness")
     last = records[-1]
     laps = (f" {last['laps']:.0%} finished their lap, with {last['skipped']:.1f} tiles skipped on average."
             if "laps" in last else "")
@@ -85,7 +87,7 @@ def live(snap) -> None:
                   for r in records if "laps" in r]
         _ui.line_chart(shares, "generation", {"lap finished": "laps %", "stopped early": "stopped early %"},
                        "How the training rollouts ended (share per generation)", "% of rollouts",
-                       key="evolve.endings")
+                       key=f"{key}.endings")
     versus_mean = average_against_mean(records)
     if versus_mean:
         st.caption(f"The averaged mean against the mean on the same tracks: {versus_mean['lead']:+.1f} on average "
@@ -99,6 +101,19 @@ def live(snap) -> None:
                    f"noise of its lead: {won} of {len(tests)} challengers won there and were shipped.")
 
 
+def live(snap) -> None:
+    shown = _ui.shown_folders("evolve", snap, config, EvolveConfig)
+    if not shown.shipped:  # the shipped C's evolution is shown at the top of the page
+        show_evolution(shown.model_dir, key="evolve")
+
+
+top = _ui.shown_folders("evolve", _ui.current_snapshot("evolve"), config, EvolveConfig)
+if top.shipped:
+    with shipped_view:
+        _ui.shipped_note(top, "evolution", frames=False)
+        show_evolution(top.model_dir, key="evolve.shipped")
+        st.caption("Its published score, and your own evaluations of it, are under **Evaluate** below.")
+        st.subheader("Train your own")
 _ui.job_panel("evolve", live, unit="generations", stop_label="Stop evolution")
 
 # --- evaluate -----------------------------------------------------------------------------------------
@@ -143,8 +158,43 @@ if model_dir is not None:
     _ui.start_button("evaluate", eval_config, noun="evaluation", prepare=None if drive == "kept" else drive_a_copy)
 
 
+def report_line(report: dict) -> str:
+    """A report's score, labelled with its episodes, env, tracks and date."""
+    return (f"{report['episodes']} episodes, {report.get('env', '?')} env, {app_data.tracks(report)}, "
+            f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
+            f"(min {report['min']:.0f}, max {report['max']:.0f})")
+
+
+def show_published(published: dict) -> None:
+    """The shipped model's published score: no evaluation in the app replaces it."""
+    earlier = (" · of an **earlier controller** than the one shipped now" if published["current"] is False else "")
+    st.markdown(f"**Published score** · the shipped model (`{SHIPPED_MODEL_DIR}/controller/evaluation.json`), "
+                f"{report_line(published)}{earlier}")
+    _ui.histogram(published["returns"], "Returns on the evaluation tracks", "return", key="evaluate.published",
+                  bins=20)
+    if published.get("endings") and published["current"] is not False:
+        _ui.endings_table(published["endings"], key="evaluate.published_endings")
+
+
 def live_evaluation(snap) -> None:
-    versus = report = None
+    published = app_data.published_evaluation()
+    left, right = st.columns(2) if published else (None, st.container())
+    if left is not None:
+        with left:
+            show_published(published)
+    with right:
+        shown, driven, report = show_own_evaluation(snap)
+    versus = app_data.against_shipped(report, shown) if report else None
+    if versus:
+        show_against_shipped(versus, f"the {PARAMS_KEYS[driven]}" if driven != "kept" else "this world model")
+    if driven != "kept" and report:
+        show_how_to_ship(report, shown)
+
+
+def show_own_evaluation(snap) -> tuple[str | None, str, dict | None]:
+    """The user's evaluation: of the running job, else the report of the world model of the job shown (else of
+    the one picked above). Returns that world model, what drove (see DRIVEN) and the report (None while a job
+    runs, or without one)."""
     job = snap["config"] if snap is not None and snap.get("config") else None
     running = snap is not None and snap["status"] in ("starting", "running", "stopping")
     # A running job shows what it drives; after it, the controller picked above is shown.
@@ -153,38 +203,34 @@ def live_evaluation(snap) -> None:
         returns = [r["return"] for r in snap["history"] if "return" in r]
         of = (f", the {PARAMS_KEYS[driven]}" if driven != "kept" else
               f", controller `{job['params']}`" if job.get("params") else "")
-        source = f"`{job['model_dir']}/`{of}: {len(returns)} episodes so far"
-    else:
-        # The report of the world model of the job shown, else of the one picked above.
-        shown = job["model_dir"] if job else model_dir
-        if not shown:
-            return
-        if driven == "kept":
-            report = app_data.latest_evaluation(shown)
-        else:
-            report = app_data.latest_mean_evaluation(shown, driven)
-        if not report:
-            return
-        returns = report["returns"]
-        what = (f"the {PARAMS_KEYS[driven]} of generation {report['params_source'].get('generation', '?')} in "
-                f"`{shown}/`"
-                if driven != "kept" else f"`{shown}/`")
-        source = (f"{what}, {report['episodes']} episodes, {report.get('env', '?')} env, "
-                  f"{app_data.when(report.get('date'))}: **{report['mean']:.1f} ± {report['std']:.1f}** "
-                  f"(min {report['min']:.0f}, max {report['max']:.0f})")
-        if report.get("current") is False:
-            source += (" · of an **earlier controller**: evolution has replaced this folder's controller since. "
-                       "Evaluate again to score the current one.")
-        versus = app_data.against_shipped(report, shown)
-    if returns:
-        st.markdown(f"Score distribution · {source}")
-        _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
-    if report and report.get("endings"):
+        if returns:
+            st.markdown(f"**Your evaluation** · `{job['model_dir']}/`{of}: {len(returns)} episodes so far")
+            _ui.histogram(returns, "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
+        return job["model_dir"], driven, None
+    shown = job["model_dir"] if job else model_dir
+    if not shown:
+        return None, driven, None
+    report = (app_data.own_evaluation(shown) if driven == "kept" else
+              app_data.latest_mean_evaluation(shown, driven))
+    where = app_data.relative(app_data.outputs_dir(shown) / "evaluation.json")
+    if not report:
+        st.markdown(f"**Your evaluation** · none of `{shown}/` yet"
+                    + (f": its report will go to `{where}`, beside the published score, never over it."
+                       if app_data.is_shipped_model(shown) else "."))
+        return shown, driven, None
+    what = (f"the {PARAMS_KEYS[driven]} of generation {report['params_source'].get('generation', '?')} in `{shown}/`"
+            if driven != "kept" else f"`{shown}/`")
+    source = f"**Your evaluation** · {what}, {report_line(report)}"
+    if driven == "kept" and app_data.is_shipped_model(shown):
+        source += f" · in `{where}` (the published score stays as shipped)"
+    if report.get("current") is False:
+        source += (" · of an **earlier controller**: evolution has replaced this folder's controller since. "
+                   "Evaluate again to score the current one.")
+    st.markdown(source)
+    _ui.histogram(report["returns"], "Returns on the evaluation tracks", "return", key="evaluate.returns", bins=20)
+    if report.get("endings"):
         _ui.endings_table(report["endings"], key="evaluate.endings")
-    if versus:
-        show_against_shipped(versus, f"the {PARAMS_KEYS[driven]}" if driven != "kept" else "this world model")
-    if driven != "kept" and report:
-        show_how_to_ship(report, shown)
+    return shown, driven, report
 
 
 def show_how_to_ship(report: dict, model_dir: str) -> None:

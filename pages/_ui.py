@@ -15,7 +15,7 @@ import streamlit as st
 
 from core.app import app_data, jobs
 from core.app.jobs import JobAlreadyRunning, JobConflict, JobRegistry
-from core.config import DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
+from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
 from core.envs.laps import MEANINGS
 from core.stages import STAGES, TRAINING_STAGES
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError
@@ -65,6 +65,32 @@ def shown_config(snap: dict | None, config: Any, cls: type) -> dict:
     if snap is not None and snap.get("config"):
         return dict(snap["config"])
     return dataclasses.asdict(config if config is not None else cls())
+
+
+def shown_folders(stage: str, snap: dict | None, config: Any, cls: type) -> app_data.Shown:
+    """The folders a training page shows (``app_data.shown_folders``) for the settings of ``shown_config``:
+    the run's own part, or the shipped model read-only; its episodes, or the app's sample frames."""
+    settings = shown_config(snap, config, cls)
+    return app_data.shown_folders(settings["run_dir"], settings.get("data_dir", DEFAULT_DATA_DIR),
+                                  STAGES[stage].part, active_out_dirs())
+
+
+def current_snapshot(stage: str) -> dict | None:
+    """The snapshot of the job a page shows (``current_job``), or None."""
+    job = current_job(stage)
+    return job.snapshot() if job is not None else None
+
+
+def shipped_note(shown: app_data.Shown, what: str, frames: bool = True) -> None:
+    """Says that the page shows the shipped model, read-only, because the run folder has no ``what`` yet (and,
+    with ``frames``, where the frames shown come from)."""
+    why = ("" if shown.run_dir == shown.model_dir else f": `{shown.run_dir}/` has no {what} of its own yet")
+    samples = app_data.SAMPLE_DATA_DIR.relative_to(app_data.CODE_ROOT)
+    frames = (f" The frames are samples shipped with the app (`{samples}/`): no episodes are collected yet."
+              if frames and shown.sample else "")
+    st.info(f"**The shipped model, read-only** (`{shown.model_dir}/`){why}. Train your own with the form below, "
+            f"in a run folder of your own: the page shows yours once its training starts.{frames}",
+            icon=":material/visibility:")
 
 
 def start_job(stage: str, config: Any) -> None:
@@ -382,13 +408,16 @@ def histogram(values: list[float], title: str, x_title: str, key: str | None = N
 
 
 def endings_table(endings: list[dict], key: str | None = None) -> None:
-    """How a report's episodes ended (``core.envs.laps.endings`` rows): episodes, mean return, tiles skipped."""
-    st.dataframe([{"how it ended": e["ended"], "which means": MEANINGS.get(e["ended"], ""), "episodes": e["episodes"],
-                   "mean return": round(e["mean_return"], 1), "tiles skipped (mean)": round(e["mean_skipped"], 1)}
-                  for e in endings],
-                 hide_index=True, key=key, width="stretch")
-    st.caption("An episode ends before the step limit only when every tile is visited (or the car leaves the "
-               "playfield, -100): one tile skipped on a corner and the car drives on to the limit.")
+    """How a report's episodes ended (``core.envs.laps.endings`` rows): episodes, mean return, tiles skipped;
+    four short columns, so that the table fits half of a 1366-pixel-wide page, and the meanings below it."""
+    st.dataframe([{"how it ended": e["ended"], "episodes": e["episodes"], "mean return": round(e["mean_return"], 1),
+                   "tiles skipped": round(e["mean_skipped"], 1)} for e in endings],
+                 hide_index=True, key=key, width="stretch",
+                 column_config={"tiles skipped": st.column_config.NumberColumn(
+                     help="tiles of the lap left behind, mean per episode")})
+    meanings = "; ".join(f"*{e['ended']}*: {MEANINGS[e['ended']]}" for e in endings if e["ended"] in MEANINGS)
+    st.caption(f"{meanings}. An episode ends before the step limit only when every tile is visited (or the car "
+               "leaves the playfield, -100): one tile skipped on a corner and the car drives on to the limit.")
 
 
 def paired_scatter(seeds: list[int], base: list[float], other: list[float], base_name: str, other_name: str,

@@ -59,10 +59,14 @@ def tiny_world_model(tiny_data, tmp_path_factory) -> Path:
     return run
 
 
-def make_app_root(root: Path, tiny_data: Path, tiny_world_model: Path) -> Path:
-    """An app folder with the tiny data in data/rollouts and the tiny world model in runs/ and models/."""
-    shutil.copytree(tiny_data, root / "data" / "rollouts")
-    for folder in ("runs", "models"):
+def make_app_root(root: Path, tiny_data: Path | None, tiny_world_model: Path,
+                  folders: tuple[str, ...] = ("runs", "models")) -> Path:
+    """An app folder with the tiny data in data/rollouts (none without ``tiny_data``) and the tiny world model
+    in ``folders`` (runs/ and models/)."""
+    if tiny_data is not None:
+        shutil.copytree(tiny_data, root / "data" / "rollouts")
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
         for part in ("vae", "rnn", "controller"):
             shutil.copytree(tiny_world_model / part, root / folder / part,
                             ignore=shutil.ignore_patterns("checkpoint", "encoded.npz", ".lock"))

@@ -207,12 +207,12 @@ def test_the_app_never_writes_into_the_shipped_model(app_root, monkeypatch):
     stored = app_root / "models" / "controller" / "evaluation.json"
     stored.write_text(json.dumps({"seeds": [1_000_000], "returns": [900.0], "date": "2026-01-01T00:00:00Z"}))
     try:
-        assert app_data.latest_evaluation("models")["mean"] == 900.0
+        assert app_data.published_evaluation()["mean"] == 900.0 and app_data.own_evaluation("models") is None
         mine = app_data.outputs_dir("models") / "evaluation.json"
         mine.parent.mkdir(parents=True)
         mine.write_text(json.dumps({"seeds": [1_000_000], "returns": [12.0], "date": "2026-02-01T00:00:00Z"}))
-        assert app_data.latest_evaluation("models")["mean"] == 12.0  # the app's newer run is shown
-        assert app_data.evaluation("models")["mean"] == 900.0  # the committed report is untouched
+        assert app_data.own_evaluation("models")["mean"] == 12.0  # the app's own run, beside the published one
+        assert app_data.published_evaluation()["mean"] == 900.0  # the committed report is untouched and shown
     finally:
         stored.unlink()
         (app_data.outputs_dir("models") / "evaluation.json").unlink(missing_ok=True)
@@ -694,7 +694,7 @@ def test_a_file_that_is_not_an_evaluation_report_shows_no_score_and_breaks_no_pa
     for data in foreign:
         for folder in ("models", "runs"):
             (fresh_root / folder / "controller" / "evaluation.json").write_text(json.dumps(data))
-        assert app_data.evaluation("runs") is None and app_data.latest_evaluation("models") is None
+        assert app_data.evaluation("runs") is None and app_data.published_evaluation() is None
         start = home(fresh_root)
         at = open_page(start, "4_Evolve.py")
         assert not at.exception, [e.message for e in at.exception]
@@ -723,17 +723,21 @@ def test_how_the_episodes_ended_is_tabled_on_the_evolve_and_home_pages(fresh_roo
         (fresh_root / folder / "controller" / "evaluation.json").write_text(json.dumps(
             {**report, "params_sha256": app_data.controller_sha256(folder)}))
     start = home(fresh_root)
-    for at in (start, open_page(start, "4_Evolve.py")):
-        assert not at.exception
-        table = at.dataframe[0].value
-        assert list(table["how it ended"]) == ["lap finished", "out of steps"]
-        assert table["which means"][1] == "at the step limit, still on its way round"
-        assert list(table["episodes"]) == [1, 2] and list(table["tiles skipped (mean)"]) == [0.0, 2.5]
+    # Home: the shipped model's; Evolve: the published report's (models/) and the user's (runs/).
+    for page, tables in ((None, 1), ("4_Evolve.py", 2)):
+        at = open_page(start, page) if page else start
+        assert not at.exception and len(at.dataframe) == tables
+        for table in at.dataframe:
+            table = table.value
+            assert list(table.columns) == ["how it ended", "episodes", "mean return", "tiles skipped"]
+            assert list(table["how it ended"]) == ["lap finished", "out of steps"]
+            assert list(table["episodes"]) == [1, 2] and list(table["tiles skipped"]) == [0.0, 2.5]
+        assert any("*out of steps*: at the step limit, still on its way round" in c.value for c in at.caption)
     (fresh_root / "runs" / "controller" / "evaluation.json").write_text(json.dumps(
         {k: v for k, v in {**report, "params_sha256": app_data.controller_sha256("runs")}.items()
          if k not in ("ended", "skipped")}))
     at = open_page(home(fresh_root), "4_Evolve.py")
-    assert not at.exception and len(at.dataframe) == 0
+    assert not at.exception and len(at.dataframe) == 1  # the published report's only
 
 
 def test_the_cma_mean_is_copied_once_per_generation_and_mean(fresh_root):
@@ -845,3 +849,112 @@ def test_a_data_folder_counts_its_files_not_its_manifest(tmp_path, tiny_data):
     summary = app_data.data_summary(data)
     assert summary["episodes"] == 2 and summary["unlisted"] == 1
     assert [e["file"] for e in summary["entries"]] == ["ep_0000000.npz"] and len(summary["returns"]) == 1
+
+
+# --- a new user: the shipped model and nothing else (no runs/, no collected episodes) -------------------------
+
+
+@pytest.fixture
+def shipped_only(tmp_path, tiny_world_model, monkeypatch):
+    """An app root holding the (tiny) shipped model alone, as a fresh clone does."""
+    root = make_app_root(tmp_path / "root", None, tiny_world_model, folders=("models",))
+    monkeypatch.setenv(ROOT_ENV, str(root))
+    return root
+
+
+def test_the_pages_pick_the_run_folder_once_it_holds_a_part_else_the_shipped_model(shipped_only, tiny_data):
+    from core.app import app_data
+    shown = app_data.shown_folders("runs", "data/rollouts", "vae")
+    assert shown == app_data.Shown(run_dir="runs", model_dir="models", data_dir=str(app_data.SAMPLE_DATA_DIR),
+                                   shipped=True, sample=True)
+    assert app_data.shown_folders("models", "data/rollouts", "vae").shipped  # the shipped model asked for
+    assert app_data.shown_folders("runs", "data/rollouts", "rnn", writing=["runs/rnn"]).model_dir == "runs"
+    (shipped_only / "runs" / "controller").mkdir(parents=True)
+    (shipped_only / "runs" / "controller" / "history.jsonl").write_text('{"generation": 1, "best": 1.0}\n')
+    assert app_data.shown_folders("runs", "data/rollouts", "controller").model_dir == "runs"  # a run under way
+    assert app_data.shown_folders("runs", "data/rollouts", "vae").model_dir == "models"
+    shutil.copytree(tiny_data, shipped_only / "data" / "rollouts")
+    collected = app_data.shown_folders("runs", "data/rollouts", "vae")
+    assert collected.data_dir == "data/rollouts" and not collected.sample
+    shutil.rmtree(shipped_only / "models" / "rnn")  # neither has M: the run folder's (empty) view
+    assert app_data.shown_folders("runs", "data/rollouts", "rnn") == app_data.Shown(
+        run_dir="runs", model_dir="runs", data_dir="data/rollouts", shipped=False, sample=False)
+    # The sample frames: 8 frames of 8 tracks, and one episode long enough for M's 8 predictions.
+    frames = app_data.sample_frames(app_data.SAMPLE_DATA_DIR, count=8, seed=1)
+    assert frames.dtype == np.uint8 and frames.shape == (8, 64, 64, 3) and len({f.tobytes() for f in frames}) == 8
+    (episode,) = app_data.episode_files(app_data.SAMPLE_DATA_DIR)
+    assert load_episode(episode).steps > 8
+
+
+def test_the_training_pages_show_the_shipped_model_read_only_without_runs_or_data(shipped_only):
+    at = home(shipped_only)
+    vae = open_page(at, "2_Train_VAE.py")
+    assert "The shipped model, read-only" in vae.info[0].value and "`runs/` has no V" in vae.info[0].value
+    assert "samples shipped with the app" in vae.info[0].value
+    assert "Reconstruction loss" in chart_specs(vae) and "KL divergence" in chart_specs(vae)
+    captions = [c for img in vae.get("image") for c in img.captions]
+    assert any("sample frames of 8 tracks" in c and "`models/vae`" in c for c in captions), captions
+    assert any("decoded with your z" in c for c in captions)  # the latent explorer, on the shipped V
+    assert not any("No VAE" in c.value for c in vae.caption)
+    assert "Train your own" in [h.value for h in vae.subheader]
+    assert not vae.button(key="start.train-vae").disabled
+
+    rnn = open_page(at, "3_Train_RNN.py")
+    assert "The shipped model, read-only" in rnn.info[0].value
+    assert "MDN loss" in chart_specs(rnn)
+    captions = [c for img in rnn.get("image") for c in img.captions]
+    assert any("M's prediction (V and M of `models/`, the shipped model, read-only, on the sample episode" in c
+               for c in captions), captions
+
+    evolve = open_page(at, "4_Evolve.py")
+    assert "The shipped model, read-only" in evolve.info[0].value
+    assert "Fitness per generation" in chart_specs(evolve)
+    assert evolve.selectbox(key="evolve.model_dir").options == ["models"]
+    assert not evolve.button(key="start.evolve").disabled
+
+
+def test_the_published_score_stands_beside_the_users_own_evaluation(fresh_root):
+    """A 2-episode evaluation of the shipped model (written, as the app writes it, into runs/shipped-model/) is
+    shown beside the 100-episode published score, each with its episodes and tracks; neither Home nor the
+    published figure on the Evolve page change."""
+    import json
+
+    from core.app import app_data
+    sha = app_data.controller_sha256("models")
+    seeds = list(range(1_000_000, 1_000_100))
+    published = {"returns": [859.6] * 99 + [900.0], "seeds": seeds, "env": "stock", "max_steps": 1000,
+                 "date": "2026-01-01T00:00:00Z", "params_sha256": sha}
+    (fresh_root / "models" / "controller" / "evaluation.json").write_text(json.dumps(published))
+    mine = app_data.outputs_dir("models") / "evaluation.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(json.dumps({"returns": [606.5, 876.7], "seeds": seeds[:2], "env": "fast", "max_steps": 1000,
+                                "date": "2026-02-01T00:00:00Z", "params_sha256": sha}))
+    at = home(fresh_root)
+    assert "860 ± 4" in at.success[0].value and "100 evaluation tracks" in at.success[0].value
+    evolve = open_page(at, "4_Evolve.py")
+    evolve.selectbox(key="evolve.model_dir").set_value("models").run()
+    text = [m.value for m in evolve.markdown]
+    (shown,) = [m for m in text if m.startswith("**Published score**")]
+    assert "100 episodes, stock env, tracks 1000000–1000099" in shown and "**860.0 ± 4.0**" in shown
+    (own,) = [m for m in text if m.startswith("**Your evaluation**")]
+    assert "2 episodes, fast env, tracks 1000000–1000001" in own and "**741.6 ± 135.1**" in own
+    assert "`runs/shipped-model/evaluation.json`" in own
+    assert "Returns on the evaluation tracks" in chart_specs(evolve) and len(evolve.get("plotly_chart")) >= 2
+    mine.unlink()
+    evolve.run()
+    (own,) = [m.value for m in evolve.markdown if m.value.startswith("**Your evaluation**")]
+    assert "none of `models/` yet" in own and "`runs/shipped-model/evaluation.json`" in own
+
+
+def test_home_calls_the_shipped_controller_shipped(fresh_root):
+    """The shipped controller's evolution stopped before its configured generations (it was exported by
+    choice): Home says it is the shipped one, not "not finished"; a run folder in the same state is."""
+    import json
+    for folder in ("models", "runs"):
+        meta = fresh_root / folder / "controller" / "meta.json"
+        data = json.loads(meta.read_text())
+        data["metrics"]["complete"] = False
+        meta.write_text(json.dumps(data))
+    text = " ".join(m.value for m in home(fresh_root).markdown)
+    assert text.count("`models/` · shipped") == 3 and "`models/` · not finished" not in text
+    assert "`runs/` · not finished" in text

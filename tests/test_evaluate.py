@@ -1,6 +1,7 @@
 """Evaluation: fixed tracks, a report that says what it covers, and resuming an interrupted run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,30 @@ def test_stopping_before_any_episode_is_a_stop_not_a_failure(tiny_world_model, t
     with pytest.raises(InterruptedError, match="before its first episode"):
         evaluate(config, lambda step, total, m: False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_evaluation_of_the_shipped_model_never_writes_into_it(tiny_world_model, tmp_path, monkeypatch):
+    """Without --out, a report lands beside the controller, except for the shipped model (models/), whose
+    evaluation.json is the published score: its report goes to runs/shipped-model/, the app's folder for it."""
+    import hashlib
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_world_model, "models", ignore=shutil.ignore_patterns("checkpoint", "encoded.npz"))
+    published = Path("models/controller/evaluation.json")
+    published.write_text('{"the published report": true}')
+
+    def files() -> dict:
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path("models").rglob("*"))
+                if p.is_file()}
+    before = files()
+    settings = {"episodes": 1, "max_steps": 15, "workers": 1, "env": TEST_ENV}
+    report = evaluate(EvaluateConfig(model_dir="models", **settings))
+    assert report["out"] == "runs/shipped-model/evaluation.json" and Path(report["out"]).is_file()
+    params = evaluate(EvaluateConfig(model_dir="models", params="models/controller/params.npz", **settings))
+    assert params["out"] == "runs/shipped-model/params.evaluation.json"
+    assert files() == before
+    copy = evaluate(EvaluateConfig(model_dir=str(tmp_path / "models"), **settings))  # the same folder, named in full
+    assert copy["out"] == "runs/shipped-model/evaluation.json" and files() == before
 
 
 def test_tracks_below_the_evaluation_range_are_flagged_not_held_out(tiny_world_model, tmp_path, caplog):

@@ -8,6 +8,7 @@ Nothing here raises for a missing or half-written artifact: the pages show what 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from core import CODE_ROOT
-from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
+from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, SHIPPED_OUTPUTS_DIR
 from core.models.controller import LATEST_FILE, SNAPSHOT_FILE, SNAPSHOT_KINDS, params_sha256, snapshot_params
 from core.stages import STAGES
 from core.storage.artifacts import PARTS, WEIGHT_FILES, ArtifactError, read_history
@@ -28,6 +29,10 @@ from core.storage.checkpoints import newest_checkpoint
 from core.storage.reports import check_report, compare_reports
 
 ROOT_ENV = "WORLD_MODELS_ROOT"  # environment variable overriding the folder relative paths start from
+# Real frames shipped with the app (scripts/make_sample_frames.py), shown while no episodes are collected:
+# frames.npz (8 frames of 8 tracks) and one short episode (ep_*.npz, 24 steps of one track).
+SAMPLE_DATA_DIR = CODE_ROOT / "assets" / "samples"
+SAMPLE_FRAMES_FILE = "frames.npz"
 
 
 def data_root() -> Path:
@@ -157,6 +162,33 @@ def is_shipped_model(path: Path | str) -> bool:
     return resolve(path).resolve().is_relative_to(shipped)
 
 
+@dataclasses.dataclass(frozen=True)
+class Shown:
+    """What a training page shows for one part of the world model: whose, and on which frames."""
+
+    run_dir: str  # the run folder asked for (by the form, or the job shown)
+    model_dir: str  # the world-model folder shown (holding vae/, rnn/, controller/), as the form names folders
+    data_dir: str  # the episodes its frames come from (one folder, or several separated by commas)
+    shipped: bool  # model_dir is the shipped model, shown read-only (the run folder has no such part yet)
+    sample: bool  # data_dir is the app's sample frames (SAMPLE_DATA_DIR): no episodes are collected yet
+
+
+def shown_folders(run_dir: str, data_dir: str, part: str, writing: Iterable[Path | str] = ()) -> Shown:
+    """The folders a training page shows for ``part`` (vae, rnn, controller), given the run and data folders
+    of its form (or of its last job): ``run_dir`` once it holds that part of its own (weights, the history
+    of a run under way, or a folder among ``writing``, the output folders of running jobs), else the shipped
+    model, read-only (else ``run_dir`` still, when the shipped model lacks the part too); ``data_dir`` when it
+    holds episodes, else the sample frames shipped with the app (when they are there)."""
+    own = resolve(run_dir) / part
+    writing = {resolve(d).resolve() for d in writing}
+    mine = (own / WEIGHT_FILES[part]).is_file() or (own / "history.jsonl").is_file() or own.resolve() in writing
+    instead = not mine and (resolve(SHIPPED_MODEL_DIR) / part / WEIGHT_FILES[part]).is_file()
+    model_dir = SHIPPED_MODEL_DIR if instead else run_dir
+    sample = resolve(data_dir).resolve() == SAMPLE_DATA_DIR or (not episode_files(data_dir) and SAMPLE_DATA_DIR.is_dir())
+    return Shown(run_dir=run_dir, model_dir=model_dir, data_dir=str(SAMPLE_DATA_DIR) if sample else data_dir,
+                 shipped=is_shipped_model(model_dir), sample=sample)
+
+
 def controller_sha256(model_dir: Path | str) -> str | None:
     """The hash an evaluation report stores of the controller it drove (of C's float32 parameters), for the
     controller now in ``model_dir``; None without a readable one."""
@@ -194,16 +226,34 @@ def outputs_dir(model_dir: Path | str) -> Path:
     shipped model, whose folder stays exactly as committed (its outputs go to runs/shipped-model/)."""
     path = resolve(model_dir)
     if path == resolve(SHIPPED_MODEL_DIR):
-        return resolve(DEFAULT_RUN_DIR) / "shipped-model"
+        return resolve(SHIPPED_OUTPUTS_DIR)
     return path / "controller"
 
 
-def latest_evaluation(model_dir: Path | str) -> dict | None:
-    """The newest report of a world model: the stored one, or one the app wrote since into ``outputs_dir``;
-    with ``current`` as in ``evaluation()``."""
-    written = _for_controller(_read_json(outputs_dir(model_dir) / "evaluation.json"), model_dir)
-    reports = [r for r in (evaluation(model_dir), written) if r]
-    return max(reports, key=lambda r: str(r.get("date", ""))) if reports else None
+def own_evaluation(model_dir: Path | str) -> dict | None:
+    """The report of the user's own evaluation of a world model, the one the app writes into ``outputs_dir``
+    (for a run folder its stored report; for the shipped model ``runs/shipped-model/evaluation.json``, never
+    its published one); with ``current`` as in ``evaluation()``."""
+    return _for_controller(_read_json(outputs_dir(model_dir) / "evaluation.json"), model_dir)
+
+
+def published_evaluation() -> dict | None:
+    """The shipped model's published report (``models/controller/evaluation.json``, shipped with it by
+    ``export``), which no evaluation in the app replaces; None without one."""
+    return evaluation(SHIPPED_MODEL_DIR)
+
+
+def tracks(report: dict) -> str:
+    """The tracks a report drove, in words: "tracks 1000000–1000099", "track 1000000", or "3 tracks from
+    1000000 to 1000007" when they are not one run of seeds."""
+    seeds = sorted(int(s) for s in report.get("seeds") or [])
+    if not seeds:
+        return "tracks unknown"
+    if len(seeds) == 1:
+        return f"track {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"tracks {seeds[0]}–{seeds[-1]}"
+    return f"{len(seeds)} tracks from {seeds[0]} to {seeds[-1]}"
 
 
 def against_shipped(report: dict | None, model_dir: Path | str) -> dict | None:
@@ -387,6 +437,8 @@ def sample_moments(data_dir: Path | str, count: int = 8, seed: int = 0) -> tuple
     separated by commas; fewer frames if there are fewer episodes), and where each is: (episode file, step).
     The same frames for the same folders and seed."""
     from core.storage.dataset import EpisodeError, load_episode
+    if resolve(data_dir).resolve() == SAMPLE_DATA_DIR:  # frames of several tracks, picked once (shown_folders)
+        return sample_data_frames()[:count]
     paths = episode_files(data_dir)
     if not paths:
         return np.zeros((0, 64, 64, 3), np.uint8), []
@@ -409,6 +461,19 @@ def sample_moments(data_dir: Path | str, count: int = 8, seed: int = 0) -> tuple
 def sample_frames(data_dir: Path | str, count: int = 8, seed: int = 0) -> np.ndarray:
     """The frames of ``sample_moments``: uint8 (N, 64, 64, 3)."""
     return sample_moments(data_dir, count, seed)[0]
+
+
+def sample_data_frames() -> np.ndarray:
+    """The sample frames shipped with the app: uint8 (8, 64, 64, 3), one of each of 8 tracks
+    (``SAMPLE_DATA_DIR``); none when the file is missing or not such frames."""
+    try:
+        with np.load(SAMPLE_DATA_DIR / SAMPLE_FRAMES_FILE, allow_pickle=False) as f:
+            frames = f["frames"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return np.zeros((0, 64, 64, 3), np.uint8)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (64, 64, 3):
+        return np.zeros((0, 64, 64, 3), np.uint8)
+    return frames
 
 
 def reconstruct(vae, frames: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from core.config import EVAL_SEED_BASE, EvaluateConfig, to_dict, validate
+from core.config import EVAL_SEED_BASE, SHIPPED_MODEL_DIR, SHIPPED_OUTPUTS_DIR, EvaluateConfig, to_dict, validate
 from core.models.agent import load_world_model, load_world_model_weights
 from core.models.controller import load_params_file, params_sha256
 from core.pipeline.rollout import RolloutPool, RolloutSettings
@@ -30,7 +30,8 @@ def evaluation_seeds(config: EvaluateConfig) -> list[int]:
 
 def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going) -> dict:
     """Run the controller in ``config.model_dir`` (or ``config.params`` on its V and M) on the evaluation
-    tracks; write and return the report.
+    tracks; write and return the report (without ``out``: beside the controller, but never into the shipped
+    model's folder: ``_outside_shipped_model``).
 
     The report: ``mean``, ``std``, ``min``, ``max``, ``median``, per-episode ``returns``, ``seeds``, ``steps``,
     ``tiles`` (visited), ``skipped`` (tiles) and ``ended`` (how: ``core.envs.laps.OUTCOMES``) with ``endings``
@@ -62,7 +63,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
         log.warning("--first-seed %d: tracks below %d are where collection and evolution draw their tracks, so "
                     "the controller may have trained on some of these; the report says held_out: false",
                     config.first_seed, EVAL_SEED_BASE)
-    out = Path(config.out) if config.out else default_out
+    out = Path(config.out) if config.out else _outside_shipped_model(default_out)
     partial = out.with_name(out.name + ".partial")
     key = {"params_sha256": params_sha256(params), "world_model_sha256": world_model_sha256(model_dir),
            "env": config.env, "max_steps": config.max_steps}
@@ -105,6 +106,16 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
         partial.unlink(missing_ok=True)
     report["out"] = str(out)
     return report
+
+
+def _outside_shipped_model(path: Path) -> Path:
+    """A default report path, moved out of the shipped model (``models/``, kept exactly as committed: its
+    evaluation.json is the published score) into SHIPPED_OUTPUTS_DIR, where the app writes its own runs."""
+    if not path.resolve().is_relative_to(Path(SHIPPED_MODEL_DIR).resolve()):
+        return path
+    moved = Path(SHIPPED_OUTPUTS_DIR) / path.name
+    log.info("the shipped model stays as committed: the report goes to %s (--out to choose)", moved)
+    return moved
 
 
 def _holds_complete_report(path: Path) -> bool:

@@ -3,12 +3,15 @@
 The app runs over a temporary root (``$WORLD_MODELS_ROOT``) holding the session's tiny data and world
 model. Each page must render with no Streamlit exception; a collect job is started, survives a reload and
 is stopped from the page; a dream is steered with the arrow keys and plays as a GIF at 25 frames a second;
-the race WebSocket answers on the same port. Screenshots go to test-output/pages/ (look at them).
+the race WebSocket answers on the same port. A second server over a copy of the real shipped model alone (no
+runs/, no collected episodes: a fresh clone) is seen at a laptop's 1366x900: the training pages show the shipped
+model first, and Home's table of endings fits its column. Screenshots go to test-output/pages/ (look at them).
 """
 
 from __future__ import annotations
 
 import io
+import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -171,3 +174,77 @@ def test_a_page_first_opened_by_its_file_name_still_gets_the_apps_navigation(tmp
         assert "ui" not in nav.split(), nav
         no_exceptions(page, "/Evolve")
         shot(page, SHOTS, "first-visit-Evolve")
+
+
+# --- a fresh clone: the shipped model alone, on a laptop's screen -----------------------------------------------
+
+LAPTOP = {"width": 1366, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def new_user_url(tmp_path_factory):
+    """The app over a copy of the real models/ and nothing else (no runs/, no data/), as a new user sees it."""
+    root = tmp_path_factory.mktemp("new_user_root")
+    shutil.copytree(ROOT / "models", root / "models")
+    with streamlit_app(root) as url:
+        yield url
+
+
+@pytest.fixture
+def laptop(tmp_path):
+    with chromium_page(tmp_path / "profile", viewport=LAPTOP) as page:
+        yield page
+
+
+def on_first_screen(locator) -> bool:
+    box = locator.bounding_box()
+    return box is not None and box["y"] < LAPTOP["height"] and box["height"] > 0
+
+
+def test_a_new_user_sees_the_shipped_model_first_on_the_training_pages(new_user_url, laptop):
+    """Train VAE, Train RNN and Evolve with no runs/ and no episodes: the shipped model's note and curves on the
+    first screen, above the form; further down its reconstructions and latent explorer (on the sample frames),
+    M's predictions (on the sample episode), and the published score beside the user's own evaluation."""
+    page = laptop
+    for path, title, below in (("train_vae", "Train VAE (V)", ["Bottom: V's reconstructions", "decoded with your z"]),
+                               ("train_rnn", "Train RNN (M)", ["on the sample episode shipped with the app"]),
+                               ("evolve", "Evolve (C)", ["Your evaluation", "Published score"])):
+        page.goto(new_user_url + path)
+        ready(page)
+        page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+        note = page.get_by_text("The shipped model, read-only")
+        note.first.wait_for(timeout=60_000)
+        chart = page.locator("[data-testid='stPlotlyChart']").first
+        chart.wait_for(timeout=60_000)
+        assert on_first_screen(note.first) and on_first_screen(chart), path  # above the form, not under it
+        ready(page)
+        no_exceptions(page, path)
+        shot(page, SHOTS, f"new-user-{path}")
+        for text in below:
+            content = page.get_by_text(text, exact=text == "Published score").first  # not "Its published score"
+            content.wait_for(timeout=120_000)
+            content.scroll_into_view_if_needed()
+        time.sleep(1.0)
+        no_exceptions(page, path)
+        shot(page, SHOTS, f"new-user-{path}-below")
+
+
+def test_homes_table_of_endings_fits_a_laptop_screen(new_user_url, laptop):
+    """The shipped model's table of how its 100 episodes ended sits in half of the page: every column shows,
+    with no sideways scrolling."""
+    page = laptop
+    page.goto(new_user_url)
+    ready(page)
+    table = page.locator("[data-testid='stDataFrame']").first
+    table.wait_for(timeout=60_000)
+    table.scroll_into_view_if_needed()
+    time.sleep(1.0)
+    scroller = table.locator(".dvn-scroller").first  # the data grid's scrolling box
+    scroll_width, client_width = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert scroll_width <= client_width + 1, f"the table scrolls sideways: {scroll_width} px in {client_width} px"
+    main = page.locator("[data-testid='stMainBlockContainer']").bounding_box()
+    box = table.bounding_box()
+    assert box["x"] + box["width"] <= main["x"] + main["width"] + 1
+    assert page.get_by_text("not finished").count() == 0  # the shipped controller is the shipped one
+    no_exceptions(page, "home")
+    shot(page, SHOTS, "new-user-home-endings")
