@@ -94,7 +94,7 @@ st.caption("Move along single dimensions of z and see what V has learned they me
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def moments(data_dir: str, version: float) -> tuple[np.ndarray, list[tuple[str, int]]]:
+def moments(data_dir: str, version: float) -> tuple[np.ndarray, list[tuple[str, int] | None]]:
     return app_data.sample_moments(data_dir, count=8, seed=1)  # the frames of the reconstructions above
 
 
@@ -178,7 +178,7 @@ def explorer() -> None:
             shown = [real[i]] + shown
         st.image(app_data.grid([np.stack(shown)], scale=3),
                  caption=("real · " if i >= 0 else "") + "decoded start · decoded with your z")
-        what_c_does(z, parts, model, where[i] if i >= 0 else None, model_note)
+        what_c_does(z, parts, model, where[i] if i >= 0 else None, model_note)  # None: h = 0
 
 
 explorer()

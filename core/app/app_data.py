@@ -432,13 +432,15 @@ def resume_point(stage: str, config: dict) -> dict | None:
 # --- frames, pictures and videos ------------------------------------------------------------------------
 
 
-def sample_moments(data_dir: Path | str, count: int = 8, seed: int = 0) -> tuple[np.ndarray, list[tuple[str, int]]]:
+def sample_moments(data_dir: Path | str, count: int = 8,
+                   seed: int = 0) -> tuple[np.ndarray, list[tuple[str, int] | None]]:
     """``count`` uint8 (64, 64, 3) frames spread over the episodes of ``data_dir`` (one folder or several
-    separated by commas; fewer frames if there are fewer episodes), and where each is: (episode file, step).
-    The same frames for the same folders and seed."""
+    separated by commas; fewer frames if there are fewer episodes), and where each is: (episode file, step), or None for the
+    app's sample frames, which come with no drive. The same frames for the same folders and seed."""
     from core.storage.dataset import EpisodeError, load_episode
     if resolve(data_dir).resolve() == SAMPLE_DATA_DIR:  # frames of several tracks, picked once (shown_folders)
-        return sample_data_frames()[:count]
+        frames = sample_data_frames()[:count]  # frames of 8 tracks, with no drive around them (h = 0)
+        return frames, [None] * len(frames)
     paths = episode_files(data_dir)
     if not paths:
         return np.zeros((0, 64, 64, 3), np.uint8), []
