@@ -40,7 +40,7 @@ INSTALL_HINT = "pip install -r requirements-cluster.txt"
 TIMEOUT_ENV = "WM_RAY_TIMEOUT"  # seconds without a worker able to run before a ClusterError
 DEFAULT_TIMEOUT = 60.0  # s
 HEARTBEAT = 1.0  # s between the driver's signs of life while tasks run
-WATCHDOG_SLACK = 30.0  # s the stage waits for its driver beyond the timeout before it calls it hung
+WATCHDOG_SLACK = 10.0  # s the stage waits for its driver beyond the timeout before it calls it hung
 CLOSE_WAIT = 10.0  # s a closing driver gets to disconnect before it is killed
 CORE_DIR = Path(__file__).resolve().parents[1]  # the ``core`` package, shipped to the workers
 
