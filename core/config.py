@@ -56,6 +56,17 @@ def param(default: Any, help: str, *, choices: tuple | None = None, minimum: flo
 
 MAX_WORKERS = 64  # a typo's guard (each worker is a process holding the world model), not a machine's limit
 
+RAY_ADDRESS_ENV = "WM_RAY_ADDRESS"  # the Ray cluster a stage runs its episodes on when its ray_address is empty
+RAY_ADDRESS_HELP = ("Ray cluster to run the episodes on, one worker per CPU of the cluster: any address ray.init "
+                    "accepts (auto, host:port, ray://host:10001); empty: $WM_RAY_ADDRESS if set, else this "
+                    "machine's worker processes (docs/CLUSTER.md)")
+
+
+def ray_address(config: Any) -> str:
+    """The Ray cluster ``config``'s stage runs its episodes on: its ``ray_address``, else ``$WM_RAY_ADDRESS``;
+    empty: the local worker processes."""
+    return (getattr(config, "ray_address", "") or os.environ.get(RAY_ADDRESS_ENV, "")).strip()
+
 
 def default_workers() -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
@@ -108,8 +119,9 @@ class CollectConfig:
     episodes: int = param(100, "episodes to have in out_dir when done (paper: 10000)", minimum=1)
     max_steps: int = param(1000, "env steps per episode at most (CarRacing's own limit: 1000)",
                            minimum=1, maximum=1000)
-    workers: int = param(default_workers(), "worker processes running episodes in parallel", minimum=1,
-                         maximum=MAX_WORKERS)
+    workers: int = param(default_workers(), "worker processes running episodes in parallel on this machine",
+                         minimum=1, maximum=MAX_WORKERS)
+    ray_address: str = param("", RAY_ADDRESS_HELP)
     seed: int = param(0, "track seed of the first episode; episode i drives track seed + i",
                       minimum=0, maximum=TRAIN_SEED_LIMIT - 1)
     policy: str = param("brownian", "who drives: brownian = smoothed random actions; controller = the "
@@ -248,7 +260,9 @@ class EvolveConfig:
                                      "shipped controller drives them too, so a challenger is measured against "
                                      "it rather than against the score it was picked with (off: the same "
                                      "tracks every time)")
-    workers: int = param(default_workers(), "worker processes running rollouts", minimum=1, maximum=MAX_WORKERS)
+    workers: int = param(default_workers(), "worker processes running rollouts on this machine", minimum=1,
+                         maximum=MAX_WORKERS)
+    ray_address: str = param("", RAY_ADDRESS_HELP)
     seed: int = param(0, "seed of CMA-ES and of the training tracks", minimum=0, maximum=MAX_SEED)
     env: str = param("fast", "CarRacing implementation: fast (identical frames) or stock", choices=ENV_CHOICES)
     init_from: str = param("", "a new evolution starts its CMA-ES mean at this controller (a folder with "
@@ -270,7 +284,9 @@ class EvaluateConfig:
     first_seed: int = param(EVAL_SEED_BASE, "track seed of the first episode (the documented list "
                                              "starts at 1000000)", minimum=0)
     max_steps: int = param(1000, "env steps per episode at most", minimum=1, maximum=1000)
-    workers: int = param(default_workers(), "worker processes running episodes", minimum=1, maximum=MAX_WORKERS)
+    workers: int = param(default_workers(), "worker processes running episodes on this machine", minimum=1,
+                         maximum=MAX_WORKERS)
+    ray_address: str = param("", RAY_ADDRESS_HELP)
     env: str = param("stock", "CarRacing implementation; stock makes scores comparable with published "
                               "ones", choices=ENV_CHOICES)
     out: str = param("", "JSON file for the report (default: <model_dir>/controller/evaluation.json, or "

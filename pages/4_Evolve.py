@@ -58,6 +58,7 @@ if config is not None:  # a resumable evolution keeps its settings on the comman
         st.button("Use its saved settings", on_click=use_settings, key="evolve.use_saved",
                   icon=":material/settings_backup_restore:")
 _ui.start_button("evolve", config, noun="evolution")
+_ui.cluster_panel("evolve", config)
 run_dir = (config or EvolveConfig()).run_dir
 
 
@@ -156,6 +157,7 @@ def drive_a_copy(config: EvaluateConfig) -> EvaluateConfig:
 
 if model_dir is not None:
     _ui.start_button("evaluate", eval_config, noun="evaluation", prepare=None if drive == "kept" else drive_a_copy)
+    _ui.cluster_panel("evaluate", eval_config)
 
 
 def report_line(report: dict) -> str:

@@ -226,6 +226,39 @@ def watch_for_job(stage: str) -> None:
         st.rerun()
 
 
+# --- Ray cluster -------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=30, show_spinner="Asking the Ray cluster…")
+def _cluster_summary(address: str) -> dict:
+    from core.app.cluster_view import cluster_summary
+    return cluster_summary(address)
+
+
+def cluster_panel(stage: str, config: Any) -> None:
+    """Where ``stage``'s episodes run when its form (or ``WM_RAY_ADDRESS``) names a Ray cluster: the cluster's
+    nodes, CPUs and dashboard link, and the episodes an hour its running job reaches. Nothing for the local
+    worker processes."""
+    from core.app.cluster_view import episodes_per_hour
+    from core.config import ray_address
+    address = ray_address(config) if config is not None else ""
+    if not address:
+        return
+    status = _cluster_summary(address)
+    if "error" in status:
+        st.warning(f"Ray cluster `{address}`: {status['error']}", icon=":material/cloud_off:")
+        return
+    job = current_job(stage)
+    snap = job.snapshot() if job is not None and job.active else None
+    on_it = snap is not None and (snap["config"].get("ray_address") or address) == address
+    rate = episodes_per_hour(snap) if on_it else None
+    dashboard = f" · [dashboard]({status['dashboard']})" if status["dashboard"] else ""
+    reached = f" · **{rate:,.0f} episodes/hour** in the running job" if rate else ""
+    st.caption(f":material/cloud: Episodes run on the Ray cluster `{address}`: {status['nodes']} "
+               f"node{'s' * (status['nodes'] != 1)}, {status['cpus']} CPUs ({status['free_cpus']} free), one worker "
+               f"per CPU{reached}{dashboard}.")
+
+
 # --- settings ----------------------------------------------------------------------------------------
 
 

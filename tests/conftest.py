@@ -18,6 +18,8 @@ atexit.register(shutil.rmtree, os.environ["WORLD_MODELS_CACHE"], True)
 # A test names its own leaderboard; none may reach the user's (a PostgreSQL URL in the shell, say).
 os.environ.pop("WM_LEADERBOARD_URL", None)
 os.environ.pop("WM_LEADERBOARD_DB", None)
+# Episodes run on this machine unless a test names a Ray cluster; none may reach the user's (WM_RAY_ADDRESS).
+os.environ.pop("WM_RAY_ADDRESS", None)
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -163,6 +163,8 @@ def test_evolve_page_shows_fitness_and_offers_evaluation_and_a_video(app):
     assert any(b.endswith("evolution") for b in buttons)
     assert "Start evaluation" in buttons and "Start recording" in buttons
     assert at.selectbox(key="evolve.model_dir").options == ["runs", "models"]
+    # Where the episodes run: a field of the stage configs, so their forms offer it (empty: this machine).
+    assert at.text_input(key="evolve.ray_address").value == at.text_input(key="evaluate.ray_address").value == ""
 
 
 def test_dream_page_steers_with_keys_and_runs_the_dream_beside_the_real_env(app):

@@ -344,7 +344,7 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
     """With fresh tracks each periodic evaluation drives the next tracks, the shipped controller with the
     candidates (its score there is the bar), and a second test drives new confirmation tracks; without,
     the same tracks every time and the shipped controller's score from when it was picked."""
-    import core.pipeline.evolve
+    import core.pipeline.rollout
     from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.pipeline.gate import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, next_tracks
@@ -354,7 +354,7 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
     class Pool(_StandInPool):
         instances: list = []
 
-    monkeypatch.setattr(core.pipeline.evolve, "RolloutPool", Pool)
+    monkeypatch.setattr(core.pipeline.rollout, "RolloutPool", Pool)  # the pools evolve opens (rollout_pools)
     settings = dict(generations=6, popsize=6, rollouts=1, sigma0=1.0, eval_every=2, eval_episodes=2,
                     confirm_episodes=3, confirm_margin=0.0, workers=1, env=TEST_ENV)
     for fresh in (True, False):
@@ -419,7 +419,7 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
     before it is shipped."""
     import shutil
 
-    import core.pipeline.evolve
+    import core.pipeline.rollout
     from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.models.controller import load_controller, save_params
@@ -429,7 +429,7 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
     class Pool(_StandInPool):
         instances: list = []
 
-    monkeypatch.setattr(core.pipeline.evolve, "RolloutPool", Pool)
+    monkeypatch.setattr(core.pipeline.rollout, "RolloutPool", Pool)  # the pools evolve opens (rollout_pools)
     config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
     z, h = config["z_size"], config["hidden"]
     start_dir = tmp_path / "start"

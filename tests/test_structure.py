@@ -93,8 +93,8 @@ def test_every_pipeline_module_is_a_stage_named_as_the_cli_names_it():
     from core.stages import STAGES
     stage_modules = {s.entry.split(":")[0] for s in STAGES.values()}
     assert stage_modules == {f"core.pipeline.{name.replace('-', '_')}" for name in STAGES}
-    helpers = {"core.pipeline", "core.pipeline.rollout", "core.pipeline.gate", "core.pipeline.dream",
-               "core.pipeline.training"}
+    helpers = {"core.pipeline", "core.pipeline.rollout", "core.pipeline.cluster", "core.pipeline.gate",
+               "core.pipeline.dream", "core.pipeline.training"}
     modules = {module_name(p) for p in (ROOT / "core" / "pipeline").glob("*.py")}
     assert modules - helpers <= stage_modules
 

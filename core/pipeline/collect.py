@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import CollectConfig, to_dict, validate
+from core.config import CollectConfig, ray_address, to_dict, validate
 from core.envs.actions import ACTION_HIGH, ACTION_LOW
 from core.envs.env import make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
-from core.storage.artifacts import ArtifactError, RunLock
-from core.storage.dataset import (Episode, EpisodeError, episode_path, list_episodes, load_episode, read_manifest,
-                                  save_episode, write_manifest)
+from core.storage.artifacts import ArtifactError, RunLock, atomic_write_bytes
+from core.storage.dataset import (Episode, EpisodeError, episode_bytes, episode_path, list_episodes, load_episode,
+                                  read_manifest, save_episode, write_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,21 @@ def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | Non
                    truncated=np.asarray(truncs, bool), seed=seed)
 
 
+def _entry(seed: int, ep: Episode) -> dict:
+    """An episode's line in the manifest."""
+    return {"file": episode_path(".", seed).name, "seed": seed, "steps": ep.steps, "return": round(ep.total_reward, 3)}
+
+
 def _collect_one(seed: int, max_steps: int, env_kind: str, out_dir: str, policy: str, noise: float) -> dict:
     ep = run_episode(seed, max_steps, env_kind, policy=policy, noise=noise)
-    path = episode_path(out_dir, seed)
-    save_episode(path, ep)
-    return {"file": path.name, "seed": seed, "steps": ep.steps, "return": round(ep.total_reward, 3)}
+    save_episode(episode_path(out_dir, seed), ep)
+    return _entry(seed, ep)
+
+
+def _run_one(seed: int, max_steps: int, env_kind: str, policy: str, noise: float) -> tuple[dict, bytes]:
+    """One episode on a cluster's worker: its manifest line and its file's bytes, which the driver writes."""
+    ep = run_episode(seed, max_steps, env_kind, policy=policy, noise=noise)
+    return _entry(seed, ep), episode_bytes(ep)
 
 
 def world_model_sha256(weights: dict, params: np.ndarray) -> str:
@@ -282,7 +292,9 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
     task = (config.max_steps, config.env, str(out_dir), config.policy, config.noise)
     if not on_progress(done, total, {}):
         todo = []
-    if config.workers == 1 or len(todo) <= 1:
+    if ray_address(config) and todo:
+        _collect_on_cluster(ray_address(config), out_dir, todo, weights, params, config, record)
+    elif config.workers == 1 or len(todo) <= 1:
         _set_driver(weights, params)
         try:
             for seed in todo:
@@ -307,3 +319,20 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
     returns = [e["return"] for e in entries.values()]
     return {"episodes": len(entries), "frames": int(sum(e["steps"] + 1 for e in entries.values())),
             "mean_return": float(np.mean(returns)) if returns else float("nan"), "out_dir": str(out_dir)}
+
+
+def _collect_on_cluster(address: str, out_dir: Path, todo: list[int], weights: dict | None, params: np.ndarray | None,
+                        config: CollectConfig, record) -> None:
+    """The episodes of ``todo`` on the Ray cluster at ``address`` (the world model sent to it once); this process
+    writes their files and ``record``s them, in seed order, until it asks to stop."""
+    from core.pipeline.cluster import RayPool
+    task = (config.max_steps, config.env, config.policy, config.noise)
+    with RayPool(address, _init_worker, (weights, params), max_workers=len(todo)) as cluster:
+        results = cluster.map(_run_one, [(seed, *task) for seed in todo])
+        try:
+            for entry, data in results:
+                atomic_write_bytes(episode_path(out_dir, entry["seed"]), data)
+                if not record(entry):
+                    break
+        finally:
+            results.close()

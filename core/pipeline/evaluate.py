@@ -12,10 +12,11 @@ import json
 import logging
 from pathlib import Path
 
-from core.config import EVAL_SEED_BASE, SHIPPED_MODEL_DIR, SHIPPED_OUTPUTS_DIR, EvaluateConfig, to_dict, validate
+from core.config import (EVAL_SEED_BASE, SHIPPED_MODEL_DIR, SHIPPED_OUTPUTS_DIR, EvaluateConfig, ray_address,
+                         to_dict, validate)
 from core.models.agent import load_world_model, load_world_model_weights
 from core.models.controller import load_params_file, params_sha256
-from core.pipeline.rollout import RolloutPool, RolloutSettings
+from core.pipeline.rollout import RolloutSettings, rollout_pools
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import atomic_write_json, now_iso
 from core.storage.reports import per_episode, summarize
@@ -42,7 +43,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
     done so far (``complete: false``), and writes that report over ``out`` unless ``out`` already holds a
     finished evaluation (of this controller or another), which is kept; stopped before its first episode has
-    finished, it raises InterruptedError and writes nothing.
+    finished, it raises InterruptedError and writes nothing. The episodes run on this machine's worker
+    processes, or with ``ray_address`` (``WM_RAY_ADDRESS``) on that Ray cluster, with the same results.
     Each finished episode is also kept in ``<out>.partial``; running the same evaluation again (same
     controller, V and M, env and step limit) skips the tracks already driven, so a killed run loses one
     episode.
@@ -72,7 +74,7 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     settings = RolloutSettings(config.env, config.max_steps, early_stop=False)
     go_on = bool(on_progress(len(seeds) - len(todo), len(seeds), {}))
     if todo and go_on:
-        with RolloutPool(weights, settings, min(config.workers, len(todo))) as pool:
+        with rollout_pools(weights, [settings], config.workers, ray_address(config), most=len(todo)) as (pool,):
             for r in pool.map([(params, s) for s in todo]):
                 done[r.seed] = {"return": r.total_reward, "steps": r.steps, "tiles": r.tiles,
                                 "skipped": r.skipped, "ended": r.ended}

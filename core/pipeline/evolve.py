@@ -49,12 +49,12 @@ from pathlib import Path
 import cma
 import numpy as np
 
-from core.config import MAX_TEST_TRACKS, EvolveConfig, to_dict, validate
+from core.config import MAX_TEST_TRACKS, EvolveConfig, ray_address, to_dict, validate
 from core.envs.laps import OUTCOMES
 from core.models.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.pipeline.gate import (CONFIRM_SEED_BASE, MEAN, TRACK_RANGES, TRAIN_EVAL_SEED_BASE, GateDecision, GateState,
                                 spreads_from_history)
-from core.pipeline.rollout import RolloutPool, RolloutResult, RolloutSettings, drive_grid
+from core.pipeline.rollout import RolloutResult, RolloutSettings, drive_grid, rollout_pools
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_arrays_json, atomic_save_npz,
                                     atomic_write_json, load_arrays_json, read_json, write_meta)
@@ -198,7 +198,7 @@ def update_average(average: Average | None, mean: np.ndarray, span: int) -> Aver
 
 
 # What a resumed evolution does not take from its saved settings: where it runs and what this machine gives it.
-NOT_KEPT_ON_RESUME = ("run_dir", "workers")
+NOT_KEPT_ON_RESUME = ("run_dir", "workers", "ray_address")
 FIXED_ON_RESUME = ("popsize", "diagonal")  # the saved CMA-ES state fixes them: another value is refused
 
 
@@ -440,9 +440,11 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
             best_candidate = candidates[int(np.argmax(fitness))]
             decision = state.gate.step(eval_pool, challengers(es, best_candidate, average), generation, config, world)
             seconds = time.monotonic() - started
+            episodes = state.episodes
             state = state.after(generation, results, decision, world, seconds)
             metrics = {**generation_metrics(generation, fitness, results, es, config.rollouts), **decision.metrics,
-                       "seconds": round(seconds, 2)}
+                       "seconds": round(seconds, 2),
+                       "episodes_per_hour": round(3600 * (state.episodes - episodes) / max(seconds, 1e-9))}
             _checkpoint(config, z_size, hidden, history, metrics, state, es, best_candidate, average)
             go_on = bool(on_progress(generation, config.generations, metrics))
     return _finish(config, z_size, hidden, state, metrics, resumed_from)
@@ -520,15 +522,13 @@ def _finish(config: EvolveConfig, z_size: int, hidden: int, state: EvolutionStat
 @contextmanager
 def _rollout_pools(weights, config: EvolveConfig):
     """The pool of the training rollouts (hopeless ones end early) and that of the periodic evaluations and
-    second tests (whole episodes; None without evaluations)."""
-    settings = RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)
-    with RolloutPool(weights, settings, config.workers) as pool:
-        if not config.eval_every:
-            yield pool, None
-            return
-        with RolloutPool(weights, RolloutSettings(config.env, config.max_steps, early_stop=False),
-                         config.workers) as eval_pool:
-            yield pool, eval_pool
+    second tests (whole episodes; None without evaluations): on this machine, or on the Ray cluster of
+    ``--ray-address`` (``WM_RAY_ADDRESS``), whose workers both share."""
+    settings = [RolloutSettings(config.env, config.max_steps, config.early_stop, config.early_stop_steps)]
+    if config.eval_every:
+        settings.append(RolloutSettings(config.env, config.max_steps, early_stop=False))
+    with rollout_pools(weights, settings, config.workers, ray_address(config)) as pools:
+        yield pools[0], (pools[1] if config.eval_every else None)
 
 
 def _start_or_resume(config: EvolveConfig, z_size: int, hidden: int, history: History,

@@ -1,12 +1,16 @@
-"""Rollouts of the agent in the real env: a pure function of (params, seed, settings), and a worker pool.
+"""Rollouts of the agent in the real env: a pure function of (params, seed, settings), and the pools that run
+them: this machine's worker processes (``RolloutPool``, the default), or a Ray cluster's workers
+(``rollout_pools`` with an address; ``core.pipeline.cluster``). Both run the same ``rollout_task``.
 
-Workers receive V's and M's NumPy weights once, when they start (``RolloutPool``), never TensorFlow, so
-each task is only a parameter vector and a track seed.
+Workers receive V's and M's NumPy weights once, when they start, never TensorFlow, and keep one env of each
+kind between episodes, so each task is only a parameter vector and a track seed (and, on a cluster, the
+settings).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -76,19 +80,32 @@ def rollout(params: np.ndarray, seed: int, settings: RolloutSettings, weights: W
     return RolloutResult(int(seed), total, steps, early, tiles, skipped, OUTCOMES[-1] if early else ended)
 
 
-# Per-process state of pool workers: weights arrive once through the initializer; each worker keeps one env.
+# Per-process state of workers (a local pool's processes, a cluster's actors): the weights arrive once through
+# the initializer; each worker keeps one env of each kind it has driven.
 _WORKER: dict = {}
 
 
-def _init_worker(weights: WorldModelWeights, settings: RolloutSettings) -> None:
+def _init_worker(weights: WorldModelWeights, settings: RolloutSettings | None = None) -> None:
     worker_setup()
-    _WORKER["weights"] = weights
-    _WORKER["settings"] = settings
-    _WORKER["env"] = make_env(settings.env)
+    _WORKER.clear()
+    _WORKER.update(weights=weights, settings=settings, envs={})
+    if settings is not None:
+        _worker_env(settings.env)
+
+
+def _worker_env(kind: str):
+    if kind not in _WORKER["envs"]:
+        _WORKER["envs"][kind] = make_env(kind)
+    return _WORKER["envs"][kind]
+
+
+def rollout_task(params: np.ndarray, seed: int, settings: RolloutSettings) -> RolloutResult:
+    """``rollout`` in a worker, on its weights and its env of ``settings.env``."""
+    return rollout(params, seed, settings, _WORKER["weights"], env=_worker_env(settings.env))
 
 
 def _worker_rollout(params: np.ndarray, seed: int) -> RolloutResult:
-    return rollout(params, seed, _WORKER["settings"], _WORKER["weights"], env=_WORKER["env"])
+    return rollout_task(params, seed, _WORKER["settings"])
 
 
 class RolloutPool:
@@ -132,6 +149,33 @@ class RolloutPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ClusterRolloutPool:
+    """A ``RolloutPool`` on a Ray cluster's workers (``core.pipeline.cluster.RayPool``): the pools of one stage
+    share them, each task carrying its pool's settings."""
+
+    def __init__(self, cluster, settings: RolloutSettings):
+        self.cluster, self.settings = cluster, settings
+
+    def map(self, tasks: Iterable[tuple[np.ndarray, int]]) -> Iterator[RolloutResult]:
+        """Results in task order, yielded as they complete in order."""
+        return self.cluster.map(rollout_task, [(params, seed, self.settings) for params, seed in tasks])
+
+
+@contextmanager
+def rollout_pools(weights: WorldModelWeights, settings: list[RolloutSettings], workers: int, address: str = "",
+                  most: int | None = None):
+    """One pool for each of ``settings``: ``workers`` processes each on this machine, or with ``address`` one
+    set of workers on that Ray cluster (one per CPU of it) that all share, the weights sent to it once.
+    ``most``: the workers worth starting (the tasks there are), if fewer."""
+    if address:
+        from core.pipeline.cluster import RayPool
+        with RayPool(address, _init_worker, (weights,), max_workers=most) as cluster:
+            yield [ClusterRolloutPool(cluster, s) for s in settings]
+        return
+    with ExitStack() as stack:
+        yield [stack.enter_context(RolloutPool(weights, s, min(workers, most or workers))) for s in settings]
 
 
 def drive_grid(pool: RolloutPool, candidates: list[np.ndarray],

@@ -11,6 +11,7 @@ An episode file holds, for T steps:
 
 from __future__ import annotations
 
+import io
 import logging
 import zipfile
 import zlib
@@ -21,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from core.envs.env import FRAME_SIZE
-from core.storage.artifacts import ArtifactError, atomic_save_npz, atomic_write_json, read_json
+from core.storage.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,18 @@ def episode_path(data_dir: Path | str, seed: int) -> Path:
     return Path(data_dir) / f"ep_{seed:07d}.npz"
 
 
+def episode_bytes(ep: Episode) -> bytes:
+    """The content of ``ep``'s file (a compressed .npz), made where the episode ran: a cluster's worker sends
+    these bytes and the driver writes them (``save_episode_bytes``), so the workers need no shared folder."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, obs=ep.obs, action=ep.action.astype(np.float32), reward=ep.reward.astype(np.float32),
+                        terminated=ep.terminated.astype(bool), truncated=ep.truncated.astype(bool),
+                        seed=np.int64(ep.seed))
+    return buffer.getvalue()
+
+
 def save_episode(path: Path | str, ep: Episode) -> None:
-    atomic_save_npz(path, obs=ep.obs, action=ep.action.astype(np.float32), reward=ep.reward.astype(np.float32),
-                    terminated=ep.terminated.astype(bool), truncated=ep.truncated.astype(bool),
-                    seed=np.int64(ep.seed))
+    atomic_write_bytes(path, episode_bytes(ep))
 
 
 def load_episode(path: Path | str) -> Episode:
