@@ -81,14 +81,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_BEATS: set = set()  # heartbeat tasks of open clients (the event loop keeps only weak references)
+
+
 async def _join(url: str, token: str):
+    """A client on ``token``'s race that says it is there every HEARTBEAT_S, as the page does (a silent
+    client is let go and its race paused)."""
     import websockets
     ws = await websockets.connect(url, max_size=2**22)
     await ws.send(json.dumps({"type": "hello", "token": token}))
     ready = json.loads(await ws.recv())
     if ready.get("type") != "ready":
         raise RuntimeError(f"race refused: {ready}")
+    task = asyncio.create_task(_beat(ws))
+    _BEATS.add(task)
+    task.add_done_callback(_BEATS.discard)
     return ws
+
+
+async def _beat(ws) -> None:
+    import websockets
+
+    from core.app.race.server import HEARTBEAT_S
+    try:
+        while True:
+            await ws.send(json.dumps({"type": "ping"}))
+            await asyncio.sleep(HEARTBEAT_S)
+    except websockets.ConnectionClosed:
+        pass
 
 
 async def _frame(ws) -> dict:
