@@ -53,7 +53,7 @@ class RawSocket:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, url: str, rcvbuf: int = 4096) -> "RawSocket":
+    async def open(cls, url: str, rcvbuf: int = 4096) -> RawSocket:
         parts = urlsplit(url)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
@@ -23,24 +24,34 @@ from core.app.race.server import WS_PATH, decode_frame, parse_message, race_rout
 CONFIG = RaceConfig(max_steps=400, countdown_s=0.0, resume_countdown_s=0.0, max_races=6)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    registry = RaceRegistry(CONFIG, board_path=tmp_path_factory.mktemp("board") / "b.sqlite3")
+@contextlib.contextmanager
+def serve_races(registry):
+    """uvicorn serving ``race_routes(registry)`` on a free port of 127.0.0.1 (in a thread), as
+    ``streamlit run`` serves them (websockets-sansio); yields the socket's URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     uv = uvicorn.Server(uvicorn.Config(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port,
-                                       log_level="warning"))
+                                       log_level="warning", ws="websockets-sansio"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uv.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield registry, f"ws://127.0.0.1:{port}{WS_PATH}"
-    uv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"ws://127.0.0.1:{port}{WS_PATH}"
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    registry = RaceRegistry(CONFIG, board_path=tmp_path_factory.mktemp("board") / "b.sqlite3")
+    with serve_races(registry) as url:
+        yield registry, url
     registry.shutdown()
 
 
