@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = ("bench.bench_env", "bench.bench_agent", "bench.bench_load", "bench.bench_dream", "bench.bench_race",
             "bench.bench_gate", "bench.bench_ui_latency")
-SLOW_SECTIONS = ("bench.bench_selection", "bench.bench_memory", "bench.bench_ray")
+SLOW_SECTIONS = ("bench.bench_selection", "bench.bench_memory", "bench.bench_ray", "bench.bench_race_load")
 
 
 def kept_section(text: str, name: str) -> str | None:

@@ -11,6 +11,7 @@ from the environment. What it changes (figures: BENCHMARKS.md, "Memory"):
 - Jobs start with one thread per math library (BLAS, OpenMP, TensorFlow's two pools; ``JOB_ENV``), so a
   training job leaves the other core to the server, whose race steps 50 times a second. (This saves no
   memory to speak of; measured: the same peak for a VAE job.)
+- (Whatever the setting, jobs run at a lower OS priority than the server: ``job_nice``, ``WM_JOB_NICE``.)
 - The race's AI reads V's and M's weights from the weights cache; when they are not cached yet (after a
   reboot, say), a child process loads them with Keras and fills the cache (``core.models.agent``), so the
   server does not import TensorFlow for a race. The Home page starts that load at the first visit, before
@@ -23,6 +24,9 @@ import os
 from typing import Mapping
 
 SMALL_MACHINE_ENV = "WM_SMALL_MACHINE"
+JOB_NICE_ENV = "WM_JOB_NICE"
+DEFAULT_JOB_NICE = 10  # added to a job's niceness: training yields the cores to the server's 50 Hz races
+MAX_NICE = 19
 TRUE_WORDS = ("1", "true", "yes", "on")
 SMALL_MACHINE_MAX_JOBS = 1  # jobs running at once, all stages together
 # One thread per math library: worker processes always start so (core.envs.env.spawn_context), jobs on a
@@ -41,6 +45,19 @@ def small_machine(environ: Mapping[str, str] | None = None) -> bool:
 def max_jobs() -> int | None:
     """Jobs the app runs at once, all stages together; None: no limit beyond one per stage."""
     return SMALL_MACHINE_MAX_JOBS if small_machine() else None
+
+
+def job_nice(environ: Mapping[str, str] | None = None) -> int:
+    """How much lower a job's OS priority is than the server's (``WM_JOB_NICE``, 0 to 19, default 10).
+
+    Every job and its worker processes run at this niceness, so a training job takes only what the server
+    leaves of the cores: its race ticks come first (at 10 a job gets about a tenth of a core the server
+    wants). 0 runs jobs at the server's priority. A value that is not a whole number gives the default."""
+    raw = (os.environ if environ is None else environ).get(JOB_NICE_ENV, "").strip()
+    try:
+        return min(MAX_NICE, max(0, int(raw))) if raw else DEFAULT_JOB_NICE
+    except ValueError:
+        return DEFAULT_JOB_NICE
 
 
 def job_env(env: Mapping[str, str]) -> dict[str, str]:

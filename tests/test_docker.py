@@ -232,6 +232,18 @@ def test_every_page_renders_through_the_containers_port(container, page):
         shot(page, OUT, path or "home")
 
 
+async def _heartbeat(ws) -> None:
+    import websockets
+
+    from core.app.race.server import HEARTBEAT_S
+    try:
+        while True:
+            await ws.send(json.dumps({"type": "ping"}))
+            await asyncio.sleep(HEARTBEAT_S)
+    except websockets.ConnectionClosed:
+        pass
+
+
 async def _drive(ws_url: str, token: str) -> dict:
     """Take the race over with ``token``, resume it, hold gas and left (circles: the car stays on the map), end the
     race after END_AFTER_STEPS steps and read frames until it is over; what arrived."""
@@ -244,6 +256,7 @@ async def _drive(ws_url: str, token: str) -> dict:
         await ws.send(json.dumps({"type": "resume"}))
         await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
         seen = {"ready": ready_msg["race"], "frames": 0, "pngs": 0, "steps": [], "acked": False}
+        beats = asyncio.create_task(_heartbeat(ws))  # "still here", as the page says, or the race pauses
         deadline = time.monotonic() + RACE_TIMEOUT_S
         while time.monotonic() < deadline:
             message = await asyncio.wait_for(ws.recv(), 30)
@@ -257,6 +270,7 @@ async def _drive(ws_url: str, token: str) -> dict:
             if meta["status"] == "running" and "running_at" not in seen:
                 seen["running_at"], seen["running_step"] = time.monotonic(), meta["step"]
             if meta["status"] == "finished":
+                beats.cancel()
                 return seen
             if meta["step"] >= END_AFTER_STEPS and not seen.get("ended"):
                 await ws.send(json.dumps({"type": "end"}))

@@ -1,6 +1,7 @@
 """Background jobs: real stages in child processes, progress, stop, failure, restart and resume."""
 
 import json
+import os
 import time
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from core.app import app_data
 from core.app.jobs import JobAlreadyRunning, JobRegistry
 from core.config import CollectConfig, VAEConfig, to_dict
+from core.machine import JOB_NICE_ENV, job_nice
 from core.storage.artifacts import read_history, read_json
 from tests.conftest import TEST_ENV
 
@@ -42,6 +44,44 @@ def test_collect_job_reports_progress_and_leaves_episodes(registry, tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").glob("ep_*.npz")) == ["ep_0000000.npz", "ep_0000001.npz"]
     record = read_json(tmp_path / "jobs" / f"{job.id}.json")
     assert record["status"] == "done" and record["stage"] == "collect"
+
+
+def _niceness(pid: int) -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:  # it has ended
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    except OSError:
+        return []
+
+
+def test_jobs_and_their_workers_run_at_a_lower_priority_than_the_server(tmp_path, monkeypatch):
+    """Races tick 50 times a second in the server's process: a job (and each of its worker processes) runs
+    WM_JOB_NICE steps below it, so training takes only the cores the races leave."""
+    monkeypatch.setenv(JOB_NICE_ENV, "7")
+    registry = JobRegistry(tmp_path / "jobs", cwd=tmp_path)
+    try:
+        job = registry.start("collect", CollectConfig(out_dir="data", episodes=4, max_steps=150, workers=2,
+                                                      env=TEST_ENV))
+        want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+        wait_for(lambda: _niceness(job.pid) == want or not job.active, 60, "the job to lower its priority")
+        assert _niceness(job.pid) == want
+        workers: dict[int, int | None] = {}
+        while job.active and len(workers) < 2:
+            workers.update({c: _niceness(c) for c in _children(job.pid) if c not in workers})
+            time.sleep(0.05)
+        assert job.wait(120) and job.snapshot()["status"] == "done", job.snapshot()["error"]
+        assert len(workers) >= 2 and set(workers.values()) <= {want, None}, workers
+    finally:
+        registry.shutdown(timeout=30)
+    assert job_nice({JOB_NICE_ENV: "99"}) == 19 and job_nice({JOB_NICE_ENV: "-5"}) == 0
+    assert job_nice({}) == job_nice({JOB_NICE_ENV: "soon"}) == 10
 
 
 def test_second_start_is_refused_and_stop_ends_the_job_cleanly(registry, tmp_path):

@@ -1,4 +1,4 @@
-// The race view (pages/6_Race.py): draws the frames the race WebSocket streams (core/race_server.py)
+// The race view (pages/6_Race.py): draws the frames the race WebSocket streams (core/app/race/server.py)
 // and sends the keys back over the same socket. Nothing here goes through Streamlit's reruns except
 // one trigger when the race finishes, so the page can show the scores.
 //
@@ -15,6 +15,7 @@ const PAUSE_KEYS = new Set(["KeyP", "Escape"]);
 const NEVER_CONNECTED_RETRIES = 5; // failed first connections (about 8 s of retries) before the view says it cannot
 const DRIVING = new Set(["countdown", "running", "paused"]); // the statuses in which the race takes the keys
 const FINAL_CLOSE_CODES = new Set([4403, 4409, 4410, 1008]); // bad token, replaced, race closed, junk
+// (4408, "nothing heard from the page", is not final: the page was only frozen or offline, so it reconnects.)
 const OUTCOME_TEXT = { lap: "lap complete", "off-track": "off the map", time: "time up", ended: "ended" };
 const views = new WeakMap();
 
@@ -54,11 +55,21 @@ class RaceView {
     // Another tab or window takes the keyboard: let go of every key and pause, so the race does not run
     // on (and get scored) with nobody at the wheel.
     this.onBlur = () => this.leave();
-    this.onVisibility = () => { if (document.hidden) this.leave(); };
+    // A hidden page's timers are throttled by the browser, so the server must not read its silence as a lost
+    // network: say so (the server pauses the race), and say so again when it is back.
+    this.onVisibility = () => {
+      this.send({ type: "visibility", hidden: document.hidden });
+      if (document.hidden) this.leave();
+    };
     window.addEventListener("keydown", this.onKeyDown, true);
     window.addEventListener("keyup", this.onKeyUp, true);
     window.addEventListener("blur", this.onBlur);
     document.addEventListener("visibilitychange", this.onVisibility);
+    // Say "still here" even with no key pressed: a network that drops without closing the socket then shows
+    // on the server within a second or two, which pauses the race (send() skips it while not connected).
+    // It also says how many frames it has read on this socket, so a socket that stops delivering shows too.
+    this.heartbeat = setInterval(() => this.send({ type: "ping", frames: this.socketFrames }),
+      this.data.heartbeat_ms || 250);
     this.connect();
   }
 
@@ -129,6 +140,7 @@ class RaceView {
     const ws = new WebSocket(url.href);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this.socketFrames = 0;
     ws.onopen = () => ws.send(JSON.stringify({ type: "hello", token: this.token }));
     ws.onmessage = (event) => {
       if (typeof event.data === "string") this.control(JSON.parse(event.data));
@@ -164,6 +176,7 @@ class RaceView {
       this.everReady = true;
       this.retries = 0;
       this.root.dataset.connected = "true";
+      if (document.hidden) this.send({ type: "visibility", hidden: true });
       this.send({ type: "keys", mask: this.mask, seq: ++this.seq });
     } else if (msg.type === "error") {
       this.setStatus("closed", msg.message);
@@ -176,6 +189,7 @@ class RaceView {
     const head = JSON.parse(new TextDecoder().decode(bytes.subarray(3, 3 + length)));
     let at = 3 + length;
     this.frames += 1;
+    this.socketFrames += 1;
     this.root.dataset.frames = String(this.frames);
     this.root.dataset.step = String(head.step);
     this.root.dataset.ack = String(head.ack);
@@ -215,6 +229,7 @@ class RaceView {
     } else if (head.status === "paused") {
       banner = "PAUSED";
       message = head.reason === "disconnected" ? "Paused: the connection dropped. Press P to go on."
+        : head.reason === "hidden" ? "Paused while the page was in the background. Press P to go on."
         : "Paused. Press P or Resume to go on.";
     } else if (head.status === "finished") {
       banner = "FINISH";
@@ -286,6 +301,7 @@ class RaceView {
   destroy() {
     this.closed = true;
     clearTimeout(this.timer);
+    clearInterval(this.heartbeat);
     window.removeEventListener("keydown", this.onKeyDown, true);
     window.removeEventListener("keyup", this.onKeyUp, true);
     window.removeEventListener("blur", this.onBlur);

@@ -1,7 +1,8 @@
 """Background jobs: one pipeline stage running in a child process, watched and stopped from the app.
 
-A ``Job`` runs ``python -m core.app.jobs <stage> <fd>`` in its own process, so training never blocks the
-server. The child reads the stage's config (one JSON line) on stdin, calls the stage function with an
+A ``Job`` runs ``python -m core.app.jobs <stage> <fd> <nice>`` in its own process, so training never blocks
+the server; the child first lowers its OS priority by ``nice`` (``core.machine.job_nice``, default 10), so
+that it and its worker processes take only what the server's races leave of the cores. The child reads the stage's config (one JSON line) on stdin, calls the stage function with an
 ``on_progress`` that writes ``{"event": "progress", "step", "total", "metrics"}`` JSON lines to the pipe
 ``fd``, and ends with a ``done`` or ``error`` event. Stopping writes ``stop`` to the child's stdin; the
 child's ``on_progress`` then returns False and the stage stops cleanly after its checkpoint. If the server
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.errors import is_user_error
-from core.machine import SMALL_MACHINE_ENV, job_env, max_jobs
+from core.machine import SMALL_MACHINE_ENV, job_env, job_nice, max_jobs
 from core.stages import JOB_STAGES, STAGES
 from core.storage.artifacts import atomic_write_text
 
@@ -274,15 +275,17 @@ class JobRegistry:
     """Every job of this process, at most one active per stage.
 
     ``jobs_dir``: where job records and logs go (None: kept in memory only). ``cwd``: the working folder
-    of the children, against which relative paths in configs are resolved.
+    of the children, against which relative paths in configs are resolved. ``nice``: how much lower the
+    children's OS priority is than this process's (None: ``core.machine.job_nice()`` at each start).
     """
 
     def __init__(self, jobs_dir: Path | str | None = None, cwd: Path | str | None = None,
-                 python: str = sys.executable, keep: int = 50):
+                 python: str = sys.executable, keep: int = 50, nice: int | None = None):
         self.jobs_dir = Path(jobs_dir) if jobs_dir else None
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.python = python
         self.keep = keep
+        self.nice = nice
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         if self.jobs_dir is not None:
@@ -373,7 +376,9 @@ class JobRegistry:
         try:
             # A session of its own: Ctrl+C in the server's terminal reaches the child as end-of-file on
             # stdin (a clean stop with a checkpoint), not as a KeyboardInterrupt in the middle of a write.
-            proc = subprocess.Popen([self.python, "-m", "core.app.jobs", job.stage, str(write_fd)], cwd=self.cwd,
+            nice = job_nice() if self.nice is None else self.nice
+            proc = subprocess.Popen([self.python, "-m", "core.app.jobs", job.stage, str(write_fd), str(nice)],
+                                    cwd=self.cwd,
                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,), start_new_session=True)
         except BaseException:
@@ -460,8 +465,11 @@ def _reap(job: Job, proc: subprocess.Popen, events: threading.Thread, output: th
 # --- the child ---------------------------------------------------------------------------------------
 
 
-def _child(stage: str, fd: int) -> int:
-    """Run ``stage`` with the config read from stdin, reporting over pipe ``fd``; see the module doc."""
+def _child(stage: str, fd: int, nice: int = 0) -> int:
+    """Run ``stage`` with the config read from stdin, reporting over pipe ``fd``, ``nice`` steps below the
+    server's priority (its worker processes inherit it); see the module doc."""
+    if nice > 0:
+        os.nice(nice)
     out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
     write_lock = threading.Lock()
     stop = threading.Event()
@@ -539,4 +547,4 @@ def _jsonable(obj: Any) -> Any:
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], int(sys.argv[2])))
+    sys.exit(_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0))

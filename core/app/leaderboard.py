@@ -52,9 +52,15 @@ DB_ENV_VAR = "WM_LEADERBOARD_DB"  # a SQLite file path
 DB_FILE = "leaderboard.sqlite3"  # the default file's name, in the data root
 BACKENDS = ("sqlite", "postgresql")
 NAME_MAX_CHARS = 24  # characters (code points) in a player name
+ZWJ = "\u200d"  # zero-width joiner: allowed inside emoji sequences (👩‍👩‍👧), nowhere else
+EMOJI_BEFORE_ZWJ = ("So", "Sk", "Mn")  # an emoji, a skin tone or a variation selector (U+FE0F) before a joiner
+# Letters and symbols that draw nothing: a name of them would look empty, or disguise another.
+INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 KINDS = ("human", "ai")
 OUTCOMES = ("lap", "off-track", "time", "ended")  # lap done, left the playfield, out of steps, gave up
 MAX_STEPS = 1000  # CarRacing's own episode limit; longer logs are rejected
+ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)  # CarRacing's action space: steer, gas, brake
+ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
 SEED_LIMIT = 2**63  # track seeds are 0 <= seed < SEED_LIMIT (a signed 64-bit column)
 BUSY_TIMEOUT_S = 30.0  # seconds a SQLite writer waits for another's lock before giving up; a finished run is
 # worth the wait on a loaded machine
@@ -129,8 +135,9 @@ def validate_player_name(raw: object) -> str:
     """A clean player name, or ``InvalidName``.
 
     Unicode is normalised (NFC) and runs of whitespace become one space. Allowed: 1 to NAME_MAX_CHARS
-    characters of letters, digits, punctuation, symbols and emoji (with their joiners). Rejected: control
-    and private-use characters and bidirectional overrides, which can disguise a name. HTML or SQL in a
+    characters of letters, digits, punctuation, symbols and emoji (with their joiners), at least one of them
+    not a mark. Rejected: control, format (zero-width, bidirectional marks and overrides) and private-use
+    characters, fillers that draw nothing, and a joiner outside an emoji, all of which can disguise a name. HTML or SQL in a
     name is allowed and kept as typed: it is only ever bound as a query parameter and shown as text.
     """
     if not isinstance(raw, str):
@@ -141,12 +148,19 @@ def validate_player_name(raw: object) -> str:
     if len(name) > NAME_MAX_CHARS:
         # The name itself is not quoted back: pages show this message, and it should carry no user text.
         raise InvalidName(f"a player name may have at most {NAME_MAX_CHARS} characters; this one has {len(name)}")
-    for ch in name:
+    for i, ch in enumerate(name):
         category = unicodedata.category(ch)
         # Cf (format) is rejected except the zero-width joiner that builds emoji sequences.
-        if category in ("Cc", "Co", "Cs", "Cn") or (category == "Cf" and ch != "\u200d"):
+        if category in ("Cc", "Co", "Cs", "Cn") or (category == "Cf" and ch != ZWJ) or ch in INVISIBLE:
             raise InvalidName(f"a player name may not contain the invisible or control character "
                               f"U+{ord(ch):04X}")
+        if ch == ZWJ and not (0 < i < len(name) - 1 and unicodedata.category(name[i - 1]) in EMOJI_BEFORE_ZWJ
+                              and unicodedata.category(name[i + 1]) == "So"):
+            raise InvalidName("a player name may use the zero-width joiner (U+200D) only inside an emoji, "
+                              "between two symbols")
+    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in name):
+        raise InvalidName("a player name needs at least one letter, digit, punctuation mark or symbol "
+                          "(this one has only marks or spaces)")
     return name
 
 
@@ -377,6 +391,11 @@ class Leaderboard:
         actions = np.asarray(run.actions, dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != 3 or len(actions) > MAX_STEPS:
             raise ValueError(f"action log has shape {actions.shape}, expected (steps <= {MAX_STEPS}, 3)")
+        if not (np.isfinite(actions).all() and (actions >= ACTION_LOW).all() and (actions <= ACTION_HIGH).all()):
+            raise ValueError("action log has values that are not numbers or lie outside CarRacing's action "
+                             "space [-1, 0, 0]..[1, 1, 1]: no run can have made it")
+        if not np.isfinite(run.score):
+            raise ValueError(f"score {run.score!r} is not a number")
         seed = _check_seed(run.seed)
         row = dict(player=player, kind=run.kind, model=run.model[:200], seed=seed, score=float(run.score),
                    steps=int(run.steps), tiles=int(run.tiles), total_tiles=int(run.total_tiles),

@@ -130,13 +130,19 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
                           "return e.defaultPrevented; }")
     page.wait_for_timeout(300)
     assert taken is False and data(page, "mask") == "0"
-    # Another tab in front of this one: the race pauses too.
+    # Another tab in front of this one: the page tells the server, which pauses the race (its silence while
+    # hidden, timers throttled, would not count as a lost network).
     page.evaluate("() => { Object.defineProperty(document, 'hidden', {value: true, configurable: true}); "
                   "document.dispatchEvent(new Event('visibilitychange')); }")
     wait_status(page, "paused")
-    page.evaluate("() => Object.defineProperty(document, 'hidden', {value: false, configurable: true})")
+    page.locator(".race .message").filter(has_text="in the background").wait_for(timeout=10_000)
+    page.evaluate("() => { Object.defineProperty(document, 'hidden', {value: false, configurable: true}); "
+                  "document.dispatchEvent(new Event('visibilitychange')); }")
     page.keyboard.press("p")
     wait_status(page, "running")
+    # With no key pressed the page still says it is there (every 0.25 s): the race is not let go.
+    page.wait_for_timeout(2500)
+    assert data(page, "status") == "running" and data(page, "connected") == "true"
 
     # The race runs out its 20 s: the AI's run counts only when it ends on its own, not cut short.
     wait_status(page, "finished", timeout=120_000)

@@ -48,7 +48,10 @@ def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
         if abs(replay.score - driver["score"]) > 1e-6 or replay.steps != driver["steps"]:
             log.warning("race %s: %s scored %.3f live but %.3f in the replay (%d vs %d steps)", race.race_id,
                         driver["label"], driver["score"], replay.score, driver["steps"], replay.steps)
-        outcome = replay.outcome or driver["outcome"] or "ended"
+        # The replay says how the run ended; when its log ran out first, the race's own step limit ended it or
+        # the player did. (What the live run said is only compared: a score, a step count or an ending never
+        # comes from anywhere but the replay.)
+        outcome = replay.outcome or ("time" if replay.steps >= race.max_steps else "ended")
         why_not = unrecorded_reason(dict(driver, steps=replay.steps, outcome=outcome), race.min_steps)
         player = driver["label"] if driver["kind"] == "human" else "AI"
         run_id = None if why_not else board.add(

@@ -15,9 +15,14 @@ proxy's; the page connects to ``api/race/ws`` relative to its own URL):
   JSON (status, countdown, step, scores, tiles, ``ack`` = the seq of the key state the step used, and each
   image's byte length), then the images, one per car (PNG, 96 x 96 RGB).
 * The browser sends ``{"type": "keys", "mask": 0..15, "seq": n}`` when its keys change (bits: 1 left,
-  2 right, 4 gas, 8 brake) and ``{"type": "pause" | "resume" | "toggle_pause" | "restart" | "end"}``.
+  2 right, 4 gas, 8 brake), ``{"type": "pause" | "resume" | "toggle_pause" | "restart" | "end"}``,
+  ``{"type": "ping", "frames": n}`` (n: frames read on this socket) every ``HEARTBEAT_S`` while its page is visible and ``{"type": "visibility",
+  "hidden": true | false}`` when it goes to the background or comes back (hidden pauses the race).
   Anything else (not JSON, too long, unknown, out of range, too fast) is dropped and counted; a socket
   that keeps sending junk is closed (1008). The race itself never sees it.
+* A visible page silent for ``SILENT_S`` (a network that dropped without a close frame), or a client that
+  falls ``STALL_S`` of frames behind, is let go (4408): the race pauses at once and a reload takes it
+  back. Frames never wait for a slow client: one waits at most, and a newer one replaces it.
 * When the socket closes, the race pauses and waits (``RaceConfig.idle_timeout_s``) for the player.
 """
 
@@ -29,7 +34,7 @@ import logging
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Awaitable, Callable
 
 import cv2
 import numpy as np
@@ -51,11 +56,19 @@ BURST = 240  # ... and at once
 MAX_DROPPED = 1000  # dropped messages after which the socket is closed
 YIELD_EVERY = 32  # messages handled in a row before giving other tasks a turn
 MAX_LAG_TICKS = 10  # ticks a late ticker catches up back to back; further behind, the debt is dropped
+HEARTBEAT_S = 0.25  # a visible race page says it is there this often, keys or not (component_data)
+SILENT_S = 1.5  # a visible page silent this long has lost its network: its socket is let go, the race pauses
+STALL_S = 1.5  # a client this far behind the frames sent to it (or a frame waiting this long for the socket
+# to take it) has stopped reading
+STALL_FRAMES = int(STALL_S * FPS)  # frames sent but not yet reported read that mean the same
+WATCH_PERIOD_S = 0.1  # how often the watchdog looks
+CLOSE_TIMEOUT_S = 2.0  # seconds a close or control message may wait on a socket whose client does not read
 
 CLOSE_POLICY = 1008  # too much junk
 CLOSE_BAD_TOKEN = 4403
 CLOSE_REPLACED = 4409
 CLOSE_GONE = 4410  # the race was closed (its player started another, or it expired)
+CLOSE_SILENT = 4408  # nothing heard from a visible page (or it stopped reading): the page reconnects, paused
 
 FRAME_MAGIC = b"F"
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; 96 x 96 frames are about 2 KB either way
@@ -111,6 +124,13 @@ def parse_message(text: object) -> dict | None:
     if kind == "hello":
         token = msg.get("token")
         return {"type": "hello", "token": token} if isinstance(token, str) and len(token) <= 64 else None
+    if kind == "visibility":
+        hidden = msg.get("hidden")
+        return {"type": "visibility", "hidden": hidden} if type(hidden) is bool else None
+    if kind == "ping":  # "frames": how many frames the page has read on this socket (optional)
+        frames = msg.get("frames")
+        ok = frames is None or (type(frames) is int and 0 <= frames < 2**53)
+        return {"type": "ping", "frames": frames} if ok else None
     if kind in COMMANDS:
         return {"type": kind}
     return None
@@ -157,14 +177,83 @@ class _Encoder:
         return encode_frame(meta, images)
 
 
+class FrameOutbox:
+    """The frames on their way to one socket: one being sent and at most one waiting. A newer frame replaces
+    the waiting one (counted in ``dropped``): a client that reads slowly misses frames, the race never waits
+    for it and nothing queues without bound (the server's own buffers hold at most the transport's high-water
+    mark, 64 KiB, above the kernel's).
+
+    ``send``: a coroutine function taking the bytes (``WebSocket.send_bytes``); ``run()`` is the sender task.
+    """
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], clock: Callable[[], float] = time.monotonic):
+        self._send, self._clock = send, clock
+        self._waiting: bytes | None = None
+        self._wake = asyncio.Event()
+        self.sending_since: float | None = None  # when the frame being sent was handed to the socket
+        self.sent = self.dropped = 0
+
+    def put(self, payload: bytes) -> None:
+        """Queue ``payload`` for sending; never blocks."""
+        if self._waiting is not None:
+            self.dropped += 1
+        self._waiting = payload
+        self._wake.set()
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the frame being sent has waited for the socket to take it (0 when none is waiting)."""
+        return 0.0 if self.sending_since is None else now - self.sending_since
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            payload, self._waiting = self._waiting, None
+            if payload is None:
+                continue
+            self.sending_since = self._clock()
+            await self._send(payload)  # blocks only while the socket's buffers are full
+            self.sending_since = None
+            self.sent += 1
+
+
+class Link:
+    """One socket driving one race, and what the watchdog reads of it. Touched only on the event loop, so
+    it needs no lock (the session's lock is held by a tick on a worker thread for milliseconds at a time)."""
+
+    def __init__(self, ws: WebSocket, now: float):
+        self.ws = ws
+        self.heard = now  # when the page last said anything valid
+        self.hidden = False  # the page is in a background tab (it said so)
+        self.unread = 0  # frames sent that the page had not read when it last said how many it had
+        self.outbox = FrameOutbox(ws.send_bytes)
+        self.close_code, self.close_reason = 1000, ""
+        self.lost = ""  # why the watchdog let it go ("silent", "not reading")
+        self.tasks: list[asyncio.Task] = []
+
+    def stop(self, code: int, reason: str) -> None:
+        """End the link's tasks now (they never wait on the socket to stop); its endpoint then closes the
+        socket with ``code``, in its own time."""
+        self.close_code, self.close_reason = code, reason
+        for task in self.tasks:
+            task.cancel()
+
+
 class RaceSocket:
-    """The WebSocket endpoint: authenticates a socket by its race token, then runs that race's ticker."""
+    """The WebSocket endpoint: authenticates a socket by its race token, then runs that race's ticker, its
+    sender and its watchdog.
+
+    Nothing the race needs waits on the socket: the ticker hands each frame to a ``FrameOutbox``; the
+    watchdog, a task of its own, lets a socket go when a visible page has been silent for ``SILENT_S`` (a
+    network that dropped without a close frame) or a frame has waited ``STALL_S`` for the socket to take it
+    (a client that stopped reading), and the race pauses; a new socket with the same token takes the race
+    over at once, and the old one is closed in the background."""
 
     def __init__(self, registry: RaceRegistry | Callable[[], RaceRegistry] = get_registry, fps: float = FPS):
         self._registry = registry
         self.period = 1.0 / fps
         self._pool: ThreadPoolExecutor | None = None
-        self._sockets: dict[str, WebSocket] = {}  # race token -> the socket driving it
+        self._links: dict[str, Link] = {}  # race token -> the socket driving it
 
     @property
     def registry(self) -> RaceRegistry:
@@ -184,24 +273,27 @@ class RaceSocket:
         session = await self._hello(ws)
         if session is None:
             return
-        token = session.token
-        previous = self._sockets.get(token)
-        self._sockets[token] = ws
-        if previous is not None:
-            await _close(previous, CLOSE_REPLACED, "this race was opened in another tab")
-        session.attach()
-        ticker = asyncio.create_task(self._tick(ws, session))
-        receiver = asyncio.create_task(self._receive(ws, session))
+        loop = asyncio.get_running_loop()
+        token, link = session.token, Link(ws, loop.time())
+        previous = self._links.get(token)
+        self._links[token] = link
+        if previous is not None:  # a reload or another tab: take over now, close the old socket meanwhile
+            previous.stop(CLOSE_REPLACED, "this race was opened in another tab")
+        await loop.run_in_executor(self.pool(), session.attach)  # the session's lock, off the event loop
+        link.tasks = [asyncio.create_task(coro) for coro in (
+            self._tick(link, session), self._receive(link, session), self._watch(link), link.outbox.run())]
         try:
-            await asyncio.wait({ticker, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (ticker, receiver):
+            for task in link.tasks:
                 task.cancel()
-            await asyncio.gather(ticker, receiver, return_exceptions=True)
-            if self._sockets.get(token) is ws:
-                del self._sockets[token]
-                session.detach()
-            await _close(ws, 1000, "")
+            await asyncio.gather(*link.tasks, return_exceptions=True)
+            if self._links.get(token) is link:
+                del self._links[token]
+                await loop.run_in_executor(self.pool(), session.detach)  # pauses the race
+            if link.lost:
+                log.info("race %s: socket let go (%s); the race is paused", token[:8], link.lost)
+            await _close(ws, link.close_code, link.close_reason)
 
     async def _hello(self, ws: WebSocket) -> RaceSession | None:
         try:
@@ -220,76 +312,115 @@ class RaceSocket:
             "labels": [d.label for d in session.drivers], "kinds": [d.kind for d in session.drivers]}})
         return session
 
-    async def _tick(self, ws: WebSocket, session: RaceSession) -> None:
-        """Step the race at a fixed rate and send every changed view. A tick that runs late (a busy
-        core, the GIL) is made up by running the next ones back to back, up to MAX_LAG_TICKS; beyond
-        that the race slows down rather than fast-forwarding."""
+    async def _tick(self, link: Link, session: RaceSession) -> None:
+        """Step the race at a fixed rate and hand every changed view to the link's outbox (never waiting on
+        the socket). A tick that runs late (a busy core, the GIL) is made up by running the next ones back
+        to back, up to MAX_LAG_TICKS; beyond that the race slows down rather than fast-forwarding."""
         loop = asyncio.get_running_loop()
         encoder, pool = _Encoder(), self.pool()
         deadline = loop.time()
-        while self._sockets.get(session.token) is ws:
+        while self._links.get(session.token) is link:
             if self.registry.get(session.token) is not session:
-                await _send_json(ws, {"type": "error", "message": "this race was closed"})
-                await _close(ws, CLOSE_GONE, "race closed")
+                await _send_json(link.ws, {"type": "error", "message": "this race was closed"})
+                link.close_code, link.close_reason = CLOSE_GONE, "race closed"
                 return
             try:
                 payload = await loop.run_in_executor(pool, encoder, session)
             except Exception as e:  # the race cannot step (the env or the AI failed): end it, and say so
                 log.exception("race %s stopped: a step failed", session.token[:8])
                 self.registry.close(session.token)
-                await _send_json(ws, {"type": "error", "message": f"the race stopped on a server error "
-                                                                 f"({type(e).__name__}: {e}); start a new race"})
-                await _close(ws, CLOSE_GONE, "race failed")
+                await _send_json(link.ws, {"type": "error", "message": f"the race stopped on a server error "
+                                                                      f"({type(e).__name__}: {e}); start a new race"})
+                link.close_code, link.close_reason = CLOSE_GONE, "race failed"
                 return
             if payload is not None:
-                await ws.send_bytes(payload)
+                link.outbox.put(payload)
             deadline += self.period
             now = loop.time()
             if deadline < now - MAX_LAG_TICKS * self.period:
                 deadline = now
             await asyncio.sleep(max(0.0, deadline - now))
 
-    async def _receive(self, ws: WebSocket, session: RaceSession) -> None:
+    async def _receive(self, link: Link, session: RaceSession) -> None:
+        loop = asyncio.get_running_loop()
         bucket = TokenBucket(RATE_PER_S, BURST)
         dropped = handled = 0
         while True:
-            message = await ws.receive()
+            message = await link.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             msg = parse_message(message.get("text"))
             if msg is None or msg["type"] == "hello" or not bucket.take():
                 dropped += 1
                 if dropped > MAX_DROPPED:
-                    await _close(ws, CLOSE_POLICY, "too many invalid or excess messages")
+                    link.close_code, link.close_reason = CLOSE_POLICY, "too many invalid or excess messages"
                     return
-            elif msg["type"] == "keys":
-                session.set_keys(msg["mask"], msg["seq"])
             else:
-                session.command(msg["type"])
+                link.heard = loop.time()
+                if msg["type"] == "keys":
+                    session.set_keys(msg["mask"], msg["seq"])
+                elif msg["type"] == "visibility":
+                    link.hidden = msg["hidden"]
+                    if link.hidden:
+                        session.hide()
+                elif msg["type"] == "ping":  # the page is there, and has read this many frames
+                    if msg["frames"] is not None:
+                        link.unread = max(0, link.outbox.sent - msg["frames"])
+                else:
+                    session.command(msg["type"])
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a flooding socket cannot starve the other races' tickers
 
+    async def _watch(self, link: Link) -> None:
+        """Return (and so end the link, which pauses the race) once the page is gone without a word: a visible
+        page silent for SILENT_S, or one that says it is STALL_FRAMES frames behind those sent, or a frame that
+        has waited STALL_S for the socket to take it (the kernel's buffers on loopback hold megabytes, so this
+        last one comes late, for clients that report nothing). A hidden page's timers
+        are throttled by its browser, so its silence is not counted (its race is paused already); the
+        socket's own keepalive still ends it if its network is gone."""
+        loop = asyncio.get_running_loop()
+        woke = loop.time()
+        while True:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            now = loop.time()
+            late, woke = now - woke > 2 * WATCH_PERIOD_S, now
+            if late:  # the loop itself stalled: let the receiver read what arrived meanwhile first
+                continue
+            if not link.hidden and now - link.heard > SILENT_S:
+                link.lost = f"nothing heard for {now - link.heard:.1f} s"
+            elif link.unread > STALL_FRAMES:
+                link.lost = f"{link.unread} frames sent were not read"
+            elif link.outbox.stalled_for(now) > STALL_S:
+                link.lost = f"a frame waited {link.outbox.stalled_for(now):.1f} s for the socket"
+            if link.lost:
+                link.close_code, link.close_reason = CLOSE_SILENT, "nothing heard from the page"
+                return
+
 
 async def _send_json(ws: WebSocket, obj: dict) -> None:
+    """Send a control message; gives up after CLOSE_TIMEOUT_S on a socket whose client does not read."""
     try:
-        await ws.send_text(json.dumps(obj))
-    except (RuntimeError, WebSocketDisconnect, OSError):
+        await asyncio.wait_for(ws.send_text(json.dumps(obj)), CLOSE_TIMEOUT_S)
+    except (TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
         pass
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Close ``ws``; gives up after CLOSE_TIMEOUT_S when its buffers are full (a client that stopped reading
+    cannot take the close frame either: the socket's keepalive ends the connection later)."""
     if ws.application_state == WebSocketState.DISCONNECTED or ws.client_state == WebSocketState.DISCONNECTED:
         return
     try:
-        await ws.close(code, reason)
-    except (RuntimeError, WebSocketDisconnect, OSError):
+        await asyncio.wait_for(ws.close(code, reason), CLOSE_TIMEOUT_S)
+    except (TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
         pass
 
 
 def component_data(session: RaceSession) -> dict:
     """What the race view component (assets/race/race.js) needs to connect to ``session``."""
-    return {"token": session.token, "ws_path": WS_PATH.lstrip("/"), "mode": session.mode, "seed": session.seed,
+    return {"token": session.token, "ws_path": WS_PATH.lstrip("/"), "heartbeat_ms": int(HEARTBEAT_S * 1000),
+            "mode": session.mode, "seed": session.seed,
             "labels": [d.label for d in session.drivers], "kinds": [d.kind for d in session.drivers]}
 
 

@@ -278,6 +278,11 @@ class RaceSession:
         if name in COMMANDS:
             self._commands.append(name)
 
+    def hide(self) -> None:
+        """The page went to the background (another tab, a minimised window): pause at the next tick, with
+        the reason "hidden". Its browser may then throttle its timers, so its silence means nothing."""
+        self._commands.append("hide")
+
     # -- control (applied under the lock) -----------------------------------------------------------
 
     def pause(self, reason: str = "player") -> None:
@@ -377,6 +382,8 @@ class RaceSession:
             self.restart()  # which checks the cap on races
         elif name == "end":
             self.end()
+        elif name == "hide":
+            self.pause("hidden")
 
     # -- views ------------------------------------------------------------------------------------
 
