@@ -10,6 +10,12 @@ from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
 
 
+def episode_box_px(names: list[str]) -> int:
+    """The Episode box's width in pixels: its longest name whole (about 7 px a character, 60 for the box's
+    padding and arrow), within 200..340 so that the boxes beside it keep their room at 1366 px."""
+    return min(340, max(200, 60 + 7 * max(map(len, names), default=0)))
+
+
 st.title("Dream")
 st.markdown("Here nothing is simulated: each frame is **imagined**. M predicts the next code z from the "
             "current one and the action, V decodes it into a picture, and the dream goes on from there. "
@@ -74,7 +80,8 @@ if mode in ("You", "The controller"):
         episode, step = None, 0
         if start == "real" and episodes:
             episode = st.selectbox("Episode", [str(p) for p in episodes], key="dream.episode",
-                                   format_func=app_data.relative)
+                                   format_func=app_data.episode_name,
+                                   width=episode_box_px([app_data.episode_name(p) for p in episodes]))
             step = st.number_input("Frame", value=100, step=10, key="dream.frame",
                                    help="M first watches the real frames and actions up to here (0 to 1000).")
         seed = st.number_input("Seed", value=0, key="dream.seed", help="seed of M's sampling (0 to 1000000)")
