@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,38 @@ def default_workers() -> int:
 
 
 class ConfigError(UserError, ValueError):
-    """A config value outside its allowed range; the message names the field and the value."""
+    """A config value outside its allowed range; the message names the field and the value as the CLI does
+    (``--episodes=-5 is too small: it must be at least 1``). An error of one field also keeps ``field``,
+    ``value`` and ``problem`` (``is too small: it must be at least 1``), so that a form can name the field
+    its own way; they are None for a rule over several fields."""
+
+    def __init__(self, message: str, field: str | None = None, value: Any = None, problem: str | None = None):
+        super().__init__(message)
+        self.field, self.value, self.problem = field, value, problem
+
+    @classmethod
+    def of_field(cls, name: str, value: Any, problem: str) -> ConfigError:
+        return cls(f"--{name.replace('_', '-')}={value!r} {problem}", name, value, problem)
+
+
+def range_problem(value: Any, minimum: float | None = None, maximum: float | None = None,
+                  above_minimum: bool = False) -> str | None:
+    """What is wrong with a number given its allowed range (``is too small: it must be at least 1``), or
+    None when it is within. ``above_minimum``: the value must be greater than ``minimum``. A missing value
+    (an emptied box) and NaN or infinity are wrong too."""
+    if value is None:
+        return "is empty: give a number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "is not a number"
+    if not math.isfinite(value):
+        return "is not a number; give a finite value"
+    if minimum is not None and above_minimum and value <= minimum:
+        return f"is too small: it must be greater than {minimum}"
+    if minimum is not None and value < minimum:
+        return f"is too small: it must be at least {minimum}"
+    if maximum is not None and value > maximum:
+        return f"is too large: it must be at most {maximum}"
+    return None
 
 
 def validate(config: Any, upper_bounds: bool = True) -> Any:
@@ -83,19 +115,17 @@ def validate(config: Any, upper_bounds: bool = True) -> Any:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         meta = f.metadata
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{flag}={value!r} is not a number; give a finite value")
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{flag}={value!r} is not one of {', '.join(map(str, meta['choices']))}")
-        if meta.get("path") and not str(value).strip():
-            raise ConfigError(f"{flag}={value!r} is empty: give a file or folder path")
-        if meta.get("min") is not None and meta.get("above_min") and value <= meta["min"]:
-            raise ConfigError(f"{flag}={value!r} is too small: it must be greater than {meta['min']}")
-        if meta.get("min") is not None and value < meta["min"]:
-            raise ConfigError(f"{flag}={value!r} is too small: it must be at least {meta['min']}")
-        if upper_bounds and meta.get("max") is not None and value > meta["max"]:
-            raise ConfigError(f"{flag}={value!r} is too large: it must be at most {meta['max']}")
+        if meta.get("choices"):
+            problem = None if value in meta["choices"] else f"is not one of {', '.join(map(str, meta['choices']))}"
+        elif meta.get("path") and not str(value).strip():
+            problem = "is empty: give a file or folder path"
+        elif isinstance(f.default, numbers.Real) and not isinstance(f.default, bool):
+            problem = range_problem(value, meta.get("min"), meta.get("max") if upper_bounds else None,
+                                    meta.get("above_min", False))
+        else:
+            problem = None
+        if problem:
+            raise ConfigError.of_field(f.name, value, problem)
     if hasattr(config, "check"):
         config.check()
     return config

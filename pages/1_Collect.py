@@ -46,11 +46,14 @@ if not entries:
     st.caption(f"No episodes in `{folder}` yet.")
 else:
     per_row = 4
-    first = st.number_input("First episode shown", min_value=0, max_value=max(0, len(entries) - 1), value=0,
-                            step=per_row, key="collect.browse_first",
-                            help="Episodes are listed by track seed; four are shown at a time.")
+    first = st.number_input("First episode shown", value=0, step=per_row, key="collect.browse_first",
+                            help=f"Episodes are listed by track seed; four are shown at a time (0 to "
+                                 f"{len(entries) - 1}).")
+    problem = _ui.number_problem("First episode shown", first, 0, len(entries) - 1)
+    if problem:
+        st.warning(problem)
     cols = st.columns(per_row)
-    for col, entry in zip(cols, entries[first:first + per_row]):
+    for col, entry in zip(cols, [] if problem else entries[first:first + per_row]):
         path = app_data.resolve(folder) / entry["file"]
         with col:
             try:

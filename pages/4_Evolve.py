@@ -53,8 +53,10 @@ if config is not None:  # a resumable evolution keeps its settings on the comman
         fixed = [_ui.label(k) for k in FIXED_ON_RESUME if k in differ]
         st.info(f"The evolution in `{config.run_dir}/` last ran with other settings: "
                 + ", ".join(f"{_ui.label(k)} {v}" for k, v in differ.items())
-                + (f". {' and '.join(fixed)} must stay as saved to resume it (its CMA-ES state fixes it); the "
-                   "others" if fixed else ". Resuming with this form's values") + " change from now on.")
+                + (f". {' and '.join(fixed)} must stay as saved to resume it (its CMA-ES state fixes "
+                   f"{'them' if len(fixed) > 1 else 'it'}); the other settings can change: a resumed "
+                   "evolution runs its next generations with this form's values." if fixed else
+                   ". If you resume it, its next generations run with this form's values instead."))
         st.button("Use its saved settings", on_click=use_settings, key="evolve.use_saved",
                   icon=":material/settings_backup_restore:")
 _ui.start_button("evolve", config, noun="evolution")

@@ -19,6 +19,13 @@ from core.pipeline.dream import (
 from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
 
+
+def episode_box_px(names: list[str]) -> int:
+    """The Episode box's width in pixels: its longest name whole (about 7 px a character, 60 for the box's
+    padding and arrow), within 200..340 so that the boxes beside it keep their room at 1366 px."""
+    return min(340, max(200, 60 + 7 * max(map(len, names), default=0)))
+
+
 st.title("Dream")
 st.markdown("Here nothing is simulated: each frame is **imagined**. M predicts the next code z from the "
             "current one and the action, V decodes it into a picture, and the dream goes on from there. "
@@ -83,14 +90,21 @@ if mode in ("You", "The controller"):
         episode, step = None, 0
         if start == "real" and episodes:
             episode = st.selectbox("Episode", [str(p) for p in episodes], key="dream.episode",
-                                   format_func=app_data.relative)
-            step = st.number_input("Frame", 0, 1000, 100, 10, key="dream.frame",
-                                   help="M first watches the real frames and actions up to here.")
-        seed = st.number_input("Seed", 0, 10**6, 0, key="dream.seed", help="seed of M's sampling")
-        if st.button("New dream", icon=":material/refresh:", key="dream.new"):
+                                   format_func=app_data.episode_name,
+                                   width=episode_box_px([app_data.episode_name(p) for p in episodes]))
+            step = st.number_input("Frame", value=100, step=10, key="dream.frame",
+                                   help="M first watches the real frames and actions up to here (0 to 1000).")
+        seed = st.number_input("Seed", value=0, key="dream.seed", help="seed of M's sampling (0 to 1000000)")
+        # The boxes have no min or max (the browser would keep a number out of range from the script): checked here.
+        problem = _ui.number_problem("Frame", step, 0, 1000) or _ui.number_problem("Seed", seed, 0, 10**6)
+        if st.button("New dream", icon=":material/refresh:", key="dream.new", disabled=problem is not None):
             new_dream(start if episodes else "random", episode, int(step), int(seed))
+    if problem:
+        st.error(problem)
     dream = st.session_state.get("dream")
     if dream is None or st.session_state.get("dream.key") != (model_dir, id(model.w)):  # other V or M: start over
+        if problem:
+            st.stop()
         dream = new_dream(start if episodes else "random", episode if episodes else None, int(step), int(seed))
     dream.tau = tau
 
@@ -171,11 +185,17 @@ def real_vs_dream() -> None:
         driver = st.selectbox("Actions from", drivers, key="dream.sbs_driver",
                               format_func=lambda d: {"controller": "the controller, driving the real car",
                                                      "random": "smoothed random actions"}[d])
-        seed = st.number_input("Track seed", 0, 10**7, 1_000_000, key="dream.sbs_seed")
-        steps = st.number_input("Steps", 25, 500, 150, 25, key="dream.sbs_steps")
-        warmup = st.number_input("Warm-up steps", 0, 200, 50, 10, key="dream.sbs_warmup",
-                                 help="M watches the real frames this long first (the camera zooms in at the start).")
-        go = st.button("Run side by side", type="primary", icon=":material/compare:", key="dream.sbs_go")
+        seed = st.number_input("Track seed", value=1_000_000, key="dream.sbs_seed", help="0 to 10000000")
+        steps = st.number_input("Steps", value=150, step=25, key="dream.sbs_steps", help="25 to 500")
+        warmup = st.number_input("Warm-up steps", value=50, step=10, key="dream.sbs_warmup",
+                                 help="M watches the real frames this long first (the camera zooms in at the "
+                                      "start); 0 to 200.")
+        problem = (_ui.number_problem("Track seed", seed, 0, 10**7) or _ui.number_problem("Steps", steps, 25, 500)
+                   or _ui.number_problem("Warm-up steps", warmup, 0, 200))
+        go = st.button("Run side by side", type="primary", icon=":material/compare:", key="dream.sbs_go",
+                       disabled=problem is not None)
+    if problem:
+        st.error(problem)
     if go:
         with st.spinner("Driving the real env and dreaming…"):
             try:

@@ -137,8 +137,9 @@ if session is None:
         mode = st.radio("Mode", modes, format_func=race.MODE_LABELS.get, horizontal=True)
         name = st.text_input("Your name (for the leaderboard)", max_chars=NAME_MAX_CHARS)
         track = st.radio("Track", ["Random track", "Pick a track"], horizontal=True)
-        seed = st.number_input("Track number (seed), when you pick one", min_value=0, max_value=race.SEED_MAX,
-                               value=0, step=1)
+        # No min or max: the box would keep a number out of range from the server (see _ui.config_form);
+        # the race checks the track number itself and says what is wrong.
+        seed = st.number_input("Track number (seed), when you pick one", value=0, step=1)
         model = st.selectbox("AI model", models) if models else None
         go = st.form_submit_button("Start race", type="primary")
     if not models:

@@ -15,7 +15,7 @@ import streamlit as st
 
 from core.app import app_data, jobs
 from core.app.jobs import JobAlreadyRunning, JobConflict, JobRegistry
-from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict
+from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict, range_problem
 from core.envs.laps import MEANINGS
 from core.stages import STAGES, TRAINING_STAGES
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError
@@ -275,8 +275,11 @@ def _float_step(value: float) -> float:
 def config_form(cls: type, prefix: str, defaults: dict | None = None, hide: tuple[str, ...] = (),
                 columns: int = 3, fixed: dict | None = None):
     """Widgets for the fields of a stage config, built from their metadata (help, choices, range);
-    returns the validated config, or None after showing what is wrong.
+    returns the validated config, or None when a value is wrong (``start_button`` then says which).
 
+    A number box gets no min or max: with them Streamlit's box never sends a typed number out of range to
+    the server, and the script would go on with the last valid value while the box shows the typed one.
+    Without them every typed number, and an emptied box (None), reaches the config's validator.
     ``defaults``: page defaults that differ from the dataclass's; ``hide``: fields left at their default;
     ``fixed``: values set by the page (not shown). Values survive page changes within the session.
     """
@@ -296,12 +299,10 @@ def config_form(cls: type, prefix: str, defaults: dict | None = None, hide: tupl
             elif isinstance(f.default, bool):
                 st.checkbox(label(f.name), key=key, help=meta.get("help"))
             elif isinstance(f.default, int):
-                st.number_input(label(f.name), min_value=_num(meta.get("min"), int),
-                                max_value=_num(meta.get("max"), int), step=1, key=key, help=meta.get("help"))
+                st.number_input(label(f.name), value=None, step=1, key=key, help=_with_range(meta))
             elif isinstance(f.default, float):
-                st.number_input(label(f.name), min_value=_num(meta.get("min"), float),
-                                max_value=_num(meta.get("max"), float), step=_float_step(float(default)),
-                                format="%g", key=key, help=meta.get("help"))
+                st.number_input(label(f.name), value=None, step=_float_step(float(default)), format="%g",
+                                key=key, help=_with_range(meta))
             else:
                 st.text_input(label(f.name), key=key, help=meta.get("help"))
         values[f.name] = st.session_state[key]
@@ -312,14 +313,47 @@ def config_form(cls: type, prefix: str, defaults: dict | None = None, hide: tupl
         elif f.name in hide:
             values[f.name] = defaults.get(f.name, f.default)
     try:
-        return from_dict(cls, values)
-    except (ConfigError, TypeError) as e:
-        st.error(f"Check the settings: {e}")
-        return None
+        config, problem = from_dict(cls, values), None
+    except ConfigError as e:
+        config, problem = None, settings_problem(e)
+    st.session_state[_problem_key(cls)] = problem  # for start_button, which shows it beside Start
+    return config
 
 
-def _num(value, kind):
-    return None if value is None else kind(value)
+def _problem_key(cls: type) -> str:
+    return f"_problem.{cls.__name__}"
+
+
+def settings_problem(e: ConfigError) -> str:
+    """A config error as a form says it: the field by its label (``Episodes: -5 is too small: it must be at
+    least 1``); a rule over several fields as the validator words it."""
+    return str(e) if e.field is None else _said(label(e.field), e.value, e.problem)
+
+
+def number_problem(name: str, value, minimum: float | None = None, maximum: float | None = None) -> str | None:
+    """What is wrong with the value of the number box called ``name``, worded as the settings forms word
+    it, or None when it is within ``minimum``..``maximum``. For the boxes outside the forms, which get no
+    min or max either (see ``config_form``)."""
+    problem = range_problem(value, minimum, maximum)
+    return None if problem is None else _said(name, value, problem)
+
+
+def _said(name: str, value, problem: str) -> str:
+    return f"{name} {problem}" if value is None else f"{name}: {value!r} {problem}"
+
+
+def _with_range(meta) -> str | None:
+    """A number field's help text with its allowed range, which the box no longer enforces."""
+    low, high = meta.get("min"), meta.get("max")
+    if low is None and high is None:
+        return meta.get("help")
+    if low is None:
+        allowed = f"at most {high}"
+    elif high is None:
+        allowed = f"greater than {low}" if meta.get("above_min") else f"at least {low}"
+    else:
+        allowed = f"{low} to {high}"
+    return f"{meta.get('help')} (allowed: {allowed})"
 
 
 def start_button(stage: str, config, noun: str | None = None, key: str | None = None,
@@ -327,7 +361,11 @@ def start_button(stage: str, config, noun: str | None = None, key: str | None = 
     """Start (or Resume, when an earlier run of the same folder stopped part way) ``stage``. Refuses a
     folder inside the shipped model, and says so when the folder is done already. ``prepare``, run on the
     click, returns the config to start (for what must happen then and not on every rerun, such as copying
-    a file the job reads); an ArtifactError from it is shown."""
+    a file the job reads); an ArtifactError from it is shown. With no config (a wrong value in the form) it
+    says what ``config_form`` found wrong and stays off."""
+    problem = st.session_state.get(_problem_key(STAGES[stage].config))
+    if config is None and problem:
+        st.error(f"Check the settings: {problem}")
     values = dataclasses.asdict(config) if config is not None else None
     out = STAGES[stage].out_dir(values) if values is not None else None
     if STAGES[stage].go_on and out is not None and app_data.is_shipped_model(out):

@@ -646,9 +646,8 @@ def test_home_and_dream_show_every_data_folder(fresh_root):
     assert "`data/rollouts`: 2 episodes" in captions and "`data/rollouts-controller`: 2 episodes" in captions
     dream = open_page(at, "5_Dream.py")
     episode = dream.selectbox(key="dream.episode")
-    assert [episode.format_func(o) for o in episode.options] == [
-        "data/rollouts/ep_0000000.npz", "data/rollouts/ep_0000001.npz",
-        "data/rollouts-controller/ep_0000000.npz", "data/rollouts-controller/ep_0000001.npz"]
+    assert episode.options == [
+        "rollouts/ep_0000000", "rollouts/ep_0000001", "rollouts-controller/ep_0000000", "rollouts-controller/ep_0000001"]
     episode.set_value(episode.options[3]).run()
     dream.button(key="dream.new").click().run()
     assert not dream.exception and "Dream step 0" in dream.get("image")[0].captions[0]

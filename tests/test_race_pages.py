@@ -44,6 +44,13 @@ def test_race_page_validates_then_races_and_shows_scores_and_video(registry):
     assert any("player name" in m for m in messages(at, "error"))
     assert registry.active() == 0
 
+    at.text_input[0].set_value("Ann")  # a track number out of range reaches the page, which refuses it
+    at.radio[1].set_value("Pick a track")
+    at.number_input[0].set_value(-5)
+    at.button[0].click().run()
+    assert any("track -5 is out of range" in m for m in messages(at, "error"))
+    assert registry.active() == 0
+
     at.text_input[0].set_value("<script>alert(1)</script>"[:24])
     at.radio[1].set_value("Pick a track")
     at.number_input[0].set_value(17)

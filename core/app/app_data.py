@@ -393,6 +393,14 @@ def data_version(data_dir: Path | str) -> float:
     return max((mtime(folder) for folder in folders), default=0.0)
 
 
+def episode_name(path: Path | str) -> str:
+    """An episode file as a list of episodes shows it: its folder's name and the file's stem
+    (``rollouts/ep_0000012``), short enough for a narrow box; the data folders the app lists are siblings
+    under ``data/``, so their names tell them apart."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.stem}"
+
+
 def resume_point(stage: str, config: dict) -> dict | None:
     """How far an earlier run of ``stage`` into the same folder got: ``{"done": n, "total": m, "unit": ...,
     "finished": bool}``; None when there is nothing to resume. ``finished``: the run reached what it was set
