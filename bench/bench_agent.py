@@ -22,6 +22,7 @@ from bench.common import machine_info, median_time  # noqa: E402
 
 def _models():
     import keras
+
     from core.models.mdnrnn import MDNRNN
     from core.models.vae import ConvVAE
     keras.utils.set_random_seed(0)
@@ -136,8 +137,8 @@ def parallel_compute_scaling(workers: int, seconds: float = 3.0) -> float:
 
 def rollout_throughput(steps: int, workers: int) -> dict[str, float]:
     """Env steps a second of whole rollouts (env + agent), fast env and stock env, 1 and N processes."""
-    from core.models.agent import Agent, extract_weights
     from core.envs.env import make_env
+    from core.models.agent import Agent, extract_weights
     from core.pipeline.rollout import RolloutPool, RolloutSettings, rollout
     vae, rnn = _models()
     weights = extract_weights(vae, rnn)
@@ -174,8 +175,8 @@ def tf_function_rollout_rate(steps: int, start_at: float = 0.0) -> float:
     (a ``time.time()``), the timed loop waits for that moment, so several processes run it together."""
     import tensorflow as tf
 
-    from core.models.controller import Controller
     from core.envs.env import make_env, preprocess
+    from core.models.controller import Controller
     vae, rnn = _models()
     controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))
     encode = tf.function(lambda x: vae.encode(tf.cast(x, tf.float32) / 255.0)[0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,9 +24,9 @@ def _world_model():
 
     from core.models.agent import extract_weights
     from core.models.controller import Controller
-    from core.pipeline.dream import WorldModel
     from core.models.mdnrnn import MDNRNN
     from core.models.vae import ConvVAE
+    from core.pipeline.dream import WorldModel
     keras.utils.set_random_seed(0)
     vae, rnn = ConvVAE(32), MDNRNN(32, 256, 5)
     controller = Controller(32, 256, np.random.default_rng(0).normal(scale=0.1, size=867))

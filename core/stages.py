@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from core.config import (CollectConfig, CompareConfig, EvaluateConfig, EvolveConfig, ExportConfig, RecordConfig,
-                         RNNConfig, SnapshotConfig, VAEConfig)
+from core.config import (
+    CollectConfig,
+    CompareConfig,
+    EvaluateConfig,
+    EvolveConfig,
+    ExportConfig,
+    RecordConfig,
+    RNNConfig,
+    SnapshotConfig,
+    VAEConfig,
+)
 
 Settings = Mapping[str, Any]  # a stage's config as a dict (``dataclasses.asdict`` or a job's saved config)
 

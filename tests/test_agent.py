@@ -3,12 +3,12 @@
 import numpy as np
 import tensorflow as tf
 
+from core.envs.env import make_env
 from core.models.agent import Agent, encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
 from core.models.controller import load_controller
-from core.storage.dataset import list_episodes, load_episode
-from core.envs.env import make_env
 from core.models.mdnrnn import load_rnn
 from core.models.vae import load_vae, to_float
+from core.storage.dataset import list_episodes, load_episode
 from tests.conftest import TEST_ENV
 
 

@@ -13,8 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app.app_data import ROOT_ENV
-from core.storage.dataset import load_episode
 from core.pipeline.dream import KEY_ACTIONS
+from core.storage.dataset import load_episode
 from tests.conftest import ROOT, TEST_ENV, make_app_root
 
 TIMEOUT = 120  # seconds a script run may take (the first one loads TensorFlow)
@@ -562,6 +562,7 @@ def test_a_dream_goes_on_when_the_controller_changes_and_dreams_without_one_that
 
 def test_the_evolve_form_offers_the_settings_a_resumable_evolution_last_ran_with(fresh_root):
     import json
+
     from core.pipeline.evolve import saved_settings
     saved = saved_settings(fresh_root / "runs")
     assert saved, "the tiny model's evolution can be resumed"
@@ -595,8 +596,7 @@ def test_world_models_in_other_run_folders_can_be_picked(fresh_root):
     """runs2/ (docs/CLI.md's second evolution) and runs/mine/ hold world models: every page offers them."""
     import shutil
 
-    from core.app import app_data
-    from core.app import race
+    from core.app import app_data, race
     for folder in ("runs2", "runs/mine"):
         for part in ("vae", "rnn", "controller"):
             shutil.copytree(fresh_root / "runs" / part, fresh_root / folder / part)

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from core.storage.artifacts import ArtifactError, History, atomic_save_npz, atomic_write_json, read_meta
-from core.storage.dataset import EpisodeError, NoDataError, list_episodes, load_episode, usable_episodes
 from core.models.mdnrnn import load_rnn
 from core.models.vae import load_vae, to_float
+from core.storage.artifacts import ArtifactError, History, atomic_save_npz, atomic_write_json, read_meta
+from core.storage.dataset import EpisodeError, NoDataError, list_episodes, load_episode, usable_episodes
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -53,9 +53,9 @@ def test_vae_and_rnn_save_load_give_identical_outputs(tiny_world_model, tiny_dat
     """Models changed in memory, saved atomically and loaded back give the in-memory models' outputs."""
     import shutil
 
-    from core.storage.artifacts import atomic_save_keras
     from core.models.mdnrnn import WEIGHTS as RNN_WEIGHTS
     from core.models.vae import WEIGHTS as VAE_WEIGHTS
+    from core.storage.artifacts import atomic_save_keras
     shutil.copytree(tiny_world_model, tmp_path / "run")
     rng = np.random.default_rng(0)
     frames = to_float(load_episode(list_episodes(tiny_data)[0]).obs[:4])
@@ -167,8 +167,8 @@ def test_run_lock_refuses_a_second_writer_and_frees_on_exit(tmp_path):
 
 def test_a_saved_config_is_checked_but_not_held_to_the_limits_of_new_runs(tmp_path):
     """The maxima keep a new run within reason; a model trained with more (before a bound was added) loads."""
-    from core.storage.artifacts import ArtifactError, checked_config
     from core.config import ConfigError, VAEConfig, from_dict, to_dict
+    from core.storage.artifacts import ArtifactError, checked_config
     saved = {**to_dict(VAEConfig()), "epochs": 10**6, "batch_size": 10**6, "a_newer_setting": 1}
     with pytest.raises(ConfigError, match="--epochs=1000000 is too large"):
         from_dict(VAEConfig, saved)

@@ -239,9 +239,9 @@ def test_export_ships_a_lean_loadable_model(tiny_world_model, tmp_path):
 @pytest.mark.parametrize("part", ["vae", "rnn", "controller"])
 def test_export_refuses_a_run_whose_part_is_being_trained(part, tiny_world_model, tmp_path):
     """Training rewrites a part's weights at every checkpoint: an export then would ship parts of two moments."""
-    from core.storage.artifacts import ArtifactError, RunLock
     from core.config import ExportConfig
     from core.pipeline.export import export
+    from core.storage.artifacts import ArtifactError, RunLock
     with RunLock(tiny_world_model / part, "train"):
         with pytest.raises(ArtifactError, match=f"{part}: another training run .* is writing here"):
             export(ExportConfig(run_dir=str(tiny_world_model), out_dir=str(tmp_path / "models")))
@@ -254,10 +254,10 @@ def test_export_refuses_a_controller_whose_v_was_trained_further(tiny_world_mode
     import json
     import shutil
 
-    from core.storage.artifacts import ArtifactError
     from core.config import ExportConfig, VAEConfig
     from core.pipeline.export import export
     from core.pipeline.train_vae import train_vae
+    from core.storage.artifacts import ArtifactError
     run = tmp_path / "run"
     shutil.copytree(tiny_world_model, run)
     assert json.loads((run / "controller" / "meta.json").read_text())["world_model_sha256"]
@@ -314,12 +314,12 @@ def test_export_ships_a_screened_controller_with_its_own_report(tiny_world_model
 
     import numpy as np
 
-    from core.storage.artifacts import ArtifactError
     from core.config import ConfigError, EvaluateConfig, EvolveConfig, ExportConfig
     from core.models.controller import params_sha256
     from core.pipeline.evaluate import evaluate
     from core.pipeline.evolve import evolve
     from core.pipeline.export import export
+    from core.storage.artifacts import ArtifactError
     run = tmp_path / "run"
     shutil.copytree(tiny_world_model, run)
     mean = tmp_path / "mean.npz"  # as an evolution's latest.npz, with a mean other than the kept controller
@@ -449,8 +449,8 @@ def test_a_stopped_recording_leaves_the_old_video_and_says_it_starts_over(tiny_w
 def test_an_action_log_that_is_not_one_array_is_explained(tmp_path):
     import numpy as np
 
-    from core.storage.artifacts import ArtifactError
     from core.pipeline.record import load_actions
+    from core.storage.artifacts import ArtifactError
     empty = tmp_path / "empty.npy"
     empty.write_bytes(b"")
     archive = tmp_path / "archive.npy"
@@ -468,9 +468,9 @@ def test_a_model_left_aside_by_an_interrupted_export_is_put_back(tiny_world_mode
     """A crash between export's two renames leaves the previous model as .models.old and no models/."""
     import shutil
 
-    from core.storage.artifacts import ArtifactError
     from core.config import ExportConfig
     from core.pipeline.export import export
+    from core.storage.artifacts import ArtifactError
     shutil.copytree(tiny_world_model, tmp_path / ".models.old", ignore=shutil.ignore_patterns("checkpoint", ".lock"))
     with pytest.raises(ArtifactError):  # this export fails (no such run), after putting the model back
         export(ExportConfig(run_dir=str(tmp_path / "no-run"), out_dir=str(tmp_path / "models")))

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from core.pipeline.collect import BrownianPolicy, MixedDataError, collect
 from core.config import CollectConfig
 from core.models.controller import load_controller, save_params
+from core.pipeline.collect import BrownianPolicy, MixedDataError, collect
 from core.storage.dataset import list_episodes, load_episode, read_manifest
 from tests.conftest import ROOT, TEST_ENV
 
@@ -57,8 +57,8 @@ def test_stop_request_ends_collection_cleanly(tmp_path):
 def test_a_trained_controller_can_drive_the_collection(tiny_world_model, tmp_path):
     """Policy "controller": the world model's agent drives, nudged by smoothed noise; the same in worker
     processes as in one process, and with no noise exactly the agent's own actions."""
-    from core.models.agent import Agent
     from core.envs.env import make_env
+    from core.models.agent import Agent
     settings = dict(episodes=2, max_steps=12, env=TEST_ENV, policy="controller", model_dir=str(tiny_world_model))
     one = collect(CollectConfig(out_dir=str(tmp_path / "one"), workers=1, noise=0.3, **settings))
     two = collect(CollectConfig(out_dir=str(tmp_path / "two"), workers=2, noise=0.3, **settings))

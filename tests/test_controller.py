@@ -41,8 +41,8 @@ def test_wrong_parameter_count_is_refused():
 
 
 def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
-    from core.storage.artifacts import ArtifactError
     from core.models.controller import load_params_file, params_sha256, save_params
+    from core.storage.artifacts import ArtifactError
     n = num_params(4, 6)
     params = np.linspace(-1, 1, n).astype(np.float32)
     save_params(tmp_path, params, 4, 6)
@@ -57,7 +57,7 @@ def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
     np.savez(tmp_path / "average.npz", average=params * 3, generation=np.int64(8))  # a snapshot's
     loaded, source = load_params_file(tmp_path / "average.npz", 4, 6)
     assert np.array_equal(loaded, params * 3) and source["key"] == "average" and source["generation"] == 8
-    with pytest.raises(ArtifactError, match="h = 8\) needs 39"):  # another world model's controller
+    with pytest.raises(ArtifactError, match=r"h = 8\) needs 39"):  # another world model's controller
         load_params_file(tmp_path / "params.npz", 4, 8)
     np.savez(tmp_path / "other.npz", weights=params)
     with pytest.raises(ArtifactError, match="no controller parameters"):
@@ -75,10 +75,10 @@ def test_a_controller_file_is_read_from_params_or_an_evolutions_mean(tmp_path):
 def test_a_new_evolution_can_start_from_a_trained_controller(tiny_world_model, tmp_path):
     """--init-from puts a fresh CMA-ES mean at a trained controller (say, to restart with another
     population size); a controller for another world model is refused with a clear message."""
-    from core.storage.artifacts import ArtifactError
     from core.config import EvolveConfig
     from core.models.controller import load_controller, save_params
     from core.pipeline.evolve import new_es
+    from core.storage.artifacts import ArtifactError
     config = json.loads((tiny_world_model / "controller" / "config.json").read_text())
     z, h = config["z_size"], config["hidden"]
     trained = load_controller(tiny_world_model / "controller", z, h).get_params()
@@ -118,9 +118,9 @@ def _tiny_run(tiny_world_model, run):
 def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_model, tmp_path):
     """The random state CMA-ES samples candidates from travels in the checkpoint: a resumed run draws the
     candidates, scores and shipped parameters of an uninterrupted one, whatever else drew from NumPy."""
-    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.pipeline.evolve import evolve
+    from core.storage.artifacts import read_history
     from tests.conftest import TEST_ENV
     config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=2, eval_episodes=1, workers=1, env=TEST_ENV)
     straight = _tiny_run(tiny_world_model, tmp_path / "straight")
@@ -143,9 +143,9 @@ def test_a_resumed_evolution_draws_what_an_uninterrupted_one_would(tiny_world_mo
 def test_a_step_size_cap_holds_from_the_first_generation_and_on_a_resumed_run(tiny_world_model, tmp_path):
     """Without a cap the step size stays near sigma0 over a few generations; with one it never exceeds it,
     including when the cap is first given to a resumed run."""
-    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.pipeline.evolve import evolve
+    from core.storage.artifacts import read_history
     from tests.conftest import TEST_ENV
     config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1, env=TEST_ENV, sigma0=0.1)
     free = _tiny_run(tiny_world_model, tmp_path / "free")
@@ -186,9 +186,9 @@ def test_an_evolution_averages_its_mean_across_resumes_and_evaluates_the_average
     """The averaged mean travels in the checkpoint: after three generations, stopped and resumed after each,
     it is the plain average of the three means (all fewer than ``average``), and it is evaluated with the
     mean and the best candidate. ``--average 0`` keeps none."""
-    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.pipeline.evolve import evolve
+    from core.storage.artifacts import read_history
     from tests.conftest import TEST_ENV
     config = dict(popsize=4, rollouts=1, max_steps=12, eval_every=3, eval_episodes=1, workers=1, env=TEST_ENV)
     ctrl = _tiny_run(tiny_world_model, tmp_path / "run")
@@ -221,9 +221,9 @@ def test_a_kill_anywhere_in_a_checkpoint_resumes_from_the_cma_state(tiny_world_m
     converted with its state.json as --trust-pickle does, still resumes."""
     import pickle
 
-    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.pipeline.evolve import evolve
+    from core.storage.artifacts import read_history
     from tests.conftest import TEST_ENV
     ctrl = _tiny_run(tiny_world_model, tmp_path / "run")
     config = dict(run_dir=str(ctrl.parent), popsize=4, rollouts=1, max_steps=12, eval_every=0, workers=1,
@@ -345,10 +345,10 @@ def test_fresh_tracks_measure_each_challenger_against_the_shipped_controller_on_
     candidates (its score there is the bar), and a second test drives new confirmation tracks; without,
     the same tracks every time and the shipped controller's score from when it was picked."""
     import core.pipeline.rollout
-    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
-    from core.pipeline.gate import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, next_tracks
     from core.pipeline.evolve import evolve
+    from core.pipeline.gate import CONFIRM_SEED_BASE, TRAIN_EVAL_SEED_BASE, next_tracks
+    from core.storage.artifacts import read_history
     from tests.conftest import TEST_ENV
 
     class Pool(_StandInPool):
@@ -420,10 +420,10 @@ def test_an_evolution_from_a_trained_controller_ships_it_until_something_beats_i
     import shutil
 
     import core.pipeline.rollout
-    from core.storage.artifacts import read_history
     from core.config import EvolveConfig
     from core.models.controller import load_controller, save_params
     from core.pipeline.evolve import evolve
+    from core.storage.artifacts import read_history
     from tests.conftest import TEST_ENV
 
     class Pool(_StandInPool):
@@ -465,8 +465,8 @@ def test_a_snapshot_freezes_the_mean_or_the_averaged_mean_once(tmp_path):
     missing or broken one is explained without leaving a file behind."""
     import json
 
-    from core.storage.artifacts import ArtifactError
     from core.models.controller import load_params_file, params_sha256, snapshot_params
+    from core.storage.artifacts import ArtifactError
     params = np.linspace(-1, 1, num_params(4, 6)).astype(np.float32)
     (tmp_path / "config.json").write_text(json.dumps({"z_size": 4, "hidden": 6}))
     latest = tmp_path / "latest.npz"

@@ -5,9 +5,20 @@ import io
 import numpy as np
 import pytest
 
+from core.pipeline.dream import (
+    KEY_ACTIONS,
+    Dream,
+    WorldModel,
+    dream_captions,
+    dream_records,
+    gif,
+    hstack,
+    one_step_predictions,
+    side_by_side,
+    upscale,
+    with_captions,
+)
 from core.storage.dataset import list_episodes, load_episode
-from core.pipeline.dream import (KEY_ACTIONS, Dream, WorldModel, dream_captions, dream_records, gif, hstack,
-                                 one_step_predictions, side_by_side, upscale, with_captions)
 from tests.conftest import TEST_ENV
 
 

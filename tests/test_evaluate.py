@@ -222,8 +222,8 @@ def test_a_report_of_odd_numbers_is_refused_in_one_line(tmp_path, seeds, returns
 
 def test_reports_of_one_controller_on_other_tracks_join_into_one_comparison(tmp_path):
     from core.config import CompareConfig
-    from core.storage.artifacts import ArtifactError
     from core.pipeline.compare import compare
+    from core.storage.artifacts import ArtifactError
     from core.storage.reports import read_reports
     first = _report(tmp_path / "a.json", [800.0, 700.0], steps=[1000, 900], complete=True)
     second = _report(tmp_path / "b.json", [600.0, 900.0], first_seed=1_000_002, steps=[1000, 950], complete=True)

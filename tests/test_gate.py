@@ -8,8 +8,16 @@ import pytest
 
 from core.config import EvolveConfig
 from core.models.controller import params_sha256
-from core.pipeline.gate import (CONFIRM_SEED_BASE, MEAN, POOL_MIN_TESTS, TRAIN_EVAL_SEED_BASE, Confirmed, GateState,
-                                pooled_spread, spreads_from_history)
+from core.pipeline.gate import (
+    CONFIRM_SEED_BASE,
+    MEAN,
+    POOL_MIN_TESTS,
+    TRAIN_EVAL_SEED_BASE,
+    Confirmed,
+    GateState,
+    pooled_spread,
+    spreads_from_history,
+)
 from core.pipeline.rollout import RolloutResult
 
 WORLD = "a" * 64  # the V and M driving

@@ -17,9 +17,22 @@ import pytest
 import sqlalchemy as sa
 
 from core.app import leaderboard
-from core.app.leaderboard import (NAME_MAX_CHARS, SCHEMA_VERSION, InvalidName, Leaderboard, LeaderboardError, Run,
-                                  actions_to_blob, blob_to_actions, db_path, db_url, human_vs_ai_figure,
-                                  mask_password, plot_text, validate_player_name)
+from core.app.leaderboard import (
+    NAME_MAX_CHARS,
+    SCHEMA_VERSION,
+    InvalidName,
+    Leaderboard,
+    LeaderboardError,
+    Run,
+    actions_to_blob,
+    blob_to_actions,
+    db_path,
+    db_url,
+    human_vs_ai_figure,
+    mask_password,
+    plot_text,
+    validate_player_name,
+)
 from tests.conftest import ROOT
 
 

@@ -8,18 +8,23 @@ import shutil
 import numpy as np
 import pytest
 
-from core.storage.artifacts import ArtifactError, read_history
 from core.config import RNNConfig, VAEConfig
-from core.storage.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
 from core.models.mdnrnn import load_rnn
-from core.pipeline import training
-from core.pipeline.train_rnn import train_rnn
-from core.storage.checkpoints import (CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP, load_checkpoint, save_checkpoint,
-                                      training_seconds)
 from core.models.vae import WEIGHTS as VAE_WEIGHTS
 from core.models.vae import ConvVAE, load_vae
+from core.pipeline import training
+from core.pipeline.train_rnn import train_rnn
 from core.pipeline.train_vae import train_vae
-
+from core.storage.artifacts import ArtifactError, read_history
+from core.storage.checkpoints import (
+    CHECKPOINT,
+    CHECKPOINT_OLD,
+    CHECKPOINT_TMP,
+    load_checkpoint,
+    save_checkpoint,
+    training_seconds,
+)
+from core.storage.dataset import NoDataError, count_frames, data_folders, iter_frames, list_episodes
 
 LINE_WEIGHTS = "line.weights.h5"
 

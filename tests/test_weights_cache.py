@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.storage import weights_cache
 from core.models.agent import Agent, extract_weights, load_world_model, load_world_model_weights
-from core.storage.artifacts import ArtifactError, atomic_save_npz
 from core.models.mdnrnn import load_rnn
 from core.models.vae import load_vae
+from core.storage import weights_cache
+from core.storage.artifacts import ArtifactError, atomic_save_npz
 from tests.conftest import TEST_ENV
 
 ROOT = Path(__file__).resolve().parent.parent

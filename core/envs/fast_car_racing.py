@@ -39,8 +39,20 @@ import gymnasium as gym
 import numpy as np
 import pygame
 from gymnasium.envs.box2d.car_dynamics import SIZE, WHEEL_R, WHEEL_W, WHEEL_WHITE
-from gymnasium.envs.box2d.car_racing import (GRASS_DIM, MAX_SHAPE_DIM, PLAYFIELD, SCALE, STATE_H, STATE_W, VIDEO_H,
-                                             VIDEO_W, WINDOW_H, WINDOW_W, ZOOM, CarRacing)
+from gymnasium.envs.box2d.car_racing import (
+    GRASS_DIM,
+    MAX_SHAPE_DIM,
+    PLAYFIELD,
+    SCALE,
+    STATE_H,
+    STATE_W,
+    VIDEO_H,
+    VIDEO_W,
+    WINDOW_H,
+    WINDOW_W,
+    ZOOM,
+    CarRacing,
+)
 from pygame import gfxdraw
 
 ENV_ID = "FastCarRacing-v3"

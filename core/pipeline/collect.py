@@ -29,8 +29,17 @@ from core.envs.actions import ACTION_HIGH, ACTION_LOW
 from core.envs.env import make_env, preprocess, spawn_context, worker_setup
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import ArtifactError, RunLock, atomic_write_bytes
-from core.storage.dataset import (Episode, EpisodeError, episode_bytes, episode_path, list_episodes, load_episode,
-                                  read_manifest, save_episode, write_manifest)
+from core.storage.dataset import (
+    Episode,
+    EpisodeError,
+    episode_bytes,
+    episode_path,
+    list_episodes,
+    load_episode,
+    read_manifest,
+    save_episode,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,15 @@ import json
 import logging
 from pathlib import Path
 
-from core.config import (EVAL_SEED_BASE, SHIPPED_MODEL_DIR, SHIPPED_OUTPUTS_DIR, EvaluateConfig, ray_address,
-                         to_dict, validate)
+from core.config import (
+    EVAL_SEED_BASE,
+    SHIPPED_MODEL_DIR,
+    SHIPPED_OUTPUTS_DIR,
+    EvaluateConfig,
+    ray_address,
+    to_dict,
+    validate,
+)
 from core.models.agent import load_world_model, load_world_model_weights
 from core.models.controller import load_params_file, params_sha256
 from core.pipeline.rollout import RolloutSettings, rollout_pools

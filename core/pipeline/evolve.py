@@ -52,12 +52,28 @@ import numpy as np
 from core.config import MAX_TEST_TRACKS, EvolveConfig, ray_address, to_dict, validate
 from core.envs.laps import OUTCOMES
 from core.models.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
-from core.pipeline.gate import (CONFIRM_SEED_BASE, MEAN, TRACK_RANGES, TRAIN_EVAL_SEED_BASE, GateDecision, GateState,
-                                spreads_from_history)
+from core.pipeline.gate import (
+    CONFIRM_SEED_BASE,
+    MEAN,
+    TRACK_RANGES,
+    TRAIN_EVAL_SEED_BASE,
+    GateDecision,
+    GateState,
+    spreads_from_history,
+)
 from core.pipeline.rollout import RolloutResult, RolloutSettings, drive_grid, rollout_pools
 from core.progress import ProgressCallback, keep_going
-from core.storage.artifacts import (ArtifactError, History, RunLock, atomic_save_arrays_json, atomic_save_npz,
-                                    atomic_write_json, load_arrays_json, read_json, write_meta)
+from core.storage.artifacts import (
+    ArtifactError,
+    History,
+    RunLock,
+    atomic_save_arrays_json,
+    atomic_save_npz,
+    atomic_write_json,
+    load_arrays_json,
+    read_json,
+    write_meta,
+)
 from core.storage.cma_state import es_from_arrays, es_to_arrays, new_sampler, same_state
 from core.storage.cma_state import new_es as new_cma_es
 from core.storage.weights_cache import world_model_sha256

@@ -28,8 +28,14 @@ import tensorflow as tf  # noqa: E402
 
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.storage.artifacts import History, atomic_write_json, write_meta  # noqa: E402
-from core.storage.checkpoints import (checkpoint_start, mark_unfinished, previous_metrics, resume_or_start,
-                                      save_checkpoint, starts_over_its_own_weights)
+from core.storage.checkpoints import (
+    checkpoint_start,
+    mark_unfinished,
+    previous_metrics,
+    resume_or_start,
+    save_checkpoint,
+    starts_over_its_own_weights,
+)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from core.storage.artifacts import (NPZ_ERRORS, ArtifactError, atomic_save_keras, atomic_save_npz, atomic_write_json,
-                                    one_line, read_history, read_json, read_meta, writing)
+from core.storage.artifacts import (
+    NPZ_ERRORS,
+    ArtifactError,
+    atomic_save_keras,
+    atomic_save_npz,
+    atomic_write_json,
+    one_line,
+    read_history,
+    read_json,
+    read_meta,
+    writing,
+)
 
 log = logging.getLogger(__name__)
 

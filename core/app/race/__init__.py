@@ -17,11 +17,36 @@ from core.app.race.ai import available_models, is_world_model, load_agent, model
 from core.app.race.errors import RaceError, RaceFull
 from core.app.race.registry import RaceRegistry, get_registry, score_and_record
 from core.app.race.replay import ReplayResult, make_race_env, replay_run
-from core.app.race.session import (BRAKE, GAS, KEY_BRAKE, KEY_GAS, KEY_LEFT, KEY_MASK_ALL, KEY_RIGHT, MODE_LABELS,
-                                   MODES, SEED_MAX, Driver, FinishedRace, RaceConfig, RaceSession, check_seed,
-                                   keys_to_action, parse_owner, random_seed, unrecorded_reason, versus_ai)
-from core.app.race.video import (LABEL_BAR, VIDEO_SCALE, race_frames, render_leaderboard_runs, render_runs_mp4,
-                                 render_video)
+from core.app.race.session import (
+                                   BRAKE,
+                                   GAS,
+                                   KEY_BRAKE,
+                                   KEY_GAS,
+                                   KEY_LEFT,
+                                   KEY_MASK_ALL,
+                                   KEY_RIGHT,
+                                   MODE_LABELS,
+                                   MODES,
+                                   SEED_MAX,
+                                   Driver,
+                                   FinishedRace,
+                                   RaceConfig,
+                                   RaceSession,
+                                   check_seed,
+                                   keys_to_action,
+                                   parse_owner,
+                                   random_seed,
+                                   unrecorded_reason,
+                                   versus_ai,
+)
+from core.app.race.video import (
+                                   LABEL_BAR,
+                                   VIDEO_SCALE,
+                                   race_frames,
+                                   render_leaderboard_runs,
+                                   render_runs_mp4,
+                                   render_video,
+)
 from core.config import ConfigError
 
 __all__ = [
