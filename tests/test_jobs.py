@@ -30,7 +30,13 @@ def registry(tmp_path):
     reg.shutdown(timeout=30)
 
 
-def test_collect_job_reports_progress_and_leaves_episodes(registry, tmp_path):
+def test_collect_job_reports_progress_and_leaves_episodes(registry, tmp_path, monkeypatch):
+    # Another package named core on the path (an editable install of another checkout, say) is not the one
+    # the job runs: the child imports the server's code.
+    shadow = tmp_path / "shadow" / "core"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the wrong core')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     job = registry.start("collect", CollectConfig(out_dir="data", episodes=2, max_steps=20, workers=1,
                                                   env=TEST_ENV))
     assert job.active and job.pid

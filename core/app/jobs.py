@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from core import CODE_ROOT
 from core.errors import is_user_error
 from core.machine import SMALL_MACHINE_ENV, job_env, job_nice, max_jobs
 from core.stages import JOB_STAGES, STAGES
@@ -370,6 +371,9 @@ class JobRegistry:
             job._log_file = open(self.jobs_dir / f"{job.id}.log", "a", encoding="utf-8")
         read_fd, write_fd = os.pipe()
         env = job_env(os.environ)  # with the small-machine setting, fewer threads (core.machine)
+        # The child imports the code this server runs, not whatever else a PYTHONPATH or an install names core.
+        env["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                                  if p])
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("SDL_VIDEODRIVER", "dummy")
