@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.envs.env import make_env, preprocess
 from core.models.agent import Agent
+from core.pipeline.collect import drive_episode
 from core.storage.artifacts import atomic_save_npz
 from core.storage.dataset import Episode, episode_path, load_episode, save_episode
 
@@ -39,25 +39,7 @@ CLIP = (150, 174)  # the steps of track FIRST_SEED kept as the sample episode
 def drive(agent: Agent, seed: int, steps: int) -> Episode:
     """The agent on track ``seed`` for ``steps`` steps (fewer if the episode ends): frames and actions."""
     agent.reset()
-    env = make_env("fast")
-    try:
-        obs, _ = env.reset(seed=seed)
-        frames, actions, rewards, terms, truncs = [preprocess(obs)], [], [], [], []
-        for _ in range(steps):
-            action = agent.act(obs)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            frames.append(preprocess(obs))
-            actions.append(action)
-            rewards.append(reward)
-            terms.append(terminated)
-            truncs.append(truncated)
-            if terminated or truncated:
-                break
-    finally:
-        env.close()
-    return Episode(obs=np.stack(frames), action=np.stack(actions).astype(np.float32),
-                   reward=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool),
-                   truncated=np.asarray(truncs, bool), seed=seed)
+    return drive_episode(seed, steps, "fast", agent.act)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     frames = []
     for i, step in enumerate(FRAME_STEPS):
         seed = FIRST_SEED + i
-        episode = drive(agent, seed, max(step, CLIP[1]) if i == 0 else step)
+        # Track FIRST_SEED drives one step past the clip: the step at the limit is marked truncated, and the
+        # clip is a stretch in mid-drive.
+        episode = drive(agent, seed, max(step, CLIP[1] + 1) if i == 0 else step)
         frames.append(episode.obs[min(step, episode.steps)])
         if i == 0:
             first, last = CLIP

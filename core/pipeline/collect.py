@@ -21,6 +21,7 @@ import hashlib
 import logging
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -125,13 +126,19 @@ def run_episode(seed: int, max_steps: int, env_kind: str, policy_seed: int | Non
         drive = ControllerPolicy(_DRIVER["weights"], _DRIVER["params"], noise, rng)
     else:
         drive = BrownianPolicy(rng)
+    return drive_episode(seed, max_steps, env_kind, drive)
+
+
+def drive_episode(seed: int, max_steps: int, env_kind: str, act: Callable[[np.ndarray], np.ndarray]) -> Episode:
+    """Track ``seed`` driven by ``act`` (uint8 (96, 96, 3) observation -> float32 (3,) action) for at most
+    ``max_steps`` steps, recorded as an Episode; the last step allowed is marked truncated."""
     env = make_env(env_kind)
     obs, _ = env.reset(seed=seed)
     frames = [preprocess(obs)]
     actions, rewards, terms, truncs = [], [], [], []
     try:
         for t in range(max_steps):
-            a = drive(obs)
+            a = act(obs)
             obs, r, terminated, truncated, _ = env.step(a)
             truncated = truncated or t == max_steps - 1
             frames.append(preprocess(obs))
