@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import free_port, join_race
+
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_FPS = 45.0  # frames a second delivered, per race
 GOAL_LATENCY_MS = 60.0  # median key press -> first frame reflecting it
@@ -79,42 +81,6 @@ def serve(port: int, with_ai: bool) -> None:
                     ws="websockets-sansio", ws_per_message_deflate=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_BEATS: set = set()  # heartbeat tasks of open clients (the event loop keeps only weak references)
-
-
-async def _join(url: str, token: str):
-    """A client on ``token``'s race that says it is there every HEARTBEAT_S, as the page does (a silent
-    client is let go and its race paused)."""
-    import websockets
-    ws = await websockets.connect(url, max_size=2**22)
-    await ws.send(json.dumps({"type": "hello", "token": token}))
-    ready = json.loads(await ws.recv())
-    if ready.get("type") != "ready":
-        raise RuntimeError(f"race refused: {ready}")
-    task = asyncio.create_task(_beat(ws))
-    _BEATS.add(task)
-    task.add_done_callback(_BEATS.discard)
-    return ws
-
-
-async def _beat(ws) -> None:
-    import websockets
-
-    from core.app.race.server import HEARTBEAT_S
-    try:
-        while True:
-            await ws.send(json.dumps({"type": "ping"}))
-            await asyncio.sleep(HEARTBEAT_S)
-    except websockets.ConnectionClosed:
-        pass
-
-
 async def _frame(ws) -> dict:
     from core.app.race.server import decode_frame
     while True:
@@ -127,7 +93,7 @@ async def _stream(url: str, token: str, seconds: float) -> dict:
     """Drive in circles (gas and left: the car stays on the map) for ``seconds`` of a running race; frames
     a second, skipped steps and the 95th percentile of the gaps between frames."""
     from core.app.race import KEY_GAS, KEY_LEFT
-    ws = await _join(url, token)
+    ws = await join_race(url, token, max_size=2**22)
     try:
         await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
         while (await _frame(ws))["status"] != "running":
@@ -156,7 +122,7 @@ async def _latency(url: str, token: str, presses: int) -> list[float]:
     after a tick and measure a full tick)."""
     from core.app.race import KEY_GAS, KEY_LEFT
     rng = random.Random(0)
-    ws = await _join(url, token)
+    ws = await join_race(url, token, max_size=2**22)
     acked = {"seq": 0}
     arrived = asyncio.Event()
 
@@ -205,7 +171,7 @@ async def _drop(url: str, token: str) -> dict:
                 raw.send_json({"type": "ping", "frames": read})
     await asyncio.sleep(DROP_WAIT_S)  # the network is down: nothing read, nothing sent
     reload = time.perf_counter()
-    ws = await _join(url, token)
+    ws = await join_race(url, token, max_size=2**22)
     try:
         meta = await _frame(ws)
         back_ms = 1000 * (time.perf_counter() - reload)
@@ -236,7 +202,7 @@ def _measure(url: str, tokens: dict, quick: bool) -> dict:
 
 def run(quick: bool = False) -> str:
     """Start a race server process, measure, and return a Markdown section."""
-    port = _free_port()
+    port = free_port()
     with_ai = True
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, "-m", "bench.bench_race", "--serve", str(port)] + ([] if with_ai else ["--no-ai"])

@@ -3,6 +3,8 @@ robust timing, and ``streamlit run Home.py`` on a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import platform
 import socket
@@ -97,3 +99,37 @@ def streamlit_server(root: Path, env: dict[str, str], base: str = "", args: tupl
             yield url, proc
         finally:
             stop_process(proc, 30)
+
+
+# --- a race client, as the Race page's view talks to the race socket ----------------------------------
+
+_BEATS: set = set()  # heartbeat tasks of open clients (the event loop keeps only weak references)
+
+
+async def race_heartbeat(ws) -> None:
+    """Say "still here" every HEARTBEAT_S on race socket ``ws``, as the page does (a silent client is let go
+    and its race paused), until the socket closes."""
+    import websockets
+
+    from core.app.race.server import HEARTBEAT_S
+    try:
+        while True:
+            await ws.send(json.dumps({"type": "ping"}))
+            await asyncio.sleep(HEARTBEAT_S)
+    except websockets.ConnectionClosed:
+        pass
+
+
+async def join_race(url: str, token: str, max_size: int = 2**20):
+    """A client on ``token``'s race at ``url`` (the race socket), with its heartbeat running; RuntimeError
+    when the server does not answer the hello with "ready"."""
+    import websockets
+    ws = await websockets.connect(url, max_size=max_size)
+    await ws.send(json.dumps({"type": "hello", "token": token}))
+    ready = json.loads(await ws.recv())
+    if ready.get("type") != "ready":
+        raise RuntimeError(f"race refused: {ready}")
+    task = asyncio.create_task(race_heartbeat(ws))
+    _BEATS.add(task)
+    task.add_done_callback(_BEATS.discard)
+    return ws

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.common import stop_process
+from bench.common import race_heartbeat, stop_process
 from core.app.race import KEY_GAS, KEY_LEFT
 from core.app.race.server import WS_PATH, decode_frame
 from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
@@ -233,18 +233,6 @@ def test_every_page_renders_through_the_containers_port(container, page):
         shot(page, OUT, path or "home")
 
 
-async def _heartbeat(ws) -> None:
-    import websockets
-
-    from core.app.race.server import HEARTBEAT_S
-    try:
-        while True:
-            await ws.send(json.dumps({"type": "ping"}))
-            await asyncio.sleep(HEARTBEAT_S)
-    except websockets.ConnectionClosed:
-        pass
-
-
 async def _drive(ws_url: str, token: str) -> dict:
     """Take the race over with ``token``, resume it, hold gas and left (circles: the car stays on the map), end the
     race after END_AFTER_STEPS steps and read frames until it is over; what arrived."""
@@ -257,7 +245,7 @@ async def _drive(ws_url: str, token: str) -> dict:
         await ws.send(json.dumps({"type": "resume"}))
         await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
         seen = {"ready": ready_msg["race"], "frames": 0, "pngs": 0, "steps": [], "acked": False}
-        beats = asyncio.create_task(_heartbeat(ws))  # "still here", as the page says, or the race pauses
+        beats = asyncio.create_task(race_heartbeat(ws))  # "still here", as the page says, or the race pauses
         deadline = time.monotonic() + RACE_TIMEOUT_S
         while time.monotonic() < deadline:
             message = await asyncio.wait_for(ws.recv(), 30)

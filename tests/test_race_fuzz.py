@@ -23,13 +23,14 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench.common import join_race
 from bench.raw_ws import BINARY, CLOSE, CONTINUATION, PING, TEXT, RawSocket
 from core.app.leaderboard import INVISIBLE, NAME_MAX_CHARS, InvalidName, Leaderboard, Run, validate_player_name
 from core.app.race import KEY_GAS, KEY_LEFT, RaceConfig, RaceRegistry, replay_run, score_and_record
 from core.app.race import server as race_server
 from core.app.race.server import MAX_MESSAGE_CHARS, parse_message
 from core.app.race.session import COMMANDS, KEY_MASK_ALL, FinishedRace
-from tests.test_race_server import count_frames, frames, join, serve_races
+from tests.test_race_server import count_frames, frames, hello_refused, serve_races
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -112,10 +113,10 @@ def test_junk_on_a_race_socket_reaches_no_other_race_and_no_score(server, bystan
     session.set_keys = lambda mask, seq=0: (seen.append(mask), real_set_keys(mask, seq))
 
     async def go():
-        async with await join(url, session.token) as ws:
+        async with await join_race(url, session.token) as ws:
             for m in batch:
                 await ws.send(m)
-        async with await join(url, session.token):  # the server answers, and a reload still takes the race
+        async with await join_race(url, session.token):  # the server answers, and a reload still takes the race
             pass
 
     asyncio.run(go())
@@ -160,13 +161,13 @@ def test_oversized_random_and_broken_frames_close_only_their_own_socket(server, 
         s.abort()
 
     async def go():
-        async with await join(url, calm.token) as ws:
+        async with await join_race(url, calm.token) as ws:
             await ws.send(json.dumps({"type": "keys", "mask": CIRCLES, "seq": 1}))
             watching = asyncio.create_task(count_frames(ws, 6.0))
             for kind in range(len(attacks)):
                 await attack(kind)
             fps, steps = await watching
-        async with await join(url, calm.token) as ws:  # the server still serves
+        async with await join_race(url, calm.token) as ws:  # the server still serves
             await frames(ws, 1)
         return fps, steps
 
@@ -202,7 +203,7 @@ def test_ten_thousand_messages_a_second_cost_other_racers_no_frames(server, byst
         return sent / (time.monotonic() - start), ws.close_code
 
     async def watch():
-        async with await join(url, calm.token) as ws:
+        async with await join_race(url, calm.token) as ws:
             await ws.send(json.dumps({"type": "keys", "mask": CIRCLES, "seq": 1}))
             return await count_frames(ws, 4.0)
 
@@ -222,15 +223,7 @@ def test_ten_thousand_messages_a_second_cost_other_racers_no_frames(server, byst
 def test_a_wrong_token_is_refused_and_reaches_no_race(server, bystander, token):
     _, url = server
 
-    async def go():
-        async with websockets.connect(url) as ws:
-            await ws.send(json.dumps({"type": "hello", "token": token}))
-            answer = json.loads(await ws.recv())
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await ws.recv()
-            return answer, closed.value.rcvd.code
-
-    answer, code = asyncio.run(go())
+    answer, code = asyncio.run(hello_refused(url, token))
     assert answer["type"] == "error" and code == race_server.CLOSE_BAD_TOKEN
     assert untouched(bystander)
 

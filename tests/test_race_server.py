@@ -16,6 +16,7 @@ import uvicorn
 import websockets
 from starlette.applications import Starlette
 
+from bench.common import join_race
 from bench.raw_ws import BINARY, RawSocket
 from core.app.race import KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceRegistry
 from core.app.race import server as race_server
@@ -66,28 +67,14 @@ def new_race(registry, owner, seed=3, **changes):
                            config=dataclasses.replace(CONFIG, **changes) if changes else None)
 
 
-_BEATS = set()  # the heartbeat tasks of open clients (the loop keeps only weak references)
-
-
-async def join(url, token):
-    """A client on ``token``'s race that says it is there every HEARTBEAT_S, as the page does."""
-    ws = await websockets.connect(url)
-    await ws.send(json.dumps({"type": "hello", "token": token}))
-    ready = json.loads(await ws.recv())
-    assert ready["type"] == "ready", ready
-    task = asyncio.create_task(beat(ws))
-    _BEATS.add(task)
-    task.add_done_callback(_BEATS.discard)
-    return ws
-
-
-async def beat(ws):
-    try:
-        while True:
-            await ws.send(json.dumps({"type": "ping"}))
-            await asyncio.sleep(race_server.HEARTBEAT_S)
-    except websockets.ConnectionClosed:
-        pass
+async def hello_refused(url, token):
+    """Say hello with ``token`` on a new socket that the server must close: its answer and the close code."""
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token}))
+        answer = json.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        return answer, closed.value.rcvd.code
 
 
 async def frames(ws, n):
@@ -105,7 +92,7 @@ def test_frames_stream_every_step_with_scores(server):
     session = new_race(registry, "stream")
 
     async def go():
-        async with await join(url, session.token) as ws:
+        async with await join_race(url, session.token) as ws:
             got = await frames(ws, 40)
             return got
 
@@ -126,7 +113,7 @@ def test_keys_steer_the_car(server):
     left, right = new_race(registry, "left", seed=21), new_race(registry, "right", seed=21)
 
     async def drive(session, turn):
-        async with await join(url, session.token) as ws:
+        async with await join_race(url, session.token) as ws:
             await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS, "seq": 1}))
             await frames(ws, 30)
             await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | turn, "seq": 2}))
@@ -156,15 +143,7 @@ def test_an_unknown_token_is_refused(server, monkeypatch):
     registry, url = server
     session = new_race(registry, "victim")
 
-    async def go():
-        async with websockets.connect(url) as ws:
-            await ws.send(json.dumps({"type": "hello", "token": session.token[:-2] + "xx"}))
-            answer = json.loads(await ws.recv())
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await ws.recv()
-            return answer, closed.value.rcvd.code
-
-    answer, code = asyncio.run(go())
+    answer, code = asyncio.run(hello_refused(url, session.token[:-2] + "xx"))
     assert answer["type"] == "error" and code == race_server.CLOSE_BAD_TOKEN
     assert not session.connected and session.steps == 0
 
@@ -188,13 +167,13 @@ def test_junk_and_floods_are_dropped_without_touching_other_races(server):
             json.dumps({"type": "keys", "mask": 4, "pad": "x" * 5000}), b"\x00\x01binary"]
 
     async def watch_calm():
-        async with await join(url, calm.token) as ws:
+        async with await join_race(url, calm.token) as ws:
             await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS, "seq": 1}))
             got = await frames(ws, 150)
             return [m["step"] for m, _ in got]
 
     async def flood():
-        async with await join(url, noisy.token) as ws:
+        async with await join_race(url, noisy.token) as ws:
             for i in range(3000):
                 await ws.send(junk[i % len(junk)])
             with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -229,7 +208,7 @@ def test_a_dropped_connection_pauses_and_the_race_goes_on_after_reconnecting(ser
     session = new_race(registry, "flaky")
 
     async def go():
-        ws = await join(url, session.token)
+        ws = await join_race(url, session.token)
         await frames(ws, 10)
         await ws.close()
         await asyncio.sleep(0.3)
@@ -237,7 +216,7 @@ def test_a_dropped_connection_pauses_and_the_race_goes_on_after_reconnecting(ser
         assert session.status == "paused" and session.pause_reason == "disconnected"
         await asyncio.sleep(0.3)
         assert session.steps == paused_at  # no time passes while the player is away
-        async with await join(url, session.token) as ws:
+        async with await join_race(url, session.token) as ws:
             (meta, _), = await frames(ws, 1)
             assert meta["status"] == "paused" and meta["reason"] == "disconnected"
             await ws.send(json.dumps({"type": "resume"}))
@@ -255,9 +234,9 @@ def test_a_second_socket_takes_over_and_a_closed_race_ends_its_socket(server):
     session = new_race(registry, "tabs")
 
     async def go():
-        first = await join(url, session.token)
+        first = await join_race(url, session.token)
         await frames(first, 3)
-        second = await join(url, session.token)
+        second = await join_race(url, session.token)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(first.recv(), 5)
@@ -282,9 +261,9 @@ def test_the_socket_answers_under_a_path_prefix_too(server):
     root = url.removesuffix(WS_PATH)
 
     async def go():
-        first = await join(root + "/~/+" + WS_PATH, session.token)
+        first = await join_race(root + "/~/+" + WS_PATH, session.token)
         await frames(first, 3)
-        second = await join(root + "/some/base" + WS_PATH, session.token)
+        second = await join_race(root + "/some/base" + WS_PATH, session.token)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(first.recv(), 5)
@@ -312,7 +291,7 @@ def test_a_race_whose_step_fails_ends_with_a_message_not_a_reconnect_loop(server
         raise RuntimeError("the env fell over")
 
     async def go():
-        ws = await join(url, session.token)
+        ws = await join_race(url, session.token)
         await frames(ws, 2)
         monkeypatch.setattr(session, "tick", broken_tick)
         error = None
@@ -379,7 +358,7 @@ def test_a_dropped_network_pauses_the_race_fast_and_a_reload_takes_it_back_at_on
         await asyncio.sleep(0.5)
         assert session.steps == steps  # the car no longer drives blind
         reload = time.monotonic()
-        async with await join(url, session.token) as ws:
+        async with await join_race(url, session.token) as ws:
             (meta, _), = await frames(ws, 1)
             back_after = time.monotonic() - reload
             assert meta["status"] == "paused" and meta["reason"] == "disconnected"
@@ -390,7 +369,7 @@ def test_a_dropped_network_pauses_the_race_fast_and_a_reload_takes_it_back_at_on
         return paused_after, back_after
 
     async def watch(s):
-        async with await join(url, s.token) as ws:
+        async with await join_race(url, s.token) as ws:
             await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS | KEY_LEFT, "seq": 1}))
             return await count_frames(ws, 4.0)
 
