@@ -33,6 +33,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -116,6 +117,26 @@ _ENGINES_LOCK = threading.Lock()
 
 class InvalidName(UserError, ValueError):
     """A player name that cannot be stored; the message says why without repeating the name."""
+
+
+def _use_wal(path: Path) -> None:
+    """Switch the SQLite file at ``path`` to write-ahead logging. The switch needs the file to itself, and
+    SQLite answers "database is locked" at once, without waiting out its busy timeout, when another process
+    opening the same new file holds a lock then (several writers starting together): it is tried again for
+    up to BUSY_TIMEOUT_S."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    raw = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+    try:
+        while True:
+            try:
+                raw.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        raw.close()
 
 
 class LeaderboardError(UserError, RuntimeError):
@@ -360,11 +381,7 @@ class Leaderboard:
             # Kept in the file: readers never block a writer. Not allowed inside a transaction, so it goes
             # straight to the driver.
             try:
-                raw = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-                try:
-                    raw.execute("PRAGMA journal_mode = WAL")
-                finally:
-                    raw.close()
+                _use_wal(self.path)
             except sqlite3.Error as e:
                 raise self._error("written", e) from e
         with self._connect("written", write=True) as con:
