@@ -11,6 +11,7 @@ import streamlit as st
 from core.app import app_data, race
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR
 from core.machine import SMALL_MACHINE_ENV, small_machine
+from core.metrics import EvolveMetric, RnnMetric, VaeMetric
 from core.models.controller import PARAMS_KEYS
 
 DIAGRAM = """
@@ -79,11 +80,12 @@ def home() -> None:
                 m, cfg = art["metrics"], art["config"]
                 if kind == "vae":
                     line = (f"z = {cfg.get('z_size', '?')} · held-out reconstruction loss "
-                            f"{_fmt(m.get('val_r_loss', m.get('r_loss')))}")
+                            f"{_fmt(m.get(VaeMetric.HELD_OUT_RECONSTRUCTION, m.get(VaeMetric.RECONSTRUCTION)))}")
                 elif kind == "rnn":
-                    line = (f"h = {cfg.get('hidden', '?')} · held-out MDN loss {_fmt(m.get('val_mdn', m.get('mdn')), '.3f')}")
+                    mdn = m.get(RnnMetric.HELD_OUT_MDN, m.get(RnnMetric.MDN))
+                    line = f"h = {cfg.get('hidden', '?')} · held-out MDN loss {_fmt(mdn, '.3f')}"
                 else:
-                    gens = m.get("generation", 0)
+                    gens = m.get(EvolveMetric.GENERATION, 0)
                     line = f"{gens} generation{'' if gens == 1 else 's'} · best evaluation {_fmt(m.get('best_eval'))}"
                     if art["shipped"]:  # picked outside the evolution's own evaluations
                         picked = art["shipped"].get("generation")

@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.app import app_data
 from core.config import CollectConfig
+from core.metrics import EpisodeMetric
 from pages import _ui
 
 st.title("Collect")
@@ -23,9 +24,10 @@ def live(snap) -> None:
     cols[0].metric("Episodes", f"{data['episodes']} / {shown['episodes']}", help=f"in `{shown['out_dir']}`")
     cols[1].metric("Frames", f"{data['frames']:,}")
     cols[2].metric("Mean return", "–" if data["mean_return"] is None else f"{data['mean_return']:.1f}")
-    if snap and snap["metrics"].get("return") is not None:
-        cols[3].metric("Last episode", f"{snap['metrics']['return']:.1f}",
-                       help=f"track seed {snap['metrics'].get('episode')}, {snap['metrics'].get('steps')} steps")
+    last = snap["metrics"] if snap else {}
+    if last.get(EpisodeMetric.RETURN) is not None:
+        cols[3].metric("Last episode", f"{last[EpisodeMetric.RETURN]:.1f}",
+                       help=f"track seed {last.get(EpisodeMetric.EPISODE)}, {last.get(EpisodeMetric.STEPS)} steps")
     if data["returns"]:
         _ui.histogram(data["returns"], "Returns of the collected episodes", "return", key="collect.returns")
 

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.app import app_data
 from core.config import VAEConfig
+from core.metrics import Training, VaeMetric
 from core.storage.artifacts import ArtifactError
 from pages import _ui
 
@@ -48,16 +49,17 @@ def show_training(shown: app_data.Shown, key: str) -> None:
     """V's loss curves and its reconstructions of real frames."""
     vae_dir, data_dir = str(Path(shown.model_dir) / "vae"), shown.data_dir
     records = app_data.history(vae_dir)
-    train = [r for r in records if "r_loss" in r]
-    val = [r for r in records if "val_r_loss" in r]
+    train = [r for r in records if VaeMetric.RECONSTRUCTION in r]
+    val = [r for r in records if VaeMetric.HELD_OUT_RECONSTRUCTION in r]
     if train or val:
         cols = st.columns(2)
         with cols[0]:
-            _ui.line_chart(train + val, "step", {"reconstruction (train)": "r_loss",
-                                                 "reconstruction (held out)": "val_r_loss"},
+            _ui.line_chart(train + val, Training.STEP, {"reconstruction (train)": VaeMetric.RECONSTRUCTION,
+                                                        "reconstruction (held out)": VaeMetric.HELD_OUT_RECONSTRUCTION},
                            "Reconstruction loss (summed squared error a frame)", key=f"{key}.r_loss")
         with cols[1]:
-            _ui.line_chart(train + val, "step", {"KL (train, clamped)": "kl", "KL (held out)": "val_kl"},
+            _ui.line_chart(train + val, Training.STEP, {"KL (train, clamped)": VaeMetric.KL,
+                                                        "KL (held out)": VaeMetric.HELD_OUT_KL},
                            "KL divergence (nats a frame)", key=f"{key}.kl")
     art = app_data.artifact(vae_dir, "vae")
     real = frames(data_dir)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.app import app_data
 from core.config import RNNConfig
+from core.metrics import RnnMetric, Training
 from core.pipeline.dream import one_step_predictions
 from core.storage.dataset import EpisodeError, load_episode
 from pages import _ui
@@ -29,17 +30,18 @@ def show_losses(model_dir: str, key: str) -> None:
     if not records:
         return
     cols = st.columns(3)
-    for col, (name, title) in zip(cols, (("mdn", "MDN loss (NLL a dimension)"),
-                                         ("reward", "Reward loss (squared error)"),
-                                         ("done", "Episode-end loss (cross-entropy)"))):
+    for col, (name, title) in zip(cols, ((RnnMetric.MDN, "MDN loss (NLL a dimension)"),
+                                         (RnnMetric.REWARD, "Reward loss (squared error)"),
+                                         (RnnMetric.DONE, "Episode-end loss (cross-entropy)"))):
         with col:
-            _ui.line_chart(records, "step", {"train": name, "held out": f"val_{name}"}, title, key=f"{key}.{name}")
+            _ui.line_chart(records, Training.STEP, {"train": name, "held out": name.held_out()}, title,
+                           key=f"{key}.{name}")
 
 
 def live(snap) -> None:
-    if snap and snap["status"] in ("starting", "running") and "encoded" in snap["metrics"]:
+    if snap and snap["status"] in ("starting", "running") and RnnMetric.ENCODED in snap["metrics"]:
         m = snap["metrics"]
-        st.caption(f"Encoding the episodes with V first: {m['encoded']} of {m['of']}.")
+        st.caption(f"Encoding the episodes with V first: {m[RnnMetric.ENCODED]} of {m[RnnMetric.TO_ENCODE]}.")
     shown = _ui.shown_folders("train-rnn", snap, config, RNNConfig)
     if not shown.shipped:  # the shipped M is shown at the top of the page
         show_losses(shown.model_dir, key="rnn")

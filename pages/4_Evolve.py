@@ -7,6 +7,8 @@ import streamlit as st
 
 from core.app import app_data
 from core.config import SHIPPED_MODEL_DIR, EvaluateConfig, EvolveConfig, RecordConfig
+from core.metrics import EpisodeMetric
+from core.metrics import EvolveMetric as E
 from core.models.controller import PARAMS_KEYS
 from core.pipeline.evolve import FIXED_ON_RESUME, average_against_mean, saved_settings
 from core.storage.artifacts import ArtifactError
@@ -69,26 +71,26 @@ def show_evolution(model_dir: str, key: str) -> None:
     records = app_data.history(Path(model_dir) / "controller")
     if not records:
         return
-    _ui.line_chart(records, "generation", {"best": "best", "mean": "mean", "worst": "worst",
-                                           "evaluated: CMA-ES mean": "eval_mean_params",
-                                           "evaluated: best candidate": "eval_best_candidate",
-                                           "evaluated: averaged mean": "eval_mean_average",
-                                           "evaluated: start controller": "eval_start",
-                                           "evaluated: shipped controller": "eval_shipped",
-                                           "second test: challenger": "confirm_challenger",
-                                           "second test: shipped": "confirm_shipped"},
+    _ui.line_chart(records, E.GENERATION, {"best": E.BEST, "mean": E.MEAN, "worst": E.WORST,
+                                           "evaluated: CMA-ES mean": E.EVAL_MEAN_PARAMS,
+                                           "evaluated: best candidate": E.EVAL_BEST_CANDIDATE,
+                                           "evaluated: averaged mean": E.EVAL_MEAN_AVERAGE,
+                                           "evaluated: start controller": E.EVAL_START,
+                                           "evaluated: shipped controller": E.EVAL_SHIPPED,
+                                           "second test: challenger": E.CONFIRM_CHALLENGER,
+                                           "second test: shipped": E.CONFIRM_SHIPPED},
                    "Fitness per generation (mean return of a candidate)", "return", key=f"{key}.fitness")
     last = records[-1]
-    laps = (f" {last['laps']:.0%} finished their lap, with {last['skipped']:.1f} tiles skipped on average."
-            if "laps" in last else "")
-    st.caption(f"Generation {last['generation']}: best {last['best']:.1f}, mean {last['mean']:.1f}, "
-               f"step size sigma {last.get('sigma', float('nan')):.4f}; "
-               f"{last.get('early_stopped', 0):.0%} of rollouts were stopped early, having gone the "
+    laps = (f" {last[E.LAPS]:.0%} finished their lap, with {last[E.SKIPPED]:.1f} tiles skipped on average."
+            if E.LAPS in last else "")
+    st.caption(f"Generation {last[E.GENERATION]}: best {last[E.BEST]:.1f}, mean {last[E.MEAN]:.1f}, "
+               f"step size sigma {last.get(E.SIGMA, float('nan')):.4f}; "
+               f"{last.get(E.EARLY_STOPPED, 0):.0%} of rollouts were stopped early, having gone the "
                f"--early-stop-steps steps without a new tile.{laps}")
-    if any("laps" in r for r in records):
-        shares = [{**r, "laps %": 100 * r["laps"], "stopped early %": 100 * r.get("early_stopped", 0)}
-                  for r in records if "laps" in r]
-        _ui.line_chart(shares, "generation", {"lap finished": "laps %", "stopped early": "stopped early %"},
+    if any(E.LAPS in r for r in records):
+        shares = [{**r, "laps %": 100 * r[E.LAPS], "stopped early %": 100 * r.get(E.EARLY_STOPPED, 0)}
+                  for r in records if E.LAPS in r]
+        _ui.line_chart(shares, E.GENERATION, {"lap finished": "laps %", "stopped early": "stopped early %"},
                        "How the training rollouts ended (share per generation)", "% of rollouts",
                        key=f"{key}.endings")
     versus_mean = average_against_mean(records)
@@ -96,11 +98,11 @@ def show_evolution(model_dir: str, key: str) -> None:
         st.caption(f"The averaged mean against the mean on the same tracks: {versus_mean['lead']:+.1f} on average "
                    f"over {versus_mean['evaluations']} evaluation{'s' * (versus_mean['evaluations'] != 1)}, "
                    f"higher in {versus_mean['won']}.")
-    tests = [r for r in records if "confirm_challenger" in r]
+    tests = [r for r in records if E.CONFIRM_CHALLENGER in r]
     if tests:
-        won = sum(r.get("confirm_accepted", r["confirm_challenger"] > r["confirm_shipped"]) for r in tests)
+        won = sum(r.get(E.CONFIRM_ACCEPTED, r[E.CONFIRM_CHALLENGER] > r[E.CONFIRM_SHIPPED]) for r in tests)
         st.caption(f"A controller that beats the shipped one in a periodic evaluation is tested again with it on "
-                   f"{tests[-1].get('confirm_episodes', '?')} other tracks, where it must lead by more than the "
+                   f"{tests[-1].get(E.CONFIRM_EPISODES, '?')} other tracks, where it must lead by more than the "
                    f"noise of its lead: {won} of {len(tests)} challengers won there and were shipped.")
 
 
@@ -204,7 +206,7 @@ def show_own_evaluation(snap) -> tuple[str | None, str, dict | None]:
     # A running job shows what it drives; after it, the controller picked above is shown.
     driven = (app_data.snapshot_kind(job.get("params")) or "kept") if running else drive
     if running:
-        returns = [r["return"] for r in snap["history"] if "return" in r]
+        returns = [r[EpisodeMetric.RETURN] for r in snap["history"] if EpisodeMetric.RETURN in r]
         of = (f", the {PARAMS_KEYS[driven]}" if driven != "kept" else
               f", controller `{job['params']}`" if job.get("params") else "")
         if returns:

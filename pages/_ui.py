@@ -17,6 +17,7 @@ from core.app import app_data, jobs
 from core.app.jobs import JobAlreadyRunning, JobConflict, JobRegistry
 from core.config import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, SHIPPED_MODEL_DIR, ConfigError, from_dict, range_problem
 from core.envs.laps import MEANINGS
+from core.metrics import ENCODING, Training
 from core.stages import STAGES, TRAINING_STAGES
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError
 
@@ -130,7 +131,7 @@ def _duration(seconds: float) -> str:
 
 def _encoding(record: dict) -> bool:
     """Whether a progress record is of M's first phase, encoding the episodes with V (counted in episodes)."""
-    return record.get("phase") == "encoding"
+    return record.get(Training.PHASE) == ENCODING
 
 
 def _eta(snap: dict) -> str:

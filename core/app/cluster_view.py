@@ -3,6 +3,7 @@ CPUs and dashboard, and the episodes an hour a job reaches there."""
 
 from __future__ import annotations
 
+from core.metrics import EvolveMetric
 from core.pipeline.cluster import ClusterError, cluster_status
 
 STATUS_TIMEOUT = 10.0  # s a page waits for the cluster's answer
@@ -23,7 +24,8 @@ def episodes_per_hour(snap: dict | None) -> float | None:
     (its ``episodes_per_hour``, evaluations included); for evaluate and collect, which count episodes, over
     their latest progress. None before there is a figure."""
     history = (snap or {}).get("history") or []
-    rates = [r["episodes_per_hour"] for r in history if isinstance(r.get("episodes_per_hour"), (int, float))]
+    rate = EvolveMetric.EPISODES_PER_HOUR
+    rates = [r[rate] for r in history if isinstance(r.get(rate), (int, float))]
     if rates:
         return float(rates[-1])
     if (snap or {}).get("stage") not in ("evaluate", "collect"):

@@ -21,6 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import RNNConfig  # noqa: E402
 from core.envs.actions import ACTION_SIZE
+from core.metrics import RNN_LOSSES, Training
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, one_line, read_json, read_meta
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class MDNRNN(keras.Model):
         self.mdn = keras.layers.Dense(3 * z_size * mixtures, name="mdn")
         self.reward_head = keras.layers.Dense(1, name="reward")
         self.done_head = keras.layers.Dense(1, name="done")
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "mdn", "reward", "done")}
+        self.trackers = {name.value: keras.metrics.Mean(name=name.value) for name in (Training.LOSS, *RNN_LOSSES)}
         self.build((None, None, z_size + ACTION_SIZE))
 
     def build(self, input_shape):
@@ -103,7 +104,7 @@ class MDNRNN(keras.Model):
             loss = mdn + self.reward_weight * rew + self.done_weight * dn
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        for name, value in (("loss", loss), ("mdn", mdn), ("reward", rew), ("done", dn)):
+        for name, value in zip((Training.LOSS, *RNN_LOSSES), (loss, mdn, rew, dn)):
             self.trackers[name].update_state(value)
         return {name: t.result() for name, t in self.trackers.items()}
 

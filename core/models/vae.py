@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import VAEConfig  # noqa: E402
 from core.envs.env import FRAME_SIZE  # noqa: E402
+from core.metrics import Training, VaeMetric  # noqa: E402
 from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, one_line, read_json, read_meta
 
 WEIGHTS = WEIGHT_FILES["vae"]
@@ -61,9 +62,9 @@ class ConvVAE(keras.Model):
                                                              name=f"dec_deconv{i}")
                                 for i, (f, k) in enumerate(DECODER_DECONVS)]
         self.decoder_out = keras.layers.Conv2DTranspose(3, 6, strides=2, activation="sigmoid", name="dec_out")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.r_loss_tracker = keras.metrics.Mean(name="r_loss")
-        self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.loss_tracker = keras.metrics.Mean(name=Training.LOSS.value)
+        self.r_loss_tracker = keras.metrics.Mean(name=VaeMetric.RECONSTRUCTION.value)
+        self.kl_tracker = keras.metrics.Mean(name=VaeMetric.KL.value)
         self.build((None, FRAME_SIZE, FRAME_SIZE, 3))
 
     def build(self, input_shape):

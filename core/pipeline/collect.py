@@ -28,6 +28,7 @@ import numpy as np
 from core.config import CollectConfig, ray_address, to_dict, validate
 from core.envs.actions import ACTION_HIGH, ACTION_LOW
 from core.envs.env import make_env, preprocess, spawn_context, worker_setup
+from core.metrics import EpisodeMetric
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import ArtifactError, RunLock, atomic_write_bytes
 from core.storage.dataset import (
@@ -301,8 +302,9 @@ def _collect(config: CollectConfig, on_progress: ProgressCallback) -> dict:
         entries[entry["file"]] = entry
         done += 1
         save_manifest()
-        return bool(on_progress(done, total, {"episode": entry["seed"], "return": entry["return"],
-                                              "steps": entry["steps"]}))
+        return bool(on_progress(done, total, {EpisodeMetric.EPISODE: entry["seed"],
+                                              EpisodeMetric.RETURN: entry["return"],
+                                              EpisodeMetric.STEPS: entry["steps"]}))
 
     save_manifest()  # the settings are on disk before the first episode is
     task = (config.max_steps, config.env, str(out_dir), config.policy, config.noise)

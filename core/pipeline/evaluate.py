@@ -21,6 +21,7 @@ from core.config import (
     to_dict,
     validate,
 )
+from core.metrics import EpisodeMetric
 from core.models.agent import load_world_model, load_world_model_weights
 from core.models.controller import load_params_file, params_sha256
 from core.pipeline.rollout import RolloutSettings, rollout_pools
@@ -87,8 +88,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
                                 "skipped": r.skipped, "ended": r.ended}
                 atomic_write_json(partial, {**key, "episodes": {str(k): v for k, v in done.items()}})
                 returns = [done[s]["return"] for s in seeds if s in done]
-                if not on_progress(len(returns), len(seeds), {"return": r.total_reward,
-                                                              "mean": summarize(returns)["mean"]}):
+                if not on_progress(len(returns), len(seeds), {EpisodeMetric.RETURN: r.total_reward,
+                                                              EpisodeMetric.MEAN: summarize(returns)["mean"]}):
                     break
     driven = [s for s in seeds if s in done]
     if 0 < sum("ended" in done[s] for s in driven) < len(driven):

@@ -51,6 +51,7 @@ import numpy as np
 
 from core.config import MAX_TEST_TRACKS, EvolveConfig, ray_address, to_dict, validate
 from core.envs.laps import OUTCOMES
+from core.metrics import EvolveMetric
 from core.models.controller import LATEST_FILE, PARAMS_FILE, load_controller, num_params, params_sha256, save_params
 from core.pipeline.gate import (
     CONFIRM_SEED_BASE,
@@ -336,9 +337,9 @@ def average_against_mean(records: list[dict]) -> dict | None:
     """How the averaged mean did against the CMA-ES mean in a run's periodic evaluations (both drive the same
     tracks each time): ``evaluations``, its mean ``lead`` and the evaluations it ``won``; ``None`` before
     the first evaluation that had both."""
-    leads = [r["eval_mean_average"] - r["eval_mean_params"] for r in records
-             if isinstance(r.get("eval_mean_average"), (int, float))
-             and isinstance(r.get("eval_mean_params"), (int, float))]
+    averaged, mean = EvolveMetric.EVAL_MEAN_AVERAGE, EvolveMetric.EVAL_MEAN_PARAMS
+    leads = [r[averaged] - r[mean] for r in records
+             if isinstance(r.get(averaged), (int, float)) and isinstance(r.get(mean), (int, float))]
     if not leads:
         return None
     return {"evaluations": len(leads), "lead": float(np.mean(leads)), "won": sum(d > 0 for d in leads)}
@@ -459,8 +460,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
             episodes = state.episodes
             state = state.after(generation, results, decision, world, seconds)
             metrics = {**generation_metrics(generation, fitness, results, es, config.rollouts), **decision.metrics,
-                       "seconds": round(seconds, 2),
-                       "episodes_per_hour": round(3600 * (state.episodes - episodes) / max(seconds, 1e-9))}
+                       EvolveMetric.SECONDS: round(seconds, 2),
+                       EvolveMetric.EPISODES_PER_HOUR: round(3600 * (state.episodes - episodes) / max(seconds, 1e-9))}
             _checkpoint(config, z_size, hidden, history, metrics, state, es, best_candidate, average)
             go_on = bool(on_progress(generation, config.generations, metrics))
     return _finish(config, z_size, hidden, state, metrics, resumed_from)
@@ -482,9 +483,9 @@ def tell(es: cma.CMAEvolutionStrategy, candidates: list[np.ndarray], fitness: np
 def challengers(es: cma.CMAEvolutionStrategy, best_candidate: np.ndarray, average: Average | None) -> dict:
     """What a periodic evaluation scores, by the name of its score in the history: the CMA-ES mean, the
     generation's best candidate and the averaged mean."""
-    named = {MEAN: es.mean, "eval_best_candidate": best_candidate}
+    named = {MEAN: es.mean, EvolveMetric.EVAL_BEST_CANDIDATE: best_candidate}
     if average is not None and average[1] > 1:  # after one generation it is the mean
-        named["eval_mean_average"] = average[0]
+        named[EvolveMetric.EVAL_MEAN_AVERAGE] = average[0]
     return named
 
 
@@ -493,12 +494,13 @@ def generation_metrics(generation: int, fitness: np.ndarray, results: list[Rollo
     """A generation's line of the history before its evaluation's: its candidates' fitness (best, mean,
     worst), the CMA-ES step after them (``sigma``, ``max_std``), the shares of its rollouts that stopped
     early or finished the lap and of the tiles they skipped, and the env steps they drove."""
-    return {"generation": generation, "best": float(fitness.max()), "mean": float(fitness.mean()),
-            "worst": float(fitness.min()), "sigma": float(es.sigma), "max_std": float(np.max(es.stds)),
-            "early_stopped": float(np.mean([r.early_stopped for r in results])),
-            "laps": float(np.mean([r.ended == OUTCOMES[0] for r in results])),
-            "skipped": float(np.mean([r.skipped for r in results])),
-            "rollouts": rollouts, "steps": int(sum(r.steps for r in results))}
+    return {EvolveMetric.GENERATION: generation, EvolveMetric.BEST: float(fitness.max()),
+            EvolveMetric.MEAN: float(fitness.mean()), EvolveMetric.WORST: float(fitness.min()),
+            EvolveMetric.SIGMA: float(es.sigma), EvolveMetric.MAX_STD: float(np.max(es.stds)),
+            EvolveMetric.EARLY_STOPPED: float(np.mean([r.early_stopped for r in results])),
+            EvolveMetric.LAPS: float(np.mean([r.ended == OUTCOMES[0] for r in results])),
+            EvolveMetric.SKIPPED: float(np.mean([r.skipped for r in results])),
+            EvolveMetric.ROLLOUTS: rollouts, EvolveMetric.STEPS: int(sum(r.steps for r in results))}
 
 
 def _checkpoint(config: EvolveConfig, z_size: int, hidden: int, history: History, metrics: dict,
@@ -566,7 +568,7 @@ def _start_or_resume(config: EvolveConfig, z_size: int, hidden: int, history: Hi
             gate=GateState(np.asarray(es.mean, np.float32), start_pending=bool(config.init_from),
                            shipped_world=_world_of(config.init_from) if config.init_from else None))
         if history.path.exists():  # the start of a run killed in its first generation
-            history.truncate_after("generation", 0)
+            history.truncate_after(EvolveMetric.GENERATION, 0)
     atomic_write_json(out_dir / "config.json", {**to_dict(config), "z_size": z_size, "hidden": hidden})
     return es, state, average
 
@@ -584,7 +586,7 @@ def _resume(config: EvolveConfig, z_size: int, hidden: int, history: History,
                             f"model needs {n}; pass another --run-dir or delete {out_dir}")
     _check_resumable(out_dir, config)
     if history.path.exists():
-        history.truncate_after("generation", saved["generation"])
+        history.truncate_after(EvolveMetric.GENERATION, saved["generation"])
     try:
         state = upgrade_state(saved, params, es, config, z_size, hidden, history)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of another kind

@@ -20,6 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from core.config import TRAIN_SEED_LIMIT, EvolveConfig
+from core.metrics import EvolveMetric
 from core.models.controller import params_sha256
 from core.pipeline.rollout import RolloutPool, episode_returns, evaluate_params
 
@@ -30,7 +31,7 @@ TRAIN_EVAL_SEED_BASE = TRAIN_SEED_LIMIT  # tracks of the periodic evaluations: 9
 CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
 TRACK_RANGES = {"periodic": (TRAIN_EVAL_SEED_BASE, 10_000), "confirm": (CONFIRM_SEED_BASE, 40_000)}  # first, size
 POOL_MIN_TESTS = 2  # earlier second tests (24 tracks each) before their pooled spread is a floor
-MEAN = "eval_mean_params"  # the challenger that is the CMA-ES mean, shipped until anything has been scored
+MEAN = EvolveMetric.EVAL_MEAN_PARAMS  # the challenger that is the CMA-ES mean, shipped until anything has been scored
 
 
 def next_tracks(config: EvolveConfig, tracks_next: Mapping[str, int], kind: str) -> list[int]:
@@ -113,27 +114,29 @@ class GateState:
         drive_shipped = self.start_pending or (config.fresh_tracks and self.best_eval is not None)
         driven = candidates + [self.params] if drive_shipped else candidates
         scores, steps = evaluate_params(eval_pool, driven, seeds)
-        metrics = {**dict(zip(names, scores)), "eval_episodes": len(seeds), "eval_first_seed": seeds[0]}
+        metrics = {**dict(zip(names, scores)), EvolveMetric.EVAL_EPISODES: len(seeds), EvolveMetric.EVAL_FIRST_SEED: seeds[0]}
         if drive_shipped:
-            metrics["eval_shipped"] = scores[-1]
+            metrics[EvolveMetric.EVAL_SHIPPED] = scores[-1]
         if self.start_pending:  # it is the one to beat
-            metrics["eval_start"] = scores[-1]
+            metrics[EvolveMetric.EVAL_START] = scores[-1]
         pick = int(np.argmax(scores[:len(names)]))
-        metrics["eval_pick"] = names[pick]
-        state = dataclasses.replace(self, best_eval=metrics.get("eval_start", self.best_eval), start_pending=False,
+        metrics[EvolveMetric.EVAL_PICK] = names[pick]
+        state = dataclasses.replace(self, best_eval=metrics.get(EvolveMetric.EVAL_START, self.best_eval), start_pending=False,
                                     tracks_next=_counted(self.tracks_next, "periodic", len(seeds), config.fresh_tracks))
         bar = scores[-1] if drive_shipped else state.best_eval  # None: nothing to defend yet
         accepted, test = not (bar is not None and scores[pick] <= bar), None  # no better there: no second test
         if accepted and bar is not None and confirm_seeds:  # with nothing to defend, the screen alone decides
             test = state._second_test(eval_pool, candidates[pick], confirm_seeds, config, world)
             accepted, state = test.accepted, test.state
-            metrics.update(test.metrics, confirm_episodes=len(confirm_seeds), confirm_first_seed=confirm_seeds[0])
+            metrics.update(test.metrics)
+            metrics.update({EvolveMetric.CONFIRM_EPISODES: len(confirm_seeds),
+                            EvolveMetric.CONFIRM_FIRST_SEED: confirm_seeds[0]})
         if accepted:
             state = dataclasses.replace(state, params=candidates[pick], best_eval=scores[pick], shipped_world=world,
                                         shipped_from=None)  # what an export put in as the one to beat is beaten
-        metrics["eval_steps"] = steps + (test.steps if test else 0)
+        metrics[EvolveMetric.EVAL_STEPS] = steps + (test.steps if test else 0)
         return GateDecision(accepted, state, metrics, len(driven) * len(seeds) + (test.episodes if test else 0),
-                            metrics["eval_steps"])
+                            metrics[EvolveMetric.EVAL_STEPS])
 
     def _unscored(self, mean: np.ndarray, world: str | None, evaluating: bool) -> GateState:
         """Nothing scored yet: the CMA-ES ``mean`` is shipped. (A run from a trained controller keeps shipping
@@ -166,15 +169,16 @@ class GateState:
         used = max(spread, pooled) if pooled is not None else spread
         needed = config.confirm_margin * used / float(np.sqrt(len(lead))) if len(lead) > 1 else 0.0
         accepted = bool(lead.mean() > needed)
-        metrics = {"confirm_challenger": float(returns[0].mean()), "confirm_shipped": known.score,
-                   "confirm_lead": float(lead.mean()), "confirm_needed": needed,
-                   "confirm_margin": config.confirm_margin, "confirm_spread": spread, "confirm_spread_used": used,
-                   "confirm_steps": steps, "confirm_driven": len(driven) * len(seeds), "confirm_accepted": accepted}
+        metrics = {EvolveMetric.CONFIRM_CHALLENGER: float(returns[0].mean()), EvolveMetric.CONFIRM_SHIPPED: known.score,
+                   EvolveMetric.CONFIRM_LEAD: float(lead.mean()), EvolveMetric.CONFIRM_NEEDED: needed,
+                   EvolveMetric.CONFIRM_MARGIN: config.confirm_margin, EvolveMetric.CONFIRM_SPREAD: spread,
+                   EvolveMetric.CONFIRM_SPREAD_USED: used, EvolveMetric.CONFIRM_STEPS: steps,
+                   EvolveMetric.CONFIRM_DRIVEN: len(driven) * len(seeds), EvolveMetric.CONFIRM_ACCEPTED: accepted}
         state = dataclasses.replace(
             self, confirmed=Confirmed.of(challenger, returns[0], seeds, config.max_steps, world) if accepted else known,
             lead_spreads=(*self.lead_spreads, spread) if len(lead) > 1 else self.lead_spreads,
             tracks_next=_counted(self.tracks_next, "confirm", len(seeds), config.fresh_tracks))
-        return GateDecision(accepted, state, metrics, metrics["confirm_driven"], steps)
+        return GateDecision(accepted, state, metrics, metrics[EvolveMetric.CONFIRM_DRIVEN], steps)
 
     def to_json(self) -> dict:
         """The gate's part of ``state.json`` (its ``params`` are saved apart, in params.npz and the CMA-ES
@@ -229,9 +233,10 @@ def spreads_from_history(records: list[dict], margin: float) -> list[float]:
     ``confirm_margin`` or, in records from before it was kept, ``margin`` (the run's saved one)."""
     spreads = []
     for r in records:
-        at = float(r.get("confirm_margin", margin))
-        if "confirm_spread" in r:
-            spreads.append(float(r["confirm_spread"]))
-        elif r.get("confirm_needed") and at > 0 and r.get("confirm_episodes", 0) > 1:
-            spreads.append(float(r["confirm_needed"]) * float(np.sqrt(r["confirm_episodes"])) / at)
+        at = float(r.get(EvolveMetric.CONFIRM_MARGIN, margin))
+        if EvolveMetric.CONFIRM_SPREAD in r:
+            spreads.append(float(r[EvolveMetric.CONFIRM_SPREAD]))
+        elif r.get(EvolveMetric.CONFIRM_NEEDED) and at > 0 and r.get(EvolveMetric.CONFIRM_EPISODES, 0) > 1:
+            episodes = r[EvolveMetric.CONFIRM_EPISODES]
+            spreads.append(float(r[EvolveMetric.CONFIRM_NEEDED]) * float(np.sqrt(episodes)) / at)
     return spreads

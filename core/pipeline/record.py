@@ -19,6 +19,7 @@ import numpy as np
 
 from core.config import RecordConfig, validate
 from core.envs.env import make_env
+from core.metrics import EpisodeMetric
 from core.progress import ProgressCallback, keep_going
 from core.storage.artifacts import ArtifactError
 
@@ -125,7 +126,7 @@ def record(config: RecordConfig, on_progress: ProgressCallback = keep_going) -> 
         for obs, reward, _ in source:
             stats["return"] += reward
             stats["steps"] += 1
-            if stats["steps"] % 50 == 0 and not on_progress(stats["steps"], total, {"return": stats["return"]}):
+            if stats["steps"] % 50 == 0 and not on_progress(stats["steps"], total, {EpisodeMetric.RETURN: stats["return"]}):
                 raise InterruptedError(f"stopped at step {stats['steps']}; {config.out} was left as it was")
             yield upscale(obs, config.scale)
 

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from core.config import RNNConfig, to_dict, validate  # noqa: E402
+from core.metrics import ENCODING, RNN_LOSSES, TRAINING, RnnMetric, Training  # noqa: E402
 from core.models.mdnrnn import ACTION_SIZE, MDNRNN, REWARD_CLIP, WEIGHTS
 from core.pipeline.training import TrainingPlan, train  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
@@ -101,7 +102,8 @@ def encode_episodes(vae, paths: list[Path], on_progress: ProgressCallback = keep
         rewards.append(ep.reward)
         dones.append(ep.terminated.astype(np.float32))
         files.append(p.name)
-        if not on_progress(i + 1, len(paths), {"phase": "encoding", "encoded": i + 1, "of": len(paths)}):
+        if not on_progress(i + 1, len(paths), {Training.PHASE: ENCODING, RnnMetric.ENCODED: i + 1,
+                                                RnnMetric.TO_ENCODE: len(paths)}):
             raise InterruptedError("stopped while encoding")
     frame_starts = np.cumsum([0] + [len(m) for m in mus])
     step_starts = np.cumsum([0] + [len(a) for a in actions])
@@ -171,7 +173,7 @@ def evaluate_rnn(model: MDNRNN, enc: EncodedEpisodes, episodes: np.ndarray, seq_
         losses = model.losses_for(x, z_next, reward, done, mask)
         totals += np.array([float(v) for v in losses]) * len(episodes[i:i + batch])
     totals /= len(episodes)
-    return {"val_mdn": float(totals[0]), "val_reward": float(totals[1]), "val_done": float(totals[2])}
+    return {name.held_out(): float(total) for name, total in zip(RNN_LOSSES, totals)}
 
 
 def train_rnn(config: RNNConfig, on_progress: ProgressCallback = keep_going) -> dict:
@@ -269,4 +271,4 @@ def _train_rnn(config: RNNConfig, on_progress: ProgressCallback) -> dict:
         heldout_metrics=lambda rnn: evaluate_rnn(rnn, enc, held_idx, config.seq_len, config.seed),
         state={"heldout": heldout, "vae_sha256": vae_sha256}, data_hash=key,
         summary={"train_episodes": len(train_idx), "heldout_episodes": len(held_idx), "z_size": z_size},
-        log_every=5, phase="training"), on_progress)
+        log_every=5, phase=TRAINING), on_progress)

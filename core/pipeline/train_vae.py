@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from core.config import VAEConfig, to_dict, validate  # noqa: E402
 from core.envs.env import FRAME_SIZE  # noqa: E402
+from core.metrics import VaeMetric  # noqa: E402
 from core.models.vae import WEIGHTS, ConvVAE, kl_divergence, reconstruction_loss, to_float
 from core.pipeline.training import TrainingPlan, train  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
@@ -59,7 +60,8 @@ def evaluate_vae(model: ConvVAE, frames: np.ndarray, batch: int = 200) -> dict:
         mu, logvar = model.encode(x)
         r.append(reconstruction_loss(x, model.decode(mu)).numpy())
         kl.append(kl_divergence(mu, logvar).numpy())
-    return {"val_r_loss": float(np.concatenate(r).mean()), "val_kl": float(np.concatenate(kl).mean())}
+    return {VaeMetric.HELD_OUT_RECONSTRUCTION: float(np.concatenate(r).mean()),
+            VaeMetric.HELD_OUT_KL: float(np.concatenate(kl).mean())}
 
 
 def train_vae(config: VAEConfig, on_progress: ProgressCallback = keep_going) -> dict:

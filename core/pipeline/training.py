@@ -26,6 +26,7 @@ configure_tensorflow()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from core.metrics import Training  # noqa: E402
 from core.progress import ProgressCallback, keep_going  # noqa: E402
 from core.storage.artifacts import History, atomic_write_json, write_meta  # noqa: E402
 from core.storage.checkpoints import (
@@ -77,11 +78,11 @@ def train(plan: TrainingPlan, on_progress: ProgressCallback = keep_going) -> dic
     total = plan.batches_per_epoch * plan.epochs
     start = resume(plan, total)
     history = History(plan.out_dir / "history.jsonl")
-    history.truncate_after("step", start.step)  # the batches after the checkpoint are trained again
+    history.truncate_after(Training.STEP, start.step)  # the batches after the checkpoint are trained again
     train_step = tf.function(plan.model.train_step)
     started = time.monotonic()
     step, checkpointed, metrics = start.step, start.step, {}
-    going = bool(on_progress(step, total, {"phase": plan.phase} if plan.phase else {}))
+    going = bool(on_progress(step, total, {Training.PHASE: plan.phase} if plan.phase else {}))
     if step < total and going:
         mark_unfinished(plan.out_dir)
     while step < total and going:
@@ -92,7 +93,7 @@ def train(plan: TrainingPlan, on_progress: ProgressCallback = keep_going) -> dic
         for batch in plan.batches(step, count):
             metrics = {k: float(v) for k, v in train_step(batch).items()}
             step += 1
-            metrics["epoch"] = step / plan.batches_per_epoch
+            metrics[Training.EPOCH] = step / plan.batches_per_epoch
             heldout = plan.heldout_metrics(plan.model) if step % plan.batches_per_epoch == 0 else {}
             for line in history_lines(plan, step, total, metrics, heldout, round(time.monotonic() - started, 2)):
                 history.append(line)
@@ -147,10 +148,10 @@ def history_lines(plan: TrainingPlan, step: int, total: int, metrics: dict, held
     batches and at the last (V). ``time`` is seconds since this session began."""
     if not plan.heldout_apart:
         due = step % plan.log_every == 0 or step % plan.batches_per_epoch == 0
-        return [{"step": step, **metrics, **heldout, "time": seconds}] if due else []
-    lines = [{"step": step, **metrics, "time": seconds}] if step % plan.log_every == 0 or step == total else []
+        return [{Training.STEP: step, **metrics, **heldout, Training.TIME: seconds}] if due else []
+    lines = [{Training.STEP: step, **metrics, Training.TIME: seconds}] if step % plan.log_every == 0 or step == total else []
     if heldout:
-        lines.append({"step": step, "epoch": step / plan.batches_per_epoch, **heldout})
+        lines.append({Training.STEP: step, Training.EPOCH: step / plan.batches_per_epoch, **heldout})
     return lines
 
 
