@@ -4,8 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.envs.env import make_env
-from core.models.agent import (Agent, encode_mu, extract_weights, load_world_model, lstm_step, mdn_heads,
-                               sample_z)
+from core.models.agent import Agent, encode_mu, extract_weights, load_world_model, lstm_step, mdn_heads, sample_z
 from core.models.controller import Controller, load_controller
 from core.models.mdnrnn import load_rnn
 from core.models.vae import load_vae, to_float
