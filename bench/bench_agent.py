@@ -296,7 +296,8 @@ def run(quick: bool = False) -> str:
     rates["stock env + `tf.function` agent, 1 process (baseline)"] = baseline
     per_cpu = rates["fast env + the project's agent, 1 process"][1] / baseline[1]
     numpy_ms, ours_ms = costs[NUMPY], costs[OURS]
-    lines = ["## Agent step and rollouts", "", machine_info(), "",
+    import onnxruntime
+    lines = ["## Agent step and rollouts", "", f"{machine_info()}, onnxruntime {onnxruntime.__version__}", "",
              "Agent step = crop/resize + V encode + C act + one M (LSTM) step, one env, one core "
              "(BLAS, OpenCV and ONNX Runtime on one thread each, as in a rollout worker); median CPU time of "
              "the process per call, which a busy machine hardly changes.", "",
