@@ -80,6 +80,60 @@ def compare(runs: int, steps: int) -> dict[str, list[float]]:
     return rates
 
 
+ENVPOOL_VERSION = "1.2.5"  # requirements-dev.txt; a benchmark-only peer, never imported by core/
+
+
+def envpool_rates(runs: int, steps: int) -> tuple[list[float], list[float]] | str:
+    """EnvPool's C++ ``CarRacing-v3`` (1 env, 1 thread) against the stock env: steps a second of each,
+    ``runs`` runs of the same Brownian actions as ``compare``, interleaved with stock runs of their own so
+    that the ratio is taken between neighbours. Returns ``(envpool, stock)`` rates, or why there is no row.
+    EnvPool draws its tracks with its own generator, so its tracks are not the stock env's."""
+    try:
+        import envpool
+    except ImportError as e:
+        return f"EnvPool is not installed ({e}; `pip install envpool=={ENVPOOL_VERSION}`)"
+    except Exception as e:  # a wheel built against other libraries than these fails on import in its own ways
+        return f"EnvPool does not load here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    from core.envs.fast_car_racing import make_car_racing
+
+    stock = make_car_racing(fast=False)
+    stock.reset(seed=0)
+    stock.step(np.zeros(3, np.float32))
+    rates: tuple[list[float], list[float]] = ([], [])
+    for run in range(runs):
+        actions = brownian_actions(run, steps)
+        pool = envpool.make("CarRacing-v3", env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1,
+                            seed=run)
+        pool.reset()
+        pool.step(np.zeros((1, 3), np.float32))
+        order = (0, 1) if run % 2 == 0 else (1, 0)
+        for which in order:
+            if which == 0:
+                pool.reset()
+                t = time.perf_counter()
+                for a in actions:  # EnvPool resets an ended episode on the next step by itself
+                    pool.step(a[None])
+                rates[0].append(steps / (time.perf_counter() - t))
+            else:
+                rates[1].append(steps / time_steps(stock, run, actions))
+        pool.close()
+    stock.close()
+    return rates
+
+
+def envpool_row(result: tuple[list[float], list[float]] | str) -> list[str]:
+    """The EnvPool peer row for the table, and its ratio to the stock env below it."""
+    if isinstance(result, str):
+        return [f"| EnvPool `CarRacing-v3` (C++; peer, not used by the project) | – | – | skipped: {result} |"]
+    pool, stock = result
+    ratios = sorted(p / s for p, s in zip(pool, stock))
+    med = statistics.median(pool)
+    return [f"| EnvPool {md.version('envpool')} `CarRacing-v3`, 1 env, 1 thread (C++; peer, not used by the "
+            f"project) | {med:.0f} | {1000 / med:.2f} | {min(pool):.0f}–{max(pool):.0f} |",
+            f"| _EnvPool / stock, neighbouring runs (stock {statistics.median(stock):.0f} steps/s in them)_ | "
+            f"**{statistics.median(ratios):.2f}x** | | {ratios[0]:.2f}x–{ratios[-1]:.2f}x |"]
+
+
 def profile_fast(steps: int) -> tuple[float, list[tuple[str, float]]]:
     """cProfile of the fast env over ``steps`` steps: (profiled ms a step, [(part, ms a step)])."""
     from core.envs.fast_car_racing import make_car_racing
@@ -116,6 +170,7 @@ def run(quick: bool = False) -> str:
     runs, steps = (4, 200) if quick else (6, 1000)
     load_before = os.getloadavg()[0]
     rates = compare(runs, steps)
+    peer = envpool_rates(runs, steps)
     load_after = os.getloadavg()[0]
     profiled_ms, parts = profile_fast(300 if quick else 1000)
 
@@ -143,6 +198,7 @@ def run(quick: bool = False) -> str:
     for name, r in (("stock `CarRacing-v3`", stock), ("`FastCarRacing-v3`", fast)):
         med = statistics.median(r)
         lines.append(f"| {name} | {med:.0f} | {1000 / med:.2f} | {min(r):.0f}–{max(r):.0f} |")
+    lines += envpool_row(peer)
     lines += [
         "",
         f"Speed-up: **{statistics.median(ratios):.2f}x** (median over runs; "

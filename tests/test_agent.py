@@ -1,11 +1,11 @@
-"""The NumPy per-step path gives what the Keras models give."""
+"""The agent's step (ONNX Runtime) and the NumPy per-step path give what the Keras models give."""
 
 import numpy as np
 import tensorflow as tf
 
 from core.envs.env import make_env
-from core.models.agent import Agent, encode_mu, extract_weights, lstm_step, mdn_heads, sample_z
-from core.models.controller import load_controller
+from core.models.agent import Agent, encode_mu, extract_weights, load_world_model, lstm_step, mdn_heads, sample_z
+from core.models.controller import Controller, load_controller
 from core.models.mdnrnn import load_rnn
 from core.models.vae import load_vae, to_float
 from core.storage.dataset import list_episodes, load_episode
@@ -74,6 +74,38 @@ def test_batched_agent_equals_single_agents(tiny_world_model):
         batch = agent.act(obs[t])
         for i, s in enumerate(singles):
             np.testing.assert_allclose(batch[i], s.act(obs[t, i]), rtol=1e-5, atol=1e-6)
+
+
+def test_step_graph_matches_numpy_mirror(tiny_world_model):
+    """The ONNX Runtime step (what Agent runs) against the NumPy functions, several steps, a batch of 4."""
+    weights, params = load_world_model(tiny_world_model)
+    params = np.random.default_rng(8).normal(scale=0.5, size=params.shape).astype(np.float32)
+    agent = Agent(weights, params, n_envs=4)
+    controller = Controller(agent.z_size, agent.hidden, params)
+    rng = np.random.default_rng(5)
+    h = np.zeros((4, agent.hidden), np.float32)
+    c = h.copy()
+    for _ in range(6):
+        frames = rng.integers(0, 256, size=(4, 64, 64, 3), dtype=np.uint8)
+        action = agent.act_frames(frames)
+        z = encode_mu(weights, frames)
+        want = controller.act(z, h)
+        h, c = lstm_step(weights, np.concatenate([z, want], axis=1), h, c)
+        np.testing.assert_allclose(agent.z, z, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(action, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(agent.h, h, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(agent.c, c, rtol=1e-4, atol=1e-5)
+    assert (action >= [-1, 0, 0]).all() and (action <= [1, 1, 1]).all()
+
+
+def test_step_sessions_are_shared_per_weights(tiny_world_model):
+    weights, params = load_world_model(tiny_world_model)
+    params = np.random.default_rng(7).normal(scale=0.5, size=params.shape).astype(np.float32)
+    first, second = Agent(weights, params), Agent(weights, -params)
+    assert first.session is second.session  # a rollout's new agent each episode builds nothing
+    assert Agent(dict(weights), params).session is not first.session
+    obs = np.random.default_rng(6).integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
+    assert not np.allclose(first.act(obs), second.act(obs))  # each agent feeds its own controller
 
 
 def test_sample_z_temperature():

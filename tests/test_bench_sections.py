@@ -21,15 +21,18 @@ def rows(section: str) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("name, heading, rows_at_least, summary", [
-    ("bench.bench_env", "## CarRacing env: stock vs FastCarRacing", 6, rf"Speed-up: \*\*{NUMBER}x\*\*"),
+@pytest.mark.parametrize("name, heading, rows_at_least, summary, peer", [
+    ("bench.bench_env", "## CarRacing env: stock vs FastCarRacing", 6, rf"Speed-up: \*\*{NUMBER}x\*\*",
+     rf"\| EnvPool \S+ `CarRacing-v3`.*\| {NUMBER} \|.*\n\| _EnvPool / stock.*\*\*{NUMBER}x\*\*"
+     r"|skipped: EnvPool (is not installed|does not load)"),
     ("bench.bench_race", "## Race streaming", 4, r"\| 4 races at once, frames/s per race \(min / mean\) \| "
-                                                 rf"{NUMBER} / {NUMBER}"),
+                                                 rf"{NUMBER} / {NUMBER}", None),
 ])
-def test_a_timing_benchmark_writes_its_section(name, heading, rows_at_least, summary):
+def test_a_timing_benchmark_writes_its_section(name, heading, rows_at_least, summary, peer):
     section = run_section(name, quick=True)
     assert not section.startswith(f"## {name}\n\nFailed"), section
     assert section.startswith(heading)
     assert len(rows(section)) >= rows_at_least, section
     assert re.search(summary, section), section
+    assert peer is None or re.search(peer, section), section  # a peer measured, or skipped with its reason
     assert not re.search(r"\bnan\b", section, re.IGNORECASE), section  # a figure that was never measured

@@ -1,8 +1,9 @@
-"""The agent's per-step path in plain NumPy: V's encoder, one LSTM step of M, and C.
+"""The agent's per-step path without Keras: V's encoder, one LSTM step of M, and C.
 
-Calling Keras once per env step costs 8-11 ms (eager) to 106-119 ms (``predict``; BENCHMARKS.md); these
-NumPy mirrors of the trained weights cost well under a millisecond, so a rollout's time is the env's. ``tests/test_agent.py``
-checks them against the Keras models.
+Calling Keras once per env step costs 8-11 ms (eager) to 106-119 ms (``predict``; BENCHMARKS.md). ``Agent``
+runs the step as one ONNX Runtime graph built from the trained weights (``core.models.step_graph``, 0.45 ms
+with crop and resize); the plain NumPy mirrors below (0.8 ms) are its reference and serve M's dreams.
+``tests/test_agent.py`` checks both against the Keras models.
 
 Weights travel as ``WorldModelWeights`` (a dict of float32 arrays), so worker processes never import
 TensorFlow: the parent extracts them once and sends them along.
@@ -22,6 +23,7 @@ from core import CODE_ROOT
 from core.envs.env import preprocess
 from core.machine import SMALL_MACHINE_ENV, small_machine
 from core.models.controller import Controller, load_controller
+from core.models.step_graph import step_session
 from core.storage import weights_cache
 from core.storage.artifacts import ArtifactError
 
@@ -133,12 +135,14 @@ def sample_z(heads: dict, tau: float, rng: np.random.Generator) -> np.ndarray:
 
 class Agent:
     """V + M + C for one or more envs. ``act(obs)`` takes uint8 (96, 96, 3) or (N, 96, 96, 3) observations
-    and returns float32 (3,) or (N, 3) actions; ``z`` and ``h`` hold the latest latent and hidden state."""
+    and returns float32 (3,) or (N, 3) actions; ``z`` and ``h`` hold the latest latent and hidden state.
+    The step runs in ONNX Runtime (``core.models.step_graph``), one session shared by all agents on ``weights``."""
 
     def __init__(self, weights: WorldModelWeights, params: np.ndarray, n_envs: int | None = None):
         self.w = weights
         self.z_size = weights["mu_w"].shape[1]
         self.hidden = weights["lstm_recurrent"].shape[0]
+        self.session = step_session(weights)
         self.controller = Controller(self.z_size, self.hidden, params)
         self.n_envs = n_envs
         self.reset()
@@ -166,9 +170,8 @@ class Agent:
         """Like ``act`` on already preprocessed uint8 (N, 64, 64, 3) frames; returns (N, 3)."""
         if len(frames) != len(self.h):
             raise ValueError(f"agent holds state for {len(self.h)} envs, got {len(frames)} frames")
-        self.z = encode_mu(self.w, frames)
-        action = self.controller.act(self.z, self.h)
-        self.h, self.c = lstm_step(self.w, np.concatenate([self.z, action], axis=1), self.h, self.c)
+        c = self.controller
+        action, self.z, self.h, self.c = self.session.run(frames, self.h, self.c, c.weight_t, c.bias)
         return action
 
 

@@ -58,6 +58,7 @@ class Controller:
         # Split once so act() needs no concatenation: W [z, h] = Wz z + Wh h.
         self.w_z = np.ascontiguousarray(self.weight[:, :self.z_size].T)
         self.w_h = np.ascontiguousarray(self.weight[:, self.z_size:].T)
+        self.weight_t = np.ascontiguousarray(self.weight.T)  # (z + hidden, 3): the agent's step graph takes W so
 
     def get_params(self) -> np.ndarray:
         return np.concatenate([self.weight.ravel(), self.bias]).astype(np.float32)
