@@ -152,9 +152,8 @@ class _Encoder:
     def __init__(self) -> None:
         self.sent_version = -1
 
-    def __call__(self, session: RaceSession, ticks: int = 1) -> bytes | None:
-        for _ in range(ticks):  # a late ticker's ticks owed: one frame shows where they ended
-            session.tick()
+    def __call__(self, session: RaceSession) -> bytes | None:
+        session.tick()
         version, meta, images = session.frame()
         if version == self.sent_version:
             return None
@@ -299,22 +298,20 @@ class RaceSocket:
 
     async def _tick(self, link: Link, session: RaceSession) -> None:
         """Step the race at a fixed rate and hand every changed view to the link's outbox (never waiting on
-        the socket). A ticker that wakes late (busy cores, the server's GIL) runs the ticks it owes, up to
-        MAX_LAG_TICKS, at once and sends one frame of where they ended: the race keeps its pace of FPS steps
-        a second and the frames in between are dropped. Further behind than that (cores that cannot step
-        the race 50 times a second), the debt is dropped and the race slows down: it never leaps ahead by more
-        than MAX_LAG_TICKS steps of keys the player could not react to."""
+        the socket, which drops the frames a slow client cannot take). A tick that runs late (busy cores) is
+        made up by running the next ones back to back, up to MAX_LAG_TICKS, so the race keeps its pace of FPS
+        steps a second; further behind (cores that cannot step the race FPS times a second) the debt is
+        dropped and the race slows down rather than leaping ahead by steps the player could not steer."""
         loop = asyncio.get_running_loop()
         encoder, pool = _Encoder(), self.pool()
         deadline = loop.time()
         while self._links.get(session.token) is link:
-            owed = 1 + max(0, min(MAX_LAG_TICKS - 1, int((loop.time() - deadline) / self.period)))
             if self.registry.get(session.token) is not session:
                 await _send_json(link.ws, {"type": "error", "message": "this race was closed"})
                 link.close_code, link.close_reason = CLOSE_GONE, "race closed"
                 return
             try:
-                payload = await loop.run_in_executor(pool, encoder, session, owed)
+                payload = await loop.run_in_executor(pool, encoder, session)
             except Exception as e:  # the race cannot step (the env, the AI or a car's process failed)
                 log.exception("race %s stopped: a step failed", session.token[:8])
                 await loop.run_in_executor(pool, self.registry.close, session.token)  # ends its car processes
@@ -324,7 +321,7 @@ class RaceSocket:
                 return
             if payload is not None:
                 link.outbox.put(payload)
-            deadline += owed * self.period
+            deadline += self.period
             now = loop.time()
             if deadline < now - MAX_LAG_TICKS * self.period:
                 deadline = now
