@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -127,9 +126,13 @@ class CarProcess:
             return self.receive(timeout)
 
     def _died(self, detail: str) -> RaceError:
-        code = self.process.poll()
+        try:
+            code = self.process.wait(CLOSE_WAIT_S)  # its socket closed as it exited: the code follows
+        except subprocess.TimeoutExpired:
+            code = None
         self.close()
-        why = f"exited with code {code}" if code is not None else f"stopped answering ({detail})"
+        why = (f"stopped answering ({detail})" if code is None else
+               f"was killed (signal {-code})" if code < 0 else f"exited with code {code}")
         return RaceError(f"the car's process (pid {self.pid}) {why}")
 
     def kill(self) -> None:
