@@ -80,7 +80,8 @@ def _state(driver: Driver) -> dict:
 
 
 class CarProcess:
-    """The server's handle on one car's process: ``request`` a step, ``close`` it (which ends it)."""
+    """The server's handle on one car's process: ``request`` (or ``ask``, then ``answer``), and ``close``
+    (which ends it). One request at a time: ``ask`` holds the handle until ``answer``."""
 
     def __init__(self) -> None:
         parent, child = socket.socketpair()
@@ -95,20 +96,38 @@ class CarProcess:
         finally:
             child.close()
         self._conn = Connection(parent.detach())
-        self._lock = threading.Lock()  # one request at a time (the ticker, or the thread driving the AI on)
+        self._lock = threading.Lock()  # held from ask to answer
         self.closed = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, header: dict, arrays: dict | None = None) -> None:
+    def ask(self, header: dict, arrays: dict | None = None) -> None:
+        """Send a request; its answer is read by ``answer``, which must follow."""
+        self._lock.acquire()
         try:
             self._conn.send_bytes(pack(header, arrays))
         except OSError as e:
+            self._lock.release()
             raise self._died(f"{type(e).__name__}: {e}") from None
+        except BaseException:
+            self._lock.release()
+            raise
 
-    def receive(self, timeout: float) -> tuple[dict, dict[str, np.ndarray]]:
+    def answer(self, timeout: float) -> tuple[dict, dict[str, np.ndarray]]:
+        """The answer to the request ``ask`` sent: (header, arrays); RaceError when the process failed, died
+        or did not answer within ``timeout`` seconds."""
+        try:
+            return self._receive(timeout)
+        finally:
+            self._lock.release()
+
+    def request(self, header: dict, arrays: dict | None = None, timeout: float = STEP_TIMEOUT_S):
+        self.ask(header, arrays)
+        return self.answer(timeout)
+
+    def _receive(self, timeout: float) -> tuple[dict, dict[str, np.ndarray]]:
         try:
             if not self._conn.poll(timeout):
                 self.kill()
@@ -119,11 +138,6 @@ class CarProcess:
         if "error" in header:
             raise RaceError(f"the car's process failed: {header['error']}")
         return header, arrays
-
-    def request(self, header: dict, arrays: dict | None = None, timeout: float = STEP_TIMEOUT_S):
-        with self._lock:
-            self.send(header, arrays)
-            return self.receive(timeout)
 
     def _died(self, detail: str) -> RaceError:
         try:
@@ -255,18 +269,10 @@ class RemoteDriver(Driver):
 
     def begin_step(self, action: np.ndarray | None, max_steps: int) -> None:
         action = None if action is None else [float(a) for a in np.asarray(action, np.float32).reshape(3)]
-        self.env._lock.acquire()
-        try:
-            self.env.send({"op": "step", "action": action, "max_steps": max_steps})
-        except BaseException:
-            self.env._lock.release()
-            raise
+        self.env.ask({"op": "step", "action": action, "max_steps": max_steps})
 
     def end_step(self) -> None:
-        try:
-            header, arrays = self.env.receive(STEP_TIMEOUT_S)
-        finally:
-            self.env._lock.release()
+        header, arrays = self.env.answer(STEP_TIMEOUT_S)
         self.actions.append(np.array(header["action"], np.float32))
         self._update(header, arrays)
 
