@@ -267,12 +267,12 @@ def browser_executable(work: Path, nice: int) -> str:
 # --- where the server's GIL goes (--profile) -----------------------------------------------------------------
 
 GIL_PARTS = (  # (part, what in a sampled stack marks it), the first that matches counts
+    ("Dream page", ("dream",)),  # first: a dream runs V, M and C too
+    ("page runs (Streamlit scripts)", ("script_runner", "exec_func_with_error_handling", "pages/", "Home.py")),
     ("car env steps", ("car_racing", "Driver.step", "laps.py", "tiles_visited")),
     ("AI (V + M + C)", ("models/agent.py", "controller.py")),
     ("PNG encoding", ("encode_image",)),
     ("car processes' messages", ("race/worker.py",)),
-    ("Dream page", ("dream",)),
-    ("page runs (Streamlit scripts)", ("script_runner", "exec_func_with_error_handling", "pages/", "Home.py")),
     ("race socket (ticker, frames, keys)", ("race/server.py", "race/session.py", "websockets", "uvicorn", "starlette")),
 )
 
@@ -357,6 +357,10 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
             if spy is not None:
                 spy.wait(60)
                 out.gil = gil_shares(folder / "gil.txt", seconds)
+                if (folder / "gil.txt").exists():  # kept for a closer look (py-spy's raw format, one stack a line)
+                    kept = Path(tempfile.gettempdir()) / f"bench_race_load-gil-{folder.name}.txt"
+                    shutil.copy(folder / "gil.txt", kept)
+                    log(f"  the server's GIL samples: {kept}")
             out.generations_loaded = 60 * (generations(job) - g0) / (time.monotonic() - t0)
             out.racers = results["racers"]
             out.load = (out.load[0], os.getloadavg()[0])
