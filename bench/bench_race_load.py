@@ -273,7 +273,9 @@ GIL_PARTS = (  # (part, what in a sampled stack marks it), the first that matche
     ("AI (V + M + C)", ("models/agent.py", "controller.py")),
     ("PNG encoding", ("encode_image",)),
     ("car processes' messages", ("race/worker.py",)),
-    ("race socket (ticker, frames, keys)", ("race/server.py", "race/session.py", "websockets", "uvicorn", "starlette")),
+    ("race ticker and socket", ("race/server.py", "race/session.py")),
+    ("Streamlit's event loop (sessions, file watcher)", ("streamlit/runtime", "streamlit/watcher")),
+    ("network I/O (uvicorn, websockets)", ("websockets", "uvicorn", "starlette")),
 )
 
 
