@@ -113,3 +113,11 @@ def test_a_stand_in_agent_is_refused_by_car_processes_with_a_clear_message(tmp_p
         assert reg.active() == 0
     finally:
         reg.shutdown()
+
+
+@pytest.mark.parametrize("environ, expected", [({}, True), ({"WM_RACE_WORKERS": "0"}, False),
+                                               ({"WM_SMALL_MACHINE": "1"}, False),
+                                               ({"WM_SMALL_MACHINE": "1", "WM_RACE_WORKERS": "1"}, True)])
+def test_cars_get_processes_unless_told_not_to_or_on_a_small_machine(environ, expected):
+    from core.app.race.registry import default_workers
+    assert default_workers(environ) is expected

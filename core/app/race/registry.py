@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from core.app.leaderboard import Leaderboard, Run, validate_player_name
 from core.app.race.ai import load_agent, single_threaded_blas
@@ -30,15 +30,20 @@ from core.app.race.session import (
 )
 from core.app.race.worker import CarPool, remote_driver_factory
 from core.config import validate
+from core.machine import small_machine
 
 log = logging.getLogger(__name__)
 
 DRIVE_ON_REST = 3.0  # while races are live, an AI run driven on rests this many times as long as each step took
 
 
-def _default_workers() -> bool:
-    """WM_RACE_WORKERS: 1 (the default) steps each car in a process of its own, 0 on the server's threads."""
-    return os.environ.get("WM_RACE_WORKERS", "1").strip() != "0"
+def default_workers(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether cars step in processes of their own: WM_RACE_WORKERS (1 yes, 0 no); unset, yes except on a small
+    machine (WM_SMALL_MACHINE), where ten car processes of about 100 MB each (four races against the AI and two
+    spares) would not fit beside the server."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("WM_RACE_WORKERS", "").strip()
+    return value != "0" if value else not small_machine(environ)
 
 
 def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
@@ -81,7 +86,7 @@ class RaceRegistry:
     Finished runs go to ``Leaderboard(board_path)``: a SQLite file, a database URL, or None for the default.
 
     ``workers``: step each car in a process of its own (``core.app.race.worker``), off this process's GIL
-    (default: WM_RACE_WORKERS, on); False steps them on the server's threads (tests whose stand-in agents
+    (default: ``default_workers()``); False steps them on the server's threads (tests whose stand-in agents
     cannot travel, and the benchmark's "before").
     """
 
@@ -99,7 +104,7 @@ class RaceRegistry:
         # The AI's runs that players cut short, driven on one at a time beside the live races.
         self._driver = ThreadPoolExecutor(1, thread_name_prefix="race-ai-drive")
         self._driving = 0  # runs queued or being driven on (at most config.max_races)
-        self.cars = CarPool() if (_default_workers() if workers is None else workers) else None
+        self.cars = CarPool() if (default_workers() if workers is None else workers) else None
 
     def board(self) -> Leaderboard:
         return Leaderboard(self.board_path)
