@@ -39,8 +39,8 @@ DRIVE_ON_REST = 3.0  # while races are live, an AI run driven on rests this many
 
 def default_workers(environ: Mapping[str, str] | None = None) -> bool:
     """Whether cars step in processes of their own: WM_RACE_WORKERS (1 yes, 0 no); unset, yes except on a small
-    machine (WM_SMALL_MACHINE), where ten car processes of about 100 MB each (four races against the AI and two
-    spares) would not fit beside the server."""
+    machine (WM_SMALL_MACHINE), where ten car processes of about 50 MB each (four races against the AI and two
+    spares) would crowd the server."""
     environ = os.environ if environ is None else environ
     value = environ.get("WM_RACE_WORKERS", "").strip()
     return value != "0" if value else not small_machine(environ)
