@@ -74,7 +74,7 @@ def serve(port: int, with_ai: bool) -> None:
         mode = "vs_ai" if role == VERSUS else "solo"
         session = registry.create(owner=f"bench-{i}", player=f"bench {i}", seed=100 + i, mode=mode)
         tokens.setdefault(role, []).append(session.token)
-    env = type(session.drivers[0].env.unwrapped).__name__
+    env = f"{config.env}, each car in {'a process of its own' if registry.cars is not None else 'a server thread'}"
     print(json.dumps({"tokens": tokens, "env": env}), flush=True)
     with board:
         uvicorn.run(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port, log_level="warning",

@@ -1,7 +1,7 @@
 """Races beside a training job: does an evolution on the same machine turn races into slow motion?
 
     python -m bench.bench_race_load [--quick] [--nice 10,0] [--seconds 15] [--modes vs_ai,solo]
-                                    [--browser-nice 0,10]
+                                    [--browser-nice 0,10] [--before] [--profile]
 
 One ``streamlit run Home.py`` over a fresh app folder (the shipped ``models/``), and together on this
 machine, for each job priority of ``--nice`` (``WM_JOB_NICE``, ``core.machine.job_nice``):
@@ -21,6 +21,12 @@ Goals (issue #26): every racer at least 45 frames/s, key-to-frame p95 at most 60
 running). The evolution's pace alone, before the load starts, is measured too. Other work on the machine
 shows directly in these figures: the section states the load average it ran under; rerun it on a quiet
 machine for the figures that count.
+
+``--before`` runs each row twice in the same run: first with every car stepped on the server's own threads
+(``WM_RACE_WORKERS=0``, as before the cars had processes of their own), then in car processes (the default),
+and gives the ratios. ``--profile`` samples the server's process with py-spy while the races run (only the
+thread holding the GIL, ``--gil``) and says where its GIL went: the cars' env steps, the AI, PNG encoding,
+the car processes' messages, page runs, the race socket.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -74,6 +81,8 @@ class Scenario:
     mode: str
     browser_nice: int = 0
     without: tuple = ()  # parts of the load left out (diagnosis): "dream", "pages"
+    workers: bool = True  # each car in a process of its own (WM_RACE_WORKERS=1), else on the server's threads
+    gil: dict = field(default_factory=dict)  # --profile: share of the server's GIL samples by part
     racers: list = field(default_factory=list)
     page_loads_s: list = field(default_factory=list)
     page_errors: int = 0
@@ -255,14 +264,57 @@ def browser_executable(work: Path, nice: int) -> str:
     return str(wrapper)
 
 
+# --- where the server's GIL goes (--profile) -----------------------------------------------------------------
+
+GIL_PARTS = (  # (part, what in a sampled stack marks it), the first that matches counts
+    ("Dream page", ("dream",)),  # first: a dream runs V, M and C too
+    ("page runs (Streamlit scripts)", ("script_runner", "exec_func_with_error_handling", "pages/", "Home.py")),
+    ("car env steps", ("car_racing", "Driver.step", "laps.py", "tiles_visited")),
+    ("AI (V + M + C)", ("models/agent.py", "controller.py")),
+    ("PNG encoding", ("encode_image",)),
+    ("car processes' messages", ("race/worker.py",)),
+    ("race ticker and socket", ("race/server.py", "race/session.py")),
+    ("Streamlit's event loop (sessions, file watcher)", ("streamlit/runtime", "streamlit/watcher")),
+    ("network I/O (uvicorn, websockets)", ("websockets", "uvicorn", "starlette")),
+)
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    """py-spy sampling ``pid``'s thread that holds the GIL for ``seconds`` (None when py-spy is missing)."""
+    if shutil.which("py-spy") is None:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--gil",
+                             "--nonblocking", "--format", "raw", "--rate", "200", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def gil_shares(raw: Path, seconds: float) -> dict:
+    """{part: share of the wall time the GIL was held for it} from py-spy's raw output ("stack count" lines);
+    "held" is the total."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        part = next((name for name, marks in GIL_PARTS if any(m in stack for m in marks)), "other")
+        counts[part] = counts.get(part, 0) + int(n)
+    if not total:
+        return {}
+    samples = 200 * seconds  # py-spy's --rate
+    return dict({part: n / samples for part, n in counts.items()}, held=total / samples)
+
+
 def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_nice: int = 0,
-                 without: tuple[str, ...] = ()) -> Scenario:
+                 without: tuple[str, ...] = (), workers: bool = True, profile: bool = False) -> Scenario:
     from playwright.sync_api import sync_playwright
-    folder = app_folder(work / f"{mode}-nice-{nice}")
+    folder = app_folder(work / f"{mode}-nice-{nice}-{'processes' if workers else 'threads'}")
     env = dict(os.environ, WORLD_MODELS_ROOT=str(folder), WM_LEADERBOARD_DB=str(folder / "board.sqlite3"),
-               SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2", WM_MAX_RACES=str(RACERS), PYTHONPATH=str(ROOT))
-    out = Scenario(nice, mode, browser_nice, without)
-    with streamlit_server(folder, env, timeout=300) as (url, _), sync_playwright() as p:
+               SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2", WM_MAX_RACES=str(RACERS), PYTHONPATH=str(ROOT),
+               WM_RACE_WORKERS="1" if workers else "0")
+    out = Scenario(nice, mode, browser_nice, without, workers)
+    with streamlit_server(folder, env, timeout=300) as (url, server), sync_playwright() as p:
         ws_url = url.replace("http://", "ws://") + "api/race/ws"
         browser = p.chromium.launch_persistent_context(str(folder / "chromium-profile"),
                                                        executable_path=browser_executable(work, browser_nice),
@@ -287,6 +339,7 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
             racing = threading.Thread(target=lambda: results.setdefault("racers", race_all(ws_url, tokens, seconds)))
             g0, t0 = generations(job), time.monotonic()
             racing.start()
+            spy = start_profile(server.pid, seconds, folder / "gil.txt") if profile else None
             page, n = browser.new_page(), 0
             while racing.is_alive():
                 tick = time.monotonic()
@@ -303,6 +356,13 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
                 n += 1
                 time.sleep(max(0.0, tick + 1.0 - time.monotonic()))
             racing.join()
+            if spy is not None:
+                spy.wait(60)
+                out.gil = gil_shares(folder / "gil.txt", seconds)
+                if (folder / "gil.txt").exists():  # kept for a closer look (py-spy's raw format, one stack a line)
+                    kept = Path(tempfile.gettempdir()) / f"bench_race_load-gil-{folder.name}.txt"
+                    shutil.copy(folder / "gil.txt", kept)
+                    log(f"  the server's GIL samples: {kept}")
             out.generations_loaded = 60 * (generations(job) - g0) / (time.monotonic() - t0)
             out.racers = results["racers"]
             out.load = (out.load[0], os.getloadavg()[0])
@@ -314,10 +374,77 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
     return out
 
 
-def section(scenarios: list[Scenario], seconds: float, started: float) -> str:
-    def ok(good: bool) -> str:
-        return "met" if good else "**missed**"
+def _summary(s: Scenario) -> dict:
+    good = [r for r in s.racers if not r.error]
+    fps = [r.fps for r in good]
+    return {"fps_min": min(fps, default=float("nan")), "fps_mean": statistics.mean(fps) if fps else float("nan"),
+            "key": max((p95(r.latency_ms) for r in good), default=float("nan")), "page": p95(s.page_loads_s),
+            "failed": len(s.racers) - len(good),
+            "evolution": s.history_ok and s.job_status in ("running", "stopped", "done")}
 
+
+def _label(s: Scenario) -> str:
+    return (f"{MODE_NAMES[s.mode]}{''.join(f', no {w}' for w in s.without)}, job nice {s.nice}"
+            f"{f', Chromium nice {s.browser_nice}' if s.browser_nice else ''}, cars in "
+            f"{'processes' if s.workers else 'server threads'}")
+
+
+def goals_table(scenarios: list[Scenario]) -> list[str]:
+    """One row per run, one column per goal: the figure, and met or missed."""
+    def cell(value: str, good: bool) -> str:
+        return f"{value} {'met' if good else '**missed**'}"
+
+    lines = ["| run | every racer >= 45 frames/s (slowest) | key-to-frame p95 <= 60 ms (worst racer) | "
+             "page load p95 <= 2 s | evolution loses no generation | all goals |", "|---|---|---|---|---|---|"]
+    for s in scenarios:
+        m = _summary(s)
+        fps_ok = m["failed"] == 0 and len(s.racers) == RACERS and m["fps_min"] >= GOAL_FPS
+        key_ok, page_ok = m["key"] <= GOAL_KEY_P95_MS, m["page"] <= GOAL_PAGE_P95_S or "pages" in s.without
+        page = "-" if "pages" in s.without else cell(f"{m['page']:.2f} s", page_ok)
+        fps, key = cell(f"{m['fps_min']:.1f}", fps_ok), cell(f"{m['key']:.0f} ms", key_ok)
+        evolution = cell(f"{s.generations} generations", m["evolution"])
+        every = "met" if fps_ok and key_ok and page_ok and m["evolution"] else "**missed**"
+        lines.append(f"| {_label(s)} | {fps} | {key} | {page} | {evolution} | {every} |")
+    return lines
+
+
+def ratios_table(scenarios: list[Scenario]) -> list[str]:
+    """Cars in processes against cars on the server's threads, for each row run both ways (``--before``)."""
+    pairs = [(b, a) for b in scenarios for a in scenarios if not b.workers and a.workers
+             and (b.nice, b.mode, b.browser_nice, b.without) == (a.nice, a.mode, a.browser_nice, a.without)]
+    if not pairs:
+        return []
+    lines = ["Processes against threads, measured in the same run (after / before; above 1 is better for frames "
+             "and generations, below 1 for latencies):", "",
+             "| run | frames/s, slowest racer | frames/s, mean | key-to-frame p95 | page load p95 | "
+             "generations/min under load |", "|---|---|---|---|---|---|"]
+    for b, a in pairs:
+        mb, ma = _summary(b), _summary(a)
+
+        def ratio(x: float, y: float, unit: str = "", digits: int = 1) -> str:
+            return f"{y:.{digits}f}{unit} / {x:.{digits}f}{unit} = {y / x:.2f}" if x and x == x and y == y else "-"
+        lines.append(f"| {MODE_NAMES[a.mode]}, job nice {a.nice} | {ratio(mb['fps_min'], ma['fps_min'])} | "
+                     f"{ratio(mb['fps_mean'], ma['fps_mean'])} | {ratio(mb['key'], ma['key'], ' ms', 0)} | "
+                     f"{ratio(mb['page'], ma['page'], ' s', 2)} | "
+                     f"{ratio(b.generations_loaded, a.generations_loaded)} |")
+    return lines + [""]
+
+
+def gil_table(scenarios: list[Scenario]) -> list[str]:
+    profiled = [s for s in scenarios if s.gil]
+    if not profiled:
+        return []
+    parts = [name for name, _ in GIL_PARTS] + ["other"]
+    lines = ["Where the server process's GIL went while the races ran (py-spy `--gil`, 200 samples a second; "
+             "share of wall time, so 1.00 is one core's worth):", "",
+             "| run | GIL held | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+    for s in profiled:
+        lines.append(f"| {_label(s)} | {s.gil.get('held', 0):.2f} | "
+                     + " | ".join(f"{s.gil.get(part, 0):.2f}" for part in parts) + " |")
+    return lines + [""]
+
+
+def section(scenarios: list[Scenario], seconds: float, started: float) -> str:
     lines = [
         "## Races beside a training job (bench_race_load)", "",
         (f"`python -m bench.bench_race_load`: `streamlit run Home.py` over a fresh app folder (the shipped "
@@ -329,33 +456,32 @@ def section(scenarios: list[Scenario], seconds: float, started: float) -> str:
          "Leaderboard loaded in turn every second. Goals: each racer >= 45 frames/s, key-to-frame p95 <= 60 ms, "
          "page load p95 <= 2 s, the evolution losing no generation."), "",
         machine_info(), "",
-        ("| races | WM_JOB_NICE | Chromium's nice | load avg (1 min) before / after | racers frames/s (min / mean) | key-to-frame p95 "
-         "(worst racer) | page load p95 (n) | dreams made | evolution: generations/min alone / under load, "
-         "history | goals |"),
+        *goals_table(scenarios), "",
+        *ratios_table(scenarios),
+        *gil_table(scenarios),
+        ("| races | cars step in | WM_JOB_NICE | Chromium's nice | load avg (1 min) before / after | racers frames/s "
+         "(min / mean) | key-to-frame p95 (worst racer) | page load p95 (n) | dreams made | evolution: "
+         "generations/min alone / under load, history |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
-        good = [r for r in s.racers if not r.error]
-        fps = [r.fps for r in good]
-        key = max((p95(r.latency_ms) for r in good), default=float("nan"))
-        page = p95(s.page_loads_s)
-        met = (len(good) == RACERS and min(fps, default=0) >= GOAL_FPS and key <= GOAL_KEY_P95_MS
-               and page <= GOAL_PAGE_P95_S and s.history_ok and s.job_status in ("running", "stopped", "done"))
+        m = _summary(s)
         errors = "".join(f"; racer failed: {r.error}" for r in s.racers if r.error)
         lines.append(
-            f"| {MODE_NAMES[s.mode]}{''.join(f', no {w}' for w in s.without)} | {s.nice} | {s.browser_nice} | {s.load[0]:.1f} / {s.load[1]:.1f} | {min(fps, default=float('nan')):.1f} / "
-            f"{statistics.mean(fps) if fps else float('nan'):.1f} (skipped steps {sum(r.skipped for r in good)}"
-            f"{errors}) | {key:.0f} ms | {page:.2f} s ({len(s.page_loads_s)}, {s.page_errors} failed) | "
-            f"{s.dreams} | {s.generations_alone:.1f} / {s.generations_loaded:.1f}, "
-            f"{s.generations} generations {'numbered without a gap' if s.history_ok else '**with a gap**'}, job "
-            f"{s.job_status} | {ok(met)} |")
+            f"| {MODE_NAMES[s.mode]}{''.join(f', no {w}' for w in s.without)} | "
+            f"{'processes' if s.workers else 'server threads'} | {s.nice} | {s.browser_nice} | "
+            f"{s.load[0]:.1f} / {s.load[1]:.1f} | {m['fps_min']:.1f} / {m['fps_mean']:.1f} (skipped steps "
+            f"{sum(r.skipped for r in s.racers if not r.error)}{errors}) | {m['key']:.0f} ms | "
+            f"{m['page']:.2f} s ({len(s.page_loads_s)}, {s.page_errors} failed) | {s.dreams} | "
+            f"{s.generations_alone:.1f} / {s.generations_loaded:.1f}, {s.generations} generations "
+            f"{'numbered without a gap' if s.history_ok else '**with a gap**'}, job {s.job_status} |")
     lines += ["", f"Measured in {(time.monotonic() - started) / 60:.0f} min on {os.cpu_count()} cores.", ""]
     return "\n".join(lines)
 
 
 def run(quick: bool = False, nices: tuple[int, ...] = (10, 0), seconds: float | None = None,
         modes: tuple[str, ...] = ("vs_ai",), browser_nices: tuple[int, ...] = (0,),
-        without: tuple[str, ...] = ()) -> str:
+        without: tuple[str, ...] = (), before: bool = False, profile: bool = False) -> str:
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     seconds = seconds or (8.0 if quick else 15.0)
@@ -365,8 +491,9 @@ def run(quick: bool = False, nices: tuple[int, ...] = (10, 0), seconds: float | 
         for mode in modes:
             for nice in nices:
                 for browser_nice in browser_nices:
-                    scenarios.append(run_scenario(nice, mode, Path(tmp), seconds, lambda m: print(m, flush=True),
-                                                  browser_nice, without))
+                    for workers in ((False, True) if before else (True,)):
+                        scenarios.append(run_scenario(nice, mode, Path(tmp), seconds, lambda m: print(m, flush=True),
+                                                      browser_nice, without, workers, profile))
     return section(scenarios, seconds, started)
 
 
@@ -379,11 +506,16 @@ def main() -> None:
     parser.add_argument("--browser-nice", default="0", help="Chromium's priorities to run, comma-separated "
                                                             "(default 0: as this process; 10 stands in for a "
                                                             "browser on another machine)")
+    parser.add_argument("--before", action="store_true", help="run each row with the cars on the server's threads "
+                                                              "too (WM_RACE_WORKERS=0, as before), and give ratios")
+    parser.add_argument("--profile", action="store_true", help="sample the server's GIL with py-spy while the "
+                                                               "races run, and say where it went")
     parser.add_argument("--without", default="", help="leave out parts of the load, to see what costs what: "
                                                       "dream, pages (comma-separated)")
     args = parser.parse_args()
     print(run(args.quick, tuple(int(n) for n in args.nice.split(",")), args.seconds, tuple(args.modes.split(",")),
-              tuple(int(n) for n in args.browser_nice.split(",")), tuple(filter(None, args.without.split(",")))))
+              tuple(int(n) for n in args.browser_nice.split(",")), tuple(filter(None, args.without.split(","))),
+              args.before, args.profile))
 
 
 if __name__ == "__main__":

@@ -378,7 +378,7 @@ def test_a_race_against_the_ai_ended_early_records_both_whole_runs(leaderboard_a
     the end of the AI's run, and the track now has runs of both kinds."""
     agent = GatedAgent(gate_after=20)
     reg = RaceRegistry(dataclass_replace(FAST, min_steps=10), board_path=leaderboard_at,
-                       agent_loader=lambda model_dir: agent)
+                       agent_loader=lambda model_dir: agent, workers=False)  # the gate cannot cross processes
     try:
         s = reg.create(owner="a", player="Ann", seed=6, mode="vs_ai", model_dir="models")
         while s.steps < 12:

@@ -246,6 +246,7 @@ def test_a_race_against_the_ai_ended_early_compares_both_cars_and_fills_the_char
     from tests.test_race import GatedAgent
     agent = GatedAgent(gate_after=15)
     registry._load_agent = lambda model_dir: agent
+    registry.cars = None  # the gate cannot cross processes: the cars step on this process's threads
     owner = "00112233445566ff"
     session = registry.create(owner=owner, player="Ann", seed=9, mode="vs_ai", model_dir=str(tiny_world_model))
     drive(session, 10)

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -18,9 +20,10 @@ from starlette.applications import Starlette
 
 from bench.common import join_race
 from bench.raw_ws import BINARY, RawSocket
-from core.app.race import KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceRegistry
+from core.app.race import KEY_GAS, KEY_LEFT, KEY_RIGHT, RaceConfig, RaceRegistry, make_race_env
 from core.app.race import server as race_server
 from core.app.race.server import WS_PATH, decode_frame, parse_message, race_routes
+from tests.test_race_worker import ended
 
 CONFIG = RaceConfig(max_steps=400, countdown_s=0.0, resume_countdown_s=0.0, max_races=6)
 
@@ -65,6 +68,19 @@ def fresh_races(server):
 def new_race(registry, owner, seed=3, **changes):
     return registry.create(owner=owner, player="Ann", seed=seed, mode="solo",
                            config=dataclasses.replace(CONFIG, **changes) if changes else None)
+
+
+def hull_angle(session):
+    """The heading of the person's car after its logged actions, replayed here (the car itself steps in a
+    process of its own)."""
+    env = make_race_env(session.config.env)
+    try:
+        env.reset(seed=session.seed)
+        for action in session.human.action_log():
+            env.step(action)
+        return env.unwrapped.car.hull.angle
+    finally:
+        env.close()
 
 
 async def hello_refused(url, token):
@@ -130,8 +146,7 @@ def test_keys_steer_the_car(server):
         return await asyncio.gather(drive(left, KEY_LEFT), drive(right, KEY_RIGHT))
 
     left_img, right_img = asyncio.run(both())
-    angle_left = left.human.env.unwrapped.car.hull.angle
-    angle_right = right.human.env.unwrapped.car.hull.angle
+    angle_left, angle_right = hull_angle(left), hull_angle(right)
     assert angle_left > 0.2 and angle_right < -0.2  # Box2D angles: counter-clockwise is positive
     assert left_img[0] != right_img[0]
     log = left.human.action_log()
@@ -530,3 +545,57 @@ def test_the_outbox_keeps_one_frame_waiting_and_drops_older_ones():
 
     got, box = asyncio.run(go())
     assert got == [b"1", b"4"] and box.dropped == 2 and box.sent == 2 and box.stalled_for(0) == 0
+
+
+def test_a_car_process_that_dies_ends_its_race_with_one_line_and_leaves_no_process(server, tiny_world_model):
+    """The AI's process is killed mid-race: the player reads one line saying so, the race is gone from the
+    registry, and the person's car's process ends too."""
+    registry, url = server
+    session = registry.create(owner="doomed", player="Ann", seed=4, mode="vs_ai", model_dir=str(tiny_world_model))
+    human, ai = (d.env.pid for d in session.drivers)
+
+    async def go():
+        async with await join_race(url, session.token) as ws:
+            await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS, "seq": 1}))
+            await frames(ws, 10)
+            os.kill(ai, signal.SIGKILL)
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 10)
+                if isinstance(msg, str):
+                    return json.loads(msg)
+
+    answer = asyncio.run(go())
+    assert answer["type"] == "error" and "\n" not in answer["message"]
+    assert f"car's process (pid {ai}) was killed (signal 9)" in answer["message"] and answer["message"].endswith("start a new race")
+    assert registry.get(session.token) is None
+    assert ended(ai) and ended(human)
+
+
+def test_a_races_processes_end_with_the_race(server, tiny_world_model):
+    """Ended by its player, a race's car processes end: the person's at once, the AI's once its run has been
+    driven on to its end and recorded; a race closed before its end (its owner started another) ends its
+    process at once."""
+    registry, url = server
+    short = dataclasses.replace(CONFIG, max_steps=60)
+    session = registry.create(owner="ender", player="Ann", seed=4, mode="vs_ai", model_dir=str(tiny_world_model),
+                              config=short)
+    human, ai = (d.env.pid for d in session.drivers)
+
+    async def go():
+        async with await join_race(url, session.token) as ws:
+            await ws.send(json.dumps({"type": "keys", "mask": KEY_GAS, "seq": 1}))
+            await frames(ws, 20)
+            await ws.send(json.dumps({"type": "end"}))
+            while (await frames(ws, 1))[0][0]["status"] != "finished":
+                pass
+
+    asyncio.run(go())
+    assert ended(human)
+    registry.wait_scored()
+    status = session.status_dict()
+    assert [r["kind"] for r in status["results"]] == ["human", "ai"] and status["results"][1]["steps"] == short.max_steps
+    assert ended(ai)
+    other = new_race(registry, "closer")
+    pid = other.drivers[0].env.pid
+    registry.close_owner("closer")
+    assert ended(pid)

@@ -13,47 +13,41 @@
 The names below are the race's public face: pages use ``from core.app import race`` and ``race.X``.
 """
 
-from core.app.race.ai import available_models, is_world_model, load_agent, model_label, single_threaded_blas, warm_up
-from core.app.race.errors import RaceError, RaceFull
-from core.app.race.registry import RaceRegistry, get_registry, score_and_record
-from core.app.race.replay import ReplayResult, make_race_env, replay_run
-from core.app.race.session import (
-                                   BRAKE,
-                                   GAS,
-                                   KEY_BRAKE,
-                                   KEY_GAS,
-                                   KEY_LEFT,
-                                   KEY_MASK_ALL,
-                                   KEY_RIGHT,
-                                   MODE_LABELS,
-                                   MODES,
-                                   SEED_MAX,
-                                   Driver,
-                                   FinishedRace,
-                                   RaceConfig,
-                                   RaceSession,
-                                   check_seed,
-                                   keys_to_action,
-                                   parse_owner,
-                                   random_seed,
-                                   unrecorded_reason,
-                                   versus_ai,
-)
-from core.app.race.video import (
-                                   LABEL_BAR,
-                                   VIDEO_SCALE,
-                                   race_frames,
-                                   render_leaderboard_runs,
-                                   render_runs_mp4,
-                                   render_video,
-)
-from core.config import ConfigError
+import importlib
 
-__all__ = [
-    "RaceConfig", "RaceError", "RaceFull", "RaceSession", "RaceRegistry", "Driver", "ReplayResult", "FinishedRace",
-    "MODES", "MODE_LABELS", "KEY_LEFT", "KEY_RIGHT", "KEY_GAS", "KEY_BRAKE", "KEY_MASK_ALL", "GAS", "BRAKE",
-    "SEED_MAX", "keys_to_action", "replay_run", "make_race_env", "score_and_record", "get_registry",
-    "available_models", "is_world_model", "load_agent", "warm_up", "parse_owner", "model_label", "check_seed",
-    "random_seed", "single_threaded_blas", "render_runs_mp4", "render_leaderboard_runs", "render_video",
-    "race_frames", "LABEL_BAR", "VIDEO_SCALE", "ConfigError", "unrecorded_reason", "versus_ai",
-]
+# Where each public name lives. They are imported on first use (PEP 562), so that a car's process
+# (``worker``), which needs only the session and the env, does not import the leaderboard (SQLAlchemy,
+# pandas: about 80 MB and a second) with the package.
+_EXPORTS = {
+    "ai": ("available_models", "is_world_model", "load_agent", "model_label", "single_threaded_blas", "warm_up"),
+    "errors": ("RaceError", "RaceFull"),
+    "registry": ("RaceRegistry", "get_registry", "score_and_record"),
+    "replay": ("ReplayResult", "make_race_env", "replay_run"),
+    "session": ("BRAKE", "GAS", "KEY_BRAKE", "KEY_GAS", "KEY_LEFT", "KEY_MASK_ALL", "KEY_RIGHT", "MODE_LABELS",
+                "MODES", "SEED_MAX", "Driver", "FinishedRace", "RaceConfig", "RaceSession", "check_seed",
+                "keys_to_action", "parse_owner", "random_seed", "unrecorded_reason", "versus_ai"),
+    "video": ("LABEL_BAR", "VIDEO_SCALE", "race_frames", "render_leaderboard_runs", "render_runs_mp4",
+              "render_video"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBMODULES = ("ai", "errors", "registry", "replay", "server", "session", "video", "worker")
+
+__all__ = [*_HOME, "ConfigError"]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "ConfigError":
+        from core.config import ConfigError
+        return ConfigError
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # found at once next time
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBMODULES])

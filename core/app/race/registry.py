@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from core.app.leaderboard import Leaderboard, Run, validate_player_name
 from core.app.race.ai import load_agent, single_threaded_blas
@@ -27,11 +28,22 @@ from core.app.race.session import (
     parse_owner,
     unrecorded_reason,
 )
+from core.app.race.worker import CarPool, remote_driver_factory
 from core.config import validate
+from core.machine import small_machine
 
 log = logging.getLogger(__name__)
 
 DRIVE_ON_REST = 3.0  # while races are live, an AI run driven on rests this many times as long as each step took
+
+
+def default_workers(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether cars step in processes of their own: WM_RACE_WORKERS (1 yes, 0 no); unset, yes except on a small
+    machine (WM_SMALL_MACHINE), where ten car processes of about 50 MB each (four races against the AI and two
+    spares) would crowd the server."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("WM_RACE_WORKERS", "").strip()
+    return value != "0" if value else not small_machine(environ)
 
 
 def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
@@ -72,10 +84,15 @@ class RaceRegistry:
     A race counts against ``max_races`` until it finishes. A race whose browser has been gone longer
     than ``idle_timeout_s`` is dropped. Each Streamlit session (``owner``) has at most one race.
     Finished runs go to ``Leaderboard(board_path)``: a SQLite file, a database URL, or None for the default.
+
+    ``workers``: step each car in a process of its own (``core.app.race.worker``), off this process's GIL
+    (default: ``default_workers()``); False steps them on the server's threads (tests whose stand-in agents
+    cannot travel, and the benchmark's "before").
     """
 
     def __init__(self, config: RaceConfig | None = None, board_path: Path | str | None = None,
-                 clock: Callable[[], float] = time.monotonic, agent_loader: Callable[[str], object] | None = None):
+                 clock: Callable[[], float] = time.monotonic, agent_loader: Callable[[str], object] | None = None,
+                 workers: bool | None = None):
         self.config = validate(config or RaceConfig())
         self.board_path = board_path
         self._clock = clock
@@ -87,6 +104,7 @@ class RaceRegistry:
         # The AI's runs that players cut short, driven on one at a time beside the live races.
         self._driver = ThreadPoolExecutor(1, thread_name_prefix="race-ai-drive")
         self._driving = 0  # runs queued or being driven on (at most config.max_races)
+        self.cars = CarPool() if (default_workers() if workers is None else workers) else None
 
     def board(self) -> Leaderboard:
         return Leaderboard(self.board_path)
@@ -115,8 +133,9 @@ class RaceRegistry:
             if mode in ("vs_ai", "watch"):
                 single_threaded_blas()
                 agent = self._load_agent(config.model_dir)
+            cars = remote_driver_factory(self.cars, config.env) if self.cars is not None else None
             session = RaceSession(seed=seed, mode=mode, player=player, config=config, owner=owner, agent=agent,
-                                  on_finish=self._score_later, clock=self._clock)
+                                  on_finish=self._score_later, clock=self._clock, driver_factory=cars)
             self.close_owner(owner)
             with self._lock:
                 self._races[session.token] = session
@@ -243,6 +262,8 @@ class RaceRegistry:
         self.close_all()
         self._scorer.shutdown(wait=True)
         self._driver.shutdown(wait=True)
+        if self.cars is not None:
+            self.cars.shutdown()
 
 
 def _replace(config: RaceConfig, **changes) -> RaceConfig:
@@ -261,6 +282,8 @@ def get_registry(board_path: Path | str | None = None) -> RaceRegistry:
     with _REGISTRY_LOCK:
         if _REGISTRY is None:
             _REGISTRY = RaceRegistry(board_path=board_path)
+            if _REGISTRY.cars is not None:
+                _REGISTRY.cars.top_up()  # the first race need not wait for its cars' processes to start
         elif board_path is not None:
             _REGISTRY.board_path = board_path
         return _REGISTRY

@@ -37,13 +37,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable
 
 import cv2
-import numpy as np
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.app.race.ai import single_threaded_blas
+from core.app.race.errors import RaceError
 from core.app.race.registry import RaceRegistry, get_registry
-from core.app.race.session import COMMANDS, KEY_MASK_ALL, RaceSession
+from core.app.race.session import COMMANDS, KEY_MASK_ALL, RaceSession, encode_image  # noqa: F401 - encode_image: re-exported
 from core.envs.env import FPS
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,6 @@ CLOSE_GONE = 4410  # the race was closed (its player started another, or it expi
 CLOSE_SILENT = 4408  # nothing heard from a visible page (or it stopped reading): the page reconnects, paused
 
 FRAME_MAGIC = b"F"
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; 96 x 96 frames are about 2 KB either way
-
-
-def encode_image(obs: np.ndarray) -> bytes:
-    """uint8 (96, 96, 3) RGB -> PNG bytes (lossless, so the browser's pixelated upscale stays crisp)."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(obs, cv2.COLOR_RGB2BGR), PNG_PARAMS)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 def encode_frame(meta: dict, images: list[bytes]) -> bytes:
@@ -154,26 +145,18 @@ class TokenBucket:
 
 
 class _Encoder:
-    """Encodes a session's view for one socket, re-using the PNG of a car that has not moved."""
+    """Ticks a session for one socket and encodes its view when it changed (each car's PNG is made once a
+    step, by the car: ``Driver.png``)."""
 
     def __init__(self) -> None:
         self.sent_version = -1
-        self.cache: dict[int, tuple[tuple, bytes]] = {}
 
     def __call__(self, session: RaceSession) -> bytes | None:
         session.tick()
-        version, meta, observations = session.view()
+        version, meta, images = session.frame()
         if version == self.sent_version:
             return None
         self.sent_version = version
-        images = []
-        for i, (obs, d) in enumerate(zip(observations, meta["drivers"])):
-            key = (meta["attempt"], d["steps"])
-            cached = self.cache.get(i)
-            if cached is None or cached[0] != key:
-                cached = (key, encode_image(obs))
-                self.cache[i] = cached
-            images.append(cached[1])
         return encode_frame(meta, images)
 
 
@@ -314,8 +297,10 @@ class RaceSocket:
 
     async def _tick(self, link: Link, session: RaceSession) -> None:
         """Step the race at a fixed rate and hand every changed view to the link's outbox (never waiting on
-        the socket). A tick that runs late (a busy core, the GIL) is made up by running the next ones back
-        to back, up to MAX_LAG_TICKS; beyond that the race slows down rather than fast-forwarding."""
+        the socket, which drops the frames a slow client cannot take). A tick that runs late (busy cores) is
+        made up by running the next ones back to back, up to MAX_LAG_TICKS, so the race keeps its pace of FPS
+        steps a second; further behind (cores that cannot step the race FPS times a second) the debt is
+        dropped and the race slows down rather than leaping ahead by steps the player could not steer."""
         loop = asyncio.get_running_loop()
         encoder, pool = _Encoder(), self.pool()
         deadline = loop.time()
@@ -326,11 +311,11 @@ class RaceSocket:
                 return
             try:
                 payload = await loop.run_in_executor(pool, encoder, session)
-            except Exception as e:  # the race cannot step (the env or the AI failed): end it, and say so
+            except Exception as e:  # the race cannot step (the env, the AI or a car's process failed)
                 log.exception("race %s stopped: a step failed", session.token[:8])
-                self.registry.close(session.token)
-                await _send_json(link.ws, {"type": "error", "message": f"the race stopped on a server error "
-                                                                      f"({type(e).__name__}: {e}); start a new race"})
+                await loop.run_in_executor(pool, self.registry.close, session.token)  # ends its car processes
+                why = str(e) if isinstance(e, RaceError) else f"a server error ({type(e).__name__}: {e})"
+                await _send_json(link.ws, {"type": "error", "message": f"the race stopped: {why}; start a new race"})
                 link.close_code, link.close_reason = CLOSE_GONE, "race failed"
                 return
             if payload is not None:

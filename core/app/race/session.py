@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from core.app.race.ai import model_label
@@ -50,6 +51,7 @@ BRAKE = 0.8  # brake while the brake key is held (Gymnasium's keyboard play: 0.8
 SEED_MAX = 2**31 - 1  # track seeds a player may pick: 0..SEED_MAX
 RANDOM_SEED_LIMIT = 1_000_000  # random tracks are drawn from [0, RANDOM_SEED_LIMIT)
 MAX_COMMANDS = 32  # queued control messages per session; more are dropped
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; 96 x 96 frames are about 2 KB either way
 
 
 def _default_max_races() -> int:
@@ -124,12 +126,24 @@ def parse_owner(raw: object) -> str | None:
     return raw if isinstance(raw, str) and _OWNER_ID.fullmatch(raw) else None
 
 
+def encode_image(obs: np.ndarray) -> bytes:
+    """uint8 (96, 96, 3) RGB -> PNG bytes (lossless, so the browser's pixelated upscale stays crisp)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(obs, cv2.COLOR_RGB2BGR), PNG_PARAMS)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
 # --------------------------------------------------------------------------------------------------
 # A live race
 
 
 class Driver:
-    """One car on its own copy of the track: env, last observation, action log and running score."""
+    """One car on its own copy of the track: env, last observation, action log and running score.
+
+    This one steps in the calling process; ``core.app.race.worker.RemoteDriver`` steps the same car in a
+    process of its own (the race server's), with the same attributes and methods.
+    """
 
     def __init__(self, label: str, kind: str, env, seed: int, agent=None, model: str = ""):
         self.label, self.kind, self.env, self.seed, self.agent, self.model = label, kind, env, seed, agent, model
@@ -144,6 +158,7 @@ class Driver:
         self.tiles, self.total_tiles = tiles_visited(self.env)
         self.lap = LapTracker(self.env)
         self.skipped = 0  # tiles left unvisited behind the car: with any, the lap cannot finish
+        self._png: bytes | None = None
         if self.agent is not None:
             self.agent.reset()
 
@@ -151,9 +166,29 @@ class Driver:
     def done(self) -> bool:
         return self.outcome is not None
 
+    def begin_step(self, action: np.ndarray | None, max_steps: int) -> None:
+        """Start one step with ``action`` (float32 (3,)), or the agent's own when None; ``end_step`` waits for
+        it. Here the step is done at once; a car in a process of its own steps meanwhile, so the cars of a
+        race step side by side."""
+        self.step(self.agent.act(self.obs) if action is None else action, max_steps)
+
+    def end_step(self) -> None:
+        """Wait for the step ``begin_step`` started."""
+
+    def finish(self) -> None:
+        """The race is over. This car keeps its env (what it shows and holds stays readable); one stepping in a
+        process of its own ends it."""
+
+    def png(self) -> bytes:
+        """The last observation as PNG bytes (``encode_image``), encoded once per step."""
+        if self._png is None:
+            self._png = encode_image(self.obs)
+        return self._png
+
     def step(self, action: np.ndarray, max_steps: int) -> None:
         action = np.array(action, dtype=np.float32).reshape(3)
         self.obs, reward, terminated, truncated, info = self.env.step(action)
+        self._png = None
         self.actions.append(action)
         self.score += float(reward)
         self.steps += 1
@@ -211,7 +246,9 @@ class RaceSession:
     def __init__(self, *, seed: int, mode: str, player: str, config: RaceConfig, owner: str = "",
                  agent=None, env_factory: Callable[[], object] | None = None,
                  on_finish: Callable[["FinishedRace"], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, driver_factory: DriverFactory | None = None):
+        """``driver_factory(label, kind, seed, agent, model)`` makes each car (default: a ``Driver`` stepping
+        here, on ``env_factory()``, by default the race env of ``config.env``)."""
         if mode not in MODES:
             raise RaceError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         self.id = secrets.token_hex(6)
@@ -219,14 +256,23 @@ class RaceSession:
         self.owner, self.seed, self.mode, self.player, self.config = owner, int(seed), mode, player, config
         self._on_finish, self._clock = on_finish, clock
         env_factory = env_factory or (lambda: make_race_env(config.env))
-        self.drivers: list[Driver] = []
+        make_driver = driver_factory or (lambda label, kind, seed, agent, model:
+                                         Driver(label, kind, env_factory(), seed, agent=agent, model=model))
+        cars = []
         if mode in ("solo", "vs_ai"):
-            self.drivers.append(Driver(player, "human", env_factory(), self.seed))
+            cars.append((player, "human", None, ""))
         if mode in ("vs_ai", "watch"):
             if agent is None:
                 raise RaceError("this mode needs an AI but none was given")
-            self.drivers.append(Driver("AI", "ai", env_factory(), self.seed, agent=agent,
-                                       model=model_label(config.model_dir)))
+            cars.append(("AI", "ai", agent, model_label(config.model_dir)))
+        self.drivers: list[Driver] = []
+        try:
+            for label, kind, car_agent, model in cars:
+                self.drivers.append(make_driver(label, kind, self.seed, car_agent, model))
+        except BaseException:
+            for d in self.drivers:  # the car made before one that failed must not hold its env (or process)
+                d.env.close()
+            raise
         self._lock = threading.RLock()
         self._keys = (0, 0)  # (mask, seq): replaced as one tuple, so a reader never sees half an update
         self._commands: deque[str] = deque(maxlen=MAX_COMMANDS)
@@ -325,6 +371,8 @@ class RaceSession:
     def _finish(self, record: bool = True, going_on: list[Driver] | None = None) -> None:
         self.status, self.pause_reason = "finished", ""
         self.version += 1
+        for d in self.drivers:
+            d.finish()
         if record and self._on_finish is not None:
             self.ai_pending = bool(going_on)  # the registry clears it once the AI's run is scored
             # A snapshot: the player may restart before the runs are scored.
@@ -360,11 +408,11 @@ class RaceSession:
                 self.version += 1
             elif self.status == "running":
                 mask, seq = self._keys
-                for d in self.drivers:
-                    if d.done:
-                        continue
-                    action = keys_to_action(mask) if d.kind == "human" else d.agent.act(d.obs)
-                    d.step(action, self.config.max_steps)
+                going = [d for d in self.drivers if not d.done]
+                for d in going:  # the AI (None) drives itself
+                    d.begin_step(keys_to_action(mask) if d.kind == "human" else None, self.config.max_steps)
+                for d in going:
+                    d.end_step()
                 self.ack = seq
                 self.version += 1
                 if all(d.done for d in self.drivers):
@@ -402,6 +450,12 @@ class RaceSession:
             }
             return self.version, meta, [d.obs for d in self.drivers]
 
+    def frame(self) -> tuple[int, dict, list[bytes]]:
+        """(version, meta, images): ``view()`` with each car's observation as PNG bytes (``Driver.png``)."""
+        with self._lock:
+            version, meta, _ = self.view()
+            return version, meta, [d.png() for d in self.drivers]
+
     def status_dict(self) -> dict:
         """What the page shows: status, scores so far (once finished: as they stood when the race ended) and,
         once scored, the scored runs; ``ai_pending`` while the AI's run is still being driven to its end."""
@@ -425,6 +479,9 @@ class RaceSession:
             for d in self.drivers:
                 if d.env is not None:  # a handed-over env is closed by whoever drives it on
                     d.env.close()
+
+
+DriverFactory = Callable[[str, str, int, object, str], Driver]  # (label, kind, seed, agent, model) -> a car
 
 
 @dataclass(frozen=True)
