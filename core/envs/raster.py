@@ -1,0 +1,450 @@
+"""The pixel work of a CarRacing frame, compiled with numba, byte for byte what pygame-ce 2.5.8 draws.
+
+Each kernel is a line-by-line port of the C code pygame-ce runs for the stock ``CarRacing._render``:
+
+* ``filled_polygon``: SDL_gfx ``filledPolygonColorMT`` (integer scanlines, 16.16 fixed-point edge
+  crossings, ``hlineColor`` spans) for an opaque colour, as ``pygame.gfxdraw.filled_polygon`` calls it.
+* ``aapolygon``: SDL_gfx ``aapolygonColor``, i.e. ``_aalineColor`` without end points (Wu lines with
+  8-bit weights, ``_clipLine``'s float32 clipping, ``_putPixelAlpha``'s 32-bit blend).
+* ``shrink_x`` / ``shrink_y``: pygame-ce's SSE2 ``filter_shrink_X_SSE2`` / ``filter_shrink_Y_SSE2``,
+  the smoothscale backend pygame-ce picks on x86-64 (``pygame.transform.get_smoothscale_backend()``
+  says "SSE2"); its 14-bit fixed point rounds differently from the plain C filter's 16-bit one.
+* ``draw_track``: the stock road loop (field, grass, road tiles: ``aapolygon`` then ``filled_polygon``
+  for each) with the stock float64 vertex transform and culling, done in one call.
+
+Pixels are uint32 words in pygame's default 32-bit format for a window surface, ``0x00RRGGBB``
+(``RGB_MASKS``); callers check the format and keep pygame where it differs. ``clip_top`` lets a kernel
+draw only rows ``clip_top`` and below while computing everything else (line clipping included) for the
+whole surface, so those rows come out exactly as a full draw would leave them.
+
+``@njit(cache=True)`` compiles each kernel once per machine into ``__pycache__``; later processes load
+the machine code in well under a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+RGB_MASKS = (0xFF0000, 0xFF00, 0xFF, 0)  # the pixel format these kernels read and write
+
+
+def map_rgb(color) -> int:
+    """The 0x00RRGGBB word pygame writes for an opaque ``color`` (channels truncated to int, as
+    pygame's colour parsing does)."""
+    r, g, b = (int(c) for c in color[:3])
+    return (r << 16) | (g << 8) | b
+
+
+# ---- SDL_gfx helpers ---------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _sint16(v):
+    """C's cast of an int to Sint16 (wraps)."""
+    return ((v + 32768) & 0xFFFF) - 32768
+
+
+@njit(cache=True, inline="always")
+def _int32(v):
+    """C's 32-bit signed int wrap-around."""
+    return ((v + 2147483648) & 0xFFFFFFFF) - 2147483648
+
+
+@njit(cache=True, inline="always")
+def _put(buf, x, y, color, clip_top):
+    """``_putPixelAlpha`` with alpha 255: store the word if (x, y) is inside the surface."""
+    if 0 <= x < buf.shape[1] and clip_top <= y < buf.shape[0]:
+        buf[y, x] = color
+
+
+@njit(cache=True, inline="always")
+def _blend(buf, x, y, color, alpha, clip_top):
+    """``_putPixelAlpha`` with alpha < 255, 32-bit DEFAULT_ALPHA_PIXEL_ROUTINE.
+
+    Per channel C computes ``(d + ((((c - d) >> shift) * alpha >> 8) << shift)) & mask`` in Uint32;
+    the wrap-arounds cancel, leaving ``d + floor((c - d) * alpha / 256)``. The word's top byte
+    (no alpha mask) comes out 0.
+    """
+    if 0 <= x < buf.shape[1] and clip_top <= y < buf.shape[0]:
+        d = np.int64(buf[y, x])
+        c = np.int64(color)
+        dr = (d >> 16) & 255
+        dg = (d >> 8) & 255
+        db = d & 255
+        r = dr + ((((c >> 16) & 255) - dr) * alpha >> 8)
+        g = dg + ((((c >> 8) & 255) - dg) * alpha >> 8)
+        b = db + (((c & 255) - db) * alpha >> 8)
+        buf[y, x] = np.uint32((r << 16) | (g << 8) | b)
+
+
+@njit(cache=True, inline="always")
+def _hline(buf, x1, x2, y, color, clip_top):
+    """``hlineColor`` for an opaque colour: x1..x2 inclusive (either order), clipped."""
+    x1 = _sint16(x1)
+    x2 = _sint16(x2)
+    y = _sint16(y)
+    if x1 > x2:
+        x1, x2 = x2, x1
+    right = buf.shape[1] - 1
+    if x2 < 0 or x1 > right or y < clip_top or y > buf.shape[0] - 1:
+        return
+    if x1 < 0:
+        x1 = 0
+    if x2 > right:
+        x2 = right
+    buf[y, x1 : x2 + 1] = color
+
+
+@njit(cache=True, inline="always")
+def _vline(buf, x, y1, y2, color, clip_top):
+    """``vlineColor`` for an opaque colour: y1..y2 inclusive (either order), clipped."""
+    x = _sint16(x)
+    y1 = _sint16(y1)
+    y2 = _sint16(y2)
+    if y1 > y2:
+        y1, y2 = y2, y1
+    if x < 0 or x > buf.shape[1] - 1 or y2 < 0 or y1 > buf.shape[0] - 1:
+        return
+    if y1 < clip_top:
+        y1 = clip_top
+    if y2 > buf.shape[0] - 1:
+        y2 = buf.shape[0] - 1
+    for y in range(y1, y2 + 1):
+        buf[y, x] = color
+
+
+@njit(cache=True, inline="always")
+def _clip_code(x, y, right, bottom):
+    code = 0
+    if x < 0:
+        code |= 1  # CLIP_LEFT_EDGE
+    elif x > right:
+        code |= 2  # CLIP_RIGHT_EDGE
+    if y < 0:
+        code |= 8  # CLIP_TOP_EDGE
+    elif y > bottom:
+        code |= 4  # CLIP_BOTTOM_EDGE
+    return code
+
+
+@njit(cache=True)
+def _clip_line(x1, y1, x2, y2, right, bottom):
+    """SDL_gfx ``_clipLine`` (Cohen-Sutherland with a float32 slope) against the whole surface.
+
+    Returns (draw, x1, y1, x2, y2); the end points may come back swapped, as in C.
+    """
+    while True:
+        code1 = _clip_code(x1, y1, right, bottom)
+        code2 = _clip_code(x2, y2, right, bottom)
+        if (code1 | code2) == 0:
+            return True, x1, y1, x2, y2
+        if (code1 & code2) != 0:
+            return False, x1, y1, x2, y2
+        if code1 == 0:
+            x1, x2 = x2, x1
+            y1, y2 = y2, y1
+            code1, code2 = code2, code1
+        if x2 != x1:
+            m = np.float32(y2 - y1) / np.float32(x2 - x1)
+        else:
+            m = np.float32(1.0)
+        if code1 & 1:
+            y1 = _sint16(y1 + int(np.float32(0 - x1) * m))
+            x1 = 0
+        elif code1 & 2:
+            y1 = _sint16(y1 + int(np.float32(right - x1) * m))
+            x1 = right
+        elif code1 & 4:
+            if x2 != x1:
+                x1 = _sint16(x1 + int(np.float32(bottom - y1) / m))
+            y1 = bottom
+        elif code1 & 8:
+            if x2 != x1:
+                x1 = _sint16(x1 + int(np.float32(0 - y1) / m))
+            y1 = 0
+
+
+@njit(cache=True)
+def aaline(buf, x1, y1, x2, y2, color, clip_top):
+    """SDL_gfx ``_aalineColor(..., draw_endpoint=0)`` for an opaque colour; coordinates are Sint16."""
+    right = buf.shape[1] - 1
+    bottom = buf.shape[0] - 1
+    draw, x1, y1, x2, y2 = _clip_line(x1, y1, x2, y2, right, bottom)
+    if not draw:
+        return
+    xx0 = x1
+    yy0 = y1
+    xx1 = x2
+    yy1 = y2
+    if yy0 > yy1:
+        yy0, yy1 = yy1, yy0
+        xx0, xx1 = xx1, xx0
+    dx = xx1 - xx0
+    dy = yy1 - yy0
+    if dx == 0:  # vertical
+        if dy > 0:
+            _vline(buf, x1, yy0, yy0 + dy, color, clip_top)
+        else:
+            _put(buf, x1, y1, color, clip_top)
+        return
+    if dy == 0:  # horizontal
+        _hline(buf, xx0, xx0 + dx, y1, color, clip_top)
+        return
+    if dx >= 0:
+        xdir = 1
+    else:
+        xdir = -1
+        dx = -dx
+    erracc = 0  # Uint32
+    _put(buf, x1, y1, color, clip_top)
+    if dy > dx:  # y-major
+        erradj = (((dx << 16) // dy) << 16) & 0xFFFFFFFF
+        x0pxdir = xx0 + xdir
+        dy -= 1
+        while dy:
+            dy -= 1
+            erracctmp = erracc
+            erracc = (erracc + erradj) & 0xFFFFFFFF
+            if erracc <= erracctmp:
+                xx0 = x0pxdir
+                x0pxdir += xdir
+            yy0 += 1
+            wgt = (erracc >> 24) & 255
+            _blend(buf, _sint16(xx0), _sint16(yy0), color, (255 * (255 - wgt)) >> 8, clip_top)
+            _blend(buf, _sint16(x0pxdir), _sint16(yy0), color, (255 * wgt) >> 8, clip_top)
+    else:  # x-major
+        erradj = (((dy << 16) // dx) << 16) & 0xFFFFFFFF
+        y0p1 = yy0 + 1
+        dx -= 1
+        while dx:
+            dx -= 1
+            erracctmp = erracc
+            erracc = (erracc + erradj) & 0xFFFFFFFF
+            if erracc <= erracctmp:
+                yy0 = y0p1
+                y0p1 += 1
+            xx0 += xdir
+            wgt = (erracc >> 24) & 255
+            _blend(buf, _sint16(xx0), _sint16(yy0), color, (255 * (255 - wgt)) >> 8, clip_top)
+            _blend(buf, _sint16(xx0), _sint16(y0p1), color, (255 * wgt) >> 8, clip_top)
+
+
+@njit(cache=True)
+def aapolygon(buf, vx, vy, color, clip_top):
+    """SDL_gfx ``aapolygonColor``: ``aaline`` along each edge, closing edge last. vx, vy: int Sint16 (n,)."""
+    n = vx.shape[0]
+    for i in range(1, n):
+        aaline(buf, vx[i - 1], vy[i - 1], vx[i], vy[i], color, clip_top)
+    aaline(buf, vx[n - 1], vy[n - 1], vx[0], vy[0], color, clip_top)
+
+
+@njit(cache=True)
+def filled_polygon(buf, vx, vy, color, clip_top):
+    """SDL_gfx ``filledPolygonColorMT`` for an opaque colour. vx, vy: int Sint16 (n,), n >= 3.
+
+    Rows above ``clip_top`` or below the surface are skipped; they draw nothing visible there.
+    """
+    n = vx.shape[0]
+    miny = vy[0]
+    maxy = vy[0]
+    for i in range(1, n):
+        if vy[i] < miny:
+            miny = vy[i]
+        elif vy[i] > maxy:
+            maxy = vy[i]
+    ints = np.empty(n, np.int64)
+    for y in range(max(miny, clip_top), min(maxy, buf.shape[0] - 1) + 1):
+        count = 0
+        for i in range(n):
+            ind1 = n - 1 if i == 0 else i - 1
+            ind2 = i
+            y1 = vy[ind1]
+            y2 = vy[ind2]
+            if y1 < y2:
+                x1 = vx[ind1]
+                x2 = vx[ind2]
+            elif y1 > y2:
+                y2 = vy[ind1]
+                y1 = vy[ind2]
+                x2 = vx[ind1]
+                x1 = vx[ind2]
+            else:
+                continue
+            if (y >= y1 and y < y2) or (y == maxy and y > y1 and y <= y2):
+                # C int arithmetic: the division truncates toward zero, the sum wraps at 32 bits.
+                num = 65536 * (y - y1)
+                q = abs(num) // (y2 - y1)
+                if num < 0:
+                    q = -q
+                v = _int32(_int32(q * (x2 - x1)) + 65536 * x1)
+                # insertion sort (qsort with an int comparison: same order for these values)
+                k = count
+                while k > 0 and ints[k - 1] > v:
+                    ints[k] = ints[k - 1]
+                    k -= 1
+                ints[k] = v
+                count += 1
+        for i in range(0, count - 1, 2):
+            xa = ints[i] + 1
+            xa = (xa >> 16) + ((xa & 32768) >> 15)
+            xb = ints[i + 1] - 1
+            xb = (xb >> 16) + ((xb & 32768) >> 15)
+            _hline(buf, xa, xb, y, color, clip_top)
+
+
+# ---- the stock road loop -----------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _to_sint16(v):
+    """Python's ``int(float)`` (truncation toward zero) then gfxdraw's cast to Sint16."""
+    return _sint16(np.int64(v))
+
+
+@njit(cache=True)
+def draw_track(buf, polys, n_grass, grass_color, road_colors, field, bg_color, cos_a, sin_a, zoom, tx, ty,
+               clip_top, fill_only, cull_lo, cull_hi_x, cull_hi_y, reach):
+    """The stock ``_render_road`` on ``buf`` (uint32 (H, W)), rows ``clip_top`` and below.
+
+    polys: float64 (N, 4, 2) world vertices, ``n_grass`` grass patches then the road polygons;
+    grass_color, bg_color: pixel words; road_colors: float64 (N - n_grass, 3) RGB, truncated to int as
+    pygame does (``FrictionDetector`` changes them during an episode); field: float64 (4, 2) the field
+    outline; ``fill_only``: the window lies inside the field, so the field is a plain fill.
+    Screen vertices are ``(R(angle) v) * zoom + t`` in float64 as pygame's ``Vector2.rotate_rad``
+    computes them; a polygon is drawn where the stock code draws it (a vertex inside its culling box)
+    and it can reach row ``clip_top`` or below within the window (``reach`` pixels of slack).
+    """
+    height = buf.shape[0]
+    width = buf.shape[1]
+    vx = np.empty(4, np.int64)
+    vy = np.empty(4, np.int64)
+    if fill_only:
+        buf[clip_top:, :] = bg_color
+    else:
+        buf[clip_top:, :] = 0
+        for j in range(4):
+            fx = field[j, 0]
+            fy = field[j, 1]
+            vx[j] = _to_sint16((cos_a * fx - sin_a * fy) * zoom + tx)
+            vy[j] = _to_sint16((sin_a * fx + cos_a * fy) * zoom + ty)
+        aapolygon(buf, vx, vy, bg_color, clip_top)
+        filled_polygon(buf, vx, vy, bg_color, clip_top)
+    sx = np.empty(4, np.float64)
+    sy = np.empty(4, np.float64)
+    for k in range(polys.shape[0]):
+        stock = False
+        for j in range(4):
+            px = polys[k, j, 0]
+            py = polys[k, j, 1]
+            x = (cos_a * px - sin_a * py) * zoom + tx
+            y = (sin_a * px + cos_a * py) * zoom + ty
+            sx[j] = x
+            sy[j] = y
+            if cull_lo <= x <= cull_hi_x and cull_lo <= y <= cull_hi_y:
+                stock = True
+        if not stock:
+            continue
+        if (sx.min() > width - 1 + reach or sx.max() < -reach or sy.min() > height - 1 + reach
+                or sy.max() < clip_top - reach):
+            continue
+        for j in range(4):
+            vx[j] = _to_sint16(sx[j])
+            vy[j] = _to_sint16(sy[j])
+        if k < n_grass:
+            color = grass_color
+        else:
+            rgb = road_colors[k - n_grass]
+            color = (np.int64(rgb[0]) << 16) | (np.int64(rgb[1]) << 8) | np.int64(rgb[2])
+        aapolygon(buf, vx, vy, color, clip_top)
+        filled_polygon(buf, vx, vy, color, clip_top)
+
+
+# ---- smoothscale (SSE2 backend) ----------------------------------------------------------------------
+
+
+@njit(cache=True)
+def shrink_x(src, rows, dst):
+    """``filter_shrink_X_SSE2``: rows ``rows`` of uint32 (H, W) words -> uint8 (len(rows), w, 3) RGB, w < W.
+
+    14-bit fixed point in 16-bit lanes: full pixels add into the accumulator, the pixel that straddles
+    an output boundary is split with ``mulhi(p << 2, xcounter)`` / ``mulhi(p << 2, xfrac)``, and the
+    sum is scaled by ``mulhi(acc, xrecip)`` and saturated to 0..255.
+    """
+    srcwidth = src.shape[1]
+    dstwidth = dst.shape[1]
+    xspace = 0x4000 * srcwidth // dstwidth
+    xrecip = (0x40000000 // xspace) & 0xFFFF
+    # The schedule is the same for every row: where each output pixel's straddling pixel is.
+    ends = np.empty(dstwidth, np.int64)
+    counters = np.empty(dstwidth, np.int64)
+    xcounter = xspace
+    j = 0
+    for x in range(srcwidth):
+        if xcounter > 0x4000:
+            xcounter -= 0x4000
+        else:
+            if j < dstwidth:
+                ends[j] = x
+                counters[j] = xcounter
+            j += 1
+            xcounter = xspace - (0x4000 - xcounter)
+    n_out = min(j, dstwidth)
+    for y in range(rows.shape[0]):
+        row = src[rows[y]]
+        a0 = 0  # lanes: 0 = blue, 1 = green, 2 = red (bytes 0, 1, 2 of the word)
+        a1 = 0
+        a2 = 0
+        start = 0
+        for j in range(n_out):
+            end = ends[j]
+            for x in range(start, end):
+                p = row[x]
+                a0 += p & 255
+                a1 += (p >> 8) & 255
+                a2 += (p >> 16) & 255
+            p = row[end]
+            xc = counters[j]
+            xf = 0x4000 - xc
+            s0 = (p & 255) << 2
+            s1 = ((p >> 8) & 255) << 2
+            s2 = ((p >> 16) & 255) << 2
+            d0 = ((((s0 * xc) >> 16) + a0) & 0xFFFF) * xrecip >> 16
+            d1 = ((((s1 * xc) >> 16) + a1) & 0xFFFF) * xrecip >> 16
+            d2 = ((((s2 * xc) >> 16) + a2) & 0xFFFF) * xrecip >> 16
+            dst[y, j, 0] = min(d2, 255)
+            dst[y, j, 1] = min(d1, 255)
+            dst[y, j, 2] = min(d0, 255)
+            a0 = (s0 * xf) >> 16
+            a1 = (s1 * xf) >> 16
+            a2 = (s2 * xf) >> 16
+            start = end + 1
+
+
+@njit(cache=True)
+def shrink_y(src, dst):
+    """``filter_shrink_Y_SSE2``: uint8 (H, w, 3) -> uint8 (h, w, 3), h < H, same fixed point as x."""
+    srcheight = src.shape[0]
+    width = src.shape[1]
+    dstheight = dst.shape[0]
+    yspace = 0x4000 * srcheight // dstheight
+    yrecip = (0x40000000 // yspace) & 0xFFFF
+    acc = np.zeros((width, 3), np.int64)
+    ycounter = yspace
+    j = 0
+    for y in range(srcheight):
+        if ycounter > 0x4000:
+            for x in range(width):
+                for c in range(3):
+                    acc[x, c] = (acc[x, c] + src[y, x, c]) & 0xFFFF
+            ycounter -= 0x4000
+        else:
+            yfrac = 0x4000 - ycounter
+            for x in range(width):
+                for c in range(3):
+                    s = np.int64(src[y, x, c]) << 2
+                    d = ((((s * ycounter) >> 16) + acc[x, c]) & 0xFFFF) * yrecip >> 16
+                    dst[j, x, c] = min(d, 255)
+                    acc[x, c] = (s * yfrac) >> 16
+            j += 1
+            ycounter = yspace - yfrac

@@ -1,0 +1,103 @@
+"""The compiled pixel kernels (core/envs/raster.py) against the pygame-ce calls they replace, byte for byte.
+
+Random polygons and lines reach past every edge of a small surface (so SDL_gfx's line clipping and span
+clipping run) and are drawn over random pixels (so the antialiased blend runs on every colour); random
+images are shrunk to random sizes and to the CarRacing frame size.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import numpy as np  # noqa: E402
+import pygame  # noqa: E402
+import pytest  # noqa: E402
+from pygame import gfxdraw  # noqa: E402
+
+from core.envs import raster  # noqa: E402
+
+W, H = 160, 120  # pixels, the test surface
+
+
+def surface_and_view(rng: np.random.Generator) -> tuple[pygame.Surface, np.ndarray]:
+    """A window-like surface of random opaque pixels, and a uint32 (H, W) copy of its words."""
+    surface = pygame.Surface((W, H))
+    assert surface.get_bitsize() == 32 and surface.get_masks() == raster.RGB_MASKS
+    words = rng.integers(0, 1 << 24, size=(H, W), dtype=np.uint32)
+    pygame.surfarray.blit_array(surface, words.T)
+    return surface, words.copy()
+
+
+def words_of(surface: pygame.Surface) -> np.ndarray:
+    return pygame.surfarray.array2d(surface).T.astype(np.uint32) & 0xFFFFFF
+
+
+def random_polygon(rng: np.random.Generator, n: int, spread: int) -> list[tuple[int, int]]:
+    """n vertices around a random centre, some far past the surface's edges."""
+    cx, cy = rng.integers(-40, W + 40), rng.integers(-40, H + 40)
+    return [(int(cx + rng.integers(-spread, spread + 1)), int(cy + rng.integers(-spread, spread + 1))) for _ in range(n)]
+
+
+def assert_same(expected: np.ndarray, got: np.ndarray, what: str) -> None:
+    if not np.array_equal(expected & 0xFFFFFF, got & 0xFFFFFF):
+        bad = np.argwhere((expected & 0xFFFFFF) != (got & 0xFFFFFF))
+        y, x = bad[0]
+        raise AssertionError(f"{what}: {len(bad)} pixels differ, first at x={x} y={y}: "
+                             f"pygame {expected[y, x]:06x}, kernel {got[y, x]:06x}")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_filled_polygon_and_aapolygon_match_gfxdraw(seed):
+    rng = np.random.default_rng(seed)
+    surface, words = surface_and_view(rng)
+    for k in range(150):
+        n = int(rng.choice([3, 4, 4, 4, 5, 6]))
+        points = random_polygon(rng, n, spread=int(rng.choice([3, 30, 150])))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        word = raster.map_rgb(color)
+        vx = np.array([p[0] for p in points], np.int64)
+        vy = np.array([p[1] for p in points], np.int64)
+        if k % 2:
+            gfxdraw.aapolygon(surface, points, color)
+            raster.aapolygon(words, vx, vy, word, 0)
+        else:
+            gfxdraw.filled_polygon(surface, points, color)
+            raster.filled_polygon(words, vx, vy, word, 0)
+        assert_same(words_of(surface), words, f"seed {seed} shape {k} {points} {color}")
+
+
+def test_clip_top_leaves_the_rows_above_and_draws_the_rest_exactly():
+    rng = np.random.default_rng(11)
+    surface, words = surface_and_view(rng)
+    before = words.copy()
+    top = 50
+    for _ in range(60):
+        points = random_polygon(rng, 4, spread=80)
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        vx = np.array([p[0] for p in points], np.int64)
+        vy = np.array([p[1] for p in points], np.int64)
+        gfxdraw.aapolygon(surface, points, color)
+        gfxdraw.filled_polygon(surface, points, color)
+        raster.aapolygon(words, vx, vy, raster.map_rgb(color), top)
+        raster.filled_polygon(words, vx, vy, raster.map_rgb(color), top)
+    assert_same(words_of(surface)[top:], words[top:], "rows below clip_top")
+    assert np.array_equal(words[:top], before[:top])
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((1000, 800), (96, 96)), ((1000, 800), (600, 400)), ((157, 93), (40, 31)), ((64, 64), (63, 5))]
+)
+def test_shrink_matches_smoothscale(src, dst):
+    rng = np.random.default_rng(src[0] + dst[1])
+    image = pygame.Surface(src)
+    words = rng.integers(0, 1 << 24, size=(src[1], src[0]), dtype=np.uint32)
+    words[: src[1] // 2] = 0xFFFFFF  # saturated sums too
+    pygame.surfarray.blit_array(image, words.T)
+    expected = np.transpose(pygame.surfarray.array3d(pygame.transform.smoothscale(image, dst)), (1, 0, 2))
+    tmp = np.empty((src[1], dst[0], 3), np.uint8)
+    got = np.empty((dst[1], dst[0], 3), np.uint8)
+    raster.shrink_x(words, np.arange(src[1]), tmp)
+    raster.shrink_y(tmp, got)
+    assert got.tobytes() == expected.tobytes()
