@@ -55,6 +55,8 @@ from gymnasium.envs.box2d.car_racing import (
 )
 from pygame import gfxdraw
 
+from core.envs import raster
+
 ENV_ID = "FastCarRacing-v3"
 STOCK_ENV_ID = "CarRacing-v3"
 FONT_SIZE = 42  # points, the stock HUD score font
@@ -89,6 +91,7 @@ def _grass_polygons() -> np.ndarray:
 
 GRASS_POLYS = _grass_polygons()
 FIELD_POLY = [(PLAYFIELD, PLAYFIELD), (PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, PLAYFIELD)]
+FIELD_ARRAY = np.array(FIELD_POLY, dtype=np.float64)
 HUD_BAR = [(WINDOW_W, WINDOW_H), (WINDOW_W, WINDOW_H - HUD_BAR_H), (0, WINDOW_H - HUD_BAR_H), (0, WINDOW_H)]
 
 
@@ -157,6 +160,9 @@ class _Canvas:
         # The band shortcut reads pixels as 32-bit words; other formats take the stock path.
         self.banded = self.world.get_bytesize() == 4 and 0 < self.hud_top < WINDOW_H
         self._bands: dict[tuple[int, int], _Bands] = {}
+        # The compiled kernels read and write 0x00RRGGBB words; another format keeps pygame throughout.
+        self.compiled = self.banded and self.world.get_masks() == raster.RGB_MASKS
+        self.world_px = _view(self.world) if self.compiled else None  # draw calls still work on it
 
     def matches_default_format(self) -> bool:
         """Whether a new ``pygame.Surface`` would still get this canvas's pixel format."""
@@ -218,7 +224,6 @@ class FastCarRacing(CarRacing):
 
     _score_cache: tuple[str, pygame.Surface, pygame.Rect] | None = None
     _canvas: _Canvas | None = None
-    _fill_cache: tuple[tuple[float, ...], pygame.Color] | None = None
     _car_cache: tuple[Any, np.ndarray, np.ndarray, list[tuple[int, int, int]]] | None = None
 
     # ---- track ---------------------------------------------------------------------------------------
@@ -279,7 +284,10 @@ class FastCarRacing(CarRacing):
 
         # Only world rows that land above the HUD bar after the flip are ever seen.
         top = canvas.hud_top
-        self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
+        if canvas.compiled:
+            self._render_road_compiled(canvas.world_px, zoom, trans, angle, first_row=WINDOW_H - top)
+        else:
+            self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
         self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
         self.surf = world
 
@@ -460,6 +468,23 @@ class FastCarRacing(CarRacing):
             aapolygon(surf, poly, color)
             filled_polygon(surf, poly, color)
 
+    def _render_road_compiled(self, pixels: np.ndarray, zoom: float, translation: tuple[float, float],
+                              angle: float, first_row: int) -> None:
+        """``_render_road_fast`` in one compiled call (``raster.draw_track``) on the world's pixel words."""
+        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
+        tx, ty = translation
+        raster.draw_track(
+            pixels, self._polys, self._n_grass, self._pixel_word(self.grass_color), self._road_colors,
+            FIELD_ARRAY, self._pixel_word(self.bg_color), cos_a, sin_a, float(zoom), float(tx), float(ty),
+            first_row, self._window_inside_field(zoom, tx, ty, cos_a, sin_a),
+            float(CULL_LO), float(CULL_HI_X), float(CULL_HI_Y), REACH,
+        )
+
+    def _pixel_word(self, color) -> int:
+        """The 0x00RRGGBB word gfxdraw writes for ``color``."""
+        mapped = self._mapped_color(color)
+        return (mapped.r << 16) | (mapped.g << 8) | mapped.b
+
     @staticmethod
     def _window_inside_field(zoom: float, tx: float, ty: float, cos_a: float, sin_a: float) -> bool:
         """True when all four window corners lie at least ``FIELD_MARGIN`` pixels inside the field.
@@ -476,13 +501,17 @@ class FastCarRacing(CarRacing):
         return True
 
     def _mapped_bg_color(self) -> pygame.Color:
-        """The pixel gfxdraw writes for ``bg_color`` (it truncates float channels), found by drawing one."""
-        key = tuple(float(c) for c in self.bg_color)
-        if self._fill_cache is None or self._fill_cache[0] != key:
+        return self._mapped_color(self.bg_color)
+
+    def _mapped_color(self, color) -> pygame.Color:
+        """The pixel gfxdraw writes for ``color`` (it truncates float channels), found by drawing one."""
+        key = tuple(float(c) for c in color)
+        cache = self.__dict__.setdefault("_color_cache", {})
+        if key not in cache:
             probe = pygame.Surface((1, 1))
-            gfxdraw.pixel(probe, 0, 0, self.bg_color)
-            self._fill_cache = (key, probe.get_at((0, 0)))
-        return self._fill_cache[1]
+            gfxdraw.pixel(probe, 0, 0, color)
+            cache[key] = probe.get_at((0, 0))
+        return cache[key]
 
     # ---- car -----------------------------------------------------------------------------------------
 
