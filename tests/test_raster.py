@@ -30,6 +30,23 @@ def surface_and_view(rng: np.random.Generator) -> tuple[pygame.Surface, np.ndarr
     return surface, words.copy()
 
 
+def no_marks(words: np.ndarray) -> tuple:
+    """(changed, first_out, last_out) for a kernel call whose flags a test does not look at."""
+    first_out, last_out = raster.shrink_layout(words.shape[1], 13)
+    return np.zeros((words.shape[0] + 1, 14), np.uint8), first_out, last_out
+
+
+def assert_flags_cover_changes(words: np.ndarray, marks: tuple, top: int, what: str) -> None:
+    """Every output pixel whose source pixels differ between rows y - 1 and y is flagged for y."""
+    changed, first_out, last_out = marks
+    differs = words[top + 1 :] != words[top:-1]  # [y - top - 1, x]: rows y - 1 and y differ at x
+    for y, x in np.argwhere(differs):
+        row = y + top + 1
+        for j in (first_out[x], last_out[x]):
+            assert changed[row, j], f"{what}: rows {row - 1} and {row} differ at x={x} but output {j} is not flagged"
+    assert changed[top + 1 :].mean() < 0.9, f"{what}: flags everything"
+
+
 def words_of(surface: pygame.Surface) -> np.ndarray:
     return pygame.surfarray.array2d(surface).T.astype(np.uint32) & 0xFFFFFF
 
@@ -52,6 +69,7 @@ def assert_same(expected: np.ndarray, got: np.ndarray, what: str) -> None:
 def test_filled_polygon_and_aapolygon_match_gfxdraw(seed):
     rng = np.random.default_rng(seed)
     surface, words = surface_and_view(rng)
+    marks = no_marks(words)
     for k in range(150):
         n = int(rng.choice([3, 4, 4, 4, 5, 6]))
         points = random_polygon(rng, n, spread=int(rng.choice([3, 30, 150])))
@@ -61,10 +79,10 @@ def test_filled_polygon_and_aapolygon_match_gfxdraw(seed):
         vy = np.array([p[1] for p in points], np.int64)
         if k % 2:
             gfxdraw.aapolygon(surface, points, color)
-            raster.aapolygon(words, vx, vy, word, 0)
+            raster.aapolygon(words, vx, vy, word, 0, marks)
         else:
             gfxdraw.filled_polygon(surface, points, color)
-            raster.filled_polygon(words, vx, vy, word, 0)
+            raster.filled_polygon(words, vx, vy, word, 0, marks)
         assert_same(words_of(surface), words, f"seed {seed} shape {k} {points} {color}")
 
 
@@ -72,6 +90,7 @@ def test_clip_top_leaves_the_rows_above_and_draws_the_rest_exactly():
     rng = np.random.default_rng(11)
     surface, words = surface_and_view(rng)
     before = words.copy()
+    marks = no_marks(words)
     top = 50
     for _ in range(60):
         points = random_polygon(rng, 4, spread=80)
@@ -80,8 +99,8 @@ def test_clip_top_leaves_the_rows_above_and_draws_the_rest_exactly():
         vy = np.array([p[1] for p in points], np.int64)
         gfxdraw.aapolygon(surface, points, color)
         gfxdraw.filled_polygon(surface, points, color)
-        raster.aapolygon(words, vx, vy, raster.map_rgb(color), top)
-        raster.filled_polygon(words, vx, vy, raster.map_rgb(color), top)
+        raster.aapolygon(words, vx, vy, raster.map_rgb(color), top, marks)
+        raster.filled_polygon(words, vx, vy, raster.map_rgb(color), top, marks)
     assert_same(words_of(surface)[top:], words[top:], "rows below clip_top")
     assert np.array_equal(words[:top], before[:top])
 
@@ -100,4 +119,28 @@ def test_shrink_matches_smoothscale(src, dst):
     got = np.empty((dst[1], dst[0], 3), np.uint8)
     raster.shrink_x(words, np.arange(src[1]), tmp)
     raster.shrink_y(tmp, got)
+    assert got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("top", [0, 37])
+def test_flags_cover_every_row_to_row_change_and_the_flagged_shrink_matches(top):
+    """On a plain fill, the kernels flag every place where a row differs from the one above (and not
+    much more), so ``shrink_x_changed`` gives ``shrink_x``'s bytes."""
+    rng = np.random.default_rng(top)
+    words = np.full((H, W), 0x668866, np.uint32)
+    first_out, last_out = raster.shrink_layout(W, 13)
+    marks = (np.zeros((H + 1, 14), np.uint8), first_out, last_out)
+    for k in range(40):
+        points = random_polygon(rng, int(rng.choice([3, 4, 4, 5])), spread=int(rng.choice([2, 20, 60])))
+        vx = np.array([p[0] for p in points], np.int64)
+        vy = np.array([p[1] for p in points], np.int64)
+        word = raster.map_rgb(rng.integers(0, 256, 3))
+        raster.aapolygon(words, vx, vy, word, top, marks)
+        raster.filled_polygon(words, vx, vy, word, top, marks)
+    assert_flags_cover_changes(words, marks, top, f"top {top}")
+    rows = np.arange(H - 1, top - 1, -1)  # upside down, as the frame reads the world
+    expected = np.empty((len(rows), 13, 3), np.uint8)
+    got = np.empty((len(rows), 13, 3), np.uint8)
+    raster.shrink_x(words, rows, expected)
+    raster.shrink_x_changed(words, rows, marks[0], got)
     assert got.tobytes() == expected.tobytes()

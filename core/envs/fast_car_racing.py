@@ -163,10 +163,42 @@ class _Canvas:
         # The compiled kernels read and write 0x00RRGGBB words; another format keeps pygame throughout.
         self.compiled = self.banded and self.world.get_masks() == raster.RGB_MASKS
         self.world_px = _view(self.world) if self.compiled else None  # draw calls still work on it
+        self._world_rows = np.arange(WINDOW_H - 1, WINDOW_H - 1 - self.hud_top, -1)  # frame row -> world row
+        self._hud_rows = np.arange(self.hud_top, WINDOW_H)
+        self._narrow = np.empty((WINDOW_H, STATE_W, 3), np.uint8)  # the x pass of the frame
+        # Where each picture may differ from one row to the next, per output pixel of the x pass
+        # (raster._touch): the kernels flag what they draw, ``mark_drawn`` what pygame draws.
+        self.first_out, self.last_out = raster.shrink_layout(WINDOW_W, STATE_W)
+        self.world_changed = np.ones((WINDOW_H + 1, STATE_W + 1), np.uint8)
+        self.hud_changed = np.ones((WINDOW_H + 1, STATE_W + 1), np.uint8)
+        self.world_marks = (self.world_changed, self.first_out, self.last_out)
 
     def matches_default_format(self) -> bool:
         """Whether a new ``pygame.Surface`` would still get this canvas's pixel format."""
         return _pixel_format(pygame.Surface((WINDOW_W, WINDOW_H))) == _pixel_format(self.world)
+
+    def mark_drawn(self, changed: np.ndarray, rects: list[pygame.Rect]) -> None:
+        """pygame drew inside ``rects``: those rows, and the row below each, may differ from the row above."""
+        for rect in rects:
+            rect = rect.clip(0, 0, WINDOW_W, WINDOW_H)
+            if rect.w and rect.h:
+                changed[rect.top : rect.bottom + 1, self.first_out[rect.left] : self.last_out[rect.right - 1] + 1] = 1
+
+    def shrink_state(self) -> np.ndarray:
+        """uint8 (STATE_H, STATE_W, 3): ``smoothscale`` of the stock frame to the observation size.
+
+        The compiled SSE2 filters read each frame row where it lies (world row ``H - 1 - r`` above the
+        HUD, the HUD surface below), so neither the flip nor the whole frame is ever made.
+        """
+        top = self.hud_top
+        narrow = self._narrow
+        raster.shrink_x_changed(self.world_px, self._world_rows, self.world_changed, narrow[:top])
+        hud_px = _view(self.hud)
+        raster.shrink_x_changed(hud_px, self._hud_rows, self.hud_changed, narrow[top:])
+        del hud_px  # unlocks the HUD surface for the next frame's blit
+        out = np.empty((STATE_H, STATE_W, 3), np.uint8)
+        raster.shrink_y(narrow, out)
+        return out
 
     def bands(self, size: tuple[int, int]) -> _Bands:
         if size not in self._bands:
@@ -285,14 +317,21 @@ class FastCarRacing(CarRacing):
         # Only world rows that land above the HUD bar after the flip are ever seen.
         top = canvas.hud_top
         if canvas.compiled:
-            self._render_road_compiled(canvas.world_px, zoom, trans, angle, first_row=WINDOW_H - top)
+            self._render_road_compiled(canvas, zoom, trans, angle, first_row=WINDOW_H - top)
         else:
             self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
-        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
+        drawn: list[pygame.Rect] = []
+        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"], drawn)
         self.surf = world
 
         size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
-        if canvas.banded and self._draw_hud(canvas.hud, top):
+        drawn_hud: list[pygame.Rect] = []
+        if canvas.banded and self._draw_hud(canvas.hud, top, drawn_hud):
+            if canvas.compiled and size == (STATE_W, STATE_H):
+                canvas.mark_drawn(canvas.world_changed, drawn)
+                canvas.hud_changed[top:] = 0  # the black bar: every row alike
+                canvas.mark_drawn(canvas.hud_changed, drawn_hud)
+                return canvas.shrink_state()
             return canvas.bands(size).shrink()
         return self._shrink_whole(canvas, size)
 
@@ -302,11 +341,12 @@ class FastCarRacing(CarRacing):
             self._canvas = _Canvas()
         return self._canvas
 
-    def _draw_hud(self, hud: pygame.Surface, top: int) -> bool:
+    def _draw_hud(self, hud: pygame.Surface, top: int, drawn: list[pygame.Rect]) -> bool:
         """Draw the stock HUD (bar, indicators, score) on ``hud`` in frame coordinates.
 
         Returns True when all of it lies in rows ``top`` and below, which the bar covers entirely, so
         the band above can come from the world picture alone. Otherwise draws nothing and returns False.
+        Appends the rectangle of each indicator and of the score to ``drawn``.
         """
         polygons, highest = self._indicator_polygons()
         text, rect = self._score_text()
@@ -317,8 +357,8 @@ class FastCarRacing(CarRacing):
         hud.fill((0, 0, 0), (0, top, WINDOW_W, WINDOW_H - top))
         polygon = pygame.draw.polygon
         for points, color in polygons:
-            polygon(hud, color=color, points=points)
-        hud.blit(text, rect)
+            drawn.append(polygon(hud, color=color, points=points))
+        drawn.append(hud.blit(text, rect))
         return True
 
     def _shrink_whole(self, canvas: _Canvas, size: tuple[int, int]) -> np.ndarray:
@@ -468,13 +508,13 @@ class FastCarRacing(CarRacing):
             aapolygon(surf, poly, color)
             filled_polygon(surf, poly, color)
 
-    def _render_road_compiled(self, pixels: np.ndarray, zoom: float, translation: tuple[float, float],
+    def _render_road_compiled(self, canvas: _Canvas, zoom: float, translation: tuple[float, float],
                               angle: float, first_row: int) -> None:
         """``_render_road_fast`` in one compiled call (``raster.draw_track``) on the world's pixel words."""
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
         tx, ty = translation
         raster.draw_track(
-            pixels, self._polys, self._n_grass, self._pixel_word(self.grass_color), self._road_colors,
+            canvas.world_px, canvas.world_marks, self._polys, self._n_grass, self._pixel_word(self.grass_color), self._road_colors,
             FIELD_ARRAY, self._pixel_word(self.bg_color), cos_a, sin_a, float(zoom), float(tx), float(ty),
             first_row, self._window_inside_field(zoom, tx, ty, cos_a, sin_a),
             float(CULL_LO), float(CULL_HI_X), float(CULL_HI_Y), REACH,
@@ -535,18 +575,19 @@ class FastCarRacing(CarRacing):
         return self._car_cache[1], self._car_cache[2], self._car_cache[3]
 
     def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
-                  draw_particles: bool) -> None:
+                  draw_particles: bool, drawn: list[pygame.Rect]) -> None:
         """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
 
         Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
-        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``.
+        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``. Appends
+        the rectangle each call drew in to ``drawn``.
         """
         car = self.car
         if draw_particles:
             for p in car.particles:
                 poly = [pygame.math.Vector2(c).rotate_rad(angle) for c in p.poly]
                 poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
-                pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False)
+                drawn.append(pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False))
 
         base, base_body, spans = self._car_vertices()
         bodies = car.drawlist
@@ -602,10 +643,10 @@ class FastCarRacing(CarRacing):
 
         polygon = pygame.draw.polygon
         for start, count, b in spans:
-            polygon(surface, color=colors[b], points=points[start : start + count])
+            drawn.append(polygon(surface, color=colors[b], points=points[start : start + count]))
             if b in stripes:  # the stock draws a wheel's stripe right after each of its fixtures
                 first = stripes[b]
-                polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4])
+                drawn.append(polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4]))
 
 
 def register() -> None:

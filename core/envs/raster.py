@@ -52,14 +52,35 @@ def _int32(v):
 
 
 @njit(cache=True, inline="always")
-def _put(buf, x, y, color, clip_top):
-    """``_putPixelAlpha`` with alpha 255: store the word if (x, y) is inside the surface."""
-    if 0 <= x < buf.shape[1] and clip_top <= y < buf.shape[0]:
-        buf[y, x] = color
+def _touch(changed, first_out, last_out, y, x1, x2):
+    """Pixels x1..x2 of row y may differ from those of row y - 1: flag the outputs that read them.
+
+    ``changed[y, j]``: output pixel j of ``shrink_x`` may differ between source rows y - 1 and y.
+    ``first_out[x]``..``last_out[x]``: the output pixels that read pixel x (see ``shrink_layout``).
+    """
+    for j in range(first_out[x1], last_out[x2] + 1):
+        changed[y, j] = 1
 
 
 @njit(cache=True, inline="always")
-def _blend(buf, x, y, color, alpha, clip_top):
+def _touch_pixel(changed, first_out, last_out, y, x):
+    """Pixel (x, y) was drawn: rows y - 1 and y, and rows y and y + 1, may differ there."""
+    changed[y, first_out[x]] = 1
+    changed[y, last_out[x]] = 1
+    changed[y + 1, first_out[x]] = 1
+    changed[y + 1, last_out[x]] = 1
+
+
+@njit(cache=True, inline="always")
+def _put(buf, x, y, color, clip_top, changed, first_out, last_out):
+    """``_putPixelAlpha`` with alpha 255: store the word if (x, y) is inside the surface."""
+    if 0 <= x < buf.shape[1] and clip_top <= y < buf.shape[0]:
+        buf[y, x] = color
+        _touch_pixel(changed, first_out, last_out, y, x)
+
+
+@njit(cache=True, inline="always")
+def _blend(buf, x, y, color, alpha, clip_top, changed, first_out, last_out):
     """``_putPixelAlpha`` with alpha < 255, 32-bit DEFAULT_ALPHA_PIXEL_ROUTINE.
 
     Per channel C computes ``(d + ((((c - d) >> shift) * alpha >> 8) << shift)) & mask`` in Uint32;
@@ -76,11 +97,15 @@ def _blend(buf, x, y, color, alpha, clip_top):
         g = dg + ((((c >> 8) & 255) - dg) * alpha >> 8)
         b = db + (((c & 255) - db) * alpha >> 8)
         buf[y, x] = np.uint32((r << 16) | (g << 8) | b)
+        _touch_pixel(changed, first_out, last_out, y, x)
 
 
 @njit(cache=True, inline="always")
 def _hline(buf, x1, x2, y, color, clip_top):
-    """``hlineColor`` for an opaque colour: x1..x2 inclusive (either order), clipped."""
+    """``hlineColor`` for an opaque colour: x1..x2 inclusive (either order), clipped.
+
+    Returns the pixels drawn, (first, last); first > last when none.
+    """
     x1 = _sint16(x1)
     x2 = _sint16(x2)
     y = _sint16(y)
@@ -88,16 +113,17 @@ def _hline(buf, x1, x2, y, color, clip_top):
         x1, x2 = x2, x1
     right = buf.shape[1] - 1
     if x2 < 0 or x1 > right or y < clip_top or y > buf.shape[0] - 1:
-        return
+        return 1, 0
     if x1 < 0:
         x1 = 0
     if x2 > right:
         x2 = right
     buf[y, x1 : x2 + 1] = color
+    return x1, x2
 
 
 @njit(cache=True, inline="always")
-def _vline(buf, x, y1, y2, color, clip_top):
+def _vline(buf, x, y1, y2, color, clip_top, changed, first_out, last_out):
     """``vlineColor`` for an opaque colour: y1..y2 inclusive (either order), clipped."""
     x = _sint16(x)
     y1 = _sint16(y1)
@@ -112,6 +138,7 @@ def _vline(buf, x, y1, y2, color, clip_top):
         y2 = buf.shape[0] - 1
     for y in range(y1, y2 + 1):
         buf[y, x] = color
+        _touch_pixel(changed, first_out, last_out, y, x)
 
 
 @njit(cache=True, inline="always")
@@ -166,8 +193,12 @@ def _clip_line(x1, y1, x2, y2, right, bottom):
 
 
 @njit(cache=True)
-def aaline(buf, x1, y1, x2, y2, color, clip_top):
-    """SDL_gfx ``_aalineColor(..., draw_endpoint=0)`` for an opaque colour; coordinates are Sint16."""
+def aaline(buf, x1, y1, x2, y2, color, clip_top, marks):
+    """SDL_gfx ``_aalineColor(..., draw_endpoint=0)`` for an opaque colour; coordinates are Sint16.
+
+    marks = (changed, first_out, last_out): where the drawn pixels are flagged (see ``_touch``).
+    """
+    changed, first_out, last_out = marks
     right = buf.shape[1] - 1
     bottom = buf.shape[0] - 1
     draw, x1, y1, x2, y2 = _clip_line(x1, y1, x2, y2, right, bottom)
@@ -184,12 +215,15 @@ def aaline(buf, x1, y1, x2, y2, color, clip_top):
     dy = yy1 - yy0
     if dx == 0:  # vertical
         if dy > 0:
-            _vline(buf, x1, yy0, yy0 + dy, color, clip_top)
+            _vline(buf, x1, yy0, yy0 + dy, color, clip_top, changed, first_out, last_out)
         else:
-            _put(buf, x1, y1, color, clip_top)
+            _put(buf, x1, y1, color, clip_top, changed, first_out, last_out)
         return
     if dy == 0:  # horizontal
-        _hline(buf, xx0, xx0 + dx, y1, color, clip_top)
+        lo, hi = _hline(buf, xx0, xx0 + dx, y1, color, clip_top)
+        if lo <= hi:
+            _touch(changed, first_out, last_out, y1, lo, hi)
+            _touch(changed, first_out, last_out, y1 + 1, lo, hi)
         return
     if dx >= 0:
         xdir = 1
@@ -197,7 +231,7 @@ def aaline(buf, x1, y1, x2, y2, color, clip_top):
         xdir = -1
         dx = -dx
     erracc = 0  # Uint32
-    _put(buf, x1, y1, color, clip_top)
+    _put(buf, x1, y1, color, clip_top, changed, first_out, last_out)
     if dy > dx:  # y-major
         erradj = (((dx << 16) // dy) << 16) & 0xFFFFFFFF
         x0pxdir = xx0 + xdir
@@ -211,8 +245,8 @@ def aaline(buf, x1, y1, x2, y2, color, clip_top):
                 x0pxdir += xdir
             yy0 += 1
             wgt = (erracc >> 24) & 255
-            _blend(buf, _sint16(xx0), _sint16(yy0), color, (255 * (255 - wgt)) >> 8, clip_top)
-            _blend(buf, _sint16(x0pxdir), _sint16(yy0), color, (255 * wgt) >> 8, clip_top)
+            _blend(buf, _sint16(xx0), _sint16(yy0), color, (255 * (255 - wgt)) >> 8, clip_top, changed, first_out, last_out)
+            _blend(buf, _sint16(x0pxdir), _sint16(yy0), color, (255 * wgt) >> 8, clip_top, changed, first_out, last_out)
     else:  # x-major
         erradj = (((dy << 16) // dx) << 16) & 0xFFFFFFFF
         y0p1 = yy0 + 1
@@ -226,25 +260,28 @@ def aaline(buf, x1, y1, x2, y2, color, clip_top):
                 y0p1 += 1
             xx0 += xdir
             wgt = (erracc >> 24) & 255
-            _blend(buf, _sint16(xx0), _sint16(yy0), color, (255 * (255 - wgt)) >> 8, clip_top)
-            _blend(buf, _sint16(xx0), _sint16(y0p1), color, (255 * wgt) >> 8, clip_top)
+            _blend(buf, _sint16(xx0), _sint16(yy0), color, (255 * (255 - wgt)) >> 8, clip_top, changed, first_out, last_out)
+            _blend(buf, _sint16(xx0), _sint16(y0p1), color, (255 * wgt) >> 8, clip_top, changed, first_out, last_out)
 
 
 @njit(cache=True)
-def aapolygon(buf, vx, vy, color, clip_top):
+def aapolygon(buf, vx, vy, color, clip_top, marks):
     """SDL_gfx ``aapolygonColor``: ``aaline`` along each edge, closing edge last. vx, vy: int Sint16 (n,)."""
     n = vx.shape[0]
     for i in range(1, n):
-        aaline(buf, vx[i - 1], vy[i - 1], vx[i], vy[i], color, clip_top)
-    aaline(buf, vx[n - 1], vy[n - 1], vx[0], vy[0], color, clip_top)
+        aaline(buf, vx[i - 1], vy[i - 1], vx[i], vy[i], color, clip_top, marks)
+    aaline(buf, vx[n - 1], vy[n - 1], vx[0], vy[0], color, clip_top, marks)
 
 
 @njit(cache=True)
-def filled_polygon(buf, vx, vy, color, clip_top):
+def filled_polygon(buf, vx, vy, color, clip_top, marks):
     """SDL_gfx ``filledPolygonColorMT`` for an opaque colour. vx, vy: int Sint16 (n,), n >= 3.
 
     Rows above ``clip_top`` or below the surface are skipped; they draw nothing visible there.
+    Where a row's spans differ from the row above's is flagged in ``marks`` (see ``aaline``): around
+    each end of a lone span, or across all spans of both rows otherwise.
     """
+    changed, first_out, last_out = marks
     n = vx.shape[0]
     miny = vy[0]
     maxy = vy[0]
@@ -254,6 +291,9 @@ def filled_polygon(buf, vx, vy, color, clip_top):
         elif vy[i] > maxy:
             maxy = vy[i]
     ints = np.empty(n, np.int64)
+    prev_spans = 0  # spans drawn on the row above, their extent, and the span when there was one
+    prev_min = prev_max = prev_lo = prev_hi = 0
+    y = 0
     for y in range(max(miny, clip_top), min(maxy, buf.shape[0] - 1) + 1):
         count = 0
         for i in range(n):
@@ -285,12 +325,32 @@ def filled_polygon(buf, vx, vy, color, clip_top):
                     k -= 1
                 ints[k] = v
                 count += 1
+        spans = 0
+        row_min = row_max = lo = hi = 0
         for i in range(0, count - 1, 2):
             xa = ints[i] + 1
             xa = (xa >> 16) + ((xa & 32768) >> 15)
             xb = ints[i + 1] - 1
             xb = (xb >> 16) + ((xb & 32768) >> 15)
-            _hline(buf, xa, xb, y, color, clip_top)
+            lo, hi = _hline(buf, xa, xb, y, color, clip_top)
+            if lo <= hi:
+                row_min = lo if spans == 0 else min(row_min, lo)
+                row_max = hi if spans == 0 else max(row_max, hi)
+                spans += 1
+        if spans == 1 and prev_spans == 1:
+            _touch(changed, first_out, last_out, y, min(lo, prev_lo), max(lo, prev_lo))
+            _touch(changed, first_out, last_out, y, min(hi, prev_hi), max(hi, prev_hi))
+        elif spans > 0 or prev_spans > 0:
+            a = row_min if prev_spans == 0 else (prev_min if spans == 0 else min(row_min, prev_min))
+            b = row_max if prev_spans == 0 else (prev_max if spans == 0 else max(row_max, prev_max))
+            _touch(changed, first_out, last_out, y, a, b)
+        prev_spans = spans
+        prev_min = row_min
+        prev_max = row_max
+        prev_lo = lo
+        prev_hi = hi
+    if prev_spans > 0:  # the row below the last differs from it
+        _touch(changed, first_out, last_out, y + 1, prev_min, prev_max)
 
 
 # ---- the stock road loop -----------------------------------------------------------------------------
@@ -303,8 +363,8 @@ def _to_sint16(v):
 
 
 @njit(cache=True)
-def draw_track(buf, polys, n_grass, grass_color, road_colors, field, bg_color, cos_a, sin_a, zoom, tx, ty,
-               clip_top, fill_only, cull_lo, cull_hi_x, cull_hi_y, reach):
+def draw_track(buf, marks, polys, n_grass, grass_color, road_colors, field, bg_color, cos_a, sin_a, zoom,
+               tx, ty, clip_top, fill_only, cull_lo, cull_hi_x, cull_hi_y, reach):
     """The stock ``_render_road`` on ``buf`` (uint32 (H, W)), rows ``clip_top`` and below.
 
     polys: float64 (N, 4, 2) world vertices, ``n_grass`` grass patches then the road polygons;
@@ -319,6 +379,7 @@ def draw_track(buf, polys, n_grass, grass_color, road_colors, field, bg_color, c
     width = buf.shape[1]
     vx = np.empty(4, np.int64)
     vy = np.empty(4, np.int64)
+    marks[0][clip_top:, :] = 0  # a fill leaves every row like the one above
     if fill_only:
         buf[clip_top:, :] = bg_color
     else:
@@ -328,8 +389,8 @@ def draw_track(buf, polys, n_grass, grass_color, road_colors, field, bg_color, c
             fy = field[j, 1]
             vx[j] = _to_sint16((cos_a * fx - sin_a * fy) * zoom + tx)
             vy[j] = _to_sint16((sin_a * fx + cos_a * fy) * zoom + ty)
-        aapolygon(buf, vx, vy, bg_color, clip_top)
-        filled_polygon(buf, vx, vy, bg_color, clip_top)
+        aapolygon(buf, vx, vy, bg_color, clip_top, marks)
+        filled_polygon(buf, vx, vy, bg_color, clip_top, marks)
     sx = np.empty(4, np.float64)
     sy = np.empty(4, np.float64)
     for k in range(polys.shape[0]):
@@ -356,26 +417,22 @@ def draw_track(buf, polys, n_grass, grass_color, road_colors, field, bg_color, c
         else:
             rgb = road_colors[k - n_grass]
             color = (np.int64(rgb[0]) << 16) | (np.int64(rgb[1]) << 8) | np.int64(rgb[2])
-        aapolygon(buf, vx, vy, color, clip_top)
-        filled_polygon(buf, vx, vy, color, clip_top)
+        aapolygon(buf, vx, vy, color, clip_top, marks)
+        filled_polygon(buf, vx, vy, color, clip_top, marks)
 
 
 # ---- smoothscale (SSE2 backend) ----------------------------------------------------------------------
 
 
 @njit(cache=True)
-def shrink_x(src, rows, dst):
-    """``filter_shrink_X_SSE2``: rows ``rows`` of uint32 (H, W) words -> uint8 (len(rows), w, 3) RGB, w < W.
+def _x_schedule(srcwidth, dstwidth):
+    """Where ``filter_shrink_X_SSE2`` cuts a row: (ends, counters, xrecip).
 
-    14-bit fixed point in 16-bit lanes: full pixels add into the accumulator, the pixel that straddles
-    an output boundary is split with ``mulhi(p << 2, xcounter)`` / ``mulhi(p << 2, xfrac)``, and the
-    sum is scaled by ``mulhi(acc, xrecip)`` and saturated to 0..255.
+    Output pixel j adds up the rest of pixel ``ends[j - 1]``, the full pixels after it, and the part
+    ``counters[j]`` (of 0x4000) of pixel ``ends[j]``; pixels after ``ends[-1]`` are never read.
     """
-    srcwidth = src.shape[1]
-    dstwidth = dst.shape[1]
     xspace = 0x4000 * srcwidth // dstwidth
     xrecip = (0x40000000 // xspace) & 0xFFFF
-    # The schedule is the same for every row: where each output pixel's straddling pixel is.
     ends = np.empty(dstwidth, np.int64)
     counters = np.empty(dstwidth, np.int64)
     xcounter = xspace
@@ -390,31 +447,101 @@ def shrink_x(src, rows, dst):
             j += 1
             xcounter = xspace - (0x4000 - xcounter)
     n_out = min(j, dstwidth)
-    for y in range(rows.shape[0]):
-        row = src[rows[y]]
-        # Full pixels add up in three 16-bit lanes of one int64 (blue bits 0-15, red 16-31, green
-        # 32-47); a lane holds at most about 11 * 255, so lanes never carry into each other.
+    return ends[:n_out], counters[:n_out], xrecip
+
+
+@njit(cache=True, inline="always")
+def _pack(p):
+    """A 0x00RRGGBB word spread into 16-bit lanes of an int64: blue bits 0-15, red 16-31, green 32-47.
+
+    Sums of up to 257 packed words never carry from one lane into the next.
+    """
+    p = np.int64(p)
+    return (p | (p << 24)) & 0xFF00FF00FF
+
+
+@njit(cache=True, inline="always")
+def _split(p, weight):
+    """``mulhi(channel << 2, weight)`` of each channel of word ``p``, packed like ``_pack``."""
+    p = np.int64(p)
+    return ((((p & 255) << 2) * weight) >> 16) | (((((p >> 16) & 255) << 2) * weight) >> 16) << 16 | (
+        ((((p >> 8) & 255) << 2) * weight) >> 16
+    ) << 32
+
+
+def shrink_layout(srcwidth: int, dstwidth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which output pixels of ``shrink_x`` read each source pixel: first_out, last_out int64 (srcwidth,).
+
+    A pixel inside output j's run reads into j alone; the pixel that straddles outputs j and j + 1
+    into both; pixels after the last output's into a last, unused column ``dstwidth``.
+    """
+    ends, _, _ = _x_schedule(srcwidth, dstwidth)
+    n = len(ends)
+    first_out = np.full(srcwidth, n, np.int64)
+    last_out = np.full(srcwidth, n, np.int64)
+    start = 0
+    for j, end in enumerate(ends):
+        first_out[start : end + 1] = j
+        last_out[start : end + 1] = j
+        last_out[end] = j + 1 if j + 1 < n else j
+        start = end + 1
+    return first_out, last_out
+
+
+@njit(cache=True, inline="always")
+def _shrink_x_pixel(row, j, ends, counters, xrecip, dst, y):
+    """Output pixel j of ``filter_shrink_X_SSE2`` for one row: the rest of the straddling pixel before,
+    the full pixels, and the part ``counters[j]`` of the straddling pixel ``ends[j]``, in 16-bit lanes."""
+    if j > 0:
+        acc = _split(row[ends[j - 1]], 0x4000 - counters[j - 1])
+        start = ends[j - 1] + 1
+    else:
         acc = 0
         start = 0
-        for j in range(n_out):
-            end = ends[j]
-            for x in range(start, end):
-                p = np.int64(row[x])
-                acc += (p | (p << 24)) & 0xFF00FF00FF
-            p = np.int64(row[end])
-            xc = counters[j]
-            xf = 0x4000 - xc
-            s0 = (p & 255) << 2
-            s1 = ((p >> 8) & 255) << 2
-            s2 = ((p >> 16) & 255) << 2
-            d0 = ((((s0 * xc) >> 16) + (acc & 0xFFFF)) & 0xFFFF) * xrecip >> 16
-            d1 = ((((s1 * xc) >> 16) + ((acc >> 32) & 0xFFFF)) & 0xFFFF) * xrecip >> 16
-            d2 = ((((s2 * xc) >> 16) + ((acc >> 16) & 0xFFFF)) & 0xFFFF) * xrecip >> 16
-            dst[y, j, 0] = min(d2, 255)
-            dst[y, j, 1] = min(d1, 255)
-            dst[y, j, 2] = min(d0, 255)
-            acc = ((s0 * xf) >> 16) | (((s2 * xf) >> 16) << 16) | (((s1 * xf) >> 16) << 32)
-            start = end + 1
+    end = ends[j]
+    for x in range(start, end):
+        acc += _pack(row[x])
+    acc += _split(row[end], counters[j])
+    dst[y, j, 0] = min(((acc >> 16) & 0xFFFF) * xrecip >> 16, 255)
+    dst[y, j, 1] = min(((acc >> 32) & 0xFFFF) * xrecip >> 16, 255)
+    dst[y, j, 2] = min((acc & 0xFFFF) * xrecip >> 16, 255)
+
+
+@njit(cache=True)
+def shrink_x(src, rows, dst):
+    """``filter_shrink_X_SSE2``: rows ``rows`` of uint32 (H, W) words -> uint8 (len(rows), w, 3) RGB, w < W.
+
+    14-bit fixed point in 16-bit lanes: full pixels add into the accumulator, the pixel that straddles
+    an output boundary is split with ``mulhi(p << 2, xcounter)`` / ``mulhi(p << 2, xfrac)``, and the
+    sum is scaled by ``mulhi(acc, xrecip)`` and saturated to 0..255 (``packus``).
+    """
+    ends, counters, xrecip = _x_schedule(src.shape[1], dst.shape[1])
+    for y in range(rows.shape[0]):
+        row = src[rows[y]]
+        for j in range(ends.shape[0]):
+            _shrink_x_pixel(row, j, ends, counters, xrecip, dst, y)
+
+
+@njit(cache=True)
+def shrink_x_changed(src, rows, changed, dst):
+    """``shrink_x`` that copies an output pixel from the output row before wherever ``changed`` (see
+    ``_touch``) says its source pixels equal those of the source row before: equal inputs, equal output.
+
+    A drawn picture changes from one row to the next only near edges, so most of the frame is copied.
+    """
+    ends, counters, xrecip = _x_schedule(src.shape[1], dst.shape[1])
+    for y in range(rows.shape[0]):
+        row = src[rows[y]]
+        pair = -1  # the index into ``changed`` of rows (rows[y - 1], rows[y]), if adjacent
+        if y > 0 and abs(rows[y] - rows[y - 1]) == 1:
+            pair = max(rows[y], rows[y - 1])
+        for j in range(ends.shape[0]):
+            if pair >= 0 and changed[pair, j] == 0:
+                dst[y, j, 0] = dst[y - 1, j, 0]
+                dst[y, j, 1] = dst[y - 1, j, 1]
+                dst[y, j, 2] = dst[y - 1, j, 2]
+            else:
+                _shrink_x_pixel(row, j, ends, counters, xrecip, dst, y)
 
 
 @njit(cache=True)
