@@ -39,19 +39,19 @@ def map_rgb(color) -> int:
 # ---- SDL_gfx helpers ---------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sint16(v):
     """C's cast of an int to Sint16 (wraps)."""
     return ((v + 32768) & 0xFFFF) - 32768
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _int32(v):
     """C's 32-bit signed int wrap-around."""
     return ((v + 2147483648) & 0xFFFFFFFF) - 2147483648
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _touch(changed, first_out, last_out, y, x1, x2):
     """Pixels x1..x2 of row y may differ from those of row y - 1: flag the outputs that read them.
 
@@ -62,7 +62,7 @@ def _touch(changed, first_out, last_out, y, x1, x2):
         changed[y, j] = 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _touch_pixel(changed, first_out, last_out, y, x):
     """Pixel (x, y) was drawn: rows y - 1 and y, and rows y and y + 1, may differ there."""
     changed[y, first_out[x]] = 1
@@ -71,7 +71,7 @@ def _touch_pixel(changed, first_out, last_out, y, x):
     changed[y + 1, last_out[x]] = 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _put(buf, x, y, color, clip_top, changed, first_out, last_out):
     """``_putPixelAlpha`` with alpha 255: store the word if (x, y) is inside the surface."""
     if 0 <= x < buf.shape[1] and clip_top <= y < buf.shape[0]:
@@ -79,7 +79,7 @@ def _put(buf, x, y, color, clip_top, changed, first_out, last_out):
         _touch_pixel(changed, first_out, last_out, y, x)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _blend(buf, x, y, color, alpha, clip_top, changed, first_out, last_out):
     """``_putPixelAlpha`` with alpha < 255, 32-bit DEFAULT_ALPHA_PIXEL_ROUTINE.
 
@@ -100,7 +100,7 @@ def _blend(buf, x, y, color, alpha, clip_top, changed, first_out, last_out):
         _touch_pixel(changed, first_out, last_out, y, x)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _hline(buf, x1, x2, y, color, clip_top):
     """``hlineColor`` for an opaque colour: x1..x2 inclusive (either order), clipped.
 
@@ -122,7 +122,7 @@ def _hline(buf, x1, x2, y, color, clip_top):
     return x1, x2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _vline(buf, x, y1, y2, color, clip_top, changed, first_out, last_out):
     """``vlineColor`` for an opaque colour: y1..y2 inclusive (either order), clipped."""
     x = _sint16(x)
@@ -141,7 +141,7 @@ def _vline(buf, x, y1, y2, color, clip_top, changed, first_out, last_out):
         _touch_pixel(changed, first_out, last_out, y, x)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _clip_code(x, y, right, bottom):
     code = 0
     if x < 0:
@@ -356,7 +356,7 @@ def filled_polygon(buf, vx, vy, color, clip_top, marks):
 # ---- the stock road loop -----------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _to_sint16(v):
     """Python's ``int(float)`` (truncation toward zero) then gfxdraw's cast to Sint16."""
     return _sint16(np.int64(v))
@@ -450,7 +450,7 @@ def _x_schedule(srcwidth, dstwidth):
     return ends[:n_out], counters[:n_out], xrecip
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _pack(p):
     """A 0x00RRGGBB word spread into 16-bit lanes of an int64: blue bits 0-15, red 16-31, green 32-47.
 
@@ -460,7 +460,7 @@ def _pack(p):
     return (p | (p << 24)) & 0xFF00FF00FF
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _split(p, weight):
     """``mulhi(channel << 2, weight)`` of each channel of word ``p``, packed like ``_pack``."""
     p = np.int64(p)
@@ -488,7 +488,7 @@ def shrink_layout(srcwidth: int, dstwidth: int) -> tuple[np.ndarray, np.ndarray]
     return first_out, last_out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _shrink_x_pixel(row, j, ends, counters, xrecip, dst, y):
     """Output pixel j of ``filter_shrink_X_SSE2`` for one row: the rest of the straddling pixel before,
     the full pixels, and the part ``counters[j]`` of the straddling pixel ``ends[j]``, in 16-bit lanes."""
@@ -546,28 +546,32 @@ def shrink_x_changed(src, rows, changed, dst):
 
 @njit(cache=True)
 def shrink_y(src, dst):
-    """``filter_shrink_Y_SSE2``: uint8 (H, w, 3) -> uint8 (h, w, 3), h < H, same fixed point as x."""
+    """``filter_shrink_Y_SSE2``: uint8 (H, w, 3) -> uint8 (h, w, 3), h < H, same fixed point as x.
+
+    Every byte of a row is its own lane, so rows are handled as flat runs of w * 3 bytes.
+    """
     srcheight = src.shape[0]
-    width = src.shape[1]
     dstheight = dst.shape[0]
+    flat_src = src.reshape(srcheight, -1)
+    flat_dst = dst.reshape(dstheight, -1)
+    size = flat_src.shape[1]
     yspace = 0x4000 * srcheight // dstheight
     yrecip = (0x40000000 // yspace) & 0xFFFF
-    acc = np.zeros((width, 3), np.int64)
+    acc = np.zeros(size, np.uint16)  # wraps like the C accumulator
     ycounter = yspace
     j = 0
     for y in range(srcheight):
+        line = flat_src[y]
         if ycounter > 0x4000:
-            for x in range(width):
-                for c in range(3):
-                    acc[x, c] = (acc[x, c] + src[y, x, c]) & 0xFFFF
+            for k in range(size):
+                acc[k] += np.uint16(line[k])
             ycounter -= 0x4000
         else:
             yfrac = 0x4000 - ycounter
-            for x in range(width):
-                for c in range(3):
-                    s = np.int64(src[y, x, c]) << 2
-                    d = ((((s * ycounter) >> 16) + acc[x, c]) & 0xFFFF) * yrecip >> 16
-                    dst[j, x, c] = min(d, 255)
-                    acc[x, c] = (s * yfrac) >> 16
+            out = flat_dst[j]
+            for k in range(size):
+                s = np.int32(line[k]) << 2
+                out[k] = min((((((s * ycounter) >> 16) + np.int32(acc[k])) & 0xFFFF) * yrecip) >> 16, 255)
+                acc[k] = np.uint16((s * yfrac) >> 16)
             j += 1
             ycounter = yspace - yfrac
