@@ -105,6 +105,30 @@ def test_clip_top_leaves_the_rows_above_and_draws_the_rest_exactly():
     assert np.array_equal(words[:top], before[:top])
 
 
+def test_pg_polygon_matches_pygame_draw_polygon():
+    """Float vertices (truncated as pygame does), 4 to 8 of them, some past the edges, some flat."""
+    rng = np.random.default_rng(3)
+    surface, words = surface_and_view(rng)
+    marks = no_marks(words)
+    polygons, colors = [], []
+    for k in range(200):
+        n = int(rng.integers(4, 9))
+        points = [(x + rng.uniform(-1, 1), y + rng.uniform(-1, 1))
+                  for x, y in random_polygon(rng, n, spread=int(rng.choice([1, 4, 40, 120])))]
+        if k % 10 == 0:
+            points = [(x, points[0][1]) for x, _ in points]  # one row high
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        pygame.draw.polygon(surface, color, points)
+        polygons.append(points)
+        colors.append(raster.map_rgb(color))
+    sx = np.array([x for poly in polygons for x, _ in poly])
+    sy = np.array([y for poly in polygons for _, y in poly])
+    counts = np.array([len(poly) for poly in polygons])
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    raster.pg_polygons(words, sx, sy, firsts, counts, np.array(colors), 0, marks)
+    assert_same(words_of(surface), words, "pygame.draw.polygon")
+
+
 @pytest.mark.parametrize(
     ("src", "dst"), [((1000, 800), (96, 96)), ((1000, 800), (600, 400)), ((157, 93), (40, 31)), ((64, 64), (63, 5))]
 )

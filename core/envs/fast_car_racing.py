@@ -287,6 +287,9 @@ class FastCarRacing(CarRacing):
         self._centers = self._polys.mean(axis=1)
         self._radii = np.sqrt(((self._polys - self._centers[:, None, :]) ** 2).sum(axis=2)).max(axis=1)
         self._n_grass = len(GRASS_POLYS)
+        # The field and grass colours are set before the track is made and fixed until the next reset.
+        self._grass_word = self._pixel_word(self.grass_color)
+        self._bg_word = self._pixel_word(self.bg_color)
         if self._canvas is not None and not self._canvas.matches_default_format():
             self._canvas = None  # the stock code's per-frame surface would now get another format
 
@@ -321,7 +324,8 @@ class FastCarRacing(CarRacing):
         else:
             self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
         drawn: list[pygame.Rect] = []
-        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"], drawn)
+        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"], drawn,
+                       canvas if canvas.compiled else None)
         self.surf = world
 
         size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
@@ -514,8 +518,8 @@ class FastCarRacing(CarRacing):
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
         tx, ty = translation
         raster.draw_track(
-            canvas.world_px, canvas.world_marks, self._polys, self._n_grass, self._pixel_word(self.grass_color), self._road_colors,
-            FIELD_ARRAY, self._pixel_word(self.bg_color), cos_a, sin_a, float(zoom), float(tx), float(ty),
+            canvas.world_px, canvas.world_marks, self._polys, self._n_grass, self._grass_word, self._road_colors,
+            FIELD_ARRAY, self._bg_word, cos_a, sin_a, float(zoom), float(tx), float(ty),
             first_row, self._window_inside_field(zoom, tx, ty, cos_a, sin_a),
             float(CULL_LO), float(CULL_HI_X), float(CULL_HI_Y), REACH,
         )
@@ -575,12 +579,14 @@ class FastCarRacing(CarRacing):
         return self._car_cache[1], self._car_cache[2], self._car_cache[3]
 
     def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
-                  draw_particles: bool, drawn: list[pygame.Rect]) -> None:
+                  draw_particles: bool, drawn: list[pygame.Rect], canvas: _Canvas | None = None) -> None:
         """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
 
         Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
         same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``. Appends
-        the rectangle each call drew in to ``drawn``.
+        the rectangle each pygame call drew in to ``drawn``. With a ``canvas`` the polygons are drawn by
+        the compiled port of ``pygame.draw.polygon`` (``raster.pg_polygons``) on its world pixels, rows
+        below the HUD's top only, and flagged in its marks.
         """
         car = self.car
         if draw_particles:
@@ -639,6 +645,18 @@ class FastCarRacing(CarRacing):
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
         sx = (cos_a * wx - sin_a * wy) * zoom + translation[0]
         sy = (sin_a * wx + cos_a * wy) * zoom + translation[1]
+        if canvas is not None:
+            words = [(r << 16) | (g << 8) | b for r, g, b in colors]
+            white = raster.map_rgb(WHEEL_WHITE)
+            order = []  # (first vertex, vertex count, word) in the stock drawing order
+            for start, count, b in spans:
+                order.append((start, count, words[b]))
+                if b in stripes:
+                    order.append((stripes[b], 4, white))
+            firsts, counts, order_words = np.array(order).T
+            raster.pg_polygons(canvas.world_px, sx, sy, firsts, counts, order_words, WINDOW_H - canvas.hud_top,
+                               canvas.world_marks)
+            return
         points = np.stack([sx, sy], axis=-1).tolist()
 
         polygon = pygame.draw.polygon

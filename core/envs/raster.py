@@ -353,6 +353,95 @@ def filled_polygon(buf, vx, vy, color, clip_top, marks):
         _touch(changed, first_out, last_out, y + 1, prev_min, prev_max)
 
 
+# ---- pygame.draw.polygon ----------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _pg_hline(buf, x1, x2, y, color, clip_top, changed, first_out, last_out):
+    """pygame's ``drawhorzlineclipbounding``: x1..x2 inclusive (either order), clipped; flags the rows."""
+    if y < clip_top or y >= buf.shape[0]:
+        return
+    if x2 < x1:
+        x1, x2 = x2, x1
+    x1 = max(x1, 0)
+    x2 = min(x2, buf.shape[1] - 1)
+    if x2 < 0 or x1 >= buf.shape[1]:
+        return
+    for x in range(x1, x2 + 1):
+        buf[y, x] = color
+    _touch(changed, first_out, last_out, y, x1, x2)
+    _touch(changed, first_out, last_out, y + 1, x1, x2)
+
+
+@njit(cache=True)
+def pg_polygon(buf, vx, vy, color, clip_top, marks):
+    """pygame-ce's ``draw.polygon`` (``draw_fillpoly``) for a filled polygon of n >= 4 int vertices.
+
+    Edge crossings are float32 ``(y - y1) * (x2 - x1) / (float)(y2 - y1)``, floored for the 1st, 3rd...
+    crossing found on a row and ceiled for the others, then sorted; horizontal edges strictly between
+    the top and bottom rows are drawn afterwards. (Triangles take pygame's ``draw_filltri``; not ported.)
+    """
+    changed, first_out, last_out = marks
+    n = vx.shape[0]
+    miny = vy.min()
+    maxy = vy.max()
+    if miny == maxy:
+        _pg_hline(buf, vx.min(), vx.max(), miny, color, clip_top, changed, first_out, last_out)
+        return
+    ints = np.empty(n, np.int64)
+    for y in range(max(miny, clip_top), min(maxy, buf.shape[0] - 1) + 1):
+        count = 0
+        for i in range(n):
+            ip = i - 1 if i else n - 1
+            y1 = vy[ip]
+            y2 = vy[i]
+            if y1 < y2:
+                x1 = vx[ip]
+                x2 = vx[i]
+            elif y1 > y2:
+                y2 = vy[ip]
+                y1 = vy[i]
+                x2 = vx[ip]
+                x1 = vx[i]
+            else:
+                continue
+            if (y >= y1 and y < y2) or (y == maxy and y2 == maxy):
+                inter = np.float32((y - y1) * (x2 - x1)) / np.float32(y2 - y1)
+                if count % 2 == 0:
+                    v = np.int64(np.floor(inter)) + x1
+                else:
+                    v = np.int64(np.ceil(inter)) + x1
+                k = count
+                while k > 0 and ints[k - 1] > v:
+                    ints[k] = ints[k - 1]
+                    k -= 1
+                ints[k] = v
+                count += 1
+        for i in range(0, count - 1, 2):
+            _pg_hline(buf, ints[i], ints[i + 1], y, color, clip_top, changed, first_out, last_out)
+    for i in range(n):
+        ip = i - 1 if i else n - 1
+        y = vy[i]
+        if miny < y and vy[ip] == y and y < maxy:
+            _pg_hline(buf, vx[i], vx[ip], y, color, clip_top, changed, first_out, last_out)
+
+
+@njit(cache=True)
+def pg_polygons(buf, sx, sy, firsts, counts, colors, clip_top, marks):
+    """``pg_polygon`` for several polygons in order; vertices float64, truncated to int as pygame does.
+
+    Polygon k has vertices ``firsts[k] .. firsts[k] + counts[k] - 1`` of sx, sy and word ``colors[k]``.
+    """
+    for k in range(firsts.shape[0]):
+        a = firsts[k]
+        vx = np.empty(counts[k], np.int64)
+        vy = np.empty(counts[k], np.int64)
+        for i in range(counts[k]):
+            vx[i] = np.int64(sx[a + i])
+            vy[i] = np.int64(sy[a + i])
+        pg_polygon(buf, vx, vy, colors[k], clip_top, marks)
+
+
 # ---- the stock road loop -----------------------------------------------------------------------------
 
 
