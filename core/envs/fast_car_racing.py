@@ -634,17 +634,12 @@ class FastCarRacing(CarRacing):
         if extra:
             verts = np.concatenate([base, np.array(extra, dtype=np.float64).astype(np.float32)])
             body_of = np.concatenate([base_body, np.repeat(np.fromiter(stripes, np.intp, len(stripes)), 4)])
-            frame = frame[body_of]
         else:
             verts = base
-            frame = frame[base_body]
-        c32, s32, px32, py32 = frame.T
-        vx, vy = verts.T
-        wx = ((c32 * vx - s32 * vy) + px32).astype(np.float64)
-        wy = ((s32 * vx + c32 * vy) + py32).astype(np.float64)
+            body_of = base_body
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
-        sx = (cos_a * wx - sin_a * wy) * zoom + translation[0]
-        sy = (sin_a * wx + cos_a * wy) * zoom + translation[1]
+        sx, sy = raster.car_points(verts, body_of, frame, cos_a, sin_a, float(zoom), float(translation[0]),
+                                   float(translation[1]))
         if canvas is not None:
             words = [(r << 16) | (g << 8) | b for r, g, b in colors]
             white = raster.map_rgb(WHEEL_WHITE)

@@ -427,6 +427,25 @@ def pg_polygon(buf, vx, vy, color, clip_top, marks):
 
 
 @njit(cache=True)
+def car_points(verts, body_of, frames, cos_a, sin_a, zoom, tx, ty):
+    """Screen points of the car's vertices: Box2D's float32 ``transform * v``, then the view's float64
+    rotation, zoom and shift (as ``FastCarRacing._render_road_fast``). verts: float32 (M, 2) body-local;
+    body_of: int (M,); frames: float32 (bodies, 4) of cos, sin, x, y. Returns float64 (M,) x and y."""
+    m = verts.shape[0]
+    sx = np.empty(m, np.float64)
+    sy = np.empty(m, np.float64)
+    for i in range(m):
+        f = frames[body_of[i]]
+        vx = verts[i, 0]
+        vy = verts[i, 1]
+        wx = np.float64((f[0] * vx - f[1] * vy) + f[2])
+        wy = np.float64((f[1] * vx + f[0] * vy) + f[3])
+        sx[i] = (cos_a * wx - sin_a * wy) * zoom + tx
+        sy[i] = (sin_a * wx + cos_a * wy) * zoom + ty
+    return sx, sy
+
+
+@njit(cache=True)
 def pg_polygons(buf, sx, sy, firsts, counts, colors, clip_top, marks):
     """``pg_polygon`` for several polygons in order; vertices float64, truncated to int as pygame does.
 
