@@ -2,30 +2,32 @@
 
 Gymnasium's ``CarRacing._render`` spends almost all of a step in Python: it rotates, offsets and culls
 about 800 polygons one vertex at a time (about 90 survive), loads a font from disk every frame, draws a
-1000x800 picture, flips it upside down and scales it to 96x96. ``FastCarRacing`` keeps the physics, the
-track generation and the rasterisers of the original (SDL_gfx through ``pygame.gfxdraw``,
-``pygame.draw``, ``smoothscale``) and feeds them the same numbers; it only stops doing work whose
-result is thrown away:
+1000x800 picture, flips it upside down and scales it to 96x96. ``FastCarRacing`` keeps the physics and the
+track generation, feeds the rasterisers the same numbers, and stops doing work whose result is thrown away:
 
-* Geometry. The grass patches and track polygons are one float64 array per track. Each frame rotates,
-  zooms and translates all of them at once with NumPy, with the very cos/sin pygame's
-  ``Vector2.rotate_rad`` uses, so every vertex is bit-for-bit the stock one. A polygon is drawn only if
-  its pixels can reach the part of the window that ends up in the frame (the stock code draws anything
-  within 381 pixels of it). The car's vertices get the same treatment; Box2D's float32 transform is
-  reproduced in float32.
+* Compiled pixels. ``core/envs/raster.py`` ports, line by line and byte for byte, the C that pygame-ce
+  runs for the stock frame: SDL_gfx's filled and antialiased polygons (road, grass, field),
+  ``pygame.draw.polygon`` (the car) and the SSE2 ``smoothscale`` filters (numba, compiled once per machine).
+  The track is drawn in one call on the world surface's pixels; the HUD stays pygame's.
+* Geometry. Each frame rotates, zooms and translates the grass patches and track polygons with the very
+  cos/sin pygame's ``Vector2.rotate_rad`` uses and the stock float64 arithmetic, so every vertex is
+  bit-for-bit the stock one. A polygon is drawn only if the stock code draws it and its pixels can reach
+  the part of the window that ends up in the frame. The car's vertices get Box2D's float32 transform.
 * Fills. The background polygon is replaced by a plain fill when the window lies well inside it, and
-  the rows that the HUD bar paints over are neither filled nor copied.
-* Scaling. ``smoothscale`` shrinks along x, then along y, row by row and column by column, so shrinking
-  each band separately and stacking them gives the same bytes as shrinking the whole frame. The
-  upside-down flip is therefore applied to the 96-pixel-wide band instead of the 1000-pixel frame, and
-  the HUD is drawn on its own band.
+  the rows that the HUD bar paints over are neither drawn nor read.
+* Scaling. ``smoothscale`` shrinks along x, then along y, row by row and column by column, so each frame row
+  is x-shrunk where it lies (the world rows bottom up, as the stock upside-down flip would put them, then
+  the HUD rows): no flip, no frame. The rasterisers flag, per output pixel of the x pass, where a row may
+  differ from the row above (near polygon edges), and the x pass copies every other output pixel from the
+  row before: equal inputs give equal outputs, and about 90% of a frame's are copies.
 * Caching. The font, the rendered score text and the window-sized surfaces are made once; the stock
   code loads the font from disk and allocates two 1000x800 surfaces every frame.
 
-Where an assumption behind a shortcut does not hold (the camera zooms out at the start, the window
-reaches past the edge of the field, an indicator grows above the HUD bar) that part falls back to the
-stock way of drawing. ``tests/test_fast_env.py`` checks the frames byte for byte against
-``gymnasium.make("CarRacing-v3")``.
+Where an assumption behind a shortcut does not hold, that part is done the longer way: the field
+polygon is drawn when the window reaches past its edge (at the start's zoom, say); pygame scales the
+frame when an indicator grows above the HUD bar or for the "rgb_array" video size, and draws everything
+on a pixel format other than pygame's default 32-bit one. ``tests/test_fast_env.py`` checks the frames byte for byte against
+``gymnasium.make("CarRacing-v3")``, ``tests/test_raster.py`` each kernel against pygame.
 
 Importing this module registers ``FastCarRacing-v3`` (same wrappers, limits and threshold as stock).
 """
