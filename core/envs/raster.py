@@ -638,17 +638,23 @@ def shrink_x_changed(src, rows, changed, dst):
     A drawn picture changes from one row to the next only near edges, so most of the frame is copied.
     """
     ends, counters, xrecip = _x_schedule(src.shape[1], dst.shape[1])
+    flat = dst.reshape(dst.shape[0], -1)
     for y in range(rows.shape[0]):
         row = src[rows[y]]
         pair = -1  # the index into ``changed`` of rows (rows[y - 1], rows[y]), if adjacent
         if y > 0 and abs(rows[y] - rows[y - 1]) == 1:
             pair = max(rows[y], rows[y - 1])
+        if pair < 0:
+            for j in range(ends.shape[0]):
+                _shrink_x_pixel(row, j, ends, counters, xrecip, dst, y)
+            continue
+        out = flat[y]
+        before = flat[y - 1]
+        for k in range(out.shape[0]):  # one vector copy of the row before, then the changed pixels
+            out[k] = before[k]
+        flags = changed[pair]
         for j in range(ends.shape[0]):
-            if pair >= 0 and changed[pair, j] == 0:
-                dst[y, j, 0] = dst[y - 1, j, 0]
-                dst[y, j, 1] = dst[y - 1, j, 1]
-                dst[y, j, 2] = dst[y - 1, j, 2]
-            else:
+            if flags[j]:
                 _shrink_x_pixel(row, j, ends, counters, xrecip, dst, y)
 
 
