@@ -54,6 +54,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     WORLD_MODELS_ROOT=/data \
     WM_LEADERBOARD_DB=/data/leaderboard.sqlite3 \
     WORLD_MODELS_CACHE=/data/cache/weights \
+    NUMBA_CACHE_DIR=/data/cache/numba \
     SDL_VIDEODRIVER=dummy \
     TF_CPP_MIN_LOG_LEVEL=2
 USER app

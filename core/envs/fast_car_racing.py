@@ -2,30 +2,32 @@
 
 Gymnasium's ``CarRacing._render`` spends almost all of a step in Python: it rotates, offsets and culls
 about 800 polygons one vertex at a time (about 90 survive), loads a font from disk every frame, draws a
-1000x800 picture, flips it upside down and scales it to 96x96. ``FastCarRacing`` keeps the physics, the
-track generation and the rasterisers of the original (SDL_gfx through ``pygame.gfxdraw``,
-``pygame.draw``, ``smoothscale``) and feeds them the same numbers; it only stops doing work whose
-result is thrown away:
+1000x800 picture, flips it upside down and scales it to 96x96. ``FastCarRacing`` keeps the physics and the
+track generation, feeds the rasterisers the same numbers, and stops doing work whose result is thrown away:
 
-* Geometry. The grass patches and track polygons are one float64 array per track. Each frame rotates,
-  zooms and translates all of them at once with NumPy, with the very cos/sin pygame's
-  ``Vector2.rotate_rad`` uses, so every vertex is bit-for-bit the stock one. A polygon is drawn only if
-  its pixels can reach the part of the window that ends up in the frame (the stock code draws anything
-  within 381 pixels of it). The car's vertices get the same treatment; Box2D's float32 transform is
-  reproduced in float32.
+* Compiled pixels. ``core/envs/raster.py`` ports, line by line and byte for byte, the C that pygame-ce
+  runs for the stock frame: SDL_gfx's filled and antialiased polygons (road, grass, field),
+  ``pygame.draw.polygon`` (the car) and the SSE2 ``smoothscale`` filters (numba, compiled once per machine).
+  The track is drawn in one call on the world surface's pixels; the HUD stays pygame's.
+* Geometry. Each frame rotates, zooms and translates the grass patches and track polygons with the very
+  cos/sin pygame's ``Vector2.rotate_rad`` uses and the stock float64 arithmetic, so every vertex is
+  bit-for-bit the stock one. A polygon is drawn only if the stock code draws it and its pixels can reach
+  the part of the window that ends up in the frame. The car's vertices get Box2D's float32 transform.
 * Fills. The background polygon is replaced by a plain fill when the window lies well inside it, and
-  the rows that the HUD bar paints over are neither filled nor copied.
-* Scaling. ``smoothscale`` shrinks along x, then along y, row by row and column by column, so shrinking
-  each band separately and stacking them gives the same bytes as shrinking the whole frame. The
-  upside-down flip is therefore applied to the 96-pixel-wide band instead of the 1000-pixel frame, and
-  the HUD is drawn on its own band.
+  the rows that the HUD bar paints over are neither drawn nor read.
+* Scaling. ``smoothscale`` shrinks along x, then along y, row by row and column by column, so each frame row
+  is x-shrunk where it lies (the world rows bottom up, as the stock upside-down flip would put them, then
+  the HUD rows): no flip, no frame. The rasterisers flag, per output pixel of the x pass, where a row may
+  differ from the row above (near polygon edges), and the x pass copies every other output pixel from the
+  row before: equal inputs give equal outputs, and about 90% of a frame's are copies.
 * Caching. The font, the rendered score text and the window-sized surfaces are made once; the stock
   code loads the font from disk and allocates two 1000x800 surfaces every frame.
 
-Where an assumption behind a shortcut does not hold (the camera zooms out at the start, the window
-reaches past the edge of the field, an indicator grows above the HUD bar) that part falls back to the
-stock way of drawing. ``tests/test_fast_env.py`` checks the frames byte for byte against
-``gymnasium.make("CarRacing-v3")``.
+Where an assumption behind a shortcut does not hold, that part is done the longer way: the field
+polygon is drawn when the window reaches past its edge (at the start's zoom, say); pygame scales the
+frame when an indicator grows above the HUD bar or for the "rgb_array" video size, and draws everything
+on a pixel format other than pygame's default 32-bit one. ``tests/test_fast_env.py`` checks the frames byte for byte against
+``gymnasium.make("CarRacing-v3")``, ``tests/test_raster.py`` each kernel against pygame.
 
 Importing this module registers ``FastCarRacing-v3`` (same wrappers, limits and threshold as stock).
 """
@@ -54,6 +56,8 @@ from gymnasium.envs.box2d.car_racing import (
     CarRacing,
 )
 from pygame import gfxdraw
+
+from core.envs import raster
 
 ENV_ID = "FastCarRacing-v3"
 STOCK_ENV_ID = "CarRacing-v3"
@@ -89,6 +93,7 @@ def _grass_polygons() -> np.ndarray:
 
 GRASS_POLYS = _grass_polygons()
 FIELD_POLY = [(PLAYFIELD, PLAYFIELD), (PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, -PLAYFIELD), (-PLAYFIELD, PLAYFIELD)]
+FIELD_ARRAY = np.array(FIELD_POLY, dtype=np.float64)
 HUD_BAR = [(WINDOW_W, WINDOW_H), (WINDOW_W, WINDOW_H - HUD_BAR_H), (0, WINDOW_H - HUD_BAR_H), (0, WINDOW_H)]
 
 
@@ -157,10 +162,45 @@ class _Canvas:
         # The band shortcut reads pixels as 32-bit words; other formats take the stock path.
         self.banded = self.world.get_bytesize() == 4 and 0 < self.hud_top < WINDOW_H
         self._bands: dict[tuple[int, int], _Bands] = {}
+        # The compiled kernels read and write 0x00RRGGBB words; another format keeps pygame throughout.
+        self.compiled = self.banded and self.world.get_masks() == raster.RGB_MASKS
+        self.world_px = _view(self.world) if self.compiled else None  # draw calls still work on it
+        self._world_rows = np.arange(WINDOW_H - 1, WINDOW_H - 1 - self.hud_top, -1)  # frame row -> world row
+        self._hud_rows = np.arange(self.hud_top, WINDOW_H)
+        self._narrow = np.empty((WINDOW_H, STATE_W, 3), np.uint8)  # the x pass of the frame
+        # Where each picture may differ from one row to the next, per output pixel of the x pass
+        # (raster._touch): the kernels flag what they draw, ``mark_drawn`` what pygame draws.
+        self.first_out, self.last_out = raster.shrink_layout(WINDOW_W, STATE_W)
+        self.world_changed = np.ones((WINDOW_H + 1, STATE_W + 1), np.uint8)
+        self.hud_changed = np.ones((WINDOW_H + 1, STATE_W + 1), np.uint8)
+        self.world_marks = (self.world_changed, self.first_out, self.last_out)
 
     def matches_default_format(self) -> bool:
         """Whether a new ``pygame.Surface`` would still get this canvas's pixel format."""
         return _pixel_format(pygame.Surface((WINDOW_W, WINDOW_H))) == _pixel_format(self.world)
+
+    def mark_drawn(self, changed: np.ndarray, rects: list[pygame.Rect]) -> None:
+        """pygame drew inside ``rects``: those rows, and the row below each, may differ from the row above."""
+        for rect in rects:
+            rect = rect.clip(0, 0, WINDOW_W, WINDOW_H)
+            if rect.w and rect.h:
+                changed[rect.top : rect.bottom + 1, self.first_out[rect.left] : self.last_out[rect.right - 1] + 1] = 1
+
+    def shrink_state(self) -> np.ndarray:
+        """uint8 (STATE_H, STATE_W, 3): ``smoothscale`` of the stock frame to the observation size.
+
+        The compiled SSE2 filters read each frame row where it lies (world row ``H - 1 - r`` above the
+        HUD, the HUD surface below), so neither the flip nor the whole frame is ever made.
+        """
+        top = self.hud_top
+        narrow = self._narrow
+        raster.shrink_x_changed(self.world_px, self._world_rows, self.world_changed, narrow[:top])
+        hud_px = _view(self.hud)
+        raster.shrink_x_changed(hud_px, self._hud_rows, self.hud_changed, narrow[top:])
+        del hud_px  # unlocks the HUD surface for the next frame's blit
+        out = np.empty((STATE_H, STATE_W, 3), np.uint8)
+        raster.shrink_y(narrow, out)
+        return out
 
     def bands(self, size: tuple[int, int]) -> _Bands:
         if size not in self._bands:
@@ -218,7 +258,6 @@ class FastCarRacing(CarRacing):
 
     _score_cache: tuple[str, pygame.Surface, pygame.Rect] | None = None
     _canvas: _Canvas | None = None
-    _fill_cache: tuple[tuple[float, ...], pygame.Color] | None = None
     _car_cache: tuple[Any, np.ndarray, np.ndarray, list[tuple[int, int, int]]] | None = None
 
     # ---- track ---------------------------------------------------------------------------------------
@@ -250,6 +289,9 @@ class FastCarRacing(CarRacing):
         self._centers = self._polys.mean(axis=1)
         self._radii = np.sqrt(((self._polys - self._centers[:, None, :]) ** 2).sum(axis=2)).max(axis=1)
         self._n_grass = len(GRASS_POLYS)
+        # The field and grass colours are set before the track is made and fixed until the next reset.
+        self._grass_word = self._pixel_word(self.grass_color)
+        self._bg_word = self._pixel_word(self.bg_color)
         if self._canvas is not None and not self._canvas.matches_default_format():
             self._canvas = None  # the stock code's per-frame surface would now get another format
 
@@ -279,12 +321,23 @@ class FastCarRacing(CarRacing):
 
         # Only world rows that land above the HUD bar after the flip are ever seen.
         top = canvas.hud_top
-        self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
-        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"])
+        if canvas.compiled:
+            self._render_road_compiled(canvas, zoom, trans, angle, first_row=WINDOW_H - top)
+        else:
+            self._render_road_fast(world, zoom, trans, angle, first_row=WINDOW_H - top)
+        drawn: list[pygame.Rect] = []
+        self._draw_car(world, zoom, trans, angle, mode not in ["state_pixels_list", "state_pixels"], drawn,
+                       canvas if canvas.compiled else None)
         self.surf = world
 
         size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
-        if canvas.banded and self._draw_hud(canvas.hud, top):
+        drawn_hud: list[pygame.Rect] = []
+        if canvas.banded and self._draw_hud(canvas.hud, top, drawn_hud):
+            if canvas.compiled and size == (STATE_W, STATE_H):
+                canvas.mark_drawn(canvas.world_changed, drawn)
+                canvas.hud_changed[top:] = 0  # the black bar: every row alike
+                canvas.mark_drawn(canvas.hud_changed, drawn_hud)
+                return canvas.shrink_state()
             return canvas.bands(size).shrink()
         return self._shrink_whole(canvas, size)
 
@@ -294,11 +347,12 @@ class FastCarRacing(CarRacing):
             self._canvas = _Canvas()
         return self._canvas
 
-    def _draw_hud(self, hud: pygame.Surface, top: int) -> bool:
+    def _draw_hud(self, hud: pygame.Surface, top: int, drawn: list[pygame.Rect]) -> bool:
         """Draw the stock HUD (bar, indicators, score) on ``hud`` in frame coordinates.
 
         Returns True when all of it lies in rows ``top`` and below, which the bar covers entirely, so
         the band above can come from the world picture alone. Otherwise draws nothing and returns False.
+        Appends the rectangle of each indicator and of the score to ``drawn``.
         """
         polygons, highest = self._indicator_polygons()
         text, rect = self._score_text()
@@ -309,8 +363,8 @@ class FastCarRacing(CarRacing):
         hud.fill((0, 0, 0), (0, top, WINDOW_W, WINDOW_H - top))
         polygon = pygame.draw.polygon
         for points, color in polygons:
-            polygon(hud, color=color, points=points)
-        hud.blit(text, rect)
+            drawn.append(polygon(hud, color=color, points=points))
+        drawn.append(hud.blit(text, rect))
         return True
 
     def _shrink_whole(self, canvas: _Canvas, size: tuple[int, int]) -> np.ndarray:
@@ -460,6 +514,23 @@ class FastCarRacing(CarRacing):
             aapolygon(surf, poly, color)
             filled_polygon(surf, poly, color)
 
+    def _render_road_compiled(self, canvas: _Canvas, zoom: float, translation: tuple[float, float],
+                              angle: float, first_row: int) -> None:
+        """``_render_road_fast`` in one compiled call (``raster.draw_track``) on the world's pixel words."""
+        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
+        tx, ty = translation
+        raster.draw_track(
+            canvas.world_px, canvas.world_marks, self._polys, self._n_grass, self._grass_word, self._road_colors,
+            FIELD_ARRAY, self._bg_word, cos_a, sin_a, float(zoom), float(tx), float(ty),
+            first_row, self._window_inside_field(zoom, tx, ty, cos_a, sin_a),
+            float(CULL_LO), float(CULL_HI_X), float(CULL_HI_Y), REACH,
+        )
+
+    def _pixel_word(self, color) -> int:
+        """The 0x00RRGGBB word gfxdraw writes for ``color``."""
+        mapped = self._mapped_color(color)
+        return (mapped.r << 16) | (mapped.g << 8) | mapped.b
+
     @staticmethod
     def _window_inside_field(zoom: float, tx: float, ty: float, cos_a: float, sin_a: float) -> bool:
         """True when all four window corners lie at least ``FIELD_MARGIN`` pixels inside the field.
@@ -476,13 +547,17 @@ class FastCarRacing(CarRacing):
         return True
 
     def _mapped_bg_color(self) -> pygame.Color:
-        """The pixel gfxdraw writes for ``bg_color`` (it truncates float channels), found by drawing one."""
-        key = tuple(float(c) for c in self.bg_color)
-        if self._fill_cache is None or self._fill_cache[0] != key:
+        return self._mapped_color(self.bg_color)
+
+    def _mapped_color(self, color) -> pygame.Color:
+        """The pixel gfxdraw writes for ``color`` (it truncates float channels), found by drawing one."""
+        key = tuple(float(c) for c in color)
+        cache = self.__dict__.setdefault("_color_cache", {})
+        if key not in cache:
             probe = pygame.Surface((1, 1))
-            gfxdraw.pixel(probe, 0, 0, self.bg_color)
-            self._fill_cache = (key, probe.get_at((0, 0)))
-        return self._fill_cache[1]
+            gfxdraw.pixel(probe, 0, 0, color)
+            cache[key] = probe.get_at((0, 0))
+        return cache[key]
 
     # ---- car -----------------------------------------------------------------------------------------
 
@@ -506,18 +581,21 @@ class FastCarRacing(CarRacing):
         return self._car_cache[1], self._car_cache[2], self._car_cache[3]
 
     def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
-                  draw_particles: bool) -> None:
+                  draw_particles: bool, drawn: list[pygame.Rect], canvas: _Canvas | None = None) -> None:
         """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
 
         Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
-        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``.
+        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``. Appends
+        the rectangle each pygame call drew in to ``drawn``. With a ``canvas`` the polygons are drawn by
+        the compiled port of ``pygame.draw.polygon`` (``raster.pg_polygons``) on its world pixels, rows
+        below the HUD's top only, and flagged in its marks.
         """
         car = self.car
         if draw_particles:
             for p in car.particles:
                 poly = [pygame.math.Vector2(c).rotate_rad(angle) for c in p.poly]
                 poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
-                pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False)
+                drawn.append(pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False))
 
         base, base_body, spans = self._car_vertices()
         bodies = car.drawlist
@@ -558,25 +636,32 @@ class FastCarRacing(CarRacing):
         if extra:
             verts = np.concatenate([base, np.array(extra, dtype=np.float64).astype(np.float32)])
             body_of = np.concatenate([base_body, np.repeat(np.fromiter(stripes, np.intp, len(stripes)), 4)])
-            frame = frame[body_of]
         else:
             verts = base
-            frame = frame[base_body]
-        c32, s32, px32, py32 = frame.T
-        vx, vy = verts.T
-        wx = ((c32 * vx - s32 * vy) + px32).astype(np.float64)
-        wy = ((s32 * vx + c32 * vy) + py32).astype(np.float64)
+            body_of = base_body
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
-        sx = (cos_a * wx - sin_a * wy) * zoom + translation[0]
-        sy = (sin_a * wx + cos_a * wy) * zoom + translation[1]
+        sx, sy = raster.car_points(verts, body_of, frame, cos_a, sin_a, float(zoom), float(translation[0]),
+                                   float(translation[1]))
+        if canvas is not None:
+            words = [(r << 16) | (g << 8) | b for r, g, b in colors]
+            white = raster.map_rgb(WHEEL_WHITE)
+            order = []  # (first vertex, vertex count, word) in the stock drawing order
+            for start, count, b in spans:
+                order.append((start, count, words[b]))
+                if b in stripes:
+                    order.append((stripes[b], 4, white))
+            firsts, counts, order_words = np.array(order).T
+            raster.pg_polygons(canvas.world_px, sx, sy, firsts, counts, order_words, WINDOW_H - canvas.hud_top,
+                               canvas.world_marks)
+            return
         points = np.stack([sx, sy], axis=-1).tolist()
 
         polygon = pygame.draw.polygon
         for start, count, b in spans:
-            polygon(surface, color=colors[b], points=points[start : start + count])
+            drawn.append(polygon(surface, color=colors[b], points=points[start : start + count]))
             if b in stripes:  # the stock draws a wheel's stripe right after each of its fixtures
                 first = stripes[b]
-                polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4])
+                drawn.append(polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4]))
 
 
 def register() -> None:
