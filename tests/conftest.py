@@ -32,6 +32,13 @@ LONG_FILES = ("test_cli.py", "test_training.py", "browser/test_pages_browser.py"
               "browser/test_race_behind_proxy.py")
 
 
+def pytest_configure(config):
+    # pytest-xdist (3.x) would hand out files by their number of tests, most first, instead of in the order
+    # above; the same as ``--no-loadscope-reorder`` on the command line.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     tests = ROOT / "tests"
