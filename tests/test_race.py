@@ -523,6 +523,14 @@ def test_wm_max_races_is_kept_in_range(monkeypatch, value, expected):
     validate(RaceConfig(max_races=race.session._default_max_races()))  # the default config stays valid
 
 
+@pytest.mark.parametrize("value, expected", [("5000", 1000), ("0", 1), ("short", 1000), ("300", 300)])
+def test_wm_race_max_steps_is_kept_in_range(monkeypatch, value, expected):
+    from core.config import validate
+    monkeypatch.setenv("WM_RACE_MAX_STEPS", value)
+    assert race.session._default_max_steps() == expected
+    validate(RaceConfig(max_steps=race.session._default_max_steps()))
+
+
 def test_the_ai_cache_keeps_one_version_per_model(tiny_world_model, tmp_path):
     """An evolution rewrites history, meta and state every generation: that must not load (and keep) another
     copy of the weights; new controller weights replace the cached ones."""

@@ -23,6 +23,7 @@ from tests.conftest import ROOT, make_app_root
 
 SHOTS = ROOT / "test-output" / "race-proxy"
 SEED = "4343"
+RACE_STEPS = 300  # the race runs 6 s, not CarRacing's 20: the test drives only its first 20 steps or so
 
 pytestmark = BROWSER_MARKS
 
@@ -32,7 +33,8 @@ def proxied(request, tmp_path_factory, tiny_data, tiny_world_model):
     """(the app's URL through the proxy, the proxy, the mode): one app and one proxy per mode."""
     strip = request.param == "strip"
     root = make_app_root(tmp_path_factory.mktemp(f"proxied_{request.param}"), tiny_data, tiny_world_model)
-    with streamlit_app(root, base_url_path="" if strip else PREFIX) as app_url:
+    with streamlit_app(root, base_url_path="" if strip else PREFIX,
+                       env={"WM_RACE_MAX_STEPS": str(RACE_STEPS)}) as app_url:
         proxy = PrefixProxy(urlparse(app_url).port, strip=strip)
         with proxy as url:
             yield url, proxy, request.param
@@ -85,7 +87,7 @@ def test_a_race_through_a_prefix_proxy_drives_finishes_and_reaches_the_leaderboa
     assert float(data(page, "score")) != 0.0
     shot(page, SHOTS, f"{mode}-driving")
 
-    wait_status(page, "finished", timeout=120_000)  # the race runs out its 20 s
+    wait_status(page, "finished", timeout=120_000)  # the race runs out its RACE_STEPS
     page.get_by_role("button", name="Render the race as a video (MP4)").wait_for(timeout=30_000)
     cells = grid_cells(page, PLAYER, "AI")
     assert PLAYER in cells and "AI" in cells

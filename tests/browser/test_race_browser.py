@@ -12,13 +12,24 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, READY, chromium_page, shot
+from tests.browser.conftest import BROWSER_MARKS, READY, chromium_page, shot, streamlit_app
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "test-output" / "race-browser"
 PLAYER = "Pat <i>x</i>"  # must show as typed, never as markup
 
+# Races of this module's app run 600 steps (12 s), not CarRacing's 1000: long enough for everything the first
+# test does while its race runs (about 7 s of driving), and each race here waits for its end.
+RACE_STEPS = 600
+
 pytestmark = BROWSER_MARKS
+
+
+@pytest.fixture(scope="module")
+def app_url(app_root):
+    """The app over ``app_root`` with races of RACE_STEPS steps."""
+    with streamlit_app(app_root, env={"WM_RACE_MAX_STEPS": str(RACE_STEPS)}) as url:
+        yield url
 
 
 @pytest.fixture
@@ -144,7 +155,7 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
     page.wait_for_timeout(2500)
     assert data(page, "status") == "running" and data(page, "connected") == "true"
 
-    # The race runs out its 20 s: the AI's run counts only when it ends on its own, not cut short.
+    # The race runs out its time: the AI's run counts only when it ends on its own, not cut short.
     wait_status(page, "finished", timeout=120_000)
     # Over: the arrow keys are the page's again (scrolling, the video's seek bar).
     taken = page.evaluate("() => { const e = new KeyboardEvent('keydown', {code: 'ArrowDown', key: 'ArrowDown', "
@@ -171,9 +182,10 @@ def test_race_the_ai_end_download_and_find_both_runs(app_url, page, tmp_path):
     # Too short for the leaderboard, and the page says why; the AI's run is driven on to its end and shown.
     page.get_by_text(f"{PLAYER}'s run is not on the Leaderboard: it was ended after").wait_for(timeout=30_000)
     page.get_by_text("You vs the AI").wait_for(timeout=30_000)
-    grid_cells(page, "1000", timeout=90)
+    grid_cells(page, str(RACE_STEPS), timeout=90)
     shot(page, SHOTS, "3b-ended-early")
-    assert "at the end of the AI's run (step 1000)" in grid_cells(page, "at the end of the AI's run (step 1000)")
+    end = f"at the end of the AI's run (step {RACE_STEPS})"
+    assert end in grid_cells(page, end)
 
     goto(page, base, "leaderboard")
     page.locator("[data-testid='stDataFrame']").wait_for(timeout=30_000)

@@ -54,20 +54,31 @@ MAX_COMMANDS = 32  # queued control messages per session; more are dropped
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; 96 x 96 frames are about 2 KB either way
 
 
-def _default_max_races() -> int:
-    """WM_MAX_RACES, kept within the config's range (1..64) so that a large value caps rather than breaks."""
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    """Whole-number env var ``name``, kept within ``low..high`` so that a large value caps rather than breaks;
+    ``default`` when unset or not a whole number."""
     try:
-        return min(64, max(1, int(os.environ.get("WM_MAX_RACES", "4"))))
+        return min(high, max(low, int(os.environ.get(name, str(default)))))
     except ValueError:
-        return 4
+        return default
+
+
+def _default_max_races() -> int:
+    """WM_MAX_RACES, kept within the config's range (1..64)."""
+    return _env_int("WM_MAX_RACES", 4, 1, 64)
+
+
+def _default_max_steps() -> int:
+    """WM_RACE_MAX_STEPS, kept within the config's range (1..1000): shorter races for tests and demos."""
+    return _env_int("WM_RACE_MAX_STEPS", 1000, 1, 1000)
 
 
 @dataclass(frozen=True)
 class RaceConfig:
     """Live races: length, countdowns, how many run at once, and what drives the AI."""
 
-    max_steps: int = param(1000, "env steps a run may take at most (CarRacing's own limit: 1000 = 20 s)",
-                           minimum=1, maximum=1000)
+    max_steps: int = param(_default_max_steps(), "env steps a run may take at most (CarRacing's own limit: "
+                                                 "1000 = 20 s; env var WM_RACE_MAX_STEPS)", minimum=1, maximum=1000)
     min_steps: int = param(250, "env steps a person's run needs to go on the leaderboard when the player ends it "
                                 "(250 = 5 s); a run that ends on its own (lap, off the map, time up) always counts",
                            minimum=0, maximum=1000)
