@@ -53,7 +53,8 @@ def serve_races(registry):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    registry = RaceRegistry(CONFIG, board_path=tmp_path_factory.mktemp("board") / "b.sqlite3")
+    # Cars in processes of their own whatever the machine (the default on 2 cores is the server's threads).
+    registry = RaceRegistry(CONFIG, board_path=tmp_path_factory.mktemp("board") / "b.sqlite3", workers=True)
     with serve_races(registry) as url:
         yield registry, url
     registry.shutdown()

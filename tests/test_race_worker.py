@@ -80,7 +80,7 @@ def test_no_car_process_outlives_a_killed_server(tiny_world_model, tmp_path):
     code = f"""
 import sys, time
 from core.app.race import RaceConfig, RaceRegistry
-reg = RaceRegistry(RaceConfig(countdown_s=0.0), board_path={str(tmp_path / 'b.sqlite3')!r})
+reg = RaceRegistry(RaceConfig(countdown_s=0.0), board_path={str(tmp_path / 'b.sqlite3')!r}, workers=True)
 s = reg.create(owner="a", player="Ann", seed=3, mode="vs_ai", model_dir={str(tiny_world_model)!r})
 deadline = time.monotonic() + 60
 while len(reg.cars._idle) < reg.cars.spares and time.monotonic() < deadline:
@@ -106,7 +106,8 @@ def test_a_stand_in_agent_is_refused_by_car_processes_with_a_clear_message(tmp_p
         def act(self, obs):
             return np.zeros(3, np.float32)
 
-    reg = RaceRegistry(CONFIG, board_path=tmp_path / "b.sqlite3", agent_loader=lambda model_dir: Stub())
+    reg = RaceRegistry(CONFIG, board_path=tmp_path / "b.sqlite3", agent_loader=lambda model_dir: Stub(),
+                       workers=True)
     try:
         with pytest.raises(TypeError, match="Stub cannot drive in a car's process"):
             reg.create(owner="a", player="Ann", seed=1, mode="watch", model_dir="models")
@@ -115,9 +116,10 @@ def test_a_stand_in_agent_is_refused_by_car_processes_with_a_clear_message(tmp_p
         reg.shutdown()
 
 
-@pytest.mark.parametrize("environ, expected", [({}, True), ({"WM_RACE_WORKERS": "0"}, False),
-                                               ({"WM_SMALL_MACHINE": "1"}, False),
-                                               ({"WM_SMALL_MACHINE": "1", "WM_RACE_WORKERS": "1"}, True)])
-def test_cars_get_processes_unless_told_not_to_or_on_a_small_machine(environ, expected):
+@pytest.mark.parametrize("environ, cpus, expected", [({}, 4, True), ({}, 2, False), ({"WM_RACE_WORKERS": "0"}, 16, False),
+                                                     ({"WM_RACE_WORKERS": "1"}, 2, True),
+                                                     ({"WM_SMALL_MACHINE": "1"}, 16, False),
+                                                     ({"WM_SMALL_MACHINE": "1", "WM_RACE_WORKERS": "1"}, 2, True)])
+def test_cars_get_processes_on_4_cores_or_more_unless_told_otherwise_or_on_a_small_machine(environ, cpus, expected):
     from core.app.race.registry import default_workers
-    assert default_workers(environ) is expected
+    assert default_workers(environ, cpus) is expected

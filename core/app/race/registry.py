@@ -34,16 +34,22 @@ from core.machine import small_machine
 
 log = logging.getLogger(__name__)
 
+PROCESS_CARS_MIN_CPUS = 4  # cores from which cars step in processes of their own by default
 DRIVE_ON_REST = 3.0  # while races are live, an AI run driven on rests this many times as long as each step took
 
 
-def default_workers(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether cars step in processes of their own: WM_RACE_WORKERS (1 yes, 0 no); unset, yes except on a small
-    machine (WM_SMALL_MACHINE), where ten car processes of about 50 MB each (four races against the AI and two
-    spares) would crowd the server."""
+def default_workers(environ: Mapping[str, str] | None = None, cpus: int | None = None) -> bool:
+    """Whether cars step in processes of their own: WM_RACE_WORKERS (1 yes, 0 no); unset, yes on a machine of
+    ``PROCESS_CARS_MIN_CPUS`` cores or more (``cpus``, default ``os.cpu_count()``) that is not a small machine
+    (WM_SMALL_MACHINE), where ten car processes of about 50 MB each (four races against the AI and two spares)
+    would crowd the server. On 2 cores the processes only trade the GIL for context switches: four races
+    against the AI beside an evolution kept 0.82x the frames on threads, and pages loaded 1.29x slower
+    (bench_race_load --before, BENCHMARKS.md)."""
     environ = os.environ if environ is None else environ
     value = environ.get("WM_RACE_WORKERS", "").strip()
-    return value != "0" if value else not small_machine(environ)
+    if value:
+        return value != "0"
+    return (cpus or os.cpu_count() or 1) >= PROCESS_CARS_MIN_CPUS and not small_machine(environ)
 
 
 def score_and_record(race: FinishedRace, board: Leaderboard) -> list[dict]:
