@@ -27,8 +27,10 @@ pytestmark = BROWSER_MARKS
 
 @pytest.fixture(scope="module")
 def app_url(app_root):
-    """The app over ``app_root`` with races of RACE_STEPS steps."""
-    with streamlit_app(app_root, env={"WM_RACE_MAX_STEPS": str(RACE_STEPS)}) as url:
+    """The app over ``app_root`` with races of RACE_STEPS steps, each car in a process of its own (the default
+    from 4 cores; the cars on the server's threads, the default on 2, are what the other race pages' and the
+    Docker image's browser tests drive)."""
+    with streamlit_app(app_root, env={"WM_RACE_MAX_STEPS": str(RACE_STEPS), "WM_RACE_WORKERS": "1"}) as url:
         yield url
 
 
