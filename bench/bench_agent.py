@@ -19,20 +19,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"
 import numpy as np  # noqa: E402
 
 from bench.common import machine_info  # noqa: E402
+from bench.common import median_time as common_median_time  # noqa: E402
 
 
 def median_time(fn, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of CPU time this process spends in one call of ``fn`` over ``repeats`` calls (after
-    ``warmup``). CPU time rather than wall clock: a call preempted by other work on the machine counts only
+    """``bench.common.median_time`` in CPU time: a call preempted by other work on the machine counts only
     the time it ran, so the figures of a loaded machine stay close to those of a quiet one."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return float(np.median(times))
+    return common_median_time(fn, repeats, warmup, time.process_time)
 
 
 def _models():

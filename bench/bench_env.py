@@ -51,8 +51,13 @@ def time_steps(env, seed: int, actions: list[np.ndarray], clock=time.perf_counte
     return spent
 
 
-def compare(runs: int, steps: int) -> dict[str, list[float]]:
-    """Steps a second of each env, ``runs`` runs of ``steps`` steps each, interleaved ABBA."""
+def compare(runs: int, steps: int, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Steps a second of each env, ``runs`` runs of ``steps`` steps each, interleaved ABBA, by ``clock``.
+
+    ``time.process_time`` counts CPU time: on a shared machine a wall-clock run also counts the time other
+    processes hold the core, which swings a ratio by 2x from run to run; CPU time counts only this process's
+    work (cache and memory contention still slow it).
+    """
     from core.envs.fast_car_racing import make_car_racing
 
     envs = {"stock": make_car_racing(fast=False), "fast": make_car_racing(fast=True)}
@@ -64,31 +69,7 @@ def compare(runs: int, steps: int) -> dict[str, list[float]]:
         actions = brownian_actions(run, steps)
         order = ("stock", "fast") if run % 2 == 0 else ("fast", "stock")
         for kind in order:
-            rates[kind].append(steps / time_steps(envs[kind], run, actions))
-    for env in envs.values():
-        env.close()
-    return rates
-
-
-def compare_cpu(runs: int, steps: int) -> dict[str, list[float]]:
-    """``compare`` with the CPU time of ``env.step`` (``time.process_time``) instead of the wall clock.
-
-    On a shared machine a wall-clock run also counts the time other processes hold the core, which
-    swings a ratio by 2x from run to run; CPU time counts only this process's work (cache and memory
-    contention still slow it).
-    """
-    from core.envs.fast_car_racing import make_car_racing
-
-    envs = {"stock": make_car_racing(fast=False), "fast": make_car_racing(fast=True)}
-    for env in envs.values():
-        env.reset(seed=0)
-        env.step(np.zeros(3, np.float32))
-    rates: dict[str, list[float]] = {"stock": [], "fast": []}
-    for run in range(runs):
-        actions = brownian_actions(run, steps)
-        order = ("stock", "fast") if run % 2 == 0 else ("fast", "stock")
-        for kind in order:
-            rates[kind].append(steps / time_steps(envs[kind], run, actions, time.process_time))
+            rates[kind].append(steps / time_steps(envs[kind], run, actions, clock))
     for env in envs.values():
         env.close()
     return rates
@@ -183,7 +164,7 @@ def compile_seconds() -> tuple[float, float]:
 
 
 def cpu_lines(cpu: dict[str, list[float]]) -> list[str]:
-    """Markdown lines for ``compare_cpu``'s result."""
+    """Markdown lines for ``compare``'s result in CPU time."""
     ratios = [f / s for s, f in zip(cpu["stock"], cpu["fast"])]
     lines = [
         "The same runs timed in CPU seconds of `env.step` (what the wall clock shows minus the time other "
@@ -263,7 +244,7 @@ def run(quick: bool = False) -> str:
     runs, steps = (4, 200) if quick else (6, 1000)
     load_before = os.getloadavg()[0]
     rates = compare(runs, steps)
-    cpu = compare_cpu(runs, steps)
+    cpu = compare(runs, steps, time.process_time)
     peer = envpool_rates(runs, steps)
     load_after = os.getloadavg()[0]
     profiled_ms, parts = profile_fast(300 if quick else 1000)
