@@ -43,7 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from core.app.race.ai import single_threaded_blas
 from core.app.race.errors import RaceError
 from core.app.race.registry import RaceRegistry, get_registry
-from core.app.race.session import COMMANDS, KEY_MASK_ALL, RaceSession, encode_image  # noqa: F401 - encode_image: re-exported
+from core.app.race.session import COMMANDS, KEY_MASK_ALL, RaceSession
 from core.envs.env import FPS
 
 log = logging.getLogger(__name__)
