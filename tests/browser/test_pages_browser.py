@@ -120,6 +120,8 @@ def test_the_latent_explorer_shows_c_s_action_live_as_a_slider_moves(app_url, pa
     page.get_by_text("decoded with your z").first.wait_for(timeout=60_000)
     ready(page)
     bars = page.locator(".wm-action-bar")
+    # The image and its caption can reach the browser before the bars below them do, in the same script run.
+    page.wait_for_function("document.querySelectorAll('.wm-action-bar').length >= 3", timeout=60_000)
     assert [bars.nth(i).get_attribute("data-action") for i in range(bars.count())] == ["steer", "gas", "brake"]
 
     def shown() -> dict:
