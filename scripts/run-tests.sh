@@ -35,6 +35,10 @@ fi
 source scripts/python-env.sh
 install_requirements requirements-dev.txt
 export SDL_VIDEODRIVER=dummy TF_CPP_MIN_LOG_LEVEL=2
+# The fast env's numba kernels, compiled once while pytest starts: otherwise every process that steps the env
+# before the first cache file is written compiles its own (7-8 s of a core each). A failure here shows in the
+# env's tests.
+"$PY" -m core.envs.fast_car_racing >/dev/null 2>&1 &
 # Two workers, one test file each (module fixtures such as a browser module's app server are made once):
 # on 2 cores 8.7 min instead of 15. WM_TEST_WORKERS=0 runs everything in this process.
 "$PY" -m pytest -n "${WM_TEST_WORKERS:-2}" --dist loadfile "$@"  # not exec: the trap above stops a Docker daemon started here

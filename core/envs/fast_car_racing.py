@@ -35,6 +35,8 @@ Importing this module registers ``FastCarRacing-v3`` (same wrappers, limits and 
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -686,3 +688,23 @@ def make_car_racing(fast: bool = True, **kwargs: Any) -> gym.Env:
     ``max_episode_steps``...) go to ``gymnasium.make`` unchanged.
     """
     return gym.make(ENV_ID if fast else STOCK_ENV_ID, **kwargs)
+
+
+def compile_kernels() -> float:
+    """Drive the fast env for a few steps so that numba compiles every kernel a rollout runs (or loads them
+    from its cache); returns the seconds it took. Run once on a new machine or image (the test script and
+    the Dockerfile do) and the processes started after it load the machine code instead of each compiling
+    it: 7-8 s of a core each on a cold cache, 0.3 s from the cache."""
+    start = time.perf_counter()
+    env = make_car_racing(fast=True)
+    try:
+        env.reset(seed=0)
+        for action in ((0.0, 1.0, 0.0), (-1.0, 1.0, 0.0), (1.0, 0.0, 0.8)):  # straight, a skid, a brake
+            env.step(np.array(action, np.float32))
+    finally:
+        env.close()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    print(f"numba kernels ready in {compile_kernels():.1f} s (cache: {os.environ.get('NUMBA_CACHE_DIR') or 'next to the code'})")
