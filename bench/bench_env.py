@@ -241,13 +241,13 @@ def envpool_row(result: tuple[list[float], list[float]] | str) -> list[str]:
 
 def run(quick: bool = False) -> str:
     """Benchmark both envs and return a Markdown section for BENCHMARKS.md."""
-    runs, steps = (4, 200) if quick else (6, 1000)
+    runs, steps = (3, 100) if quick else (6, 1000)
     load_before = os.getloadavg()[0]
     rates = compare(runs, steps)
     cpu = compare(runs, steps, time.process_time)
     peer = envpool_rates(runs, steps)
     load_after = os.getloadavg()[0]
-    profiled_ms, parts = profile_fast(300 if quick else 1000)
+    profiled_ms, parts = profile_fast(150 if quick else 1000)
     cold, warm = compile_seconds()
 
     stock, fast = rates["stock"], rates["fast"]
@@ -284,7 +284,7 @@ def run(quick: bool = False) -> str:
     ]
     lines += cpu_lines(cpu)
     lines += [
-        f"Where a fast step goes ({300 if quick else 1000} steps, each part's function timed in CPU time; "
+        f"Where a fast step goes ({150 if quick else 1000} steps, each part's function timed in CPU time; "
         f"{profiled_ms:.2f} ms a step in this run):",
         "",
         "| part | ms a step | share |",

@@ -183,13 +183,13 @@ async def _drop(url: str, token: str) -> dict:
 
 
 def _measure(url: str, tokens: dict, quick: bool) -> dict:
-    seconds = 4.0 if quick else 10.0
+    seconds = 2.0 if quick else 10.0
     results = {"solo": asyncio.run(_stream(url, tokens[SOLO][0], seconds))}
 
     async def group():
         return await asyncio.gather(*[_stream(url, t, seconds) for t in tokens[GROUP]])
     results["group"] = asyncio.run(group())
-    results["latency"] = asyncio.run(_latency(url, tokens[LATENCY][0], 30 if quick else 80))
+    results["latency"] = asyncio.run(_latency(url, tokens[LATENCY][0], 15 if quick else 80))
     if VERSUS in tokens:
         results["versus"] = asyncio.run(_stream(url, tokens[VERSUS][0], seconds))
 
@@ -273,7 +273,7 @@ def run(quick: bool = False) -> str:
         "",
         f"`python -m bench.bench_race{' --quick' if quick else ''}`: a race server process (uvicorn, "
         f"websockets-sansio, env `{info['env']}`, 96x96 PNG frames) and a Python WebSocket client on "
-        f"loopback driving in circles; {4 if quick else 10} s of each running race, {len(lat)} key presses "
+        f"loopback driving in circles; {2 if quick else 10} s of each running race, {len(lat)} key presses "
         "at random moments. The AI in the last row has random weights at the paper's sizes. Load average "
         f"(1 min) before and after: {load_before:.1f} and {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
