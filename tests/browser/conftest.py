@@ -4,6 +4,8 @@ Debian's Chromium (/usr/bin/chromium) driven by Playwright, with the flags this 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -32,8 +34,34 @@ def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (
     ``args`` go to ``streamlit run`` as well, ``env`` adds to its environment."""
     env = {**os.environ, "WORLD_MODELS_ROOT": str(root), "WM_LEADERBOARD_DB": str(root / "board.sqlite3"),
            "SDL_VIDEODRIVER": "dummy", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    with streamlit_server(root, env, base_url_path, args, timeout=60) as (url, _):
-        yield url
+    with streamlit_server(root, env, base_url_path, args, timeout=60) as (url, proc):
+        SERVERS[url] = (proc.pid, root / "streamlit.log")
+        try:
+            yield url
+        finally:
+            SERVERS.pop(url, None)
+
+
+SERVERS: dict[str, tuple[int, Path]] = {}  # the running apps' URLs: their server's pid and log
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test of a running app gets the server's Python stacks (py-spy, where installed) and the end
+    of its log in its report: what the server was doing when the page did not answer."""
+    report = yield
+    url = getattr(item, "funcargs", {}).get("app_url")
+    if report.failed and call.when == "call" and url in SERVERS:
+        pid, log = SERVERS[url]
+        if shutil.which("py-spy"):
+            try:
+                dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True,
+                                      timeout=30)
+                report.sections.append(("app server stacks (py-spy dump)", dump.stdout + dump.stderr))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                report.sections.append(("app server stacks (py-spy dump)", f"no dump: {e}"))
+        report.sections.append(("app server log (end)", log.read_text(errors="replace")[-4000:]))
+    return report
 
 
 @pytest.fixture(scope="module")
