@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import weakref
 import zipfile
 import zlib
 from pathlib import Path
@@ -151,6 +152,9 @@ def load_arrays_json(path: Path | str, what: str) -> tuple[Any, dict[str, np.nda
 H5_OVERHEAD_BYTES = 1 << 20  # room an .h5 weights file needs beyond its arrays (names, layout), generously
 
 
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # compiled model -> its uncompiled twin
+
+
 def atomic_save_keras(model: Any, path: Path | str) -> None:
     """Save a Keras model's own weights (``.weights.h5``) atomically.
 
@@ -159,7 +163,9 @@ def atomic_save_keras(model: Any, path: Path | str) -> None:
     """
     path = Path(path)
     if getattr(model, "optimizer", None) is not None:
-        twin = model.__class__(**model.get_config())
+        twin = _TWINS.get(model)
+        if twin is None:  # made once per model: building one costs more than writing its weights
+            twin = _TWINS[model] = model.__class__(**model.get_config())
         twin.set_weights(model.get_weights())
         model = twin
     with writing(path):
