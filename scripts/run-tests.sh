@@ -39,6 +39,10 @@ export SDL_VIDEODRIVER=dummy TF_CPP_MIN_LOG_LEVEL=2
 # before the first cache file is written compiles its own (7-8 s of a core each). A failure here shows in the
 # env's tests.
 "$PY" -m core.envs.fast_car_racing >/dev/null 2>&1 &
-# Two workers, one test file each (module fixtures such as a browser module's app server are made once):
-# on 2 cores 8.7 min instead of 15. WM_TEST_WORKERS=0 runs everything in this process.
-"$PY" -m pytest -n "${WM_TEST_WORKERS:-2}" --dist loadfile "$@"  # not exec: the trap above stops a Docker daemon started here
+# One worker more than the cores (at most 6), one test file each (module fixtures such as a browser module's
+# app server are made once): many tests wait on a server, a browser or a child process, and a third worker
+# on 2 cores fills those waits (pytest 9.0 min with 3 workers, 10.5-12 with 2 and 10.6 with 4, in one
+# session). WM_TEST_WORKERS=N sets the number, 0 runs everything in this process.
+cores=$(nproc 2>/dev/null || echo 2)
+workers=$(( cores + 1 > 6 ? 6 : cores + 1 ))
+"$PY" -m pytest -n "${WM_TEST_WORKERS:-$workers}" --dist loadfile "$@"  # not exec: the trap above stops a Docker daemon started here

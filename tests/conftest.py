@@ -23,13 +23,14 @@ os.environ.pop("WM_RAY_ADDRESS", None)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The test files that take longest on 2 cores, longest first (measured with --junitxml, summed by file).
-# ``--dist loadfile`` hands each xdist worker the next file in collection order as it finishes one, so these go
-# first and the many short files fill the end of both workers' time (a long file picked up last would leave
-# the other worker idle meanwhile). Files not named here keep their order after these.
-LONG_FILES = ("test_cli.py", "test_training.py", "browser/test_pages_browser.py", "test_cluster.py", "test_docker.py",
-              "browser/test_race_browser.py", "test_race_pages.py", "test_jobs.py", "test_app_pages.py",
-              "browser/test_race_behind_proxy.py")
+# The test files that take longest with 3 workers on 2 cores, longest first (wall time summed by file from
+# --junitxml). ``--dist loadfile`` hands each xdist worker the next file in collection order as it finishes
+# one, so these go first and the many short files fill the end of the workers' time (a long file picked up
+# last would leave the others idle meanwhile). Files not named here keep their order after these.
+LONG_FILES = ("test_cli.py", "test_training.py", "test_cluster.py", "browser/test_pages_browser.py",
+              "browser/test_race_browser.py", "test_app_pages.py", "test_docker.py", "test_jobs.py",
+              "test_bench_sections.py", "browser/test_race_behind_proxy.py", "test_forms.py", "test_race_server.py",
+              "test_race_pages.py", "test_fast_env.py")
 
 
 def pytest_configure(config):

@@ -76,7 +76,7 @@ def _state(path: Path, key: str) -> int:
 
 def test_train_vae_resumes_after_kill_9(tiny_data, tmp_path):
     args = ["train-vae", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path), "--z-size", "8",
-            "--epochs", "4", "--batch-size", "4", "--checkpoint-every", "10", "--holdout", "0", "--quiet"]
+            "--epochs", "3", "--batch-size", "4", "--checkpoint-every", "10", "--holdout", "0", "--quiet"]
     state = tmp_path / "vae" / "checkpoint" / "state.json"
     proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     _kill_when(proc, lambda: _state(state, "step") >= 20)

@@ -375,7 +375,7 @@ def test_episodes_collected_during_a_run_never_join_its_held_out_set(stage, trai
     add(0, 4)
     run = copy_run(trained, tmp_path, parts=("vae",) if stage == "rnn" else ())
     train = train_vae if stage == "vae" else train_rnn
-    config = (vae_config if stage == "vae" else rnn_config)(data, run, holdout=0.25, epochs=3)
+    config = (vae_config if stage == "vae" else rnn_config)(data, run, holdout=0.25, epochs=1)
     first = train(config, on_progress=lambda step, total, metrics: metrics.get("phase") == "encoding" or step < 1)
     assert not first["complete"]
     state = json.loads((run / stage / CHECKPOINT / "state.json").read_text())
@@ -387,7 +387,7 @@ def test_episodes_collected_during_a_run_never_join_its_held_out_set(stage, trai
     assert resumed["train_episodes"] == 11
     # The same folder named another way (a link, a relative path) is the same episodes.
     (tmp_path / "link").symlink_to(data)
-    again = train((vae_config if stage == "vae" else rnn_config)(tmp_path / "link", run, holdout=0.25, epochs=4))
+    again = train((vae_config if stage == "vae" else rnn_config)(tmp_path / "link", run, holdout=0.25, epochs=2))
     assert again["heldout_episodes"] == 1
     assert json.loads((run / stage / CHECKPOINT / "state.json").read_text())["heldout"] == state["heldout"]
 
