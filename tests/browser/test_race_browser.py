@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, READY, chromium_page, shot, streamlit_app
+from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot, streamlit_app
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "test-output" / "race-browser"
@@ -45,9 +45,9 @@ def goto(page, base: str, path: str) -> None:
         # Streamlit shows a "Page not found" modal over the right page when a fresh server's first visit is
         # a deep link (streamlit/streamlit#8860); it makes the page below inert. Open Home first.
         page.goto(base)
-        page.wait_for_selector(READY, timeout=60_000)
+        ready(page)
     page.goto(base + path)
-    page.wait_for_selector(READY, timeout=60_000)
+    ready(page)
 
 
 def canvas(page) -> str:
