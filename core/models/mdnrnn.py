@@ -22,7 +22,15 @@ import tensorflow as tf  # noqa: E402
 from core.config import RNNConfig  # noqa: E402
 from core.envs.actions import ACTION_SIZE
 from core.metrics import RNN_LOSSES, Training
-from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, one_line, read_json, read_meta
+from core.storage.artifacts import (  # noqa: E402
+    WEIGHT_FILES,
+    ArtifactError,
+    checked_config,
+    one_line,
+    read_json,
+    read_meta,
+    require_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +122,7 @@ def load_rnn(rnn_dir: Path | str, expect_z: int | None = None) -> MDNRNN:
     rnn_dir = Path(rnn_dir)
     if (rnn_dir / "meta.json").exists():
         read_meta(rnn_dir, "rnn")
-    if not (rnn_dir / WEIGHTS).exists():
-        raise ArtifactError(f"{rnn_dir}: no MDN-RNN weights ({WEIGHTS}); train one first (python -m core "
-                            "train-rnn)")
+    require_weights(rnn_dir, "rnn")
     info = read_json(rnn_dir / "config.json", "MDN-RNN config")
     config = checked_config(RNNConfig, info, rnn_dir / "config.json", "MDN-RNN config")
     z_size = info.get("z_size")

@@ -21,7 +21,15 @@ import tensorflow as tf  # noqa: E402
 from core.config import VAEConfig  # noqa: E402
 from core.envs.env import FRAME_SIZE  # noqa: E402
 from core.metrics import Training, VaeMetric  # noqa: E402
-from core.storage.artifacts import WEIGHT_FILES, ArtifactError, checked_config, one_line, read_json, read_meta
+from core.storage.artifacts import (  # noqa: E402
+    WEIGHT_FILES,
+    ArtifactError,
+    checked_config,
+    one_line,
+    read_json,
+    read_meta,
+    require_weights,
+)
 
 WEIGHTS = WEIGHT_FILES["vae"]
 ENCODER_CONVS = (32, 64, 128, 256)  # filters, kernel 4, stride 2
@@ -132,9 +140,7 @@ def load_vae(vae_dir: Path | str, expect_z: int | None = None) -> ConvVAE:
     vae_dir = Path(vae_dir)
     if (vae_dir / "meta.json").exists():  # absent while a first training run is still going
         read_meta(vae_dir, "vae")
-    if not (vae_dir / WEIGHTS).exists():
-        raise ArtifactError(f"{vae_dir}: no VAE weights ({WEIGHTS}); train one first "
-                            f"(python -m core train-vae)")
+    require_weights(vae_dir, "vae")
     config = checked_config(VAEConfig, read_json(vae_dir / "config.json", "VAE config"), vae_dir / "config.json",
                             "VAE config")
     if expect_z is not None and config.z_size != expect_z:

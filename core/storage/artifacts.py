@@ -36,6 +36,18 @@ class ArtifactError(UserError, RuntimeError):
     """A missing, corrupt or incompatible artifact; the message says which file and how to fix it."""
 
 
+TRAINED_BY = {"vae": ("VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn")}  # a part: what it is, the stage
+
+
+def require_weights(part_dir: Path | str, part: str) -> None:
+    """An ArtifactError naming the stage to run unless ``part_dir`` holds V's or M's (``part``) weights file."""
+    part_dir = Path(part_dir)
+    if not (part_dir / WEIGHT_FILES[part]).exists():
+        what, stage = TRAINED_BY[part]
+        raise ArtifactError(f"{part_dir}: no {what} weights ({WEIGHT_FILES[part]}); train one first "
+                            f"(python -m core {stage})")
+
+
 def one_line(error: BaseException, limit: int = 240) -> str:
     """A library's error message (Keras's run over many lines) as one line of at most ``limit`` characters."""
     text = " ".join(str(error).split())
