@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return not stop.is_set()
 
     try:
-        result = STAGES[args.stage].function()(config, progress)
+        result = STAGES[args.stage].prepare(config)(config, progress)
     except (KeyboardInterrupt, InterruptedError):  # InterruptedError: stopped where no checkpoint is written
         if args.stage == "record":
             print("\nstopped; no video was written (--out is as it was): a recording starts over when run "

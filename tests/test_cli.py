@@ -178,6 +178,22 @@ def test_bad_input_gets_one_line_error_not_traceback(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train-vae", "--data-dir", "{missing}"], "no such data folder; collect episodes first"),
+    (["train-rnn", "--data-dir", "{data}", "--run-dir", "{missing}"], "no VAE weights (vae.weights.h5); train one first"),
+    (["train-rnn", "--data-dir", "{data},{missing}", "--run-dir", "{run}"], "no such data folder; collect episodes first"),
+])
+def test_a_missing_input_of_training_is_named_before_tensorflow_loads(args, message, tiny_world_model, tiny_data,
+                                                                       tmp_path):
+    """The error comes in a fraction of a second, not after the seconds TensorFlow takes to import."""
+    args = [a.format(missing=tmp_path / "nowhere", data=tiny_data, run=tiny_world_model) for a in args]
+    code = ("import sys; from core.cli import main; rc = main(sys.argv[1:]); "
+            "print('tensorflow' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # a kill, or a first Ctrl-C
 def test_sigterm_stops_cleanly_with_metadata(tiny_world_model, tmp_path, signum):
     import shutil

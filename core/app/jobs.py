@@ -501,7 +501,7 @@ def _child(stage: str, fd: int, nice: int = 0) -> int:
         from core.config import from_dict
         config = from_dict(STAGES[stage].config, json.loads(sys.stdin.readline()))
         threading.Thread(target=watch_stdin, daemon=True, name="stop-watch").start()
-        function = STAGES[stage].function()
+        function = STAGES[stage].prepare(config)
 
         def on_progress(step: int, total: int, metrics: Mapping[str, object]) -> bool:
             send({"event": "progress", "step": int(step), "total": int(total), "metrics": dict(metrics)})

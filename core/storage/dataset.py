@@ -125,6 +125,17 @@ def data_folders(data_dir: Path | str) -> list[Path]:
     return list(unique.values())
 
 
+def existing_data_folders(data_dir: Path | str) -> list[Path]:
+    """``data_folders(data_dir)``, each checked to exist: a NoDataError names the first missing one and the
+    command that makes it."""
+    folders = data_folders(data_dir)
+    for folder in folders:
+        if not folder.is_dir():
+            raise NoDataError(f"{folder}: no such data folder; collect episodes first "
+                              f"(python -m core collect --out-dir {folder})")
+    return folders
+
+
 def read_manifest(data_dir: Path | str) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.exists():
@@ -144,11 +155,7 @@ def usable_episodes(data_dir: Path | str, on_corrupt: str = "skip", max_episodes
     Raises NoDataError when a folder is missing or there are no usable episodes, with the command that
     makes them.
     """
-    folders = data_folders(data_dir)
-    for folder in folders:
-        if not folder.is_dir():
-            raise NoDataError(f"{folder}: no such data folder; collect episodes first "
-                              f"(python -m core collect --out-dir {folder})")
+    folders = existing_data_folders(data_dir)
     paths = [p for folder in folders for p in list_episodes(folder)]
     if max_episodes:
         paths = paths[:max_episodes]
