@@ -49,15 +49,9 @@ def _collect_reads(c: Settings) -> list[str]:
     return _world_model("model_dir", "vae", "rnn")(c) if c.get("policy") == "controller" else []
 
 
-def _data_there(config: Any) -> None:
-    from core.storage.dataset import existing_data_folders
-    existing_data_folders(config.data_dir)
-
-
-def _v_and_data_there(config: Any) -> None:
-    from core.storage.artifacts import require_weights
-    require_weights(config.vae_dir, "vae")
-    _data_there(config)
+def _imported(name: str) -> Callable:
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclass(frozen=True)
@@ -76,16 +70,16 @@ class Stage:
     part: str | None = None  # the world-model part it trains (vae, rnn, controller), if any
     unit: str = "steps"  # what its progress counts
     go_on: tuple[str, str] | None = None  # on a finished folder: (the form field to raise, the folder field)
-    preflight: Callable[[Any], None] = lambda config: None  # checks of its inputs that need no TensorFlow,
-    # raising a UserError: a missing folder is named in a fraction of a second, before the module loads
+    preflight: str | None = None  # "module:function" checking its inputs without TensorFlow before ``entry``
+    # loads (core.pipeline.preflight): a missing folder is named in a fraction of a second
 
     def function(self) -> Callable[..., dict]:
-        module, name = self.entry.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(self.entry)
 
     def prepare(self, config: Any) -> Callable[..., dict]:
-        """``function()`` once ``preflight(config)`` has passed."""
-        self.preflight(config)
+        """``function()`` once the preflight check of ``config`` has passed (it raises a UserError)."""
+        if self.preflight:
+            _imported(self.preflight)(config)
         return self.function()
 
     def world_model_inputs(self, settings: Settings) -> set[str]:
@@ -101,11 +95,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train-vae", VAEConfig, "core.pipeline.train_vae:train_vae", "Train VAE",
           "Train the ConvVAE (V) on collected frames (resumes from its checkpoint).",
           out_dir=_in_run("vae"), page="pages/2_Train_VAE.py", part="vae", unit="batches",
-          go_on=("Epochs", "Run dir"), preflight=_data_there),
+          go_on=("Epochs", "Run dir"), preflight="core.pipeline.preflight:data_there"),
     Stage("train-rnn", RNNConfig, "core.pipeline.train_rnn:train_rnn", "Train RNN",
           "Encode frames with V, train the MDN-RNN (M) (resumes from its checkpoint).",
           out_dir=_in_run("rnn"), reads=_world_model("run_dir", "vae"), page="pages/3_Train_RNN.py", part="rnn",
-          unit="batches", go_on=("Epochs", "Run dir"), preflight=_v_and_data_there),
+          unit="batches", go_on=("Epochs", "Run dir"), preflight="core.pipeline.preflight:v_and_data_there"),
     Stage("evolve", EvolveConfig, "core.pipeline.evolve:evolve", "Evolve",
           "Evolve the controller (C) with CMA-ES in the real env (resumes each generation).",
           out_dir=_in_run("controller"), reads=_world_model("run_dir", "vae", "rnn"), page="pages/4_Evolve.py",

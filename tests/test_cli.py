@@ -178,18 +178,23 @@ def test_bad_input_gets_one_line_error_not_traceback(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train-vae", "--data-dir", "{missing}"], "no such data folder; collect episodes first"),
-    (["train-rnn", "--data-dir", "{data}", "--run-dir", "{missing}"], "no VAE weights (vae.weights.h5); train one first"),
-    (["train-rnn", "--data-dir", "{data},{missing}", "--run-dir", "{run}"], "no such data folder; collect episodes first"),
+@pytest.mark.parametrize("args, message, unloaded", [
+    (["train-vae", "--data-dir", "{missing}"], "no such data folder; collect episodes first", "tensorflow"),
+    (["train-rnn", "--data-dir", "{data}", "--run-dir", "{missing}"], "no VAE weights (vae.weights.h5); train one first",
+     "tensorflow"),
+    (["train-rnn", "--data-dir", "{data},{missing}", "--run-dir", "{run}"], "no such data folder; collect episodes first",
+     "tensorflow"),
+    (["evolve", "--run-dir", "{run}", "--popsize", "1"], "--popsize=1 is too small", "cma"),
 ])
-def test_a_missing_input_of_training_is_named_before_tensorflow_loads(args, message, tiny_world_model, tiny_data,
-                                                                       tmp_path):
-    """The error comes in a fraction of a second, not after the seconds TensorFlow takes to import."""
+def test_a_missing_input_or_a_bad_flag_is_named_before_the_heavy_libraries_load(args, message, unloaded,
+                                                                                tiny_world_model, tiny_data, tmp_path):
+    """The error comes in a fraction of a second, not after the seconds TensorFlow (or cma, with the scipy and
+    matplotlib it imports) takes to load."""
     args = [a.format(missing=tmp_path / "nowhere", data=tiny_data, run=tiny_world_model) for a in args]
-    code = ("import sys; from core.cli import main; rc = main(sys.argv[1:]); "
-            "print('tensorflow' in sys.modules); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    code = ("import sys; from core.cli import main; rc = main(sys.argv[2:]); "
+            "print(sys.argv[1] in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, unloaded, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout.strip() == "False"
 

@@ -94,7 +94,7 @@ def test_every_pipeline_module_is_a_stage_named_as_the_cli_names_it():
     stage_modules = {s.entry.split(":")[0] for s in STAGES.values()}
     assert stage_modules == {f"core.pipeline.{name.replace('-', '_')}" for name in STAGES}
     helpers = {"core.pipeline", "core.pipeline.rollout", "core.pipeline.cluster", "core.pipeline.gate",
-               "core.pipeline.dream", "core.pipeline.training"}
+               "core.pipeline.dream", "core.pipeline.training", "core.pipeline.preflight"}
     modules = {module_name(p) for p in (ROOT / "core" / "pipeline").glob("*.py")}
     assert modules - helpers <= stage_modules
 
@@ -103,6 +103,7 @@ def test_every_stage_entry_point_exists():
     from core.stages import STAGES
     for name, stage in STAGES.items():
         assert callable(stage.function()), name
+        assert stage.preflight is None or stage.preflight.startswith("core.pipeline.preflight:"), name
 
 
 def test_repo_has_the_design_card_layout():

@@ -45,8 +45,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cma
 import numpy as np
 
 from core.config import MAX_TEST_TRACKS, EvolveConfig, ray_address, to_dict, validate
@@ -75,9 +75,12 @@ from core.storage.artifacts import (
     read_json,
     write_meta,
 )
-from core.storage.cma_state import es_from_arrays, es_to_arrays, new_sampler, same_state
-from core.storage.cma_state import new_es as new_cma_es
 from core.storage.weights_cache import world_model_sha256
+
+# cma (with the scipy and matplotlib it loads, a second of a core) is imported where a CMA-ES is made or loaded:
+# a resume's saved settings, a flag error and the Evolve page's helpers answer without it.
+if TYPE_CHECKING:
+    import cma
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,7 @@ def _save_es(out_dir: Path, es: cma.CMAEvolutionStrategy, state: dict, params: n
              average: Average | None) -> None:
     """The CMA-ES (with the random state it samples from), the run's counters, the shipped parameters and the
     averaged mean in one atomic file, so they can never disagree: arrays, and JSON under ``json``."""
+    from core.storage.cma_state import es_to_arrays
     es_json, es_arrays = es_to_arrays(es)
     document = {"es": es_json, "state": dict(state), "average_generations": None if average is None else average[1]}
     arrays = {**es_arrays, "params": np.asarray(params, np.float32)}
@@ -124,6 +128,7 @@ def _load_es(out_dir: Path) -> tuple[cma.CMAEvolutionStrategy, dict, np.ndarray,
     the two it is one generation ahead, or ``state.json`` is not there yet. Nothing in the file is code; one
     that is damaged or does not fit is an ArtifactError naming it.
     """
+    from core.storage.cma_state import es_from_arrays
     path = out_dir / CMA_STATE
     document, arrays = load_arrays_json(path, "CMA-ES checkpoint")
     if not (isinstance(document, dict) and isinstance(document.get("state"), dict)
@@ -151,6 +156,8 @@ def _unpickle_checkpoint(out_dir: Path, state: dict | None) -> tuple[cma.CMAEvol
     pickle of a bare CMA-ES, from before the counters went into it, which goes with ``state``, its
     ``state.json``, and whose ``params.npz`` is the controller to ship). Runs the pickle: trusted files only."""
     import pickle
+
+    import cma
     path = out_dir / PICKLED_CMA_STATE
     try:
         saved = pickle.loads(path.read_bytes())
@@ -191,6 +198,7 @@ def convert_pickled_checkpoint(run_dir: str | Path) -> bool:
         if params is None:  # a bare CMA-ES: its params.npz is the controller it ships
             params = load_controller(out_dir).get_params()
         _save_es(out_dir, es, saved, params, average)
+        from core.storage.cma_state import same_state
         if not same_state(_load_es(out_dir)[0], es):
             raise ArtifactError(f"{out_dir / CMA_STATE}: does not rebuild the CMA-ES of {pickled}, which is kept; "
                                 "report this with the versions of numpy and cma")
@@ -281,6 +289,8 @@ def new_es(config: EvolveConfig, z_size: int, hidden: int) -> cma.CMAEvolutionSt
     start = np.zeros(num_params(z_size, hidden))
     if config.init_from:  # load_controller explains a missing file or one made for another z or h
         start = load_controller(config.init_from, z_size, hidden).get_params().astype(np.float64)
+    from core.storage.cma_state import new_es as new_cma_es
+    from core.storage.cma_state import new_sampler
     # Its own random state, seeded as cma would seed NumPy's global one with {"seed": config.seed + 1}.
     return new_cma_es(start, config.sigma0, config.popsize, config.diagonal, new_sampler(config.seed + 1))
 
