@@ -43,24 +43,33 @@ def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (
 
 
 SERVERS: dict[str, tuple[int, Path]] = {}  # the running apps' URLs: their server's pid and log
+FAILURES = Path(__file__).resolve().parents[2] / "test-output" / "failures"
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed test of a running app gets the server's Python stacks (py-spy, where installed) and the end
-    of its log in its report: what the server was doing when the page did not answer."""
+    """A failed browser test gets, in its report, the Python stacks (py-spy, where installed) and the end of
+    the log of each app server running in its process (what the server was doing when the page did not
+    answer), and a screenshot of its page in test-output/failures/."""
     report = yield
-    url = getattr(item, "funcargs", {}).get("app_url")
-    if report.failed and call.when == "call" and url in SERVERS:
-        pid, log = SERVERS[url]
+    if not (report.failed and call.when == "call"):
+        return report
+    for url, (pid, log) in list(SERVERS.items()):
         if shutil.which("py-spy"):
             try:
                 dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True,
                                       timeout=30)
-                report.sections.append(("app server stacks (py-spy dump)", dump.stdout + dump.stderr))
+                report.sections.append((f"app server {url} stacks (py-spy dump)", dump.stdout + dump.stderr))
             except (OSError, subprocess.TimeoutExpired) as e:
-                report.sections.append(("app server stacks (py-spy dump)", f"no dump: {e}"))
-        report.sections.append(("app server log (end)", log.read_text(errors="replace")[-4000:]))
+                report.sections.append((f"app server {url} stacks (py-spy dump)", f"no dump: {e}"))
+        report.sections.append((f"app server {url} log (end)", log.read_text(errors="replace")[-4000:]))
+    page = getattr(item, "funcargs", {}).get("page")
+    if page is not None:
+        try:
+            shot(page, FAILURES, item.name.replace("/", "_")[:120])
+            report.sections.append(("page", f"{page.url}; screenshot in {FAILURES}"))
+        except Exception as e:  # noqa: BLE001 - a page that is gone: the report says so
+            report.sections.append(("page", f"no screenshot: {e}"))
     return report
 
 
