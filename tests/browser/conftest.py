@@ -1,48 +1,17 @@
-"""What the browser tests share: ``streamlit run Home.py`` on a free port over a temporary app root, and
-Debian's Chromium (/usr/bin/chromium) driven by Playwright, with the flags this closed network needs."""
+"""The browser tests' fixtures (an app root and an app server per test module) and their failure reports; the
+helpers they share are in ``tests.browser.harness``."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from bench.common import streamlit_server
+from tests.browser.harness import SERVERS, shot, streamlit_app
 from tests.conftest import make_app_root
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-         "[data-test-script-state='notRunning']")
-BROWSER_MARKS = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
-]
-
-
-@contextmanager
-def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (),
-                  env: dict[str, str] | None = None) -> Iterator[str]:
-    """``streamlit run Home.py`` with ``root`` as WORLD_MODELS_ROOT and its own leaderboard; yields the URL.
-    With ``base_url_path`` the app runs with ``--server.baseUrlPath`` and the URL ends with that path;
-    ``args`` go to ``streamlit run`` as well, ``env`` adds to its environment."""
-    env = {**os.environ, "WORLD_MODELS_ROOT": str(root), "WM_LEADERBOARD_DB": str(root / "board.sqlite3"),
-           "SDL_VIDEODRIVER": "dummy", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    with streamlit_server(root, env, base_url_path, args, timeout=60) as (url, proc):
-        SERVERS[url] = (proc.pid, root / "streamlit.log")
-        try:
-            yield url
-        finally:
-            SERVERS.pop(url, None)
-
-
-SERVERS: dict[str, tuple[int, Path]] = {}  # the running apps' URLs: their server's pid and log
 FAILURES = Path(__file__).resolve().parents[2] / "test-output" / "failures"
 
 
@@ -84,26 +53,3 @@ def app_url(app_root):
     """The app served over ``app_root``, one server per test module."""
     with streamlit_app(app_root) as url:
         yield url
-
-
-@contextmanager
-def chromium_page(profile: Path, **context_args):
-    """A fresh Chromium profile and one page; ``context_args`` go to Playwright's browser context."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
-                                                       headless=True, **context_args)
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
-
-
-def ready(page, timeout: float = 90_000) -> None:
-    """Wait until Streamlit is connected and no script runs."""
-    page.wait_for_selector(READY, timeout=timeout)
-
-
-def shot(page, folder: Path, name: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / f"{name}.png"))

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot, streamlit_app
+from tests.browser.harness import BROWSER_MARKS, chromium_page, ready, shot, streamlit_app
 from tests.conftest import ROOT, make_app_root
 
 SHOTS = ROOT / "test-output" / "forms"

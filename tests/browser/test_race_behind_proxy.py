@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.browser.conftest import BROWSER_MARKS, chromium_page, shot, streamlit_app
+from tests.browser.harness import BROWSER_MARKS, chromium_page, shot, streamlit_app
 from tests.browser.prefix_proxy import PREFIX, PrefixProxy
 from tests.browser.test_race_browser import PLAYER, canvas, data, goto, grid_cells, wait_status
 from tests.conftest import ROOT, make_app_root

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.browser.conftest import BROWSER_MARKS, chromium_page, streamlit_app
+from tests.browser.harness import BROWSER_MARKS, chromium_page, streamlit_app
 from tests.browser.test_race_browser import data, goto, wait_status
 from tests.conftest import make_app_root
 
