@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import os
 import shutil
@@ -46,6 +47,24 @@ def pytest_collection_modifyitems(config, items):
     tests = ROOT / "tests"
     items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank))
                if item.path.is_relative_to(tests) else len(rank))  # stable: the order within a file stays
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _component_manifests_scanned_once():
+    """Each AppTest starts a Streamlit runtime, which reads the metadata of every installed package for
+    component manifests (0.4-0.5 s of a core; an app server does it once, at its start). The installed
+    packages do not change during a test run, so the scan runs once per worker and is reused."""
+    try:
+        from streamlit.components.v2 import manifest_scanner
+    except ImportError:
+        yield
+        return
+    scan = manifest_scanner.scan_component_manifests
+    manifest_scanner.scan_component_manifests = functools.cache(scan)
+    try:
+        yield
+    finally:
+        manifest_scanner.scan_component_manifests = scan
 
 
 @pytest.fixture(scope="module", autouse=True)
