@@ -29,7 +29,7 @@ import pytest
 from bench.common import race_heartbeat, stop_process
 from core.app.race import KEY_GAS, KEY_LEFT
 from core.app.race.server import WS_PATH, decode_frame
-from tests.browser.conftest import BROWSER_MARKS, chromium_page, ready, shot
+from tests.browser.harness import BROWSER_MARKS, chromium_page, ready, shot
 from tests.browser.test_pages_browser import PAGES, no_exceptions
 from tests.browser.test_race_browser import goto, grid_cells, wait_status
 from tests.conftest import ROOT
