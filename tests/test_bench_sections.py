@@ -30,6 +30,10 @@ def rows(section: str) -> list[list[str]]:
 ])
 def test_a_timing_benchmark_writes_its_section(name, heading, rows_at_least, summary, peer):
     section = run_section(name, quick=True)
+    if "4408" in section and section.startswith(f"## {name}\n\nFailed"):
+        # The race's watchdog let a bench client go that a loaded machine had kept silent for 1.5 s (close code
+        # 4408, as it lets a dropped network go): a starved client, not a broken bench. Measured once more.
+        section = run_section(name, quick=True)
     assert not section.startswith(f"## {name}\n\nFailed"), section
     assert section.startswith(heading)
     assert len(rows(section)) >= rows_at_least, section
