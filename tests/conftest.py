@@ -72,11 +72,13 @@ def _earlier_modules_out_of_the_collectors_sight():
     """Streamlit calls ``keras.backend.clear_session()`` after every script run an AppTest makes, and that runs
     a full garbage collection. In a worker that had run the training tests first, each one scanned their
     leftover TensorFlow objects and took 50-70 ms: test_forms went from 13 s to 55-73 s. What is alive when
-    a module starts is moved out of the collector's sight (``gc.freeze``), after a collection, so nothing is
-    kept that would otherwise have been freed; what a test frees by reference counting is freed as before."""
+    a module starts is moved out of the collector's sight (``gc.freeze``), after a collection, for the length
+    of the module; at its end it is unfrozen, so cycles that became garbage meanwhile are collected at the
+    next module's start (one full collection per module)."""
     gc.collect()
     gc.freeze()
     yield
+    gc.unfreeze()
 
 
 def _fast_env_available() -> bool:
