@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import free_port, join_race
+from bench.common import free_port, join_race, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_FPS = 45.0  # frames a second delivered, per race
@@ -56,8 +56,9 @@ def _random_agent_loader(model_dir: str):
     return Agent(weights, params)
 
 
-def serve(port: int, with_ai: bool) -> None:
-    """The server process: open the races of PLAN, print their tokens, serve until killed."""
+def serve(port: int, with_ai: bool, board_dir: Path) -> None:
+    """The server process: open the races of PLAN (their leaderboard in ``board_dir``), print their tokens,
+    serve until ended."""
     import uvicorn
     from starlette.applications import Starlette
 
@@ -65,8 +66,7 @@ def serve(port: int, with_ai: bool) -> None:
     from core.app.race.server import race_routes
 
     config = RaceConfig(countdown_s=0.0, resume_countdown_s=0.0, max_races=len(PLAN), max_steps=1000)
-    board = tempfile.TemporaryDirectory(prefix="bench-race-")  # removed when the server stops
-    registry = RaceRegistry(config, board_path=Path(board.name) / "bench.sqlite3", agent_loader=_random_agent_loader)
+    registry = RaceRegistry(config, board_path=board_dir / "bench.sqlite3", agent_loader=_random_agent_loader)
     tokens = {}
     for i, role in enumerate(PLAN):
         if role == VERSUS and not with_ai:
@@ -76,9 +76,8 @@ def serve(port: int, with_ai: bool) -> None:
         tokens.setdefault(role, []).append(session.token)
     env = f"{config.env}, each car in {'a process of its own' if registry.cars is not None else 'a server thread'}"
     print(json.dumps({"tokens": tokens, "env": env}), flush=True)
-    with board:
-        uvicorn.run(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port, log_level="warning",
-                    ws="websockets-sansio", ws_per_message_deflate=False)
+    uvicorn.run(Starlette(routes=race_routes(registry)), host="127.0.0.1", port=port, log_level="warning",
+                ws="websockets-sansio", ws_per_message_deflate=False)
 
 
 async def _frame(ws) -> dict:
@@ -205,7 +204,10 @@ def run(quick: bool = False) -> str:
     port = free_port()
     with_ai = True
     load_before = os.getloadavg()[0]
-    cmd = [sys.executable, "-m", "bench.bench_race", "--serve", str(port)] + ([] if with_ai else ["--no-ai"])
+    # The leaderboard's folder is made and removed here: a server killed after its 10 s to stop cannot.
+    board = tempfile.TemporaryDirectory(prefix="bench-race-")
+    cmd = [sys.executable, "-m", "bench.bench_race", "--serve", str(port), "--board", board.name]
+    cmd += [] if with_ai else ["--no-ai"]
     # No OMP/OPENBLAS thread limits here: the app's server has none either (core.app.race.session limits BLAS itself).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", SDL_VIDEODRIVER="dummy")
     errors = tempfile.TemporaryFile(mode="w+")  # the server's stderr, shown if it fails to start
@@ -229,13 +231,9 @@ def run(quick: bool = False) -> str:
                 time.sleep(0.1)
         r = _measure(url, info["tokens"], quick)
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=10)
         errors.close()
+        board.cleanup()
     lat = sorted(1000 * x for x in r["latency"])
     median = statistics.median(lat)
     p95 = lat[int(0.95 * (len(lat) - 1))]
@@ -289,9 +287,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, rougher figures")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-ai", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--board", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, with_ai=not args.no_ai)
+        serve(args.serve, with_ai=not args.no_ai, board_dir=args.board)
     else:
         print(run(quick=args.quick))
 

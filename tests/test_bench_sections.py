@@ -4,6 +4,8 @@ into pygame's internals) and the race server (a server process and a WebSocket c
 likely to break unseen. The figures themselves are not checked here: timings belong to the benchmarks."""
 
 import re
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,10 @@ def rows(section: str) -> list[list[str]]:
                                                  rf"{NUMBER} / {NUMBER}", None),
 ])
 def test_a_timing_benchmark_writes_its_section(name, heading, rows_at_least, summary, peer):
+    def temp_folders() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("bench-race-*"))
+
+    before = temp_folders()
     section = run_section(name, quick=True)
     if "4408" in section and section.startswith(f"## {name}\n\nFailed"):
         # The race's watchdog let a bench client go that a loaded machine had kept silent for 1.5 s (close code
@@ -40,3 +46,4 @@ def test_a_timing_benchmark_writes_its_section(name, heading, rows_at_least, sum
     assert re.search(summary, section), section
     assert peer is None or re.search(peer, section), section  # a peer measured, or skipped with its reason
     assert not re.search(r"\bnan\b", section, re.IGNORECASE), section  # a figure that was never measured
+    assert temp_folders() <= before, "the benchmark left its temporary folders behind"
