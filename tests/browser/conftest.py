@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.harness import SERVERS, shot, streamlit_app
+from tests.browser.harness import PAGE_TROUBLES, SERVERS, shot, streamlit_app
 from tests.conftest import make_app_root
 
 FAILURES = Path(__file__).resolve().parents[2] / "test-output" / "failures"
@@ -19,7 +19,7 @@ FAILURES = Path(__file__).resolve().parents[2] / "test-output" / "failures"
 def pytest_runtest_makereport(item, call):
     """A failed browser test gets, in its report, the Python stacks (py-spy, where installed) and the end of
     the log of each app server running in its process (what the server was doing when the page did not
-    answer), and a screenshot of its page in test-output/failures/."""
+    answer), a screenshot of its page in test-output/failures/ and the requests of the page that failed."""
     report = yield
     if not (report.failed and call.when == "call"):
         return report
@@ -37,6 +37,7 @@ def pytest_runtest_makereport(item, call):
         try:
             shot(page, FAILURES, item.name.replace("/", "_")[:120])
             report.sections.append(("page", f"{page.url}; screenshot in {FAILURES}"))
+            report.sections.append(("page's failed requests", "\n".join(PAGE_TROUBLES.get(id(page), [])) or "none"))
         except Exception as e:  # noqa: BLE001 - a page that is gone: the report says so
             report.sections.append(("page", f"no screenshot: {e}"))
     return report

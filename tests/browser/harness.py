@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -45,6 +46,10 @@ def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (
 
 
 SERVERS: dict[str, tuple[int, Path]] = {}  # the running apps' URLs: their server's pid and log
+PAGE_TROUBLES: dict[int, list[str]] = {}  # per open page (by id): requests that failed, got an HTTP error or
+# went to another host
+CHUNK_ERROR = "Failed to fetch dynamically imported module"
+OUTSIDE = "asked a host outside this machine:"  # the app must work in a closed network and tell no one of a visit
 
 
 @contextmanager
@@ -54,15 +59,43 @@ def chromium_page(profile: Path, **context_args):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
                                                        headless=True, **context_args)
+        page = browser.new_page()
+        troubles = PAGE_TROUBLES.setdefault(id(page), [])
+
+        def failed(request) -> None:
+            troubles.append(f"failed: {request.method} {request.url} ({request.failure})")
+
+        def sent(request) -> None:
+            host = urlsplit(request.url).hostname
+            if request.url.startswith(("http", "ws")) and host not in ("127.0.0.1", "localhost"):
+                troubles.append(f"{OUTSIDE} {request.url}")
+
+        def answered(response) -> None:
+            if response.status >= 400:
+                troubles.append(f"HTTP {response.status}: {response.request.method} {response.url}")
+
+        page.on("request", sent)
+        page.on("requestfailed", failed)
+        page.on("response", answered)
         try:
-            yield browser.new_page()
+            yield page
         finally:
+            PAGE_TROUBLES.pop(id(page), None)
             browser.close()
 
 
 def ready(page, timeout: float = 90_000) -> None:
-    """Wait until Streamlit is connected and no script runs."""
+    """Wait until Streamlit is connected and no script runs.
+
+    A page whose lazily loaded widget code did not arrive (Chromium's "Failed to fetch dynamically imported
+    module", seen on a loaded 2-core machine with no error on the server's side) is loaded once more, as a
+    person would; the requests that failed are kept for the failure report (``PAGE_TROUBLES``).
+    """
     page.wait_for_selector(READY, timeout=timeout)
+    if page.get_by_text(CHUNK_ERROR).count():
+        PAGE_TROUBLES.setdefault(id(page), []).append(f"reloaded {page.url}: {CHUNK_ERROR}")
+        page.reload()
+        page.wait_for_selector(READY, timeout=timeout)
 
 
 def shot(page, folder: Path, name: str) -> None:
