@@ -6,6 +6,8 @@ assignment below (by reading the source) and has uvicorn import this file as the
 builds the ASGI app that serves Streamlit together with the race WebSocket, on the same port.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from core.app import app_data, race
@@ -14,6 +16,7 @@ from core.machine import SMALL_MACHINE_ENV, small_machine
 from core.metrics import EvolveMetric, RnnMetric, VaeMetric
 from core.models.controller import PARAMS_KEYS
 
+ICON = Path(__file__).parent / "assets" / "icon.png"
 DIAGRAM = """
 digraph world_models {
     rankdir=LR; bgcolor="transparent";
@@ -188,7 +191,9 @@ def navigation():
 
 
 if __name__ == "__main__":  # a script run (Streamlit executes this file as __main__ on every rerun)
-    st.set_page_config(page_title="World Models · CarRacing", page_icon=":material/directions_car:", layout="wide")
+    # The car on its road, cut from a stock frame: a file served by the app itself (a ":material/...:" icon is
+    # fetched by each browser from fonts.gstatic.com, which a closed network does not reach).
+    st.set_page_config(page_title="World Models · CarRacing", page_icon=str(ICON), layout="wide")
     navigation().run()
 elif __name__ != "__mp_main__":  # imported by uvicorn (not by a multiprocessing child re-running __main__)
     from streamlit.runtime.pages_manager import PagesManager

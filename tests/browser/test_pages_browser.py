@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from tests.browser.harness import BROWSER_MARKS, chromium_page, ready, shot, streamlit_app
+from tests.browser.harness import BROWSER_MARKS, OUTSIDE, PAGE_TROUBLES, chromium_page, ready, shot, streamlit_app
 from tests.conftest import ROOT, make_app_root
 
 SHOTS = ROOT / "test-output" / "pages"
@@ -47,7 +47,7 @@ def no_exceptions(page, where: str) -> None:
     assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:2000]}"
 
 
-def test_every_page_renders_without_an_exception(app_url, page):
+def test_every_page_renders_without_an_exception_and_asks_no_other_host(app_url, page):
     for path, title in PAGES:
         page.goto(app_url + path)
         ready(page)
@@ -56,6 +56,8 @@ def test_every_page_renders_without_an_exception(app_url, page):
         ready(page)
         no_exceptions(page, path or "home")
         shot(page, SHOTS, path or "home")
+    outside = [t for t in PAGE_TROUBLES[id(page)] if t.startswith(OUTSIDE)]
+    assert not outside, outside
 
 
 def test_a_collect_job_survives_a_reload_and_stops_from_the_page(app_url, page):
