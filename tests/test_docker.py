@@ -139,7 +139,10 @@ def image(docker_daemon, tmp_path_factory) -> str:
     start = time.monotonic()
     with open(log, "w") as out:
         for target in (["--target", "build", "-t", BUILD_STAGE], ["-t", IMAGE]):
-            built = subprocess.run(["docker", "build", *args, *target, str(ROOT)], stdout=out,
+            # The build's steps share the host's network: a step container on Docker's bridge adds and removes a
+            # network interface, and Chromium fails every request in flight when one changes
+            # (net::ERR_NETWORK_CHANGED), in the browser tests that run beside this one.
+            built = subprocess.run(["docker", "build", "--network", "host", *args, *target, str(ROOT)], stdout=out,
                                    stderr=subprocess.STDOUT, timeout=1500)
             assert built.returncode == 0, f"docker build failed:\n{log.read_text()[-5000:]}"
     TIMES["build_s"] = time.monotonic() - start

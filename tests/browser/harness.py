@@ -48,7 +48,9 @@ def streamlit_app(root: Path, base_url_path: str = "", args: tuple[str, ...] = (
 SERVERS: dict[str, tuple[int, Path]] = {}  # the running apps' URLs: their server's pid and log
 PAGE_TROUBLES: dict[int, list[str]] = {}  # per open page (by id): requests that failed, got an HTTP error or
 # went to another host
+SEEN: dict[int, int] = {}  # per open page: how many of its troubles ``ready`` has looked at
 CHUNK_ERROR = "Failed to fetch dynamically imported module"
+NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
 OUTSIDE = "asked a host outside this machine:"  # the app must work in a closed network and tell no one of a visit
 
 
@@ -81,21 +83,30 @@ def chromium_page(profile: Path, **context_args):
             yield page
         finally:
             PAGE_TROUBLES.pop(id(page), None)
+            SEEN.pop(id(page), None)
             browser.close()
 
 
 def ready(page, timeout: float = 90_000) -> None:
     """Wait until Streamlit is connected and no script runs.
 
-    A page whose lazily loaded widget code did not arrive (Chromium's "Failed to fetch dynamically imported
-    module", seen on a loaded 2-core machine with no error on the server's side) is loaded once more, as a
-    person would; the requests that failed are kept for the failure report (``PAGE_TROUBLES``).
+    A page that lost requests to a network change since the last call (Chromium fails every request in flight
+    with net::ERR_NETWORK_CHANGED when a network interface comes or goes, as Docker's do when the image's test
+    starts a container beside the browser tests), or whose lazily loaded widget code did not arrive ("Failed to
+    fetch dynamically imported module"), is loaded once more, as a person would. The requests that failed are
+    kept for the failure report (``PAGE_TROUBLES``).
     """
-    page.wait_for_selector(READY, timeout=timeout)
-    if page.get_by_text(CHUNK_ERROR).count():
-        PAGE_TROUBLES.setdefault(id(page), []).append(f"reloaded {page.url}: {CHUNK_ERROR}")
-        page.reload()
+    troubles = PAGE_TROUBLES.setdefault(id(page), [])
+    for attempt in range(3):
         page.wait_for_selector(READY, timeout=timeout)
+        seen = SEEN.get(id(page), 0)
+        SEEN[id(page)] = len(troubles)
+        changed = any(NETWORK_CHANGED in t for t in troubles[seen:])
+        if attempt == 2 or not (changed or page.get_by_text(CHUNK_ERROR).count()):
+            return
+        troubles.append(f"reloaded {page.url}: {NETWORK_CHANGED if changed else CHUNK_ERROR}")
+        SEEN[id(page)] = len(troubles)
+        page.reload()
 
 
 def shot(page, folder: Path, name: str) -> None:
