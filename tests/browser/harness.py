@@ -9,6 +9,7 @@ saw. This module is imported by one name everywhere.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -90,23 +91,41 @@ def chromium_page(profile: Path, **context_args):
 def ready(page, timeout: float = 90_000) -> None:
     """Wait until Streamlit is connected and no script runs.
 
-    A page that lost requests to a network change since the last call (Chromium fails every request in flight
-    with net::ERR_NETWORK_CHANGED when a network interface comes or goes, as Docker's do when the image's test
-    starts a container beside the browser tests), or whose lazily loaded widget code did not arrive ("Failed to
-    fetch dynamically imported module"), is loaded once more, as a person would. The requests that failed are
-    kept for the failure report (``PAGE_TROUBLES``).
+    A page that lost requests to a network change (Chromium fails every request in flight with
+    net::ERR_NETWORK_CHANGED when a network interface comes or goes, as Docker's do when the image's test
+    starts or removes its container beside the browser tests), before or after it got ready, or whose lazily
+    loaded widget code did not arrive ("Failed to fetch dynamically imported module"), is loaded once more, as
+    a person would, up to 3 times. The requests that failed are kept for the failure report (``PAGE_TROUBLES``).
     """
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     troubles = PAGE_TROUBLES.setdefault(id(page), [])
-    for attempt in range(3):
-        page.wait_for_selector(READY, timeout=timeout)
+    deadline = time.monotonic() + timeout / 1000
+    reloads = 0
+    while True:
         seen = SEEN.get(id(page), 0)
+        left_ms = max(1.0, 1000 * (deadline - time.monotonic()))
+        try:
+            page.wait_for_selector(READY, timeout=min(2000.0, left_ms))
+            is_ready = True
+        except PlaywrightTimeout:
+            if left_ms <= 2000:
+                raise
+            is_ready = False
+        lost = any(NETWORK_CHANGED in t for t in troubles[seen:])
         SEEN[id(page)] = len(troubles)
-        changed = any(NETWORK_CHANGED in t for t in troubles[seen:])
-        if attempt == 2 or not (changed or page.get_by_text(CHUNK_ERROR).count()):
+        if reloads < 3 and (lost or (is_ready and page.get_by_text(CHUNK_ERROR).count())):
+            reloads += 1
+            troubles.append(f"reloaded {page.url}: {NETWORK_CHANGED if lost else CHUNK_ERROR}")
+            SEEN[id(page)] = len(troubles)
+            try:
+                page.reload()
+            except PlaywrightError as e:  # the document itself lost to a network change: the next round retries
+                troubles.append(f"reload failed: {e}".splitlines()[0])
+            continue
+        if is_ready:
             return
-        troubles.append(f"reloaded {page.url}: {NETWORK_CHANGED if changed else CHUNK_ERROR}")
-        SEEN[id(page)] = len(troubles)
-        page.reload()
 
 
 def shot(page, folder: Path, name: str) -> None:
