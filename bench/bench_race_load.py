@@ -22,9 +22,10 @@ running). The evolution's pace alone, before the load starts, is measured too. O
 shows directly in these figures: the section states the load average it ran under; rerun it on a quiet
 machine for the figures that count.
 
-``--before`` runs each row twice in the same run: first with every car stepped on the server's own threads
-(``WM_RACE_WORKERS=0``, as before the cars had processes of their own), then in car processes (the default),
-and gives the ratios. ``--profile`` samples the server's process with py-spy while the races run (only the
+Without ``--before`` the cars step where the app steps them on this machine (``default_workers``: in processes
+of their own from 4 cores, on the server's threads below). ``--before`` runs each row twice in the same run:
+first with every car stepped on the server's own threads (``WM_RACE_WORKERS=0``), then in car processes, and
+gives the ratios. ``--profile`` samples the server's process with py-spy while the races run (only the
 thread holding the GIL, ``--gil``) and says where its GIL went: the cars' env steps, the AI, PNG encoding,
 the car processes' messages, page runs, the race socket.
 """
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import ROOT, machine_info, streamlit_server
+from core.app.race.registry import default_workers
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -491,7 +493,7 @@ def run(quick: bool = False, nices: tuple[int, ...] = (10, 0), seconds: float | 
         for mode in modes:
             for nice in nices:
                 for browser_nice in browser_nices:
-                    for workers in ((False, True) if before else (True,)):
+                    for workers in ((False, True) if before else (default_workers({}),)):
                         scenarios.append(run_scenario(nice, mode, Path(tmp), seconds, lambda m: print(m, flush=True),
                                                       browser_nice, without, workers, profile))
     return section(scenarios, seconds, started)
