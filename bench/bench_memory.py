@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from bench.common import streamlit_server
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, READY, streamlit_server
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_GB = 2.0  # all processes together
@@ -42,11 +42,6 @@ FILE_EVERY = 10  # samples between two reads of the processes' mapped files
 GB = 1024 ** 3
 STAGES = ("train-vae", "train-rnn", "evolve")
 SETTINGS = {"default": {}, "small": {"WM_SMALL_MACHINE": "1"}}
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-         "[data-test-script-state='notRunning']")
 SEED = 4242  # the race's track
 SHOTS = ROOT / "test-output" / "bench-memory"  # a screenshot of the page when a race fails
 

@@ -46,14 +46,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import ROOT, machine_info, streamlit_server
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, READY, ROOT, machine_info, streamlit_server
 from core.app.race.registry import default_workers
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-         "[data-test-script-state='notRunning']")
 GOAL_FPS = 45.0  # frames a second of each running race
 GOAL_KEY_P95_MS = 60.0  # key press -> first frame whose step used it, 95th percentile
 GOAL_PAGE_P95_S = 2.0  # page load, 95th percentile

@@ -30,14 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, machine_info, streamlit_server
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, READY, ROOT, machine_info, streamlit_server
 
 GOAL_MS = 300.0  # input event -> new image in the DOM, median
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-         "[data-test-script-state='notRunning']")
 WARMUP = 2  # first moves and presses, not counted (the first decode and GIF of a session)
 
 # In the page: remember the time of each keydown (capture phase: before Streamlit sees it), and wait for the
@@ -143,7 +138,7 @@ def measure(code: Path, root: Path, moves: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp, \
             streamlit_server(Path(tmp), env, code=code, timeout=180) as (url, _), sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(str(Path(tmp) / "profile"), executable_path=CHROMIUM,
-                                                       args=FLAGS, headless=True,
+                                                       args=CHROMIUM_FLAGS, headless=True,
                                                        viewport={"width": 1400, "height": 1600})
         try:
             page = browser.new_page()

@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
+# Debian's Chromium, driven by Playwright: its path, the flags this closed network needs, and the selector of a
+# Streamlit page that is connected with no script running.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
+         "[data-test-script-state='notRunning']")
 
 
 def machine_info() -> str:

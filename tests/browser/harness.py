@@ -17,13 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bench.common import streamlit_server
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, READY, streamlit_server
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-READY = ("[data-testid='stApp'][data-test-connection-state='CONNECTED']"
-         "[data-test-script-state='notRunning']")
 BROWSER_MARKS = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
@@ -60,7 +55,7 @@ def chromium_page(profile: Path, **context_args):
     """A fresh Chromium profile and one page; ``context_args`` go to Playwright's browser context."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
+        browser = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
                                                        headless=True, **context_args)
         page = browser.new_page()
         troubles = PAGE_TROUBLES.setdefault(id(page), [])
