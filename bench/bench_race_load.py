@@ -90,6 +90,51 @@ class Scenario:
     job_status: str = ""
     generations: int = 0
     load: tuple = (0.0, 0.0)
+    cores: dict = field(default_factory=dict)  # part of the machine -> CPU seconds a wall second while racing
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPU_PARTS = ("server", "job", "chromium", "bench", "other", "idle")
+CPU_PART_NAMES = {"server": "race server (Streamlit, races, pages)", "job": "evolution job", "chromium":
+                  "Chromium", "bench": "race clients (this bench)", "other": "other processes", "idle": "idle"}
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, CPU seconds of the process and of its children it has waited for)} from /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        table[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / CLOCK_TICKS)
+    return table
+
+
+def cpu_snapshot(server: int, job: int | None) -> dict[str, float]:
+    """CPU seconds so far of each part of the machine: the server's process tree (its car processes
+    included), the job's, Chromium's (this process's other children: Playwright's driver and the browser),
+    this process (the race clients), everything else, and the cores' idle time (from /proc/stat)."""
+    roots, me = {server: "server", job: "job"}, os.getpid()
+    table, spent = _processes(), dict.fromkeys(CPU_PARTS, 0.0)
+    for pid, (_, seconds) in table.items():
+        part, walk = "other", pid
+        while walk in table:
+            if walk in roots:
+                part = roots[walk]
+                break
+            if walk == me:
+                part = "bench" if pid == me else "chromium"
+                break
+            walk = table[walk][0]
+        spent[part] += seconds
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle, busy = ticks[3] + ticks[4], sum(ticks[:8]) - ticks[3] - ticks[4]  # idle + iowait; the rest is work
+    spent["other"] = busy / CLOCK_TICKS - sum(spent[p] for p in ("server", "job", "chromium", "bench"))
+    spent["idle"] = idle / CLOCK_TICKS
+    return spent
 
 
 def app_folder(folder: Path) -> Path:
@@ -335,6 +380,7 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
             results: dict = {}
             racing = threading.Thread(target=lambda: results.setdefault("racers", race_all(ws_url, tokens, seconds)))
             g0, t0 = generations(job), time.monotonic()
+            cpu0 = cpu_snapshot(server.pid, job.pid)
             racing.start()
             spy = start_profile(server.pid, seconds, folder / "gil.txt") if profile else None
             page, n = browser.new_page(), 0
@@ -353,6 +399,8 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
                 n += 1
                 time.sleep(max(0.0, tick + 1.0 - time.monotonic()))
             racing.join()
+            cpu1, wall = cpu_snapshot(server.pid, job.pid), time.monotonic() - t0
+            out.cores = {part: (cpu1[part] - cpu0[part]) / wall for part in CPU_PARTS}
             if spy is not None:
                 spy.wait(60)
                 out.gil = gil_shares(folder / "gil.txt", seconds)
@@ -427,6 +475,25 @@ def ratios_table(scenarios: list[Scenario]) -> list[str]:
     return lines + [""]
 
 
+def cores_table(scenarios: list[Scenario]) -> list[str]:
+    """Where the machine's cores went while the races ran, and what the races' frames cost the server."""
+    measured = [s for s in scenarios if s.cores]
+    if not measured:
+        return []
+    lines = [f"Where the {os.cpu_count()} cores went while the races ran (CPU seconds a wall second, from /proc; "
+             "a part is a process tree: the server's includes its car processes, the job's its workers), and the "
+             f"server's CPU per frame the racers got, with what {RACERS} races at {GOAL_FPS:.0f} frames/s would "
+             "take of it:", "",
+             "| run | " + " | ".join(CPU_PART_NAMES[p] for p in CPU_PARTS) + " | server CPU per frame | "
+             f"server at {GOAL_FPS:.0f} frames/s |", "|---|" + "---:|" * (len(CPU_PARTS) + 2)]
+    for s in measured:
+        frames = sum(r.fps for r in s.racers if not r.error)
+        per_frame = s.cores["server"] / frames if frames else float("nan")
+        lines.append(f"| {_label(s)} | " + " | ".join(f"{s.cores[p]:.2f}" for p in CPU_PARTS)
+                     + f" | {1000 * per_frame:.1f} ms | {per_frame * GOAL_FPS * RACERS:.2f} cores |")
+    return lines + [""]
+
+
 def gil_table(scenarios: list[Scenario]) -> list[str]:
     profiled = [s for s in scenarios if s.gil]
     if not profiled:
@@ -455,6 +522,7 @@ def section(scenarios: list[Scenario], seconds: float, started: float) -> str:
         machine_info(), "",
         *goals_table(scenarios), "",
         *ratios_table(scenarios),
+        *cores_table(scenarios),
         *gil_table(scenarios),
         ("| races | cars step in | WM_JOB_NICE | Chromium's nice | load avg (1 min) before / after | racers frames/s "
          "(min / mean) | key-to-frame p95 (worst racer) | page load p95 (n) | dreams made | evolution: "

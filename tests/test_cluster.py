@@ -99,6 +99,19 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch, tiny_world_mo
     assert not (tmp_path / "report.json").exists()
 
 
+@pytest.mark.skipif(not ray_installed(), reason="Ray is not installed")
+@pytest.mark.parametrize("address, reason", [("127.0.0.1:1", "nothing listens on port 1 of 127.0.0.1"),
+                                             ("ray://127.0.0.1", "nothing listens on port 10001 of 127.0.0.1"),
+                                             ("no-such-host.invalid:6379", "the host no-such-host.invalid is unknown")])
+def test_an_address_where_nothing_answers_is_an_error_at_once(address, reason, tiny_world_model, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=f"--ray-address {address}: cannot connect to a Ray cluster there "
+                                           rf"\({reason}\); start one with `ray start --head`"):
+        evaluation(tiny_world_model, tmp_path / "report.json", address=address)
+    assert time.monotonic() - started < 3 and not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "report.json.partial").exists()
+
+
 @pytest.mark.ray
 @pytest.mark.skipif(not ray_installed(), reason="Ray is not installed: pip install -r requirements-cluster.txt "
                                                 "(requirements-dev.txt includes it)")
@@ -138,7 +151,9 @@ class TestOnRay:
         summary = cluster_summary(ray_cluster.address)
         assert {k: summary[k] for k in ("nodes", "cpus", "free_cpus")} == {"nodes": 3, "cpus": 2, "free_cpus": 2}
         assert summary["dashboard"] == ""  # Ray without ray[default] has none
-        assert "error" in cluster_summary("127.0.0.1:1")  # nothing listens there
+        started = time.monotonic()
+        assert "nothing listens on port 1 of 127.0.0.1" in cluster_summary("127.0.0.1:1")["error"]
+        assert time.monotonic() - started < 3  # known at once, where Ray would try for 10 s
 
     def test_a_full_cluster_is_an_error_in_bounded_time(self, ray_cluster, monkeypatch):
         with RayPool(ray_cluster.address, _init_worker, (None,)) as hog:

@@ -63,6 +63,38 @@ def require_ray(address: str) -> None:
                            "WM_RAY_ADDRESS empty)")
 
 
+def unreachable(address: str, timeout: float = 3.0) -> str:
+    """Why nothing can answer at ``address`` (a ``host:port`` of a head's GCS, or ``ray://host[:port]``), or ""
+    when something listens there or the address is of another kind ("auto"): a port that refuses or a host
+    that does not resolve is known at once, where Ray would try to connect for 10 s or more first."""
+    import socket
+    target = address.strip()
+    default_port = None
+    if target.startswith("ray://"):
+        target, default_port = target[len("ray://"):], 10001
+    host, _, port = target.rpartition(":") if ":" in target else (target, "", "")
+    if not port and default_port:
+        host, port = target, str(default_port)
+    if not host or not port.isdigit():
+        return ""
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return f"nothing listens on port {port} of {host}"
+    except socket.gaierror:
+        return f"the host {host} is unknown"
+    except TimeoutError:
+        return ""  # a firewall may drop the probe; Ray has the last word
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return ""
+
+
+def cannot_connect(address: str, reason: str) -> ClusterError:
+    return ClusterError(f"--ray-address {address}: cannot connect to a Ray cluster there ({reason}); start one "
+                        "with `ray start --head` (docs/CLUSTER.md), or check the address")
+
+
 def timeout_seconds() -> float:
     """``WM_RAY_TIMEOUT`` in seconds (default 60)."""
     value = os.environ.get(TIMEOUT_ENV, "").strip()
@@ -90,6 +122,8 @@ class RayPool:
     def __init__(self, address: str, initializer: Callable[..., None], initargs: tuple = (),
                  max_workers: int | None = None):
         require_ray(address)
+        if reason := unreachable(address):
+            raise cannot_connect(address, reason)
         self.address, self.timeout, self.lost = address, timeout_seconds(), 0
         context = spawn_context()
         self._conn, child = context.Pipe()
@@ -188,6 +222,8 @@ def cluster_status(address: str, timeout: float = 20.0) -> dict:
     never becomes a Ray driver; ClusterError when Ray is missing or the cluster does not answer in
     ``timeout`` seconds."""
     require_ray(address)
+    if reason := unreachable(address):
+        raise ClusterError(f"Ray cluster {address}: {reason}")
     context = spawn_context()
     conn, child = context.Pipe()
     process = context.Process(target=_status_main, args=(child, address), name="ray-status", daemon=True)
@@ -231,8 +267,7 @@ def _connect(address: str):
                            runtime_env={"py_modules": [str(CORE_DIR)], "env_vars": dict(SINGLE_THREAD_ENV)})
     except Exception as e:  # ConnectionError, ValueError of a malformed address, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"--ray-address {address}: cannot connect to a Ray cluster there ({first}); start one "
-                           "with `ray start --head` (docs/CLUSTER.md), or check the address") from None
+        raise cannot_connect(address, first) from None
     url = getattr(context, "dashboard_url", "") or ""
     return ray, (f"http://{url}" if url and "://" not in url else url)
 
