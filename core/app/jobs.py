@@ -1,8 +1,9 @@
 """Background jobs: one pipeline stage running in a child process, watched and stopped from the app.
 
 A ``Job`` runs ``python -m core.app.jobs <stage> <fd> <nice>`` in its own process, so training never blocks
-the server; the child first lowers its OS priority by ``nice`` (``core.machine.job_nice``, default 10), so
-that it and its worker processes take only what the server's races leave of the cores. The child reads the stage's config (one JSON line) on stdin, calls the stage function with an
+the server; the child first lowers its OS priority by ``nice`` (``core.machine.job_nice``, default 10), and that of
+the session it leads (``core.machine.lower_priority``: Linux shares the cores between sessions first), so that it
+and its worker processes take only what the server's races leave of the cores. The child reads the stage's config (one JSON line) on stdin, calls the stage function with an
 ``on_progress`` that writes ``{"event": "progress", "step", "total", "metrics"}`` JSON lines to the pipe
 ``fd``, and ends with a ``done`` or ``error`` event. Stopping writes ``stop`` to the child's stdin; the
 child's ``on_progress`` then returns False and the stage stops cleanly after its checkpoint. If the server
@@ -36,7 +37,7 @@ from typing import Any, Mapping
 
 from core import CODE_ROOT
 from core.errors import is_user_error
-from core.machine import SMALL_MACHINE_ENV, job_env, job_nice, max_jobs
+from core.machine import SMALL_MACHINE_ENV, job_env, job_nice, lower_priority, max_jobs
 from core.stages import JOB_STAGES, STAGES
 from core.storage.artifacts import atomic_write_text
 
@@ -472,8 +473,7 @@ def _reap(job: Job, proc: subprocess.Popen, events: threading.Thread, output: th
 def _child(stage: str, fd: int, nice: int = 0) -> int:
     """Run ``stage`` with the config read from stdin, reporting over pipe ``fd``, ``nice`` steps below the
     server's priority (its worker processes inherit it); see the module doc."""
-    if nice > 0:
-        os.nice(nice)
+    lower_priority(nice)
     out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
     write_lock = threading.Lock()
     stop = threading.Event()
