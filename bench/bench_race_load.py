@@ -295,13 +295,16 @@ def race_all(url: str, tokens: list[str], seconds: float) -> list[Racer]:
 # --- one scenario --------------------------------------------------------------------------------------------
 
 def browser_executable(work: Path, nice: int) -> str:
-    """Chromium, started ``nice`` steps below this process's priority (0: as it is). In use the browser runs
+    """Chromium, started ``nice`` steps below this process's priority, its session's scheduling group too (0:
+    as it is). In use the browser runs
     on the visitor's machine; here it shares the server's cores, and its rendering (the Dream page's GIF at 25
     frames a second, a page a second) is load that a server would not carry."""
     if nice <= 0:
         return CHROMIUM
     wrapper = work / f"chromium-nice-{nice}"
-    wrapper.write_text(f'#!/bin/sh\nexec nice -n {nice} {CHROMIUM} "$@"\n')
+    # Playwright starts the browser in a session of its own, and Linux's autogroups share the cores between
+    # sessions before niceness counts: the session's group gets the niceness too (core.machine.lower_priority).
+    wrapper.write_text(f'#!/bin/sh\necho {nice} > /proc/self/autogroup 2>/dev/null\nexec nice -n {nice} {CHROMIUM} "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -351,7 +354,8 @@ def gil_shares(raw: Path, seconds: float) -> dict:
 def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_nice: int = 0,
                  without: tuple[str, ...] = (), workers: bool = True, profile: bool = False) -> Scenario:
     from playwright.sync_api import sync_playwright
-    folder = app_folder(work / f"{mode}-nice-{nice}-{'processes' if workers else 'threads'}")
+    folder = app_folder(work / f"{mode}-nice-{nice}-browser-{browser_nice}-{'processes' if workers else 'threads'}"
+                        f"{''.join('-no-' + w for w in without)}")
     env = dict(os.environ, WORLD_MODELS_ROOT=str(folder), WM_LEADERBOARD_DB=str(folder / "board.sqlite3"),
                SDL_VIDEODRIVER="dummy", TF_CPP_MIN_LOG_LEVEL="2", WM_MAX_RACES=str(RACERS), PYTHONPATH=str(ROOT),
                WM_RACE_WORKERS="1" if workers else "0")
