@@ -27,7 +27,9 @@ of their own from 4 cores, on the server's threads below). ``--before`` runs eac
 first with every car stepped on the server's own threads (``WM_RACE_WORKERS=0``), then in car processes, and
 gives the ratios. ``--profile`` samples the server's process with py-spy while the races run (only the
 thread holding the GIL, ``--gil``) and says where its GIL went: the cars' env steps, the AI, PNG encoding,
-the car processes' messages, page runs, the race socket.
+the car processes' messages, page runs, the race socket. Every row also says where the machine's cores went
+while the races ran (CPU seconds a wall second of the server's, the job's and Chromium's process trees, this
+process's race clients, everything else, and idle time, from /proc), and what a delivered frame cost the server.
 """
 
 from __future__ import annotations
@@ -404,7 +406,7 @@ def run_scenario(nice: int, mode: str, work: Path, seconds: float, log, browser_
                 time.sleep(max(0.0, tick + 1.0 - time.monotonic()))
             racing.join()
             cpu1, wall = cpu_snapshot(server.pid, job.pid), time.monotonic() - t0
-            out.cores = {part: (cpu1[part] - cpu0[part]) / wall for part in CPU_PARTS}
+            out.cores = {part: max(0.0, cpu1[part] - cpu0[part]) / wall for part in CPU_PARTS}  # exits can dip "other"
             if spy is not None:
                 spy.wait(60)
                 out.gil = gil_shares(folder / "gil.txt", seconds)
