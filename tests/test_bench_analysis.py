@@ -1,5 +1,7 @@
 """The analysis behind the benchmarks that measure rather than time: variance parts of candidates' returns,
-and BENCHMARKS.md keeping a slow section that a plain run does not redo."""
+and BENCHMARKS.md keeping a slow section that a plain run does not redo; the race load bench's CPU accounting."""
+
+import time
 
 import numpy as np
 import pytest
@@ -56,3 +58,30 @@ def test_each_benchmark_section_runs_in_an_interpreter_of_its_own():
     assert section.startswith("## Keeping a controller") and "| margin" in section
     failed = run_section("bench.no_such_bench", quick=True)
     assert failed.startswith("## bench.no_such_bench\n\nFailed (exit code 1)") and "No module named" in failed
+
+
+def test_the_race_load_bench_counts_each_process_trees_cpu_where_it_belongs():
+    """bench_race_load's table of where the cores went: a child that burns CPU counts for the tree it is named
+    the root of (the job here), this process for the bench, and the machine's other work for "other"."""
+    import subprocess
+    import sys
+
+    from bench.bench_race_load import CPU_PARTS, RACERS, Racer, Scenario, cores_table, cpu_snapshot
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.6\n"
+                                                     "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        before = cpu_snapshot(server=-1, job=burner.pid)
+        deadline = time.monotonic() + 30
+        while cpu_snapshot(server=-1, job=burner.pid)["job"] - before["job"] < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = cpu_snapshot(server=-1, job=burner.pid)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert after["job"] - before["job"] >= 0.5  # the child's CPU, counted while it is alive
+    assert after["server"] == before["server"] == 0.0  # no such process: nothing counted for it
+    assert set(after) == set(CPU_PARTS) and after["idle"] >= before["idle"]
+    shares = dict.fromkeys(CPU_PARTS, 0.1) | {"server": 0.9}
+    scenario = Scenario(10, "vs_ai", racers=[Racer(fps=45.0) for _ in range(RACERS)], cores=shares)
+    row = cores_table([scenario])[-2]
+    assert row.endswith("| 0.90 | 0.10 | 0.10 | 0.10 | 0.10 | 0.10 | 5.0 ms | 0.90 cores |"), row
