@@ -67,11 +67,14 @@ def lower_priority(nice: int) -> None:
     VMs) share the cores between sessions first, and a niceness counts only within its session. A job runs
     in a session of its own, so a nice process alone would still get as much of the cores as the whole
     server's session (measured: an evolution at niceness 19 took 0.65 of 2 cores beside four races that got
-    0.71). The session's group therefore gets the job's niceness too (``/proc/self/autogroup``); where there is
-    no such file (another OS, autogroups compiled out) the niceness alone is what there is."""
+    0.71). The session's group therefore gets the job's niceness too (``/proc/self/autogroup``), when this
+    process leads its session (a job does: ``start_new_session``), never the session of whoever started it;
+    where there is no such file (another OS, autogroups compiled out) the niceness alone is what there is."""
     if nice <= 0:
         return
     niceness = os.nice(nice)
+    if os.getsid(0) != os.getpid():
+        return  # the group is a session's that this process did not start: the caller's (a server's, a shell's)
     try:
         with open("/proc/self/autogroup", "w") as group:
             group.write(str(niceness))

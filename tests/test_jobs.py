@@ -233,3 +233,22 @@ def test_a_job_that_reads_a_v_or_m_another_job_trains_is_refused(registry):
     assert STAGES["train-vae"].world_model_inputs(to_dict(VAEConfig(run_dir="runs2"))) == set()  # reads only data
     assert registry.active("train-vae") is None and registry.active("train-rnn") is None
     evolve.status = "done"  # it has no process for the registry to stop
+
+
+def test_a_process_that_does_not_lead_its_session_leaves_the_sessions_group_alone():
+    """lower_priority in a process started without a session of its own (not as the app starts jobs) lowers
+    only that process: its session's scheduling group is its parent's, here this test's."""
+    import subprocess
+    import sys
+    if autogroup_nice(os.getpid()) is None:
+        pytest.skip("no autogroups here (/proc/self/autogroup)")
+    code = "import os; from core.machine import lower_priority; lower_priority(5); print(os.nice(0))"
+    before = autogroup_nice(os.getpid())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+    assert autogroup_nice(os.getpid()) == before
+    led = subprocess.run([sys.executable, "-c", code + "; print(open('/proc/self/autogroup').read().split()[-1])"],
+                         capture_output=True, text=True, timeout=60, start_new_session=True)
+    assert led.returncode == 0, led.stderr
+    assert led.stdout.split()[1] == led.stdout.split()[0]  # a session leader's group gets its niceness
