@@ -82,14 +82,6 @@ def lower_priority(nice: int) -> None:
         pass
 
 
-def autogroup_nice(pid: int) -> int | None:
-    """The niceness of ``pid``'s autogroup (``/proc/<pid>/autogroup``: "/autogroup-N nice X"); None without one."""
-    try:
-        return int(open(f"/proc/{pid}/autogroup").read().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def job_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment a job's process starts with: ``env``, plus ``JOB_ENV`` on a small machine (a value
     already set in ``env`` is kept)."""

@@ -3,13 +3,14 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from core.app import app_data
 from core.app.jobs import JobAlreadyRunning, JobRegistry
 from core.config import CollectConfig, VAEConfig, to_dict
-from core.machine import JOB_NICE_ENV, autogroup_nice, job_nice
+from core.machine import JOB_NICE_ENV, job_nice
 from core.storage.artifacts import read_history, read_json
 from tests.conftest import TEST_ENV
 
@@ -56,6 +57,15 @@ def _niceness(pid: int) -> int | None:
     try:
         return os.getpriority(os.PRIO_PROCESS, pid)
     except OSError:  # it has ended
+        return None
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The niceness of ``pid``'s session's scheduling group (``/proc/<pid>/autogroup``: "/autogroup-N nice X");
+    None without autogroups."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
         return None
 
 
