@@ -55,12 +55,15 @@ def ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def require_ray(address: str) -> None:
-    """Raise ClusterError, saying how to install Ray, when it is not installed."""
+def require_cluster(address: str) -> None:
+    """Raise ClusterError when Ray is not installed here (saying how to install it), or when nothing can answer
+    at ``address`` (``unreachable``)."""
     if not ray_installed():
         raise ClusterError(f"--ray-address {address}: Ray is not installed here; install it with "
                            f"`{INSTALL_HINT}` (the local worker processes need no Ray: leave --ray-address and "
                            "WM_RAY_ADDRESS empty)")
+    if reason := unreachable(address):
+        raise _cannot_connect(address, reason)
 
 
 def unreachable(address: str, timeout: float = 3.0) -> str:
@@ -68,13 +71,12 @@ def unreachable(address: str, timeout: float = 3.0) -> str:
     when something listens there or the address is of another kind ("auto"): a port that refuses or a host
     that does not resolve is known at once, where Ray would try to connect for 10 s or more first."""
     import socket
-    target = address.strip()
-    default_port = None
+    target, default_port = address.strip(), ""
     if target.startswith("ray://"):
-        target, default_port = target[len("ray://"):], 10001
-    host, _, port = target.rpartition(":") if ":" in target else (target, "", "")
-    if not port and default_port:
-        host, port = target, str(default_port)
+        target, default_port = target[len("ray://"):], "10001"  # Ray Client's port
+    host, colon, port = target.rpartition(":")
+    if not colon:
+        host, port = target, default_port
     if not host or not port.isdigit():
         return ""
     try:
@@ -90,7 +92,7 @@ def unreachable(address: str, timeout: float = 3.0) -> str:
     return ""
 
 
-def cannot_connect(address: str, reason: str) -> ClusterError:
+def _cannot_connect(address: str, reason: str) -> ClusterError:
     return ClusterError(f"--ray-address {address}: cannot connect to a Ray cluster there ({reason}); start one "
                         "with `ray start --head` (docs/CLUSTER.md), or check the address")
 
@@ -121,9 +123,7 @@ class RayPool:
 
     def __init__(self, address: str, initializer: Callable[..., None], initargs: tuple = (),
                  max_workers: int | None = None):
-        require_ray(address)
-        if reason := unreachable(address):
-            raise cannot_connect(address, reason)
+        require_cluster(address)
         self.address, self.timeout, self.lost = address, timeout_seconds(), 0
         context = spawn_context()
         self._conn, child = context.Pipe()
@@ -221,9 +221,7 @@ def cluster_status(address: str, timeout: float = 20.0) -> dict:
     ``dashboard`` (its URL, or "" without one). Asked from a short-lived process of its own, so this process
     never becomes a Ray driver; ClusterError when Ray is missing or the cluster does not answer in
     ``timeout`` seconds."""
-    require_ray(address)
-    if reason := unreachable(address):
-        raise ClusterError(f"Ray cluster {address}: {reason}")
+    require_cluster(address)
     context = spawn_context()
     conn, child = context.Pipe()
     process = context.Process(target=_status_main, args=(child, address), name="ray-status", daemon=True)
@@ -267,7 +265,7 @@ def _connect(address: str):
                            runtime_env={"py_modules": [str(CORE_DIR)], "env_vars": dict(SINGLE_THREAD_ENV)})
     except Exception as e:  # ConnectionError, ValueError of a malformed address, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise cannot_connect(address, first) from None
+        raise _cannot_connect(address, first) from None
     url = getattr(context, "dashboard_url", "") or ""
     return ray, (f"http://{url}" if url and "://" not in url else url)
 
