@@ -133,7 +133,8 @@ def cpu_snapshot(server: int, job: int | None) -> dict[str, float]:
             walk = table[walk][0]
         spent[part] += seconds
     ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle, busy = ticks[3] + ticks[4], sum(ticks[:8]) - ticks[3] - ticks[4]  # idle + iowait; the rest is work
+    idle = ticks[3] + ticks[4]  # idle + iowait; user..softirq are work, steal is the hypervisor's
+    busy = sum(ticks[:7]) - idle
     spent["other"] = busy / CLOCK_TICKS - sum(spent[p] for p in ("server", "job", "chromium", "bench"))
     spent["idle"] = idle / CLOCK_TICKS
     return spent
