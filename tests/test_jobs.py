@@ -60,7 +60,7 @@ def _niceness(pid: int) -> int | None:
         return None
 
 
-def autogroup_nice(pid: int) -> int | None:
+def _autogroup_nice(pid: int) -> int | None:
     """The niceness of ``pid``'s session's scheduling group (``/proc/<pid>/autogroup``: "/autogroup-N nice X");
     None without autogroups."""
     try:
@@ -89,8 +89,8 @@ def test_jobs_and_their_workers_run_at_a_lower_priority_than_the_server(tmp_path
         wait_for(lambda: _niceness(job.pid) == want or not job.active, 60, "the job to lower its priority")
         assert _niceness(job.pid) == want
         # Its session's scheduling group too: between sessions Linux shares the cores first, niceness aside.
-        if autogroup_nice(os.getpid()) is not None:  # Linux with autogroups (this machine: on)
-            assert autogroup_nice(job.pid) == want
+        if _autogroup_nice(os.getpid()) is not None:  # Linux with autogroups (this machine: on)
+            assert _autogroup_nice(job.pid) == want
         workers: dict[int, int | None] = {}
         while job.active and len(workers) < 2:
             workers.update({c: _niceness(c) for c in _children(job.pid) if c not in workers})
@@ -250,14 +250,14 @@ def test_a_process_that_does_not_lead_its_session_leaves_the_sessions_group_alon
     only that process: its session's scheduling group is its parent's, here this test's."""
     import subprocess
     import sys
-    if autogroup_nice(os.getpid()) is None:
+    if _autogroup_nice(os.getpid()) is None:
         pytest.skip("no autogroups here (/proc/self/autogroup)")
     code = "import os; from core.machine import lower_priority; lower_priority(5); print(os.nice(0))"
-    before = autogroup_nice(os.getpid())
+    before = _autogroup_nice(os.getpid())
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
-    assert autogroup_nice(os.getpid()) == before
+    assert _autogroup_nice(os.getpid()) == before
     led = subprocess.run([sys.executable, "-c", code + "; print(open('/proc/self/autogroup').read().split()[-1])"],
                          capture_output=True, text=True, timeout=60, start_new_session=True)
     assert led.returncode == 0, led.stderr
