@@ -96,6 +96,9 @@ def _train_vae(config: VAEConfig, on_progress: ProgressCallback) -> dict:
             raise ArtifactError(f"{config.data_dir}: no frames could be read from the training episodes")
 
     keras.utils.set_random_seed(config.seed)
+    # One draw outside the graph makes Keras's global seed generator (V's sampling uses it) now: made in the
+    # train step's first trace instead, its new variable would have tf.function trace the step a second time.
+    keras.random.normal(())
     model = ConvVAE(config.z_size, config.kl_tolerance)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return train(TrainingPlan(
