@@ -258,6 +258,10 @@ class EvolveConfig:
                               "2 cores)", minimum=2, maximum=1024)
     rollouts: int = param(2, "episodes per candidate, fitness is their mean (paper: 16)", minimum=1,
                           maximum=256)
+    skip_penalty: float = param(0.0, "points each tile a rollout skipped costs in the fitness CMA-ES ranks "
+                                     "candidates by, beyond the tile's reward the return already lacks; the "
+                                     "periodic evaluations and the gate score the env's return alone (0 = the "
+                                     "fitness is the return)", minimum=0.0, maximum=1000.0)
     sigma0: float = param(0.1, "initial CMA-ES step size (paper: 0.1)", minimum=1e-6)
     max_sigma: float = param(0.0, "cap on the CMA-ES step of every parameter (sigma times its spread), applied "
                                   "every generation, a resumed run's too (0 = none): with noisy fitness the "

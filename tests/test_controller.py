@@ -565,3 +565,34 @@ def test_an_evolution_state_of_any_earlier_version_is_brought_up_to_date_as_it_i
     older = {k: v for k, v in record.items() if k != "returns"}
     assert upgrade_state({**legacy, "confirmed": older}, params, es, config, z, h, history).gate.confirmed is None
     assert set(state.to_json()) == set(saved) | {"confirmed"}  # written in the current format
+
+
+def test_a_skip_penalty_ranks_candidates_by_their_return_less_their_skipped_tiles():
+    """Candidate 1 scores more but skips tiles on both tracks; charged 10 points a tile it falls behind
+    candidate 0. Without a penalty the fitness is the mean return."""
+    from core.pipeline.evolve import training_fitness
+    from core.pipeline.rollout import RolloutResult
+    returns = np.array([[900.0, 880.0], [910.0, 900.0]])
+    skipped = [[0, 0], [5, 3]]
+    results = [RolloutResult(seed=s, total_reward=float(returns[c, s]), steps=1000, early_stopped=False, tiles=280,
+                             skipped=skipped[c][s]) for c in range(2) for s in range(2)]  # candidate-major
+    assert training_fitness(returns, results, 0.0).tolist() == [890.0, 905.0]
+    assert training_fitness(returns, results, 10.0).tolist() == [890.0, 865.0]
+
+
+def test_an_evolution_with_a_skip_penalty_records_returns_and_keeps_the_penalty_on_resume(tiny_world_model,
+                                                                                         tmp_path):
+    """The history's best, mean and worst stay mean returns (comparable with any other run's); a resumed
+    run keeps the penalty it was started with."""
+    from core.cli import stage_values
+    from core.config import EvolveConfig
+    from core.pipeline.evolve import evolve
+    from core.storage.artifacts import read_history
+    from tests.conftest import TEST_ENV
+    run = _tiny_run(tiny_world_model, tmp_path / "penalised")
+    evolve(EvolveConfig(run_dir=str(run.parent), generations=1, skip_penalty=25.0, popsize=4, rollouts=1,
+                        max_steps=12, eval_every=0, workers=1, env=TEST_ENV))
+    (line,) = read_history(run / "history.jsonl")
+    assert line["worst"] <= line["mean"] <= line["best"] and line["skipped"] == 0  # 12 steps skip nothing
+    _, values, kept = stage_values(["evolve", "--run-dir", str(run.parent)])
+    assert values["skip_penalty"] == 25.0 and "--skip-penalty 25.0" in kept

@@ -1,4 +1,6 @@
-"""Stage 4, evolve: CMA-ES over C's flat parameters, fitness = mean return in the real env.
+"""Stage 4, evolve: CMA-ES over C's flat parameters, fitness = mean return in the real env (less
+``skip_penalty`` points for each tile a rollout skipped, when set: the return charges a skipped tile only
+its own reward and the lap it leaves unfinished, about 14 points of a shipped controller's mean).
 
 Every candidate of a generation drives the same ``rollouts`` tracks (common random numbers: differences in
 fitness come from the controllers, not the tracks). Every ``eval_every`` generations the CMA-ES mean and
@@ -461,7 +463,7 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
             started, generation = time.monotonic(), state.generation + 1
             candidates = es.ask()
             results, returns = drive_grid(pool, candidates, training_tracks(config, generation))
-            fitness = returns.mean(axis=1)
+            fitness = training_fitness(returns, results, config.skip_penalty)
             tell(es, candidates, fitness, config.max_sigma)
             average = update_average(average, es.mean, config.average)
             best_candidate = candidates[int(np.argmax(fitness))]
@@ -469,7 +471,8 @@ def _evolve(config: EvolveConfig, on_progress: ProgressCallback) -> dict:
             seconds = time.monotonic() - started
             episodes = state.episodes
             state = state.after(generation, results, decision, world, seconds)
-            metrics = {**generation_metrics(generation, fitness, results, es, config.rollouts), **decision.metrics,
+            metrics = {**generation_metrics(generation, returns.mean(axis=1), results, es, config.rollouts),
+                       **decision.metrics,
                        EvolveMetric.SECONDS: round(seconds, 2),
                        EvolveMetric.EPISODES_PER_HOUR: round(3600 * (state.episodes - episodes) / max(seconds, 1e-9))}
             _checkpoint(config, z_size, hidden, history, metrics, state, es, best_candidate, average)
@@ -484,8 +487,16 @@ def training_tracks(config: EvolveConfig, generation: int) -> list[int]:
     return [int(s) for s in rng.integers(0, TRAIN_EVAL_SEED_BASE, size=config.rollouts)]
 
 
+def training_fitness(returns: np.ndarray, results: list[RolloutResult], skip_penalty: float) -> np.ndarray:
+    """What CMA-ES ranks the candidates by: each one's mean over its rollouts (``returns``, candidates x
+    tracks; ``results`` candidate-major) of the return less ``skip_penalty`` for each tile it skipped."""
+    skipped = np.array([r.skipped for r in results], float).reshape(returns.shape)
+    return (returns - skip_penalty * skipped).mean(axis=1)
+
+
 def tell(es: cma.CMAEvolutionStrategy, candidates: list[np.ndarray], fitness: np.ndarray, max_sigma: float) -> None:
-    """Update the CMA-ES with the candidates' ``fitness`` (mean returns) and cap its step (``cap_step_size``)."""
+    """Update the CMA-ES with the candidates' ``fitness`` (``training_fitness``) and cap its step
+    (``cap_step_size``)."""
     es.tell(candidates, list(-fitness))  # cma minimises
     cap_step_size(es, max_sigma)
 
@@ -499,13 +510,13 @@ def challengers(es: cma.CMAEvolutionStrategy, best_candidate: np.ndarray, averag
     return named
 
 
-def generation_metrics(generation: int, fitness: np.ndarray, results: list[RolloutResult],
+def generation_metrics(generation: int, returns: np.ndarray, results: list[RolloutResult],
                        es: cma.CMAEvolutionStrategy, rollouts: int) -> dict:
-    """A generation's line of the history before its evaluation's: its candidates' fitness (best, mean,
-    worst), the CMA-ES step after them (``sigma``, ``max_std``), the shares of its rollouts that stopped
+    """A generation's line of the history before its evaluation's: its candidates' mean returns (best, mean,
+    worst; ``returns``), the CMA-ES step after them (``sigma``, ``max_std``), the shares of its rollouts that stopped
     early or finished the lap and of the tiles they skipped, and the env steps they drove."""
-    return {EvolveMetric.GENERATION: generation, EvolveMetric.BEST: float(fitness.max()),
-            EvolveMetric.MEAN: float(fitness.mean()), EvolveMetric.WORST: float(fitness.min()),
+    return {EvolveMetric.GENERATION: generation, EvolveMetric.BEST: float(returns.max()),
+            EvolveMetric.MEAN: float(returns.mean()), EvolveMetric.WORST: float(returns.min()),
             EvolveMetric.SIGMA: float(es.sigma), EvolveMetric.MAX_STD: float(np.max(es.stds)),
             EvolveMetric.EARLY_STOPPED: float(np.mean([r.early_stopped for r in results])),
             EvolveMetric.LAPS: float(np.mean([r.ended == OUTCOMES[0] for r in results])),
