@@ -512,8 +512,8 @@ def challengers(es: cma.CMAEvolutionStrategy, best_candidate: np.ndarray, averag
 
 def generation_metrics(generation: int, returns: np.ndarray, results: list[RolloutResult],
                        es: cma.CMAEvolutionStrategy, rollouts: int) -> dict:
-    """A generation's line of the history before its evaluation's: its candidates' mean returns (best, mean,
-    worst; ``returns``), the CMA-ES step after them (``sigma``, ``max_std``), the shares of its rollouts that stopped
+    """A generation's line of the history before its evaluation's: its candidates' mean ``returns`` (best,
+    mean, worst), the CMA-ES step after them (``sigma``, ``max_std``), the shares of its rollouts that stopped
     early or finished the lap and of the tiles they skipped, and the env steps they drove."""
     return {EvolveMetric.GENERATION: generation, EvolveMetric.BEST: float(returns.max()),
             EvolveMetric.MEAN: float(returns.mean()), EvolveMetric.WORST: float(returns.min()),
