@@ -303,6 +303,8 @@ def cap_step_size(es: cma.CMAEvolutionStrategy, max_sigma: float) -> None:
     largest = float(np.max(es.stds))
     if max_sigma and largest > max_sigma:
         es.sigma *= max_sigma / largest
+        while float(np.max(es.stds)) > max_sigma:  # the scaled product can round a hair above the cap
+            es.sigma = float(np.nextafter(es.sigma, 0.0))
 
 
 def ancestry(init_from: str | Path, start: np.ndarray) -> list[dict]:
