@@ -34,6 +34,7 @@ SHIPPED_OUTPUTS_DIR = f"{DEFAULT_RUN_DIR}/shipped-model"
 EVAL_SEED_BASE = 1_000_000  # first evaluation track seed
 TRAIN_SEED_LIMIT = 900_000  # collection and training rollouts draw track seeds in [0, TRAIN_SEED_LIMIT);
 # evolve's periodic evaluations and second tests use 900000..949999, validation screens 950000..999999
+VALIDATION_SEED_BASE = 950_000  # first validation track seed: neither training nor evolve's tests draw these
 
 MAX_TEST_TRACKS = 1000  # the most tracks one of evolve's periodic evaluations or second tests drives
 MAX_SEED = 2**32 - 2  # np.random.seed takes seeds below 2**32, and CMA-ES is seeded with seed + 1

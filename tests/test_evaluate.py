@@ -124,8 +124,13 @@ def test_tracks_below_the_evaluation_range_are_flagged_not_held_out(tiny_world_m
     assert held_out["held_out"] is True and not caplog.records
     validation = evaluate(EvaluateConfig(out=str(tmp_path / "b.json"), first_seed=950_000, **settings))
     assert validation["held_out"] is False and validation["seeds"] == [950_000]
-    assert any("may have trained on some of these" in r.getMessage() for r in caplog.records)
     assert json.loads((tmp_path / "b.json").read_text())["held_out"] is False
+    (said,) = [r.getMessage() for r in caplog.records]  # validation tracks: not trained on, not held out
+    assert "validation tracks (950000..999999), which neither training nor" in said and "trained on some" not in said
+    caplog.clear()
+    training = evaluate(EvaluateConfig(out=str(tmp_path / "c.json"), first_seed=5, **settings))
+    assert training["held_out"] is False
+    assert any("may have trained on some of these" in r.getMessage() for r in caplog.records)
 
 
 def _report(path, returns, first_seed=1_000_000, **extra):

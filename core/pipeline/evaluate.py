@@ -16,6 +16,7 @@ from core.config import (
     EVAL_SEED_BASE,
     SHIPPED_MODEL_DIR,
     SHIPPED_OUTPUTS_DIR,
+    VALIDATION_SEED_BASE,
     EvaluateConfig,
     ray_address,
     to_dict,
@@ -48,7 +49,8 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
     env, the config, the hashes of the controller and of V and M (``params_sha256``,
     ``world_model_sha256``), with ``params`` where the controller came from (``params_source``), and
     ``held_out`` (every track at or above EVAL_SEED_BASE, where training never draws; a lower
-    ``first_seed`` is allowed, with a warning, for validation runs). Stopping early reports the episodes
+    ``first_seed`` is allowed, with a warning, for validation runs: VALIDATION_SEED_BASE on, no training
+    or gate draws either). Stopping early reports the episodes
     done so far (``complete: false``), and writes that report over ``out`` unless ``out`` already holds a
     finished evaluation (of this controller or another), which is kept; stopped before its first episode has
     finished, it raises InterruptedError and writes nothing. The episodes run on this machine's worker
@@ -69,10 +71,14 @@ def evaluate(config: EvaluateConfig, on_progress: ProgressCallback = keep_going)
         source = None
         default_out = model_dir / "controller" / "evaluation.json"
     seeds = evaluation_seeds(config)
-    if config.first_seed < EVAL_SEED_BASE:
+    if config.first_seed < VALIDATION_SEED_BASE:
         log.warning("--first-seed %d: tracks below %d are where collection and evolution draw their tracks, so "
                     "the controller may have trained on some of these; the report says held_out: false",
-                    config.first_seed, EVAL_SEED_BASE)
+                    config.first_seed, VALIDATION_SEED_BASE)
+    elif config.first_seed < EVAL_SEED_BASE:
+        log.warning("--first-seed %d: validation tracks (%d..%d), which neither training nor evolve's tests draw; "
+                    "the report says held_out: false, as export ships only reports on the evaluation tracks "
+                    "(%d on)", config.first_seed, VALIDATION_SEED_BASE, EVAL_SEED_BASE - 1, EVAL_SEED_BASE)
     out = Path(config.out) if config.out else _outside_shipped_model(default_out)
     partial = out.with_name(out.name + ".partial")
     key = {"params_sha256": params_sha256(params), "world_model_sha256": world_model_sha256(model_dir),
