@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from core.config import TRAIN_SEED_LIMIT, EvolveConfig
+from core.config import TRAIN_SEED_LIMIT, VALIDATION_SEED_BASE, EvolveConfig
 from core.metrics import EvolveMetric
 from core.models.controller import params_sha256
 from core.pipeline.rollout import RolloutPool, episode_returns, evaluate_params
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 TRAIN_EVAL_SEED_BASE = TRAIN_SEED_LIMIT  # tracks of the periodic evaluations: 900000..909999
 CONFIRM_SEED_BASE = 910_000  # tracks on which a new best controller is confirmed: 910000..949999
-TRACK_RANGES = {"periodic": (TRAIN_EVAL_SEED_BASE, 10_000), "confirm": (CONFIRM_SEED_BASE, 40_000)}  # first, size
+TRACK_RANGES = {"periodic": (TRAIN_EVAL_SEED_BASE, CONFIRM_SEED_BASE - TRAIN_EVAL_SEED_BASE),  # first, size
+                "confirm": (CONFIRM_SEED_BASE, VALIDATION_SEED_BASE - CONFIRM_SEED_BASE)}  # up to the validation tracks
 POOL_MIN_TESTS = 2  # earlier second tests (24 tracks each) before their pooled spread is a floor
 MEAN = EvolveMetric.EVAL_MEAN_PARAMS  # the challenger that is the CMA-ES mean, shipped until anything has been scored
 
