@@ -299,9 +299,9 @@ def race_all(url: str, tokens: list[str], seconds: float) -> list[Racer]:
 
 def browser_executable(work: Path, nice: int) -> str:
     """Chromium, started ``nice`` steps below this process's priority, its session's scheduling group too (0:
-    as it is). In use the browser runs
-    on the visitor's machine; here it shares the server's cores, and its rendering (the Dream page's GIF at 25
-    frames a second, a page a second) is load that a server would not carry."""
+    as it is). In use the browser runs on the visitor's machine; here it shares the server's cores, and its
+    rendering (the Dream page's GIF at 25 frames a second, a page a second) is load that a server would not
+    carry."""
     if nice <= 0:
         return CHROMIUM
     wrapper = work / f"chromium-nice-{nice}"
