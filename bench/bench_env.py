@@ -79,7 +79,7 @@ def compare(runs: int, steps: int, clock=time.perf_counter) -> dict[str, list[fl
 FAST_PARTS = (
     ("field, grass and road: fill and SDL_gfx polygons (`raster.draw_track`)", "raster", "draw_track"),
     ("car: vertex transform and `pygame.draw.polygon` port (`_draw_car`)", "env", "_draw_car"),
-    ("HUD: bar, indicators and score (`_draw_hud`, pygame)", "env", "_draw_hud"),
+    ("HUD: indicators and score (`raster.draw_hud`)", "raster", "draw_hud"),
     ("smoothscale x pass (`raster.shrink_x_changed`)", "raster", "shrink_x_changed"),
     ("smoothscale y pass (`raster.shrink_y`)", "raster", "shrink_y"),
     ("Box2D world step", "box2d", "Step"),

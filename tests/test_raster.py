@@ -129,6 +129,45 @@ def test_pg_polygon_matches_pygame_draw_polygon():
     assert_same(words_of(surface), words, "pygame.draw.polygon")
 
 
+def test_draw_hud_redrawn_frame_after_frame_matches_the_stock_hud():
+    """Indicators growing, shrinking, vanishing and turning negative, and a score that moves, drawn on one
+    buffer frame after frame, against the stock bar, ``_render_indicators`` polygons and blit on a fresh
+    surface each frame; the flags cover every row-to-row change."""
+    from core.envs.fast_car_racing import INDICATOR_COLORS, INDICATOR_WORDS
+
+    width, height, top = 1000, 800, 700
+    bar = [(width, height), (width, height - 100), (0, height - 100), (0, height)]
+    rng = np.random.default_rng(11)
+    words = np.zeros((height, width), np.uint32)
+    boxes = np.zeros((len(INDICATOR_COLORS) + 1, 4), np.int64)
+    n_boxes = 0
+    first_out, last_out = raster.shrink_layout(width, 96)
+    for frame in range(40):
+        values = rng.normal(0.0, [20, 40, 40, 40, 40, 0.3, 2], 7) * (rng.random(7) > 0.3)
+        values[rng.random(7) < 0.1] = 5e-5  # under render_if_min's threshold
+        text = rng.integers(0, 1 << 24, size=(30, int(rng.integers(60, 90))), dtype=np.uint32)
+        tx, ty = int(rng.integers(0, 40)), int(rng.integers(top, top + 50))
+        expected = pygame.Surface((width, height))
+        pygame.draw.polygon(expected, (0, 0, 0), bar)
+        sx, sy, which, count, _ = raster.hud_indicators(values, width, height)
+        for k in range(count):
+            points = list(zip(sx[4 * k : 4 * k + 4], sy[4 * k : 4 * k + 4]))
+            pygame.draw.polygon(expected, INDICATOR_COLORS[which[k]], points)
+        patch = pygame.Surface(text.shape[::-1])
+        pygame.surfarray.blit_array(patch, text.T)
+        expected.blit(patch, (tx, ty))
+        marks = (np.ones((height + 1, 97), np.uint8), first_out, last_out)
+        n_boxes = raster.draw_hud(words, marks, values, INDICATOR_WORDS, text, tx, ty, boxes, n_boxes, top)
+        assert n_boxes >= 1
+        assert_same(words_of(expected)[top:], words[top:], f"HUD, frame {frame}")
+        assert_flags_cover_changes(words, marks, top, f"HUD, frame {frame}")
+    values = np.zeros(7)
+    values[0] = 300.0  # the speed bar reaches above the HUD's first row: nothing is drawn
+    before = words.copy()
+    assert raster.draw_hud(words, marks, values, INDICATOR_WORDS, text, tx, ty, boxes, n_boxes, top) == -1
+    assert np.array_equal(words, before)
+
+
 @pytest.mark.parametrize(
     ("src", "dst"), [((1000, 800), (96, 96)), ((1000, 800), (600, 400)), ((157, 93), (40, 31)), ((64, 64), (63, 5))]
 )

@@ -8,7 +8,8 @@ track generation, feeds the rasterisers the same numbers, and stops doing work w
 * Compiled pixels. ``core/envs/raster.py`` ports, line by line and byte for byte, the C that pygame-ce
   runs for the stock frame: SDL_gfx's filled and antialiased polygons (road, grass, field),
   ``pygame.draw.polygon`` (the car) and the SSE2 ``smoothscale`` filters (numba, compiled once per machine).
-  The track is drawn in one call on the world surface's pixels; the HUD stays pygame's.
+  The track is drawn in one call on the world surface's pixels, the HUD (indicators and score) in
+  another, which repaints only where the last frame's were.
 * Geometry. Each frame rotates, zooms and translates the grass patches and track polygons with the very
   cos/sin pygame's ``Vector2.rotate_rad`` uses and the stock float64 arithmetic, so every vertex is
   bit-for-bit the stock one. A polygon is drawn only if the stock code draws it and its pixels can reach
@@ -75,6 +76,10 @@ REACH = 2.0
 FIELD_MARGIN = 4.0  # pixels the window must clear the field outline by before a plain fill replaces it
 WINDOW_CORNERS = ((0.0, 0.0), (WINDOW_W, 0.0), (0.0, WINDOW_H), (WINDOW_W, WINDOW_H))  # pixels
 HUD_BAR_H = 5 * WINDOW_H / 40.0  # pixels, height of the stock black HUD bar
+# The stock indicators' colours, in the order of ``raster.hud_indicators``'s values: speed, the four
+# wheels' ABS sensors, steering, angular velocity.
+INDICATOR_COLORS = ((255, 255, 255), (0, 0, 255), (0, 0, 255), (51, 0, 255), (51, 0, 255), (0, 255, 0), (255, 0, 0))
+INDICATOR_WORDS = np.array([raster.map_rgb(c) for c in INDICATOR_COLORS], np.int64)
 
 
 def _grass_polygons() -> np.ndarray:
@@ -167,6 +172,10 @@ class _Canvas:
         # The compiled kernels read and write 0x00RRGGBB words; another format keeps pygame throughout.
         self.compiled = self.banded and self.world.get_masks() == raster.RGB_MASKS
         self.world_px = _view(self.world) if self.compiled else None  # draw calls still work on it
+        # The HUD is drawn by ``raster.draw_hud`` alone on a compiled canvas (a locked surface takes no blit).
+        self.hud_px = _view(self.hud) if self.compiled else None
+        self.hud_boxes = np.zeros((len(INDICATOR_COLORS) + 1, 4), np.int64)  # where draw_hud drew last
+        self.n_hud_boxes = 0
         self._world_rows = np.arange(WINDOW_H - 1, WINDOW_H - 1 - self.hud_top, -1)  # frame row -> world row
         self._hud_rows = np.arange(self.hud_top, WINDOW_H)
         self._narrow = np.empty((WINDOW_H, STATE_W, 3), np.uint8)  # the x pass of the frame
@@ -176,6 +185,7 @@ class _Canvas:
         self.world_changed = np.ones((WINDOW_H + 1, STATE_W + 1), np.uint8)
         self.hud_changed = np.ones((WINDOW_H + 1, STATE_W + 1), np.uint8)
         self.world_marks = (self.world_changed, self.first_out, self.last_out)
+        self.hud_marks = (self.hud_changed, self.first_out, self.last_out)
 
     def matches_default_format(self) -> bool:
         """Whether a new ``pygame.Surface`` would still get this canvas's pixel format."""
@@ -197,9 +207,7 @@ class _Canvas:
         top = self.hud_top
         narrow = self._narrow
         raster.shrink_x_changed(self.world_px, self._world_rows, self.world_changed, narrow[:top])
-        hud_px = _view(self.hud)
-        raster.shrink_x_changed(hud_px, self._hud_rows, self.hud_changed, narrow[top:])
-        del hud_px  # unlocks the HUD surface for the next frame's blit
+        raster.shrink_x_changed(self.hud_px, self._hud_rows, self.hud_changed, narrow[top:])
         out = np.empty((STATE_H, STATE_W, 3), np.uint8)
         raster.shrink_y(narrow, out)
         return out
@@ -333,13 +341,13 @@ class FastCarRacing(CarRacing):
         self.surf = world
 
         size = (VIDEO_W, VIDEO_H) if mode == "rgb_array" else (STATE_W, STATE_H)
-        drawn_hud: list[pygame.Rect] = []
-        if canvas.banded and self._draw_hud(canvas.hud, top, drawn_hud):
-            if canvas.compiled and size == (STATE_W, STATE_H):
-                canvas.mark_drawn(canvas.world_changed, drawn)
-                canvas.hud_changed[top:] = 0  # the black bar: every row alike
-                canvas.mark_drawn(canvas.hud_changed, drawn_hud)
-                return canvas.shrink_state()
+        if canvas.compiled:
+            if self._draw_hud_compiled(canvas):
+                if size == (STATE_W, STATE_H):
+                    canvas.mark_drawn(canvas.world_changed, drawn)
+                    return canvas.shrink_state()
+                return canvas.bands(size).shrink()
+        elif canvas.banded and self._draw_hud(canvas.hud, top):
             return canvas.bands(size).shrink()
         return self._shrink_whole(canvas, size)
 
@@ -349,25 +357,47 @@ class FastCarRacing(CarRacing):
             self._canvas = _Canvas()
         return self._canvas
 
-    def _draw_hud(self, hud: pygame.Surface, top: int, drawn: list[pygame.Rect]) -> bool:
-        """Draw the stock HUD (bar, indicators, score) on ``hud`` in frame coordinates.
+    def _draw_hud(self, hud: pygame.Surface, top: int) -> bool:
+        """Draw the stock HUD (bar, indicators, score) on ``hud`` in frame coordinates, with pygame.
 
         Returns True when all of it lies in rows ``top`` and below, which the bar covers entirely, so
         the band above can come from the world picture alone. Otherwise draws nothing and returns False.
-        Appends the rectangle of each indicator and of the score to ``drawn``.
         """
-        polygons, highest = self._indicator_polygons()
+        sx, sy, which, count, highest = raster.hud_indicators(self._indicator_values(), WINDOW_W, WINDOW_H)
         text, rect = self._score_text()
         if rect.top < top or highest < top:
             return False
         # The bar paints every pixel of rows top and below, and no other row of ``hud`` is used,
         # so a fill of that band is the same picture.
         hud.fill((0, 0, 0), (0, top, WINDOW_W, WINDOW_H - top))
-        polygon = pygame.draw.polygon
-        for points, color in polygons:
-            drawn.append(polygon(hud, color=color, points=points))
-        drawn.append(hud.blit(text, rect))
+        for k in range(count):
+            points = list(zip(sx[4 * k : 4 * k + 4].tolist(), sy[4 * k : 4 * k + 4].tolist()))
+            pygame.draw.polygon(hud, color=INDICATOR_COLORS[which[k]], points=points)
+        hud.blit(text, rect)
         return True
+
+    def _draw_hud_compiled(self, canvas: _Canvas) -> bool:
+        """``_draw_hud`` on a compiled canvas's HUD words (``raster.draw_hud``), flagging what it draws in
+        ``canvas.hud_marks``; it repaints only where the last frame's indicators and score were."""
+        words, rect = self._score_words(canvas)
+        n = raster.draw_hud(canvas.hud_px, canvas.hud_marks, self._indicator_values(), INDICATOR_WORDS, words,
+                            rect.left, rect.top, canvas.hud_boxes, canvas.n_hud_boxes, canvas.hud_top)
+        if n < 0:
+            return False
+        canvas.n_hud_boxes = n
+        return True
+
+    def _indicator_values(self) -> np.ndarray:
+        """What the stock HUD's indicators show, in ``raster.hud_indicators``'s order.
+
+        (``math.sqrt(x*x + y*y)`` is the stock ``np.sqrt(np.square(x) + np.square(y))``: both are
+        correctly rounded.)
+        """
+        car = self.car
+        vx, vy = car.hull.linearVelocity
+        wheels = car.wheels
+        return np.array((math.sqrt(vx * vx + vy * vy), wheels[0].omega, wheels[1].omega, wheels[2].omega,
+                         wheels[3].omega, wheels[0].joint.angle, car.hull.angularVelocity))
 
     def _shrink_whole(self, canvas: _Canvas, size: tuple[int, int]) -> np.ndarray:
         """The stock tail: flip the whole world picture, draw the HUD on it, smoothscale the lot."""
@@ -379,59 +409,6 @@ class FastCarRacing(CarRacing):
         return self._create_image_array(frame, size)
 
     # ---- HUD -----------------------------------------------------------------------------------------
-
-    def _indicator_polygons(self) -> tuple[list[tuple[list[tuple[float, float]], tuple[int, int, int]]], float]:
-        """The indicator polygons ``CarRacing._render_indicators`` draws over its black bar, in order,
-        with the same float arithmetic, and the smallest y (highest point) among them.
-
-        (``math.sqrt(x*x + y*y)`` is the stock ``np.sqrt(np.square(x) + np.square(y))``: both are
-        correctly rounded.)
-        """
-        W, H = WINDOW_W, WINDOW_H
-        s = W / 40.0
-        h = H / 40.0
-        polygons = []
-        highest = H - 4 * h  # the horizontal indicators' top edge
-
-        def vertical_ind(place, val, color):
-            nonlocal highest
-            y = H - (h + h * val)
-            polygons.append((
-                [(place * s, y), ((place + 1) * s, y), ((place + 1) * s, H - h), ((place + 0) * s, H - h)],
-                color,
-            ))
-            highest = min(highest, y)
-
-        def horiz_ind(place, val, color):
-            polygons.append((
-                [
-                    ((place + 0) * s, H - 4 * h),
-                    ((place + val) * s, H - 4 * h),
-                    ((place + val) * s, H - 2 * h),
-                    ((place + 0) * s, H - 2 * h),
-                ],
-                color,
-            ))
-
-        car = self.car
-        vx, vy = car.hull.linearVelocity
-        true_speed = math.sqrt(vx * vx + vy * vy)
-        # Stock ``render_if_min``: an indicator is drawn only when its value exceeds 1e-4 in size.
-        if abs(true_speed) > 1e-4:
-            vertical_ind(5, 0.02 * true_speed, (255, 255, 255))
-        wheels = car.wheels
-        for place, wheel, color in ((7, wheels[0], (0, 0, 255)), (8, wheels[1], (0, 0, 255)),
-                                    (9, wheels[2], (51, 0, 255)), (10, wheels[3], (51, 0, 255))):
-            omega = wheel.omega
-            if abs(omega) > 1e-4:
-                vertical_ind(place, 0.01 * omega, color)
-        joint_angle = wheels[0].joint.angle
-        if abs(joint_angle) > 1e-4:
-            horiz_ind(20, -10.0 * joint_angle, (0, 255, 0))
-        angular_velocity = car.hull.angularVelocity
-        if abs(angular_velocity) > 1e-4:
-            horiz_ind(30, -0.8 * angular_velocity, (255, 0, 0))
-        return polygons, highest
 
     def _score_text(self) -> tuple[pygame.Surface, pygame.Rect]:
         """The HUD score as the stock code renders it, rendered again only when its text changes."""
@@ -448,6 +425,21 @@ class FastCarRacing(CarRacing):
         rect.center = SCORE_CENTER
         self._score_cache = (label, text, rect)
         return text, rect
+
+    def _score_words(self, canvas: _Canvas) -> tuple[np.ndarray, pygame.Rect]:
+        """The score's pixels as ``_score_text`` blits them onto the black bar of ``canvas.hud``'s format:
+        uint32 (h, w) words, and where they go."""
+        label = f"{self.reward:04.0f}"
+        cached = self.__dict__.get("_score_words_cache")
+        if cached is not None and cached[0] == label:
+            return cached[1], cached[2]
+        text, rect = self._score_text()
+        patch = pygame.Surface(text.get_size(), 0, canvas.hud)
+        patch.fill((0, 0, 0))
+        patch.blit(text, (0, 0))
+        words = _view(patch).copy()
+        self._score_words_cache = (label, words, rect)
+        return words, rect
 
     # ---- world ---------------------------------------------------------------------------------------
 

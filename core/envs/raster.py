@@ -13,6 +13,8 @@ Each kernel is a line-by-line port of the C code pygame-ce runs for the stock ``
 * ``draw_track``: the stock road loop (field, grass, road tiles: ``aapolygon`` then ``filled_polygon``
   for each) with the stock float64 vertex transform and culling, done in one call; ``car_points``: the
   car's Box2D float32 and view float64 vertex transform.
+* ``hud_indicators`` / ``draw_hud``: the stock ``_render_indicators`` polygons (``pg_polygon``) and the
+  score's pixels on the black HUD bar.
 
 Pixels are uint32 words in pygame's default 32-bit format for a window surface, ``0x00RRGGBB``
 (``RGB_MASKS``); callers check the format and keep pygame where it differs. ``clip_top`` lets a kernel
@@ -469,6 +471,100 @@ def pg_polygons(buf, sx, sy, firsts, counts, colors, clip_top, marks):
             vx[i] = np.int64(sx[a + i])
             vy[i] = np.int64(sy[a + i])
         pg_polygon(buf, vx, vy, colors[k], clip_top, marks)
+
+
+# ---- the HUD ------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def hud_indicators(values, width, height):
+    """The polygons the stock ``_render_indicators`` draws, in its order, with its float arithmetic.
+
+    values: float64 (7,), the speed, the four wheels' omega, the front-left wheel joint's angle and the
+    hull's angular velocity; each draws only when its absolute value exceeds 1e-4 (``render_if_min``).
+    Returns (sx, sy, which, count, highest): the vertices of polygon k are ``4k .. 4k + 3`` of sx, sy
+    (float64), ``which[k]`` is the value it shows, and ``highest`` is the smallest y among the vertical bars
+    and the horizontal ones' top edge.
+    """
+    s = width / 40.0
+    h = height / 40.0
+    sx = np.empty(28, np.float64)
+    sy = np.empty(28, np.float64)
+    which = np.empty(7, np.int64)
+    highest = height - 4 * h
+    count = 0
+    for i in range(7):
+        v = values[i]
+        if not abs(v) > 1e-4:
+            continue
+        a = 4 * count
+        if i < 5:  # vertical bars: the speed at place 5, the wheels' ABS sensors at places 7..10
+            place = 5 if i == 0 else 6 + i
+            val = 0.02 * v if i == 0 else 0.01 * v
+            y = height - (h + h * val)
+            sx[a], sy[a] = place * s, y
+            sx[a + 1], sy[a + 1] = (place + 1) * s, y
+            sx[a + 2], sy[a + 2] = (place + 1) * s, height - h
+            sx[a + 3], sy[a + 3] = (place + 0) * s, height - h
+            highest = min(highest, y)
+        else:  # horizontal bars: steering at place 20, the angular velocity at place 30
+            place = 20 if i == 5 else 30
+            val = -10.0 * v if i == 5 else -0.8 * v
+            sx[a], sy[a] = (place + 0) * s, height - 4 * h
+            sx[a + 1], sy[a + 1] = (place + val) * s, height - 4 * h
+            sx[a + 2], sy[a + 2] = (place + val) * s, height - 2 * h
+            sx[a + 3], sy[a + 3] = (place + 0) * s, height - 2 * h
+        which[count] = i
+        count += 1
+    return sx, sy, which, count, highest
+
+
+@njit(cache=True, nogil=True)
+def draw_hud(buf, marks, values, words, text, text_x, text_y, boxes, n_old, clip_top):
+    """The stock HUD on rows ``clip_top`` and below of ``buf``, which the black bar covers entirely.
+
+    The bar is black and nothing else draws on these rows, so instead of painting the bar again, the
+    boxes the last call drew in (``boxes[:n_old]``: first row, last row, first column, last column) are
+    painted black; then the indicators (``hud_indicators``, in ``words[value]``) as ``pg_polygon``
+    draws them, and the score's pixels ``text`` (uint32 (h, w), already on black) at ``text_x, text_y``.
+    Returns the number of boxes drawn now (in ``boxes``), or -1 and nothing drawn when an indicator or
+    the score reaches above ``clip_top``.
+    """
+    height = buf.shape[0]
+    width = buf.shape[1]
+    sx, sy, which, count, highest = hud_indicators(values, width, height)
+    if highest < clip_top or text_y < clip_top:
+        return -1
+    for k in range(n_old):
+        buf[boxes[k, 0] : boxes[k, 1] + 1, boxes[k, 2] : boxes[k, 3] + 1] = 0
+    changed, first_out, last_out = marks
+    changed[clip_top:, :] = 0  # the bar alone: every row like the one above
+    vx = np.empty(4, np.int64)
+    vy = np.empty(4, np.int64)
+    n = 0
+    for k in range(count):
+        for j in range(4):
+            vx[j] = np.int64(sx[4 * k + j])
+            vy[j] = np.int64(sy[4 * k + j])
+        pg_polygon(buf, vx, vy, words[which[k]], clip_top, marks)
+        y0 = max(vy.min(), clip_top)
+        y1 = min(vy.max(), height - 1)
+        x0 = max(vx.min(), 0)
+        x1 = min(vx.max(), width - 1)
+        if y0 <= y1 and x0 <= x1:
+            boxes[n, 0], boxes[n, 1], boxes[n, 2], boxes[n, 3] = y0, y1, x0, x1
+            n += 1
+    y0 = max(text_y, clip_top)
+    y1 = min(text_y + text.shape[0], height) - 1
+    x0 = max(text_x, 0)
+    x1 = min(text_x + text.shape[1], width) - 1
+    if y0 <= y1 and x0 <= x1:
+        buf[y0 : y1 + 1, x0 : x1 + 1] = text[y0 - text_y : y1 + 1 - text_y, x0 - text_x : x1 + 1 - text_x]
+        for y in range(y0, y1 + 2):
+            _touch(changed, first_out, last_out, y, x0, x1)
+        boxes[n, 0], boxes[n, 1], boxes[n, 2], boxes[n, 3] = y0, y1, x0, x1
+        n += 1
+    return n
 
 
 # ---- the stock road loop -----------------------------------------------------------------------------
