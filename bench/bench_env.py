@@ -78,7 +78,7 @@ def compare(runs: int, steps: int, clock=time.perf_counter) -> dict[str, list[fl
 # The parts of a fast step, timed by wrapping the functions that do them: (label, owner, attribute).
 FAST_PARTS = (
     ("field, grass and road: fill and SDL_gfx polygons (`raster.draw_track`)", "raster", "draw_track"),
-    ("car: vertex transform and `pygame.draw.polygon` port (`_draw_car`)", "env", "_draw_car"),
+    ("car: Box2D transforms, stripes and `pygame.draw.polygon` port (`_draw_car`)", "env", "_draw_car"),
     ("HUD: indicators and score (`raster.draw_hud`)", "raster", "draw_hud"),
     ("smoothscale x pass (`raster.shrink_x_changed`)", "raster", "shrink_x_changed"),
     ("smoothscale y pass (`raster.shrink_y`)", "raster", "shrink_y"),

@@ -558,8 +558,9 @@ class FastCarRacing(CarRacing):
     def _car_vertices(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
         """The car's fixture vertices, fixed for its life and so cached per car.
 
-        float32 (M, 2) vertices body after body in ``drawlist`` order, intp (M,) body index of each,
-        and per fixture (first vertex, vertex count, body index).
+        float32 (M + 16, 2) vertices body after body in ``drawlist`` order, with room after them for
+        four wheel stripes; intp (M,) body index of each; and per fixture (first vertex, vertex count,
+        body index).
         """
         car = self.car
         if self._car_cache is None or self._car_cache[0] is not car:
@@ -571,40 +572,27 @@ class FastCarRacing(CarRacing):
                     spans.append((len(verts), len(v), b))
                     verts.extend(v)
             body_of = np.array([b for _, count, b in spans for _ in range(count)], dtype=np.intp)
-            self._car_cache = (car, np.array(verts, dtype=np.float32), body_of, spans)
+            room = np.zeros((len(verts) + 16, 2), np.float32)
+            room[: len(verts)] = verts
+            self._car_cache = (car, room, body_of, spans)
         return self._car_cache[1], self._car_cache[2], self._car_cache[3]
 
-    def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
-                  draw_particles: bool, drawn: list[pygame.Rect], canvas: _Canvas | None = None) -> None:
-        """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
-
-        Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
-        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``. Appends
-        the rectangle each pygame call drew in to ``drawn``. With a ``canvas`` the polygons are drawn by
-        the compiled port of ``pygame.draw.polygon`` (``raster.pg_polygons``) on its world pixels, rows
-        below the HUD's top only, and flagged in its marks.
-        """
-        car = self.car
-        if draw_particles:
-            for p in car.particles:
-                poly = [pygame.math.Vector2(c).rotate_rad(angle) for c in p.poly]
-                poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
-                drawn.append(pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False))
-
-        base, base_body, spans = self._car_vertices()
-        bodies = car.drawlist
+    def _car_frames(self) -> np.ndarray:
+        """float32 (bodies, 4): cos, sin, x, y of each body's Box2D transform, in ``drawlist`` order."""
         frames = []
-        colors = []
-        for obj in bodies:
+        for obj in self.car.drawlist:
             t = obj.transform
             q = t.q
             p = t.position
-            frames.append((q.c, q.s, p[0], p[1]))
-            colors.append([int(c * 255) for c in obj.color])
-        # Wheel stripes: the stock formulas in float64, then float32 as Box2D receives them.
-        stripes: dict[int, int] = {}  # body index -> first stripe vertex
+            frames.append((q.c, q.s, p.x, p.y))
+        return np.array(frames, dtype=np.float32)
+
+    def _wheel_stripes(self) -> tuple[tuple[int, ...], list[tuple[float, float]]]:
+        """The wheels that show a stripe this frame (body indices) and its four body-local vertices each:
+        the stock formulas in float64 (Box2D then takes them as float32)."""
+        striped: list[int] = []
         extra: list[tuple[float, float]] = []
-        for b, obj in enumerate(bodies):
+        for b, obj in enumerate(self.car.drawlist):
             if "phase" not in obj.__dict__:
                 continue
             a1 = obj.phase
@@ -619,42 +607,84 @@ class FastCarRacing(CarRacing):
                 c1 = np.sign(c1)
             if s2 > 0:
                 c2 = np.sign(c2)
-            stripes[b] = len(base) + len(extra)
+            striped.append(b)
             extra += [
                 (-WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
                 (+WHEEL_W * SIZE, +WHEEL_R * c1 * SIZE),
                 (+WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
                 (-WHEEL_W * SIZE, +WHEEL_R * c2 * SIZE),
             ]
-        frame = np.array(frames, dtype=np.float32)
-        if extra:
-            verts = np.concatenate([base, np.array(extra, dtype=np.float64).astype(np.float32)])
-            body_of = np.concatenate([base_body, np.repeat(np.fromiter(stripes, np.intp, len(stripes)), 4)])
-        else:
-            verts = base
-            body_of = base_body
-        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
-        sx, sy = raster.car_points(verts, body_of, frame, cos_a, sin_a, float(zoom), float(translation[0]),
-                                   float(translation[1]))
-        if canvas is not None:
-            words = [(r << 16) | (g << 8) | b for r, g, b in colors]
+        return tuple(striped), extra
+
+    def _car_draw_order(self, striped: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For the stripes shown: body index of every vertex (the stripes' after the fixtures'), and the
+        polygons in the stock drawing order as (first vertex, vertex count, pixel word) arrays.
+
+        Cached per car, set of stripes and body colours (``obj.color`` may be reassigned).
+        """
+        car = self.car
+        base, base_body, spans = self._car_vertices()
+        colors = [obj.color for obj in car.drawlist]
+        cache = self.__dict__.get("_car_order_cache")
+        if cache is None or cache[0] is not car or cache[1] != colors:
+            cache = (car, colors, {})
+            self._car_order_cache = cache
+        orders = cache[2]
+        if striped not in orders:
+            words = [raster.map_rgb([int(c * 255) for c in color]) for color in colors]
             white = raster.map_rgb(WHEEL_WHITE)
-            order = []  # (first vertex, vertex count, word) in the stock drawing order
+            n = len(base_body)
+            first_stripe = {b: n + 4 * i for i, b in enumerate(striped)}
+            order = []
             for start, count, b in spans:
                 order.append((start, count, words[b]))
-                if b in stripes:
-                    order.append((stripes[b], 4, white))
-            firsts, counts, order_words = np.array(order).T
-            raster.pg_polygons(canvas.world_px, sx, sy, firsts, counts, order_words, WINDOW_H - canvas.hud_top,
-                               canvas.world_marks)
-            return
-        points = np.stack([sx, sy], axis=-1).tolist()
+                if b in first_stripe:  # the stock draws a wheel's stripe right after each of its fixtures
+                    order.append((first_stripe[b], 4, white))
+            body_of = np.concatenate([base_body, np.repeat(np.array(striped, np.intp), 4)])
+            firsts, counts, order_words = (np.ascontiguousarray(a) for a in np.array(order, np.int64).T)
+            orders[striped] = (body_of, firsts, counts, order_words)
+        return orders[striped]
 
+    def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
+                  draw_particles: bool, drawn: list[pygame.Rect], canvas: _Canvas | None = None) -> None:
+        """``Car.draw`` with every vertex transformed at once; the same ``pygame.draw`` calls and points.
+
+        Box2D's ``transform * v`` is float32 arithmetic, ``(c*x - s*y) + px``; NumPy float32 gives the
+        same bits. The view rotation is then pygame's float64 one, as in ``_render_road_fast``. Appends
+        the rectangle each pygame call drew in to ``drawn``. With a ``canvas`` the polygons are drawn by
+        the compiled port of ``pygame.draw.polygon`` (``raster.draw_car``) on its world pixels, rows
+        below the HUD's top only, and flagged in its marks.
+        """
+        car = self.car
+        if draw_particles:
+            for p in car.particles:
+                poly = [pygame.math.Vector2(c).rotate_rad(angle) for c in p.poly]
+                poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
+                drawn.append(pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False))
+
+        verts, _, spans = self._car_vertices()
+        n = len(verts) - 16
+        striped, extra = self._wheel_stripes()
+        if extra:
+            verts[n : n + len(extra)] = extra
+        verts = verts[: n + len(extra)]
+        body_of, firsts, counts, order_words = self._car_draw_order(striped)
+        cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
+        if canvas is not None:
+            raster.draw_car(canvas.world_px, canvas.world_marks, verts, body_of, self._car_frames(), firsts, counts,
+                            order_words, cos_a, sin_a, float(zoom), float(translation[0]), float(translation[1]),
+                            WINDOW_H - canvas.hud_top)
+            return
+        sx, sy = raster.car_points(verts, body_of, self._car_frames(), cos_a, sin_a, float(zoom),
+                                   float(translation[0]), float(translation[1]))
+        points = np.stack([sx, sy], axis=-1).tolist()
         polygon = pygame.draw.polygon
+        colors = [obj.color for obj in car.drawlist]
+        stripe_of = {b: n + 4 * i for i, b in enumerate(striped)}
         for start, count, b in spans:
-            drawn.append(polygon(surface, color=colors[b], points=points[start : start + count]))
-            if b in stripes:  # the stock draws a wheel's stripe right after each of its fixtures
-                first = stripes[b]
+            drawn.append(polygon(surface, color=[int(c * 255) for c in colors[b]], points=points[start : start + count]))
+            if b in stripe_of:  # the stock draws a wheel's stripe right after each of its fixtures
+                first = stripe_of[b]
                 drawn.append(polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4]))
 
 

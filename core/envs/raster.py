@@ -12,7 +12,7 @@ Each kernel is a line-by-line port of the C code pygame-ce runs for the stock ``
   says "SSE2"); its 14-bit fixed point rounds differently from the plain C filter's 16-bit one.
 * ``draw_track``: the stock road loop (field, grass, road tiles: ``aapolygon`` then ``filled_polygon``
   for each) with the stock float64 vertex transform and culling, done in one call; ``car_points``: the
-  car's Box2D float32 and view float64 vertex transform.
+  car's Box2D float32 and view float64 vertex transform (``draw_car``: that, then ``pg_polygons``).
 * ``hud_indicators`` / ``draw_hud``: the stock ``_render_indicators`` polygons (``pg_polygon``) and the
   score's pixels on the black HUD bar.
 
@@ -471,6 +471,13 @@ def pg_polygons(buf, sx, sy, firsts, counts, colors, clip_top, marks):
             vx[i] = np.int64(sx[a + i])
             vy[i] = np.int64(sy[a + i])
         pg_polygon(buf, vx, vy, colors[k], clip_top, marks)
+
+
+@njit(cache=True, nogil=True)
+def draw_car(buf, marks, verts, body_of, frames, firsts, counts, colors, cos_a, sin_a, zoom, tx, ty, clip_top):
+    """``car_points`` then ``pg_polygons``: the car's polygons in one call."""
+    sx, sy = car_points(verts, body_of, frames, cos_a, sin_a, zoom, tx, ty)
+    pg_polygons(buf, sx, sy, firsts, counts, colors, clip_top, marks)
 
 
 # ---- the HUD ------------------------------------------------------------------------------------------
