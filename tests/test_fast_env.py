@@ -190,6 +190,20 @@ def test_same_frames_when_an_indicator_grows_above_the_hud_bar(monkeypatch):
     assert len(whole) == 20
 
 
+def test_pygame_path_for_a_format_the_kernels_do_not_take(monkeypatch):
+    """A 32-bit surface whose words the kernels do not read (here: as if pygame's default masks differed)
+    draws the track, the car and the HUD with pygame and scales the bands with ``smoothscale``."""
+    from core.envs import raster
+
+    monkeypatch.setattr(raster, "RGB_MASKS", (0xFF, 0xFF00, 0xFF0000, 0))
+    compiled = _count_calls(monkeypatch, "_draw_hud_compiled")
+    pygame_hud = _count_calls(monkeypatch, "_draw_hud", when=bool)
+    stock, fast = pair(render_mode="rgb_array")
+    reset_both(stock, fast, "pygame path", seed=9)
+    step_both(stock, fast, brownian(9, 40), "pygame path", render=True)
+    assert not compiled and len(pygame_hud) >= 80  # 40 observations and 40 video frames
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
