@@ -262,8 +262,11 @@ def _score_section(model_dir: Path, rep: dict) -> list[str]:
         out.append("")
     out += ["Scores on the evaluation tracks:", "", "```"] + histogram(rep["returns"]) + ["```", ""]
     steps = f" --max-steps {rep['max_steps']}" if "max_steps" in rep else ""
-    out += ["Evaluation is deterministic (the same tracks, the same controller, the same env), so this "
-            "reproduces every return:", "", "```bash",
+    out += ["Evaluation is deterministic for one agent on one CPU (the same tracks, controller and env). A "
+            "track's return is chaotic in an action's last bits, so an agent whose arithmetic differs "
+            "(another CPU's ONNX Runtime kernels, or the Keras agent that drove reports before the ONNX Runtime "
+            "step) drives most tracks to other returns around the same mean. This drives the same tracks:",
+            "", "```bash",
             f"python -m core evaluate --model-dir {model_dir.name} --env {rep['env']} --episodes {rep['episodes']} "
             f"--first-seed {rep['seeds'][0]}{steps} --out eval.json", "```", ""]
     return out
