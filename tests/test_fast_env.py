@@ -190,6 +190,24 @@ def test_same_frames_when_an_indicator_grows_above_the_hud_bar(monkeypatch):
     assert len(whole) == 20
 
 
+def test_same_frames_when_user_code_recolours_the_car():
+    """A body colour reassigned (as a list, then a NumPy array) or changed in place between frames."""
+    stock, fast = pair()
+    reset_both(stock, fast, "recolour", seed=10)
+
+    def recolour(i, env):
+        if i == 5:
+            env.car.hull.color = [0.2, 0.3, 0.9]
+        elif i == 10:
+            env.car.hull.color[0] = 1.0
+        elif i == 15:
+            env.car.wheels[0].color = np.array([0.5, 0.5, 0.1])
+        elif i == 20:
+            env.car.wheels[0].color[2] = 0.8
+
+    step_both(stock, fast, brownian(10, 30), "recolour", before_step=recolour)
+
+
 def test_pygame_path_for_a_format_the_kernels_do_not_take(monkeypatch):
     """A 32-bit surface whose words the kernels do not read (here: as if pygame's default masks differed)
     draws the track, the car and the HUD with pygame and scales the bands with ``smoothscale``."""

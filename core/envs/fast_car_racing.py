@@ -9,7 +9,7 @@ track generation, feeds the rasterisers the same numbers, and stops doing work w
   runs for the stock frame: SDL_gfx's filled and antialiased polygons (road, grass, field),
   ``pygame.draw.polygon`` (the car) and the SSE2 ``smoothscale`` filters (numba, compiled once per machine).
   The track is drawn in one call on the world surface's pixels, the HUD (indicators and score) in
-  another, which repaints only where the last frame's were.
+  another, which repaints only where the last frame's were (both on pygame's default pixel format).
 * Geometry. Each frame rotates, zooms and translates the grass patches and track polygons with the very
   cos/sin pygame's ``Vector2.rotate_rad`` uses and the stock float64 arithmetic, so every vertex is
   bit-for-bit the stock one. A polygon is drawn only if the stock code draws it and its pixels can reach
@@ -620,18 +620,19 @@ class FastCarRacing(CarRacing):
         """For the stripes shown: body index of every vertex (the stripes' after the fixtures'), and the
         polygons in the stock drawing order as (first vertex, vertex count, pixel word) arrays.
 
-        Cached per car, set of stripes and body colours (``obj.color`` may be reassigned).
+        Cached per car, set of stripes and body colours, as the 0..255 channels pygame gets (``obj.color``
+        may be reassigned or changed in place).
         """
         car = self.car
         base, base_body, spans = self._car_vertices()
-        colors = [obj.color for obj in car.drawlist]
+        colors = tuple(tuple(int(c * 255) for c in obj.color) for obj in car.drawlist)
         cache = self.__dict__.get("_car_order_cache")
         if cache is None or cache[0] is not car or cache[1] != colors:
             cache = (car, colors, {})
             self._car_order_cache = cache
         orders = cache[2]
         if striped not in orders:
-            words = [raster.map_rgb([int(c * 255) for c in color]) for color in colors]
+            words = [raster.map_rgb(color) for color in colors]
             white = raster.map_rgb(WHEEL_WHITE)
             n = len(base_body)
             first_stripe = {b: n + 4 * i for i, b in enumerate(striped)}
