@@ -428,17 +428,16 @@ class FastCarRacing(CarRacing):
 
     def _score_words(self, canvas: _Canvas) -> tuple[np.ndarray, pygame.Rect]:
         """The score's pixels as ``_score_text`` blits them onto the black bar of ``canvas.hud``'s format:
-        uint32 (h, w) words, and where they go."""
-        label = f"{self.reward:04.0f}"
-        cached = self.__dict__.get("_score_words_cache")
-        if cached is not None and cached[0] == label:
-            return cached[1], cached[2]
+        uint32 (h, w) words, and where they go; made again whenever ``_score_text`` renders a new text."""
         text, rect = self._score_text()
+        cached = self.__dict__.get("_score_words_cache")
+        if cached is not None and cached[0] is text:
+            return cached[1], rect
         patch = pygame.Surface(text.get_size(), 0, canvas.hud)
         patch.fill((0, 0, 0))
         patch.blit(text, (0, 0))
         words = _view(patch).copy()
-        self._score_words_cache = (label, words, rect)
+        self._score_words_cache = (text, words)
         return words, rect
 
     # ---- world ---------------------------------------------------------------------------------------
@@ -616,9 +615,11 @@ class FastCarRacing(CarRacing):
             ]
         return tuple(striped), extra
 
-    def _car_draw_order(self, striped: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For the stripes shown: body index of every vertex (the stripes' after the fixtures'), and the
-        polygons in the stock drawing order as (first vertex, vertex count, pixel word) arrays.
+    def _car_draw_order(self, striped: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                  list[tuple[int, ...]]]:
+        """For the stripes shown: body index of every vertex (the stripes' after the fixtures'), the
+        polygons in the stock drawing order as (first vertex, vertex count, pixel word) arrays, and each
+        polygon's 0..255 RGB (what pygame is given).
 
         Cached per car, set of stripes and body colours, as the 0..255 channels pygame gets (``obj.color``
         may be reassigned or changed in place).
@@ -632,18 +633,18 @@ class FastCarRacing(CarRacing):
             self._car_order_cache = cache
         orders = cache[2]
         if striped not in orders:
-            words = [raster.map_rgb(color) for color in colors]
-            white = raster.map_rgb(WHEEL_WHITE)
             n = len(base_body)
             first_stripe = {b: n + 4 * i for i, b in enumerate(striped)}
-            order = []
+            order = []  # (first vertex, vertex count, RGB)
             for start, count, b in spans:
-                order.append((start, count, words[b]))
+                order.append((start, count, colors[b]))
                 if b in first_stripe:  # the stock draws a wheel's stripe right after each of its fixtures
-                    order.append((first_stripe[b], 4, white))
+                    order.append((first_stripe[b], 4, tuple(WHEEL_WHITE)))
             body_of = np.concatenate([base_body, np.repeat(np.array(striped, np.intp), 4)])
-            firsts, counts, order_words = (np.ascontiguousarray(a) for a in np.array(order, np.int64).T)
-            orders[striped] = (body_of, firsts, counts, order_words)
+            firsts = np.array([first for first, _, _ in order], np.int64)
+            counts = np.array([count for _, count, _ in order], np.int64)
+            order_words = np.array([raster.map_rgb(rgb) for _, _, rgb in order], np.int64)
+            orders[striped] = (body_of, firsts, counts, order_words, [rgb for _, _, rgb in order])
         return orders[striped]
 
     def _draw_car(self, surface: pygame.Surface, zoom: float, translation: tuple[float, float], angle: float,
@@ -663,13 +664,13 @@ class FastCarRacing(CarRacing):
                 poly = [(c[0] * zoom + translation[0], c[1] * zoom + translation[1]) for c in poly]
                 drawn.append(pygame.draw.lines(surface, color=p.color, points=poly, width=2, closed=False))
 
-        verts, _, spans = self._car_vertices()
-        n = len(verts) - 16
+        verts, base_body, _ = self._car_vertices()
+        n = len(base_body)
         striped, extra = self._wheel_stripes()
         if extra:
             verts[n : n + len(extra)] = extra
         verts = verts[: n + len(extra)]
-        body_of, firsts, counts, order_words = self._car_draw_order(striped)
+        body_of, firsts, counts, order_words, rgbs = self._car_draw_order(striped)
         cos_a, sin_a = pygame.math.Vector2(1.0, 0.0).rotate_rad(angle)
         if canvas is not None:
             raster.draw_car(canvas.world_px, canvas.world_marks, verts, body_of, self._car_frames(), firsts, counts,
@@ -679,14 +680,8 @@ class FastCarRacing(CarRacing):
         sx, sy = raster.car_points(verts, body_of, self._car_frames(), cos_a, sin_a, float(zoom),
                                    float(translation[0]), float(translation[1]))
         points = np.stack([sx, sy], axis=-1).tolist()
-        polygon = pygame.draw.polygon
-        colors = [obj.color for obj in car.drawlist]
-        stripe_of = {b: n + 4 * i for i, b in enumerate(striped)}
-        for start, count, b in spans:
-            drawn.append(polygon(surface, color=[int(c * 255) for c in colors[b]], points=points[start : start + count]))
-            if b in stripe_of:  # the stock draws a wheel's stripe right after each of its fixtures
-                first = stripe_of[b]
-                drawn.append(polygon(surface, color=WHEEL_WHITE, points=points[first : first + 4]))
+        for first, count, rgb in zip(firsts.tolist(), counts.tolist(), rgbs):
+            drawn.append(pygame.draw.polygon(surface, color=rgb, points=points[first : first + count]))
 
 
 def register() -> None:
